@@ -1,0 +1,1 @@
+"""Evaluation: ``classification`` (02, 03) and ``qa`` (04, 06)."""

@@ -1,0 +1,169 @@
+"""Hardware profiles: which model, precision and optimizer a run uses.
+
+The code path is the same in every profile; only the numbers differ.
+
+- ``tiny``: the shipped tiny Phi on the CPU, fp32. The default without a GPU, and in CI.
+- ``t4``: ``microsoft/phi-2`` on a GPU without bf16 (Colab T4): fp16 compute, fp32
+  trainable weights, nf4 4-bit base, paged 8-bit AdamW.
+- ``ampere``: ``microsoft/phi-2`` on a GPU with bf16.
+
+Choose with ``get_profile("auto")``; ``PHI2KIT_PROFILE`` overrides ``auto``, and an explicit
+name (the notebook's ``PROFILE`` parameter) overrides both.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Literal
+
+ProfileName = Literal["tiny", "t4", "ampere"]
+ENV_VAR = "PHI2KIT_PROFILE"
+PHI2_ID = "microsoft/phi-2"
+
+
+class ProfileError(RuntimeError):
+    """A profile was asked for on hardware that cannot run it."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything that differs between hardware targets.
+
+    Args:
+        name: ``tiny``, ``t4`` or ``ampere``.
+        model_id: Hub id or local folder of the base causal LM. ``None`` means the
+            tiny model shipped inside the package.
+        dtype: Dtype of the (non-quantized) base weights and of AMP compute:
+            ``float32``, ``float16`` or ``bfloat16``.
+        quantize_4bit: Whether QLoRA recipes load the base in nf4 by default.
+        attn_implementation: ``phi2kit_fp32`` keeps attention scores in fp32 (safe for
+            fp16 on a T4); ``sdpa`` is fine for bf16.
+        optim: Trainer optimizer name (``adamw_torch`` or ``paged_adamw_8bit``).
+        gradient_checkpointing: Trade compute for activation memory (GPU profiles).
+        requires_cuda: Fail early, with a clear message, if CUDA is absent.
+        requires_bf16: Fail early if the GPU has no bf16.
+        scale: Multiplier on data sizes and steps; notebooks size their runs with it.
+    """
+
+    name: ProfileName
+    model_id: str | None = field(default=None, metadata={"help": "hub id or path; None = tiny"})
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    quantize_4bit: bool = False
+    attn_implementation: str = "phi2kit_fp32"
+    optim: str = "adamw_torch"
+    gradient_checkpointing: bool = False
+    requires_cuda: bool = False
+    requires_bf16: bool = False
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.dtype == "bfloat16" and not self.requires_bf16:
+            raise ValueError(
+                f"profile {self.name!r}: dtype='bfloat16' needs requires_bf16=True, so that a "
+                "GPU without bf16 (such as a T4) is refused up front"
+            )
+        if self.requires_bf16 and not self.requires_cuda:
+            raise ValueError(f"profile {self.name!r}: requires_bf16=True needs requires_cuda=True")
+        if self.optim.startswith("paged") and not self.requires_cuda:
+            raise ValueError(
+                f"profile {self.name!r}: optim={self.optim!r} pages optimizer state to CUDA "
+                "memory; use 'adamw_torch' for a CPU profile"
+            )
+
+    @property
+    def fp16(self) -> bool:
+        """Trainer ``fp16`` flag: mixed precision with a grad scaler (T4)."""
+        return self.dtype == "float16"
+
+    @property
+    def bf16(self) -> bool:
+        """Trainer ``bf16`` flag. Always set explicitly: trl's SFTConfig defaults to bf16."""
+        return self.dtype == "bfloat16"
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.name == "tiny"
+
+
+PROFILES: dict[str, Profile] = {
+    "tiny": Profile(
+        name="tiny",
+        model_id=None,  # the shipped tiny Phi: loads offline in seconds
+        dtype="float32",  # CPUs have no fast fp16 matmul, and fp32 keeps results reproducible
+        quantize_4bit=False,  # QLoRA still runs: bitsandbytes nf4 works on the CPU
+        optim="adamw_torch",  # paged 8-bit AdamW needs CUDA
+        gradient_checkpointing=False,  # a 1.5M-parameter model has no activation problem
+    ),
+    "t4": Profile(
+        name="t4",
+        model_id=PHI2_ID,
+        dtype="float16",
+        quantize_4bit=True,
+        attn_implementation="phi2kit_fp32",  # fp16 QK^T overflows in Phi-2 -> NaN loss
+        optim="paged_adamw_8bit",
+        gradient_checkpointing=True,
+        requires_cuda=True,
+        scale=10.0,
+    ),
+    "ampere": Profile(
+        name="ampere",
+        model_id=PHI2_ID,
+        dtype="bfloat16",
+        quantize_4bit=True,
+        attn_implementation="sdpa",  # bf16 has fp32's exponent range: no overflow
+        optim="paged_adamw_8bit",
+        gradient_checkpointing=True,
+        requires_cuda=True,
+        requires_bf16=True,
+        scale=10.0,
+    ),
+}
+
+
+def detect_profile_name() -> ProfileName:
+    """Pick a profile from the hardware: no CUDA -> tiny, no bf16 -> t4, else ampere."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return "tiny"
+    return "ampere" if torch.cuda.is_bf16_supported() else "t4"
+
+
+def check_hardware(profile: Profile) -> None:
+    """Raise :class:`ProfileError` if this machine cannot run ``profile``."""
+    import torch
+
+    if profile.requires_cuda and not torch.cuda.is_available():
+        raise ProfileError(
+            f"profile {profile.name!r} needs a CUDA GPU, and none is visible. "
+            f"Use PROFILE='tiny' (or {ENV_VAR}=tiny) to run on the CPU, or switch the Colab "
+            "runtime to a GPU (Runtime > Change runtime type > T4 GPU)."
+        )
+    if profile.requires_bf16 and not torch.cuda.is_bf16_supported():
+        name = torch.cuda.get_device_name(0)
+        raise ProfileError(
+            f"profile {profile.name!r} uses bfloat16, which this GPU ({name}) does not "
+            "support. Use PROFILE='t4': fp16 compute with fp32 trainable weights."
+        )
+
+
+def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
+    """Resolve a profile by name.
+
+    Args:
+        name: ``tiny``, ``t4``, ``ampere``, or ``auto``/``None``. ``auto`` reads
+            ``PHI2KIT_PROFILE`` first, then detects the hardware.
+        check: Verify that the hardware can run the profile.
+    """
+    requested = (name or "auto").strip().lower()
+    if requested == "auto":
+        requested = os.environ.get(ENV_VAR, "").strip().lower() or detect_profile_name()
+    if requested not in PROFILES:
+        raise ValueError(
+            f"unknown profile {requested!r}; choose one of {sorted(PROFILES)} or 'auto'"
+        )
+    profile = PROFILES[requested]
+    if check:
+        check_hardware(profile)
+    return profile

@@ -1,0 +1,120 @@
+"""Training recipes: the LoRA/QLoRA and trainer numbers of each notebook, per profile.
+
+A recipe is the set of knobs a notebook's ``parameters`` cell starts from. The T4 recipe
+is what a learner runs on Colab; the tiny recipe is the same code with CPU-sized numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from phi2kit.profiles import Profile, get_profile
+
+Task = Literal["sentiment", "classifier", "webglm", "chat"]
+TASKS: tuple[str, ...] = ("sentiment", "classifier", "webglm", "chat")
+
+#: Phi-2's linear layers: attention (q/k/v and the output ``dense``) and the MLP (fc1/fc2).
+PHI_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """LoRA and trainer settings for one task on one profile.
+
+    Args:
+        task: ``sentiment`` (02), ``classifier`` (03), ``webglm`` (04) or ``chat`` (06).
+        quantize_4bit: QLoRA (nf4 base) when True, LoRA on the full-precision base when False.
+        lora_r: LoRA rank. ``lora_alpha / lora_r`` scales the update.
+        lora_alpha: LoRA scaling numerator.
+        lora_dropout: Dropout on the LoRA input.
+        target_modules: Module names to adapt; every one must match a module.
+        task_type: PEFT task type: ``CAUSAL_LM`` or ``SEQ_CLS`` (saves the ``score`` head).
+        learning_rate: Peak learning rate (linear decay, warmup ``warmup_ratio``).
+        max_steps: Optimizer steps.
+        batch_size: Per-device micro-batch.
+        grad_accum: Micro-batches per optimizer step.
+        max_length: Longest tokenized example.
+        n_train: Training examples (per class for classification tasks).
+        n_eval: Evaluation examples (per class for classification tasks).
+    """
+
+    task: str
+    quantize_4bit: bool
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = PHI_LORA_TARGETS
+    task_type: Literal["CAUSAL_LM", "SEQ_CLS"] = "CAUSAL_LM"
+    learning_rate: float = 2e-4
+    warmup_ratio: float = 0.03
+    max_steps: int = 100
+    batch_size: int = 4
+    grad_accum: int = 4
+    max_length: int = 512
+    n_train: int = 300
+    n_eval: int = 50
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"task={self.task!r} is not one of {TASKS}")
+        if not self.target_modules:
+            raise ValueError("target_modules is empty: LoRA would train nothing")
+        if self.lora_r <= 0 or self.max_steps <= 0 or self.batch_size <= 0:
+            raise ValueError("lora_r, max_steps and batch_size must be positive")
+
+    @property
+    def effective_batch(self) -> int:
+        return self.batch_size * self.grad_accum
+
+
+# T4 recipes: the defaults a learner runs on a free Colab T4 (15 GB). Each is predicted to
+# fit by phi2kit.plan; the README's planner table shows the numbers.
+_T4: dict[str, Recipe] = {
+    "sentiment": Recipe("sentiment", quantize_4bit=True, max_length=256, max_steps=150,
+                        batch_size=4, grad_accum=4, n_train=300, n_eval=50),
+    "classifier": Recipe("classifier", quantize_4bit=True, task_type="SEQ_CLS",
+                         max_length=256, max_steps=150, batch_size=8, grad_accum=2,
+                         learning_rate=1e-4, n_train=300, n_eval=50),
+    "webglm": Recipe("webglm", quantize_4bit=True, max_length=1024, max_steps=300,
+                     batch_size=2, grad_accum=8, n_train=5000, n_eval=200),
+    # Seed 001: r=64 on all six projections.
+    "chat": Recipe("chat", quantize_4bit=True, lora_r=64, lora_alpha=16, lora_dropout=0.1,
+                   max_length=1024, max_steps=300, batch_size=2, grad_accum=8,
+                   n_train=5000, n_eval=200),
+}
+
+# Tiny recipes: the same code on a 1.5M-parameter Phi on 2 CPU cores, about a minute each.
+# Small models want larger learning rates and ranks relative to their width.
+_TINY: dict[str, Recipe] = {
+    "sentiment": Recipe("sentiment", quantize_4bit=False, lora_r=16, lora_alpha=32,
+                        lora_dropout=0.0, learning_rate=3e-3, max_length=96, max_steps=120,
+                        batch_size=16, grad_accum=1, n_train=120, n_eval=40),
+    "classifier": Recipe("classifier", quantize_4bit=False, task_type="SEQ_CLS",
+                         lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=3e-3,
+                         max_length=96, max_steps=120, batch_size=16, grad_accum=1,
+                         n_train=120, n_eval=40),
+    "webglm": Recipe("webglm", quantize_4bit=True, lora_r=16, lora_alpha=32,
+                     lora_dropout=0.0, learning_rate=3e-3, max_length=256, max_steps=120,
+                     batch_size=8, grad_accum=1, n_train=400, n_eval=40),
+    "chat": Recipe("chat", quantize_4bit=True, lora_r=16, lora_alpha=32, lora_dropout=0.0,
+                   learning_rate=3e-3, max_length=256, max_steps=120, batch_size=8,
+                   grad_accum=1, n_train=400, n_eval=40),
+}
+
+_AMPERE: dict[str, Recipe] = {
+    name: replace(r, batch_size=r.batch_size * 2, grad_accum=max(1, r.grad_accum // 2))
+    for name, r in _T4.items()
+}
+
+_RECIPES = {"tiny": _TINY, "t4": _T4, "ampere": _AMPERE}
+
+
+def get_recipe(task: str, profile: Profile | str = "auto", **overrides: object) -> Recipe:
+    """The default recipe for ``task`` on ``profile``, with ``overrides`` applied."""
+    if isinstance(profile, str):
+        profile = get_profile(profile, check=False)
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    recipe = _RECIPES[profile.name][task]
+    return replace(recipe, **overrides) if overrides else recipe
