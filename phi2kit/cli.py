@@ -1,0 +1,76 @@
+"""The ``phi2kit`` command.
+
+    phi2kit course --profile tiny                 # run every notebook, write summary.md
+    phi2kit plan --profile t4 --task webglm --max-length 1024 --batch 2
+
+Subcommands import their heavy dependencies inside ``main`` functions, so ``--help`` is
+fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+
+def _course_parser(sub) -> None:
+    p = sub.add_parser(
+        "course",
+        help="execute every notebook in order and write summary.md",
+        description="Execute notebooks 01-06 on a profile and write the "
+        "executed copies and summary.md to a run folder.",
+    )
+    p.add_argument("--profile", default="auto", help="tiny, t4, ampere or auto (default)")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
+    p.add_argument("--notebooks", type=Path, default=None, help="folder of NN_*.ipynb")
+    p.add_argument("--only", nargs="*", default=None, help="notebook numbers, e.g. 01 02")
+    p.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    p.set_defaults(func=_course_main)
+
+
+def _course_main(args: argparse.Namespace) -> int:
+    from phi2kit.course import find_notebooks, run_course
+    from phi2kit.profiles import get_profile
+
+    profile = get_profile(args.profile).name
+    notebooks = find_notebooks(args.notebooks)
+    if args.only:
+        notebooks = [n for n in notebooks if n.name[:2] in set(args.only)]
+    out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    runs = run_course(profile, out, notebooks, timeout=args.timeout)
+    print(f"\nsummary: {out / 'summary.md'}")
+    print((out / "summary.md").read_text())
+    return 0 if all(r.status == "passed" for r in runs) else 1
+
+
+def _optional(module: str, name: str) -> Callable | None:
+    """A subcommand's parser hook from a module, if that module exists yet."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="phi2kit", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _course_parser(sub)
+    for module, hook in [("phi2kit.plan", "add_plan_parser")]:
+        add = _optional(module, hook)
+        if add is not None:
+            add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""Measure what a step costs: wall time and peak memory (GPU if present, else process RSS)."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Cost:
+    """Wall time and memory of a measured block.
+
+    ``peak_gpu_gb`` is ``torch.cuda.max_memory_allocated`` during the block (``None`` on a
+    CPU). ``peak_rss_gb`` is the process's high-water resident memory so far: on a CPU it
+    is the only memory figure there is, and it includes Python and the libraries.
+    """
+
+    seconds: float = 0.0
+    peak_gpu_gb: float | None = None
+    peak_rss_gb: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        mem = (
+            f"peak GPU {self.peak_gpu_gb:.2f} GB"
+            if self.peak_gpu_gb is not None
+            else f"peak RSS {self.peak_rss_gb:.2f} GB (CPU)"
+        )
+        return f"{self.seconds:.1f} s, {mem}"
+
+
+def peak_rss_gb() -> float:
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
+
+
+@contextmanager
+def track_cost() -> Iterator[Cost]:
+    """``with track_cost() as cost: ...`` fills ``cost`` when the block ends."""
+    import torch
+
+    cost = Cost()
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    try:
+        yield cost
+    finally:
+        if cuda:
+            torch.cuda.synchronize()
+            cost.peak_gpu_gb = torch.cuda.max_memory_allocated() / 2**30
+        cost.seconds = time.perf_counter() - start
+        cost.peak_rss_gb = peak_rss_gb()

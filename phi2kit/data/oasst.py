@@ -1,0 +1,341 @@
+"""OpenAssistant OASST1 (notebook 06): message trees -> chat threads -> training examples.
+
+Reads both published forms: the Hugging Face rows (one message per row, linked by
+``parent_id``) and the official export ``*.trees.jsonl`` (one tree per line, nested
+``replies``). The form is detected from the content.
+
+    threads = load_oasst("oasst1/train.jsonl", lang="en")
+    examples = [ex for thread in threads for ex in thread_to_examples(thread)]
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from phi2kit.data.errors import DataError
+from phi2kit.data.webglm import LoadResult
+
+HUB_ID = "OpenAssistant/oasst1"
+HUMAN = "### Human:"
+ASSISTANT = "### Assistant:"
+ROLES = ("prompter", "assistant")
+
+Thread = list[tuple[str, str]]
+
+
+def _none_if_nan(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _as_bool(value: Any) -> bool | None:
+    value = _none_if_nan(value)
+    if isinstance(value, str):
+        return {"true": True, "false": False, "": None}.get(value.strip().lower(), None)
+    return None if value is None else bool(value)
+
+
+def _normalize(raw: Any, path: str, row: int, tree_id: str | None = None) -> dict:
+    """One message as a plain dict; ``_path`` and ``_row`` remember where it came from."""
+    if not isinstance(raw, dict):
+        raise DataError(f"expected a JSON object, got {type(raw).__name__}", path=path, row=row)
+    for name in ("message_id", "text", "role"):
+        if not isinstance(_none_if_nan(raw.get(name)), str):
+            raise DataError("missing or not a string", path=path, row=row, field=name)
+    mid = raw["message_id"]
+    rank = _none_if_nan(raw.get("rank"))
+    parent = _none_if_nan(raw.get("parent_id"))
+    return {
+        "message_id": mid,
+        "parent_id": parent or None,
+        "text": raw["text"],
+        "role": raw["role"],
+        "lang": _none_if_nan(raw.get("lang")),
+        "rank": None if rank is None else int(rank),
+        "deleted": bool(_as_bool(raw.get("deleted"))),
+        "review_result": _as_bool(raw.get("review_result")),
+        "message_tree_id": _none_if_nan(raw.get("message_tree_id")) or tree_id,
+        "created_date": str(_none_if_nan(raw.get("created_date")) or ""),
+        "_path": path,
+        "_row": row,
+    }
+
+
+def _flatten_tree(tree: Any, path: str, line: int) -> list[dict]:
+    """Messages of one export tree, parent links taken from the nesting."""
+    if not isinstance(tree, dict) or not isinstance(tree.get("prompt"), dict):
+        raise DataError(
+            "expected a tree with a 'prompt' object", path=path, row=line, field="prompt"
+        )
+    tree_id = tree.get("message_tree_id") or f"line-{line}"
+    out, stack = [], [(tree["prompt"], None)]
+    while stack:
+        raw, parent = stack.pop()
+        msg = _normalize(raw, path, line, tree_id)
+        msg["parent_id"], msg["message_tree_id"] = parent, tree_id
+        out.append(msg)
+        replies = raw.get("replies") or []
+        if not isinstance(replies, list):
+            raise DataError("expected a list", path=path, row=line, field="replies")
+        stack.extend((reply, msg["message_id"]) for reply in reversed(replies))
+    return out
+
+
+def _read_rows(path: Path) -> list[tuple[int, Any]]:
+    """Rows of a parquet or CSV file as (1-based row, dict)."""
+    import pandas as pd
+
+    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    df = df.astype(object).where(df.notna(), None)
+    return list(enumerate(df.to_dict("records"), start=1))
+
+
+def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
+    """Non-blank lines of a (maybe gzipped) JSON-lines file as (line, object or DataError)."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    out: list[tuple[int, Any]] = []
+    with opener(path, "rt", encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    out.append((line_no, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    err = DataError(f"malformed JSON ({exc.msg})", path=str(path), row=line_no)
+                    out.append((line_no, err))
+    return out
+
+
+def _problem(msg: dict, by_id: dict[str, dict]) -> tuple[str, str] | None:
+    """``(what is wrong, field)`` for one message of a tree, or None."""
+    role, parent_id = msg["role"], msg["parent_id"]
+    if role not in ROLES:
+        return f"role {role!r} is not one of {ROLES}", "role"
+    if parent_id is None:
+        return None if role == "prompter" else ("thread starts with an assistant message", "role")
+    parent = by_id.get(parent_id)
+    if parent is None:
+        return f"parent {parent_id} not found", "parent_id"
+    seen, node = {msg["message_id"]}, parent
+    while node is not None:
+        if node["message_id"] in seen:
+            return "parent links form a cycle", "parent_id"
+        seen.add(node["message_id"])
+        node = by_id.get(node["parent_id"]) if node["parent_id"] is not None else None
+    if parent["role"] == role:
+        return f"roles do not alternate ({parent['role']} -> {role})", "role"
+    return None
+
+
+def _check_tree(messages: list[dict], by_id: dict[str, dict], duplicates: list[dict]) -> None:
+    """Raise DataError for a duplicate id, a missing parent, a cycle or a bad role."""
+    found = [(m, ("duplicate message_id", "message_id")) for m in duplicates]
+    found += [(m, _problem(m, by_id)) for m in messages]
+    for msg, problem in found:
+        if problem:
+            text = f"message {msg['message_id']}: {problem[0]}"
+            raise DataError(text, path=msg["_path"], row=msg["_row"], field=problem[1])
+
+
+def _usable(msg: dict, lang: str | None) -> bool:
+    return (
+        not msg["deleted"]
+        and msg["review_result"] is not False
+        and (lang is None or msg["lang"] == lang)
+    )
+
+
+def _main_thread(root: dict, children: dict[str, list[dict]], lang: str | None) -> Thread:
+    """Follow the best reply at each step: rank 0 first, unranked replies last (in order)."""
+    thread, node = [], root
+    while node is not None:
+        thread.append((node["role"], node["text"]))
+        replies = [(i, m) for i, m in enumerate(children[node["message_id"]]) if _usable(m, lang)]
+        best = min(
+            replies,
+            key=lambda r: (r[1]["rank"] is None, r[1]["rank"] or 0, r[1]["created_date"], r[0]),
+            default=None,
+        )
+        node = best[1] if best else None
+    while thread and thread[-1][0] != "assistant":
+        thread.pop()  # a thread ends with an assistant turn, or is dropped
+    return thread
+
+
+def build_threads(
+    messages: list[dict], lang: str | None = None, *, skip_bad: bool = False
+) -> LoadResult:
+    """Build the main thread of every conversation tree.
+
+    Each tree starts at a root prompt (``parent_id`` null). At each step the best usable
+    reply is followed: the lowest ``rank`` (0 is best); replies without a rank come after
+    ranked ones, so when no reply is ranked the first one wins: the earliest
+    ``created_date`` if the data has it, else the first in input order. Messages
+    with ``deleted=True`` or ``review_result`` false, or (with ``lang``) in another
+    language, are skipped together with their subtrees. Trailing prompter turns are
+    removed; threads without an assistant turn are left out.
+
+    Args:
+        messages: Message dicts with at least ``message_id``, ``parent_id``, ``text`` and
+            ``role`` (``prompter`` or ``assistant``).
+        lang: Keep only messages in this language, e.g. ``"en"``.
+        skip_bad: Skip (and count in ``n_skipped``) a bad tree instead of raising.
+
+    Returns:
+        A ``LoadResult``: a list of threads, each a list of ``(role, text)``.
+
+    Raises:
+        DataError: A missing parent, a cycle, roles that do not alternate (or unknown, or
+            an assistant message at the root), a duplicate ``message_id``.
+    """
+    result = LoadResult()
+    norm, by_id, duplicates = [], {}, []
+    for i, raw in enumerate(messages, start=1):
+        msg = raw if "_path" in raw else _normalize(raw, "<messages>", i)
+        if msg["message_id"] in by_id:
+            duplicates.append(msg)
+        else:
+            by_id[msg["message_id"]] = msg
+            norm.append(msg)
+
+    trees: dict[str, list[dict]] = defaultdict(list)
+    children: dict[str, list[dict]] = defaultdict(list)
+    for msg in norm:
+        trees[msg["message_tree_id"] or _top(msg, by_id)].append(msg)
+        if msg["parent_id"] is not None:
+            children[msg["parent_id"]].append(msg)
+
+    dups_of = defaultdict(list)
+    for dup in duplicates:
+        original = by_id[dup["message_id"]]  # report it with the tree it collides with
+        dups_of[original["message_tree_id"] or _top(original, by_id)].append(dup)
+    for key, tree in trees.items():
+        try:
+            _check_tree(tree, by_id, dups_of[key])
+        except DataError as err:
+            if not skip_bad:
+                raise
+            result.problems.append(str(err))
+            continue
+        for root in tree:
+            if root["parent_id"] is None and _usable(root, lang):
+                thread = _main_thread(root, children, lang)
+                if thread:
+                    result.append(thread)
+    return result
+
+
+def _top(msg: dict, by_id: dict[str, dict]) -> str:
+    """The id of the topmost ancestor reachable (groups rows that lack message_tree_id)."""
+    seen, node = set(), msg
+    while node["parent_id"] in by_id and node["message_id"] not in seen:
+        seen.add(node["message_id"])
+        node = by_id[node["parent_id"]]
+    return node["message_id"] if node["message_id"] not in seen else min(seen)
+
+
+def load_messages(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    split: str = "train",
+    hub_id: str = HUB_ID,
+    skip_bad: bool = False,
+) -> LoadResult:
+    """Read OASST1 messages from either published form (or the Hub) as normalized dicts.
+
+    ``.parquet`` and ``.csv`` files are read as rows. In a ``.jsonl`` (or ``.jsonl.gz``)
+    file, a first object with a ``prompt`` key means the trees export, one with a
+    ``message_id`` the rows form. With ``skip_bad`` a bad line is skipped and counted.
+    """
+    if path is None:
+        try:
+            from datasets import load_dataset
+
+            rows = list(enumerate(load_dataset(hub_id, split=split), start=1))
+        except Exception as exc:
+            raise DataError(
+                f"could not load split {split!r} from the Hub ({type(exc).__name__}:"
+                f" {exc}). Offline? Pass path= a local file",
+                path=hub_id,
+            ) from exc
+        source, form = hub_id, "rows"
+    else:
+        file, source = Path(path), str(path)
+        if not file.is_file():
+            raise DataError("no such file", path=source)
+        rows = _read_rows(file) if file.suffix in (".parquet", ".csv") else _read_jsonl(file)
+        first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
+        form = "trees" if "prompt" in first else "rows"
+    if not rows:
+        raise DataError("empty file: no messages", path=source)
+
+    result = LoadResult()
+    for row_no, obj in rows:
+        try:
+            if isinstance(obj, DataError):
+                raise obj
+            if form == "trees":
+                result.extend(_flatten_tree(obj, source, row_no))
+            else:
+                result.append(_normalize(obj, source, row_no))
+        except DataError as err:
+            if not skip_bad:
+                raise
+            result.problems.append(str(err))
+    return result
+
+
+def load_oasst(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    lang: str | None = None,
+    skip_bad: bool = False,
+    split: str = "train",
+    hub_id: str = HUB_ID,
+) -> LoadResult:
+    """Load OASST1 (rows or trees form, or the Hub when ``path`` is None) as main threads.
+
+    Returns a ``LoadResult`` (list of threads, each a list of ``(role, text)`` with roles
+    ``prompter``/``assistant``); ``n_skipped`` counts bad lines and trees left out with
+    ``skip_bad=True``. See ``build_threads`` for how a thread is chosen.
+    """
+    messages = load_messages(path, split=split, hub_id=hub_id, skip_bad=skip_bad)
+    threads = build_threads(messages, lang, skip_bad=skip_bad)
+    threads.problems[:0] = messages.problems
+    return threads
+
+
+def format_chat(turns: Thread, add_generation_prompt: bool = True) -> str:
+    """Render turns as ``### Human: ...`` / ``### Assistant: ...`` lines.
+
+    With ``add_generation_prompt`` the text ends with ``"### Assistant:"``, ready for the
+    model to write the next reply; the training completion is ``" " + reply``.
+
+    >>> format_chat([("prompter", "Hi")])
+    '### Human: Hi\\n### Assistant:'
+    """
+    lines = []
+    for role, text in turns:
+        if role not in ROLES:
+            raise ValueError(f"role {role!r} is not one of {ROLES}")
+        lines.append(f"{HUMAN if role == 'prompter' else ASSISTANT} {text.strip()}")
+    if add_generation_prompt:
+        lines.append(ASSISTANT)
+    return "\n".join(lines)
+
+
+def thread_to_examples(thread: Thread) -> list[dict]:
+    """One ``{"prompt", "completion"}`` per assistant turn, with all earlier turns as context.
+
+    So a thread of 4 turns gives a single-turn pair and a two-turn example; the loss
+    falls on the final assistant turn only (the completion).
+    """
+    return [
+        {"prompt": format_chat(thread[:i]), "completion": " " + text.strip()}
+        for i, (role, text) in enumerate(thread)
+        if role == "assistant"
+    ]

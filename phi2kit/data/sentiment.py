@@ -1,0 +1,397 @@
+"""Financial news sentiment (notebooks 02 and 03): load, deduplicate, split, prompt.
+
+Two published forms are read, and the form is detected from the file's content:
+
+- the Kaggle ``all-data.csv``: no header, ``sentiment,headline``, Latin-1, CR/LF/CRLF;
+- the HF ``financial_phrasebank`` layout: columns ``sentence`` and ``label`` (0 = negative,
+  1 = neutral, 2 = positive), as CSV, JSON lines or parquet, or from the hub.
+
+Both give a data frame with columns ``text`` and ``label`` (the label word).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from phi2kit.data.errors import DataError
+
+if TYPE_CHECKING:
+    import datasets
+
+#: The label words, in the order of financial_phrasebank's integers 0, 1, 2.
+LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
+
+#: One template for training and inference. The completion is ``" " + label``.
+PROMPT_TEMPLATE = (
+    "Classify the sentiment of this financial news headline as negative, neutral or positive.\n"
+    "Headline: {headline}\n"
+    "Sentiment:"
+)
+
+#: One parsed row: (1-based row, raw label, raw text, label field name, text field name).
+Record = tuple[int, Any, Any, str, str]
+
+
+def _label_word(value: Any, **where: Any) -> str:
+    """Map a label (word, or phrasebank int 0/1/2) to its word, or raise DataError.
+
+    ``where`` holds the ``path``, ``row`` and ``field`` for the error message.
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if 0 <= value < len(LABELS):
+            return LABELS[value]
+    elif isinstance(value, str):
+        word = value.strip().lower()
+        if word.isdigit() and int(word) < len(LABELS):
+            return LABELS[int(word)]
+        if word in LABELS:
+            return word
+    expected = ", ".join(LABELS) + (", or 0, 1, 2" if field == "label" else "")
+    raise DataError(f"unknown label {value!r} (expected one of {expected})", **where)
+
+
+def _decode(raw: bytes) -> str:
+    """UTF-8 if the bytes are valid UTF-8, else Latin-1.
+
+    The Kaggle file is Latin-1. Decoding UTF-8 bytes as Latin-1 would give mojibake
+    ("Ã©" for "é"), while Latin-1 text with accents is almost never valid UTF-8, so trying
+    strict UTF-8 first reads both correctly.
+    """
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    return text.removeprefix("\ufeff")
+
+
+def _collect(records: Iterable[Record], path: Any, skip_bad: bool) -> pd.DataFrame:
+    """Turn ``(row, label, text, label_field, text_field)`` records into a frame.
+
+    Bad rows raise :class:`DataError`, or are skipped and counted when ``skip_bad``.
+    """
+    texts, labels, skipped = [], [], 0
+    for row, label, text, label_field, text_field in records:
+        try:
+            if label is None:
+                raise DataError("missing column: no label", path=path, row=row, field=label_field)
+            if text is None or not str(text).strip():
+                raise DataError("missing column: no headline", path=path, row=row, field=text_field)
+            word = _label_word(label, path=path, row=row, field=label_field)
+        except DataError:
+            if not skip_bad:
+                raise
+            skipped += 1
+            continue
+        texts.append(str(text).strip())
+        labels.append(word)
+    if not texts:
+        raise DataError(f"no usable rows ({skipped} bad rows skipped)", path=path)
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise DataError(
+            f"only one class ({classes[0]!r}) in {len(texts)} rows: nothing to classify", path=path
+        )
+    df = pd.DataFrame({"text": texts, "label": labels})
+    df.attrs["skipped"] = skipped
+    return df
+
+
+def _missing_column(found: list[str], path: Any, row: int | None) -> None:
+    """Raise if a phrasebank header lacks ``sentence`` or ``label``."""
+    for column in ("sentence", "label"):
+        if column not in found:
+            raise DataError(
+                f"missing column {column!r}: a phrasebank file needs the columns 'sentence' "
+                f"and 'label' (found {found})",
+                path=path,
+                row=row,
+                field=column,
+            )
+
+
+def _csv_records(text: str, path: Any) -> Iterator[Record]:
+    """Yield records from CSV text.
+
+    The first non-blank record decides the form: if it names ``sentence`` or ``label`` it
+    is a phrasebank header; otherwise the file is the Kaggle form, without a header.
+    """
+    # CR-only and CRLF line endings (even mixed) become LF before csv sees them.
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    for cells in reader:
+        row = reader.line_num
+        if not "".join(cells).strip():
+            continue  # blank line
+        if header is None:
+            names = [c.strip().lower() for c in cells]
+            header = names if {"sentence", "label"} & set(names) else []
+            if header:
+                _missing_column(header, path, row)
+                continue
+        if header:  # phrasebank CSV
+            values = dict(zip(header, cells, strict=False))
+            yield row, values.get("label"), values.get("sentence"), "label", "sentence"
+        else:
+            # An unquoted headline with commas splits into more cells: join them back.
+            headline = ",".join(cells[1:]) if len(cells) > 1 else None
+            yield row, cells[0], headline, "sentiment", "headline"
+
+
+def _table_records(df: pd.DataFrame, path: Any) -> Iterator[Record]:
+    """Yield records from a phrasebank-layout table; rows are numbered from 1."""
+    _missing_column([str(c) for c in df.columns], path, None)
+    for i, (sentence, label) in enumerate(zip(df["sentence"], df["label"], strict=True), start=1):
+        if isinstance(label, float):
+            label = None if np.isnan(label) else int(label) if label.is_integer() else label
+        yield i, label, sentence if isinstance(sentence, str) else None, "label", "sentence"
+
+
+def _read_json(text: str, path: Any) -> pd.DataFrame:
+    """JSON lines (or one JSON array) into a frame, naming the line of a parse error."""
+    if text.lstrip().startswith("["):
+        return pd.DataFrame(json.loads(text))
+    rows = []
+    for n, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"not valid JSON: {err}", path=path, row=n) from err
+    return pd.DataFrame(rows)
+
+
+def load_financial_news(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    hub_id: str = "takala/financial_phrasebank",
+    hub_config: str = "sentences_allagree",
+    skip_bad: bool = False,
+) -> pd.DataFrame:
+    """Load financial news headlines with their sentiment.
+
+    Args:
+        path: A local file: the Kaggle ``all-data.csv``, or a phrasebank-layout CSV, JSON
+            lines or parquet file. The form is detected from the content. ``None`` loads
+            ``hub_id``/``hub_config`` with ``datasets`` (needs the network).
+        hub_id: Hub dataset used when ``path`` is ``None``.
+        hub_config: Its configuration (``sentences_allagree``, ``sentences_50agree``, ...).
+        skip_bad: Skip rows with an unknown label or a missing column, and count them in
+            ``df.attrs["skipped"]``, instead of raising.
+
+    Returns:
+        A frame with columns ``text`` (the headline, stripped) and ``label`` (a word from
+        :data:`LABELS`), in file order. ``df.attrs["skipped"]`` counts skipped rows.
+
+    Raises:
+        DataError: empty file, unknown label, missing column, or only one class. The
+            message names the file, the 1-based line or row, and the field.
+    """
+    if path is None:
+        try:
+            import datasets
+
+            table = datasets.load_dataset(hub_id, hub_config, split="train").to_pandas()
+        except Exception as err:
+            raise DataError(
+                f"could not load {hub_id!r} ({hub_config}) from the hub: {err}. Offline, "
+                "download the Kaggle all-data.csv or a phrasebank file and pass its path.",
+                path=hub_id,
+            ) from err
+        return _collect(_table_records(table, hub_id), hub_id, skip_bad)
+
+    raw = Path(path).read_bytes()
+    if not raw.strip():
+        raise DataError("empty file", path=path)
+    if raw.startswith(b"PAR1"):
+        return _collect(_table_records(pd.read_parquet(path), path), path, skip_bad)
+    text = _decode(raw)
+    if text.lstrip().startswith(("{", "[")):
+        return _collect(_table_records(_read_json(text, path), path), path, skip_bad)
+    return _collect(_csv_records(text, path), path, skip_bad)
+
+
+# --- Duplicates ---------------------------------------------------------------------
+
+
+@dataclass
+class DuplicateReport:
+    """Counts of repeated headlines (compared after collapsing whitespace).
+
+    Args:
+        n_rows: Rows in the frame.
+        n_unique_texts: Distinct headlines.
+        n_duplicate_rows: Rows beyond the first of each headline (``n_rows - n_unique_texts``).
+        n_conflicting_texts: Headlines that appear with more than one label.
+        n_dropped_ties: Conflicting headlines with no majority label, dropped by
+            :func:`deduplicate` (0 from :func:`find_duplicates`).
+        examples: Up to five conflicting headlines (then other repeats), each
+            ``{"text": ..., "labels": {label: count}}``.
+    """
+
+    n_rows: int
+    n_unique_texts: int
+    n_duplicate_rows: int
+    n_conflicting_texts: int
+    n_dropped_ties: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (
+            f"{self.n_rows} rows, {self.n_unique_texts} distinct headlines: "
+            f"{self.n_duplicate_rows} duplicate rows, {self.n_conflicting_texts} headlines "
+            f"with conflicting labels ({self.n_dropped_ties} ties dropped)"
+        )
+
+
+def _normalize(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _label_counts(df: pd.DataFrame) -> dict[str, Counter]:
+    """Normalized headline -> Counter of its labels, in order of first appearance."""
+    counts: dict[str, Counter] = {}
+    for text, label in zip(df["text"], df["label"], strict=True):
+        counts.setdefault(_normalize(text), Counter())[label] += 1
+    return counts
+
+
+def find_duplicates(df: pd.DataFrame) -> DuplicateReport:
+    """Count repeated headlines in ``df`` (columns ``text``, ``label``) without changing it."""
+    counts = _label_counts(df)
+    conflicting = [t for t, c in counts.items() if len(c) > 1]
+    repeated = [t for t, c in counts.items() if len(c) == 1 and c.total() > 1]
+    examples = [{"text": t, "labels": dict(counts[t])} for t in conflicting + repeated]
+    n = len(df)
+    return DuplicateReport(n, len(counts), n - len(counts), len(conflicting), 0, examples[:5])
+
+
+def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, DuplicateReport]:
+    """Keep one row per headline.
+
+    Headlines are compared after collapsing whitespace; the first spelling is kept. A
+    headline seen with different labels keeps its majority label; on a tie (say once
+    positive, once neutral) there is no honest label, and the headline is dropped.
+
+    Returns:
+        The deduplicated frame (first-appearance order, fresh index) and the report.
+    """
+    report = find_duplicates(df)
+    first_text: dict[str, str] = {}
+    for text in df["text"]:
+        first_text.setdefault(_normalize(text), text)
+    texts, labels = [], []
+    for key, counts in _label_counts(df).items():
+        (top, n_top), *rest = counts.most_common()
+        if rest and rest[0][1] == n_top:
+            report.n_dropped_ties += 1
+            continue
+        texts.append(first_text[key])
+        labels.append(top)
+    return pd.DataFrame({"text": texts, "label": labels}), report
+
+
+# --- Split ----------------------------------------------------------------------------
+
+
+@dataclass
+class SentimentSplits:
+    """Train, test and eval frames (columns ``text``, ``label``), and notes on how."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    eval: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+    duplicates: DuplicateReport | None = None
+
+
+def split_sentiment(
+    df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_eval: int = 50, seed: int = 42
+) -> SentimentSplits:
+    """Deduplicate, then split per class: ``n_train`` and ``n_test``, then ``n_eval``.
+
+    Every count is per class. Train and test are drawn without replacement, so no headline
+    is in both. Eval comes from what is left of each class; when fewer than ``n_eval``
+    headlines are left, eval samples that leftover *with replacement* (repeats, but never
+    a train or test headline) and a note says so. On the real Kaggle file this happens
+    for ``negative``: about 600 remain after deduplication, so a few are left for eval.
+
+    Raises:
+        DataError: a class has fewer than ``n_train + n_test`` headlines, or nothing is
+            left for eval while ``n_eval > 0`` (lower ``n_test`` then).
+    """
+    if min(n_train, n_test, n_eval) < 0:
+        raise ValueError("n_train, n_test and n_eval must be >= 0")
+    df, report = deduplicate(df)
+    notes = [f"deduplicated: {report}"]
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[pd.DataFrame]] = {"train": [], "test": [], "eval": []}
+    for label in LABELS:
+        rows = df[df["label"] == label]
+        rows = rows.iloc[rng.permutation(len(rows))]
+        needed = n_train + n_test
+        if len(rows) < needed:
+            raise DataError(
+                f"class {label!r} has {len(rows)} headlines after deduplication; the split "
+                f"needs n_train + n_test = {n_train} + {n_test} = {needed}. "
+                "Lower n_train or n_test."
+            )
+        parts["train"].append(rows.iloc[:n_train])
+        parts["test"].append(rows.iloc[n_train:needed])
+        left = rows.iloc[needed:]
+        if len(left) >= n_eval:
+            parts["eval"].append(left.iloc[:n_eval])
+        elif len(left) == 0:
+            raise DataError(
+                f"class {label!r} has {len(rows)} headlines after deduplication, and train + "
+                f"test take all of them: none is left for n_eval = {n_eval}. Lower n_test "
+                "(or n_train), or pass n_eval=0."
+            )
+        else:
+            parts["eval"].append(left.iloc[rng.integers(0, len(left), size=n_eval)])
+            notes.append(
+                f"eval: class {label!r} has only {len(left)} headlines left after train and "
+                f"test, so its {n_eval} eval rows are sampled from them with replacement."
+            )
+    splits = {}
+    for name, frames in parts.items():
+        joined = pd.concat(frames)
+        splits[name] = joined.iloc[rng.permutation(len(joined))].reset_index(drop=True)
+    return SentimentSplits(**splits, notes=notes, duplicates=report)
+
+
+# --- Prompts --------------------------------------------------------------------------
+
+
+def build_prompt(headline: str) -> str:
+    """The prompt for one headline (whitespace collapsed). The model continues it."""
+    return PROMPT_TEMPLATE.format(headline=_normalize(headline))
+
+
+def build_completion(label: str) -> str:
+    """The target continuation: a space, then the label word. EOS is added by training."""
+    if label not in LABELS:
+        raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
+    return " " + label
+
+
+def to_prompt_completion(df: pd.DataFrame) -> datasets.Dataset:
+    """A ``datasets.Dataset`` with ``prompt``, ``completion`` and ``label`` columns."""
+    import datasets
+
+    prompts = [build_prompt(text) for text in df["text"]]
+    completions = [build_completion(label) for label in df["label"]]
+    return datasets.Dataset.from_dict(
+        {"prompt": prompts, "completion": completions, "label": list(df["label"])}
+    )

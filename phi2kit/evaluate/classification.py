@@ -1,0 +1,286 @@
+"""Evaluate a causal LM as a classifier (notebooks 02 and 03).
+
+Two ways to get a label out of a causal LM:
+
+- **Label scoring** (:func:`score_labels`): for each prompt, the log-likelihood of every
+  candidate completion ``" " + label``; the prediction is the best one. It cannot produce an
+  invalid label.
+- **Generation** (:func:`predict_by_generation`): greedy decoding, then
+  :func:`parse_label`. Outputs that name no label stay ``None`` and count as wrong.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from phi2kit.data.sentiment import LABELS
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+UNPARSED = "unparsed"
+
+
+def _device(model: Any):
+    device = getattr(model, "device", None)
+    return device if device is not None else next(model.parameters()).device
+
+
+def _pad_id(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its eos id (Phi-2 has no pad token), else 0."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+def score_labels(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    labels: Sequence[str] = LABELS,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Summed log-likelihood of each completion ``" " + label`` after each prompt.
+
+    Every (prompt, label) pair is one row. The prompt is tokenized as in training (the
+    tokenizer's special tokens included) and the completion separately, without special
+    tokens, so the positions of the completion are known exactly. Rows are padded on the
+    right here, by hand, with an attention mask built from the lengths: the result does not
+    depend on the tokenizer's padding side, nor on the pad token being eos.
+
+    Args:
+        model: A causal LM (``transformers`` or ``peft``) returning ``.logits``.
+        tokenizer: Its tokenizer.
+        prompts: Prompts ending where the label should begin (``"...Sentiment:"``).
+        labels: Candidate label words.
+        batch_size: Rows (prompt-label pairs) per forward pass.
+
+    Returns:
+        Array of shape ``(len(prompts), len(labels))``; the higher, the more likely.
+    """
+    import torch
+
+    label_ids = [tokenizer(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+    rows = []  # (prompt index, label index, token ids, prompt length)
+    for i, prompt in enumerate(prompts):
+        prompt_ids = tokenizer(prompt)["input_ids"]
+        if not prompt_ids:
+            raise ValueError(f"prompt {i} is empty after tokenization: nothing to condition on")
+        for j, ids in enumerate(label_ids):
+            rows.append((i, j, list(prompt_ids) + list(ids), len(prompt_ids)))
+
+    scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    device, pad_id = _device(model), _pad_id(tokenizer)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(ids) for _, _, ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, (_, _, ids, _) in enumerate(batch):
+                input_ids[b, : len(ids)] = torch.tensor(ids)
+                attention_mask[b, : len(ids)] = 1
+            with torch.no_grad():
+                logits = model(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
+                ).logits
+            # Token t of a row is predicted by the logits at position t - 1.
+            row_idx, pos_idx, targets = [], [], []
+            for b, (_, _, ids, n_prompt) in enumerate(batch):
+                for t in range(n_prompt, len(ids)):
+                    row_idx.append(b)
+                    pos_idx.append(t - 1)
+                    targets.append(ids[t])
+            picked = logits[torch.tensor(row_idx), torch.tensor(pos_idx)].float()
+            logp = torch.log_softmax(picked, dim=-1)
+            token_logp = logp[torch.arange(len(targets)), torch.tensor(targets)].cpu()
+            per_row = torch.zeros(len(batch), dtype=torch.float64)
+            per_row.index_add_(0, torch.tensor(row_idx), token_logp.double())
+            for b, (i, j, _, _) in enumerate(batch):
+                scores[i, j] = per_row[b].item()
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def predict_by_scoring(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    labels: Sequence[str] = LABELS,
+    batch_size: int = 32,
+) -> list[str]:
+    """The most likely label for each prompt, by :func:`score_labels`."""
+    scores = score_labels(model, tokenizer, prompts, labels=labels, batch_size=batch_size)
+    return [labels[j] for j in scores.argmax(axis=1)]
+
+
+def parse_label(text: str | None, labels: Sequence[str] = LABELS) -> str | None:
+    """The label word that starts ``text`` (case-insensitive), else ``None``.
+
+    Leading spaces, quotes and ``*``/``:``/``-`` marks are ignored, and the word must end
+    there: ``" Positive."`` gives ``"positive"``; ``"positively"``, ``"bullish"`` or
+    ``"The sentiment is positive"`` give ``None``.
+    """
+    if not text:
+        return None
+    alternatives = "|".join(re.escape(label) for label in labels)
+    match = re.match(rf"[\s\"'*:\-]*({alternatives})\b", text, flags=re.IGNORECASE)
+    if match is None:
+        return None
+    word = match.group(1).lower()
+    return next(label for label in labels if label.lower() == word)
+
+
+def generate_completions(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 4,
+    batch_size: int = 16,
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (new text only), in batches.
+
+    Batches are padded on the LEFT, so every prompt ends where generation starts, with an
+    attention mask and an explicit ``pad_token_id`` (eos when there is no pad token). The
+    tokenizer's padding side is restored afterwards.
+    """
+    import torch
+
+    pad_id = _pad_id(tokenizer)
+    device = _device(model)
+    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
+    was_training = model.training
+    texts: list[str] = []
+    try:
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+        model.eval()
+        for start in range(0, len(prompts), batch_size):
+            enc = tokenizer(
+                list(prompts[start : start + batch_size]), return_tensors="pt", padding=True
+            )
+            enc = {k: v.to(device) for k, v in enc.items()}
+            with torch.no_grad():
+                out = model.generate(
+                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
+                )
+            new_tokens = out[:, enc["input_ids"].shape[1] :]
+            texts += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = old_side
+        if old_pad is None:
+            tokenizer.pad_token = None
+        model.train(was_training)
+    return texts
+
+
+def predict_by_generation(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    max_new_tokens: int = 4,
+    batch_size: int = 16,
+    labels: Sequence[str] = LABELS,
+) -> list[str | None]:
+    """Greedy generation, parsed with :func:`parse_label`. Unparseable outputs are ``None``."""
+    texts = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
+    return [parse_label(text, labels) for text in texts]
+
+
+def _with_unparsed(y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str]):
+    """Check the inputs; map ``None`` predictions to ``"unparsed"``."""
+    if len(y_true) != len(y_pred):
+        raise ValueError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
+    if len(y_true) == 0:
+        raise ValueError("nothing to evaluate: y_true is empty")
+    unknown = sorted(set(y_true) - set(labels))
+    if unknown:
+        raise ValueError(f"y_true has labels {unknown} that are not in {list(labels)}")
+    return list(y_true), [UNPARSED if p is None else p for p in y_pred]
+
+
+def classification_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str] = LABELS
+) -> dict[str, Any]:
+    """Accuracy, per-class accuracy (recall), macro F1 and a confusion matrix.
+
+    ``None`` predictions (unparsed generations) count as wrong and are counted in
+    ``n_unparsed``; in ``report`` they appear as ``"unparsed"``.
+
+    Returns:
+        ``accuracy``, ``per_class_accuracy`` (label -> recall, ``nan`` if absent),
+        ``macro_f1`` (over ``labels``), ``n_unparsed``, ``n``, ``report`` (sklearn text
+        report) and ``confusion`` (rows: true label, columns: predicted label, both in
+        ``labels`` order; unparsed predictions are in no column).
+    """
+    from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
+    y_true, y_pred = _with_unparsed(y_true, y_pred, labels)
+    correct = np.array([t == p for t, p in zip(y_true, y_pred, strict=True)])
+    per_class = {}
+    for label in labels:
+        mask = np.array([t == label for t in y_true])
+        per_class[label] = float(correct[mask].mean()) if mask.any() else float("nan")
+    return {
+        "accuracy": float(correct.mean()),
+        "per_class_accuracy": per_class,
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0)
+        ),
+        "n_unparsed": y_pred.count(UNPARSED),
+        "n": len(y_true),
+        "report": classification_report(
+            y_true, y_pred, labels=list(labels), zero_division=0, digits=3
+        ),
+        "confusion": confusion_matrix(y_true, y_pred, labels=list(labels)),
+    }
+
+
+def plot_confusion(
+    y_true: Sequence[str],
+    y_pred: Sequence[str | None],
+    labels: Sequence[str] = LABELS,
+    title: str = "Confusion matrix",
+) -> Figure:
+    """A confusion-matrix figure; an ``unparsed`` column is added when there are any.
+
+    Uses matplotlib's object API (no pyplot state, no ``show``), so it works headless; in
+    Jupyter, a returned figure displays itself.
+    """
+    from matplotlib.figure import Figure
+
+    y_true, y_pred = _with_unparsed(y_true, y_pred, labels)
+    columns = list(labels) + ([UNPARSED] if UNPARSED in y_pred else [])
+    counts = Counter(zip(y_true, y_pred, strict=True))
+    matrix = np.array([[counts[(t, p)] for p in columns] for t in labels])
+
+    fig = Figure(figsize=(1.4 * len(columns) + 1.5, 1.2 * len(labels) + 1.2), layout="constrained")
+    ax = fig.add_subplot()
+    ax.imshow(matrix, cmap="Blues")
+    for r in range(matrix.shape[0]):
+        for c in range(matrix.shape[1]):
+            color = "white" if matrix[r, c] > matrix.max() / 2 else "black"
+            ax.text(c, r, str(matrix[r, c]), ha="center", va="center", color=color)
+    ax.set_xticks(range(len(columns)), columns)
+    ax.set_yticks(range(len(labels)), list(labels))
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return fig
+
+
+def majority_rate(y_true: Sequence[str]) -> float:
+    """Accuracy of always predicting the most common label: the baseline to beat."""
+    if len(y_true) == 0:
+        raise ValueError("y_true is empty")
+    return Counter(y_true).most_common(1)[0][1] / len(y_true)

@@ -1,0 +1,93 @@
+"""Batched generation that stops cleanly.
+
+Two things make batched generation with a decoder-only model correct:
+
+- **Left padding.** New tokens are appended on the right, so every prompt's last real
+  token must sit in the last column. With right padding the model would continue from pad.
+- **The attention mask.** It hides the pads, and transformers derives position ids from it,
+  so a padded prompt sees the same positions as the prompt alone.
+
+A base model does not know when to stop: it rambles into an invented next turn. Stopping on
+EOS and on stop strings (such as ``"### Human:"``) ends each sequence where we want.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Generation:
+    """Outputs of :func:`generate`, in prompt order."""
+
+    texts: list[str]
+    new_tokens: list[int]
+    finish: list[str]  # "eos", "stop" (a stop string) or "length" (hit max_new_tokens)
+    seconds: float
+
+    @property
+    def stopped(self) -> list[bool]:
+        """Whether each sequence ended by itself (EOS or stop string), not on the limit."""
+        return [f != "length" for f in self.finish]
+
+    @property
+    def tokens_per_second(self) -> float:
+        return sum(self.new_tokens) / max(self.seconds, 1e-9)
+
+
+def cut_at_stop(text: str, stop_strings: list[str] | tuple[str, ...] = ()) -> tuple[str, bool]:
+    """Cut ``text`` at the first stop string; return the kept text and whether one was found."""
+    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    *,
+    max_new_tokens: int = 64,
+    stop_strings: list[str] | tuple[str, ...] = (),
+    batch_size: int = 8,
+    **generate_kwargs,
+) -> Generation:
+    """Greedy (by default) generation for many prompts, ``batch_size`` at a time.
+
+    Returned texts hold only the new text, cut at the first stop string. ``finish`` tells
+    how each sequence ended: ``"eos"``, ``"stop"`` or ``"length"``.
+    """
+    old_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    texts, counts, finish = [], [], []
+    device = next(model.parameters()).device
+    start = time.perf_counter()
+    try:
+        for i in range(0, len(prompts), batch_size):
+            batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+            batch = batch.to(device)
+            kwargs = {"do_sample": False, **generate_kwargs}
+            if stop_strings:
+                kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+            out = model.generate(
+                **batch,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                **kwargs,
+            )
+            for row in out[:, batch["input_ids"].shape[1] :]:
+                ids = row.tolist()
+                # pad == eos: a row that finished early is filled with eos after its end
+                hit_eos = tokenizer.eos_token_id in ids
+                ids = ids[: ids.index(tokenizer.eos_token_id)] if hit_eos else ids
+                text, hit_stop = cut_at_stop(tokenizer.decode(ids), stop_strings)
+                texts.append(text)
+                counts.append(len(ids) + int(hit_eos and not hit_stop))
+                finish.append("stop" if hit_stop else "eos" if hit_eos else "length")
+    finally:
+        tokenizer.padding_side = old_side
+    return Generation(texts, counts, finish, time.perf_counter() - start)

@@ -1,0 +1,201 @@
+"""Load Phi-2 (or the tiny Phi) for a profile, safely.
+
+What this module takes care of:
+
+- **No remote code.** Phi is native in transformers; ``trust_remote_code`` is never passed,
+  and weights load from safetensors only (``use_safetensors=True``).
+- **A pad token.** Phi-2's tokenizer has none. We set ``pad = eos`` (``<|endoftext|>``), the
+  usual choice, and so loss masking must go by the attention mask, never by token id:
+  masking id ``eos`` would also hide the real end-of-text the model must learn.
+- **Padding side by use.** Left for generation (new tokens follow the last real token),
+  right for training.
+- **fp16 attention on a T4.** Phi-2's ``Q @ K^T`` overflows fp16 (max 65,504) and the loss
+  turns into NaN. The ``phi2kit_fp32`` attention keeps scores and softmax in fp32.
+- **nf4 4-bit** with double quantization for QLoRA, through ``BitsAndBytesConfig``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+from transformers import AttentionInterface
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+from phi2kit.profiles import Profile, get_profile
+
+FP32_ATTENTION = "phi2kit_fp32"
+
+
+def fp32_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs: object,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eager attention with the scores, the mask and the softmax in fp32.
+
+    Same maths as transformers' eager attention, but ``Q @ K^T`` is computed from fp32
+    copies of ``query`` and ``key``, so it cannot overflow in fp16. The output goes back to
+    the input dtype. Shapes: query ``(batch, heads, q_len, head_dim)``.
+    """
+    n_rep = query.shape[1] // key.shape[1]
+    if n_rep > 1:  # grouped-query attention (Phi-2 has none, but stay general)
+        key = key.repeat_interleave(n_rep, dim=1)
+        value = value.repeat_interleave(n_rep, dim=1)
+    scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        mask = attention_mask[:, :, :, : key.shape[-2]]
+        if mask.dtype == torch.bool:  # custom attention gets sdpa-style masks: True = attend
+            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+        else:  # eager-style additive mask
+            scores = scores + mask.float()
+    probs = torch.softmax(scores, dim=-1)
+    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+    out = torch.matmul(probs, value.float()).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), probs.to(query.dtype)
+
+
+AttentionInterface.register(FP32_ATTENTION, fp32_attention_forward)
+# A custom attention also needs a mask builder, or transformers passes no padding mask at
+# all. Ours takes eager's additive mask.
+AttentionMaskInterface.register(FP32_ATTENTION, eager_mask)
+
+
+def model_source(profile: Profile) -> str:
+    """Hub id or folder of the profile's base model (the shipped tiny Phi for ``tiny``)."""
+    if profile.model_id is not None:
+        return profile.model_id
+    from phi2kit.tiny import tiny_path
+
+    return str(tiny_path())
+
+
+def load_tokenizer(
+    profile: Profile | str = "auto", padding_side: Literal["left", "right"] = "right"
+):
+    """The profile's tokenizer with ``pad = eos`` and the padding side for the job.
+
+    Use ``padding_side="left"`` for batched generation and ``"right"`` for training.
+    """
+    from transformers import AutoTokenizer
+
+    profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
+    tok = AutoTokenizer.from_pretrained(model_source(profile))
+    if tok.pad_token is None:
+        # Phi-2 ships no pad token. Reusing eos adds no new embedding row; training code
+        # must therefore mask padding by attention mask, not by this id.
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def bnb_config(profile: Profile):
+    """nf4 4-bit with double quantization; compute in the profile's dtype."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=getattr(torch, profile.dtype),
+    )
+
+
+def load_model(
+    profile: Profile | str = "auto",
+    *,
+    quantize_4bit: bool | None = None,
+    num_labels: int | None = None,
+    source: str | None = None,
+):
+    """Load the profile's causal LM (or a sequence classifier when ``num_labels`` is set).
+
+    Args:
+        profile: A :class:`Profile` or its name.
+        quantize_4bit: Load the base in nf4 (QLoRA). ``None`` takes the profile's default.
+        num_labels: Build ``PhiForSequenceClassification`` with a fresh ``score`` head.
+        source: Load another folder or hub id (e.g. a merged model) with the same settings.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    profile = get_profile(profile) if isinstance(profile, str) else profile
+    quantize = profile.quantize_4bit if quantize_4bit is None else quantize_4bit
+    kwargs: dict = {
+        "dtype": getattr(torch, profile.dtype),
+        "attn_implementation": profile.attn_implementation,
+        "use_safetensors": True,
+        "device_map": "auto" if profile.requires_cuda else "cpu",
+    }
+    if quantize:
+        kwargs["quantization_config"] = bnb_config(profile)
+    src = source or model_source(profile)
+    if num_labels is None:
+        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            src, num_labels=num_labels, **kwargs
+        )
+    if model.config.pad_token_id is None:
+        # Sequence classification pools the last non-pad token and needs this id.
+        model.config.pad_token_id = model.config.eos_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = model.config.pad_token_id
+    return model
+
+
+@dataclass
+class ModelSummary:
+    """What :func:`describe` reports about a model."""
+
+    parameters: int
+    trainable: int
+    bytes_by_dtype: dict[str, int]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes_by_dtype.values())
+
+    def __str__(self) -> str:
+        by = ", ".join(f"{k} {v / 2**20:.1f} MiB" for k, v in self.bytes_by_dtype.items())
+        pct = 100 * self.trainable / max(self.parameters, 1)
+        return (
+            f"{self.parameters:,} parameters ({self.trainable:,} trainable, {pct:.2f} %); "
+            f"{self.total_bytes / 2**20:.1f} MiB: {by}"
+        )
+
+
+def describe(model: nn.Module) -> ModelSummary:
+    """Parameter count, trainable count and bytes by dtype (4-bit weights count as stored).
+
+    bitsandbytes packs two 4-bit weights into each uint8, so a packed ``Params4bit`` counts
+    for twice its element count in ``parameters``; the quantization constants (absmax) are
+    included in the bytes.
+    """
+    n_params = n_train = 0
+    by_dtype: dict[str, int] = {}
+    for p in model.parameters():
+        n = p.numel() * (2 if p.dtype == torch.uint8 else 1)
+        n_params += n
+        n_train += n if p.requires_grad else 0
+        key = "nf4 (packed)" if p.dtype == torch.uint8 else str(p.dtype).replace("torch.", "")
+        by_dtype[key] = by_dtype.get(key, 0) + p.numel() * p.element_size()
+        state = getattr(p, "quant_state", None)
+        if state is not None:
+            by_dtype["quant constants"] = by_dtype.get("quant constants", 0) + _state_bytes(state)
+    return ModelSummary(n_params, n_train, by_dtype)
+
+
+def _state_bytes(state) -> int:
+    total = state.absmax.numel() * state.absmax.element_size()
+    nested = getattr(state, "state2", None)
+    if nested is not None:
+        total += nested.absmax.numel() * nested.absmax.element_size()
+        total += nested.code.numel() * nested.code.element_size()
+    return total

@@ -1,0 +1,38 @@
+"""The tiny pretrained Phi shipped inside the package.
+
+A 1.3M-parameter ``PhiForCausalLM`` (Phi's own architecture: partial rotary 0.4, parallel
+attention and MLP, ``gelu_new``, biases, and Phi-2's module names) with a byte-level BPE
+tokenizer. Like Phi-2's, ``<|endoftext|>`` is bos, eos and unk, there is no pad token and
+no chat template. It loads offline in about a second.
+
+Rebuild it with ``python scripts/build_tiny.py`` (see :mod:`phi2kit.tiny.build`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+TINY_DIR = Path(__file__).parent / "model"
+
+
+def tiny_path() -> Path:
+    """Folder of the shipped tiny model (``config.json``, safetensors, tokenizer)."""
+    if not (TINY_DIR / "config.json").exists():
+        raise FileNotFoundError(
+            f"the tiny model is missing from {TINY_DIR}; rebuild it with "
+            "`python scripts/build_tiny.py`"
+        )
+    return TINY_DIR
+
+
+def tiny_config():
+    """The tiny model's ``PhiConfig``, read from the shipped ``config.json``."""
+    from transformers import PhiConfig
+
+    return PhiConfig.from_pretrained(tiny_path())
+
+
+def build_report() -> dict:
+    """The report written when the model was built (perplexities, build time, seed)."""
+    return json.loads((tiny_path() / "build_report.json").read_text())

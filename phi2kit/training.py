@@ -1,0 +1,202 @@
+"""LoRA/QLoRA set-up and trainers that are safe on a T4.
+
+- :func:`check_targets` fails loudly when a LoRA target matches no module (a typo there
+  otherwise trains nothing, or far less than you think).
+- :func:`add_lora` prepares a 4-bit base for training, adds the adapter and keeps every
+  trainable weight in fp32.
+- :func:`sft_config` / :func:`training_args` set fp16/bf16 **explicitly** from the profile:
+  trl's ``SFTConfig`` defaults to bf16, which a T4 cannot run.
+- :func:`sft_trainer` builds trl's ``SFTTrainer`` on prompt/completion data (loss on the
+  completion only, EOS appended) and then upcasts the LoRA weights that trl casts to bf16
+  on quantized models, which would break fp16 AMP's gradient scaler.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from phi2kit.profiles import Profile
+from phi2kit.recipes import Recipe
+
+
+def check_targets(model: nn.Module, targets: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """Count the Linear-like modules each LoRA target name matches; raise if one matches none.
+
+    A target matches a module whose dotted name ends with ``.<target>`` (PEFT's rule).
+    """
+    names = [
+        n
+        for n, m in model.named_modules()
+        if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 2
+    ]
+    counts = {t: sum(1 for n in names if n == t or n.endswith("." + t)) for t in targets}
+    missing = [t for t, c in counts.items() if c == 0]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise ValueError(
+            f"LoRA target(s) {missing} match no module in {type(model).__name__}. "
+            f"Linear layers in this model are named: {leaves}. Phi-2's are "
+            "q_proj, k_proj, v_proj, dense, fc1, fc2."
+        )
+    return counts
+
+
+def lora_config(recipe: Recipe):
+    """The PEFT ``LoraConfig`` for a recipe.
+
+    With ``task_type="SEQ_CLS"`` PEFT also trains and saves the new ``score`` head
+    (``modules_to_save``), so the head travels with the adapter.
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=list(recipe.target_modules),
+        bias="none",
+        task_type=recipe.task_type,
+    )
+
+
+def upcast_trainable(model: nn.Module) -> int:
+    """Cast every trainable parameter to fp32; return how many were cast.
+
+    fp16 AMP keeps fp32 master weights only if the trainable weights *are* fp32; an fp16
+    or bf16 trainable weight makes the gradient scaler fail ("Attempting to unscale FP16
+    gradients") or silently loses small updates.
+    """
+    n = 0
+    for p in model.parameters():
+        if p.requires_grad and p.dtype != torch.float32:
+            p.data = p.data.float()
+            n += 1
+    return n
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False))
+
+
+def add_lora(model: nn.Module, recipe: Recipe, profile: Profile):
+    """Wrap ``model`` in a LoRA (or QLoRA, if the base is 4-bit) ``PeftModel``."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    check_targets(model, recipe.target_modules)
+    if is_quantized(model):
+        # Freezes the base, upcasts norms/embeddings to fp32, enables input grads.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=profile.gradient_checkpointing
+        )
+    peft_model = get_peft_model(model, lora_config(recipe))
+    upcast_trainable(peft_model)
+    if trainable_parameters(peft_model) == 0:
+        raise RuntimeError("the LoRA model has no trainable parameters")
+    return peft_model
+
+
+def _common_args(profile: Profile, recipe: Recipe, output_dir: str | Path) -> dict:
+    return {
+        "output_dir": str(output_dir),
+        "per_device_train_batch_size": recipe.batch_size,
+        "per_device_eval_batch_size": recipe.batch_size,
+        "gradient_accumulation_steps": recipe.grad_accum,
+        "learning_rate": recipe.learning_rate,
+        "warmup_steps": max(1, round(recipe.warmup_ratio * recipe.max_steps)),
+        "lr_scheduler_type": "linear",
+        "max_steps": recipe.max_steps,
+        "fp16": profile.fp16,  # explicit: never inherit a library default
+        "bf16": profile.bf16,
+        "optim": profile.optim,
+        "gradient_checkpointing": profile.gradient_checkpointing,
+        "logging_steps": max(1, recipe.max_steps // 20),
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": 0,
+        "data_seed": 0,
+        "use_cpu": not profile.requires_cuda,
+        "dataloader_num_workers": 0,
+        "disable_tqdm": True,
+    }
+
+
+def sft_config(profile: Profile, recipe: Recipe, output_dir: str | Path, **overrides):
+    """trl ``SFTConfig`` for prompt/completion data: loss on the completion only."""
+    from trl import SFTConfig
+
+    args = _common_args(profile, recipe, output_dir)
+    args.update(
+        max_length=recipe.max_length, completion_only_loss=True, packing=False, group_by_length=True
+    )
+    args.update(overrides)
+    return SFTConfig(**args)
+
+
+def training_args(profile: Profile, recipe: Recipe, output_dir: str | Path, **overrides):
+    """``transformers.TrainingArguments`` for the HF ``Trainer`` (the classifier, 03)."""
+    from transformers import TrainingArguments
+
+    args = _common_args(profile, recipe, output_dir)
+    args.update(overrides)
+    return TrainingArguments(**args)
+
+
+def sft_trainer(
+    model,
+    tokenizer,
+    train_dataset,
+    profile: Profile,
+    recipe: Recipe,
+    output_dir: str | Path,
+    eval_dataset=None,
+    **overrides,
+):
+    """trl ``SFTTrainer`` over a LoRA model, with trainable weights kept in fp32."""
+    from trl import SFTTrainer
+
+    trainer = SFTTrainer(
+        model=model,
+        args=sft_config(profile, recipe, output_dir, **overrides),
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=tokenizer,
+    )
+    upcast_trainable(trainer.model)  # trl casts QLoRA adapters to bf16; a T4 needs fp32
+    return trainer
+
+
+def loss_curve(log_history: list[dict], key: str = "loss") -> tuple[list[int], list[float]]:
+    """Steps and values of ``key`` from ``trainer.state.log_history``."""
+    rows = [(h["step"], h[key]) for h in log_history if key in h]
+    return [s for s, _ in rows], [v for _, v in rows]
+
+
+def plot_losses(histories: dict[str, list[dict]], title: str = "Training loss"):
+    """One line per run: ``{"LoRA": trainer.state.log_history, ...}``. Returns the Figure."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5))
+    ax = fig.subplots()
+    for name, history in histories.items():
+        steps, losses = loss_curve(history)
+        ax.plot(steps, losses, marker="o", markersize=3, label=name)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def slug(text: str) -> str:
+    """A folder-safe name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower()

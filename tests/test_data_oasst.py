@@ -1,0 +1,288 @@
+"""Tests for phi2kit.data.oasst: both published forms, thread choice, errors, chat format."""
+
+import copy
+import gzip
+import json
+
+import pandas as pd
+import pytest
+
+from phi2kit.data.errors import DataError
+from phi2kit.data.oasst import (
+    ASSISTANT,
+    HUMAN,
+    build_threads,
+    format_chat,
+    load_oasst,
+    thread_to_examples,
+)
+
+
+def msg(mid, role, text, rank=None, lang="en", replies=(), **extra):
+    """A made-up message in the export's nested shape."""
+    base = {"message_id": mid, "role": role, "text": text, "rank": rank, "lang": lang}
+    base.update({"deleted": False, "review_result": True, "synthetic": False}, **extra)
+    base["replies"] = list(replies)
+    return base
+
+
+def make_trees():
+    """Two conversations; the expected main thread of the first is p1, a2, p2, a4."""
+    first = msg(
+        "p1",
+        "prompter",
+        "How do kites fly?",
+        replies=[
+            msg("a1", "assistant", "Second best answer.", rank=1),
+            msg(
+                "a2",
+                "assistant",
+                "Wind pushes them up.",
+                rank=0,
+                replies=[
+                    msg("p3", "prompter", "Rejected follow-up.", review_result=False),
+                    msg(
+                        "p2",
+                        "prompter",
+                        "And without wind?",
+                        replies=[
+                            msg("a4", "assistant", "You have to run.", created_date="2023-02-01"),
+                            msg(
+                                "a5",
+                                "assistant",
+                                "Unranked second reply.",
+                                created_date="2023-02-02",
+                            ),
+                        ],
+                    ),
+                ],
+            ),
+            msg("a3", "assistant", "Deleted answer.", deleted=True),
+        ],
+    )
+    second = msg(
+        "q1", "prompter", "Wie spät ist es?", lang="de",
+        replies=[msg("b1", "assistant", "Zeit für Tee.", rank=0, lang="de")],
+    )  # fmt: skip
+    return [
+        {"message_tree_id": "p1", "tree_state": "ready_for_export", "prompt": first},
+        {"message_tree_id": "q1", "tree_state": "ready_for_export", "prompt": second},
+    ]
+
+
+EXPECTED_EN = [
+    ("prompter", "How do kites fly?"),
+    ("assistant", "Wind pushes them up."),
+    ("prompter", "And without wind?"),
+    ("assistant", "You have to run."),
+]
+EXPECTED_DE = [("prompter", "Wie spät ist es?"), ("assistant", "Zeit für Tee.")]
+
+
+def to_rows(trees):
+    """Flatten trees into HF-style message rows (one per message, parent_id links)."""
+    rows = []
+
+    def walk(node, parent, tree_id):
+        row = {k: v for k, v in node.items() if k != "replies"}
+        row.update(parent_id=parent, message_tree_id=tree_id, tree_state="ready_for_export")
+        rows.append(row)
+        for reply in node["replies"]:
+            walk(reply, node["message_id"], tree_id)
+
+    for tree in trees:
+        walk(tree["prompt"], None, tree["message_tree_id"])
+    return rows
+
+
+def write_jsonl(path, objs):
+    path.write_text("".join((o if isinstance(o, str) else json.dumps(o)) + "\n" for o in objs))
+    return path
+
+
+# --- both forms --------------------------------------------------------------------
+
+
+def test_rows_and_trees_give_the_same_threads(tmp_path):
+    trees = make_trees()
+    rows = to_rows(trees)
+    from_trees = load_oasst(write_jsonl(tmp_path / "x.trees.jsonl", trees))
+    from_rows = load_oasst(write_jsonl(tmp_path / "rows.jsonl", rows))
+    assert from_trees == from_rows == [EXPECTED_EN, EXPECTED_DE]
+    gz = tmp_path / "x.trees.jsonl.gz"
+    gz.write_bytes(gzip.compress((tmp_path / "x.trees.jsonl").read_bytes()))
+    assert load_oasst(gz) == from_trees
+
+    pd.DataFrame(rows).to_parquet(tmp_path / "train.parquet")
+    pd.DataFrame(rows).to_csv(tmp_path / "train.csv", index=False)
+    assert load_oasst(tmp_path / "train.parquet") == from_rows
+    assert load_oasst(tmp_path / "train.csv") == from_rows
+
+
+def test_row_order_does_not_matter():
+    rows = to_rows(make_trees())
+    assert build_threads(rows[::-1]) == [EXPECTED_DE, EXPECTED_EN]
+
+
+def test_hub_is_read_as_rows(monkeypatch):
+    import datasets
+
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: to_rows(make_trees()))
+    assert load_oasst(lang="en") == [EXPECTED_EN]
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match="Offline.*path="):
+        load_oasst()
+
+
+# --- thread choice -----------------------------------------------------------------
+
+
+def test_rank_zero_wins_over_order():
+    threads = build_threads(to_rows(make_trees()), lang="en")
+    assert threads[0][1] == ("assistant", "Wind pushes them up.")  # rank 0, listed second
+
+
+def test_deleted_and_failed_review_are_skipped_with_subtrees():
+    trees = make_trees()
+    a2 = trees[0]["prompt"]["replies"][1]
+    a2["deleted"] = True
+    thread = build_threads(to_rows(trees), lang="en")[0]
+    assert thread == [("prompter", "How do kites fly?"), ("assistant", "Second best answer.")]
+
+    trees = make_trees()
+    p2 = trees[0]["prompt"]["replies"][1]["replies"][1]
+    p2["review_result"] = False  # both prompter replies fail review: thread stops at a2
+    assert build_threads(to_rows(trees), lang="en")[0] == EXPECTED_EN[:2]
+
+
+def test_unranked_replies_pick_the_earliest_then_the_first():
+    trees = make_trees()
+    p2 = trees[0]["prompt"]["replies"][1]["replies"][1]
+    p2["replies"].reverse()
+    assert build_threads(to_rows(trees), lang="en")[0] == EXPECTED_EN  # earliest created_date
+    for reply in p2["replies"]:
+        del reply["created_date"]
+    assert build_threads(to_rows(trees), lang="en")[0][-1] == (
+        "assistant",
+        "Unranked second reply.",
+    )
+
+
+def test_trailing_prompter_turn_is_dropped_and_lone_prompts_left_out():
+    rows = to_rows(make_trees())
+    rows = [r for r in rows if r["message_id"] not in ("a4", "a5", "b1")]
+    assert build_threads(rows) == [EXPECTED_EN[:2]]
+
+
+def test_lang_filter():
+    rows = to_rows(make_trees())
+    assert build_threads(rows, lang="en") == [EXPECTED_EN]
+    assert build_threads(rows, lang="de") == [EXPECTED_DE]
+    assert build_threads(rows, lang="fr") == []
+
+
+# --- errors ------------------------------------------------------------------------
+
+
+def rows_with(change):
+    """Rows of make_trees() with ``{message_id: {field: new value}}`` applied."""
+    rows = to_rows(make_trees())
+    for row in rows:
+        row.update(change.get(row["message_id"], {}))
+    return rows
+
+
+EN, DE = [EXPECTED_EN], [EXPECTED_DE]
+ROW_ERRORS = [
+    ("parent x9 not found", "parent_id", DE, {"a4": {"parent_id": "x9"}}),
+    ("cycle", "parent_id", DE, {"p1": {"parent_id": "a2", "role": "assistant"}}),
+    ("cycle", "parent_id", DE, {"a4": {"parent_id": "a4"}}),
+    (r"do not alternate \(prompter -> prompter\)", "role", DE, {"p3": {"parent_id": "p2"}}),
+    (r"do not alternate \(assistant -> assistant\)", "role", DE, {"a4": {"parent_id": "a2"}}),
+    (
+        "starts with an assistant",
+        "role",
+        EN,
+        {"q1": {"role": "assistant"}, "b1": {"role": "prompter"}},
+    ),
+    ("duplicate message_id", "message_id", DE, {"a5": {"message_id": "a4"}}),
+    ("role 'user' is not one of", "role", DE, {"a5": {"role": "user"}}),
+]
+
+
+@pytest.mark.parametrize("message, field, survivors, change", ROW_ERRORS)
+def test_bad_rows(tmp_path, message, field, survivors, change):
+    path = write_jsonl(tmp_path / "rows.jsonl", rows_with(change))
+    with pytest.raises(DataError, match=message) as info:
+        load_oasst(path)
+    assert "rows.jsonl" in str(info.value) and f"field '{field}'" in str(info.value)
+    assert "row " in str(info.value)
+
+    loaded = load_oasst(path, skip_bad=True)
+    assert loaded == survivors and loaded.n_skipped == 1  # the whole bad tree is skipped
+
+
+def test_malformed_json_line_names_line(tmp_path):
+    trees = make_trees()
+    path = write_jsonl(tmp_path / "t.trees.jsonl", [trees[0], '{"message_tree_id": ', trees[1]])
+    with pytest.raises(DataError, match="row 2.*malformed JSON"):
+        load_oasst(path)
+    loaded = load_oasst(path, skip_bad=True)
+    assert loaded == [EXPECTED_EN, EXPECTED_DE] and loaded.n_skipped == 1
+
+
+def test_bad_tree_is_skipped_in_trees_form(tmp_path):
+    trees = make_trees()
+    bad = copy.deepcopy(trees[1])
+    bad["message_tree_id"] = bad["prompt"]["message_id"] = "q9"
+    bad["prompt"]["replies"][0]["role"] = "prompter"
+    path = write_jsonl(tmp_path / "t.trees.jsonl", [trees[0], bad])
+    with pytest.raises(DataError, match="row 2.*do not alternate"):
+        load_oasst(path)
+    path = write_jsonl(tmp_path / "t.trees.jsonl", [trees[0], bad, {"tree_state": "x"}])
+    with pytest.raises(DataError, match="row 3, field 'prompt'"):
+        load_oasst(path)
+    loaded = load_oasst(path, skip_bad=True)
+    assert loaded == [EXPECTED_EN] and loaded.n_skipped == 2
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n")
+    with pytest.raises(DataError, match="empty file"):
+        load_oasst(path)
+
+
+# --- chat format -------------------------------------------------------------------
+
+
+def test_format_chat():
+    turns = [("prompter", "Hi "), ("assistant", "Hello."), ("prompter", "How are you?")]
+    assert format_chat(turns) == (
+        f"{HUMAN} Hi\n{ASSISTANT} Hello.\n{HUMAN} How are you?\n{ASSISTANT}"
+    )
+    assert (
+        format_chat(turns[:2], add_generation_prompt=False)
+        == "### Human: Hi\n### Assistant: Hello."
+    )
+    with pytest.raises(ValueError, match="role 'user'"):
+        format_chat([("user", "hi")])
+
+
+def test_thread_to_examples():
+    examples = thread_to_examples(EXPECTED_EN)
+    assert examples == [
+        {
+            "prompt": "### Human: How do kites fly?\n### Assistant:",
+            "completion": " Wind pushes them up.",
+        },
+        {
+            "prompt": "### Human: How do kites fly?\n### Assistant: Wind pushes them up.\n"
+            "### Human: And without wind?\n### Assistant:",
+            "completion": " You have to run.",
+        },
+    ]

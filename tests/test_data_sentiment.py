@@ -1,0 +1,248 @@
+"""Tests for phi2kit.data.sentiment: both published file forms, duplicates, split, prompts.
+
+Every file is written here from made-up headlines.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from phi2kit.data.errors import DataError
+from phi2kit.data.sentiment import (
+    LABELS,
+    build_completion,
+    build_prompt,
+    deduplicate,
+    find_duplicates,
+    load_financial_news,
+    split_sentiment,
+    to_prompt_completion,
+)
+
+KAGGLE_ROWS = [
+    ("neutral", "Café Oyj will hold its annual meeting in March"),
+    ("positive", "Widget sales rose to £12 mn, up 8 % from a year earlier"),
+    ("negative", '"Operating loss widened, the company said"'),
+    ("positive", '"Rivet Corp calls the quarter ""exceptional"", raises outlook"'),
+    ("neutral", "The plant employs 40 people"),
+]
+KAGGLE_TEXTS = [
+    "Café Oyj will hold its annual meeting in March",
+    "Widget sales rose to £12 mn, up 8 % from a year earlier",
+    "Operating loss widened, the company said",
+    'Rivet Corp calls the quarter "exceptional", raises outlook',
+    "The plant employs 40 people",
+]
+
+
+def write_kaggle(path, rows, newline="\n", encoding="latin-1"):
+    path.write_bytes(newline.join(f"{s},{h}" for s, h in rows).encode(encoding) + b"\n")
+    return path
+
+
+@pytest.mark.parametrize("newline", ["\r", "\n", "\r\n"])
+def test_kaggle_form_latin1_line_endings_and_quotes(tmp_path, newline):
+    path = write_kaggle(tmp_path / "all-data.csv", KAGGLE_ROWS, newline=newline)
+    df = load_financial_news(path)
+    assert list(df.columns) == ["text", "label"]
+    assert list(df["text"]) == KAGGLE_TEXTS
+    assert list(df["label"]) == [s for s, _ in KAGGLE_ROWS]
+    assert df.attrs["skipped"] == 0
+
+
+def test_kaggle_form_mixed_line_endings(tmp_path):
+    lines = [f"{s},{h}".encode("latin-1") for s, h in KAGGLE_ROWS]
+    path = tmp_path / "all-data.csv"
+    path.write_bytes(
+        lines[0] + b"\r" + lines[1] + b"\r\n" + lines[2] + b"\n" + b"\r".join(lines[3:])
+    )
+    assert list(load_financial_news(path)["text"]) == KAGGLE_TEXTS
+
+
+def test_utf8_file_is_not_read_as_mojibake(tmp_path):
+    path = write_kaggle(tmp_path / "utf8.csv", KAGGLE_ROWS, encoding="utf-8")
+    assert list(load_financial_news(path)["text"]) == KAGGLE_TEXTS
+
+
+def test_phrasebank_layout_csv_jsonl_parquet(tmp_path):
+    sentences = ["Lamp Oy cuts 20 jobs", "Board meets on Monday", "Orders grew 15 %"]
+    frame = pd.DataFrame({"sentence": sentences, "label": [0, 1, 2]})
+    frame.to_csv(tmp_path / "pb.csv", index=False)
+    (tmp_path / "pb.jsonl").write_text(
+        "\n".join(json.dumps(r) for r in frame.to_dict("records")) + "\n"
+    )
+    frame.to_parquet(tmp_path / "pb.parquet")
+    for name in ("pb.csv", "pb.jsonl", "pb.parquet"):
+        df = load_financial_news(tmp_path / name)
+        assert list(df["text"]) == sentences, name
+        assert list(df["label"]) == ["negative", "neutral", "positive"], name
+
+
+def test_bad_label_names_file_row_and_field(tmp_path):
+    rows = KAGGLE_ROWS[:2] + [("positve", "Margin improved")] + KAGGLE_ROWS[2:]
+    path = write_kaggle(tmp_path / "all-data.csv", rows, newline="\r")
+    with pytest.raises(
+        DataError,
+        match=r"all-data\.csv, row 3, field 'sentiment': unknown label "
+        r"'positve' \(expected one of negative, neutral, positive",
+    ) as info:
+        load_financial_news(path)
+    assert (info.value.row, info.value.field) == (3, "sentiment")
+    assert info.value.path == str(path)
+
+
+def test_skip_bad_counts_rows(tmp_path):
+    rows = KAGGLE_ROWS + [("positve", "Margin improved"), ("neutral", "")]
+    path = write_kaggle(tmp_path / "all-data.csv", rows)
+    df = load_financial_news(path, skip_bad=True)
+    assert len(df) == len(KAGGLE_ROWS)
+    assert df.attrs["skipped"] == 2
+
+
+def test_row_with_one_field(tmp_path):
+    path = tmp_path / "all-data.csv"
+    path.write_bytes(b"neutral,Board meets\npositive\nnegative,Loss widened\n")
+    with pytest.raises(DataError, match=r"all-data\.csv, row 2, field 'headline': missing column"):
+        load_financial_news(path)
+
+
+def test_phrasebank_label_out_of_range(tmp_path):
+    path = tmp_path / "pb.jsonl"
+    rows = [{"sentence": "Orders grew", "label": 2}, {"sentence": "Sales fell", "label": 7}]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises(DataError, match=r"pb\.jsonl, row 2, field 'label': unknown label 7"):
+        load_financial_news(path)
+
+
+@pytest.mark.parametrize("missing", ["sentence", "label"])
+def test_phrasebank_missing_column(tmp_path, missing):
+    frame = pd.DataFrame({"sentence": ["Orders grew", "Sales fell"], "label": [2, 0]})
+    frame.drop(columns=missing).assign(other=1).to_csv(tmp_path / "pb.csv", index=False)
+    frame.drop(columns=missing).to_parquet(tmp_path / "pb.parquet")
+    with pytest.raises(DataError, match=rf"pb\.csv, row 1, field '{missing}': missing column"):
+        load_financial_news(tmp_path / "pb.csv")
+    with pytest.raises(DataError, match=rf"pb\.parquet, field '{missing}': missing column"):
+        load_financial_news(tmp_path / "pb.parquet")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "all-data.csv"
+    path.write_bytes(b"\r\n\n  ")
+    with pytest.raises(DataError, match=r"all-data\.csv: empty file"):
+        load_financial_news(path)
+
+
+def test_only_one_class(tmp_path):
+    path = write_kaggle(tmp_path / "all-data.csv", [("neutral", "A"), ("neutral", "B")])
+    with pytest.raises(DataError, match=r"all-data\.csv: only one class \('neutral'\)"):
+        load_financial_news(path)
+
+
+def test_hub_offline_error_suggests_a_path(monkeypatch):
+    import datasets
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    with pytest.raises(DataError, match=r"no network.*pass its path"):
+        load_financial_news()
+
+
+def frame(rows):
+    return pd.DataFrame(rows, columns=["label", "text"])[["text", "label"]]
+
+
+def test_duplicates_and_conflicts():
+    df = frame(
+        [
+            ("positive", "Sales  up"),  # same headline as the next, after collapsing whitespace
+            ("positive", "Sales up"),
+            ("neutral", "Sales up"),  # conflict, majority positive
+            ("neutral", "Meeting held"),
+            ("positive", "Meeting held"),  # conflict, tie: dropped
+            ("negative", "Loss"),
+            ("negative", "Loss"),
+        ]
+    )
+    report = find_duplicates(df)
+    assert (report.n_rows, report.n_unique_texts, report.n_duplicate_rows) == (7, 3, 4)
+    assert report.n_conflicting_texts == 2
+    assert report.examples[0] == {"text": "Sales up", "labels": {"positive": 2, "neutral": 1}}
+    deduped, report = deduplicate(df)
+    assert list(deduped["text"]) == ["Sales  up", "Loss"]
+    assert list(deduped["label"]) == ["positive", "negative"]
+    assert report.n_dropped_ties == 1
+
+
+def synthetic(counts, dup_every=0):
+    """A frame with ``counts[label]`` distinct headlines per label, plus some repeats."""
+    rows = [
+        (label, f"{label} headline number {i}") for label in LABELS for i in range(counts[label])
+    ]
+    if dup_every:
+        rows += [(label, f"{text}  ") for label, text in rows[::dup_every]]
+    return frame(rows)
+
+
+def test_split_sizes_no_leakage_and_reproducible():
+    df = synthetic({"negative": 40, "neutral": 90, "positive": 60}, dup_every=7)
+    splits = split_sentiment(df, n_train=10, n_test=12, n_eval=5, seed=1)
+    for part, n in ((splits.train, 10), (splits.test, 12), (splits.eval, 5)):
+        assert part["label"].value_counts().to_dict() == dict.fromkeys(LABELS, n)
+    seen = [
+        set(p["text"].str.split().str.join(" ")) for p in (splits.train, splits.test, splits.eval)
+    ]
+    assert not seen[0] & seen[1] and not seen[0] & seen[2] and not seen[1] & seen[2]
+    again = split_sentiment(df, n_train=10, n_test=12, n_eval=5, seed=1)
+    assert again.train.equals(splits.train) and again.eval.equals(splits.eval)
+    other = split_sentiment(df, n_train=10, n_test=12, n_eval=5, seed=2)
+    assert not other.train.equals(splits.train)
+    assert not any("replacement" in note for note in splits.notes)
+
+
+def test_split_short_class_eval_with_replacement():
+    # Like the real file: negatives barely cover train + test.
+    df = synthetic({"negative": 23, "neutral": 90, "positive": 60})
+    splits = split_sentiment(df, n_train=10, n_test=10, n_eval=5, seed=0)
+    neg_eval = splits.eval[splits.eval["label"] == "negative"]
+    assert len(neg_eval) == 5 and neg_eval["text"].nunique() <= 3
+    assert not set(neg_eval["text"]) & (set(splits.train["text"]) | set(splits.test["text"]))
+    assert any("'negative'" in n and "with replacement" in n for n in splits.notes)
+
+
+def test_split_short_class_errors():
+    df = synthetic({"negative": 19, "neutral": 90, "positive": 60})
+    with pytest.raises(
+        DataError,
+        match=r"class 'negative' has 19 .* needs n_train \+ n_test = "
+        r"10 \+ 10 = 20",
+    ):
+        split_sentiment(df, n_train=10, n_test=10, n_eval=5)
+    df = synthetic({"negative": 20, "neutral": 90, "positive": 60})
+    with pytest.raises(DataError, match=r"class 'negative'.*none is left.*Lower n_test"):
+        split_sentiment(df, n_train=10, n_test=10, n_eval=5)
+    assert len(split_sentiment(df, n_train=10, n_test=10, n_eval=0).eval) == 0
+
+
+def test_prompt_and_completion():
+    prompt = build_prompt("Orders  grew\n15 %")
+    assert prompt.endswith("Headline: Orders grew 15 %\nSentiment:")
+    assert build_completion("positive") == " positive"
+    with pytest.raises(ValueError, match="unknown label"):
+        build_completion("bullish")
+    ds = to_prompt_completion(frame([("negative", "Loss"), ("neutral", "Meeting held")]))
+    assert ds.column_names == ["prompt", "completion", "label"]
+    assert ds[0] == {"prompt": build_prompt("Loss"), "completion": " negative", "label": "negative"}
+
+
+def test_default_split_on_a_frame_shaped_like_the_real_file():
+    # Class counts as in the Kaggle file (about 4,850 rows), with a few repeated negatives.
+    df = synthetic({"negative": 602, "neutral": 2879, "positive": 1363})
+    df = pd.concat([df, df[df["label"] == "negative"].head(2)], ignore_index=True)
+    splits = split_sentiment(df)
+    assert [len(splits.train), len(splits.test), len(splits.eval)] == [900, 900, 150]
+    assert any("'negative' has only 2 headlines left" in note for note in splits.notes)

@@ -1,0 +1,70 @@
+"""Tests for phi2kit.evaluate.qa."""
+
+import pytest
+
+from phi2kit.evaluate.qa import citation_metrics, cut_at_stop, rouge_l, side_by_side, stop_rate
+
+
+def test_rouge_l():
+    assert rouge_l("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(1.0)
+    assert rouge_l("green window", "the cat sat") == 0.0
+    assert rouge_l("", "the cat sat") == 0.0
+    # LCS "the cat the mat" = 4 of 6 words on both sides -> F = 4/6
+    assert rouge_l("the cat lay on the mat", "the cat sat in the mat") == pytest.approx(4 / 6)
+    assert rouge_l("cats sitting", "cat sits") == pytest.approx(1.0)  # stemmed
+
+
+def test_citation_metrics():
+    answers = ["Yes [1][2].", "No [3].", "Maybe [1, 4] or [x].", "No citation."]
+    out = citation_metrics(answers, [2, 2, 4, 3])
+    assert out["share_with_citation"] == pytest.approx(3 / 4)
+    assert out["n_citations"] == 5
+    assert out["share_valid_citations"] == pytest.approx(4 / 5)  # [3] with 2 refs is invalid
+
+
+def test_citation_metrics_without_citations_and_bad_input():
+    assert citation_metrics(["none", "here"], [1, 2]) == {
+        "share_with_citation": 0.0,
+        "share_valid_citations": 0.0,
+        "n_citations": 0,
+    }
+    with pytest.raises(ValueError, match="2 answers but 1 reference counts"):
+        citation_metrics(["a", "b"], [1])
+    with pytest.raises(ValueError, match="no answers"):
+        citation_metrics([], [])
+
+
+def test_stop_rate():
+    assert stop_rate([True, False, True, True]) == pytest.approx(0.75)
+    assert stop_rate([False]) == 0.0
+    with pytest.raises(ValueError, match="no generations"):
+        stop_rate([])
+
+
+@pytest.mark.parametrize(
+    "text, stops, expected",
+    [
+        ("Sure, here it is.\n### Human: more", ["### Human:"], ("Sure, here it is.", True)),
+        ("No stop here.", ["### Human:"], ("No stop here.", False)),
+        ("A ### Assistant: B ### Human: C", ["### Human:", "### Assistant:"], ("A", True)),
+        ("### Human: at start", "### Human:", ("", True)),
+        ("trailing  ", ["", "zzz"], ("trailing  ", False)),
+        ("half ### Hum", ["### Human:"], ("half ### Hum", False)),
+    ],
+)
+def test_cut_at_stop(text, stops, expected):
+    assert cut_at_stop(text, stops) == expected
+
+
+def test_side_by_side():
+    df = side_by_side(["Q1?", "Q2?"], ["base one", "b"], ["tuned one", "right answer"])
+    assert list(df.columns) == ["question", "base", "tuned"]
+    assert df.loc[1, "tuned"] == "right answer"
+
+    df = side_by_side(["Q1?"], ["wrong"], ["right answer"], references=["right answer"])
+    assert list(df.columns) == [
+        "question", "base", "tuned", "reference", "rouge_l_base", "rouge_l_tuned",
+    ]  # fmt: skip
+    assert df.loc[0, "rouge_l_base"] == 0.0 and df.loc[0, "rouge_l_tuned"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="same length"):
+        side_by_side(["Q1?", "Q2?"], ["a"], ["b", "c"])
