@@ -76,15 +76,9 @@ def count_parameters(config: Any) -> int:
     return weights + other
 
 
-def weight_bytes(
-    config: Any,
-    dtype: str = "float16",
-    *,
-    quantize_4bit: bool = False,
-    double_quant: bool = True,
-    upcast_fp32: bool = False,
-    head: bool = True,
-) -> int:
+def weight_bytes(config: Any, dtype: str = "float16", *, quantize_4bit: bool = False,
+                 double_quant: bool = True, upcast_fp32: bool = False,
+                 head: bool = True) -> int:  # fmt: skip
     """Bytes of the base model's weights.
 
     With ``quantize_4bit`` the decoder Linear weights are nf4, packed two per byte, with one
@@ -100,7 +94,7 @@ def weight_bytes(
         return (weights + other) * size
     blocks = sum(-(-i * o // NF4_BLOCK) for i, o in _linears(config).values())
     blocks *= config.num_hidden_layers
-    absmax = blocks * 4
+    absmax = blocks * 1
     if double_quant:
         nested = sum(-(-(i * o // NF4_BLOCK) // NESTED_BLOCK) for i, o in _linears(config).values())
         absmax = blocks + 4 * nested * config.num_hidden_layers + n_lin * (4 + 256 * 4)
@@ -117,15 +111,8 @@ def lora_parameters(config: Any, recipe: Any, num_labels: int = 3) -> int:
     return n + (config.hidden_size * num_labels if recipe.task_type == "SEQ_CLS" else 0)
 
 
-def activation_bytes_per_token(
-    config: Any,
-    recipe: Any,
-    seq: int,
-    *,
-    dtype: str = "float32",
-    attn: str = "eager",
-    on_gpu: bool = False,
-) -> float:
+def activation_bytes_per_token(config: Any, recipe: Any, seq: int, *, dtype: str = "float32",
+                               attn: str = "eager", on_gpu: bool = False) -> float:  # fmt: skip
     """Bytes one decoder layer saves for backward, per token, with a frozen base + LoRA.
 
     Counted from the tensors autograd keeps (frozen base Linears and 4-bit matmuls keep no
@@ -201,20 +188,10 @@ def _resolve(model: Any) -> tuple[Any, Any]:
     return phi2_config(), profile
 
 
-def estimate(
-    model: Any,
-    recipe: Any,
-    *,
-    device_gb: float = 15.0,
-    attn: str | None = None,
-    gradient_checkpointing: bool | None = None,
-    overhead_gb: float | None = None,
-    dtype: str | None = None,
-    optim: str | None = None,
-    double_quant: bool = True,
-    num_labels: int = 3,
-    _levers: bool = True,
-) -> Estimate:
+def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | None = None,
+             gradient_checkpointing: bool | None = None, overhead_gb: float | None = None,
+             dtype: str | None = None, optim: str | None = None, double_quant: bool = True,
+             num_labels: int = 3, _levers: bool = True) -> Estimate:  # fmt: skip
     """Predict the peak memory of training ``recipe`` on ``model``.
 
     Args:
@@ -306,7 +283,7 @@ def _find_levers(model: Any, recipe: Any, ckpt: bool, kw: dict[str, Any]) -> lis
     # Smallest combinations first: one change, then pairs, ... (max_length is last resort).
     others = [o for o in options if not o[0].startswith("max_length")]
     for size in range(1, len(others) + 1):
-        combos = [options if size == 1 else others][0]
+        combos = options if size == 1 else others
         levers = []
         for combo in itertools.combinations(combos, size):
             changes = {k: v for _, change in combo for k, v in change.items()}

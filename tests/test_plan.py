@@ -125,8 +125,10 @@ def _lora_model(path, recipe, attn="eager", ckpt=False):
     if ckpt:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    lora = LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha, task_type="CAUSAL_LM",
-                      lora_dropout=recipe.lora_dropout, target_modules=list(recipe.target_modules))  # fmt: skip
+    lora = LoraConfig(
+        r=recipe.lora_r, lora_alpha=recipe.lora_alpha, lora_dropout=recipe.lora_dropout,
+        target_modules=list(recipe.target_modules), task_type="CAUSAL_LM",
+    )  # fmt: skip
     return get_peft_model(model, lora).train()
 
 
@@ -219,8 +221,10 @@ def test_impossible_recipe_names_levers():
     est = estimate("t4", recipe, gradient_checkpointing=False)
     assert isinstance(est, Estimate) and not est.fits
     assert est.levers and "does not fit" in est.verdict
-    for lever in ("gradient checkpointing on", "4-bit", "batch 1"):
+    for lever in ("gradient checkpointing on", "batch 1"):
         assert lever in est.verdict
+    fp16_base = estimate("t4", get_recipe("sentiment", "t4", quantize_4bit=False), device_gb=7.0)
+    assert not fp16_base.fits and any("4-bit" in lv for lv in fp16_base.levers)
     one = estimate("t4", get_recipe("webglm", "t4", max_length=2048, batch_size=4),
                    gradient_checkpointing=False)  # fmt: skip
     assert not one.fits and any("gradient checkpointing" in lv for lv in one.levers)
