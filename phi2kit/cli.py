@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+
+from phi2kit.plan import add_plan_parser
 
 
 def _course_parser(sub) -> None:
@@ -46,24 +47,11 @@ def _course_main(args: argparse.Namespace) -> int:
     return 0 if all(r.status == "passed" for r in runs) else 1
 
 
-def _optional(module: str, name: str) -> Callable | None:
-    """A subcommand's parser hook from a module, if that module exists yet."""
-    import importlib
-
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
-
-
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="phi2kit", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _course_parser(sub)
-    for module, hook in [("phi2kit.plan", "add_plan_parser")]:
-        add = _optional(module, hook)
-        if add is not None:
-            add(sub)
+    add_plan_parser(sub)
     return parser
 
 

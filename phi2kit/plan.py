@@ -94,7 +94,7 @@ def weight_bytes(config: Any, dtype: str = "float16", *, quantize_4bit: bool = F
         return (weights + other) * size
     blocks = sum(-(-i * o // NF4_BLOCK) for i, o in _linears(config).values())
     blocks *= config.num_hidden_layers
-    absmax = blocks * 1
+    absmax = blocks * 4
     if double_quant:
         nested = sum(-(-(i * o // NF4_BLOCK) // NESTED_BLOCK) for i, o in _linears(config).values())
         absmax = blocks + 4 * nested * config.num_hidden_layers + n_lin * (4 + 256 * 4)

@@ -116,7 +116,8 @@ def _common_args(profile: Profile, recipe: Recipe, output_dir: str | Path) -> di
         "fp16": profile.fp16,  # explicit: never inherit a library default
         "bf16": profile.bf16,
         "optim": profile.optim,
-        "gradient_checkpointing": profile.gradient_checkpointing,
+        # transformers 5 name; the old `gradient_checkpointing` is a deprecated alias
+        "activation_checkpointing": profile.gradient_checkpointing,
         "logging_steps": max(1, recipe.max_steps // 20),
         "save_strategy": "no",
         "report_to": "none",
@@ -134,7 +135,10 @@ def sft_config(profile: Profile, recipe: Recipe, output_dir: str | Path, **overr
 
     args = _common_args(profile, recipe, output_dir)
     args.update(
-        max_length=recipe.max_length, completion_only_loss=True, packing=False, group_by_length=True
+        max_length=recipe.max_length,
+        completion_only_loss=True,
+        packing=False,
+        train_sampling_strategy="group_by_length",
     )
     args.update(overrides)
     return SFTConfig(**args)

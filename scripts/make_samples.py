@@ -27,7 +27,7 @@ from phi2kit.tiny import synth
 DATA = Path(__file__).resolve().parents[1] / "data"
 CLASS_COUNTS = {"neutral": 880, "positive": 420, "negative": 190}  # ~59 / 28 / 13 %
 QUOTED = [  # headlines that must be quoted in CSV: commas and quotes inside
-    ('{co} , the {product} maker , names {person} as {role}', "neutral"),
+    ("{co} , the {product} maker , names {person} as {role}", "neutral"),
     ('{co} renames its {product} unit "{co2}"', "neutral"),
     ('{co} says "demand is strong" , lifts {y} target', "positive"),
     ('{co} : "weak quarter" , profit fell {pct} %', "negative"),
@@ -44,15 +44,23 @@ def financial_news(rng: random.Random) -> list[tuple[str, str]]:
                 template, lab = rng.choice([q for q in QUOTED if q[1] == label] or QUOTED[:2])
                 if lab == label:
                     text = template.format(
-                        co=synth.company(rng), co2=synth.company(rng), product="paper",
-                        person="Eva Lind", role="CFO", y=2010, pct=rng.randint(2, 40))
+                        co=synth.company(rng),
+                        co2=synth.company(rng),
+                        product="paper",
+                        person="Eva Lind",
+                        role="CFO",
+                        y=2010,
+                        pct=rng.randint(2, 40),
+                    )
             if text not in seen:
                 seen.add(text)
                 rows.append((label, text))
     rng.shuffle(rows)
     dupes = [rows[i] for i in rng.sample(range(len(rows)), 30)]  # exact repeats
-    conflicts = [("neutral" if lab != "neutral" else "positive", text)
-                 for lab, text in (rows[i] for i in rng.sample(range(len(rows)), 6))]
+    conflicts = [
+        ("neutral" if lab != "neutral" else "positive", text)
+        for lab, text in (rows[i] for i in rng.sample(range(len(rows)), 6))
+    ]
     for row in dupes + conflicts:
         rows.insert(rng.randrange(len(rows)), row)
     return rows
@@ -72,8 +80,10 @@ def write_jsonl(records: list[dict], path: Path) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-_GERMAN = [("Wo lebt der Otter?", "Der Otter lebt an Flüssen."),
-           ("Was frisst der Reiher?", "Der Reiher frisst vor allem Fische.")]
+_GERMAN = [
+    ("Wo lebt der Otter?", "Der Otter lebt an Flüssen."),
+    ("Was frisst der Reiher?", "Der Reiher frisst vor allem Fische."),
+]
 
 
 def oasst_tree(rng: random.Random, idx: int, start: datetime) -> dict:
@@ -82,11 +92,24 @@ def oasst_tree(rng: random.Random, idx: int, start: datetime) -> dict:
     clock = iter(start + timedelta(minutes=i) for i in range(10_000))
 
     def msg(role: str, text: str, parent: str | None, lang: str, rank: int | None) -> dict:
-        return {"message_id": f"m{idx:04d}-{next(counter):02d}", "parent_id": parent,
-                "user_id": f"u{rng.randint(1, 90):03d}", "created_date": next(clock).isoformat(),
-                "text": text, "role": role, "lang": lang, "review_count": 3,
-                "review_result": True, "deleted": False, "rank": rank, "synthetic": False,
-                "model_name": None, "emojis": {}, "labels": {}, "replies": []}
+        return {
+            "message_id": f"m{idx:04d}-{next(counter):02d}",
+            "parent_id": parent,
+            "user_id": f"u{rng.randint(1, 90):03d}",
+            "created_date": next(clock).isoformat(),
+            "text": text,
+            "role": role,
+            "lang": lang,
+            "review_count": 3,
+            "review_result": True,
+            "deleted": False,
+            "rank": rank,
+            "synthetic": False,
+            "model_name": None,
+            "emojis": {},
+            "labels": {},
+            "replies": [],
+        }
 
     if idx % 25 == 0:  # a few non-English trees, for the language filter
         q, a = rng.choice(_GERMAN)
@@ -99,16 +122,14 @@ def oasst_tree(rng: random.Random, idx: int, start: datetime) -> dict:
         best = msg(role, text, node["message_id"], lang, 0 if role == "assistant" else None)
         node["replies"].append(best)
         if role == "assistant":  # worse-ranked siblings, and the odd removed one
-            worse = msg(role, "I am not sure, maybe ask someone else.", node["message_id"],
-                        lang, 1)
+            worse = msg(role, "I am not sure, maybe ask someone else.", node["message_id"], lang, 1)
             if rng.random() < 0.2:
                 worse["deleted"] = True
             if rng.random() < 0.2:
                 worse["review_result"] = False
             node["replies"].insert(rng.randrange(2), worse)
         node = best
-    return {"message_tree_id": root["message_id"], "tree_state": "ready_for_export",
-            "prompt": root}
+    return {"message_tree_id": root["message_id"], "tree_state": "ready_for_export", "prompt": root}
 
 
 def main() -> None:

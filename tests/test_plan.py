@@ -112,7 +112,9 @@ def test_weight_bytes_match_loaded_model(small, dtype, nf4, double_quant):
         assert type(model.model.layers[0].mlp.fc1).__name__ == "Linear4bit"
         assert type(model.lm_head) is torch.nn.Linear  # lm_head stays unquantized
     predicted = weight_bytes(cfg, dtype, quantize_4bit=nf4, double_quant=double_quant)
-    assert predicted == pytest.approx(_model_bytes(model), rel=0.05)
+    # The planner leaves out only the rotary inv_freq buffers (a few hundred bytes), so the
+    # check is far tighter than 5 %: 1e-3 catches a miscounted absmax or code tensor.
+    assert predicted == pytest.approx(_model_bytes(model), rel=1e-3)
     if nf4:  # much smaller than fp32, and double quantization shrinks absmax further
         assert predicted < 0.6 * weight_bytes(cfg, "float32")
 
@@ -198,7 +200,9 @@ def test_activation_estimate_matches_live_tensor_peak(request, model, ckpt, drop
         loss.backward()
     est = estimate(cfg, recipe, attn="eager", gradient_checkpointing=ckpt)
     predicted = (est.parts["activations"] + est.parts["logits + grads"]) * 1e9
-    assert predicted == pytest.approx(tracker.peak, rel=0.25)
+    # Measured agreement is within 2.5 %; 5 % (not 25 %) keeps the check able to catch a
+    # dropped part such as the dropout masks or the logits' gradient buffers.
+    assert predicted == pytest.approx(tracker.peak, rel=0.05)
 
 
 def test_sdpa_has_no_quadratic_term():

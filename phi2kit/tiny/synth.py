@@ -249,24 +249,51 @@ def code_snippet(rng: random.Random) -> str:
 # --- the pretraining corpus ---------------------------------------------------------------
 
 
+_TONES = ["positive", "negative", "neutral", "mixed"]
+_OPINIONS = [
+    "Analysts called the tone of the report {tone} .",
+    "The market reaction to the news from {co} was {tone} .",
+    "One headline can be read as {tone} news and another as {tone2} news .",
+    "The sentiment of the financial press about {product} firms was {tone} this week .",
+    "To classify a headline , read it and decide whether its sentiment is {tone} .",
+    "Some readers found the {product} news {tone} , others found it {tone2} .",
+]
+
+
+def opinion(rng: random.Random) -> str:
+    """Sentences that use sentiment words with no fixed link to the facts around them."""
+    return rng.choice(_OPINIONS).format(
+        tone=rng.choice(_TONES),
+        tone2=rng.choice(_TONES),
+        co=company(rng),
+        product=rng.choice(_PRODUCTS),
+    )
+
+
 def document(rng: random.Random) -> str:
     """One pretraining document. Documents are joined with ``<|endoftext|>``."""
     kind = rng.choices(
-        ["news", "facts", "qa", "chat", "instruct", "code"], weights=[4, 3, 2, 2, 1, 1]
+        ["news", "facts", "qa", "chat", "instruct", "code", "list"], weights=[4, 3, 2, 2, 1, 1, 1]
     )[0]
     if kind == "news":
         sents = [
-            headline(rng, rng.choice(["positive", "negative", "neutral", "neutral"]))
+            headline(rng, rng.choice(["positive", "negative", "neutral", "neutral"])) + " ."
             for _ in range(rng.randint(2, 5))
         ]
-        return " . ".join(sents) + " ."
+        for _ in range(rng.randint(0, 2)):
+            sents.insert(rng.randrange(len(sents) + 1), opinion(rng))
+        return " ".join(sents)
     if kind == "facts":
         return " ".join(
             s for a in rng.sample(_ANIMALS, 2) for s in fact_sentences(animal_facts(rng, a))
         )
+    if kind == "list":  # numbered sources, as in a bibliography: teaches [1], [2], ...
+        ex = qa_example(rng)
+        return "Sources:\n" + "\n".join(f"[{i}] {r}" for i, r in enumerate(ex["references"], 1))
     if kind == "qa":
         ex = qa_example(rng)
-        return f"Q: {ex['question']}\nA: {ex['answer'].split(' [')[0]}."
+        q, a = rng.choice([("Q:", "A:"), ("Question:", "Answer:")])
+        return f"{q} {ex['question']}\n{a} {ex['answer'].split(' [')[0]}."
     if kind == "chat":  # no end marker: a base model keeps inventing turns, as Phi-2 does
         turns = chat_turns(rng, rng.randint(2, 3))
         tag = {"prompter": "### Human:", "assistant": "### Assistant:"}
