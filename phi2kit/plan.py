@@ -341,3 +341,62 @@ def run_plan(args: argparse.Namespace) -> int:
     print(f"{args.task} on {args.profile}")
     print(format_table(est))
     return 0 if est.fits else 1
+
+
+# --- time, and the course table ------------------------------------------------------------
+
+#: Assumed mean tokens per training example with Phi-2's tokenizer (prompt + completion),
+#: after dynamic padding. Headlines are short; WebGLM references are long.
+TYPICAL_TOKENS = {"sentiment": 70, "classifier": 55, "webglm": 600, "chat": 350}
+#: Effective training throughput of 4-bit Phi-2 on a T4 with checkpointing (6N FLOPs per
+#: token), calibrated from seed 003's reported 10 hours per epoch: 5,000 examples padded to
+#: 2,048 tokens. About 4.7 TFLOP/s, 7 % of the T4's 65 TFLOP/s fp16 peak.
+T4_EFFECTIVE_FLOPS = 6 * 2_779_683_840 * 5000 * 2048 / (10 * 3600)
+
+COURSE = [  # notebook, what it teaches, task (None: no training)
+    ("01_baseline_inference", "fp16 vs nf4 loading, stopping, batched generation", None),
+    ("02_sentiment_finetuning", "zero-shot baseline, LoRA/QLoRA SFT, per-class evaluation",
+     "sentiment"),
+    ("03_classification_head", "backbone + new `score` head, LoRA/QLoRA with the Trainer",
+     "classifier"),
+    ("04_webglm_qlora", "QLoRA on cited QA, completion-only loss, efficient batching",
+     "webglm"),
+    ("05_adapter_merging", "merge into a full-precision base, measure the error", None),
+    ("06_chat_oasst1", "OASST1 threads, chat SFT that learns to stop, chat demo", "chat"),
+]  # fmt: skip
+
+
+def train_minutes(task: str, profile: str = "t4") -> float:
+    """Predicted training time of a task's default recipe (T4 calibration; eval excluded)."""
+    from phi2kit.recipes import get_recipe
+
+    recipe = get_recipe(task, profile)
+    per_token = 6 * count_parameters(phi2_config())  # forward, recompute, input grads
+    tokens = recipe.max_steps * recipe.effective_batch * TYPICAL_TOKENS[task]
+    return tokens * per_token / T4_EFFECTIVE_FLOPS / 60
+
+
+def course_rows() -> list[tuple[str, str, str, str]]:
+    """(notebook, teaches, T4 minutes, T4 peak GB) for the README's course table.
+
+    Inference notebooks count their weights: fp16 Phi-2 for 01 (plus the nf4 copy), and for
+    05 the fp16 base, its merged copy and the nf4 base side by side.
+    """
+    fp16 = weight_bytes(phi2_config(), "float16") / GB
+    nf4 = weight_bytes(phi2_config(), "float16", quantize_4bit=True) / GB
+    rows = []
+    for name, teaches, task in COURSE:
+        if task is None:
+            gb = (
+                fp16 + nf4 + CUDA_CONTEXT_GB
+                if name.startswith("01")
+                else (2 * fp16 + nf4 + CUDA_CONTEXT_GB)
+            )
+            minutes = "~5" if name.startswith("01") else "~10"
+        else:
+            from phi2kit.recipes import get_recipe
+
+            gb = estimate("t4", get_recipe(task, "t4")).total_gb
+            minutes = f"~{5 * round(train_minutes(task) / 5 + 0.5):.0f}"
+        rows.append((name, teaches, minutes, f"{gb:.1f}"))
+    return rows
