@@ -41,3 +41,11 @@ def test_tiny_report_in_readme():
     from phi2kit.tiny import build_report
 
     assert str(build_report()["held_out_perplexity"]) in README
+
+
+def test_t4_recipe_table_matches_skeleton():
+    from phi2kit.skeleton import all_reports
+
+    for report in all_reports("t4"):
+        row = next(line for line in README.splitlines() if line.startswith(f"| {report.task} |"))
+        assert f"{report.trainable:,}" in row, row
