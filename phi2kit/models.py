@@ -145,9 +145,27 @@ def load_model(
     if model.config.pad_token_id is None:
         # Sequence classification pools the last non-pad token and needs this id.
         model.config.pad_token_id = model.config.eos_token_id
-    if model.generation_config is not None:
+    if getattr(model, "generation_config", None) is not None:  # causal LMs only
         model.generation_config.pad_token_id = model.config.pad_token_id
+    if quantize and not profile.requires_cuda:
+        keep_nf4_layout_on_cpu(model)
     return model
+
+
+def keep_nf4_layout_on_cpu(model: nn.Module) -> int:
+    """Stop bitsandbytes from repacking nf4 weights for CPU inference; return modules touched.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit``'s weight in place
+    the first time it runs a no-grad forward in eval mode. Training afterwards fails ("a view
+    of a leaf Variable that requires grad is being used in an in-place operation"). Keeping
+    the standard layout makes "evaluate the base, then train" work, as it does on a GPU.
+    """
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
 
 
 @dataclass

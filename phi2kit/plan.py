@@ -394,9 +394,16 @@ def course_rows() -> list[tuple[str, str, str, str]]:
             )
             minutes = "~5" if name.startswith("01") else "~10"
         else:
+            from dataclasses import replace
+
             from phi2kit.recipes import get_recipe
 
-            gb = estimate("t4", get_recipe(task, "t4")).total_gb
-            minutes = f"~{5 * round(train_minutes(task) / 5 + 0.5):.0f}"
+            recipe = get_recipe(task, "t4")
+            gb = estimate("t4", recipe).total_gb
+            runs = 1
+            if task == "classifier":  # 03 trains LoRA on the fp16 base, then QLoRA
+                gb = max(gb, estimate("t4", replace(recipe, quantize_4bit=False)).total_gb)
+                runs = 2
+            minutes = f"~{5 * round(runs * train_minutes(task) / 5 + 0.5):.0f}"
         rows.append((name, teaches, minutes, f"{gb:.1f}"))
     return rows

@@ -185,10 +185,9 @@ def loss_curve(log_history: list[dict], key: str = "loss") -> tuple[list[int], l
 
 def plot_losses(histories: dict[str, list[dict]], title: str = "Training loss"):
     """One line per run: ``{"LoRA": trainer.state.log_history, ...}``. Returns the Figure."""
-    from matplotlib.figure import Figure
+    from phi2kit.plotting import new_figure
 
-    fig = Figure(figsize=(6, 3.5))
-    ax = fig.subplots()
+    fig, ax = new_figure(figsize=(6, 3.5))
     for name, history in histories.items():
         steps, losses = loss_curve(history)
         ax.plot(steps, losses, marker="o", markersize=3, label=name)

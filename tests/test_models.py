@@ -136,3 +136,30 @@ def test_tiny_build_report_beats_unigram():
     r = build_report()
     assert r["held_out_perplexity"] < r["unigram_perplexity"] / 5
     assert math.isfinite(r["held_out_perplexity"])
+
+
+def test_nf4_eval_then_train_on_cpu(tiny_profile):
+    """bitsandbytes repacks nf4 on an eval forward on some CPUs; training must still work."""
+    from phi2kit.recipes import get_recipe
+    from phi2kit.training import add_lora
+
+    q = load_model(tiny_profile, quantize_4bit=True)
+    x = torch.tensor([[5, 6, 7, 8]])
+    q.eval()
+    with torch.no_grad():
+        before = q(input_ids=x).logits
+    peft_model = add_lora(q, get_recipe("webglm", tiny_profile), tiny_profile)
+    peft_model.train()
+    loss = peft_model(input_ids=x, labels=x).loss
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None for p in peft_model.parameters() if p.requires_grad)
+    assert torch.isfinite(before).all()
+
+
+def test_seq_cls_model_has_pad_token(tiny_profile):
+    clf = load_model(tiny_profile, quantize_4bit=False, num_labels=3)
+    assert clf.config.pad_token_id is not None
+    out = clf(input_ids=torch.tensor([[5, 6, 7], [0, 8, 9]]),
+              attention_mask=torch.tensor([[1, 1, 1], [0, 1, 1]]))
+    assert out.logits.shape == (2, 3)

@@ -254,18 +254,18 @@ def plot_confusion(
 ) -> Figure:
     """A confusion-matrix figure; an ``unparsed`` column is added when there are any.
 
-    Uses matplotlib's object API (no pyplot state, no ``show``), so it works headless; in
-    Jupyter, a returned figure displays itself.
+    Works headless; in Jupyter, a returned figure displays itself.
     """
-    from matplotlib.figure import Figure
+    from phi2kit.plotting import new_figure
 
     y_true, y_pred = _with_unparsed(y_true, y_pred, labels)
     columns = list(labels) + ([UNPARSED] if UNPARSED in y_pred else [])
     counts = Counter(zip(y_true, y_pred, strict=True))
     matrix = np.array([[counts[(t, p)] for p in columns] for t in labels])
 
-    fig = Figure(figsize=(1.4 * len(columns) + 1.5, 1.2 * len(labels) + 1.2), layout="constrained")
-    ax = fig.add_subplot()
+    fig, ax = new_figure(
+        figsize=(1.4 * len(columns) + 1.5, 1.2 * len(labels) + 1.2), layout="constrained"
+    )
     ax.imshow(matrix, cmap="Blues")
     for r in range(matrix.shape[0]):
         for c in range(matrix.shape[1]):
