@@ -239,7 +239,7 @@ def classifier_trainer(
     class-weighted loss when ``weight`` is given. ``overrides`` go to ``TrainingArguments``."""
     from transformers import DataCollatorWithPadding, Trainer
 
-    from phi2kit.training import training_args, upcast_trainable
+    from phi2kit.training import quiet, training_args, upcast_trainable
 
     if tokenizer.padding_side != "right":
         raise ValueError("train with tokenizer.padding_side='right' (load_tokenizer's default)")
@@ -254,7 +254,7 @@ def classifier_trainer(
         compute_loss_func=None if weight is None else weighted_loss(weight),
     )
     upcast_trainable(trainer.model)
-    return trainer
+    return quiet(trainer)
 
 
 @torch.no_grad()

@@ -2,6 +2,8 @@
 
     phi2kit course --profile tiny                 # run every notebook, write summary.md
     phi2kit plan --profile t4 --task webglm --max-length 1024 --batch 2
+    phi2kit chat --profile tiny --adapter notebooks/outputs/06_chat/adapter
+    phi2kit bench                                 # the performance report
 
 Subcommands import their heavy dependencies inside ``main`` functions, so ``--help`` is
 fast.
@@ -14,6 +16,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from phi2kit.bench import add_bench_parser
+from phi2kit.chat import add_chat_parser
 from phi2kit.plan import add_plan_parser
 
 
@@ -52,6 +56,8 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _course_parser(sub)
     add_plan_parser(sub)
+    add_chat_parser(sub)
+    add_bench_parser(sub)
     return parser
 
 

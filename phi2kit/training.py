@@ -174,6 +174,14 @@ def sft_trainer(
         processing_class=tokenizer,
     )
     upcast_trainable(trainer.model)  # trl casts QLoRA adapters to bf16; a T4 needs fp32
+    return quiet(trainer)
+
+
+def quiet(trainer):
+    """Drop the callback that prints every log dict; the loss plot shows the same numbers."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
     return trainer
 
 

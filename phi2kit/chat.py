@@ -1,0 +1,189 @@
+"""Chat with a tuned Phi-2 in the ``### Human: … ### Assistant: …`` format (notebook 06).
+
+The history is kept as ``(role, text)`` turns (roles ``prompter``/``assistant``, as in
+:mod:`phi2kit.data.oasst`), rendered with :func:`~phi2kit.data.oasst.format_chat`, and the
+reply is generated greedily and cut at the stop string ``"### Human:"``, in case the model
+starts to invent the user's next turn.
+
+    phi2kit chat --profile tiny --adapter notebooks/outputs/06_chat/adapter
+    phi2kit chat --profile t4 --model merged/phi2-chat      # a merged model (notebook 05)
+
+Type a message per line; ``exit`` or end of input (Ctrl-D) quits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from phi2kit.data.oasst import HUMAN, Thread, format_chat
+
+STOP_STRINGS: tuple[str, ...] = (HUMAN,)
+EXIT_WORDS = ("exit", "quit")
+_GRADIO_ROLES = {"user": "prompter", "assistant": "assistant"}
+
+
+def to_turns(history: Sequence[Any] | None) -> Thread:
+    """Normalize a chat history to ``(role, text)`` turns.
+
+    Accepts our own turns (``("prompter", "Hi")``), Gradio's ``messages`` format
+    (``{"role": "user", "content": "Hi"}``) and Gradio's older pairs
+    (``["Hi", "Hello!"]``, one pair per exchange).
+    """
+    turns: Thread = []
+    for item in history or []:
+        if isinstance(item, dict):
+            role = _GRADIO_ROLES.get(item.get("role", ""))
+            if role is None:
+                raise ValueError(f"unknown chat role {item.get('role')!r}: use user/assistant")
+            turns.append((role, str(item.get("content") or "")))
+        elif len(item) == 2 and item[0] in ("prompter", "assistant"):
+            turns.append((item[0], str(item[1])))
+        elif len(item) == 2:  # a (user, bot) pair
+            turns.append(("prompter", str(item[0] or "")))
+            if item[1] is not None:
+                turns.append(("assistant", str(item[1])))
+        else:
+            raise ValueError(f"cannot read history item {item!r}")
+    return turns
+
+
+def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
+    """Drop the oldest exchanges until the prompt fits in ``max_tokens`` tokens.
+
+    The last turn (the user's new message) is always kept, even if it alone is too long.
+    """
+    turns = list(turns)
+    while len(turns) > 1 and len(tokenizer(format_chat(turns)).input_ids) > max_tokens:
+        turns = turns[2:] if turns[0][0] == "prompter" and len(turns) > 2 else turns[1:]
+    return turns
+
+
+def chat_reply(
+    model,
+    tokenizer,
+    turns: Thread,
+    *,
+    max_new_tokens: int = 128,
+    stop_strings: Sequence[str] = STOP_STRINGS,
+) -> str:
+    """The assistant's next reply to ``turns`` (which end with the user's message).
+
+    Greedy decoding; the reply ends at EOS or at the first stop string, and is stripped.
+    Old exchanges are dropped if the prompt would not leave room for ``max_new_tokens``.
+    """
+    from phi2kit.generation import generate
+
+    if not turns or turns[-1][0] != "prompter":
+        raise ValueError("the history must end with the user's (prompter) message")
+    limit = getattr(model.config, "max_position_embeddings", 2048) - max_new_tokens
+    prompt = format_chat(fit_history(turns, tokenizer, limit))
+    out = generate(
+        model, tokenizer, [prompt], max_new_tokens=max_new_tokens, stop_strings=stop_strings
+    )
+    return out.texts[0].strip()
+
+
+class ChatSession:
+    """A multi-turn conversation: ``session.send("Hi")`` returns the reply and keeps both."""
+
+    def __init__(self, model, tokenizer, *, max_new_tokens: int = 128) -> None:
+        self.model, self.tokenizer = model, tokenizer
+        self.max_new_tokens = max_new_tokens
+        self.turns: Thread = []
+
+    def send(self, message: str) -> str:
+        turns = [*self.turns, ("prompter", message.strip())]
+        reply = chat_reply(self.model, self.tokenizer, turns, max_new_tokens=self.max_new_tokens)
+        self.turns = [*turns, ("assistant", reply)]
+        return reply
+
+    def reset(self) -> None:
+        self.turns = []
+
+
+def load_chat_model(
+    profile: str = "auto",
+    *,
+    adapter: str | None = None,
+    model: str | None = None,
+    quantize_4bit: bool = False,
+):
+    """``(model, tokenizer)`` for chatting: the base plus an adapter, or a merged model.
+
+    Args:
+        profile: Profile name (``tiny``, ``t4``, ``ampere`` or ``auto``).
+        adapter: Folder of a saved LoRA adapter, put on the profile's base model.
+        model: Folder of a merged model (notebook 05's ``save_merged``), used instead.
+        quantize_4bit: Load the base in nf4 (as QLoRA trained it) instead of full precision.
+    """
+    from phi2kit.models import keep_nf4_layout_on_cpu, load_model, load_tokenizer
+    from phi2kit.profiles import get_profile
+
+    if adapter and model:
+        raise ValueError("pass either adapter= (base + adapter) or model= (merged), not both")
+    prof = get_profile(profile)
+    net = load_model(prof, quantize_4bit=quantize_4bit, source=model)
+    if adapter:
+        from peft import PeftModel
+
+        net = PeftModel.from_pretrained(net, adapter)
+    keep_nf4_layout_on_cpu(net)
+    net.eval()
+    tokenizer = load_tokenizer(prof, padding_side="left")
+    return net, tokenizer
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model flags shared by ``phi2kit chat`` and the Gradio app."""
+    parser.add_argument("--profile", default="auto", help="tiny, t4, ampere or auto (default)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--adapter", default=None, help="LoRA adapter folder (on the base)")
+    which.add_argument("--model", default=None, help="merged model folder instead of the base")
+    parser.add_argument(
+        "--4bit",
+        dest="quantize_4bit",
+        action="store_true",
+        help="load the base in nf4, as QLoRA trained it",
+    )
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit")
+
+
+def add_chat_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``phi2kit chat`` on an ``add_subparsers()`` object."""
+    parser = subparsers.add_parser(
+        "chat",
+        help="chat in the terminal with the base model plus an adapter, or a merged model",
+        description="Multi-turn chat in the '### Human: / ### Assistant:' format. One message "
+        "per line; 'exit' or end of input quits. Example: phi2kit chat --profile tiny "
+        "--adapter notebooks/outputs/06_chat/adapter",
+    )
+    add_model_arguments(parser)
+    parser.set_defaults(func=run_chat)
+    return parser
+
+
+def run_chat(
+    args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None
+) -> int:
+    """Read messages from ``stdin`` line by line and print each reply to ``stdout``."""
+    stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    model, tokenizer = load_chat_model(
+        args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
+    )
+    session = ChatSession(model, tokenizer, max_new_tokens=args.max_new_tokens)
+    interactive = stdin.isatty()
+    if interactive:
+        print("Type a message; 'exit' or Ctrl-D quits.", file=stdout)
+    while True:
+        if interactive:
+            print("you> ", end="", file=stdout, flush=True)
+        line = stdin.readline()
+        if not line or line.strip().lower() in EXIT_WORDS:
+            break
+        if not line.strip():
+            continue
+        print(f"assistant> {session.send(line)}", file=stdout, flush=True)
+    return 0

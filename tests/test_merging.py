@@ -1,0 +1,149 @@
+"""Merging LoRA/QLoRA adapters: logits match, the save/reload round trip, adapter switching.
+
+Adapters are freshly initialised with ``init_lora_weights=False`` (non-zero B), so every
+merge changes the weights and a broken merge shows up in the logits.
+"""
+
+import pytest
+import torch
+
+from phi2kit.merging import (
+    adapter_fits,
+    dequantize_into,
+    find_adapter,
+    keep_nf4_layout_on_cpu,
+    load_adapters,
+    load_dequantized_base,
+    merge_error,
+    probe_logits,
+    save_merged,
+)
+from phi2kit.models import load_model
+
+TEXTS = [
+    "### Human: Where does the otter live?\n### Assistant:",
+    "def add(a, b):",
+    "The heron feeds mainly on fish and",
+]
+TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+
+
+def _save_random_adapter(profile, path, seed, targets=TARGETS, r=8):
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, init_lora_weights=False)
+    model = get_peft_model(load_model(profile, quantize_4bit=False), config)
+    model.save_pretrained(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, tiny_profile):
+    return _save_random_adapter(tiny_profile, tmp_path_factory.mktemp("a") / "lora", seed=1)
+
+
+def test_lora_merge_keeps_logits(tiny_profile, tiny_tokenizer, adapter_dir):
+    from peft import PeftModel
+
+    base_logits = probe_logits(load_model(tiny_profile, quantize_4bit=False), tiny_tokenizer, TEXTS)
+    model = PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=False), adapter_dir)
+    unmerged = probe_logits(model, tiny_tokenizer, TEXTS)
+    merged = probe_logits(model.merge_and_unload(), tiny_tokenizer, TEXTS)
+    assert merge_error(base_logits, unmerged).max_abs > 0.1  # the adapter does something
+    err = merge_error(unmerged, merged)
+    assert err.max_abs < 1e-4 and err.token_agreement == 1.0, err
+
+
+def test_merge_error_measures_what_it_says():
+    ref = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]])
+    other = torch.tensor([[0.0, 1.5, 1.0], [3.0, 0.0, 0.0]])
+    err = merge_error(ref, other)
+    assert err.max_abs == pytest.approx(1.0)
+    assert err.mean_abs == pytest.approx(1.5 / 6)
+    assert err.token_agreement == pytest.approx(0.5) and err.n_tokens == 2
+    with pytest.raises(ValueError, match="same texts"):
+        merge_error(ref, other[:1])
+
+
+def test_save_and_reload_round_trip(tiny_profile, tiny_tokenizer, adapter_dir, tmp_path):
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=False), adapter_dir)
+    with pytest.raises(TypeError, match="merge_and_unload"):
+        save_merged(model, tiny_tokenizer, tmp_path / "not-merged")
+    merged = model.merge_and_unload()
+    path = save_merged(merged, tiny_tokenizer, tmp_path / "merged")
+    assert list(path.glob("*.safetensors")) and not list(path.glob("*.bin"))
+    reloaded = load_model(tiny_profile, quantize_4bit=False, source=str(path))
+    assert torch.equal(
+        probe_logits(merged, tiny_tokenizer, TEXTS), probe_logits(reloaded, tiny_tokenizer, TEXTS)
+    )
+
+
+def test_dequantize_then_merge_beats_naive_qlora_merge(tiny_profile, tiny_tokenizer, adapter_dir):
+    from peft import PeftModel
+
+    qlora = PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=True), adapter_dir)
+    assert keep_nf4_layout_on_cpu(qlora) == 6 * 4  # six projections in four layers
+    trained = probe_logits(qlora, tiny_tokenizer, TEXTS)  # what QLoRA training computes
+    naive = PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=False), adapter_dir)
+    naive_err = merge_error(trained, probe_logits(naive.merge_and_unload(), tiny_tokenizer, TEXTS))
+    deq = PeftModel.from_pretrained(load_dequantized_base(tiny_profile), adapter_dir)
+    deq_err = merge_error(trained, probe_logits(deq.merge_and_unload(), tiny_tokenizer, TEXTS))
+    assert deq_err.max_abs < 1e-4, deq_err
+    assert naive_err.max_abs > 100 * deq_err.max_abs, (naive_err, deq_err)
+
+
+def test_dequantize_into_refuses_repacked_weights(tiny_profile, tiny_tokenizer):
+    quantized = load_model(tiny_profile, quantize_4bit=True)
+    target = load_model(tiny_profile, quantize_4bit=False)
+    assert dequantize_into(target, quantized) == 24
+    w = target.model.layers[0].mlp.fc1.weight
+    original = load_model(tiny_profile, quantize_4bit=False).model.layers[0].mlp.fc1.weight
+    assert 0 < (w - original).abs().max() < 0.2 * original.abs().max()  # nf4 rounding only
+    state = quantized.model.layers[0].mlp.fc1.weight.quant_state
+    state.packing_format_for_cpu = True  # what bitsandbytes' CPU bf16 kernel leaves behind
+    with pytest.raises(RuntimeError, match="keep_nf4_layout_on_cpu"):
+        dequantize_into(target, quantized)
+
+
+def test_switch_adapters_without_reloading_base(tiny_profile, tiny_tokenizer, tmp_path):
+    a = _save_random_adapter(tiny_profile, tmp_path / "a", seed=1)
+    b = _save_random_adapter(tiny_profile, tmp_path / "b", seed=2, targets=["q_proj", "v_proj"])
+    model = load_adapters(load_model(tiny_profile, quantize_4bit=False), {"a": a, "b": b})
+    base_weight = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
+    logits = {}
+    for name in ["a", "b", "a"]:
+        model.set_adapter(name)
+        logits[name] = probe_logits(model, tiny_tokenizer, TEXTS)
+    with model.disable_adapter():
+        logits["base"] = probe_logits(model, tiny_tokenizer, TEXTS)
+    assert model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight is base_weight
+    assert merge_error(logits["a"], logits["b"]).max_abs > 0.1
+    alone = _logits_alone(tiny_profile, tiny_tokenizer, b)
+    assert merge_error(alone, logits["b"]).max_abs < 1e-5  # same as loading b by itself
+    with pytest.raises(ValueError, match="empty"):
+        load_adapters(model, {})
+
+
+def _logits_alone(profile, tokenizer, path):
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_model(profile, quantize_4bit=False), path)
+    return probe_logits(model, tokenizer, TEXTS)
+
+
+def test_find_adapter_checks_the_base(tiny_profile, adapter_dir, tmp_path):
+    import json
+
+    assert adapter_fits(adapter_dir, tiny_profile)
+    assert not adapter_fits(tmp_path / "missing", tiny_profile)
+    other = tmp_path / "other"
+    other.mkdir()
+    config = json.loads((adapter_dir / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "microsoft/phi-2"
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    assert not adapter_fits(other, tiny_profile)
+    assert find_adapter([tmp_path / "missing", other, adapter_dir], tiny_profile) == adapter_dir
+    assert find_adapter([other], tiny_profile) is None
