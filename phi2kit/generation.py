@@ -14,6 +14,7 @@ EOS and on stop strings (such as ``"### Human:"``) ends each sequence where we w
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -38,10 +39,18 @@ class Generation:
         return sum(self.new_tokens) / max(self.seconds, 1e-9)
 
 
-def cut_at_stop(text: str, stop_strings: list[str] | tuple[str, ...] = ()) -> tuple[str, bool]:
-    """Cut ``text`` at the first stop string; return the kept text and whether one was found."""
-    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
+def cut_at_stop(text: str, stop_strings: str | Sequence[str] = ()) -> tuple[str, bool]:
+    """Cut ``text`` at the earliest stop string (e.g. ``"### Human:"``).
+
+    Returns ``(text before the stop, trailing whitespace removed, True)``, or ``(text, False)``
+    when no stop string occurs. Empty stop strings are ignored.
+    """
+    if isinstance(stop_strings, str):
+        stop_strings = [stop_strings]
+    hits = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
+    if not hits:
+        return text, False
+    return text[: min(hits)].rstrip(), True
 
 
 @torch.no_grad()

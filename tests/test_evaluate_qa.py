@@ -2,7 +2,8 @@
 
 import pytest
 
-from phi2kit.evaluate.qa import citation_metrics, cut_at_stop, rouge_l, side_by_side, stop_rate
+from phi2kit.evaluate.qa import citation_metrics, rouge_l, side_by_side, stop_rate
+from phi2kit.generation import cut_at_stop
 
 
 def test_rouge_l():

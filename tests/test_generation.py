@@ -57,9 +57,9 @@ def test_stop_strings_end_a_rambling_chat_turn(tiny_model, tiny_tokenizer):
 
 
 def test_cut_at_stop():
-    assert cut_at_stop("a ### Human: b", ["### Human:"]) == ("a ", True)
+    assert cut_at_stop("a ### Human: b", ["### Human:"]) == ("a", True)
     assert cut_at_stop("abc", ["x", "y"]) == ("abc", False)
-    assert cut_at_stop("1 y 2 x", ["x", "y"]) == ("1 ", True)
+    assert cut_at_stop("1 y 2 x", ["x", "y"]) == ("1", True)
 
 
 def test_tokens_per_second_positive(tiny_model, tiny_tokenizer):

@@ -3,8 +3,8 @@
 ROUGE-L against a reference answer, citation checks for WebGLM-style answers, how often
 generation stopped on its own, and a side-by-side table of base vs tuned answers.
 
-    text, stopped = cut_at_stop(generated, ["### Human:"])
-    rouge_l(text, reference_answer)
+    rouge_l(generated_answer, reference_answer)
+    citation_metrics(answers, [len(ex["references"]) for ex in examples])
 """
 
 from __future__ import annotations
@@ -72,20 +72,6 @@ def stop_rate(finished: Sequence[bool]) -> float:
     if not finished:
         raise ValueError("no generations to score")
     return sum(bool(f) for f in finished) / len(finished)
-
-
-def cut_at_stop(text: str, stop_strings: str | Sequence[str]) -> tuple[str, bool]:
-    """Cut ``text`` at the earliest stop string (e.g. ``"### Human:"``).
-
-    Returns ``(text before the stop, with trailing whitespace removed, True)``, or
-    ``(text unchanged, False)`` when no stop string occurs. Empty stop strings are ignored.
-    """
-    if isinstance(stop_strings, str):
-        stop_strings = [stop_strings]
-    hits = [i for i in (text.find(s) for s in stop_strings if s) if i >= 0]
-    if not hits:
-        return text, False
-    return text[: min(hits)].rstrip(), True
 
 
 def side_by_side(
