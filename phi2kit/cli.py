@@ -3,6 +3,7 @@
     phi2kit course --profile tiny                 # run every notebook, write summary.md
     phi2kit plan --profile t4 --task webglm --max-length 1024 --batch 2
     phi2kit chat --profile tiny --adapter notebooks/outputs/06_chat/adapter
+    phi2kit train sentiment --profile tiny --save-every 25 [--resume]
     phi2kit bench                                 # the performance report
 
 Subcommands import their heavy dependencies inside ``main`` functions, so ``--help`` is
@@ -19,6 +20,7 @@ from pathlib import Path
 from phi2kit.bench import add_bench_parser
 from phi2kit.chat import add_chat_parser
 from phi2kit.plan import add_plan_parser
+from phi2kit.train import add_train_parser
 
 
 def _course_parser(sub) -> None:
@@ -56,6 +58,7 @@ def make_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _course_parser(sub)
     add_plan_parser(sub)
+    add_train_parser(sub)
     add_chat_parser(sub)
     add_bench_parser(sub)
     return parser

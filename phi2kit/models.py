@@ -68,6 +68,17 @@ AttentionInterface.register(FP32_ATTENTION, fp32_attention_forward)
 AttentionMaskInterface.register(FP32_ATTENTION, eager_mask)
 
 
+def _device_map(profile: Profile) -> str | dict[str, int]:
+    """CPU for the tiny profile; under DDP (``accelerate launch``), one whole GPU per process."""
+    import os
+
+    if not profile.requires_cuda:
+        return "cpu"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return {"": int(os.environ.get("LOCAL_RANK", "0"))}
+    return "auto"
+
+
 def model_source(profile: Profile) -> str:
     """Hub id or folder of the profile's base model (the shipped tiny Phi for ``tiny``)."""
     if profile.model_id is not None:
@@ -131,7 +142,7 @@ def load_model(
         "dtype": getattr(torch, profile.dtype),
         "attn_implementation": profile.attn_implementation,
         "use_safetensors": True,
-        "device_map": "auto" if profile.requires_cuda else "cpu",
+        "device_map": _device_map(profile),
     }
     if quantize:
         kwargs["quantization_config"] = bnb_config(profile)

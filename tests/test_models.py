@@ -163,3 +163,15 @@ def test_seq_cls_model_has_pad_token(tiny_profile):
     out = clf(input_ids=torch.tensor([[5, 6, 7], [0, 8, 9]]),
               attention_mask=torch.tensor([[1, 1, 1], [0, 1, 1]]))
     assert out.logits.shape == (2, 3)
+
+
+def test_device_map_per_process_under_ddp(monkeypatch):
+    from phi2kit.models import _device_map
+    from phi2kit.profiles import PROFILES
+
+    assert _device_map(PROFILES["tiny"]) == "cpu"
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert _device_map(PROFILES["t4"]) == "auto"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert _device_map(PROFILES["t4"]) == {"": 1}

@@ -38,3 +38,21 @@ class DataError(ValueError):
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+def decode_utf8(raw: bytes, path: str | os.PathLike[str]) -> str:
+    """Decode a JSON-lines file, or raise :class:`DataError` naming the file and line.
+
+    UTF-16 files (a byte-order mark, or NUL bytes) get their own message: they are a
+    common result of saving from Windows tools.
+    """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:1000]:
+        raise DataError("the file is UTF-16 encoded; save it as UTF-8", path=path, row=1)
+    try:
+        return raw.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        byte = raw[exc.start : exc.start + 1].hex()
+        raise DataError(
+            f"not valid UTF-8 (byte 0x{byte}); save the file as UTF-8", path=path, row=line
+        ) from None

@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.errors import DataError, decode_utf8
 from phi2kit.data.webglm import LoadResult
 
 HUB_ID = "OpenAssistant/oasst1"
@@ -98,15 +98,16 @@ def _read_rows(path: Path) -> list[tuple[int, Any]]:
 def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
     """Non-blank lines of a (maybe gzipped) JSON-lines file as (line, object or DataError)."""
     opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        text = decode_utf8(f.read(), path)
     out: list[tuple[int, Any]] = []
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    out.append((line_no, json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    err = DataError(f"malformed JSON ({exc.msg})", path=str(path), row=line_no)
-                    out.append((line_no, err))
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            try:
+                out.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                err = DataError(f"malformed JSON ({exc.msg})", path=str(path), row=line_no)
+                out.append((line_no, err))
     return out
 
 

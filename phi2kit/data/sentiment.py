@@ -57,17 +57,19 @@ def _label_word(value: Any, **where: Any) -> str:
             return LABELS[int(word)]
         if word in LABELS:
             return word
-    expected = ", ".join(LABELS) + (", or 0, 1, 2" if field == "label" else "")
+    expected = ", ".join(LABELS) + (", or 0, 1, 2" if where.get("field") == "label" else "")
     raise DataError(f"unknown label {value!r} (expected one of {expected})", **where)
 
 
-def _decode(raw: bytes) -> str:
+def _decode(raw: bytes, path: Any = None) -> str:
     """UTF-8 if the bytes are valid UTF-8, else Latin-1.
 
     The Kaggle file is Latin-1. Decoding UTF-8 bytes as Latin-1 would give mojibake
     ("Ã©" for "é"), while Latin-1 text with accents is almost never valid UTF-8, so trying
     strict UTF-8 first reads both correctly.
     """
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:1000]:
+        raise DataError("the file is UTF-16 encoded; save it as UTF-8 or Latin-1", path=path, row=1)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -216,7 +218,7 @@ def load_financial_news(
         raise DataError("empty file", path=path)
     if raw.startswith(b"PAR1"):
         return _collect(_table_records(pd.read_parquet(path), path), path, skip_bad)
-    text = _decode(raw)
+    text = _decode(raw, path)
     if text.lstrip().startswith(("{", "[")):
         return _collect(_table_records(_read_json(text, path), path), path, skip_bad)
     return _collect(_csv_records(text, path), path, skip_bad)

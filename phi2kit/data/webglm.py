@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.errors import DataError, decode_utf8
 
 HUB_ID = "THUDM/webglm-qa"
 
@@ -82,16 +82,15 @@ def _check_example(row: Any, path: str, line: int) -> dict:
 
 def _iter_jsonl(path: Path):
     """Yield (line number, parsed object) for each non-blank line of a JSON-lines file."""
-    with open(path, encoding="utf-8") as f:
-        n_lines = 0
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            n_lines += 1
-            try:
-                yield line_no, json.loads(line)
-            except json.JSONDecodeError as exc:
-                yield line_no, DataError(f"malformed JSON ({exc.msg})", path=str(path), row=line_no)
+    n_lines = 0
+    for line_no, line in enumerate(decode_utf8(Path(path).read_bytes(), path).split("\n"), 1):
+        if not line.strip():
+            continue
+        n_lines += 1
+        try:
+            yield line_no, json.loads(line)
+        except json.JSONDecodeError as exc:
+            yield line_no, DataError(f"malformed JSON ({exc.msg})", path=str(path), row=line_no)
     if n_lines == 0:
         raise DataError("empty file: no JSON lines", path=str(path))
 

@@ -1,0 +1,128 @@
+"""Pushing a trained adapter to the Hugging Face Hub: opt-in, private, token never shown.
+
+- **Opt-in.** Nothing is uploaded unless you ask: ``phi2kit train ... --push-to-hub you/name``.
+- **Private by default.** The repository is created with ``private=True``; pass
+  ``--public`` (``public=True``) to publish it.
+- **The token comes from the environment:** ``HF_TOKEN``, or on Colab the notebook secret
+  ``HF_TOKEN`` (the key icon in the left bar). It is never written into a file, never
+  printed, and is cut out of any error message with :func:`redact`.
+- **Safetensors only.** Only ``*.safetensors``, ``*.json``, ``*.md`` and ``*.txt`` files
+  are uploaded: no pickled weights, optimizer states or checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+TOKEN_ENV = "HF_TOKEN"
+#: Files that may leave the machine. Pickles (``*.bin``, ``*.pt``, ``*.pth``) never do.
+ALLOWED_PATTERNS = ("*.safetensors", "*.json", "*.md", "*.txt")
+_MASK = "***"
+# Anything shaped like a Hugging Face token, even one we were not told about.
+_TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{8,}")
+
+
+class HubError(RuntimeError):
+    """The push failed, or cannot start; the message never contains the token."""
+
+
+def colab_secret(name: str = TOKEN_ENV) -> str | None:
+    """The Colab notebook secret ``name``, or ``None`` outside Colab or when not granted."""
+    try:
+        from google.colab import userdata  # only importable on Colab
+    except ImportError:
+        return None
+    try:
+        value = userdata.get(name)
+    except Exception:  # SecretNotFoundError, NotebookAccessError, ...: not available
+        return None
+    return value or None
+
+
+def get_token(environ: Mapping[str, str] | None = None) -> str | None:
+    """The Hub token: ``HF_TOKEN`` from the environment, else the Colab secret, else None."""
+    environ = os.environ if environ is None else environ
+    token = (environ.get(TOKEN_ENV) or "").strip()
+    return token or colab_secret()
+
+
+def redact(text: object, token: str | None = None) -> str:
+    """``str(text)`` with ``token`` and anything shaped like a Hub token replaced by ``***``.
+
+    >>> redact("401 for token hf_abcdefgh12345678")
+    '401 for token ***'
+    """
+    out = str(text)
+    if token:
+        out = out.replace(token, _MASK)
+    return _TOKEN_SHAPE.sub(_MASK, out)
+
+
+def require_token(environ: Mapping[str, str] | None = None) -> str:
+    """:func:`get_token`, or a :class:`HubError` that says where to put one."""
+    token = get_token(environ)
+    if not token:
+        raise HubError(
+            f"--push-to-hub needs a Hugging Face token with write access: set the {TOKEN_ENV} "
+            f"environment variable, or on Colab add a secret named {TOKEN_ENV} (key icon) and "
+            "grant this notebook access. Never paste a token into a notebook cell."
+        )
+    return token
+
+
+def push_adapter(
+    folder: str | os.PathLike[str],
+    repo_id: str,
+    *,
+    token: str,
+    private: bool = True,
+    commit_message: str = "Upload LoRA adapter trained with phi2kit",
+) -> str:
+    """Upload the safetensors/JSON files of ``folder`` to the model repo ``repo_id``.
+
+    Args:
+        folder: A finished adapter folder (``OUTPUT_DIR/adapter``).
+        repo_id: ``user/name`` or ``org/name``. Created if missing.
+        token: A write token (:func:`require_token`); used, never shown.
+        private: Create the repository private (the default). An existing repository
+            keeps its visibility.
+        commit_message: The commit message on the Hub.
+
+    Returns:
+        The URL of the repository.
+
+    Raises:
+        HubError: the folder is not a finished adapter, or the Hub refused; the message
+            is redacted and the original exception (which may quote the token) is dropped.
+    """
+    from huggingface_hub import HfApi
+
+    folder = Path(folder)
+    if not (folder / "adapter_config.json").is_file():
+        raise HubError(f"{folder} is not a finished adapter folder (no adapter_config.json)")
+    failure = None
+    try:
+        api = HfApi(token=token)
+        url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="model",
+            allow_patterns=list(ALLOWED_PATTERNS),
+            commit_message=commit_message,
+        )
+    except Exception as err:
+        failure = redact(f"push to {repo_id!r} failed: {type(err).__name__}: {err}", token)
+    if failure is not None:
+        # Raised outside the handler so that the original exception, which may quote the
+        # token, is neither chained nor kept as the context of the traceback.
+        raise HubError(failure)
+    where = str(getattr(url, "url", url) or f"https://huggingface.co/{repo_id}")
+    logger.info("pushed %s to %s (%s)", folder, where, "private" if private else "public")
+    return where

@@ -1,0 +1,333 @@
+"""``phi2kit train TASK``: a notebook's recipe from the command line; resumable, multi-process.
+
+    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --save-every 25
+    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --resume   # after a crash
+    accelerate launch --multi_gpu --num_processes 2 -m phi2kit.train chat --output-dir runs/chat
+    python -m phi2kit.train sentiment --profile tiny --steps 12 --output-dir /tmp/run
+
+``--multi_gpu`` starts one process per device through torchrun; without CUDA the same
+command runs 2 CPU processes over gloo (``--cpu`` would start a single process).
+
+The task's data, model and trainer come from :mod:`phi2kit.tasks` (the notebooks' code).
+``OUTPUT_DIR`` is created only once the data has been read and checked, and holds:
+
+- ``checkpoints/checkpoint-N/``: HF Trainer checkpoints every ``--save-every`` steps
+  (adapter in safetensors, optimizer, scheduler, RNG states, ``trainer_state.json``) and a
+  ``COMPLETE`` marker written after every process has finished its part;
+- ``loss_log.jsonl``: one JSON object per logged step; ``run.json``: the settings;
+- ``adapter/``: the final adapter, tokenizer and ``metrics.json``. It is written into a
+  temporary folder and renamed into place, so it is complete or absent, never half-written.
+
+``--resume`` restarts from the newest complete checkpoint: weights, optimizer, scheduler,
+data order and RNG states are restored by the HF Trainer. Only rank 0 writes final outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+COMPLETE = "COMPLETE"
+CHECKPOINTS = "checkpoints"
+ADAPTER = "adapter"
+LOSS_LOG = "loss_log.jsonl"
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; rename it to ``path`` if the block succeeds.
+
+    On an exception the temporary folder is removed and ``path`` is left as it was. An
+    existing ``path`` is replaced (moved aside, then deleted), so readers see the old
+    folder or the new one, never a half-written one. A hard kill inside the block leaves
+    only a hidden ``.NAME.tmp-*`` folder, which never looks like a finished output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if path.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / path.name)
+    os.replace(tmp, path)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: object) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def is_complete(checkpoint: str | os.PathLike[str]) -> bool:
+    """A checkpoint folder is complete when its ``COMPLETE`` marker exists."""
+    return (Path(checkpoint) / COMPLETE).is_file()
+
+
+def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The complete ``checkpoint-N`` with the highest N in ``folder``; None if there is none.
+
+    A checkpoint a crash interrupted has no marker and is skipped.
+    """
+    found = []
+    for child in Path(folder).glob("checkpoint-*"):
+        step = child.name.rsplit("-", 1)[-1]
+        if step.isdigit() and is_complete(child):
+            found.append((int(step), child))
+    return max(found)[1] if found else None
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _callbacks(loss_log: Path):
+    """Trainer callbacks: the loss log and the checkpoint marker (built lazily: imports)."""
+    from transformers import TrainerCallback
+
+    class LossLog(TrainerCallback):
+        """Append ``{"step", "loss", ...}`` to ``loss_log.jsonl`` on rank 0."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs and "loss" in logs:
+                keys = ("loss", "learning_rate", "grad_norm", "epoch")
+                row = {"step": state.global_step, **{k: logs[k] for k in keys if k in logs}}
+                with open(loss_log, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+
+    class MarkComplete(TrainerCallback):
+        """After every process has saved its part, rank 0 marks the checkpoint complete."""
+
+        def on_save(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                write_json_atomic(folder / COMPLETE, {"step": state.global_step})
+
+    return [LossLog(), MarkComplete()]
+
+
+def _trim_loss_log(path: Path, last_step: int) -> None:
+    """Drop log rows after ``last_step``: the resumed run logs those steps again."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [r for r in rows if json.loads(r)["step"] <= last_step]
+    path.write_text("".join(r + "\n" for r in kept))
+
+
+def seed_everything(seed: int, threads: int | None = None, deterministic: bool = True) -> None:
+    """Seed Python, NumPy and torch; fix the CPU thread count; prefer deterministic kernels.
+
+    On the CPU, float sums depend on how work is split over threads, so bitwise-equal
+    results need the same ``threads`` in every run (``run.json`` records it). The CLI asks
+    for deterministic kernels on the CPU only: on a GPU some backward kernels use atomics,
+    so a resumed GPU run continues the same data, optimizer and RNG states but is not
+    bitwise equal to an uninterrupted one.
+    """
+    import torch
+    from transformers import set_seed
+
+    if threads:
+        torch.set_num_threads(threads)
+    set_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    from phi2kit.recipes import TASKS
+
+    p.add_argument("task", choices=TASKS, help="the notebook recipe to run")
+    p.add_argument("--profile", default="auto", help="tiny, t4, ampere or auto (default)")
+    p.add_argument("--data", default="auto", help="file or folder (default: sample on tiny)")
+    p.add_argument("--output-dir", type=Path, default=None, help="default outputs/train_TASK")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe)")
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--lora", dest="quantize", action="store_false", help="full-precision base")
+    q.add_argument("--qlora", dest="quantize", action="store_true", help="nf4 4-bit base")
+    p.set_defaults(quantize=None)
+    p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
+    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, data order, dropout")
+    p.add_argument("--log-every", type=int, default=1, help="log the loss every N steps")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--sampler", choices=("group_by_length", "random"), default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe field, e.g. --set lora_r=32 (repeatable)")  # fmt: skip
+    p.add_argument("--no-eval", action="store_true", help="skip the final eval loss")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload adapter (opt-in)")
+    p.add_argument("--public", action="store_true", help="make the hub repo public")
+
+
+def add_train_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``train`` on the ``phi2kit`` command's subparsers."""
+    p = subparsers.add_parser(
+        "train", help="train a notebook recipe (resumable)", description=__doc__.split("\n")[0]
+    )
+    _add_arguments(p)
+    p.set_defaults(func=run_train)
+    return p
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser for ``python -m phi2kit.train``."""
+    p = argparse.ArgumentParser(prog="phi2kit train", description=__doc__.split("\n")[0])
+    _add_arguments(p)
+    return p
+
+
+def _changed_settings(out: Path, task: str, profile: str, seed: int) -> list[str]:
+    """Settings that differ from the run being resumed (``run.json``); these must match."""
+    path = out / "run.json"
+    if not path.is_file():
+        return []
+    before = json.loads(path.read_text())
+    now = {"task": task, "profile": profile, "seed": seed}
+    return [f"{k} ({before.get(k)!r} -> {v!r})" for k, v in now.items() if before.get(k) != v]
+
+
+def _fail(message: str) -> int:
+    from phi2kit.hub import redact
+
+    print(f"phi2kit train: error: {redact(message)}", file=sys.stderr)
+    return 2
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Run the command; return the exit code (2 for bad input, nothing written then)."""
+    import torch
+
+    before = (
+        torch.get_num_threads(),
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    try:
+        return _run(args)
+    finally:  # main() may run inside a notebook or a test: leave torch as it was
+        torch.set_num_threads(before[0])
+        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from phi2kit.data.errors import DataError
+    from phi2kit.hub import HubError, push_adapter, require_token
+    from phi2kit.profiles import get_profile
+    from phi2kit.recipes import get_recipe
+    from phi2kit.tasks import make_trainer, parse_overrides, prepare
+
+    out = args.output_dir or Path("outputs") / f"train_{args.task}"
+    ckpt_dir = out / CHECKPOINTS
+    try:
+        profile = get_profile(args.profile)
+        overrides = parse_overrides(args.set)
+        if args.steps is not None:
+            overrides["max_steps"] = args.steps
+        if args.quantize is not None:
+            overrides["quantize_4bit"] = args.quantize
+        recipe = get_recipe(args.task, profile, **overrides)
+        if args.save_every <= 0:
+            raise ValueError("--save-every must be positive")
+        token = require_token() if args.push_to_hub else None
+    except (ValueError, RuntimeError) as err:
+        return _fail(str(err))
+    resume_from = latest_checkpoint(ckpt_dir) if args.resume else None
+    if not args.resume and (ckpt_dir.exists() or (out / ADAPTER).exists()):
+        return _fail(f"{out} already holds a run: pass --resume, or another --output-dir")
+    changed = _changed_settings(out, args.task, profile.name, args.seed) if args.resume else []
+    if changed:
+        return _fail(f"--resume with other {', '.join(changed)} than the run in {out}")
+    if args.resume and resume_from is None:
+        print(f"phi2kit train: no complete checkpoint in {ckpt_dir}: starting from step 0")
+
+    seed_everything(args.seed, args.threads, deterministic=not profile.requires_cuda)
+    try:  # data before any folder is made: a bad file leaves nothing behind
+        model, tokenizer, train_ds, eval_ds = prepare(args.task, profile, recipe, args.data)
+    except DataError as err:
+        return _fail(str(err))
+
+    if _rank() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _trim_loss_log(out / LOSS_LOG, int(resume_from.name.split("-")[-1]) if resume_from else 0)
+        settings = {k: v for k, v in vars(args).items() if k != "func"}
+        settings |= {
+            "profile": profile.name,
+            "threads": torch.get_num_threads(),
+            "recipe": asdict(recipe),
+        }
+        write_json_atomic(out / "run.json", settings)
+    trainer_args = {
+        "save_strategy": "steps",
+        "save_steps": args.save_every,
+        "save_total_limit": args.keep,
+        "logging_steps": args.log_every,
+        "disable_tqdm": False,
+        "seed": args.seed,
+        "data_seed": args.seed,
+        "ddp_find_unused_parameters": False,  # LoRA uses every trainable weight
+    }
+    if args.sampler:
+        trainer_args["train_sampling_strategy"] = args.sampler
+    trainer = make_trainer(
+        args.task, model, tokenizer, train_ds, eval_ds, profile, recipe, ckpt_dir, **trainer_args
+    )
+    for callback in _callbacks(out / LOSS_LOG):
+        trainer.add_callback(callback)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    metrics = dict(result.metrics)
+    if not args.no_eval and eval_ds is not None and len(eval_ds):
+        metrics |= trainer.evaluate()
+    if not trainer.is_world_process_zero():
+        return 0
+    with atomic_dir(out / ADAPTER) as tmp:
+        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json_atomic(
+            tmp / "metrics.json",
+            metrics | {"global_step": result.global_step, "world_size": trainer.args.world_size},
+        )
+    print(f"phi2kit train: adapter written to {out / ADAPTER} ({result.global_step} steps)")
+    if args.push_to_hub:
+        try:
+            url = push_adapter(
+                out / ADAPTER, args.push_to_hub, token=token, private=not args.public
+            )
+        except HubError as err:
+            return _fail(str(err))
+        print(f"phi2kit train: pushed to {url} ({'public' if args.public else 'private'})")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m phi2kit.train TASK ...``; returns the exit code."""
+    return run_train(make_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
