@@ -379,8 +379,8 @@ def train_minutes(task: str, profile: str = "t4") -> float:
 def course_rows() -> list[tuple[str, str, str, str]]:
     """(notebook, teaches, T4 minutes, T4 peak GB) for the README's course table.
 
-    Inference notebooks count their weights: fp16 Phi-2 for 01 (plus the nf4 copy), and for
-    05 the fp16 base, its merged copy and the nf4 base side by side.
+    Inference notebooks count their weights: 01 and 05 hold fp16 Phi-2 and its nf4 copy side
+    by side (05 merges adapters into the fp16 base in place).
     """
     fp16 = weight_bytes(phi2_config(), "float16") / GB
     nf4 = weight_bytes(phi2_config(), "float16", quantize_4bit=True) / GB
