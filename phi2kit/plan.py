@@ -387,11 +387,7 @@ def course_rows() -> list[tuple[str, str, str, str]]:
     rows = []
     for name, teaches, task in COURSE:
         if task is None:
-            gb = (
-                fp16 + nf4 + CUDA_CONTEXT_GB
-                if name.startswith("01")
-                else (2 * fp16 + nf4 + CUDA_CONTEXT_GB)
-            )
+            gb = fp16 + nf4 + CUDA_CONTEXT_GB
             minutes = "~5" if name.startswith("01") else "~10"
         else:
             from dataclasses import replace
