@@ -1,0 +1,222 @@
+"""P1: training throughput of the seed-003 pipeline against phi2kit's, on the same QA samples.
+
+    python bench/bench_train.py                 # tiny model, 12 steps of 8, about 1-2 minutes
+    python bench/bench_train.py --steps 24 --pad-factor 8
+
+Both pipelines train the same LoRA (QLoRA with the tiny recipe) on the tiny Phi, for the
+same number of steps, on the same ``steps * batch_size`` WebGLM sample examples: exactly one
+epoch, so both see the same tokens.
+
+- **seed** (seed 003): every example padded to ``max_length``, truncated from the left,
+  ``labels = input_ids`` (loss on the prompt and on padding), a plain HF ``Trainer``.
+- **phi2kit**: trl ``SFTTrainer`` on prompt/completion data (``phi2kit.training.sft_trainer``):
+  loss on the answer and its EOS only, dynamic padding, length-grouped batches.
+- **padding-free** (for reference): the same, with trl's ``padding_free=True``: each batch
+  is one row, sequence boundaries come from ``position_ids``. With eager-style attention
+  (``phi2kit_fp32``) the attention still spans the whole row, masked block-diagonally, so it
+  saves the padding but computes attention scores over ``rows x`` longer sequences.
+
+``max_length`` mimics the seed: it padded WebGLM (a few hundred tokens per example) to
+2,048. Here it is ``pad_factor`` (default 4) times the 95th percentile of the sample's token
+lengths, rounded up to a multiple of 64.
+
+Definitions (counted on the batches the model actually computed, by wrapping the collator):
+
+- **useful tokens** = non-pad tokens (``attention_mask == 1``); the useful-token fraction is
+  useful tokens over tokens computed (rows x columns).
+- **answer tokens** = tokens phi2kit supervises (the answer and its EOS). The same examples
+  pass through both pipelines once, so both process the same answer tokens.
+
+Wall time is ``trainer.train()``: one run for the seed (long, so it averages out load
+spikes), the median of ``repeats`` fresh runs for the short phi2kit runs. The CPU may be
+shared, so read the ratio, not the seconds.
+``phi2kit bench`` calls :func:`run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+
+
+def _examples(n: int, data_path: str | None):
+    from phi2kit.data import sample_path
+    from phi2kit.data.webglm import load_webglm
+
+    examples = load_webglm(data_path or sample_path("webglm"), split="train", limit=n)
+    if len(examples) < n:
+        raise ValueError(f"need {n} examples, the data has {len(examples)}")
+    return examples
+
+
+def seed_dataset(examples, tokenizer, max_length: int):
+    """The seed's tokenization: full prompt + answer, left-truncated, padded to max_length."""
+    from datasets import Dataset
+
+    from phi2kit.data.webglm import build_qa_prompt
+
+    texts = [build_qa_prompt(e["question"], e["references"]) + " " + e["answer"] for e in examples]
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"  # the seed's choice: it can cut the question away
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length)
+    tokenizer.truncation_side = side
+    return Dataset.from_dict(
+        {
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+            "labels": [list(ids) for ids in enc["input_ids"]],  # loss everywhere, pads too
+        }
+    )
+
+
+def _train_timed(trainer) -> tuple[float, object]:
+    from phi2kit.batching import CountingCollator
+
+    counter = CountingCollator(trainer.data_collator)
+    trainer.data_collator = counter
+    start = time.perf_counter()
+    trainer.train()
+    return time.perf_counter() - start, counter.counts
+
+
+def _lora_model(profile, recipe):
+    import torch
+
+    from phi2kit.models import load_model
+    from phi2kit.training import add_lora
+
+    torch.manual_seed(0)
+    return add_lora(load_model(profile, quantize_4bit=recipe.quantize_4bit), recipe, profile)
+
+
+def run(
+    steps: int = 12,
+    batch_size: int = 8,
+    pad_factor: float = 4.0,
+    quantize_4bit: bool | None = None,
+    data_path: str | None = None,
+    repeats: int = 3,
+) -> dict:
+    """Train both pipelines for ``steps`` steps of ``batch_size``; return flat measurements."""
+    import numpy as np
+    from transformers import Trainer, default_data_collator
+
+    from phi2kit.data.webglm import build_qa_prompt, to_prompt_completion
+    from phi2kit.models import load_tokenizer
+    from phi2kit.profiles import get_profile
+    from phi2kit.recipes import get_recipe
+    from phi2kit.training import sft_trainer, training_args
+
+    profile = get_profile("tiny")
+    tokenizer = load_tokenizer(profile, padding_side="right")
+    examples = _examples(steps * batch_size, data_path)
+    texts = [build_qa_prompt(e["question"], e["references"]) + " " + e["answer"] for e in examples]
+    lengths = [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]  # + EOS
+    p95 = float(np.percentile(lengths, 95))
+    max_length = 64 * math.ceil(pad_factor * p95 / 64)
+    overrides = {"max_steps": steps, "batch_size": batch_size, "grad_accum": 1}
+    if quantize_4bit is not None:
+        overrides["quantize_4bit"] = quantize_4bit
+    recipe = get_recipe("webglm", profile, max_length=max_length, **overrides)
+
+    with tempfile.TemporaryDirectory() as out:
+        seed = Trainer(
+            model=_lora_model(profile, recipe),
+            args=training_args(profile, recipe, out, logging_steps=steps),
+            train_dataset=seed_dataset(examples, tokenizer, max_length),
+            data_collator=default_data_collator,
+        )
+        seed_s, seed_counts = _train_timed(seed)
+
+        dataset, _ = to_prompt_completion(examples, tokenizer, max_length)
+
+        def timed_sft(**extra):  # median of `repeats` fresh runs: the short runs are noisy
+            runs = []
+            for _ in range(repeats):
+                trainer = sft_trainer(
+                    _lora_model(profile, recipe), tokenizer, dataset, profile, recipe, out,
+                    logging_steps=steps, **extra,
+                )  # fmt: skip
+                runs.append(_train_timed(trainer))
+            return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
+
+        ours_s, ours_counts = timed_sft()
+        # trl's padding-free batches: one row per batch, boundaries from position_ids
+        flat_s, flat_counts = timed_sft(padding_free=True, max_length=None)
+
+    answer_tokens = ours_counts.supervised
+    result = {"n_examples": len(examples), "steps": steps, "batch_size": batch_size,
+              "p95_length": p95, "max_length": max_length,
+              "quantize_4bit": recipe.quantize_4bit}  # fmt: skip
+    runs = (("seed", seed_s, seed_counts), ("phi2kit", ours_s, ours_counts),
+            ("padding_free", flat_s, flat_counts))  # fmt: skip
+    for name, secs, c in runs:
+        result.update({
+            f"{name}_wall_s": secs,
+            f"{name}_tokens_computed": c.computed,
+            f"{name}_useful_tokens": c.non_pad,
+            f"{name}_useful_fraction": c.useful_fraction,
+            f"{name}_useful_tokens_per_s": c.non_pad / secs,
+            f"{name}_answer_tokens_per_s": answer_tokens / secs,
+            f"{name}_loss_positions_on_pad": c.supervised_pad,
+        })  # fmt: skip
+    result["answer_tokens"] = answer_tokens
+    result["useful_tokens_per_s_ratio"] = (
+        result["phi2kit_useful_tokens_per_s"] / result["seed_useful_tokens_per_s"]
+    )
+    result["speedup"] = seed_s / ours_s
+    result["padding_free_speedup"] = seed_s / flat_s
+    return result
+
+
+def format_result(r: dict) -> str:
+    """The measurements as a small text table."""
+    rows = [
+        ("wall time (s)", "wall_s", "{:.1f}"),
+        ("tokens computed", "tokens_computed", "{:,}"),
+        ("useful (non-pad) tokens", "useful_tokens", "{:,}"),
+        ("useful-token fraction", "useful_fraction", "{:.1%}"),
+        ("useful tokens / s", "useful_tokens_per_s", "{:,.0f}"),
+        ("answer tokens / s", "answer_tokens_per_s", "{:,.0f}"),
+        ("loss positions on padding", "loss_positions_on_pad", "{:,}"),
+    ]
+    lines = [
+        f"{r['n_examples']} WebGLM sample examples, {r['steps']} steps x {r['batch_size']}, "
+        f"nf4={r['quantize_4bit']}; p95 length {r['p95_length']:.0f} tokens, "
+        f"seed max_length {r['max_length']}; {r['answer_tokens']:,} answer tokens",
+        "",
+        f"{'':28s}{'seed 003':>12s}{'phi2kit':>12s}{'padding-free':>14s}",
+    ]
+    for label, key, fmt in rows:
+        cells = [fmt.format(r[f"{name}_{key}"]) for name in ("seed", "phi2kit", "padding_free")]
+        lines.append(f"{label:28s}{cells[0]:>12s}{cells[1]:>12s}{cells[2]:>14s}")
+    lines += [
+        "",
+        f"useful tokens/s ratio (phi2kit / seed): {r['useful_tokens_per_s_ratio']:.1f}x",
+        f"wall-time speedup on the same examples: {r['speedup']:.1f}x "
+        f"(padding-free: {r['padding_free_speedup']:.1f}x)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=12, help="optimizer steps (default 12)")
+    parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
+    parser.add_argument("--pad-factor", type=float, default=4.0,
+                        help="seed max_length: pad_factor x p95 token length")  # fmt: skip
+    parser.add_argument("--no-4bit", action="store_true", help="LoRA on the fp32 base")
+    parser.add_argument("--data", default=None, help="WebGLM JSON-lines folder or file")
+    parser.add_argument("--repeats", type=int, default=3, help="phi2kit runs (median)")
+    args = parser.parse_args(argv)
+    result = run(args.steps, args.batch_size, args.pad_factor,
+                 quantize_4bit=False if args.no_4bit else None, data_path=args.data,
+                 repeats=args.repeats)  # fmt: skip
+    print(format_result(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
