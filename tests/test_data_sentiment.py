@@ -246,3 +246,18 @@ def test_default_split_on_a_frame_shaped_like_the_real_file():
     splits = split_sentiment(df)
     assert [len(splits.train), len(splits.test), len(splits.eval)] == [900, 900, 150]
     assert any("'negative' has only 2 headlines left" in note for note in splits.notes)
+
+
+def test_train_and_test_do_not_depend_on_n_eval():
+    import random
+
+    from phi2kit.data.sentiment import LABELS, split_sentiment
+
+    rng = random.Random(0)
+    rows = [(f"headline {lab} {i} {rng.random():.6f}", lab) for lab in LABELS for i in range(30)]
+    df = pd.DataFrame(rows, columns=["text", "label"])
+    a = split_sentiment(df, n_train=10, n_test=10, n_eval=0, seed=3)
+    b = split_sentiment(df, n_train=10, n_test=10, n_eval=15, seed=3)  # eval by replacement
+    assert set(a.train.text) == set(b.train.text)
+    assert set(a.test.text) == set(b.test.text)
+    assert any("with replacement" in n for n in b.notes)

@@ -226,3 +226,29 @@ def test_generation_without_pad_token_uses_eos_and_restores(tokenizer):
     ]
     assert model.seen[0][2] == no_pad.eos_token_id
     assert no_pad.pad_token is None and no_pad.padding_side == "right"
+
+
+def test_single_token_fast_path_matches_general_path():
+    """The shipped tiny tokenizer has single-token labels: the fast path must agree."""
+    from phi2kit.data.sentiment import build_prompt
+    from phi2kit.evaluate import classification as clf
+    from phi2kit.models import load_model, load_tokenizer
+
+    model, tok = load_model("tiny"), load_tokenizer("tiny")
+    prompts = [build_prompt(h) for h in ["Sales rose", "The board met in Oulu on Monday", "Loss"]]
+    assert all(len(tok(" " + lab, add_special_tokens=False).input_ids) == 1 for lab in LABELS)
+    fast = clf.score_labels(model, tok, prompts)
+    # the general path: each (prompt, label) row scored by a full forward pass
+    slow = np.array(
+        [
+            [
+                model(**tok(p + " " + lab, return_tensors="pt"))
+                .logits[0, -2]
+                .log_softmax(-1)[tok(" " + lab).input_ids[0]]
+                .item()
+                for lab in LABELS
+            ]
+            for p in prompts
+        ]
+    )
+    assert np.allclose(fast, slow, atol=1e-4)

@@ -339,11 +339,13 @@ def split_sentiment(
         raise ValueError("n_train, n_test and n_eval must be >= 0")
     df, report = deduplicate(df)
     notes = [f"deduplicated: {report}"]
-    rng = np.random.default_rng(seed)
+    # One generator per class, and another for eval draws and shuffles: train and test then
+    # depend only on (seed, n_train, n_test), never on n_eval or on the other classes.
+    rng = np.random.default_rng([seed, len(LABELS)])
     parts: dict[str, list[pd.DataFrame]] = {"train": [], "test": [], "eval": []}
-    for label in LABELS:
+    for k, label in enumerate(LABELS):
         rows = df[df["label"] == label]
-        rows = rows.iloc[rng.permutation(len(rows))]
+        rows = rows.iloc[np.random.default_rng([seed, k]).permutation(len(rows))]
         needed = n_train + n_test
         if len(rows) < needed:
             raise DataError(

@@ -67,6 +67,10 @@ def score_labels(
     import torch
 
     label_ids = [tokenizer(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+    if all(len(ids) == 1 for ids in label_ids):
+        return _score_single_token_labels(
+            model, tokenizer, prompts, [i[0] for i in label_ids], batch_size
+        )
     rows = []  # (prompt index, label index, token ids, prompt length)
     for i, prompt in enumerate(prompts):
         prompt_ids = tokenizer(prompt)["input_ids"]
@@ -106,6 +110,48 @@ def score_labels(
             per_row.index_add_(0, torch.tensor(row_idx), token_logp.double())
             for b, (i, j, _, _) in enumerate(batch):
                 scores[i, j] = per_row[b].item()
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def _score_single_token_labels(
+    model: Any, tokenizer: Any, prompts: Sequence[str], label_ids: list[int], batch_size: int
+) -> np.ndarray:
+    """The fast path of :func:`score_labels` when every label is one token.
+
+    One row per prompt instead of one per (prompt, label): left padding puts every
+    prompt's last token in the last column, explicit position ids make padded rows see the
+    positions they would see alone, and only the last position's logits are computed.
+    """
+    import torch
+
+    encoded = [tokenizer(p)["input_ids"] for p in prompts]
+    if any(len(ids) == 0 for ids in encoded):
+        raise ValueError("a prompt is empty after tokenization: nothing to condition on")
+    scores = np.zeros((len(prompts), len(label_ids)), dtype=np.float64)
+    device, pad_id = _device(model), _pad_id(tokenizer)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(encoded), batch_size):
+            batch = encoded[start : start + batch_size]
+            width = max(len(ids) for ids in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for b, ids in enumerate(batch):
+                input_ids[b, width - len(ids) :] = torch.tensor(ids)
+                attention_mask[b, width - len(ids) :] = 1
+            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.no_grad():
+                logits = model(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    position_ids=position_ids.to(device),
+                    logits_to_keep=1,
+                ).logits
+            logp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, label_ids]
+            scores[start : start + len(batch)] = logp.double().cpu().numpy()
     finally:
         model.train(was_training)
     return scores
