@@ -68,3 +68,12 @@ def test_last_code_cell_asserts_learning_or_behaviour(path):
     nb = nbformat.read(path, as_version=4)
     last = [c for c in nb.cells if c.cell_type == "code"][-1]
     assert "assert" in last.source and "is_tiny" in last.source
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_t4_estimate_matches_planner_and_readme(path):
+    from phi2kit.plan import course_rows
+
+    minutes, gb = next((m, g) for n, _, m, g in course_rows() if n == path.stem)
+    first = nbformat.read(path, as_version=4).cells[0].source
+    assert f"{minutes} minutes, {gb} GB peak GPU memory" in first
