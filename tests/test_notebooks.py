@@ -77,3 +77,9 @@ def test_t4_estimate_matches_planner_and_readme(path):
     minutes, gb = next((m, g) for n, _, m, g in course_rows() if n == path.stem)
     first = nbformat.read(path, as_version=4).cells[0].source
     assert f"{minutes} minutes, {gb} GB peak GPU memory" in first
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_versions_cell_quiets_logs_first(path):
+    cell = nbformat.read(path, as_version=4).cells[3]
+    assert "quiet()" in cell.source and "version(pkg)" in cell.source
