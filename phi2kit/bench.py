@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import tempfile
+from datetime import date
 from pathlib import Path
 from types import ModuleType
 
@@ -37,20 +38,23 @@ def load_script(name: str) -> ModuleType:
     return module
 
 
-def _fmt(value: object) -> str:
-    if isinstance(value, float):
-        return f"{value:,.3f}" if abs(value) < 100 else f"{value:,.0f}"
-    return str(value)
-
-
-def report_table(results: dict[str, dict]) -> str:
-    """One markdown table: a row per benchmark, its scalar measurements as text."""
-    lines = ["| benchmark | measurements |", "|---|---|"]
-    for name, result in results.items():
-        shown = ", ".join(
-            f"{k}={_fmt(v)}" for k, v in result.items() if isinstance(v, (int, float, str))
-        )
-        lines.append(f"| {name} | {shown} |")
+def summary_table(p1: dict, p2: dict, notebooks: dict[str, str] | None = None) -> str:
+    """The performance report as one markdown table: P1, P2 and notebook wall times."""
+    lines = [
+        "| measurement | seed pipeline | phi2kit | ratio |",
+        "|---|---:|---:|---:|",
+        f"| P1 training: useful tokens/s | {p1['seed_useful_tokens_per_s']:,.0f} | "
+        f"{p1['phi2kit_useful_tokens_per_s']:,.0f} | {p1['useful_tokens_per_s_ratio']:.1f}x |",
+        f"| P1 useful-token fraction | {p1['seed_useful_fraction']:.2f} | "
+        f"{p1['phi2kit_useful_fraction']:.2f} | |",
+        f"| P1 loss positions on padding | {p1['seed_loss_positions_on_pad']:,} | "
+        f"{p1['phi2kit_loss_positions_on_pad']:,} | |",
+        f"| P2 evaluation: examples/s | {p2['seed_loop_examples_per_s']:,.0f} | "
+        f"{p2['scoring_examples_per_s']:,.0f} | {p2['ratio']:.1f}x |",
+        f"| P2 accuracy | {p2['seed_loop_accuracy']:.3f} | {p2['scoring_accuracy']:.3f} | |",
+    ]
+    for name, shown in (notebooks or {}).items():
+        lines.append(f"| wall time, {name} (tiny) | | {shown} | |")
     return "\n".join(lines)
 
 
@@ -59,22 +63,23 @@ def run_bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    results: dict[str, dict] = {}
-    results["P1 training (bench_train)"] = load_script("bench_train").run()
-    results["P2 evaluation (bench_eval)"] = load_script("bench_eval").run()
+    from phi2kit.logs import quiet
+
+    quiet()
+    p1 = load_script("bench_train").run()
+    p2 = load_script("bench_eval").run()
+    notebooks = None
     if args.notebooks:
         from phi2kit.course import find_notebooks, run_course
 
         with tempfile.TemporaryDirectory() as out:
             runs = run_course("tiny", Path(out), find_notebooks())
-        results["notebook wall time (tiny)"] = {
-            r.name: f"{r.seconds:.0f} s ({r.status})" for r in runs
-        }
+        notebooks = {r.name: f"{r.seconds:.0f} s ({r.status})" for r in runs}
     print(
-        f"\nphi2kit bench on {platform.processor() or platform.machine()}, "
+        f"\nphi2kit bench, {date.today()}, {platform.machine()}, "
         f"{torch.get_num_threads()} threads, torch {torch.__version__}\n"
     )
-    print(report_table(results))
+    print(summary_table(p1, p2, notebooks))
     return 0
 
 
