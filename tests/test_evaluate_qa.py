@@ -69,3 +69,15 @@ def test_side_by_side():
     assert df.loc[0, "rouge_l_base"] == 0.0 and df.loc[0, "rouge_l_tuned"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="same length"):
         side_by_side(["Q1?", "Q2?"], ["a"], ["b", "c"])
+
+
+def test_citation_support_checks_the_cited_reference():
+    from phi2kit.evaluate.qa import citation_support
+
+    refs = [["The otter lives in rivers and eats fish .", "The seal lives on coasts ."]]
+    assert citation_support(["The otter lives in rivers [1]."], refs) == 1.0
+    assert citation_support(["The otter lives in rivers [2]."], refs) == 0.0  # wrong reference
+    assert citation_support(["The otter lives in rivers [3]."], refs) == 0.0  # out of range
+    both = "The otter lives in rivers [1]. The seal lives on coasts [1]."
+    assert citation_support([both], refs) == 0.5
+    assert citation_support(["No citation here."], refs) == 0.0

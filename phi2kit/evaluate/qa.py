@@ -9,6 +9,7 @@ generation stopped on its own, and a side-by-side table of base vs tuned answers
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from functools import lru_cache
 
@@ -62,6 +63,33 @@ def citation_metrics(answers: Sequence[str], n_references: Sequence[int]) -> dic
         "share_valid_citations": n_valid / n_cites if n_cites else 0.0,
         "n_citations": n_cites,
     }
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9]+", text.lower()))
+
+
+def citation_support(
+    answers: Sequence[str], references: Sequence[Sequence[str]], min_overlap: float = 0.8
+) -> float:
+    """Share of citations whose reference actually supports the sentence that cites it.
+
+    A citation ``[k]`` in a sentence counts as supported when reference ``k`` contains at
+    least ``min_overlap`` of the sentence's words (citations removed). This is a lexical
+    check: enough for extractive answers like WebGLM's, not a judgement of paraphrases.
+    Citations outside the reference list count as unsupported. Returns 0.0 when nothing is
+    cited.
+    """
+    supported = total = 0
+    for answer, refs in zip(answers, references, strict=True):
+        for sentence in re.split(r"(?<=[.!?])\s+", answer):
+            cited = parse_citations(sentence)
+            words = _words(re.sub(r"\[[\d,\s]+\]", " ", sentence))
+            for k in cited:
+                total += 1
+                if words and 1 <= k <= len(refs):
+                    supported += len(words & _words(refs[k - 1])) / len(words) >= min_overlap
+    return supported / total if total else 0.0
 
 
 def stop_rate(finished: Sequence[bool]) -> float:
