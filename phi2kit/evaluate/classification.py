@@ -39,6 +39,24 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool):
+    """Pad token-id lists into ``(input_ids, attention_mask)`` tensors, by hand.
+
+    Built from the true lengths, so the result does not depend on the tokenizer's padding
+    side, nor on the pad token being eos.
+    """
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, ids in enumerate(rows):
+        cols = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[b, cols] = torch.tensor(list(ids))
+        attention_mask[b, cols] = 1
+    return input_ids, attention_mask
+
+
 def score_labels(
     model: Any,
     tokenizer: Any,
@@ -86,12 +104,7 @@ def score_labels(
     try:
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            width = max(len(ids) for _, _, ids, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, (_, _, ids, _) in enumerate(batch):
-                input_ids[b, : len(ids)] = torch.tensor(ids)
-                attention_mask[b, : len(ids)] = 1
+            input_ids, attention_mask = _pad([ids for _, _, ids, _ in batch], pad_id, left=False)
             with torch.no_grad():
                 logits = model(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
@@ -136,12 +149,7 @@ def _score_single_token_labels(
     try:
         for start in range(0, len(encoded), batch_size):
             batch = encoded[start : start + batch_size]
-            width = max(len(ids) for ids in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            for b, ids in enumerate(batch):
-                input_ids[b, width - len(ids) :] = torch.tensor(ids)
-                attention_mask[b, width - len(ids) :] = 1
+            input_ids, attention_mask = _pad(batch, pad_id, left=True)
             position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
             with torch.no_grad():
                 logits = model(
