@@ -43,7 +43,6 @@ class Profile:
         gradient_checkpointing: Trade compute for activation memory (GPU profiles).
         requires_cuda: Fail early, with a clear message, if CUDA is absent.
         requires_bf16: Fail early if the GPU has no bf16.
-        scale: Multiplier on data sizes and steps; notebooks size their runs with it.
     """
 
     name: ProfileName
@@ -55,7 +54,6 @@ class Profile:
     gradient_checkpointing: bool = False
     requires_cuda: bool = False
     requires_bf16: bool = False
-    scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.dtype == "bfloat16" and not self.requires_bf16:
@@ -104,7 +102,6 @@ PROFILES: dict[str, Profile] = {
         optim="paged_adamw_8bit",
         gradient_checkpointing=True,
         requires_cuda=True,
-        scale=10.0,
     ),
     "ampere": Profile(
         name="ampere",
@@ -116,7 +113,6 @@ PROFILES: dict[str, Profile] = {
         gradient_checkpointing=True,
         requires_cuda=True,
         requires_bf16=True,
-        scale=10.0,
     ),
 }
 

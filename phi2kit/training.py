@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import torch
@@ -206,8 +205,3 @@ def plot_losses(histories: dict[str, list[dict]], title: str = "Training loss"):
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig
-
-
-def slug(text: str) -> str:
-    """A folder-safe name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-").lower()

@@ -10,8 +10,11 @@ def test_quiet_hides_known_noise_only():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         quiet()
-        warnings.warn("`is_gradient_checkpointing` is deprecated and will be removed in v6.",
-                      FutureWarning, stacklevel=1)
+        warnings.warn(
+            "`is_gradient_checkpointing` is deprecated and will be removed in v6.",
+            FutureWarning,
+            stacklevel=1,
+        )
         warnings.warn("something else", UserWarning, stacklevel=1)
     messages = [str(w.message) for w in caught]
     assert messages == ["something else"]

@@ -160,8 +160,10 @@ def test_nf4_eval_then_train_on_cpu(tiny_profile):
 def test_seq_cls_model_has_pad_token(tiny_profile):
     clf = load_model(tiny_profile, quantize_4bit=False, num_labels=3)
     assert clf.config.pad_token_id is not None
-    out = clf(input_ids=torch.tensor([[5, 6, 7], [0, 8, 9]]),
-              attention_mask=torch.tensor([[1, 1, 1], [0, 1, 1]]))
+    out = clf(
+        input_ids=torch.tensor([[5, 6, 7], [0, 8, 9]]),
+        attention_mask=torch.tensor([[1, 1, 1], [0, 1, 1]]),
+    )
     assert out.logits.shape == (2, 3)
 
 

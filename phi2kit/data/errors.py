@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
+from pathlib import Path
+from typing import Any
 
 
 class DataError(ValueError):
@@ -56,3 +60,24 @@ def decode_utf8(raw: bytes, path: str | os.PathLike[str]) -> str:
         raise DataError(
             f"not valid UTF-8 (byte 0x{byte}); save the file as UTF-8", path=path, row=line
         ) from None
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:
+    """Non-blank lines of a (maybe gzipped) JSON-lines file as ``(line, object)`` pairs.
+
+    A line that is not valid JSON gives a :class:`DataError` in place of the object, so the
+    caller can raise it or count it as a skip.
+    """
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        text = decode_utf8(f.read(), path)
+    out: list[tuple[int, Any]] = []
+    for line_no, line in enumerate(text.split("\n"), start=1):
+        if line.strip():
+            try:
+                out.append((line_no, json.loads(line)))
+            except json.JSONDecodeError as exc:
+                out.append(
+                    (line_no, DataError(f"malformed JSON ({exc.msg})", path=path, row=line_no))
+                )
+    return out

@@ -10,15 +10,13 @@ Reads both published forms: the Hugging Face rows (one message per row, linked b
 
 from __future__ import annotations
 
-import gzip
-import json
 import math
 import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.errors import DataError, decode_utf8
+from phi2kit.data.errors import DataError, read_jsonl
 from phi2kit.data.webglm import LoadResult
 
 HUB_ID = "OpenAssistant/oasst1"
@@ -93,22 +91,6 @@ def _read_rows(path: Path) -> list[tuple[int, Any]]:
     df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
     df = df.astype(object).where(df.notna(), None)
     return list(enumerate(df.to_dict("records"), start=1))
-
-
-def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
-    """Non-blank lines of a (maybe gzipped) JSON-lines file as (line, object or DataError)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        text = decode_utf8(f.read(), path)
-    out: list[tuple[int, Any]] = []
-    for line_no, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                out.append((line_no, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                err = DataError(f"malformed JSON ({exc.msg})", path=str(path), row=line_no)
-                out.append((line_no, err))
-    return out
 
 
 def _problem(msg: dict, by_id: dict[str, dict]) -> tuple[str, str] | None:
@@ -268,7 +250,7 @@ def load_messages(
         file, source = Path(path), str(path)
         if not file.is_file():
             raise DataError("no such file", path=source)
-        rows = _read_rows(file) if file.suffix in (".parquet", ".csv") else _read_jsonl(file)
+        rows = _read_rows(file) if file.suffix in (".parquet", ".csv") else read_jsonl(file)
         first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
         form = "trees" if "prompt" in first else "rows"
     if not rows:

@@ -9,14 +9,13 @@ Answers cite the references inline as ``[1]``, ``[2]``, ... (1-based).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.errors import DataError, decode_utf8
+from phi2kit.data.errors import DataError, read_jsonl
 
 HUB_ID = "THUDM/webglm-qa"
 
@@ -80,21 +79,6 @@ def _check_example(row: Any, path: str, line: int) -> dict:
     return {"question": row["question"], "answer": row["answer"], "references": list(refs)}
 
 
-def _iter_jsonl(path: Path):
-    """Yield (line number, parsed object) for each non-blank line of a JSON-lines file."""
-    n_lines = 0
-    for line_no, line in enumerate(decode_utf8(Path(path).read_bytes(), path).split("\n"), 1):
-        if not line.strip():
-            continue
-        n_lines += 1
-        try:
-            yield line_no, json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield line_no, DataError(f"malformed JSON ({exc.msg})", path=str(path), row=line_no)
-    if n_lines == 0:
-        raise DataError("empty file: no JSON lines", path=str(path))
-
-
 def _hub_rows(hub_id: str, split: str):
     """Yield (row number, row) from the Hugging Face Hub (needs network or the HF cache)."""
     try:
@@ -145,7 +129,9 @@ def load_webglm(
             file = file / f"{split}.jsonl"
         if not file.is_file():
             raise DataError(f"no such file (split {split!r})", path=str(file))
-        source, rows = str(file), _iter_jsonl(file)
+        source, rows = str(file), read_jsonl(file)
+        if not rows:
+            raise DataError("empty file: no JSON lines", path=source)
 
     result = LoadResult()
     for line_no, row in rows:
