@@ -5,7 +5,9 @@
 
 The seed evaluated one headline at a time: tokenize one prompt, ``model.generate`` (greedy,
 a few new tokens), decode, parse. Notebook 02 scores the three labels instead, in batches
-(:func:`phi2kit.evaluate.classification.predict_by_scoring`). This script measures both on
+(:func:`phi2kit.evaluate.classification.predict_by_scoring`): one row per headline when every
+label is one token, the prompts' shared instruction run once per batch, prompts batched by
+length. This script measures both on
 the same tuned model and the same test set, once, and prints examples/s, the ratio and both
 accuracies. The goal is a ratio of at least 10 with an accuracy that is not lower.
 

@@ -23,6 +23,7 @@ from phi2kit.evaluate.classification import (
     predict_by_generation,
     predict_by_scoring,
     score_labels,
+    shared_prefix_length,
 )
 
 EOS = "<|endoftext|>"
@@ -111,13 +112,20 @@ def expected_scores(model, tokenizer, prompts):
     return scores_by_hand(model, tokenizer, prompts)
 
 
-@pytest.mark.parametrize(("padding_side", "batch_size"), [("right", 1), ("left", 4), ("right", 32)])
+@pytest.mark.parametrize(
+    ("padding_side", "batch_size", "share_prefix"),
+    [("right", 1, True), ("left", 4, True), ("right", 32, True), ("right", 5, False)],
+)
 def test_score_labels_matches_unbatched(
-    model, tokenizer, prompts, expected_scores, padding_side, batch_size
+    model, tokenizer, prompts, expected_scores, padding_side, batch_size, share_prefix
 ):
+    """Multi-token labels: one row per (prompt, label), the shared instruction run once."""
+    assert shared_prefix_length([tokenizer(p)["input_ids"] for p in prompts]) > 3
     tokenizer.padding_side = padding_side
     try:
-        scores = score_labels(model, tokenizer, prompts, batch_size=batch_size)
+        scores = score_labels(
+            model, tokenizer, prompts, batch_size=batch_size, share_prefix=share_prefix
+        )
         assert tokenizer.padding_side == padding_side
     finally:
         tokenizer.padding_side = "right"
@@ -252,3 +260,44 @@ def test_single_token_fast_path_matches_general_path():
         ]
     )
     assert np.allclose(fast, slow, atol=1e-4)
+
+
+def test_shared_prefix_length():
+    assert shared_prefix_length([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7]]) == 2
+    assert shared_prefix_length([[5, 6], [5, 6, 7]]) == 1  # every row keeps a token of its own
+    assert shared_prefix_length([[5, 6, 7]]) == 2
+    assert shared_prefix_length([[5], [5]]) == 0
+    assert shared_prefix_length([[1, 2], [3, 2]]) == 0
+    assert shared_prefix_length([]) == 0
+
+
+@pytest.mark.parametrize("share_prefix", [True, False])
+def test_fast_path_shared_prefix_and_sorting_keep_scores_and_order(share_prefix):
+    """Prompts of mixed lengths over several batches: the shared instruction runs once per
+    batch and prompts are sorted by length, yet every score lands on its own prompt."""
+    from phi2kit.models import load_model, load_tokenizer
+
+    model, tok = load_model("tiny"), load_tokenizer("tiny")
+    headlines = [
+        "The board met in Oulu on Monday to discuss the quarterly dividend and new plants",
+        "Loss",
+        "Sales rose 5 %",
+        "Orders fell sharply after the strike",
+        "Profit",
+        "Net sales in the period were EUR 12 million, compared with EUR 11 million a year ago",
+        "Shares were flat",
+    ]
+    prompts = [build_prompt(h) for h in headlines]
+    label_ids = [tok(" " + lab, add_special_tokens=False).input_ids[0] for lab in LABELS]
+    encoded = [tok(p).input_ids for p in prompts]
+    assert shared_prefix_length(encoded) > 10  # the instruction is shared
+    fast = score_labels(model, tok, prompts, batch_size=3, share_prefix=share_prefix)
+    with torch.no_grad():
+        alone = np.array(
+            [
+                model(input_ids=torch.tensor([ids])).logits[0, -1].log_softmax(-1)[label_ids]
+                for ids in encoded
+            ]
+        )
+    np.testing.assert_allclose(fast, alone, atol=1e-4)
+    assert not model.training

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -57,113 +58,164 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool):
     return input_ids, attention_mask
 
 
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading token ids every row shares, leaving each row at least one of its own.
+
+    >>> shared_prefix_length([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7]])
+    2
+    >>> shared_prefix_length([[5, 6], [5, 6, 7]])  # the first row keeps its last token
+    1
+    """
+    if not rows:
+        return 0
+    n = min(len(ids) for ids in rows) - 1
+    first = rows[0]
+    for ids in rows[1:]:
+        n = next((k for k in range(n) if ids[k] != first[k]), n)
+    return max(n, 0)
+
+
+@contextmanager
+def _inference(model: Any) -> Iterator[None]:
+    """Eval mode and no gradients for the block; the model's mode is restored after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _forward_rows(
+    model: Any, rows: Sequence[Sequence[int]], n_shared: int, pad_id: int, left: bool, **kw: Any
+):
+    """Logits for token-id rows that all start with the same ``n_shared`` tokens.
+
+    The shared prefix runs once, for one row; its keys and values are repeated across the
+    batch (``past_key_values``), so each row runs only its own tokens. The rest is padded by
+    :func:`_pad`, and explicit position ids give every row the positions it would see alone.
+    The logits cover the rows' own tokens only: position ``t`` of a row is ``t - n_shared``.
+    """
+    import torch
+
+    device = _device(model)
+    input_ids, attention_mask = _pad([ids[n_shared:] for ids in rows], pad_id, left)
+    position_ids = n_shared + (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    if n_shared:
+        prefix = torch.tensor([list(rows[0][:n_shared])], device=device)
+        cache = model(input_ids=prefix, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        ones = torch.ones((len(rows), n_shared), dtype=attention_mask.dtype)
+        attention_mask = torch.cat([ones, attention_mask], dim=1)
+        kw.update(past_key_values=cache, use_cache=True)
+    return model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        **kw,
+    ).logits
+
+
 def score_labels(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
     labels: Sequence[str] = LABELS,
     batch_size: int = 32,
+    share_prefix: bool = True,
 ) -> np.ndarray:
     """Summed log-likelihood of each completion ``" " + label`` after each prompt.
 
-    Every (prompt, label) pair is one row. The prompt is tokenized as in training (the
-    tokenizer's special tokens included) and the completion separately, without special
-    tokens, so the positions of the completion are known exactly. Rows are padded on the
-    right here, by hand, with an attention mask built from the lengths: the result does not
-    depend on the tokenizer's padding side, nor on the pad token being eos. When every label
-    is a single token (true for Phi-2's and the tiny tokenizer), a faster path scores all
-    labels from one row per prompt.
+    The prompt is tokenized as in training (the tokenizer's special tokens included) and the
+    completion separately, without special tokens, so the positions of the completion are
+    known exactly. Padding is done here, by hand, with an attention mask built from the
+    lengths: the result does not depend on the tokenizer's padding side, nor on the pad
+    token being eos. What keeps it fast, all exact:
+
+    - **One row per prompt** when every label is a single token (as in the tiny tokenizer):
+      the labels are entries of one next-token distribution (:func:`_score_single_tokens`).
+      Otherwise every (prompt, label) pair is a row.
+    - **The shared prefix once per batch.** Every prompt starts with the same instruction;
+      it runs for one row and its keys and values are reused by all (``share_prefix``).
+    - **Batches of similar length**: prompts are sorted by length, so there is little
+      padding; scores come back in the input order.
 
     Args:
         model: A causal LM (``transformers`` or ``peft``) returning ``.logits``.
         tokenizer: Its tokenizer.
         prompts: Prompts ending where the label should begin (``"...Sentiment:"``).
         labels: Candidate label words.
-        batch_size: Rows (prompt-label pairs) per forward pass.
+        batch_size: Rows per forward pass.
+        share_prefix: Run the prompts' common token prefix once per batch.
 
     Returns:
         Array of shape ``(len(prompts), len(labels))``; the higher, the more likely.
     """
     import torch
 
+    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} is empty after tokenization: nothing to condition on")
+    n_shared = shared_prefix_length(encoded) if share_prefix else 0
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     label_ids = [tokenizer(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+    pad_id = _pad_id(tokenizer)
     if all(len(ids) == 1 for ids in label_ids):
-        return _score_single_token_labels(
-            model, tokenizer, prompts, [i[0] for i in label_ids], batch_size
+        return _score_single_tokens(
+            model, encoded, order, [i[0] for i in label_ids], n_shared, pad_id, batch_size
         )
-    rows = []  # (prompt index, label index, token ids, prompt length)
-    for i, prompt in enumerate(prompts):
-        prompt_ids = tokenizer(prompt)["input_ids"]
-        if not prompt_ids:
-            raise ValueError(f"prompt {i} is empty after tokenization: nothing to condition on")
-        for j, ids in enumerate(label_ids):
-            rows.append((i, j, list(prompt_ids) + list(ids), len(prompt_ids)))
 
+    rows = [(i, j, encoded[i] + list(ids)) for i in order for j, ids in enumerate(label_ids)]
     scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
-    device, pad_id = _device(model), _pad_id(tokenizer)
-    was_training = model.training
-    model.eval()
-    try:
+    with _inference(model):
         for start in range(0, len(rows), batch_size):
             batch = rows[start : start + batch_size]
-            input_ids, attention_mask = _pad([ids for _, _, ids, _ in batch], pad_id, left=False)
-            with torch.no_grad():
-                logits = model(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device)
-                ).logits
-            # Token t of a row is predicted by the logits at position t - 1.
+            logits = _forward_rows(model, [ids for *_, ids in batch], n_shared, pad_id, False)
+            # Token t of a row is predicted by the logits at position t - 1 - n_shared.
             row_idx, pos_idx, targets = [], [], []
-            for b, (_, _, ids, n_prompt) in enumerate(batch):
-                for t in range(n_prompt, len(ids)):
+            for b, (i, _, ids) in enumerate(batch):
+                for t in range(len(encoded[i]), len(ids)):
                     row_idx.append(b)
-                    pos_idx.append(t - 1)
+                    pos_idx.append(t - 1 - n_shared)
                     targets.append(ids[t])
             picked = logits[torch.tensor(row_idx), torch.tensor(pos_idx)].float()
             logp = torch.log_softmax(picked, dim=-1)
             token_logp = logp[torch.arange(len(targets)), torch.tensor(targets)].cpu()
             per_row = torch.zeros(len(batch), dtype=torch.float64)
             per_row.index_add_(0, torch.tensor(row_idx), token_logp.double())
-            for b, (i, j, _, _) in enumerate(batch):
+            for b, (i, j, _) in enumerate(batch):
                 scores[i, j] = per_row[b].item()
-    finally:
-        model.train(was_training)
     return scores
 
 
-def _score_single_token_labels(
-    model: Any, tokenizer: Any, prompts: Sequence[str], label_ids: list[int], batch_size: int
+def _score_single_tokens(
+    model: Any,
+    encoded: list[list[int]],
+    order: list[int],
+    label_ids: list[int],
+    n_shared: int,
+    pad_id: int,
+    batch_size: int,
 ) -> np.ndarray:
-    """The fast path of :func:`score_labels` when every label is one token.
+    """The one-row-per-prompt path of :func:`score_labels`, for single-token labels.
 
-    One row per prompt instead of one per (prompt, label): left padding puts every
-    prompt's last token in the last column, explicit position ids make padded rows see the
-    positions they would see alone, and only the last position's logits are computed.
+    Left padding puts every prompt's last token in the last column, so only that
+    position's logits are computed (``logits_to_keep=1``).
     """
     import torch
 
-    encoded = [tokenizer(p)["input_ids"] for p in prompts]
-    if any(len(ids) == 0 for ids in encoded):
-        raise ValueError("a prompt is empty after tokenization: nothing to condition on")
-    scores = np.zeros((len(prompts), len(label_ids)), dtype=np.float64)
-    device, pad_id = _device(model), _pad_id(tokenizer)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(encoded), batch_size):
-            batch = encoded[start : start + batch_size]
-            input_ids, attention_mask = _pad(batch, pad_id, left=True)
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            with torch.no_grad():
-                logits = model(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    position_ids=position_ids.to(device),
-                    logits_to_keep=1,
-                ).logits
+    scores = np.zeros((len(encoded), len(label_ids)), dtype=np.float64)
+    with _inference(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            rows = [encoded[i] for i in idx]
+            logits = _forward_rows(model, rows, n_shared, pad_id, True, logits_to_keep=1)
             logp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, label_ids]
-            scores[start : start + len(batch)] = logp.double().cpu().numpy()
-    finally:
-        model.train(was_training)
+            scores[idx] = logp.double().cpu().numpy()
     return scores
 
 
