@@ -5,7 +5,7 @@
 
 The seed evaluated one headline at a time: tokenize one prompt, ``model.generate`` (greedy,
 a few new tokens), decode, parse. Notebook 02 scores the three labels instead, in batches
-(:func:`phi2kit.evaluate.classification.predict_by_scoring`): one row per headline when every
+(:func:`phi2kit.evaluate.scoring.predict_by_scoring`): one row per headline when every
 label is one token, the prompts' shared instruction run once per batch, prompts batched by
 length. This script measures both on
 the same tuned model and the same test set, once, and prints examples/s, the ratio and both
@@ -130,7 +130,8 @@ def run(
         examples/s over the loop's); ``goal_met``.
     """
     from phi2kit.data.sentiment import build_prompt
-    from phi2kit.evaluate.classification import classification_metrics, predict_by_scoring
+    from phi2kit.evaluate.classification import classification_metrics
+    from phi2kit.evaluate.scoring import predict_by_scoring
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
 

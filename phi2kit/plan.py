@@ -8,12 +8,8 @@ Run ``phi2kit plan --profile t4 --task webglm --max-length 2048`` or, in Python:
 Units are decimal GB (1e9 bytes). Plausibility check: the Phi-2 model card gives 2.7B
 parameters stored in fp16; 2,779,683,840 x 2 B = 5.56 GB of inference weights.
 
-Every part is counted from Phi's forward in transformers 5.23 (``PhiDecoderLayer``:
-parallel attention and MLP on one layernorm output), with a frozen base and LoRA adapters.
-On the CPU in fp32 the weights, LoRA, optimizer state and activations agree with
-measurements (``tests/test_plan.py``). The GPU-only assumptions are stated where they apply:
-fp16/bf16 autocast runs layer_norm and pow in fp32, CUDA dropout keeps a 1-byte mask, and
-``phi2kit_fp32`` attention is counted as eager attention computed in fp32.
+The counting is in :mod:`phi2kit.footprint`; this module adds the GPU overheads, the
+optimizer, the verdict and the levers to pull.
 """
 
 from __future__ import annotations
@@ -23,134 +19,18 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Any
 
-GB = 1e9
+from phi2kit.footprint import (
+    DTYPE_BYTES,
+    GB,
+    activation_bytes_per_token,
+    count_parameters,
+    lora_parameters,
+    phi2_config,
+    weight_bytes,
+)
+
 CUDA_CONTEXT_GB = 0.5  # assumption: CUDA context + cuBLAS workspace on a T4
 ALLOCATOR_SLACK = 0.10  # assumption: fragmentation in PyTorch's caching allocator
-NF4_BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes blocksizes for absmax and nested absmax
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def phi2_config() -> Any:
-    """``transformers.PhiConfig`` of ``microsoft/phi-2``, from its published config.json.
-
-    In transformers 5 ``partial_rotary_factor`` lives in ``config.rope_parameters``.
-    """
-    from transformers import PhiConfig
-
-    return PhiConfig(
-        vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
-        num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=2048,
-        hidden_act="gelu_new", tie_word_embeddings=False, qk_layernorm=False,
-        rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                         "partial_rotary_factor": 0.4},
-        bos_token_id=50256, eos_token_id=50256,
-    )  # fmt: skip
-
-
-def _linears(cfg: Any) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each Linear in one decoder layer."""
-    h, i = cfg.hidden_size, cfg.intermediate_size
-    hd = getattr(cfg, "head_dim", None) or h // cfg.num_attention_heads
-    q, kv = cfg.num_attention_heads * hd, cfg.num_key_value_heads * hd
-    return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "dense": (q, h),
-            "fc1": (h, i), "fc2": (i, h)}  # fmt: skip
-
-
-def _split_params(cfg: Any, head: bool = True) -> tuple[int, int, int]:
-    """(decoder Linear weights, decoder Linear count, all other params) of a Phi model."""
-    lin = _linears(cfg)
-    weights = cfg.num_hidden_layers * sum(i * o for i, o in lin.values())
-    biases = cfg.num_hidden_layers * sum(o for _, o in lin.values())
-    norms = (cfg.num_hidden_layers + 1) * 2 * cfg.hidden_size  # input + final LayerNorm
-    qk_norm = 4 * (cfg.hidden_size // cfg.num_attention_heads) if cfg.qk_layernorm else 0
-    other = cfg.vocab_size * cfg.hidden_size + biases + norms + cfg.num_hidden_layers * qk_norm
-    if head:  # lm_head has a bias in Phi; a tied head shares the embedding
-        tied = cfg.tie_word_embeddings
-        other += cfg.vocab_size * (0 if tied else cfg.hidden_size) + cfg.vocab_size
-    return weights, cfg.num_hidden_layers * len(lin), other
-
-
-def count_parameters(config: Any) -> int:
-    """Parameters of ``PhiForCausalLM(config)``, from shapes. Phi-2: 2,779,683,840."""
-    weights, _, other = _split_params(config)
-    return weights + other
-
-
-def weight_bytes(config: Any, dtype: str = "float16", *, quantize_4bit: bool = False,
-                 double_quant: bool = True, upcast_fp32: bool = False,
-                 head: bool = True) -> int:  # fmt: skip
-    """Bytes of the base model's weights.
-
-    With ``quantize_4bit`` the decoder Linear weights are nf4, packed two per byte, with one
-    absmax per block of 64: fp32, or with ``double_quant`` uint8 plus one fp32 absmax per
-    256 blocks, an fp32 offset and a 256-entry fp32 code per Linear. Every Linear also keeps
-    its 16-entry fp32 nf4 code. bitsandbytes leaves lm_head, embeddings, biases and
-    layernorms in ``dtype``; ``upcast_fp32`` models ``prepare_model_for_kbit_training``,
-    which casts all of them to fp32. Rotary buffers (a few hundred bytes) are ignored.
-    """
-    weights, n_lin, other = _split_params(config, head)
-    size = 4 if upcast_fp32 else _DTYPE_BYTES[dtype]
-    if not quantize_4bit:
-        return (weights + other) * size
-    blocks = sum(-(-i * o // NF4_BLOCK) for i, o in _linears(config).values())
-    blocks *= config.num_hidden_layers
-    absmax = blocks * 4
-    if double_quant:
-        nested = sum(-(-(i * o // NF4_BLOCK) // NESTED_BLOCK) for i, o in _linears(config).values())
-        absmax = blocks + 4 * nested * config.num_hidden_layers + n_lin * (4 + 256 * 4)
-    return -(-weights // 2) + absmax + n_lin * 16 * 4 + other * size
-
-
-def lora_parameters(config: Any, recipe: Any, num_labels: int = 3) -> int:
-    """Trainable parameters: ``r * (in + out)`` per adapted Linear (+ the SEQ_CLS score head)."""
-    lin = _linears(config)
-    unknown = set(recipe.target_modules) - set(lin)
-    if unknown:
-        raise ValueError(f"target_modules {sorted(unknown)} are not Phi Linear layers {list(lin)}")
-    n = config.num_hidden_layers * sum(recipe.lora_r * sum(lin[t]) for t in recipe.target_modules)
-    return n + (config.hidden_size * num_labels if recipe.task_type == "SEQ_CLS" else 0)
-
-
-def activation_bytes_per_token(config: Any, recipe: Any, seq: int, *, dtype: str = "float32",
-                               attn: str = "eager", on_gpu: bool = False) -> float:  # fmt: skip
-    """Bytes one decoder layer saves for backward, per token, with a frozen base + LoRA.
-
-    Counted from the tensors autograd keeps (frozen base Linears and 4-bit matmuls keep no
-    input): layernorm input + mean/rstd; per adapted Linear its lora_A input (the dropout
-    output or a dtype cast; with no dropout and no cast the shared input counts once), the
-    dropout mask and the rank-r lora_A output; the rotated q and k and v; eager attention
-    probabilities in fp32 (+ a compute-dtype copy under autocast; ``seq`` enters here);
-    sdpa's output and logsumexp instead; gelu_new's four saved intermediates (x, tanh, x/2,
-    1+tanh); residual adds save nothing. Rotary slices and cos/sin are negligible.
-    """
-    lin = _linears(config)
-    c = _DTYPE_BYTES[dtype]
-    amp = c != 4  # fp16/bf16 autocast: layer_norm and pow (in gelu_new) run in fp32
-    stream = 4 if (recipe.quantize_4bit or not amp) else c  # QLoRA upcasts the embedding
-    gelu, heads = 4, config.num_attention_heads
-    q, kv, inter = lin["q_proj"][1], lin["k_proj"][1], config.intermediate_size
-    total = stream * config.hidden_size + 8  # layernorm input, mean and rstd
-    ln = ("ln", config.hidden_size, 4)  # the layernorm output feeds q, k, v and fc1
-    inputs = {"q_proj": ln, "k_proj": ln, "v_proj": ln, "fc1": ln,
-              "dense": ("attn", q, c), "fc2": ("gelu", inter, gelu)}  # fmt: skip
-    shared = set()
-    for t in recipe.target_modules:
-        source, width, in_b = inputs[t]
-        total += recipe.lora_r * c
-        if recipe.lora_dropout > 0:  # dropout output (or its cast) + mask
-            total += width * (c + (1 if on_gpu else in_b))
-        elif in_b != c:
-            total += width * c  # autocast copy per Linear
-        elif source not in shared:
-            shared.add(source)
-            total += width * c
-    if attn in ("eager", "phi2kit_fp32"):
-        qkv_b = 4 if attn == "phi2kit_fp32" else c
-        total += (q + 2 * kv) * qkv_b + heads * seq * (4 + (c if qkv_b != 4 else 0))
-    else:  # sdpa / flash: q, k, v, output and logsumexp, no seq^2 term
-        total += (q + 2 * kv) * c + q * c + heads * 4
-    total += inter * (2 * c + 2 * gelu)  # gelu_new intermediates
-    return float(total)
 
 
 @dataclass
@@ -221,7 +101,7 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
     tokens, seq = recipe.batch_size * recipe.max_length, recipe.max_length
     q4 = recipe.quantize_4bit
     n_lora = lora_parameters(cfg, recipe, num_labels)
-    stream = 4 if (q4 or dtype == "float32") else _DTYPE_BYTES[dtype]
+    stream = 4 if (q4 or dtype == "float32") else DTYPE_BYTES[dtype]
     layer = activation_bytes_per_token(cfg, recipe, seq, dtype=dtype, attn=attn, on_gpu=on_gpu)
     outputs = cfg.vocab_size if causal else num_labels
     logits = tokens * outputs * 12  # fp32 log-probs saved + their grad + grad of logits

@@ -1,6 +1,6 @@
 """Prove the T4 recipes on a full-size Phi-2 without a GPU, weights or a download.
 
-The model is built from Phi-2's published configuration (:func:`phi2kit.plan.phi2_config`)
+The model is built from Phi-2's published configuration (:func:`phi2kit.footprint.phi2_config`)
 on PyTorch's ``meta`` device: every parameter has its real shape and dtype but no storage,
 so building the 2.78B-parameter model takes well under a second and allocates nothing.
 PEFT's ``get_peft_model`` wraps meta modules as well; run under the same ``meta`` device
@@ -36,7 +36,7 @@ def _config(profile: Profile, num_labels: int | None = None):
 
         cfg = tiny_config()
     else:
-        from phi2kit.plan import phi2_config
+        from phi2kit.footprint import phi2_config
 
         cfg = phi2_config()
     if num_labels is not None:

@@ -21,10 +21,8 @@ from phi2kit.evaluate.classification import (
     parse_label,
     plot_confusion,
     predict_by_generation,
-    predict_by_scoring,
-    score_labels,
-    shared_prefix_length,
 )
+from phi2kit.evaluate.scoring import predict_by_scoring, score_labels, shared_prefix_length
 
 EOS = "<|endoftext|>"
 HEADLINES = [
@@ -239,13 +237,12 @@ def test_generation_without_pad_token_uses_eos_and_restores(tokenizer):
 def test_single_token_fast_path_matches_general_path():
     """The shipped tiny tokenizer has single-token labels: the fast path must agree."""
     from phi2kit.data.sentiment import build_prompt
-    from phi2kit.evaluate import classification as clf
     from phi2kit.models import load_model, load_tokenizer
 
     model, tok = load_model("tiny"), load_tokenizer("tiny")
     prompts = [build_prompt(h) for h in ["Sales rose", "The board met in Oulu on Monday", "Loss"]]
     assert all(len(tok(" " + lab, add_special_tokens=False).input_ids) == 1 for lab in LABELS)
-    fast = clf.score_labels(model, tok, prompts)
+    fast = score_labels(model, tok, prompts)
     # the general path: each (prompt, label) row scored by a full forward pass
     slow = np.array(
         [

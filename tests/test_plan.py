@@ -1,4 +1,4 @@
-"""The memory planner, checked against Phi-2's published size and CPU measurements.
+"""The memory planner and its counting (footprint), against Phi-2 and CPU measurements.
 
 Measured on a small Phi in fp32 on the CPU: weight bytes (fp32, fp16, nf4 with and without
 double quantization, including every bitsandbytes quant_state tensor), LoRA parameters,
@@ -15,19 +15,14 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from phi2kit.plan import (
-    Estimate,
+from phi2kit.footprint import (
     activation_bytes_per_token,
-    add_plan_parser,
     count_parameters,
-    estimate,
-    format_table,
     lora_parameters,
     phi2_config,
-    plan_all_t4,
-    run_plan,
     weight_bytes,
 )
+from phi2kit.plan import Estimate, add_plan_parser, estimate, format_table, plan_all_t4, run_plan
 from phi2kit.recipes import PHI_LORA_TARGETS, Recipe, get_recipe
 
 PHI2_PARAMS = 2_779_683_840  # Phi-2 model card config.json, summed by shape

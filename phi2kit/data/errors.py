@@ -44,22 +44,33 @@ class DataError(ValueError):
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
 
-def decode_utf8(raw: bytes, path: str | os.PathLike[str]) -> str:
-    """Decode a JSON-lines file, or raise :class:`DataError` naming the file and line.
+def decode_utf8(
+    raw: bytes, path: str | os.PathLike[str] | None, fallback: str | None = None
+) -> str:
+    """Decode a text file as UTF-8 (a leading BOM dropped), or raise :class:`DataError`.
 
-    UTF-16 files (a byte-order mark, or NUL bytes) get their own message: they are a
-    common result of saving from Windows tools.
+    With ``fallback`` (say ``"latin-1"``, for the Kaggle sentiment file), bytes that are not
+    valid UTF-8 are decoded with it instead. Trying strict UTF-8 first reads both kinds of
+    file correctly: decoding UTF-8 as Latin-1 would give mojibake ("Ã©" for "é"), while
+    Latin-1 text with accents is almost never valid UTF-8. Without ``fallback`` the error
+    names the line of the first bad byte. UTF-16 files (a byte-order mark, or NUL bytes)
+    get their own message: they are a common result of saving from Windows tools.
     """
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:1000]:
-        raise DataError("the file is UTF-16 encoded; save it as UTF-8", path=path, row=1)
+        also = f" or {fallback.title()}" if fallback else ""
+        raise DataError(f"the file is UTF-16 encoded; save it as UTF-8{also}", path=path, row=1)
     try:
-        return raw.decode("utf-8").removeprefix("\ufeff")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        byte = raw[exc.start : exc.start + 1].hex()
-        raise DataError(
-            f"not valid UTF-8 (byte 0x{byte}); save the file as UTF-8", path=path, row=line
-        ) from None
+        if fallback:
+            text = raw.decode(fallback)
+        else:
+            line = raw[: exc.start].count(b"\n") + 1
+            byte = raw[exc.start : exc.start + 1].hex()
+            raise DataError(
+                f"not valid UTF-8 (byte 0x{byte}); save the file as UTF-8", path=path, row=line
+            ) from None
+    return text.removeprefix("\ufeff")
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:

@@ -1,6 +1,7 @@
 """Financial news sentiment (notebooks 02 and 03): load, deduplicate, split, prompt.
 
-Two published forms are read, and the form is detected from the file's content:
+Two published forms are read (by :mod:`phi2kit.data.sentiment_files`), and the form is
+detected from the file's content:
 
 - the Kaggle ``all-data.csv``: no header, ``sentiment,headline``, Latin-1, CR/LF/CRLF;
 - the HF ``financial_phrasebank`` layout: columns ``sentence`` and ``label`` (0 = negative,
@@ -11,12 +12,9 @@ Both give a data frame with columns ``text`` and ``label`` (the label word).
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.errors import DataError, decode_utf8
+from phi2kit.data.sentiment_files import Record, csv_records, read_json_table, table_records
 
 if TYPE_CHECKING:
     import datasets
@@ -38,9 +37,6 @@ PROMPT_TEMPLATE = (
     "Headline: {headline}\n"
     "Sentiment:"
 )
-
-#: One parsed row: (1-based row, raw label, raw text, label field name, text field name).
-Record = tuple[int, Any, Any, str, str]
 
 
 def _label_word(value: Any, **where: Any) -> str:
@@ -59,22 +55,6 @@ def _label_word(value: Any, **where: Any) -> str:
             return word
     expected = ", ".join(LABELS) + (", or 0, 1, 2" if where.get("field") == "label" else "")
     raise DataError(f"unknown label {value!r} (expected one of {expected})", **where)
-
-
-def _decode(raw: bytes, path: Any = None) -> str:
-    """UTF-8 if the bytes are valid UTF-8, else Latin-1.
-
-    The Kaggle file is Latin-1. Decoding UTF-8 bytes as Latin-1 would give mojibake
-    ("Ã©" for "é"), while Latin-1 text with accents is almost never valid UTF-8, so trying
-    strict UTF-8 first reads both correctly.
-    """
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:1000]:
-        raise DataError("the file is UTF-16 encoded; save it as UTF-8 or Latin-1", path=path, row=1)
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")
-    return text.removeprefix("\ufeff")
 
 
 def _collect(records: Iterable[Record], path: Any, skip_bad: bool) -> pd.DataFrame:
@@ -107,71 +87,6 @@ def _collect(records: Iterable[Record], path: Any, skip_bad: bool) -> pd.DataFra
     df = pd.DataFrame({"text": texts, "label": labels})
     df.attrs["skipped"] = skipped
     return df
-
-
-def _missing_column(found: list[str], path: Any, row: int | None) -> None:
-    """Raise if a phrasebank header lacks ``sentence`` or ``label``."""
-    for column in ("sentence", "label"):
-        if column not in found:
-            raise DataError(
-                f"missing column {column!r}: a phrasebank file needs the columns 'sentence' "
-                f"and 'label' (found {found})",
-                path=path,
-                row=row,
-                field=column,
-            )
-
-
-def _csv_records(text: str, path: Any) -> Iterator[Record]:
-    """Yield records from CSV text.
-
-    The first non-blank record decides the form: if it names ``sentence`` or ``label`` it
-    is a phrasebank header; otherwise the file is the Kaggle form, without a header.
-    """
-    # CR-only and CRLF line endings (even mixed) become LF before csv sees them.
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    reader = csv.reader(io.StringIO(text, newline=""))
-    header: list[str] | None = None
-    for cells in reader:
-        row = reader.line_num
-        if not "".join(cells).strip():
-            continue  # blank line
-        if header is None:
-            names = [c.strip().lower() for c in cells]
-            header = names if {"sentence", "label"} & set(names) else []
-            if header:
-                _missing_column(header, path, row)
-                continue
-        if header:  # phrasebank CSV
-            values = dict(zip(header, cells, strict=False))
-            yield row, values.get("label"), values.get("sentence"), "label", "sentence"
-        else:
-            # An unquoted headline with commas splits into more cells: join them back.
-            headline = ",".join(cells[1:]) if len(cells) > 1 else None
-            yield row, cells[0], headline, "sentiment", "headline"
-
-
-def _table_records(df: pd.DataFrame, path: Any) -> Iterator[Record]:
-    """Yield records from a phrasebank-layout table; rows are numbered from 1."""
-    _missing_column([str(c) for c in df.columns], path, None)
-    for i, (sentence, label) in enumerate(zip(df["sentence"], df["label"], strict=True), start=1):
-        if isinstance(label, float):
-            label = None if np.isnan(label) else int(label) if label.is_integer() else label
-        yield i, label, sentence if isinstance(sentence, str) else None, "label", "sentence"
-
-
-def _read_json(text: str, path: Any) -> pd.DataFrame:
-    """JSON lines (or one JSON array) into a frame, naming the line of a parse error."""
-    if text.lstrip().startswith("["):
-        return pd.DataFrame(json.loads(text))
-    rows = []
-    for n, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise DataError(f"not valid JSON: {err}", path=path, row=n) from err
-    return pd.DataFrame(rows)
 
 
 def load_financial_news(
@@ -213,17 +128,17 @@ def load_financial_news(
                 "download the Kaggle all-data.csv or a phrasebank file and pass its path.",
                 path=hub_id,
             ) from err
-        return _collect(_table_records(table, hub_id), hub_id, skip_bad)
+        return _collect(table_records(table, hub_id), hub_id, skip_bad)
 
     raw = Path(path).read_bytes()
     if not raw.strip():
         raise DataError("empty file", path=path)
     if raw.startswith(b"PAR1"):
-        return _collect(_table_records(pd.read_parquet(path), path), path, skip_bad)
-    text = _decode(raw, path)
+        return _collect(table_records(pd.read_parquet(path), path), path, skip_bad)
+    text = decode_utf8(raw, path, fallback="latin-1")
     if text.lstrip().startswith(("{", "[")):
-        return _collect(_table_records(_read_json(text, path), path), path, skip_bad)
-    return _collect(_csv_records(text, path), path, skip_bad)
+        return _collect(table_records(read_json_table(text, path), path), path, skip_bad)
+    return _collect(csv_records(text, path), path, skip_bad)
 
 
 # --- Duplicates ---------------------------------------------------------------------

@@ -1,1 +1,1 @@
-"""Evaluation: ``classification`` (02, 03) and ``qa`` (04, 06)."""
+"""Evaluation: ``scoring`` and ``classification`` (02, 03), ``qa`` (04, 06)."""

@@ -1,0 +1,221 @@
+"""Label scoring: a causal LM as a classifier that cannot give an invalid label (02).
+
+For each prompt, the log-likelihood of every candidate completion ``" " + label``; the
+prediction is the best one (:func:`predict_by_scoring`). The other way, generation and
+parsing, is in :mod:`phi2kit.evaluate.classification`, with the metrics and plots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from phi2kit.data.sentiment import LABELS
+
+
+def device_of(model: Any):
+    """The device of the model's inputs: ``model.device``, else its first parameter's."""
+    device = getattr(model, "device", None)
+    return device if device is not None else next(model.parameters()).device
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its eos id (Phi-2 has no pad token), else 0."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
+
+
+def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool):
+    """Pad token-id lists into ``(input_ids, attention_mask)`` tensors, by hand.
+
+    Built from the true lengths, so the result does not depend on the tokenizer's padding
+    side, nor on the pad token being eos.
+    """
+    import torch
+
+    width = max(len(ids) for ids in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for b, ids in enumerate(rows):
+        cols = slice(width - len(ids), width) if left else slice(0, len(ids))
+        input_ids[b, cols] = torch.tensor(list(ids))
+        attention_mask[b, cols] = 1
+    return input_ids, attention_mask
+
+
+def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
+    """How many leading token ids every row shares, leaving each row at least one of its own.
+
+    >>> shared_prefix_length([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7]])
+    2
+    >>> shared_prefix_length([[5, 6], [5, 6, 7]])  # the first row keeps its last token
+    1
+    """
+    if not rows:
+        return 0
+    n = min(len(ids) for ids in rows) - 1
+    first = rows[0]
+    for ids in rows[1:]:
+        n = next((k for k in range(n) if ids[k] != first[k]), n)
+    return max(n, 0)
+
+
+@contextmanager
+def inference(model: Any) -> Iterator[None]:
+    """Eval mode and no gradients for the block; the model's mode is restored after."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _forward_rows(
+    model: Any, rows: Sequence[Sequence[int]], n_shared: int, pad_id: int, left: bool, **kw: Any
+):
+    """Logits for token-id rows that all start with the same ``n_shared`` tokens.
+
+    The shared prefix runs once, for one row; its keys and values are repeated across the
+    batch (``past_key_values``), so each row runs only its own tokens. The rest is padded by
+    :func:`_pad`, and explicit position ids give every row the positions it would see alone.
+    The logits cover the rows' own tokens only: position ``t`` of a row is ``t - n_shared``.
+    """
+    import torch
+
+    device = device_of(model)
+    input_ids, attention_mask = _pad([ids[n_shared:] for ids in rows], pad_id, left)
+    position_ids = n_shared + (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    if n_shared:
+        prefix = torch.tensor([list(rows[0][:n_shared])], device=device)
+        cache = model(input_ids=prefix, use_cache=True).past_key_values
+        cache.batch_repeat_interleave(len(rows))
+        ones = torch.ones((len(rows), n_shared), dtype=attention_mask.dtype)
+        attention_mask = torch.cat([ones, attention_mask], dim=1)
+        kw.update(past_key_values=cache, use_cache=True)
+    return model(
+        input_ids=input_ids.to(device),
+        attention_mask=attention_mask.to(device),
+        position_ids=position_ids.to(device),
+        **kw,
+    ).logits
+
+
+def score_labels(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    labels: Sequence[str] = LABELS,
+    batch_size: int = 32,
+    share_prefix: bool = True,
+) -> np.ndarray:
+    """Summed log-likelihood of each completion ``" " + label`` after each prompt.
+
+    The prompt is tokenized as in training (the tokenizer's special tokens included) and the
+    completion separately, without special tokens, so the positions of the completion are
+    known exactly. Padding is done here, by hand, with an attention mask built from the
+    lengths: the result does not depend on the tokenizer's padding side, nor on the pad
+    token being eos. What keeps it fast, all exact:
+
+    - **One row per prompt** when every label is a single token (as in the tiny tokenizer):
+      the labels are entries of one next-token distribution (:func:`_score_single_tokens`).
+      Otherwise every (prompt, label) pair is a row.
+    - **The shared prefix once per batch.** Every prompt starts with the same instruction;
+      it runs for one row and its keys and values are reused by all (``share_prefix``).
+    - **Batches of similar length**: prompts are sorted by length, so there is little
+      padding; scores come back in the input order.
+
+    Args:
+        model: A causal LM (``transformers`` or ``peft``) returning ``.logits``.
+        tokenizer: Its tokenizer.
+        prompts: Prompts ending where the label should begin (``"...Sentiment:"``).
+        labels: Candidate label words.
+        batch_size: Rows per forward pass.
+        share_prefix: Run the prompts' common token prefix once per batch.
+
+    Returns:
+        Array of shape ``(len(prompts), len(labels))``; the higher, the more likely.
+    """
+    import torch
+
+    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    empty = [i for i, ids in enumerate(encoded) if not ids]
+    if empty:
+        raise ValueError(f"prompt {empty[0]} is empty after tokenization: nothing to condition on")
+    n_shared = shared_prefix_length(encoded) if share_prefix else 0
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
+    label_ids = [tokenizer(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+    pad_id = pad_id_of(tokenizer)
+    if all(len(ids) == 1 for ids in label_ids):
+        return _score_single_tokens(
+            model, encoded, order, [i[0] for i in label_ids], n_shared, pad_id, batch_size
+        )
+
+    rows = [(i, j, encoded[i] + list(ids)) for i in order for j, ids in enumerate(label_ids)]
+    scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    with inference(model):
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            logits = _forward_rows(model, [ids for *_, ids in batch], n_shared, pad_id, False)
+            # Token t of a row is predicted by the logits at position t - 1 - n_shared.
+            row_idx, pos_idx, targets = [], [], []
+            for b, (i, _, ids) in enumerate(batch):
+                for t in range(len(encoded[i]), len(ids)):
+                    row_idx.append(b)
+                    pos_idx.append(t - 1 - n_shared)
+                    targets.append(ids[t])
+            picked = logits[torch.tensor(row_idx), torch.tensor(pos_idx)].float()
+            logp = torch.log_softmax(picked, dim=-1)
+            token_logp = logp[torch.arange(len(targets)), torch.tensor(targets)].cpu()
+            per_row = torch.zeros(len(batch), dtype=torch.float64)
+            per_row.index_add_(0, torch.tensor(row_idx), token_logp.double())
+            for b, (i, j, _) in enumerate(batch):
+                scores[i, j] = per_row[b].item()
+    return scores
+
+
+def _score_single_tokens(
+    model: Any,
+    encoded: list[list[int]],
+    order: list[int],
+    label_ids: list[int],
+    n_shared: int,
+    pad_id: int,
+    batch_size: int,
+) -> np.ndarray:
+    """The one-row-per-prompt path of :func:`score_labels`, for single-token labels.
+
+    Left padding puts every prompt's last token in the last column, so only that
+    position's logits are computed (``logits_to_keep=1``).
+    """
+    import torch
+
+    scores = np.zeros((len(encoded), len(label_ids)), dtype=np.float64)
+    with inference(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            rows = [encoded[i] for i in idx]
+            logits = _forward_rows(model, rows, n_shared, pad_id, True, logits_to_keep=1)
+            logp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, label_ids]
+            scores[idx] = logp.double().cpu().numpy()
+    return scores
+
+
+def predict_by_scoring(
+    model: Any,
+    tokenizer: Any,
+    prompts: Sequence[str],
+    labels: Sequence[str] = LABELS,
+    batch_size: int = 32,
+) -> list[str]:
+    """The most likely label for each prompt, by :func:`score_labels`."""
+    scores = score_labels(model, tokenizer, prompts, labels=labels, batch_size=batch_size)
+    return [labels[j] for j in scores.argmax(axis=1)]
