@@ -6,8 +6,10 @@
 - bitsandbytes' note that an optional hub kernel could not be loaded (harmless offline:
   the built-in CPU kernel is used);
 - tqdm's warning that Jupyter widgets are missing;
-- deprecation warnings that libraries raise about *each other* (peft calling transformers'
-  ``is_gradient_checkpointing``), which a learner can do nothing about.
+- deprecation warnings that libraries raise about *each other*, which a learner can do
+  nothing about: peft calling transformers' ``is_gradient_checkpointing``, and trl's
+  ``SFTConfig`` defaults still setting ``gradient_checkpointing`` (phi2kit's configs set its
+  new name, ``activation_checkpointing``).
 
 Errors and our own warnings still show.
 """
@@ -19,6 +21,7 @@ import warnings
 
 HARMLESS = [
     r".*is_gradient_checkpointing.*is deprecated.*",
+    r"`gradient_checkpointing` is deprecated .* Use `activation_checkpointing` instead.*",
     r".*IProgress not found.*",
 ]
 

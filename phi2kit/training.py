@@ -190,14 +190,27 @@ def loss_curve(log_history: list[dict], key: str = "loss") -> tuple[list[int], l
     return [s for s, _ in rows], [v for _, v in rows]
 
 
-def plot_losses(histories: dict[str, list[dict]], title: str = "Training loss"):
-    """One line per run: ``{"LoRA": trainer.state.log_history, ...}``. Returns the Figure."""
+def plot_losses(
+    histories: dict[str, list[dict]], title: str = "Training loss", log_scale: bool = False
+):
+    """One line per run: ``{"LoRA": trainer.state.log_history, ...}``. Returns the Figure.
+
+    ``log_scale`` puts the loss on a log axis, labelled at 1, 2 and 5 times each power of
+    ten as plain numbers (a loss falling from 10 to 0.1 stays readable).
+    """
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
     from phi2kit.plotting import new_figure
 
     fig, ax = new_figure(figsize=(6, 3.5))
     for name, history in histories.items():
         steps, losses = loss_curve(history)
         ax.plot(steps, losses, marker="o", markersize=3, label=name)
+    if log_scale:
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss")
     ax.set_title(title)

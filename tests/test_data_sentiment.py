@@ -152,6 +152,26 @@ def test_hub_offline_error_suggests_a_path(monkeypatch):
         load_financial_news()
 
 
+def test_hub_script_dataset_falls_back_to_its_parquet_export(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def load(*args, **kwargs):
+        calls.append((args, kwargs))
+        if kwargs.get("revision") != "refs/convert/parquet":
+            raise RuntimeError("Dataset scripts are no longer supported, but found x.py")
+        return datasets.Dataset.from_dict({"sentence": ["Up", "Down"], "label": [2, 0]})
+
+    monkeypatch.setattr(datasets, "load_dataset", load)
+    df = load_financial_news()
+    assert list(df["label"]) == ["positive", "negative"]
+    assert calls[1] == (
+        ("takala/financial_phrasebank",),
+        {"revision": "refs/convert/parquet", "data_dir": "sentences_50agree", "split": "train"},
+    )
+
+
 def frame(rows):
     return pd.DataFrame(rows, columns=["label", "text"])[["text", "label"]]
 
@@ -172,10 +192,12 @@ def test_duplicates_and_conflicts():
     assert (report.n_rows, report.n_unique_texts, report.n_duplicate_rows) == (7, 3, 4)
     assert report.n_conflicting_texts == 2
     assert report.examples[0] == {"text": "Sales up", "labels": {"positive": 2, "neutral": 1}}
+    assert str(report).endswith("2 headlines with conflicting labels")  # nothing dropped yet
     deduped, report = deduplicate(df)
     assert list(deduped["text"]) == ["Sales  up", "Loss"]
     assert list(deduped["label"]) == ["positive", "negative"]
     assert report.n_dropped_ties == 1
+    assert str(report).endswith("with conflicting labels (1 ties dropped)")
 
 
 def synthetic(counts, dup_every=0):

@@ -298,3 +298,9 @@ def test_fast_path_shared_prefix_and_sorting_keep_scores_and_order(share_prefix)
         )
     np.testing.assert_allclose(fast, alone, atol=1e-4)
     assert not model.training
+
+
+def test_score_labels_of_no_prompts(model, tokenizer):
+    assert score_labels(model, tokenizer, []).shape == (0, len(LABELS))
+    with pytest.raises(ValueError, match="prompt 1 is empty"):
+        score_labels(model, tokenizer, ["Headline: up", ""])

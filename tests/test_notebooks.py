@@ -83,3 +83,21 @@ def test_t4_estimate_matches_planner_and_readme(path):
 def test_versions_cell_quiets_logs_first(path):
     cell = nbformat.read(path, as_version=4).cells[3]
     assert "quiet()" in cell.source and "version(pkg)" in cell.source
+
+
+def test_colab_cell_works_from_the_clones_notebooks_folder(monkeypatch):
+    """On Colab the install cell clones the repo and works from its notebooks/ folder; the
+    data samples must be found from there (they are not part of the installed package)."""
+    import phi2kit.data
+    from phi2kit.data import SAMPLES, sample_path
+
+    source = nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source
+    assert "git" in source and 'os.chdir(f"{REPO}/notebooks")' in source
+    # an installed (non-editable) package sits in site-packages, far from the clone's data/
+    monkeypatch.setattr(phi2kit.data, "__file__", "/site-packages/phi2kit/data/__init__.py")
+    monkeypatch.chdir(ROOT / "notebooks")
+    for name in SAMPLES:
+        assert sample_path(name).resolve().is_relative_to(ROOT / "data")
+    monkeypatch.chdir("/")
+    with pytest.raises(FileNotFoundError, match="clone the repository"):
+        sample_path("financial_news")

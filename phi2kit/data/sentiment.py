@@ -89,6 +89,28 @@ def _collect(records: Iterable[Record], path: Any, skip_bad: bool) -> pd.DataFra
     return df
 
 
+def _hub_table(hub_id: str, hub_config: str) -> pd.DataFrame:
+    """The hub dataset's train split; if its loading script is refused, its Parquet export.
+
+    ``financial_phrasebank`` was published with a loading script, and ``datasets`` 4 and
+    later no longer run those. The Hub keeps a Parquet export of such datasets on the
+    ``refs/convert/parquet`` branch, one folder per configuration; that is tried second.
+    The first error is raised if both fail.
+    """
+    import datasets
+
+    try:
+        return datasets.load_dataset(hub_id, hub_config, split="train").to_pandas()
+    except Exception as first:
+        try:
+            export = datasets.load_dataset(
+                hub_id, revision="refs/convert/parquet", data_dir=hub_config, split="train"
+            )
+        except Exception:
+            raise first from None
+        return export.to_pandas()
+
+
 def load_financial_news(
     path: str | os.PathLike[str] | None = None,
     *,
@@ -119,9 +141,7 @@ def load_financial_news(
     """
     if path is None:
         try:
-            import datasets
-
-            table = datasets.load_dataset(hub_id, hub_config, split="train").to_pandas()
+            table = _hub_table(hub_id, hub_config)
         except Exception as err:
             raise DataError(
                 f"could not load {hub_id!r} ({hub_config}) from the hub: {err}. Offline, "
@@ -167,11 +187,13 @@ class DuplicateReport:
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     def __str__(self) -> str:
-        return (
+        text = (
             f"{self.n_rows} rows, {self.n_unique_texts} distinct headlines: "
             f"{self.n_duplicate_rows} duplicate rows, {self.n_conflicting_texts} headlines "
-            f"with conflicting labels ({self.n_dropped_ties} ties dropped)"
+            "with conflicting labels"
         )
+        # Only deduplicate() drops ties; find_duplicates() changes nothing, so says nothing.
+        return text + (f" ({self.n_dropped_ties} ties dropped)" if self.n_dropped_ties else "")
 
 
 def _normalize(text: str) -> str:

@@ -146,7 +146,9 @@ def score_labels(
     """
     import torch
 
-    encoded = [list(tokenizer(p)["input_ids"]) for p in prompts]
+    if len(prompts) == 0:
+        return np.zeros((0, len(labels)), dtype=np.float64)
+    encoded = [list(ids) for ids in tokenizer(list(prompts))["input_ids"]]  # one batched call
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise ValueError(f"prompt {empty[0]} is empty after tokenization: nothing to condition on")
