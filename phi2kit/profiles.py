@@ -117,13 +117,25 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def native_bf16() -> bool:
+    """Whether the GPU computes in bfloat16 natively (compute capability 8.0+, Ampere on).
+
+    ``torch.cuda.is_bf16_supported()`` alone says True on a T4 (7.5): by default it counts
+    *emulated* bf16, which is slow there and not what a T4 recipe should use. So emulation is
+    excluded here.
+    """
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def detect_profile_name() -> ProfileName:
-    """Pick a profile from the hardware: no CUDA -> tiny, no bf16 -> t4, else ampere."""
+    """Pick a profile from the hardware: no CUDA -> tiny, no native bf16 -> t4, else ampere."""
     import torch
 
     if not torch.cuda.is_available():
         return "tiny"
-    return "ampere" if torch.cuda.is_bf16_supported() else "t4"
+    return "ampere" if native_bf16() else "t4"
 
 
 def check_hardware(profile: Profile) -> None:
@@ -136,7 +148,7 @@ def check_hardware(profile: Profile) -> None:
             f"Use PROFILE='tiny' (or {ENV_VAR}=tiny) to run on the CPU, or switch the Colab "
             "runtime to a GPU (Runtime > Change runtime type > T4 GPU)."
         )
-    if profile.requires_bf16 and not torch.cuda.is_bf16_supported():
+    if profile.requires_bf16 and not native_bf16():
         name = torch.cuda.get_device_name(0)
         raise ProfileError(
             f"profile {profile.name!r} uses bfloat16, which this GPU ({name}) does not "

@@ -7,10 +7,16 @@ from phi2kit.profiles import ENV_VAR, PROFILES, Profile, ProfileError, get_profi
 
 
 def _cuda(available: bool, bf16: bool = False):
+    """A fake GPU. ``bf16=False`` is a T4: like torch on a real T4, ``is_bf16_supported()``
+    says True by default (emulated bf16) and False with ``including_emulation=False``."""
+
+    def is_bf16_supported(including_emulation: bool = True) -> bool:
+        return available and (bf16 or including_emulation)
+
     return mock.patch.multiple(
         "torch.cuda",
         is_available=mock.Mock(return_value=available),
-        is_bf16_supported=mock.Mock(return_value=bf16),
+        is_bf16_supported=is_bf16_supported,
         get_device_name=mock.Mock(return_value="Tesla T4"),
     )
 
