@@ -260,18 +260,16 @@ def classifier_trainer(
 @torch.no_grad()
 def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
     """Classifier logits ``(len(texts), num_labels)`` for already-formatted texts."""
+    from phi2kit.evaluate.scoring import inference
+
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     out = []
-    try:
+    with inference(model):  # eval mode, no autograd graph; the mode is restored after
         for start in range(0, len(texts), batch_size):
             enc = tokenizer(
                 list(texts[start : start + batch_size]), return_tensors="pt", padding=True
             ).to(device)
             out.append(model(**enc).logits.float().cpu().numpy())
-    finally:
-        model.train(was_training)
     return np.concatenate(out)
 
 

@@ -3,7 +3,8 @@
 Notebook 05 uses these helpers:
 
 - :func:`find_adapter` picks an adapter saved by an earlier notebook (02, 04, 06) that fits
-  the profile's base model; :func:`train_demo_adapter` trains a small one when it is missing.
+  the profile's base model and was trained on the right precision (:func:`save_adapter`
+  notes it); :func:`train_demo_adapter` trains a small one when it is missing.
 - :func:`probe_logits` and :func:`merge_error` compare two models on the same inputs: max
   and mean ``|Δ logit|`` and how often the greedy (argmax) token agrees.
 - :func:`dequantize_into` / :func:`load_dequantized_base` build the full-precision base
@@ -61,10 +62,45 @@ def adapter_fits(adapter: str | Path, profile: Profile) -> bool:
     return theirs.is_file() and mine.is_file() and theirs.read_text() == mine.read_text()
 
 
-def find_adapter(candidates: Iterable[str | Path], profile: Profile) -> Path | None:
-    """The first candidate folder holding an adapter for ``profile``'s base, else None."""
+#: Written next to an adapter by :func:`save_adapter`: what the adapter's config does not say.
+ADAPTER_NOTE = "phi2kit_adapter.json"
+
+
+def save_adapter(model: nn.Module, path: str | Path) -> Path:
+    """``model.save_pretrained(path)`` (the adapter only, as safetensors), plus a note.
+
+    The note (:data:`ADAPTER_NOTE`) records whether the base was 4-bit during training:
+    ``adapter_config.json`` does not, and it decides how the adapter may be merged (a QLoRA
+    adapter belongs to the dequantized nf4 weights, notebook 05). Returns ``path``.
+    """
+    from phi2kit.training import is_quantized
+
+    path = Path(path)
+    model.save_pretrained(str(path))
+    note = {"base_4bit": is_quantized(model)}
+    (path / ADAPTER_NOTE).write_text(json.dumps(note, indent=2) + "\n")
+    return path
+
+
+def adapter_base_4bit(adapter: str | Path) -> bool | None:
+    """Whether the adapter was trained on a 4-bit base, from its note; None without one."""
+    note = Path(adapter) / ADAPTER_NOTE
+    return json.loads(note.read_text()).get("base_4bit") if note.is_file() else None
+
+
+def find_adapter(
+    candidates: Iterable[str | Path], profile: Profile, base_4bit: bool | None = None
+) -> Path | None:
+    """The first candidate folder holding an adapter for ``profile``'s base, else None.
+
+    With ``base_4bit``, only an adapter whose note says it was trained on a 4-bit base
+    (``True``, QLoRA) or on a full-precision one (``False``, LoRA) qualifies; one saved
+    without a note (plain ``save_pretrained``) does not, since it cannot be told apart.
+    """
     for candidate in candidates:
-        if adapter_fits(candidate, profile):
+        if not adapter_fits(candidate, profile):
+            continue
+        if base_4bit is None or adapter_base_4bit(candidate) is base_4bit:
             return Path(candidate)
     return None
 
@@ -105,8 +141,7 @@ def train_demo_adapter(
         model, tokenizer, Dataset.from_list(examples), profile, recipe, Path(output_dir) / "run"
     )
     trainer.train()
-    model.save_pretrained(str(output_dir))
-    return Path(output_dir)
+    return save_adapter(model, output_dir)
 
 
 def load_adapters(base: nn.Module, adapters: dict[str, str | Path]):

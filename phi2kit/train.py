@@ -238,6 +238,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from phi2kit.data.errors import DataError
     from phi2kit.hub import HubError, push_adapter, require_token
+    from phi2kit.merging import save_adapter
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
     from phi2kit.tasks import make_trainer, parse_overrides, prepare
@@ -306,7 +307,7 @@ def _run(args: argparse.Namespace) -> int:
     if not trainer.is_world_process_zero():
         return 0
     with atomic_dir(out / ADAPTER) as tmp:
-        trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp)
+        save_adapter(trainer.accelerator.unwrap_model(trainer.model), tmp)
         tokenizer.save_pretrained(tmp)
         write_json_atomic(
             tmp / "metrics.json",

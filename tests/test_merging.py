@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from phi2kit.merging import (
+    adapter_base_4bit,
     adapter_fits,
     dequantize_into,
     find_adapter,
@@ -16,6 +17,7 @@ from phi2kit.merging import (
     load_dequantized_base,
     merge_error,
     probe_logits,
+    save_adapter,
     save_merged,
 )
 from phi2kit.models import load_model
@@ -147,3 +149,28 @@ def test_find_adapter_checks_the_base(tiny_profile, adapter_dir, tmp_path):
     assert not adapter_fits(other, tiny_profile)
     assert find_adapter([tmp_path / "missing", other, adapter_dir], tiny_profile) == adapter_dir
     assert find_adapter([other], tiny_profile) is None
+
+
+def test_save_adapter_notes_the_base_precision_and_find_adapter_uses_it(tiny_profile, tmp_path):
+    """Notebook 05 must not merge a QLoRA adapter as if it were LoRA (a T4 run of 02 is QLoRA)."""
+    from peft import PeftModel
+
+    from phi2kit.recipes import get_recipe
+    from phi2kit.training import add_lora
+
+    recipe = get_recipe("sentiment", tiny_profile)
+    paths = {}
+    for four_bit in (False, True):
+        model = add_lora(load_model(tiny_profile, quantize_4bit=four_bit), recipe, tiny_profile)
+        paths[four_bit] = save_adapter(model, tmp_path / f"bits4_{four_bit}")
+        assert adapter_base_4bit(paths[four_bit]) is four_bit
+        assert (paths[four_bit] / "adapter_model.safetensors").is_file()
+    plain = _save_random_adapter(tiny_profile, tmp_path / "plain", seed=3)  # no note
+    assert adapter_base_4bit(plain) is None
+    candidates = [plain, paths[True], paths[False]]
+    assert find_adapter(candidates, tiny_profile) == plain
+    assert find_adapter(candidates, tiny_profile, base_4bit=True) == paths[True]
+    assert find_adapter(candidates, tiny_profile, base_4bit=False) == paths[False]
+    assert find_adapter([plain, paths[True]], tiny_profile, base_4bit=False) is None
+    # the note does not get in PEFT's way
+    PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=False), paths[False])
