@@ -34,6 +34,7 @@ from transformers.models.phi.modeling_phi import PhiModel, PhiPreTrainedModel
 
 from phi2kit.data.sentiment import LABELS, build_prompt
 from phi2kit.evaluate.classification import classification_metrics
+from phi2kit.evaluate.scoring import device_of, inference
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe
 
@@ -257,12 +258,9 @@ def classifier_trainer(
     return quiet(trainer)
 
 
-@torch.no_grad()
 def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
     """Classifier logits ``(len(texts), num_labels)`` for already-formatted texts."""
-    from phi2kit.evaluate.scoring import inference
-
-    device = next(model.parameters()).device
+    device = device_of(model)
     out = []
     with inference(model):  # eval mode, no autograd graph; the mode is restored after
         for start in range(0, len(texts), batch_size):

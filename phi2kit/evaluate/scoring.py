@@ -123,7 +123,7 @@ def score_labels(
     completion separately, without special tokens, so the positions of the completion are
     known exactly. Padding is done here, by hand, with an attention mask built from the
     lengths: the result does not depend on the tokenizer's padding side, nor on the pad
-    token being eos. What keeps it fast, all exact:
+    token being eos. What keeps it fast, none of it changing the scores beyond float rounding:
 
     - **One row per prompt** when every label is a single token (as in the tiny tokenizer):
       the labels are entries of one next-token distribution (:func:`_score_single_tokens`).
