@@ -142,12 +142,32 @@ _TINY: dict[str, Recipe] = {
                    n_train=400, n_eval=40, **_TINY_LORA),
 }  # fmt: skip
 
+# T4-twin recipes (profile t4-cpu): the T4 recipe itself (QLoRA, its r/alpha, LoRA dropout,
+# gradient accumulation > 1) with only the CPU-bound numbers shrunk to the tiny recipes'
+# sizes: steps, lengths and counts, and the micro-batch halved so that batch x accumulation
+# equals the tiny recipe's batch. The learning rate is the tiny model's: a 1.3M-parameter
+# model needs a larger one to learn in a CI-sized number of steps.
+_T4_CPU_ACCUM = 2
+_T4_CPU: dict[str, Recipe] = {
+    name: replace(
+        _T4[name],
+        max_length=tiny.max_length,
+        max_steps=tiny.max_steps,
+        batch_size=tiny.batch_size // _T4_CPU_ACCUM,
+        grad_accum=_T4_CPU_ACCUM,
+        n_train=tiny.n_train,
+        n_eval=tiny.n_eval,
+        learning_rate=tiny.learning_rate,
+    )
+    for name, tiny in _TINY.items()
+}
+
 _AMPERE: dict[str, Recipe] = {
     name: replace(r, batch_size=r.batch_size * 2, grad_accum=max(1, r.grad_accum // 2))
     for name, r in _T4.items()
 }
 
-_RECIPES = {"tiny": _TINY, "t4": _T4, "ampere": _AMPERE}
+_RECIPES = {"tiny": _TINY, "t4-cpu": _T4_CPU, "t4": _T4, "ampere": _AMPERE}
 
 
 def get_recipe(task: str, profile: Profile | str = "auto", **overrides: object) -> Recipe:
