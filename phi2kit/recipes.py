@@ -143,17 +143,19 @@ _TINY: dict[str, Recipe] = {
 }  # fmt: skip
 
 # T4-twin recipes (profile t4-cpu): the T4 recipe itself (QLoRA, its r/alpha, LoRA dropout,
-# gradient accumulation > 1) with only the CPU-bound numbers shrunk to the tiny recipes'
-# sizes: steps, lengths and counts, and the micro-batch halved so that batch x accumulation
-# equals the tiny recipe's batch. The learning rate is the tiny model's: a 1.3M-parameter
-# model needs a larger one to learn in a CI-sized number of steps.
+# gradient accumulation > 1) with only the CPU-bound numbers shrunk: lengths, counts and
+# the learning rate are the tiny recipes' (a 1.3M-parameter model needs a larger rate to
+# learn in CI-sized step counts). A step costs about 5x a tiny-profile step on a CPU (nf4
+# dequantization, fp16 autocast, checkpointing's recomputation), so steps and micro-batches
+# are smaller than on tiny, to keep CI's second pass over the course affordable.
 _T4_CPU_ACCUM = 2
+_T4_CPU_STEPS = {"sentiment": (40, 4), "classifier": (20, 4), "webglm": (40, 2), "chat": (40, 2)}
 _T4_CPU: dict[str, Recipe] = {
     name: replace(
         _T4[name],
         max_length=tiny.max_length,
-        max_steps=tiny.max_steps,
-        batch_size=tiny.batch_size // _T4_CPU_ACCUM,
+        max_steps=_T4_CPU_STEPS[name][0],
+        batch_size=_T4_CPU_STEPS[name][1],
         grad_accum=_T4_CPU_ACCUM,
         n_train=tiny.n_train,
         n_eval=tiny.n_eval,
