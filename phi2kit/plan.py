@@ -24,6 +24,7 @@ from phi2kit.footprint import (
     GB,
     activation_bytes_per_token,
     count_parameters,
+    dequant_bytes,
     lora_parameters,
     phi2_config,
     weight_bytes,
@@ -71,7 +72,8 @@ def _resolve(model: Any) -> tuple[Any, Any]:
 def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | None = None,
              gradient_checkpointing: bool | None = None, overhead_gb: float | None = None,
              dtype: str | None = None, optim: str | None = None, double_quant: bool = True,
-             num_labels: int = 3, _levers: bool = True) -> Estimate:  # fmt: skip
+             num_labels: int = 3, config: Any = None,
+             _levers: bool = True) -> Estimate:  # fmt: skip
     """Predict the peak memory of training ``recipe`` on ``model``.
 
     Args:
@@ -88,8 +90,11 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
             slack on a GPU, and zero on the CPU.
         optim: ``adamw_torch`` (two fp32 states, 8 B/param) or ``paged_adamw_8bit`` (two
             uint8 states, 2 B/param, counted as resident though pages can be evicted).
+        config: count this ``PhiConfig`` (e.g. Phi-2 with fewer layers) with the settings
+            of the profile ``model``.
     """
     cfg, profile = _resolve(model)
+    cfg = config if config is not None else cfg
     dtype = dtype or (profile.dtype if profile else "float32")
     optim = optim or (profile.optim if profile else "adamw_torch")
     attn = attn or (profile.attn_implementation if profile else "eager")
@@ -106,13 +111,16 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
     outputs = cfg.vocab_size if causal else num_labels
     logits = tokens * outputs * 12  # fp32 log-probs saved + their grad + grad of logits
     final = tokens * (stream * cfg.hidden_size + 8 + (0 if causal else 4 * cfg.hidden_size))
+    # A 4-bit matmul holds its weight dequantized while it runs: never next to the logits'
+    # buffers (lm_head is not 4-bit), so it adds to the peak only by what it exceeds them.
+    dequant = dequant_bytes(cfg, dtype, double_quant) if q4 else 0
     if ckpt:
         acts = tokens * stream * cfg.hidden_size * cfg.num_hidden_layers
         # backward of the recomputed layer: ~2 intermediate-size + 2 hidden-size fp32 grads
         transient = 4 * (2 * cfg.intermediate_size + 2 * cfg.hidden_size)
-        acts += final + max(0.0, tokens * (layer + transient) - logits)
+        acts += final + max(0.0, tokens * (layer + transient) + dequant - logits)
     else:
-        acts = tokens * layer * cfg.num_hidden_layers + final
+        acts = tokens * layer * cfg.num_hidden_layers + final + max(0.0, dequant - logits)
     parts = {
         "base weights": weight_bytes(cfg, dtype, quantize_4bit=q4, double_quant=double_quant,
                                      upcast_fp32=q4, head=causal) / GB,
@@ -132,7 +140,8 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
     est.verdict = f"fits: {est.total_gb:.2f} GB of {device_gb:.1f} GB"
     if not est.fits and _levers:
         kw = {"attn": attn, "dtype": dtype, "optim": optim, "double_quant": double_quant,
-              "num_labels": num_labels, "device_gb": device_gb, "overhead_gb": fixed}  # fmt: skip
+              "num_labels": num_labels, "device_gb": device_gb, "overhead_gb": fixed,
+              "config": config}  # fmt: skip
         est.levers = _find_levers(model, recipe, ckpt, kw)
         est.verdict = (f"does not fit: {est.total_gb:.2f} GB > {device_gb:.1f} GB. "
                        "It would fit with " + "; or ".join(est.levers))  # fmt: skip
@@ -228,10 +237,24 @@ def run_plan(args: argparse.Namespace) -> int:
 #: Assumed mean tokens per training example with Phi-2's tokenizer (prompt + completion),
 #: after dynamic padding. Headlines are short; WebGLM references are long.
 TYPICAL_TOKENS = {"sentiment": 70, "classifier": 55, "webglm": 600, "chat": 350}
-#: Effective training throughput of 4-bit Phi-2 on a T4 with checkpointing (6N FLOPs per
-#: token), calibrated from seed 003's reported 10 hours per epoch: 5,000 examples padded to
-#: 2,048 tokens. About 4.7 TFLOP/s, 7 % of the T4's 65 TFLOP/s fp16 peak.
-T4_EFFECTIVE_FLOPS = 6 * 2_779_683_840 * 5000 * 2048 / (10 * 3600)
+#: The one T4 timing there is: seed 003 reports 10 hours per epoch of QLoRA on a T4 for
+#: 5,000 WebGLM examples, every one padded to ``max_length``. Its code sets 2,048, but its
+#: text says any ``max_length`` above 1,024 ran out of memory on the T4, so the 10 h run was
+#: most likely at 1,024. Each reading gives an effective throughput (6N FLOPs per token:
+#: forward, recompute under checkpointing, input gradients; attention's own FLOPs, about 6 %
+#: at 1,024, are folded in):
+#:
+#: - 1,024 tokens: 2.4 TFLOP/s, 3.6 % of the T4's 65 TFLOP/s fp16 peak (the course's clock);
+#: - 2,048 tokens: 4.7 TFLOP/s, 7.3 %: every training time half as long.
+SEED003_EPOCH = {"examples": 5000, "hours": 10.0}
+T4_CALIBRATIONS = {
+    length: 6 * 2_779_683_840 * SEED003_EPOCH["examples"] * length
+    / (SEED003_EPOCH["hours"] * 3600)
+    for length in (1024, 2048)
+}  # fmt: skip
+#: The reading the course table, the notebooks and ``train_minutes`` use by default.
+T4_CALIBRATION_LENGTH = 1024
+T4_EFFECTIVE_FLOPS = T4_CALIBRATIONS[T4_CALIBRATION_LENGTH]
 
 COURSE = [  # notebook, what it teaches, task (None: no training)
     ("01_baseline_inference", "fp16 vs nf4 loading, stopping, batched generation", None),
@@ -246,18 +269,39 @@ COURSE = [  # notebook, what it teaches, task (None: no training)
 ]  # fmt: skip
 
 
-def train_minutes(task: str, profile: str = "t4") -> float:
-    """Predicted training time of a task's default recipe (T4 calibration; eval excluded)."""
+def train_minutes(
+    task: str, profile: str = "t4", calibration: int = T4_CALIBRATION_LENGTH
+) -> float:
+    """Predicted training time of a task's default recipe on a T4, eval excluded.
+
+    ``calibration`` picks the reading of seed 003's run (:data:`T4_CALIBRATIONS`): 1,024
+    (the default, most likely) or 2,048 tokens per padded example.
+    """
     from phi2kit.recipes import get_recipe
 
+    if calibration not in T4_CALIBRATIONS:
+        raise ValueError(f"calibration must be one of {sorted(T4_CALIBRATIONS)}")
     recipe = get_recipe(task, profile)
     per_token = 6 * count_parameters(phi2_config())  # forward, recompute, input grads
     tokens = recipe.max_steps * recipe.effective_batch * TYPICAL_TOKENS[task]
-    return tokens * per_token / T4_EFFECTIVE_FLOPS / 60
+    return tokens * per_token / T4_CALIBRATIONS[calibration] / 60
+
+
+def _rounded_minutes(minutes: float) -> str:
+    """``~N`` with N a multiple of 5, rounded up (never below 5)."""
+    return f"~{5 * round(minutes / 5 + 0.5):.0f}"
+
+
+def course_minutes(task: str, calibration: int = T4_CALIBRATION_LENGTH) -> str:
+    """A training notebook's T4 time as the course table shows it (``~20``)."""
+    runs = 2 if task == "classifier" else 1  # 03 trains LoRA on the fp16 base, then QLoRA
+    return _rounded_minutes(runs * train_minutes(task, calibration=calibration))
 
 
 def course_rows() -> list[tuple[str, str, str, str]]:
     """(notebook, teaches, T4 minutes, T4 peak GB) for the README's course table.
+
+    Training times use :data:`T4_CALIBRATION_LENGTH` (seed 003's run read at 1,024 tokens).
 
     Inference notebooks count their weights: 01 and 05 hold fp16 Phi-2 and its nf4 copy side
     by side (05 merges adapters into the fp16 base in place).
@@ -276,10 +320,8 @@ def course_rows() -> list[tuple[str, str, str, str]]:
 
             recipe = get_recipe(task, "t4")
             gb = estimate("t4", recipe).total_gb
-            runs = 1
             if task == "classifier":  # 03 trains LoRA on the fp16 base, then QLoRA
                 gb = max(gb, estimate("t4", replace(recipe, quantize_4bit=False)).total_gb)
-                runs = 2
-            minutes = f"~{5 * round(runs * train_minutes(task) / 5 + 0.5):.0f}"
+            minutes = course_minutes(task)
         rows.append((name, teaches, minutes, f"{gb:.1f}"))
     return rows

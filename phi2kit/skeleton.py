@@ -29,9 +29,16 @@ BYTES_FP32 = 4  # LoRA weights are trained and saved in fp32 (phi2kit.training.u
 MB = 1e6  # decimal megabytes, like the planner's decimal GB
 
 
-def _config(profile: Profile, num_labels: int | None = None):
-    """Phi-2's published config for a GPU profile; the shipped tiny config for ``tiny``."""
-    if profile.is_tiny:
+def _config(profile: Profile, num_labels: int | None = None, config=None):
+    """Phi-2's published config for a GPU profile; the shipped tiny config for ``tiny``.
+
+    A ``config`` given by the caller (a copy is taken) wins over both.
+    """
+    if config is not None:
+        import copy
+
+        cfg = copy.deepcopy(config)
+    elif profile.is_tiny:
         from phi2kit.tiny import tiny_config
 
         cfg = tiny_config()
@@ -44,18 +51,22 @@ def _config(profile: Profile, num_labels: int | None = None):
     return cfg
 
 
-def phi2_skeleton(num_labels: int | None = None, profile: Profile | str = "t4") -> nn.Module:
+def phi2_skeleton(
+    num_labels: int | None = None, profile: Profile | str = "t4", config=None
+) -> nn.Module:
     """Phi-2 (``PhiForCausalLM``) on the meta device: real shapes, no storage, no download.
 
     Args:
         num_labels: Build ``PhiForSequenceClassification`` with a ``num_labels``-way
             ``score`` head (no bias) instead of the causal LM.
         profile: ``t4``/``ampere`` give Phi-2; ``tiny`` gives the shipped tiny Phi's shapes.
+        config: Another ``PhiConfig`` to build (e.g. Phi-2 with fewer layers); by default
+            the profile's.
     """
     from transformers import PhiForCausalLM, PhiForSequenceClassification
 
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
-    cfg = _config(profile, num_labels)
+    cfg = _config(profile, num_labels, config)
     cls = PhiForCausalLM if num_labels is None else PhiForSequenceClassification
     with torch.device("meta"):
         model = cls(cfg)
@@ -107,11 +118,17 @@ class RecipeReport:
 
 
 def recipe_report(
-    task: str, profile: Profile | str = "t4", num_labels: int = 3, **overrides: object
+    task: str,
+    profile: Profile | str = "t4",
+    num_labels: int = 3,
+    *,
+    config=None,
+    **overrides: object,
 ) -> RecipeReport:
     """Apply ``task``'s default recipe on ``profile`` to the meta model and count the result.
 
-    ``overrides`` change the recipe (``lora_r=8``, ``target_modules=("q_proj",)``).
+    ``overrides`` change the recipe (``lora_r=8``, ``target_modules=("q_proj",)``);
+    ``config`` replaces the profile's model config (see :func:`phi2_skeleton`).
 
     Uses the same ``LoraConfig`` as training (:func:`phi2kit.training.lora_config`), and
     :func:`phi2kit.training.check_targets` first, so a target that matches nothing fails
@@ -124,7 +141,7 @@ def recipe_report(
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
     recipe = get_recipe(task, profile, **overrides)
     seq_cls = recipe.task_type == "SEQ_CLS"
-    model = phi2_skeleton(num_labels if seq_cls else None, profile)
+    model = phi2_skeleton(num_labels if seq_cls else None, profile, config)
     base = sum(p.numel() for p in model.parameters())
     check_targets(model, recipe.target_modules)
     with warnings.catch_warnings():

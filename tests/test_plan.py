@@ -8,21 +8,36 @@ AdamW state, and the peak of live tensor bytes during one forward + backward.
 from __future__ import annotations
 
 import argparse
-import weakref
+from pathlib import Path
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from phi2kit.footprint import (
     activation_bytes_per_token,
     count_parameters,
+    dequant_bytes,
+    live_bytes_tracker,
     lora_parameters,
+    model_bytes,
+    optimizer_state_bytes,
     phi2_config,
     weight_bytes,
 )
-from phi2kit.plan import Estimate, add_plan_parser, estimate, format_table, plan_all_t4, run_plan
+from phi2kit.plan import (
+    T4_CALIBRATION_LENGTH,
+    T4_CALIBRATIONS,
+    T4_EFFECTIVE_FLOPS,
+    Estimate,
+    add_plan_parser,
+    course_minutes,
+    course_rows,
+    estimate,
+    format_table,
+    plan_all_t4,
+    run_plan,
+    train_minutes,
+)
 from phi2kit.recipes import PHI_LORA_TARGETS, Recipe, get_recipe
 
 PHI2_PARAMS = 2_779_683_840  # Phi-2 model card config.json, summed by shape
@@ -69,23 +84,6 @@ def small_vocab(tmp_path_factory):
     return _save_small_phi(tmp_path_factory.mktemp("small_vocab_phi"), 256)
 
 
-def _model_bytes(model) -> int:
-    """Bytes of all parameters, buffers and bitsandbytes quant_state tensors, deduplicated.
-
-    A Linear4bit's weight is packed uint8; its quant_state holds ``absmax`` and the nf4
-    ``code``, and with double quantization ``offset`` and ``state2`` (``absmax``, ``code``).
-    """
-    tensors = list(model.parameters()) + list(model.buffers())
-    for module in model.modules():
-        qs = getattr(getattr(module, "weight", None), "quant_state", None)
-        if qs is not None:
-            tensors += [qs.absmax, qs.code]
-            if qs.nested:
-                tensors += [qs.offset, qs.state2.absmax, qs.state2.code]
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors}
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize(
     "dtype, nf4, double_quant",
     [("float32", False, False), ("float16", False, False), ("float32", True, False),
@@ -109,16 +107,26 @@ def test_weight_bytes_match_loaded_model(small, dtype, nf4, double_quant):
     predicted = weight_bytes(cfg, dtype, quantize_4bit=nf4, double_quant=double_quant)
     # The planner leaves out only the rotary inv_freq buffers (a few hundred bytes), so the
     # check is far tighter than 5 %: 1e-3 catches a miscounted absmax or code tensor.
-    assert predicted == pytest.approx(_model_bytes(model), rel=1e-3)
+    assert predicted == pytest.approx(model_bytes(model), rel=1e-3)
     if nf4:  # much smaller than fp32, and double quantization shrinks absmax further
         assert predicted < 0.6 * weight_bytes(cfg, "float32")
 
 
 def _lora_model(path, recipe, attn="eager", ckpt=False):
     from peft import LoraConfig, get_peft_model
-    from transformers import PhiForCausalLM
+    from transformers import BitsAndBytesConfig, PhiForCausalLM
 
-    model = PhiForCausalLM.from_pretrained(path, attn_implementation=attn)
+    from phi2kit.models import keep_nf4_layout_on_cpu
+
+    kwargs = {}
+    if recipe.quantize_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32,
+            bnb_4bit_use_double_quant=True,
+        )  # fmt: skip
+        kwargs["device_map"] = "cpu"
+    model = PhiForCausalLM.from_pretrained(path, attn_implementation=attn, **kwargs)
+    keep_nf4_layout_on_cpu(model)
     if ckpt:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -141,43 +149,9 @@ def test_lora_parameters_and_adamw_state(small):
     opt.step()
     # exp_avg + exp_avg_sq are fp32 (8 B/param). The per-tensor fp32 `step` scalars are
     # counted here and left out of the estimate: 4 B per tensor, under 0.1 % of the state.
-    state = sum(t.nbytes for s in opt.state.values() for t in s.values())
+    state = optimizer_state_bytes(opt)
     est = estimate(cfg, recipe, optim="adamw_torch")
     assert est.parts["optimizer state"] * 1e9 == pytest.approx(state, rel=0.05)
-
-
-class LiveBytes(TorchDispatchMode):
-    """Peak bytes of tensor storages allocated inside the mode and still alive.
-
-    Every op output whose storage is new (not shared with an input: views and in-place ops
-    allocate nothing) is counted until its storage is freed. Weights loaded before the mode
-    are not counted; LoRA gradients are.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.live: dict[int, int] = {}
-        self.now = self.peak = 0
-
-    def _free(self, key: int) -> None:
-        self.now -= self.live.pop(key, 0)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = tree_flatten((args, kwargs))[0]
-        seen = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, torch.Tensor)}
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            storage = t.untyped_storage()
-            key, size = storage.data_ptr(), storage.nbytes()
-            if key in seen or key in self.live or size == 0:
-                continue
-            self.live[key] = size
-            self.now += size
-            self.peak = max(self.peak, self.now)
-            weakref.finalize(storage, self._free, key)
-        return out
 
 
 @pytest.mark.parametrize("ckpt", [False, True])
@@ -189,7 +163,7 @@ def test_activation_estimate_matches_live_tensor_peak(request, model, ckpt, drop
                     batch_size=2, max_length=48)  # fmt: skip
     model = _lora_model(path, recipe, ckpt=ckpt)
     ids = torch.randint(0, cfg.vocab_size, (recipe.batch_size, recipe.max_length))
-    tracker = LiveBytes()
+    tracker = live_bytes_tracker()
     with tracker:
         loss = model(input_ids=ids, labels=ids, use_cache=False).loss  # logits are dropped
         loss.backward()
@@ -198,6 +172,36 @@ def test_activation_estimate_matches_live_tensor_peak(request, model, ckpt, drop
     # Measured agreement is within 2.5 %; 5 % (not 25 %) keeps the check able to catch a
     # dropped part such as the dropout masks or the logits' gradient buffers.
     assert predicted == pytest.approx(tracker.peak, rel=0.05)
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_qlora_estimate_counts_the_dequantized_weight(small_vocab, ckpt, monkeypatch):
+    """A 4-bit matmul dequantizes its whole weight while it runs: the planner counts it."""
+    cfg, path = small_vocab
+    recipe = Recipe("webglm", quantize_4bit=True, lora_r=8, lora_dropout=0.0, batch_size=1,
+                    max_length=16)  # fmt: skip
+    model = _lora_model(path, recipe, ckpt=ckpt)
+    ids = torch.randint(0, cfg.vocab_size, (recipe.batch_size, recipe.max_length))
+    tracker = live_bytes_tracker()
+    with tracker:
+        model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+
+    def bounds() -> tuple[float, float]:
+        # The LoRA gradients appear during backward; at this size they are a large share, so
+        # the peak lies between the step's terms without them and with them.
+        parts = estimate(cfg, recipe, attn="eager", gradient_checkpointing=ckpt).parts
+        low = (parts["activations"] + parts["logits + grads"]) * 1e9
+        return 0.95 * low, 1.05 * (low + parts["LoRA gradients (fp32)"] * 1e9)
+
+    largest = 128 * 512  # fc1 / fc2 of the small Phi, dequantized to fp32 + its fp32 absmax
+    assert dequant_bytes(cfg, "float32") == largest * 4 + largest // 64 * 4
+    low, high = bounds()
+    assert low <= tracker.peak <= high, (low, tracker.peak, high)
+    if ckpt:  # without the dequantized weight the estimate falls short of the measured peak
+        import phi2kit.plan
+
+        monkeypatch.setattr(phi2kit.plan, "dequant_bytes", lambda *a, **k: 0)
+        assert bounds()[1] < tracker.peak
 
 
 def test_sdpa_has_no_quadratic_term():
@@ -257,3 +261,40 @@ def test_format_table_lists_every_part():
     est = estimate("t4", get_recipe("sentiment", "t4"))
     table = format_table(est)
     assert all(part in table for part in est.parts) and f"{est.total_gb:.2f}" in table
+
+
+# --- the clock: seed 003's 10 h per epoch, read at 1,024 or 2,048 tokens -----------------------
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_two_readings_of_seed_003():
+    # 5,000 examples x 1,024 tokens x 6 x 2,779,683,840 FLOPs in 36,000 s = 2.37 TFLOP/s
+    assert T4_CALIBRATIONS[1024] == pytest.approx(6 * PHI2_PARAMS * 5000 * 1024 / 36_000)
+    assert T4_CALIBRATIONS[1024] / 1e12 == pytest.approx(2.372, abs=1e-3)
+    assert T4_CALIBRATIONS[2048] == 2 * T4_CALIBRATIONS[1024]
+    # seed 003's text: anything above 1,024 ran out of memory on the T4
+    assert T4_CALIBRATION_LENGTH == 1024 and T4_EFFECTIVE_FLOPS == T4_CALIBRATIONS[1024]
+    with pytest.raises(ValueError, match="calibration"):
+        train_minutes("webglm", calibration=512)
+
+
+def test_train_minutes_by_hand():
+    # webglm: 100 steps x 16 examples x 600 tokens; per token 6N FLOPs at the calibration's rate
+    tokens = 100 * 16 * 600
+    assert train_minutes("webglm") == pytest.approx(tokens * 36_000 / (5000 * 1024) / 60)
+    assert train_minutes("webglm") == pytest.approx(112.5)
+    for task in ("sentiment", "classifier", "webglm", "chat"):
+        assert train_minutes(task, calibration=2048) == pytest.approx(train_minutes(task) / 2)
+
+
+def test_course_table_uses_the_1024_reading_and_readme_gives_both():
+    rows = {name: minutes for name, _, minutes, _ in course_rows()}
+    assert rows["04_webglm_qlora"] == course_minutes("webglm") == "~115"
+    assert rows["03_classification_head"] == course_minutes("classifier")  # two runs
+    assert "the table reads that run at 1,024 tokens" in README
+    other = ", ".join(
+        f"{n} {course_minutes(t, calibration=2048)}"
+        for n, t in (("02", "sentiment"), ("03", "classifier"), ("04", "webglm"), ("06", "chat"))
+    )
+    assert f"training time halves: {other} min" in " ".join(README.split())

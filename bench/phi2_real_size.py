@@ -1,0 +1,757 @@
+"""Phi-2 at its real size, without a GPU: the T4 recipes' code path, measured against the planner.
+
+    nice -n 10 python bench/phi2_real_size.py            # sentiment + classifier + merge, ~10 min
+    python bench/phi2_real_size.py --recipes all         # also webglm and chat (longer)
+    python bench/phi2_real_size.py --quick               # 2 layers at full width, ~1 min (CI)
+    python bench/phi2_real_size.py --device cuda         # on a GPU: fp16 AMP, paged 8-bit AdamW
+
+What it does, in order:
+
+1. **A random Phi-2.** The model is built from Phi-2's published configuration, the one the
+   planner and the meta-device skeleton count (:func:`phi2kit.skeleton.phi2_skeleton`, 2,779,683,840
+   parameters), with seeded random weights (normal, std ``initializer_range``; LayerNorms at
+   1 and 0), in fp16 like the published checkpoint. It is saved as a local snapshot laid out
+   like a hub download: ``config.json``, ``generation_config.json``, sharded
+   ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json``, and tokenizer
+   files. ``--quick`` keeps 2 of the 32 layers, at full width and full vocabulary.
+2. **The notebooks' calls on it**, with the T4 recipe of each task
+   (``phi2kit.recipes.get_recipe(task, "t4")``) and the T4 profile pointed at the snapshot:
+   ``load_model`` / ``load_classifier`` in nf4 with double quantization, ``add_lora``
+   (``prepare_model_for_kbit_training``, gradient checkpointing, LoRA dropout), one optimizer
+   step at batch 1 through ``sft_trainer`` (notebooks 02, 04, 06) or ``classifier_trainer``
+   (03), ``save_adapter`` and a reload, ``generate`` (a few tokens) or ``predict_logits``;
+   and notebook 05's merge routes on the sentiment adapter: PEFT's merge on the 4-bit model
+   (re-quantized), (b) merge into the fp16 weights, (c) dequantize then merge
+   (``load_dequantized_base``), ``save_merged`` and a reload of the merged model.
+3. **Measured against the planner** (``phi2kit.plan.estimate`` with the run's settings), per
+   recipe, side by side; the run exits 1 if a check fails (tolerances below).
+
+On the CPU the ``t4`` profile refuses to start (it requires CUDA), so the run uses the t4
+profile with CPU settings (``dataclasses.replace``): ``device_map="cpu"``, and AdamW instead
+of paged 8-bit AdamW (which needs CUDA). Everything else is the T4's: fp16 weights and nf4
+compute dtype, nf4 + double quantization, ``phi2kit_fp32`` attention, gradient checkpointing,
+the recipes' LoRA ranks, targets and dropout, ``fp16=True`` in the trainer. Note: on a CPU,
+accelerate runs ``fp16=True`` with neither autocast nor a grad scaler (it enables native AMP
+for fp16 only on accelerators), so the CPU step computes in the dtypes the weights have. The
+recipe's batch, accumulation and step count are replaced by one step at batch 1.
+
+**Tokens.** Phi-2's tokenizer (CodeGen/GPT-2 BPE, 50,295 tokens) cannot be shipped or
+downloaded here, so the snapshot carries the tiny Phi's byte-level BPE tokenizer (2,048
+tokens, from ``phi2kit/tiny``). Its ids are a subset of the 51,200 embedding rows (Phi-2's
+own tokenizer also leaves rows unused), so every id is valid; ``config.json`` keeps Phi-2's
+bos/eos id 50,256 while the tokenizer's eos is id 0 (transformers aligns the two when a
+trainer is built, and ``generate`` is passed the tokenizer's). Text is tokenized into more
+pieces than Phi-2's tokenizer would, so each training example is built with the notebooks'
+own builders from the project's data samples and lengthened (more headlines, references or
+turns from the samples) to the planner's typical length for the task
+(``phi2kit.plan.TYPICAL_TOKENS``); the model's weights are random, so only the length matters.
+The planner is evaluated at the length actually trained.
+
+**Checks and tolerances** (relative; each is a measured quantity against the planner's):
+
+- trainable parameters: exact, against the meta-device report (``phi2kit.skeleton``) and the
+  planner's ``lora_parameters``; the model's parameter count: exact (2,779,683,840 full size).
+- model bytes (every parameter, buffer and quant_state tensor, after loading and after
+  ``add_lora``): 0.1 %. The planner leaves out only the rotary ``inv_freq`` buffers, a few
+  hundred bytes; the tolerance still catches one miscounted absmax or code tensor per layer.
+- LoRA gradients at the optimizer step: 0.1 % (they are exactly 4 bytes per trainable
+  parameter).
+- optimizer state after the step: 1 % for AdamW (two fp32 moments, 8 B/param; the per-tensor
+  step counters are left out), 5 % for paged 8-bit AdamW (2 B/param; the per-block absmax
+  and the quantization maps are left out, about 1.6 %).
+- saved adapter file: 1 % over 4 bytes per trainable parameter (the safetensors header).
+- tensors live during the step's forward and backward (a ``TorchDispatchMode`` tracker,
+  ``phi2kit.footprint.live_bytes_tracker``) against the planner's activations + logits +
+  LoRA gradients, for the classifier (HF ``Trainer``): 25 %. The planner's activation model
+  is checked to 5 % on fp32 CPU runs (``tests/test_plan.py``); here, without autocast, the
+  residual stream mixes fp32 and fp16 tensors where the planner assumes fp16 autocast
+  (measured: the planner is 7-12 % high), and gradient clipping allocates a little. 25 %
+  allows for that and still fails on a dropped term: the dequantized 4-bit weight
+  (``footprint.dequant_bytes``) is over half of the quick classifier's step. For the SFT
+  recipes (trl) the term is shown, not checked: trl 1.16's fused LM head scores the loss in
+  tiles of 32,768 vocabulary entries, every position on a CPU and only the completion's on a
+  CUDA device with Triton, while the planner counts transformers' unfused loss (12 bytes per
+  position and vocabulary entry, all positions). On the CPU the fused head's backward holds
+  about 8 fp32 tiles, more than the planner's term; on a T4 it holds far less.
+- peak RSS during the step must be at least the planner's CPU total (weights, LoRA, its
+  gradients, optimizer state, activations, logits) minus 10 %. RSS has no upper check: it
+  also holds Python and the libraries, the loading path's buffers and whatever the allocator
+  keeps, none of which the GPU planner models. Peak RSS of loading is shown, not checked.
+
+On ``--device cuda`` the same checks run against the planner's GPU settings, and peak GPU
+memory (``torch.cuda.max_memory_allocated``) is shown next to the planner's total.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import gc
+import json
+import re
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+PHI2_PARAMETERS = 2_779_683_840
+#: ``--quick``: Phi-2 at a quarter of its width with 2 of its 32 layers. The vocabulary (51,200),
+#: the head dimension (80), partial rotary, biases and the untied head stay Phi-2's.
+QUICK = {"num_hidden_layers": 2, "hidden_size": 640, "intermediate_size": 2560,
+         "num_attention_heads": 8, "num_key_value_heads": 8}  # fmt: skip
+DEFAULT_RECIPES = ("sentiment", "classifier", "merge")
+ALL_RECIPES = ("sentiment", "classifier", "webglm", "chat", "merge")
+SNAPSHOT_NOTE = "phi2kit_random_snapshot.json"
+GB = 1e9
+
+TOL_WEIGHTS = 1e-3
+TOL_GRADS = 1e-3
+TOL_ADAMW = 0.01
+TOL_ADAM8BIT = 0.05
+TOL_ADAPTER_FILE = 0.01
+TOL_STEP_LIVE = 0.25
+TOL_RSS_BELOW = 0.10
+
+
+# --- the random snapshot -----------------------------------------------------------------------
+
+
+def phi2_config(quick: bool = False):
+    """Phi-2's published config, the skeleton's; ``quick`` shrinks it (see :data:`QUICK`)."""
+    from phi2kit.skeleton import phi2_skeleton
+
+    cfg = phi2_skeleton().config  # one source: phi2kit.footprint.phi2_config via the skeleton
+    for key, value in (QUICK if quick else {}).items():
+        setattr(cfg, key, value)
+    return cfg
+
+
+def build_snapshot(folder: Path, cfg, seed: int = 0) -> dict:
+    """Write a seeded random Phi-2 in fp16 to ``folder`` as a hub-style snapshot."""
+    import torch
+    from transformers import AutoTokenizer, PhiForCausalLM
+
+    from phi2kit.tiny import tiny_path
+
+    start = time.perf_counter()
+    with torch.device("meta"):
+        model = PhiForCausalLM(cfg)
+    model = model.to(torch.float16).to_empty(device="cpu")
+    n_params = sum(p.numel() for p in model.parameters())
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif "layernorm" in name or "final_layernorm" in name:
+                p.fill_(1.0)
+            else:  # chunks of fp32 random numbers, cast to fp16: no 11 GB fp32 copy
+                flat = p.view(-1)
+                for i in range(0, flat.numel(), 1 << 24):
+                    chunk = flat[i : i + (1 << 24)]
+                    chunk.copy_(torch.randn(chunk.numel(), generator=gen) * cfg.initializer_range)
+    folder.mkdir(parents=True, exist_ok=True)
+    shard = "2GB" if n_params > 1e9 else "100MB"  # quick: sharded all the same
+    model.save_pretrained(str(folder), max_shard_size=shard, safe_serialization=True)
+    AutoTokenizer.from_pretrained(str(tiny_path())).save_pretrained(str(folder))
+    note = {"seed": seed, "config": cfg.to_diff_dict(), "parameters": n_params,
+            "weights": "random, normal(0, initializer_range); not Phi-2's"}  # fmt: skip
+    (folder / SNAPSHOT_NOTE).write_text(json.dumps(note, indent=2) + "\n")
+    del model
+    gc.collect()
+    return {**note, "seconds": time.perf_counter() - start}
+
+
+def snapshot_matches(folder: Path, cfg, seed: int) -> bool:
+    note = folder / SNAPSHOT_NOTE
+    if not note.is_file() or not (folder / "model.safetensors.index.json").is_file():
+        return False
+    info = json.loads(note.read_text())
+    return info.get("seed") == seed and info.get("config") == cfg.to_diff_dict()
+
+
+# --- memory -------------------------------------------------------------------------------------
+
+
+def _rss_kib(field: str) -> int | None:
+    try:
+        text = Path("/proc/self/status").read_text()
+    except OSError:
+        return None
+    m = re.search(rf"{field}:\s+(\d+) kB", text)
+    return int(m.group(1)) if m else None
+
+
+@dataclasses.dataclass
+class Phase:
+    """Wall time and peak RSS of a block; ``peak_gpu`` on CUDA. Bytes."""
+
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0  # user + system time of this process: robust on a shared machine
+    peak_rss: int = 0
+    peak_gpu: int | None = None
+    exact_peak: bool = True  # False: the process's peak so far (no per-phase reset here)
+
+
+@contextlib.contextmanager
+def phase() -> Iterator[Phase]:
+    """Measure a block. On Linux the RSS high-water mark is reset first (``clear_refs``)."""
+    import torch
+
+    out = Phase()
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        out.exact_peak = False
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start, cpu = time.perf_counter(), time.process_time()
+    try:
+        yield out
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+            out.peak_gpu = torch.cuda.max_memory_allocated()
+        out.seconds = time.perf_counter() - start
+        out.cpu_seconds = time.process_time() - cpu
+        hwm = _rss_kib("VmHWM") if out.exact_peak else None
+        if hwm is None:
+            out.exact_peak = False
+            hwm = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+        out.peak_rss = hwm * 1024
+
+
+def free() -> None:
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Row:
+    name: str
+    measured: float
+    planned: float | None
+    unit: str  # "count", "GB", "s"
+    tol: float | None = None  # relative; 0 = exact; None = shown, not checked
+    lower_bound: bool = False  # measured must be >= planned * (1 - tol)
+
+    @property
+    def ok(self) -> bool:
+        if self.tol is None or self.planned is None:
+            return True
+        if self.lower_bound:
+            return self.measured >= self.planned * (1 - self.tol)
+        if self.tol == 0:
+            return self.measured == self.planned
+        return abs(self.measured - self.planned) <= self.tol * abs(self.planned)
+
+    def cells(self) -> list[str]:
+        def fmt(v: float | None) -> str:
+            if v is None:
+                return "-"
+            if self.unit == "count":
+                return f"{int(v):,}"
+            if self.unit == "GB":
+                return f"{v / GB:.3f} GB"
+            return f"{v:.1f} s"
+
+        if self.tol is None or self.planned is None:
+            check = "shown"
+        elif self.lower_bound:
+            check = f">= -{100 * self.tol:g} %"
+        else:
+            check = "exact" if self.tol == 0 else f"{100 * self.tol:g} %"
+        diff = ""
+        if self.planned and self.unit != "count":
+            diff = f"{100 * (self.measured - self.planned) / self.planned:+.2f} %"
+        status = "" if self.tol is None or self.planned is None else ("ok" if self.ok else "FAIL")
+        return [self.name, fmt(self.measured), fmt(self.planned), diff, check, status]
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    head = ["term", "measured", "planner", "diff", "tolerance", ""]
+    table = [head] + [r.cells() for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    print(f"\n## {title}")
+    for i, r in enumerate(table):
+        print("  " + "  ".join(c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in
+                              enumerate(zip(r, widths, strict=True))))  # fmt: skip
+        if i == 0:
+            print("  " + "  ".join("-" * w for w in widths))
+    sys.stdout.flush()
+
+
+# --- the examples -------------------------------------------------------------------------------
+
+
+def _n_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer(text)["input_ids"]) + 1  # + the EOS training appends
+
+
+def train_example(task: str, tokenizer, target: int) -> dict:
+    """One prompt/completion example built by the notebook's builder, lengthened to ``target``.
+
+    Sentiment/classifier: several sample headlines make one long "headline" (label of the
+    first). WebGLM: the references of several sample questions, fitted to ``target`` by
+    ``fit_to_length`` (the notebook's trimming). Chat: sample threads joined into one long
+    conversation; the example is its last assistant turn with all turns before as context.
+    """
+    from phi2kit.data import sample_path
+
+    if task in ("sentiment", "classifier"):
+        from phi2kit.data.sentiment import build_completion, build_prompt, load_financial_news
+
+        df = load_financial_news(sample_path("financial_news"))
+        texts, label = [], df["label"].iloc[0]
+        for text in df["text"]:
+            texts.append(text)
+            prompt = build_prompt(" ".join(texts))
+            if _n_tokens(tokenizer, prompt + build_completion(label)) >= target:
+                break
+        return {"text": " ".join(texts), "prompt": prompt, "completion": build_completion(label),
+                "label": label}  # fmt: skip
+    if task == "webglm":
+        from phi2kit.data.webglm import fit_to_length, load_webglm
+
+        rows = load_webglm(sample_path("webglm"), split="train")
+        first = dict(rows[0])
+        first["references"] = [ref for row in rows[:50] for ref in row["references"]]
+        example, _ = fit_to_length(first, tokenizer, target)
+        return example
+    if task == "chat":
+        from phi2kit.data.oasst import load_oasst, thread_to_examples
+
+        thread: list = []
+        for t in load_oasst(sample_path("oasst1"), lang="en"):
+            thread += t if t[-1][0] == "assistant" else t[:-1]
+            example = thread_to_examples(thread)[-1]
+            if _n_tokens(tokenizer, example["prompt"] + example["completion"]) >= target:
+                break
+        return example
+    raise ValueError(task)
+
+
+# --- one recipe ---------------------------------------------------------------------------------
+
+
+def planner_terms(cfg, profile, recipe, seq: int):
+    """The planner's estimate for this run: batch 1, ``seq`` tokens, the profile's settings."""
+    from phi2kit.plan import estimate
+
+    one = dataclasses.replace(recipe, batch_size=1, grad_accum=1, max_length=seq)
+    overhead = None if profile.requires_cuda else 0.0
+    return estimate(profile, one, config=cfg, overhead_gb=overhead, device_gb=1e6)
+
+
+class StepProbe:
+    """Trainer callback: live tensors over forward + backward, gradients, optimizer state."""
+
+    def __init__(self) -> None:
+        from transformers import TrainerCallback
+
+        probe = self
+
+        class _Callback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                from phi2kit.footprint import live_bytes_tracker
+
+                probe.tracker = live_bytes_tracker()
+                probe.tracker.__enter__()
+
+            def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+                probe.tracker.__exit__(None, None, None)
+                probe.live_peak = probe.tracker.peak
+                probe.grad_bytes = sum(
+                    p.grad.numel() * p.grad.element_size()
+                    for p in model.parameters()
+                    if p.requires_grad and p.grad is not None
+                )
+
+            def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+                from phi2kit.footprint import optimizer_state_bytes
+
+                probe.opt_bytes = optimizer_state_bytes(optimizer)
+
+        self.callback = _Callback()
+        self.tracker = None
+        self.live_peak = self.grad_bytes = self.opt_bytes = 0
+
+
+def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
+    """Load, add LoRA, one step, save + reload the adapter, generate; rows to check."""
+    import torch
+    from datasets import Dataset
+
+    from phi2kit import footprint
+    from phi2kit.merging import save_adapter
+    from phi2kit.models import describe, load_model, load_tokenizer
+    from phi2kit.plan import TYPICAL_TOKENS
+    from phi2kit.recipes import get_recipe
+    from phi2kit.skeleton import recipe_report
+    from phi2kit.training import add_lora, trainable_parameters
+
+    recipe = get_recipe(task, profile)  # the T4 recipe: the profile is t4 with CPU settings
+    step = dataclasses.replace(recipe, max_steps=args.steps, batch_size=1, grad_accum=1)
+    seq_cls = recipe.task_type == "SEQ_CLS"
+    tokenizer = load_tokenizer(profile, padding_side="right")
+    example = train_example(task, tokenizer, TYPICAL_TOKENS[task])
+    info: dict = {"task": task, "lora_r": recipe.lora_r, "task_type": recipe.task_type}
+    rows: list[Row] = []
+
+    torch.manual_seed(args.seed)
+    with phase() as load:
+        if seq_cls:
+            from phi2kit.classifier import load_classifier
+
+            model = load_classifier(profile, quantize_4bit=recipe.quantize_4bit)
+        else:
+            model = load_model(profile, quantize_4bit=recipe.quantize_4bit)
+    loaded_bytes = footprint.model_bytes(model)
+    planned_loaded = footprint.weight_bytes(
+        cfg, profile.dtype, quantize_4bit=recipe.quantize_4bit, head=not seq_cls
+    ) + (4 * cfg.hidden_size * 3 if seq_cls else 0)  # the fresh fp32 score head
+    n_base = describe(model).parameters  # 4-bit weights count as unpacked
+
+    model = add_lora(model, step, profile)
+    trainable = trainable_parameters(model)
+    skeleton = recipe_report(task, profile, config=cfg).trainable
+    rows += [
+        Row("trainable parameters vs meta skeleton", trainable, skeleton, "count", 0),
+        Row("trainable parameters vs planner", trainable,
+            footprint.lora_parameters(cfg, recipe), "count", 0),
+        Row("model bytes, loaded (nf4)", loaded_bytes, planned_loaded, "GB", TOL_WEIGHTS),
+    ]  # fmt: skip
+
+    if seq_cls:
+        import pandas as pd
+
+        from phi2kit.classifier import classifier_trainer, tokenize_headlines
+
+        df = pd.DataFrame({"text": [example["text"]], "label": [example["label"]]})
+        train_ds = tokenize_headlines(df, tokenizer, recipe.max_length)
+        seq = len(train_ds[0]["input_ids"])
+    else:
+        from phi2kit.training import sft_trainer
+
+        train_ds = Dataset.from_list([{"prompt": example["prompt"],
+                                       "completion": example["completion"]}])  # fmt: skip
+    probe = StepProbe()
+    kwargs = {"warmup_steps": 0}  # a warmup would make the first step's learning rate 0
+    if seq_cls:
+        trainer = classifier_trainer(model, tokenizer, train_ds, profile, step,
+                                     out / f"{task}_trainer", **kwargs)  # fmt: skip
+    else:
+        trainer = sft_trainer(model, tokenizer, train_ds, profile, step,
+                              out / f"{task}_trainer", **kwargs)  # fmt: skip
+        seq = len(trainer.train_dataset[0]["input_ids"])
+    trainer.add_callback(probe.callback)
+    adapted_bytes = footprint.model_bytes(model)
+    est = planner_terms(cfg, profile, recipe, seq)
+    p = est.parts
+    planned_adapted = (p["base weights"] + p["LoRA weights (fp32)"]) * GB
+    if seq_cls:  # PEFT keeps the original (frozen) score head next to its trainable copy
+        planned_adapted += 4 * cfg.hidden_size * 3
+    with phase() as train:
+        trainer.train()
+    loss = trainer.state.log_history[-1].get("train_loss")
+    # fp16 AMP (CUDA): the grad scaler skips a step whose gradients overflow; nothing moves
+    skipped = bool(getattr(trainer.accelerator, "optimizer_step_was_skipped", False))
+    opt_tol = TOL_ADAM8BIT if "8bit" in profile.optim else TOL_ADAMW
+    step_planned = (p["activations"] + p["logits + grads"] + p["LoRA gradients (fp32)"]) * GB
+    cpu_total = sum(v for k, v in p.items() if k != "overhead") * GB
+    rows += [
+        Row("model bytes, after add_lora", adapted_bytes, planned_adapted, "GB", TOL_WEIGHTS),
+        Row("LoRA gradients", probe.grad_bytes, p["LoRA gradients (fp32)"] * GB, "GB", TOL_GRADS),
+        Row(f"optimizer state ({profile.optim})", probe.opt_bytes, p["optimizer state"] * GB,
+            "GB", opt_tol),
+        Row("step: live tensors (acts + logits + grads)", probe.live_peak, step_planned, "GB",
+            TOL_STEP_LIVE if seq_cls else None),  # SFT: trl's fused LM head (docstring)
+        Row("peak RSS, loading", load.peak_rss, None, "GB"),
+    ]  # fmt: skip
+    if train.peak_gpu is not None:
+        rows.append(Row("peak GPU memory, step", train.peak_gpu, est.total_gb * GB, "GB"))
+    else:
+        rows.append(Row("peak RSS, step (>= planner CPU total)", train.peak_rss, cpu_total, "GB",
+                        TOL_RSS_BELOW, lower_bound=True))  # fmt: skip
+
+    # Save the adapter (notebooks 02-06), reload it next to the trained one, compare.
+    adapter_dir = save_adapter(model, out / f"{task}_adapter")
+    file_bytes = (adapter_dir / "adapter_model.safetensors").stat().st_size
+    rows.append(Row("adapter file (4 B/param)", file_bytes, 4 * trainable, "GB", TOL_ADAPTER_FILE))
+    model.load_adapter(str(adapter_dir), adapter_name="reloaded")
+    trained = {n: t for n, t in model.named_parameters() if ".default." in n}
+    reloaded = dict(model.named_parameters())
+    same = all(torch.equal(t, reloaded[n.replace(".default.", ".reloaded.")]) for n, t in
+               trained.items())  # fmt: skip
+    moved = skipped or any(t.abs().sum() > 0 for n, t in trained.items() if "lora_B" in n)
+    model.delete_adapter("reloaded")
+    model.set_adapter("default")
+
+    with phase() as use:
+        model.eval()
+        if seq_cls:
+            from phi2kit.classifier import predict_logits
+
+            logits = predict_logits(model, tokenizer, [example["prompt"]])
+            use_ok, used = bool(torch.isfinite(torch.as_tensor(logits)).all()), logits.round(3)
+        else:
+            from phi2kit.generation import generate
+
+            gen = generate(model, tokenizer, [example["prompt"]], max_new_tokens=args.new_tokens)
+            use_ok, used = gen.new_tokens[0] > 0, repr(gen.texts[0])
+    info.update(parameters=n_base, seq=seq, loss=loss, skipped=skipped, adapter_identical=same,
+                lora_b_moved=moved, used=used, use_ok=use_ok, load_s=load.seconds,
+                step_s=train.seconds,
+                use_s=use.seconds, adapter=str(adapter_dir), exact_rss=load.exact_peak,
+                cpu_s={"load": load.cpu_seconds, "step": train.cpu_seconds,
+                       "use": use.cpu_seconds})  # fmt: skip
+    if task == "sentiment":
+        info["model"], info["tokenizer"] = model, tokenizer
+    else:
+        del model
+    del trainer
+    free()
+    return rows, info
+
+
+# --- notebook 05's routes ----------------------------------------------------------------------
+
+
+def run_merge(profile, qlora, tokenizer, adapter_dir: Path, out: Path) -> tuple[list[Row], dict]:
+    """Routes of notebook 05 with the sentiment QLoRA adapter; errors against the adapter."""
+    import warnings
+
+    import torch
+    from peft import PeftModel
+
+    from phi2kit.merging import load_dequantized_base, merge_error, probe_logits, save_merged
+    from phi2kit.models import load_model
+
+    probe = ["### Human: Where does the otter live?\n### Assistant:",
+             "Norvik Oyj 's net sales rose 12 % to EUR 40 mn"]  # fmt: skip
+    info: dict = {}
+    with phase() as ph:
+        qlora.eval()
+        trained = probe_logits(qlora, tokenizer, probe)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # PEFT warns about the rounding we measure
+            requantized = qlora.merge_and_unload()
+        info["PEFT 4-bit merge (re-quantized)"] = merge_error(
+            trained, probe_logits(requantized, tokenizer, probe)
+        )
+        del requantized, qlora
+        free()
+        naive = PeftModel.from_pretrained(
+            load_model(profile, quantize_4bit=False), str(adapter_dir)
+        )
+        naive = naive.merge_and_unload()
+        info["(b) QLoRA into W"] = merge_error(trained, probe_logits(naive, tokenizer, probe))
+        del naive
+        free()
+        base = load_dequantized_base(profile)
+        dequant = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+        dequant_logits = probe_logits(dequant, tokenizer, probe)
+        info["(c) dequantize, then merge"] = merge_error(trained, dequant_logits)
+        merged_dir = save_merged(dequant, tokenizer, out / "merged")
+        del dequant, base
+        free()
+        reloaded = load_model(profile, quantize_4bit=False, source=str(merged_dir))
+        info["reload identical"] = torch.equal(probe_logits(reloaded, tokenizer, probe),
+                                               dequant_logits)  # fmt: skip
+        del reloaded
+        free()
+    info["finite"] = all(
+        v.max_abs == v.max_abs and v.max_abs < float("inf")
+        for k, v in info.items() if hasattr(v, "max_abs")
+    )  # fmt: skip
+    info["seconds"], info["peak_rss"], info["peak_gpu"] = ph.seconds, ph.peak_rss, ph.peak_gpu
+    info["cpu_seconds"] = ph.cpu_seconds
+    return [Row("peak RSS, merge routes", ph.peak_rss, None, "GB")], info
+
+
+# --- main ---------------------------------------------------------------------------------------
+
+
+def run_profile(device: str, folder: Path):
+    """The t4 profile pointed at the snapshot; on the CPU with CPU settings."""
+    from phi2kit.profiles import check_hardware, get_profile
+
+    t4 = get_profile("t4", check=False)
+    if device == "cuda":
+        profile = dataclasses.replace(t4, model_id=str(folder))
+        check_hardware(profile)
+        return profile, "t4 profile, model_id = the snapshot"
+    profile = dataclasses.replace(
+        t4, model_id=str(folder), requires_cuda=False, optim="adamw_torch"
+    )
+    note = ("t4 profile with CPU settings (dataclasses.replace): device_map='cpu', adamw_torch "
+            "instead of paged_adamw_8bit; fp16 weights, nf4 + double quant, phi2kit_fp32 "
+            "attention, gradient checkpointing and fp16=True as on the T4")  # fmt: skip
+    return profile, note
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="Phi-2 at a quarter width with 2 layers, full vocabulary (seconds)",
+    )
+    p.add_argument(
+        "--recipes",
+        default=",".join(DEFAULT_RECIPES),
+        help=f"comma-separated, from {','.join(ALL_RECIPES)}, or 'all' "
+        f"(default: {','.join(DEFAULT_RECIPES)}; merge needs sentiment)",
+    )
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument(
+        "--snapshot",
+        type=Path,
+        default=None,
+        help="folder for the random snapshot, kept and reused (default: a temporary "
+        "folder, removed at the end)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=1,
+        help="optimizer steps per recipe, measured on the last (on CUDA the grad "
+        "scaler may skip the first fp16 step: use 2)",
+    )
+    p.add_argument("--new-tokens", type=int, default=4, help="tokens to generate")
+    p.add_argument("--json", type=Path, default=None, help="also write the results here")
+    return p.parse_args(argv)  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0, c0 = time.perf_counter(), time.process_time()
+    recipes = ALL_RECIPES if args.recipes == "all" else tuple(args.recipes.split(","))
+    unknown = set(recipes) - set(ALL_RECIPES)
+    if unknown:
+        raise SystemExit(f"unknown recipes {sorted(unknown)}; choose from {ALL_RECIPES}")
+    if "merge" in recipes and "sentiment" not in recipes:
+        raise SystemExit("merge uses the sentiment adapter: add sentiment to --recipes")
+
+    import torch
+
+    from phi2kit.footprint import count_parameters
+    from phi2kit.logs import quiet
+
+    quiet()
+    cfg = phi2_config(args.quick)
+    tmp = None
+    folder = args.snapshot
+    if folder is None:
+        tmp = tempfile.TemporaryDirectory(prefix="phi2_real_size_")
+        folder = Path(tmp.name) / "snapshot"
+    out = folder.parent / f"{folder.name}_runs"
+    results: dict = {"quick": args.quick, "device": args.device, "recipes": {}}
+    failures: list[str] = []
+    try:
+        n_params = count_parameters(cfg)
+        size = "quick: 1/4 width, 2 of 32 layers" if args.quick else "full size"
+        print(f"Phi-2 ({size}): {n_params:,} parameters (published config; Phi-2 has "
+              f"{PHI2_PARAMETERS:,}); torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads, device {args.device}")  # fmt: skip
+        if not args.quick and n_params != PHI2_PARAMETERS:
+            failures.append(f"parameter count {n_params:,} != {PHI2_PARAMETERS:,}")
+        if snapshot_matches(folder, cfg, args.seed):
+            print(f"snapshot: reusing {folder}")
+        else:
+            with phase() as ph:
+                built = build_snapshot(folder, cfg, args.seed)
+            files = sorted(p.name for p in folder.iterdir())
+            print(
+                f"snapshot: {built['parameters']:,} random parameters (seed {args.seed}) "
+                f"saved in {ph.seconds:.0f} s ({ph.cpu_seconds:.0f} s CPU), peak RSS "
+                f"{ph.peak_rss / GB:.1f} GB: {folder}"
+            )
+            print("  files:", ", ".join(files))  # fmt: skip
+            results["build_s"] = ph.seconds
+            if built["parameters"] != n_params:
+                failures.append(f"built {built['parameters']:,} parameters, planner {n_params:,}")
+        profile, note = run_profile(args.device, folder)
+        print("profile:", note)
+        sentiment = None
+        for task in (r for r in recipes if r != "merge"):
+            rows, info = run_recipe(task, profile, cfg, out, args)
+            if task == "sentiment":
+                sentiment = info.pop("model"), info.pop("tokenizer")
+            title = (f"{task}: T4 recipe ({info['task_type']}, QLoRA nf4, r={info['lora_r']}), "
+                     f"1 step at batch 1 x {info['seq']} tokens")  # fmt: skip
+            print_table(title, rows)
+            cpu = info["cpu_s"]
+            print(
+                f"  times (wall / CPU): load {info['load_s']:.0f} / {cpu['load']:.0f} s, step "
+                f"{info['step_s']:.0f} / {cpu['step']:.0f} s, use {info['use_s']:.0f} / "
+                f"{cpu['use']:.0f} s | loss {info['loss']:.3f} | adapter reloaded "
+                f"identical: {info['adapter_identical']} | lora_B moved: {info['lora_b_moved']}"
+                + (" | the last step was skipped by the grad scaler" if info["skipped"] else "")
+            )
+            print(f"  {'logits' if info['task_type'] == 'SEQ_CLS' else 'generated'}: "
+                  f"{info['used']}")  # fmt: skip
+            if info["parameters"] != count_parameters(cfg) and info["task_type"] == "CAUSAL_LM":
+                failures.append(f"{task}: the loaded model has {info['parameters']:,} parameters")
+            failures += [f"{task}: {r.name}" for r in rows if not r.ok]
+            for key in ("adapter_identical", "lora_b_moved", "use_ok"):
+                if not info[key]:
+                    failures.append(f"{task}: {key} is False")
+            results["recipes"][task] = {
+                "rows": [dataclasses.asdict(r) | {"ok": r.ok} for r in rows],
+                **{k: v for k, v in info.items() if k != "used"},
+            }
+        if "merge" in recipes:
+            model, tokenizer = sentiment
+            sentiment = None
+            rows, info = run_merge(
+                profile, model, tokenizer, Path(results["recipes"]["sentiment"]["adapter"]), out
+            )
+            del model
+            print(
+                f"\n## merge (notebook 05's routes, sentiment QLoRA adapter), "
+                f"{info['seconds']:.0f} s "
+                f"({info['cpu_seconds']:.0f} s CPU), peak RSS {info['peak_rss'] / GB:.1f} GB"
+            )
+            for key, value in info.items():
+                if hasattr(value, "max_abs"):
+                    print(f"  {key:34s} {value}")
+            print(
+                f"  merged model saved and reloaded, logits identical: {info['reload identical']}"
+            )
+            if not info["reload identical"] or not info["finite"]:
+                failures.append("merge: reload not identical or a non-finite error")
+            results["recipes"]["merge"] = {k: (str(v) if hasattr(v, "max_abs") else v)
+                                           for k, v in info.items()}  # fmt: skip
+    finally:
+        if tmp is not None:
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.cleanup()
+        elif out.exists():
+            shutil.rmtree(out, ignore_errors=True)
+    results["failures"] = failures
+    results["wall_s"], results["cpu_s"] = time.perf_counter() - t0, time.process_time() - c0
+    print(
+        f"\ntotal: {results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} s CPU "
+        f"({torch.get_num_threads()} threads)"
+    )
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    print("\n" + ("FAILED: " + "; ".join(failures) if failures else "all checks passed"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""bench/phi2_real_size.py in ``--quick`` mode: the T4 recipes' code path on a shrunken Phi-2.
+
+The quick model is Phi-2 at a quarter of its width with 2 layers (Phi-2's vocabulary, head
+dimension and rotary settings), saved as a sharded hub-style snapshot, then loaded in nf4,
+trained one step per recipe, saved, reloaded, merged, generated from; every count and memory
+term is checked against the planner. The full-size run is documented in the README (it takes
+minutes and about 11 GB of RAM, too much for CI).
+"""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from phi2kit.bench import bench_dir, load_script
+
+R = 16  # the T4 recipes' rank for sentiment and classifier
+HIDDEN, INTER, LAYERS, LABELS = 640, 2560, 2, 3  # --quick
+
+
+@pytest.fixture(scope="module")
+def snapshot(tmp_path_factory):
+    return tmp_path_factory.mktemp("phi2_quick") / "snapshot"
+
+
+@pytest.fixture(scope="module")
+def quick(snapshot, tmp_path_factory):
+    out = tmp_path_factory.mktemp("phi2_quick_json") / "result.json"
+    script = bench_dir() / "phi2_real_size.py"
+    cmd = [sys.executable, str(script), "--quick", "--snapshot", str(snapshot), "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    return proc, json.loads(out.read_text()) if out.exists() else {}
+
+
+def _rows(result, task):
+    return {row["name"]: row for row in result["recipes"][task]["rows"]}
+
+
+def test_quick_run_passes(quick):
+    proc, result = quick
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert result["failures"] == [] and "all checks passed" in proc.stdout
+    assert "2,779,683,840" in proc.stdout  # Phi-2's parameter count is named, even in quick mode
+    assert set(result["recipes"]) == {"sentiment", "classifier", "merge"}
+
+
+def test_snapshot_is_laid_out_like_a_hub_download(quick, snapshot):
+    names = {p.name for p in snapshot.iterdir()}
+    assert {"config.json", "model.safetensors.index.json", "tokenizer.json"} <= names
+    shards = sorted(n for n in names if n.startswith("model-") and n.endswith(".safetensors"))
+    assert len(shards) >= 2 and shards[0].endswith(f"-of-{len(shards):05d}.safetensors")
+    config = json.loads((snapshot / "config.json").read_text())
+    assert config["vocab_size"] == 51200 and config["model_type"] == "phi"
+    assert config["hidden_size"] == HIDDEN and config["num_hidden_layers"] == LAYERS
+
+
+def test_trainable_counts_by_hand(quick):
+    _, result = quick
+    # r x (in + out) per adapted Linear: q, k, v, dense (640 -> 640), fc1, fc2 (640 <-> 2560)
+    per_layer = R * (4 * (HIDDEN + HIDDEN) + 2 * (HIDDEN + INTER))
+    expected = {"sentiment": LAYERS * per_layer, "classifier": LAYERS * per_layer + HIDDEN * LABELS}
+    assert expected == {"sentiment": 368_640, "classifier": 370_560}
+    for task, n in expected.items():
+        rows = _rows(result, task)
+        for name in ("trainable parameters vs meta skeleton", "trainable parameters vs planner"):
+            assert rows[name]["measured"] == rows[name]["planned"] == n, (task, name)
+
+
+def test_each_recipe_trained_saved_reloaded_and_merged(quick):
+    _, result = quick
+    for task in ("sentiment", "classifier"):
+        info = result["recipes"][task]
+        assert info["adapter_identical"] and info["lora_b_moved"] and info["use_ok"], task
+        assert 40 <= info["seq"] <= 120, info["seq"]  # the planner's typical length, not 8 tokens
+        assert all(row["ok"] for row in info["rows"]), task
+    merge = result["recipes"]["merge"]
+    assert merge["reload identical"] is True and merge["finite"] is True
+
+
+def test_a_wrong_count_or_term_fails(snapshot, monkeypatch, capsys):
+    """Off by one LoRA parameter in the planner, and 1 % more weight bytes: exit code 1."""
+    from phi2kit import footprint, plan
+
+    bench = load_script("phi2_real_size")
+    lora, weights = footprint.lora_parameters, plan.weight_bytes
+    monkeypatch.setattr(footprint, "lora_parameters", lambda *a, **k: lora(*a, **k) + 1)
+    monkeypatch.setattr(plan, "weight_bytes", lambda *a, **k: int(weights(*a, **k) * 1.01))
+    code = bench.main(["--quick", "--snapshot", str(snapshot), "--recipes", "sentiment"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "sentiment: trainable parameters vs planner" in out
+    assert "sentiment: model bytes, after add_lora" in out
+    assert "trainable parameters vs meta skeleton" not in out.split("FAILED:")[1]
