@@ -1,54 +1,109 @@
 """A Gradio chat app over :mod:`phi2kit.chat`, in the spirit of a Hugging Face Space.
 
-Needs the optional extra: ``pip install "phi2kit[app]"`` (Gradio). Then:
+Needs the optional extra: ``pip install "phi2kit[app]"`` (Gradio 6). Then:
 
     python -m phi2kit.app --profile tiny --adapter notebooks/outputs/06_chat/adapter
     python -m phi2kit.app --profile t4 --adapter outputs/06_chat/adapter --4bit --share
 
-The chat function (:func:`make_chat_fn`) does not need Gradio, so it is tested headless.
+The page says which model and adapter answer, streams each reply as it is generated, and
+offers the settings a chat user expects: reply length, temperature (0 = greedy), and
+whether to stop at ``### Human:``. The chat function (:func:`make_chat_fn`) does not need
+Gradio; the API endpoint is ``/respond`` (``gradio_client``: ``client.predict(message,
+max_new_tokens, temperature, stop_at_human, api_name="/respond")``).
 """
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from phi2kit.chat import add_model_arguments, chat_reply, load_chat_model, to_turns
+from phi2kit.chat import STOP_STRINGS, add_model_arguments, load_chat_model, stream_reply, to_turns
 
-ChatFn = Callable[[str, Sequence[Any]], str]
+ChatFn = Callable[..., Iterator[str]]
+HOST = "127.0.0.1"
 
 
-def make_chat_fn(model, tokenizer, *, max_new_tokens: int = 128) -> ChatFn:
-    """``fn(message, history) -> reply``, the function Gradio's ``ChatInterface`` calls.
+def make_chat_fn(
+    model, tokenizer, *, max_new_tokens: int = 128, temperature: float = 0.0
+) -> ChatFn:
+    """``respond(message, history, max_new_tokens, temperature, stop_at_human)``.
 
-    ``history`` is what Gradio passes: a list of ``{"role", "content"}`` messages (or the
-    older ``[user, bot]`` pairs). The app keeps no state of its own: the whole
-    conversation comes in with every call.
+    What Gradio's ``ChatInterface`` calls: ``history`` is Gradio's list of ``{"role",
+    "content"}`` messages (or the older ``[user, bot]`` pairs), the last three arguments come
+    from the settings panel. It yields the reply so far, so the page streams it. The app
+    keeps no state of its own: the whole conversation comes in with every call.
     """
 
-    def respond(message: str, history: Sequence[Any]) -> str:
+    def respond(
+        message: str,
+        history: Sequence[Any],
+        max_new_tokens: int = max_new_tokens,
+        temperature: float = temperature,
+        stop_at_human: bool = True,
+    ) -> Iterator[str]:
         turns = [*to_turns(history), ("prompter", message.strip())]
-        return chat_reply(model, tokenizer, turns, max_new_tokens=max_new_tokens)
+        yield from stream_reply(
+            model,
+            tokenizer,
+            turns,
+            max_new_tokens=int(max_new_tokens),
+            temperature=float(temperature),
+            stop_strings=STOP_STRINGS if stop_at_human else (),
+        )
 
     return respond
 
 
+def describe_model(
+    profile: str, *, base: str | None, adapter: str | None, quantize_4bit: bool = False
+) -> str:
+    """One Markdown line: which base model (and precision) and which adapter answer."""
+    shown_base = f"`{base}`" if base else "the tiny Phi shipped with phi2kit"
+    bits = ", nf4" if quantize_4bit else ""
+    tuned = (
+        f"**Adapter:** `{adapter}`"
+        if adapter
+        else "**No adapter:** the base model, which has not learnt the chat format or when to stop"
+    )
+    return f"**Model:** {shown_base} (profile `{profile}`{bits}) · {tuned}"
+
+
 def build_app(
-    model, tokenizer, *, max_new_tokens: int = 128, title: str = "phi2kit chat"
+    model,
+    tokenizer,
+    *,
+    description: str = "",
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    title: str = "phi2kit chat",
 ):  # -> gradio.ChatInterface
-    """A ``gradio.ChatInterface`` around :func:`make_chat_fn`; call ``.launch()`` on it."""
+    """A ``gradio.ChatInterface`` around :func:`make_chat_fn`; call ``.launch()`` on it.
+
+    ``description`` is shown under the title: pass :func:`describe_model`'s line.
+    """
     try:
         import gradio as gr
     except ImportError as exc:
         raise ImportError(
             'the chat app needs Gradio: pip install "phi2kit[app]" (or pip install gradio)'
         ) from exc
+    settings = [
+        gr.Slider(1, 1024, value=max_new_tokens, step=1, label="Max new tokens"),
+        gr.Slider(0.0, 2.0, value=temperature, step=0.05, label="Temperature (0 = greedy)"),
+        gr.Checkbox(value=True, label="Stop at '### Human:' (the model inventing your turn)"),
+    ]
     return gr.ChatInterface(
-        make_chat_fn(model, tokenizer, max_new_tokens=max_new_tokens),
-        type="messages",
+        make_chat_fn(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature),
+        additional_inputs=settings,
+        additional_inputs_accordion=gr.Accordion("Generation settings", open=False),
         title=title,
-        description="Phi-2 fine-tuned on OpenAssistant conversations (### Human / ### Assistant).",
+        description=(
+            f"{description}\n\nThe chat format of notebook 06 (OpenAssistant threads): "
+            "`### Human:` / `### Assistant:`."
+        ).strip(),
+        api_name="respond",
+        flagging_mode="never",
     )
 
 
@@ -57,16 +112,33 @@ def make_parser() -> argparse.ArgumentParser:
         prog="python -m phi2kit.app", description=__doc__.split("\n")[0]
     )
     add_model_arguments(parser)
+    parser.add_argument("--host", default=HOST, help=f"address to serve on (default {HOST})")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="make a public Gradio link")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    from phi2kit.models import model_source
+    from phi2kit.profiles import get_profile
+
     args = make_parser().parse_args(argv)
+    profile = get_profile(args.profile)
     model, tokenizer = load_chat_model(
         args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
     )
-    build_app(model, tokenizer, max_new_tokens=args.max_new_tokens).launch(share=args.share)
+    base = args.model or (model_source(profile) if profile.model_id else None)
+    description = describe_model(
+        profile.name, base=base, adapter=args.adapter, quantize_4bit=args.quantize_4bit
+    )
+    app = build_app(
+        model,
+        tokenizer,
+        description=description,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+    )
+    app.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
 

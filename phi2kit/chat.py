@@ -2,8 +2,9 @@
 
 The history is kept as ``(role, text)`` turns (roles ``prompter``/``assistant``, as in
 :mod:`phi2kit.data.oasst`), rendered with :func:`~phi2kit.data.oasst.format_chat`, and the
-reply is generated greedily and cut at the stop string ``"### Human:"``, in case the model
-starts to invent the user's next turn.
+reply is generated (greedily, unless a temperature is set) and cut at the stop string
+``"### Human:"``, in case the model starts to invent the user's next turn.
+:func:`stream_reply` yields the reply as it grows, for the terminal and the Gradio app.
 
     phi2kit chat --profile tiny --adapter notebooks/outputs/06_chat/adapter
     phi2kit chat --profile t4 --model merged/phi2-chat      # a merged model (notebook 05)
@@ -15,10 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from phi2kit.data.oasst import HUMAN, Thread, format_chat
+from phi2kit.generation import cut_at_stop
 
 STOP_STRINGS: tuple[str, ...] = (HUMAN,)
 EXIT_WORDS = ("exit", "quit")
@@ -29,8 +32,9 @@ def to_turns(history: Sequence[Any] | None) -> Thread:
     """Normalize a chat history to ``(role, text)`` turns.
 
     Accepts our own turns (``("prompter", "Hi")``), Gradio's ``messages`` format
-    (``{"role": "user", "content": "Hi"}``) and Gradio's older pairs
-    (``["Hi", "Hello!"]``, one pair per exchange).
+    (``{"role": "user", "content": "Hi"}``; Gradio 6 passes the content as a list of parts,
+    ``[{"type": "text", "text": "Hi"}]``) and Gradio's older pairs (``["Hi", "Hello!"]``, one
+    pair per exchange).
     """
     turns: Thread = []
     for item in history or []:
@@ -38,7 +42,7 @@ def to_turns(history: Sequence[Any] | None) -> Thread:
             role = _GRADIO_ROLES.get(item.get("role", ""))
             if role is None:
                 raise ValueError(f"unknown chat role {item.get('role')!r}: use user/assistant")
-            turns.append((role, str(item.get("content") or "")))
+            turns.append((role, _content_text(item.get("content"))))
         elif len(item) == 2 and item[0] in ("prompter", "assistant"):
             turns.append((item[0], str(item[1])))
         elif len(item) == 2:  # a (user, bot) pair
@@ -48,6 +52,16 @@ def to_turns(history: Sequence[Any] | None) -> Thread:
         else:
             raise ValueError(f"cannot read history item {item!r}")
     return turns
+
+
+def _content_text(content: Any) -> str:
+    """The text of a Gradio message's content: a string, or a list of parts (files dropped)."""
+    if isinstance(content, list):
+        parts = [_content_text(part) for part in content]
+        return " ".join(part for part in parts if part)
+    if isinstance(content, dict):
+        return str(content.get("text") or "") if content.get("type", "text") == "text" else ""
+    return str(content or "")
 
 
 def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
@@ -61,6 +75,20 @@ def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
     return turns
 
 
+def sampling_kwargs(temperature: float = 0.0) -> dict:
+    """``generate`` keywords: greedy at temperature 0, otherwise sampling at that temperature."""
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+    return {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+
+
+def _chat_prompt(model, tokenizer, turns: Thread, max_new_tokens: int) -> str:
+    if not turns or turns[-1][0] != "prompter":
+        raise ValueError("the history must end with the user's (prompter) message")
+    limit = getattr(model.config, "max_position_embeddings", 2048) - max_new_tokens
+    return format_chat(fit_history(turns, tokenizer, limit))
+
+
 def chat_reply(
     model,
     tokenizer,
@@ -68,37 +96,120 @@ def chat_reply(
     *,
     max_new_tokens: int = 128,
     stop_strings: Sequence[str] = STOP_STRINGS,
+    temperature: float = 0.0,
 ) -> str:
     """The assistant's next reply to ``turns`` (which end with the user's message).
 
-    Greedy decoding; the reply ends at EOS or at the first stop string, and is stripped.
-    Old exchanges are dropped if the prompt would not leave room for ``max_new_tokens``.
+    Greedy decoding unless ``temperature > 0``; the reply ends at EOS or at the first stop
+    string, and is stripped. Old exchanges are dropped if the prompt would not leave room
+    for ``max_new_tokens``.
     """
     from phi2kit.generation import generate
 
-    if not turns or turns[-1][0] != "prompter":
-        raise ValueError("the history must end with the user's (prompter) message")
-    limit = getattr(model.config, "max_position_embeddings", 2048) - max_new_tokens
-    prompt = format_chat(fit_history(turns, tokenizer, limit))
+    prompt = _chat_prompt(model, tokenizer, turns, max_new_tokens)
     out = generate(
-        model, tokenizer, [prompt], max_new_tokens=max_new_tokens, stop_strings=stop_strings
+        model,
+        tokenizer,
+        [prompt],
+        max_new_tokens=max_new_tokens,
+        stop_strings=stop_strings,
+        **sampling_kwargs(temperature),
     )
     return out.texts[0].strip()
+
+
+def _held_back(text: str, stop_strings: Sequence[str]) -> int:
+    """How many trailing characters of ``text`` could be the start of a stop string."""
+    return max(
+        (k for s in stop_strings for k in range(1, len(s)) if text.endswith(s[:k])), default=0
+    )
+
+
+def stream_reply(
+    model,
+    tokenizer,
+    turns: Thread,
+    *,
+    max_new_tokens: int = 128,
+    stop_strings: Sequence[str] = STOP_STRINGS,
+    temperature: float = 0.0,
+) -> Iterator[str]:
+    """Like :func:`chat_reply`, but yields the reply so far each time it grows.
+
+    Generation runs in a thread behind a ``TextIteratorStreamer``. Text that may be the
+    start of a stop string is held back until it is clear, so ``"### Hu"`` never flashes
+    on screen. The last value equals :func:`chat_reply`'s reply (greedy). Closing the
+    generator early (a Stop button) stops the generation too.
+    """
+    from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    cancelled = threading.Event()
+
+    class _Cancelled(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs) -> bool:
+            return cancelled.is_set()
+
+    prompt = _chat_prompt(model, tokenizer, turns, max_new_tokens)
+    batch = tokenizer([prompt], return_tensors="pt").to(next(model.parameters()).device)
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = {
+        **batch,
+        "max_new_tokens": max_new_tokens,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "streamer": streamer,
+        "stopping_criteria": StoppingCriteriaList([_Cancelled()]),
+        **sampling_kwargs(temperature),
+    }
+    if stop_strings:
+        kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+    worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    worker.start()
+    text, shown = "", ""
+    try:
+        for piece in streamer:
+            text += piece
+            visible, stopped = cut_at_stop(text, stop_strings)
+            if not stopped:
+                visible = visible[: len(visible) - _held_back(visible, stop_strings)]
+            if visible.strip() != shown:
+                shown = visible.strip()
+                yield shown
+            if stopped:
+                break
+        if not shown:
+            yield ""  # an empty reply (EOS at once) is still a reply
+    finally:
+        cancelled.set()
+        worker.join()
 
 
 class ChatSession:
     """A multi-turn conversation: ``session.send("Hi")`` returns the reply and keeps both."""
 
-    def __init__(self, model, tokenizer, *, max_new_tokens: int = 128) -> None:
+    def __init__(
+        self, model, tokenizer, *, max_new_tokens: int = 128, temperature: float = 0.0
+    ) -> None:
         self.model, self.tokenizer = model, tokenizer
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens, self.temperature = max_new_tokens, temperature
         self.turns: Thread = []
+
+    def _settings(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
 
     def send(self, message: str) -> str:
         turns = [*self.turns, ("prompter", message.strip())]
-        reply = chat_reply(self.model, self.tokenizer, turns, max_new_tokens=self.max_new_tokens)
+        reply = chat_reply(self.model, self.tokenizer, turns, **self._settings())
         self.turns = [*turns, ("assistant", reply)]
         return reply
+
+    def stream(self, message: str) -> Iterator[str]:
+        """:meth:`send`, yielding the reply as it grows; the exchange is kept at the end."""
+        turns = [*self.turns, ("prompter", message.strip())]
+        reply = ""
+        for reply in stream_reply(self.model, self.tokenizer, turns, **self._settings()):
+            yield reply
+        self.turns = [*turns, ("assistant", reply)]
 
     def reset(self) -> None:
         self.turns = []
@@ -149,6 +260,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
         help="load the base in nf4, as QLoRA trained it",
     )
     parser.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit")
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=0.0,
+        help="sampling temperature; 0 (default) is greedy, the same reply every time",
+    )
 
 
 def add_chat_parser(subparsers) -> argparse.ArgumentParser:
@@ -168,12 +285,14 @@ def add_chat_parser(subparsers) -> argparse.ArgumentParser:
 def run_chat(
     args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None
 ) -> int:
-    """Read messages from ``stdin`` line by line and print each reply to ``stdout``."""
+    """Read messages from ``stdin`` line by line and print each reply as it is generated."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
     model, tokenizer = load_chat_model(
         args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
     )
-    session = ChatSession(model, tokenizer, max_new_tokens=args.max_new_tokens)
+    session = ChatSession(
+        model, tokenizer, max_new_tokens=args.max_new_tokens, temperature=args.temperature
+    )
     interactive = stdin.isatty()
     if interactive:
         print("Type a message; 'exit' or Ctrl-D quits.", file=stdout)
@@ -185,5 +304,11 @@ def run_chat(
             break
         if not line.strip():
             continue
-        print(f"assistant> {session.send(line)}", file=stdout, flush=True)
+        print("assistant> ", end="", file=stdout, flush=True)
+        shown = ""
+        for reply in session.stream(line):
+            # each value extends the last one (text is only ever held back, never taken back)
+            print(reply[len(shown) :], end="", file=stdout, flush=True)
+            shown = reply
+        print(file=stdout, flush=True)
     return 0

@@ -39,14 +39,20 @@ def _course_parser(sub) -> None:
 
 
 def _course_main(args: argparse.Namespace) -> int:
-    from phi2kit.course import find_notebooks, run_course
+    from phi2kit.course import CourseDependencyError, find_notebooks, import_papermill, run_course
     from phi2kit.profiles import get_profile
 
+    try:
+        import_papermill()  # before any work: without the extra, say which one to install
+    except CourseDependencyError as exc:
+        print(f"phi2kit course: {exc}", file=sys.stderr)
+        return 2
     profile = get_profile(args.profile).name
     notebooks = find_notebooks(args.notebooks)
     if args.only:
         notebooks = [n for n in notebooks if n.name[:2] in set(args.only)]
-    out = args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")
+    # relative to where the command runs (run_course makes it absolute before the kernels start)
+    out = (args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     runs = run_course(profile, out, notebooks, timeout=args.timeout)
     print(f"\nsummary: {out / 'summary.md'}")
     print((out / "summary.md").read_text())

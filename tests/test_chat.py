@@ -1,18 +1,25 @@
-"""The chat demo: stop strings cut a turn, history is kept, the CLI reads scripted stdin."""
+"""The chat demo: stop strings cut a turn, history is kept, replies stream, the CLI reads
+scripted stdin and works in a real terminal (a pseudo-terminal)."""
 
 import argparse
 import importlib.util
 import io
+import sys
+import time
 
 import pytest
+import torch
 
-from phi2kit.app import build_app, make_chat_fn
+from phi2kit.app import build_app, describe_model, make_chat_fn
 from phi2kit.chat import (
     ChatSession,
+    _held_back,
     add_chat_parser,
     chat_reply,
     fit_history,
     run_chat,
+    sampling_kwargs,
+    stream_reply,
     to_turns,
 )
 from phi2kit.data.oasst import format_chat
@@ -51,18 +58,98 @@ def test_session_keeps_history(tiny_model, tiny_tokenizer):
     assert session.turns == []
 
 
-def test_app_chat_fn_uses_gradio_history(tiny_model, tiny_tokenizer):
+def test_stream_grows_to_the_same_reply(tiny_model, tiny_tokenizer):
+    turns = [("prompter", QUESTION)]
+    pieces = list(stream_reply(tiny_model, tiny_tokenizer, turns, max_new_tokens=60))
+    assert len(pieces) > 2  # it streams
+    assert all(
+        b.startswith(a) and len(b) > len(a) for a, b in zip(pieces, pieces[1:], strict=False)
+    )
+    assert pieces[-1] == chat_reply(tiny_model, tiny_tokenizer, turns, max_new_tokens=60)
+    # the base model goes on to invent "### Human:": no piece of it ever reaches the screen
+    assert not any("#" in piece for piece in pieces)
+
+
+def test_stream_without_stop_strings_shows_the_invented_turn(tiny_model, tiny_tokenizer):
+    turns = [("prompter", QUESTION)]
+    *_, free = stream_reply(tiny_model, tiny_tokenizer, turns, max_new_tokens=60, stop_strings=())
+    assert "### Human:" in free
+    assert free.startswith(chat_reply(tiny_model, tiny_tokenizer, turns, max_new_tokens=60))
+
+
+def test_closing_the_stream_stops_generation(tiny_model, tiny_tokenizer):
+    turns = [("prompter", QUESTION)]
+    *_, full = stream_reply(tiny_model, tiny_tokenizer, turns, max_new_tokens=200, stop_strings=())
+    steps = []
+
+    def slow_step(*args):  # 0.1 s a token, so the reader closes the stream early on
+        steps.append(1)
+        time.sleep(0.1)
+
+    hook = tiny_model.register_forward_hook(slow_step)
+    try:
+        stream = stream_reply(
+            tiny_model, tiny_tokenizer, turns, max_new_tokens=200, stop_strings=()
+        )
+        first = next(stream)
+        stream.close()  # the Stop button: the generate thread is told to stop, and joined
+        after_close = len(steps)
+        time.sleep(0.5)
+    finally:
+        hook.remove()
+    assert full.startswith(first) and len(first) < len(full)
+    full_steps = len(tiny_tokenizer(full).input_ids)
+    assert after_close < full_steps / 2, (after_close, full_steps)
+    assert len(steps) == after_close  # nothing runs on in the background
+
+
+def test_held_back_is_a_stop_string_prefix():
+    assert _held_back("Hello\n###", ["### Human:"]) == 3
+    assert _held_back("Hello ### Hu", ["### Human:"]) == 6
+    assert _held_back("Hello #1", ["### Human:"]) == 0
+    assert _held_back("anything", []) == 0
+
+
+def test_temperature_samples_and_zero_is_greedy(tiny_model, tiny_tokenizer):
+    assert sampling_kwargs(0.0) == {}
+    assert sampling_kwargs(0.7) == {"do_sample": True, "temperature": 0.7}
+    with pytest.raises(ValueError, match="temperature"):
+        sampling_kwargs(-1)
+    turns = [("prompter", QUESTION)]
+    greedy = chat_reply(tiny_model, tiny_tokenizer, turns, max_new_tokens=24)
+    replies = set()
+    for seed in range(4):
+        torch.manual_seed(seed)
+        replies.add(
+            chat_reply(tiny_model, tiny_tokenizer, turns, max_new_tokens=24, temperature=1.5)
+        )
+    assert len(replies) > 1 and replies != {greedy}
+
+
+def test_app_chat_fn_streams_with_gradio_history(tiny_model, tiny_tokenizer):
     respond = make_chat_fn(tiny_model, tiny_tokenizer, max_new_tokens=24)
     history = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": "Rivers."}]
-    reply = respond("Is that true for all of them?", history)
     turns = [
         ("prompter", QUESTION),
         ("assistant", "Rivers."),
         ("prompter", "Is that true for all of them?"),
     ]
-    assert isinstance(reply, str) and reply
-    assert reply == chat_reply(tiny_model, tiny_tokenizer, turns, max_new_tokens=24)
-    assert respond("Is that true for all of them?", [[QUESTION, "Rivers."]]) == reply
+    expected = chat_reply(tiny_model, tiny_tokenizer, turns, max_new_tokens=24)
+    *_, reply = respond("Is that true for all of them?", history)
+    assert isinstance(reply, str) and reply and reply == expected
+    # Gradio 6 passes each content as a list of parts; older Gradio passed pairs
+    parts = [{**m, "content": [{"type": "text", "text": m["content"]}]} for m in history]
+    assert list(respond("Is that true for all of them?", parts))[-1] == expected
+    assert list(respond("Is that true for all of them?", [[QUESTION, "Rivers."]]))[-1] == expected
+    # the settings panel's values: a shorter limit gives a prefix of the reply
+    *_, short = respond("Is that true for all of them?", history, 2, 0.0, True)
+    assert expected.startswith(short) and len(short) < len(expected)
+
+
+def test_app_says_which_model_and_adapter():
+    line = describe_model("t4", base="microsoft/phi-2", adapter="out/adapter", quantize_4bit=True)
+    assert "`microsoft/phi-2`" in line and "`t4`, nf4" in line and "`out/adapter`" in line
+    assert "No adapter" in describe_model("tiny", base=None, adapter=None)
 
 
 def test_to_turns_reads_every_history_form():
@@ -73,6 +160,8 @@ def test_to_turns_reads_every_history_form():
     )
     assert to_turns([["a", "b"], ["c", None]]) == [*ours, ("prompter", "c")]
     assert to_turns(None) == []
+    gradio6 = [{"role": "user", "content": [{"type": "text", "text": "a"}, {"path": "x.png"}]}]
+    assert to_turns(gradio6) == [("prompter", "a")]
     with pytest.raises(ValueError, match="user/assistant"):
         to_turns([{"role": "system", "content": "x"}])
 
@@ -104,6 +193,26 @@ def test_cli_stops_at_end_of_input(tmp_path):
     stdout = io.StringIO()
     assert run_chat(_chat_args(), stdin=io.StringIO(QUESTION), stdout=stdout) == 0
     assert stdout.getvalue().count("assistant> ") == 1
+
+
+def test_cli_in_a_pseudo_terminal(tiny_model, tiny_tokenizer):
+    # `phi2kit chat` as a person uses it: a real terminal, a prompt, a typed line, the reply
+    pexpect = pytest.importorskip("pexpect")
+    argv = ["-m", "phi2kit.cli", "chat", "--profile", "tiny", "--max-new-tokens", "16"]
+    child = pexpect.spawn(sys.executable, argv, encoding="utf-8", timeout=120)
+    try:
+        child.expect_exact("'exit' or Ctrl-D quits.")
+        child.expect_exact("you> ")
+        child.sendline(QUESTION)
+        child.expect_exact("assistant> ")
+        child.expect_exact("you> ")  # the next prompt comes once the reply is complete
+        reply = child.before.strip()
+        child.sendline("exit")
+        child.expect(pexpect.EOF)
+    finally:
+        child.close()
+    assert child.exitstatus == 0
+    assert reply == ChatSession(tiny_model, tiny_tokenizer, max_new_tokens=16).send(QUESTION)
 
 
 def test_cli_refuses_adapter_and_model_together():

@@ -1,17 +1,22 @@
 """Repository-wide scans: no remote code, safetensors only, no secrets."""
 
 import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCANNED = [
-    p
-    for p in ROOT.rglob("*")
-    if p.is_file()
-    and p.suffix in {".py", ".ipynb", ".md", ".yml", ".yaml", ".toml", ".json", ".txt", ".cfg"}
-    and ".git" not in p.parts
-    and "runs" not in p.parts
-]
+SUFFIXES = {".py", ".ipynb", ".md", ".yml", ".yaml", ".toml", ".json", ".txt", ".cfg"}
+
+
+def tracked_files(root: Path = ROOT) -> list[Path]:
+    """The files git tracks: what a commit holds, not a virtual environment or a run folder."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    return [root / name for name in listed.split("\0") if name]
+
+
+SCANNED = [p for p in tracked_files() if p.suffix in SUFFIXES and p.is_file()]
 
 # Shapes of access tokens: Hugging Face, OpenAI-style, GitHub, AWS.
 TOKEN_SHAPES = re.compile(
@@ -22,6 +27,19 @@ TOKEN_SHAPES = re.compile(
 
 def test_files_were_scanned():
     assert len(SCANNED) > 20
+    names = {str(p.relative_to(ROOT)) for p in SCANNED}
+    assert {"phi2kit/models.py", "README.md", "notebooks/06_chat_oasst1.ipynb"} <= names
+
+
+def test_untracked_files_are_not_scanned(tmp_path):
+    # A virtual environment inside the clone (the README's .venv) holds third-party sources
+    # with `trust_remote_code=` and token-shaped test strings: they are not the project's.
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "kept.py").write_text("x = 1\n")
+    (tmp_path / ".venv").mkdir()
+    (tmp_path / ".venv" / "site.py").write_text("from_pretrained(trust_remote_code=True)\n")
+    subprocess.run(["git", "add", "kept.py"], cwd=tmp_path, check=True)
+    assert tracked_files(tmp_path) == [tmp_path / "kept.py"]
 
 
 def test_no_trust_remote_code_argument():
