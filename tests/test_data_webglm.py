@@ -143,15 +143,6 @@ def test_hub_offline_suggests_local_path(monkeypatch):
         load_webglm(None, split="train")
 
 
-def test_hub_rows_are_checked(monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: [GOOD, dict(GOOD, references=[])])
-    with pytest.raises(DataError, match="empty reference list"):
-        load_webglm()
-    assert load_webglm(skip_bad=True) == [GOOD]
-
-
 # --- prompts and trimming ----------------------------------------------------------
 
 
@@ -221,6 +212,10 @@ def test_trimming_property(tokenizer):
             else:
                 assert refs[k - 1].startswith(text) and text
         assert trimmed == (shown != [f"[{k}] {r}" for k, r in enumerate(refs, start=1)])
+        if trimmed:  # as many whole references as fit: one more would not
+            n_whole = sum(line[line.index(" ") + 1 :] == r for line, r in zip(shown, refs))
+            more = build_qa_prompt(question, refs[: n_whole + 1]) + " " + answer
+            assert n_tokens(tokenizer, more) > max_length
     assert n_fitted > 50 and n_trimmed > 20 and n_raised > 5  # all branches exercised
 
 

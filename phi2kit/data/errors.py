@@ -1,10 +1,12 @@
-"""The one error type the data loaders raise for bad input files."""
+"""The data loaders' error type, their one bad-row collector, and the text-file readers."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import os
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,58 @@ class DataError(ValueError):
         if field is not None:
             where.append(f"field {field!r}")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class LoadResult(list):
+    """A plain list of records, plus what a ``skip_bad=True`` load left out.
+
+    Every loader collects its rows the same way::
+
+        result = LoadResult(skip_bad=skip_bad)
+        for line, raw in rows:
+            with result.row():  # a DataError in here: raised, or recorded and the row skipped
+                result.append(check(raw, line))
+
+    Attributes:
+        skip_bad: Record a bad row's :class:`DataError` and go on, instead of raising it.
+        problems: One message per skipped row (or tree), naming file, line and field.
+    """
+
+    def __init__(
+        self,
+        items: Iterable[Any] = (),
+        problems: list[str] | None = None,
+        *,
+        skip_bad: bool = False,
+    ) -> None:
+        super().__init__(items)
+        self.problems: list[str] = list(problems or [])
+        self.skip_bad = skip_bad
+
+    @property
+    def n_skipped(self) -> int:
+        """How many rows (or trees) were skipped."""
+        return len(self.problems)
+
+    @contextmanager
+    def row(self) -> Iterator[None]:
+        """Check one row: a :class:`DataError` is raised, or with ``skip_bad`` recorded.
+
+        After a recorded error the rest of the ``with`` block is skipped, so nothing of the
+        bad row is kept.
+        """
+        try:
+            yield
+        except DataError as err:
+            if not self.skip_bad:
+                raise
+            self.problems.append(str(err))
+
+    def summary(self, what: str = "rows") -> str:
+        """``"3 bad rows skipped, e.g. FILE, row 7, field 'text': ..."`` (or ``"no bad rows"``)."""
+        if not self.problems:
+            return f"no bad {what}"
+        return f"{self.n_skipped} bad {what} skipped, e.g. {self.problems[0]}"
 
 
 def decode_utf8(

@@ -5,7 +5,9 @@ Reads both published forms: the Hugging Face rows (one message per row, linked b
 ``replies``). The form is detected from the content.
 
     threads = load_oasst("oasst1/train.jsonl", lang="en")
-    examples = [ex for thread in threads for ex in thread_to_examples(thread)]
+    dataset, stats = to_prompt_completion(threads, tokenizer, max_length=1024)
+
+The thread format and the examples live in :mod:`phi2kit.data.chat_format`.
 """
 
 from __future__ import annotations
@@ -16,15 +18,31 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.errors import DataError, read_jsonl
-from phi2kit.data.webglm import LoadResult
+from phi2kit.data.chat_format import (  # noqa: F401  (re-exported: the thread format)
+    ASSISTANT,
+    HUMAN,
+    ROLES,
+    Thread,
+    format_chat,
+    thread_to_examples,
+    to_prompt_completion,
+)
+from phi2kit.data.errors import DataError, LoadResult, read_jsonl
 
 HUB_ID = "OpenAssistant/oasst1"
-HUMAN = "### Human:"
-ASSISTANT = "### Assistant:"
-ROLES = ("prompter", "assistant")
-
-Thread = list[tuple[str, str]]
+#: The message fields the loader reads (the published rows have more).
+_FIELDS = (
+    "message_id",
+    "parent_id",
+    "text",
+    "role",
+    "lang",
+    "rank",
+    "deleted",
+    "review_result",
+    "message_tree_id",
+    "created_date",
+)
 
 
 def _none_if_nan(value: Any) -> Any:
@@ -175,7 +193,7 @@ def build_threads(
         DataError: A missing parent, a cycle, roles that do not alternate (or unknown, or
             an assistant message at the root), a duplicate ``message_id``.
     """
-    result = LoadResult()
+    result = LoadResult(skip_bad=skip_bad)
     norm, by_id, duplicates = [], {}, []
     for i, raw in enumerate(messages, start=1):
         msg = raw if "_path" in raw else _normalize(raw, "<messages>", i)
@@ -197,18 +215,13 @@ def build_threads(
         original = by_id[dup["message_id"]]  # report it with the tree it collides with
         dups_of[original["message_tree_id"] or _top(original, by_id)].append(dup)
     for key, tree in trees.items():
-        try:
+        with result.row():
             _check_tree(tree, by_id, dups_of[key])
-        except DataError as err:
-            if not skip_bad:
-                raise
-            result.problems.append(str(err))
-            continue
-        for root in tree:
-            if root["parent_id"] is None and _usable(root, lang):
-                thread = _main_thread(root, children, lang)
-                if thread:
-                    result.append(thread)
+            for root in tree:
+                if root["parent_id"] is None and _usable(root, lang):
+                    thread = _main_thread(root, children, lang)
+                    if thread:
+                        result.append(thread)
     return result
 
 
@@ -238,7 +251,11 @@ def load_messages(
         try:
             from datasets import load_dataset
 
-            rows = list(enumerate(load_dataset(hub_id, split=split), start=1))
+            table = load_dataset(hub_id, split=split)
+            # Only the fields a thread needs: the others (detoxify, emojis, labels) would
+            # be turned into Python objects for every one of the ~85,000 messages.
+            table = table.select_columns([c for c in _FIELDS if c in table.column_names])
+            rows = list(enumerate(table, start=1))
         except Exception as exc:
             raise DataError(
                 f"could not load split {split!r} from the Hub ({type(exc).__name__}:"
@@ -256,19 +273,15 @@ def load_messages(
     if not rows:
         raise DataError("empty file: no messages", path=source)
 
-    result = LoadResult()
+    result = LoadResult(skip_bad=skip_bad)
     for row_no, obj in rows:
-        try:
+        with result.row():
             if isinstance(obj, DataError):
                 raise obj
             if form == "trees":
                 result.extend(_flatten_tree(obj, source, row_no))
             else:
                 result.append(_normalize(obj, source, row_no))
-        except DataError as err:
-            if not skip_bad:
-                raise
-            result.problems.append(str(err))
     return result
 
 
@@ -290,35 +303,3 @@ def load_oasst(
     threads = build_threads(messages, lang, skip_bad=skip_bad)
     threads.problems[:0] = messages.problems
     return threads
-
-
-def format_chat(turns: Thread, add_generation_prompt: bool = True) -> str:
-    """Render turns as ``### Human: ...`` / ``### Assistant: ...`` lines.
-
-    With ``add_generation_prompt`` the text ends with ``"### Assistant:"``, ready for the
-    model to write the next reply; the training completion is ``" " + reply``.
-
-    >>> format_chat([("prompter", "Hi")])
-    '### Human: Hi\\n### Assistant:'
-    """
-    lines = []
-    for role, text in turns:
-        if role not in ROLES:
-            raise ValueError(f"role {role!r} is not one of {ROLES}")
-        lines.append(f"{HUMAN if role == 'prompter' else ASSISTANT} {text.strip()}")
-    if add_generation_prompt:
-        lines.append(ASSISTANT)
-    return "\n".join(lines)
-
-
-def thread_to_examples(thread: Thread) -> list[dict]:
-    """One ``{"prompt", "completion"}`` per assistant turn, with all earlier turns as context.
-
-    So a thread of 4 turns gives a single-turn pair and a two-turn example; the loss
-    falls on the final assistant turn only (the completion).
-    """
-    return [
-        {"prompt": format_chat(thread[:i]), "completion": " " + text.strip()}
-        for i, (role, text) in enumerate(thread)
-        if role == "assistant"
-    ]

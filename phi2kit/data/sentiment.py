@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from phi2kit.data.errors import DataError, decode_utf8
+from phi2kit.data.errors import DataError, LoadResult, decode_utf8
 from phi2kit.data.sentiment_files import Record, csv_records, read_json_table, table_records
 
 if TYPE_CHECKING:
@@ -62,30 +62,26 @@ def _collect(records: Iterable[Record], path: Any, skip_bad: bool) -> pd.DataFra
 
     Bad rows raise :class:`DataError`, or are skipped and counted when ``skip_bad``.
     """
-    texts, labels, skipped = [], [], 0
+    rows = LoadResult(skip_bad=skip_bad)
     for row, label, text, label_field, text_field in records:
-        try:
+        with rows.row():
             if label is None:
                 raise DataError("missing column: no label", path=path, row=row, field=label_field)
             if text is None or not str(text).strip():
                 raise DataError("missing column: no headline", path=path, row=row, field=text_field)
-            word = _label_word(label, path=path, row=row, field=label_field)
-        except DataError:
-            if not skip_bad:
-                raise
-            skipped += 1
-            continue
-        texts.append(str(text).strip())
-        labels.append(word)
-    if not texts:
-        raise DataError(f"no usable rows ({skipped} bad rows skipped)", path=path)
-    classes = sorted(set(labels))
+            rows.append(
+                (str(text).strip(), _label_word(label, path=path, row=row, field=label_field))
+            )
+    if not rows:
+        raise DataError(f"no usable rows ({rows.n_skipped} bad rows skipped)", path=path)
+    df = pd.DataFrame(list(rows), columns=["text", "label"])
+    classes = sorted(set(df["label"]))
     if len(classes) < 2:
         raise DataError(
-            f"only one class ({classes[0]!r}) in {len(texts)} rows: nothing to classify", path=path
+            f"only one class ({classes[0]!r}) in {len(df)} rows: nothing to classify", path=path
         )
-    df = pd.DataFrame({"text": texts, "label": labels})
-    df.attrs["skipped"] = skipped
+    df.attrs["skipped"] = rows.n_skipped
+    df.attrs["problems"] = rows.problems
     return df
 
 
@@ -129,7 +125,8 @@ def load_financial_news(
             the Kaggle file does; ``sentences_allagree`` has only 303 negatives, too few for
             the seed's 300/300 split.
         skip_bad: Skip rows with an unknown label or a missing column, and count them in
-            ``df.attrs["skipped"]``, instead of raising.
+            ``df.attrs["skipped"]`` (their messages in ``df.attrs["problems"]``), instead
+            of raising.
 
     Returns:
         A frame with columns ``text`` (the headline, stripped) and ``label`` (a word from

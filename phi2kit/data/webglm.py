@@ -15,29 +15,12 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.errors import DataError, read_jsonl
+from phi2kit.data.errors import DataError, LoadResult, read_jsonl
 
 HUB_ID = "THUDM/webglm-qa"
 
 # "[3]", "[12]", "[1, 2]" or "[1,2]"; "[1.5]", "[a]" and "[]" do not match.
 _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
-
-
-class LoadResult(list):
-    """A plain list of records, plus what ``skip_bad=True`` left out.
-
-    Attributes:
-        n_skipped: How many lines (or trees) were skipped.
-        problems: One message per skipped item, naming file, line and field.
-    """
-
-    def __init__(self, items: Iterable[Any] = (), problems: list[str] | None = None) -> None:
-        super().__init__(items)
-        self.problems: list[str] = list(problems or [])
-
-    @property
-    def n_skipped(self) -> int:
-        return len(self.problems)
 
 
 def parse_citations(text: str) -> list[int]:
@@ -133,18 +116,14 @@ def load_webglm(
         if not rows:
             raise DataError("empty file: no JSON lines", path=source)
 
-    result = LoadResult()
+    result = LoadResult(skip_bad=skip_bad)
     for line_no, row in rows:
         if limit is not None and len(result) >= limit:
             break
-        try:
+        with result.row():
             if isinstance(row, DataError):
                 raise row
             result.append(_check_example(row, source, line_no))
-        except DataError as err:
-            if not skip_bad:
-                raise
-            result.problems.append(str(err))
     return result
 
 
@@ -171,6 +150,28 @@ def _n_tokens(tokenizer, text: str) -> int:
     return len(tokenizer(text)["input_ids"]) + 1
 
 
+def _most_refs_that_fit(
+    question: str, refs: list[str], completion: str, tokenizer, max_length: int
+) -> int:
+    """How many leading references fit, from token counts of each reference line.
+
+    Each reference is tokenized once, so an example with many long references costs time
+    linear in its length (rebuilding and retokenizing the whole prompt for every candidate
+    would be quadratic). With byte-level BPE the count of the joined prompt is the sum of
+    its lines and newlines; the caller checks the result on the real prompt.
+    """
+    base = _n_tokens(tokenizer, build_qa_prompt(question, []) + completion)
+    header = len(tokenizer("References:")["input_ids"]) + 1  # and its newline
+    lines = [f"[{i}] {ref.strip()}" for i, ref in enumerate(refs, start=1)]
+    counts = [len(ids) + 1 for ids in tokenizer(lines)["input_ids"]] if lines else []
+    total, keep = base + header, 0
+    for count in counts:
+        if total + count > max_length:
+            break
+        total, keep = total + count, keep + 1
+    return keep
+
+
 def _fit(
     example: dict, tokenizer, max_length: int, row: int | None = None
 ) -> tuple[str, str, int, bool]:
@@ -181,12 +182,12 @@ def _fit(
     def fits(shown: list[str]) -> bool:
         return _n_tokens(tokenizer, build_qa_prompt(question, shown) + completion) <= max_length
 
-    if fits(refs):
-        return build_qa_prompt(question, refs), completion, len(refs), False
-    # Drop whole references from the last, keeping the numbering of the others stable.
-    keep = len(refs) - 1
-    while keep > 0 and not fits(refs[:keep]):
+    keep = _most_refs_that_fit(question, refs, completion, tokenizer, max_length)
+    while keep > 0 and not fits(refs[:keep]):  # the estimate was off (unusual text)
         keep -= 1
+    if keep == len(refs):
+        return build_qa_prompt(question, refs), completion, len(refs), False
+    # Whole references are dropped from the last, keeping the numbering of the others stable.
     if keep <= 0 and not fits([]):
         n = _n_tokens(tokenizer, build_qa_prompt(question, []) + completion)
         msg = (
@@ -196,7 +197,7 @@ def _fit(
         raise DataError(msg, row=row, field="question")
     # Fill what is left of the budget with the start of the next reference.
     shown = refs[:keep]
-    ids = tokenizer(refs[keep].strip(), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(refs[keep].strip(), add_special_tokens=False)["input_ids"][:max_length]
     lo, hi = 0, len(ids)  # largest m in [lo, hi) such that the first m tokens still fit
     while lo < hi - 1:
         mid = (lo + hi) // 2
@@ -242,17 +243,18 @@ def to_prompt_completion(
     Returns:
         ``(dataset, stats)``; ``stats`` has ``n`` (examples kept), ``n_trimmed`` (kept
         examples that lost reference text), ``n_dropped_refs`` (whole references dropped),
-        ``n_dangling_citations`` (citations of dropped references) and ``n_too_long``
-        (examples skipped).
+        ``n_dangling_citations`` (citations of dropped references), ``n_too_long``
+        (examples skipped) and ``kept`` (the 0-based positions in ``examples`` of the rows
+        of ``dataset``, to line other data up with it).
     """
     from datasets import Dataset
 
     rows: dict[str, list[str]] = {"prompt": [], "completion": []}
-    stats = {"n": 0, "n_trimmed": 0, "n_dropped_refs": 0, "n_dangling_citations": 0}
-    stats["n_too_long"] = 0
-    for index, example in enumerate(examples, start=1):
+    stats: dict[str, Any] = {"n": 0, "n_trimmed": 0, "n_dropped_refs": 0}
+    stats.update(n_dangling_citations=0, n_too_long=0, kept=[])
+    for index, example in enumerate(examples):
         try:
-            prompt, completion, n_shown, trimmed = _fit(example, tokenizer, max_length, index)
+            prompt, completion, n_shown, trimmed = _fit(example, tokenizer, max_length, index + 1)
         except DataError:
             if not skip_too_long:
                 raise
@@ -261,6 +263,7 @@ def to_prompt_completion(
         rows["prompt"].append(prompt)
         rows["completion"].append(completion)
         stats["n"] += 1
+        stats["kept"].append(index)
         stats["n_trimmed"] += int(trimmed)
         stats["n_dropped_refs"] += len(example["references"]) - n_shown
         cited = parse_citations(example["answer"])
