@@ -173,7 +173,9 @@ def sft_trainer(
         processing_class=tokenizer,
     )
     upcast_trainable(trainer.model)  # trl casts QLoRA adapters to bf16; a T4 needs fp32
-    return quiet(trainer)
+    from phi2kit.batching import group_by_length  # seeded, tighter length groups
+
+    return group_by_length(quiet(trainer))
 
 
 def quiet(trainer):
