@@ -1,16 +1,22 @@
-"""P1: training throughput of the seed-003 pipeline against phi2kit's, on the same QA samples.
+"""P1: training throughput of phi2kit's pipeline against the seed 003's and trl's defaults.
 
-    python bench/bench_train.py                 # tiny model, 12 steps of 8, about 1-2 minutes
+    python bench/bench_train.py                 # tiny model, 12 steps of 8, about 2-3 minutes
     python bench/bench_train.py --steps 24 --pad-factor 8
 
-Both pipelines train the same LoRA (QLoRA with the tiny recipe) on the tiny Phi, for the
-same number of steps, on the same ``steps * batch_size`` WebGLM sample examples: exactly one
-epoch, so both see the same tokens.
+Every pipeline trains the same LoRA (QLoRA with the tiny recipe) on the tiny Phi, with the
+same seed, for the same number of steps, on the same ``steps * batch_size`` WebGLM sample
+examples: exactly one epoch, so all see the same tokens.
 
 - **seed** (seed 003): every example padded to ``max_length``, truncated from the left,
   ``labels = input_ids`` (loss on the prompt and on padding), a plain HF ``Trainer``.
-- **phi2kit**: trl ``SFTTrainer`` on prompt/completion data (``phi2kit.training.sft_trainer``):
-  loss on the answer and its EOS only, dynamic padding, length-grouped batches.
+- **trl defaults**: what a user writes after reading trl's docs, ``SFTTrainer(model,
+  args=SFTConfig(...), train_dataset=prompt_completion_data)``: trl's default sampling
+  (random batches) and collation (pad each batch to its longest row), its default
+  ``max_length``, completion-only loss. The training settings a user must choose (steps,
+  batch, learning rate, precision, optimizer, checkpointing) are phi2kit's, so that the
+  ratio measures how the batches are built, not another recipe.
+- **phi2kit**: trl ``SFTTrainer`` through ``phi2kit.training.sft_trainer``: the same loss and
+  collation, with phi2kit's length-grouped batches (``phi2kit.batching``).
 - **padding-free** (for reference): the same, with trl's ``padding_free=True``: each batch
   is one row, sequence boundaries come from ``position_ids``. With eager-style attention
   (``phi2kit_fp32``) the attention still spans the whole row, masked block-diagonally, so it
@@ -28,8 +34,10 @@ Definitions (counted on the batches the model actually computed, by wrapping the
   pass through both pipelines once, so both process the same answer tokens.
 
 Wall time is ``trainer.train()``: one run for the seed (long, so it averages out load
-spikes), the median of ``repeats`` fresh runs for the short phi2kit runs. The CPU may be
-shared, so read the ratio, not the seconds.
+spikes); for the short runs, ``repeats`` rounds of fresh runs, one per pipeline in turn (so
+that a load spike hits all of them alike), and the median of each. The range of the
+round-by-round ratios shows the noise. The CPU may be shared: read the ratios, not the
+seconds.
 ``phi2kit bench`` calls :func:`run`.
 """
 
@@ -37,8 +45,16 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import tempfile
 import time
+
+#: The SFTConfig fields that decide how batches are built; the trl pipeline keeps trl's
+#: own defaults for these (read from SFTConfig, so they follow trl's releases).
+TRL_DATA_FIELDS = ("train_sampling_strategy", "max_length", "padding_free", "packing",
+                   "completion_only_loss", "pad_to_multiple_of")  # fmt: skip
+#: The pipelines timed ``repeats`` times, in this order within each round.
+SHORT_RUNS = ("trl_default", "phi2kit", "padding_free")
 
 
 def _examples(n: int, data_path: str | None):
@@ -91,6 +107,25 @@ def _lora_model(profile, recipe):
     return add_lora(load_model(profile, quantize_4bit=recipe.quantize_4bit), recipe, profile)
 
 
+def trl_default_trainer(model, tokenizer, dataset, profile, recipe, output_dir, **overrides):
+    """``SFTTrainer`` with trl's defaults for sampling and collation (see the module doc).
+
+    The training arguments are :func:`phi2kit.training.sft_config`'s, except the fields in
+    :data:`TRL_DATA_FIELDS`, which get ``SFTConfig``'s defaults.
+    """
+    from dataclasses import fields
+
+    from trl import SFTConfig, SFTTrainer
+
+    from phi2kit.training import quiet, sft_config, upcast_trainable
+
+    defaults = {f.name: f.default for f in fields(SFTConfig) if f.name in TRL_DATA_FIELDS}
+    args = sft_config(profile, recipe, output_dir, **{**defaults, **overrides})
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+    upcast_trainable(trainer.model)  # the same fp32 adapter as phi2kit's (trl casts to bf16)
+    return quiet(trainer)
+
+
 def run(
     steps: int = 12,
     batch_size: int = 8,
@@ -107,7 +142,7 @@ def run(
     from phi2kit.models import load_tokenizer
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
-    from phi2kit.training import sft_trainer, training_args
+    from phi2kit.training import quiet, sft_trainer, training_args
 
     profile = get_profile("tiny")
     tokenizer = load_tokenizer(profile, padding_side="right")
@@ -122,37 +157,43 @@ def run(
     recipe = get_recipe("webglm", profile, max_length=max_length, **overrides)
 
     with tempfile.TemporaryDirectory() as out:
-        seed = Trainer(
-            model=_lora_model(profile, recipe),
-            args=training_args(profile, recipe, out, logging_steps=steps),
-            train_dataset=seed_dataset(examples, tokenizer, max_length),
-            data_collator=default_data_collator,
+        seed = quiet(
+            Trainer(
+                model=_lora_model(profile, recipe),
+                args=training_args(profile, recipe, out, logging_steps=steps),
+                train_dataset=seed_dataset(examples, tokenizer, max_length),
+                data_collator=default_data_collator,
+            )
         )
         seed_s, seed_counts = _train_timed(seed)
 
         dataset, _ = to_prompt_completion(examples, tokenizer, max_length)
+        builders = {
+            "trl_default": lambda: trl_default_trainer(
+                _lora_model(profile, recipe), tokenizer, dataset, profile, recipe, out,
+                logging_steps=steps,
+            ),
+            "phi2kit": lambda: sft_trainer(
+                _lora_model(profile, recipe), tokenizer, dataset, profile, recipe, out,
+                logging_steps=steps,
+            ),
+            # trl's padding-free batches: one row per batch, boundaries from position_ids
+            "padding_free": lambda: sft_trainer(
+                _lora_model(profile, recipe), tokenizer, dataset, profile, recipe, out,
+                logging_steps=steps, padding_free=True, max_length=None,
+            ),
+        }  # fmt: skip
+        rounds = [{name: _train_timed(builders[name]()) for name in SHORT_RUNS}
+                  for _ in range(repeats)]  # fmt: skip
 
-        def timed_sft(**extra):  # median of `repeats` fresh runs: the short runs are noisy
-            runs = []
-            for _ in range(repeats):
-                trainer = sft_trainer(
-                    _lora_model(profile, recipe), tokenizer, dataset, profile, recipe, out,
-                    logging_steps=steps, **extra,
-                )  # fmt: skip
-                runs.append(_train_timed(trainer))
-            return sorted(runs, key=lambda r: r[0])[len(runs) // 2]
-
-        ours_s, ours_counts = timed_sft()
-        # trl's padding-free batches: one row per batch, boundaries from position_ids
-        flat_s, flat_counts = timed_sft(padding_free=True, max_length=None)
-
-    answer_tokens = ours_counts.supervised
+    answer_tokens = rounds[0]["phi2kit"][1].supervised
     result = {"n_examples": len(examples), "steps": steps, "batch_size": batch_size,
-              "p95_length": p95, "max_length": max_length,
+              "p95_length": p95, "max_length": max_length, "repeats": repeats,
               "quantize_4bit": recipe.quantize_4bit}  # fmt: skip
-    runs = (("seed", seed_s, seed_counts), ("phi2kit", ours_s, ours_counts),
-            ("padding_free", flat_s, flat_counts))  # fmt: skip
-    for name, secs, c in runs:
+    timed = {"seed": (seed_s, seed_counts)}
+    for name in SHORT_RUNS:
+        timed[name] = (statistics.median(r[name][0] for r in rounds), rounds[0][name][1])
+    for name, (secs, c) in timed.items():
         result.update({
             f"{name}_wall_s": secs,
             f"{name}_tokens_computed": c.computed,
@@ -163,11 +204,18 @@ def run(
             f"{name}_loss_positions_on_pad": c.supervised_pad,
         })  # fmt: skip
     result["answer_tokens"] = answer_tokens
-    result["useful_tokens_per_s_ratio"] = (
-        result["phi2kit_useful_tokens_per_s"] / result["seed_useful_tokens_per_s"]
-    )
-    result["speedup"] = seed_s / ours_s
-    result["padding_free_speedup"] = seed_s / flat_s
+    ours = result["phi2kit_useful_tokens_per_s"]
+    result["useful_tokens_per_s_ratio"] = ours / result["seed_useful_tokens_per_s"]
+    result["vs_trl_default"] = ours / result["trl_default_useful_tokens_per_s"]
+    result["vs_padding_free"] = ours / result["padding_free_useful_tokens_per_s"]
+    for peer in ("trl_default", "padding_free"):  # round by round: the noise
+        ratios = [
+            (r["phi2kit"][1].non_pad / r["phi2kit"][0]) / (r[peer][1].non_pad / r[peer][0])
+            for r in rounds
+        ]
+        result[f"vs_{peer}_range"] = (min(ratios), max(ratios))
+    result["speedup"] = seed_s / result["phi2kit_wall_s"]
+    result["padding_free_speedup"] = seed_s / result["padding_free_wall_s"]
     return result
 
 
@@ -182,20 +230,26 @@ def format_result(r: dict) -> str:
         ("answer tokens / s", "answer_tokens_per_s", "{:,.0f}"),
         ("loss positions on padding", "loss_positions_on_pad", "{:,}"),
     ]
+    names = ("seed", "trl_default", "phi2kit", "padding_free")
+    heads = ("seed 003", "trl defaults", "phi2kit", "padding-free")
     lines = [
         f"{r['n_examples']} WebGLM sample examples, {r['steps']} steps x {r['batch_size']}, "
         f"nf4={r['quantize_4bit']}; p95 length {r['p95_length']:.0f} tokens, "
-        f"seed max_length {r['max_length']}; {r['answer_tokens']:,} answer tokens",
+        f"seed max_length {r['max_length']}; {r['answer_tokens']:,} answer tokens; "
+        f"short runs: median of {r['repeats']}",
         "",
-        f"{'':28s}{'seed 003':>12s}{'phi2kit':>12s}{'padding-free':>14s}",
+        f"{'':28s}" + "".join(f"{h:>14s}" for h in heads),
     ]
     for label, key, fmt in rows:
-        cells = [fmt.format(r[f"{name}_{key}"]) for name in ("seed", "phi2kit", "padding_free")]
-        lines.append(f"{label:28s}{cells[0]:>12s}{cells[1]:>12s}{cells[2]:>14s}")
+        lines.append(f"{label:28s}" + "".join(f"{fmt.format(r[f'{n}_{key}']):>14s}" for n in names))
+    lo, hi = r["vs_trl_default_range"]
+    flo, fhi = r["vs_padding_free_range"]
     lines += [
         "",
-        f"useful tokens/s ratio (phi2kit / seed): {r['useful_tokens_per_s_ratio']:.1f}x",
-        f"wall-time speedup on the same examples: {r['speedup']:.1f}x "
+        f"phi2kit useful tokens/s: {r['useful_tokens_per_s_ratio']:.1f}x the seed's, "
+        f"{r['vs_trl_default']:.2f}x trl defaults' (rounds: {lo:.2f}-{hi:.2f}x), "
+        f"{r['vs_padding_free']:.2f}x padding-free's ({flo:.2f}-{fhi:.2f}x)",
+        f"wall-time speedup over the seed on the same examples: {r['speedup']:.1f}x "
         f"(padding-free: {r['padding_free_speedup']:.1f}x)",
     ]
     return "\n".join(lines)
@@ -209,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="seed max_length: pad_factor x p95 token length")  # fmt: skip
     parser.add_argument("--no-4bit", action="store_true", help="LoRA on the fp32 base")
     parser.add_argument("--data", default=None, help="WebGLM JSON-lines folder or file")
-    parser.add_argument("--repeats", type=int, default=3, help="phi2kit runs (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the short runs (median)")
     args = parser.parse_args(argv)
     result = run(args.steps, args.batch_size, args.pad_factor,
                  quantize_4bit=False if args.no_4bit else None, data_path=args.data,

@@ -11,6 +11,9 @@ the attention mask, never through the token id.
   the counts are those of the batches the model actually trained on.
 - :func:`masked_loss` is the mean cross-entropy over supervised tokens only (the eval loss
   on answers), weighted by token, for any model and dataloader.
+- :func:`length_grouped_indices` / :class:`SeededLengthGroupedSampler` order an epoch so
+  that each batch holds examples of similar length while the batches come in random order;
+  :func:`group_by_length` makes a trainer use it (``sft_trainer`` does).
 
     trainer.data_collator = CountingCollator(trainer.data_collator)
     trainer.train()
@@ -19,13 +22,17 @@ the attention mask, never through the token id.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's and transformers' default)
+#: Batches per mega-batch: examples are sorted by length within a mega-batch of this many
+#: batches (transformers' cap too, but it also shrinks the mega-batch to a quarter of the data).
+MEGA_BATCHES = 50
 
 
 @dataclass
@@ -166,3 +173,111 @@ def masked_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]]) ->
     if n == 0:
         raise ValueError("no supervised tokens (all labels are -100)")
     return total / n
+
+
+def length_grouped_indices(
+    lengths: Sequence[int],
+    batch_size: int,
+    generator: torch.Generator | None = None,
+    mega_batches: int = MEGA_BATCHES,
+) -> list[int]:
+    """One epoch's example order: similar lengths within a batch, batches in random order.
+
+    1. Shuffle all examples, and cut them into mega-batches of ``mega_batches`` batches.
+    2. Sort each mega-batch by length and cut it into batches of ``batch_size``.
+    3. Shuffle the order of all batches (no curriculum: a short batch is as likely early as
+       late), then move the batch holding the longest example to the front, so that an
+       out-of-memory error shows up at the first step. An incomplete batch goes last.
+
+    transformers' ``get_length_grouped_indices`` makes the mega-batch at most a quarter
+    of the data (``len // (4 * batch_size)`` batches) and keeps each mega-batch sorted
+    longest first: on 96 examples in batches of 8 it sorts within groups of 24 only, and
+    its batches waste 13 % of their cells on padding (a full sort: 4 %).
+
+    ``batch_size`` is the examples per optimizer step over all processes (per-device batch
+    x gradient accumulation x processes): every micro-batch is a slice of one sorted run.
+    """
+    n = len(lengths)
+    if batch_size < 1 or mega_batches < 1:
+        raise ValueError(f"batch_size and mega_batches must be >= 1: {batch_size}, {mega_batches}")
+    order = torch.randperm(n, generator=generator).tolist()
+    mega = batch_size * mega_batches
+    batches: list[list[int]] = []
+    for start in range(0, n, mega):
+        # stable sort of a random permutation: equal lengths stay in random order
+        group = sorted(order[start : start + mega], key=lambda i: lengths[i])
+        batches += [group[i : i + batch_size] for i in range(0, len(group), batch_size)]
+    tail = [b for b in batches if len(b) < batch_size]  # at most one, from the last group
+    full = [b for b in batches if len(b) == batch_size]
+    full = [full[i] for i in torch.randperm(len(full), generator=generator).tolist()]
+    batches = full + tail
+    if full:
+        first = max(range(len(batches)), key=lambda k: max(lengths[i] for i in batches[k]))
+        if first < len(full):  # an incomplete batch must stay last
+            batches.insert(0, batches.pop(first))
+    return [i for batch in batches for i in batch]
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """:func:`length_grouped_indices`, reshuffled each epoch from ``(seed, epoch)`` only.
+
+    A ``LengthGroupedSampler`` (same ``lengths`` and ``batch_size``) with another order.
+
+    transformers' ``LengthGroupedSampler`` shuffles with the *global* torch RNG, so a run
+    resumed in the middle of a later epoch sees another order than the uninterrupted run.
+    Here the order is a function of the seed and the epoch (the Trainer calls
+    ``set_epoch``), so a resumed run replays it exactly.
+    """
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        seed: int = 0,
+        mega_batches: int = MEGA_BATCHES,
+    ) -> None:
+        super().__init__(batch_size, lengths=list(lengths))
+        self.seed = seed
+        self.mega_batches = mega_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(
+            length_grouped_indices(self.lengths, self.batch_size, generator, self.mega_batches)
+        )
+
+
+def group_by_length(trainer):
+    """Make ``trainer`` use :class:`SeededLengthGroupedSampler` where it would group by length.
+
+    Wraps the Trainer's ``_get_train_sampler`` (a private method, the only hook for the
+    sampler): when it builds transformers' ``LengthGroupedSampler``, that sampler's lengths
+    (the tokenized lengths) go to ours, with the batch of one optimizer step over all
+    processes (so 2 processes x 4 and 1 process x 8 see the same examples per step) and the
+    seed ``data_seed`` (else ``seed``). Other strategies (``"random"``) are left alone.
+    Calling it twice does nothing more.
+    """
+    if getattr(trainer, "_phi2kit_group_by_length", False):
+        return trainer
+    build = trainer._get_train_sampler
+
+    def get_train_sampler(train_dataset=None):
+        sampler = build(train_dataset)
+        if type(sampler) is not LengthGroupedSampler:
+            return sampler
+        args = trainer.args
+        seed = args.data_seed if args.data_seed is not None else args.seed
+        return SeededLengthGroupedSampler(
+            sampler.lengths, sampler.batch_size * args.world_size, seed=seed
+        )
+
+    trainer._get_train_sampler = get_train_sampler
+    trainer._phi2kit_group_by_length = True
+    return trainer

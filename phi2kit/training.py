@@ -183,7 +183,9 @@ def sft_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
-    return finish_trainer(trainer)
+    from phi2kit.batching import group_by_length  # seeded, tighter length groups
+
+    return group_by_length(finish_trainer(trainer))
 
 
 def finish_trainer(trainer):

@@ -20,7 +20,7 @@ bench = _load_bench()
 
 @pytest.fixture(scope="module")
 def result():
-    return bench.run(3, n_train_per_class=8, max_steps=2, log=lambda *a: None)
+    return bench.run(3, n_train_per_class=8, max_steps=2, repeats=2, log=lambda *a: None)
 
 
 def test_run_returns_both_methods_on_the_same_test_set(result):
@@ -36,9 +36,24 @@ def test_run_returns_both_methods_on_the_same_test_set(result):
     assert isinstance(result["goal_met"], bool)
 
 
+def test_batched_generate_is_timed_on_the_same_test_set(result):
+    assert result["repeats"] == 2
+    assert 0.0 <= result["batched_generate_accuracy"] <= 1.0
+    assert 0 <= result["batched_generate_unparsed"] <= 9
+    assert result["ratio_vs_batched_generate"] == pytest.approx(
+        result["scoring_examples_per_s"] / result["batched_generate_examples_per_s"]
+    )
+    for key in ("ratio_range", "ratio_vs_batched_generate_range"):
+        lo, hi = result[key]
+        assert 0 < lo <= hi
+    # batched, left-padded generation reads the same labels as the one-at-a-time loop
+    assert result["batched_generate_accuracy"] == result["seed_loop_accuracy"]
+    assert result["batched_generate_unparsed"] == result["seed_loop_unparsed"]
+
+
 def test_format_table_names_both_methods_and_the_verdict(result):
     table = bench.format_table(result)
-    assert "seed loop" in table and "label scoring" in table
+    assert "seed loop" in table and "label scoring" in table and "batched generate" in table
     assert f"{result['ratio']:.1f}x" in table
 
 
