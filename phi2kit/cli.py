@@ -19,6 +19,7 @@ from pathlib import Path
 
 from phi2kit.bench import add_bench_parser
 from phi2kit.chat import add_chat_parser
+from phi2kit.exercises.cli import add_exercises_parser
 from phi2kit.plan import add_plan_parser
 from phi2kit.train import add_train_parser
 
@@ -67,6 +68,7 @@ def make_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_chat_parser(sub)
     add_bench_parser(sub)
+    add_exercises_parser(sub)
     return parser
 
 

@@ -1,0 +1,59 @@
+"""``phi2kit exercises``: list the exercises, grade a learner's copy of one.
+
+    phi2kit exercises list
+    phi2kit exercises check 02_b                      # exercises/02_b_*.ipynb
+    phi2kit exercises check 02_b my_copy.ipynb        # any path
+
+``check`` runs the notebook's code cells in this process (the grading cell left out), then
+prints what passed, what failed and a hint; the exit code is 0 only when every check passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "exercises", help="list the exercises, or grade a notebook", description=__doc__
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+    sub.add_parser("list", help="every exercise: id, kind, lesson section").set_defaults(
+        func=run_list
+    )
+    c = sub.add_parser("check", help="run a notebook and grade it")
+    c.add_argument("id", help="exercise id, e.g. 02_b")
+    c.add_argument("path", nargs="?", type=Path, default=None,
+                   help="the notebook (default: exercises/<id>_*.ipynb)")  # fmt: skip
+    c.add_argument("--verbose", action="store_true", help="show the notebook's printed output")
+    c.set_defaults(func=run_check)
+    return p
+
+
+def run_list(args: argparse.Namespace) -> int:
+    from phi2kit.exercises.grader import EXERCISES, _load_checks
+
+    _load_checks()
+    for ex in EXERCISES.values():
+        print(f"{ex.id}  {ex.kind:13s}  lesson {ex.lesson:14s}  {ex.title}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from phi2kit.exercises.grader import find_notebook, get_exercise, grade_notebook
+    from phi2kit.logs import quiet
+
+    quiet()
+    try:
+        get_exercise(args.id)
+        path = args.path or find_notebook(args.id)
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such notebook")
+    except (KeyError, FileNotFoundError) as err:
+        print(f"error: {str(err).strip(chr(39))}")
+        return 2
+    print(f"running {path} ...")
+    report = grade_notebook(path, args.id, quiet=not args.verbose)
+    print(report.text())
+    return 0 if report.passed else 1

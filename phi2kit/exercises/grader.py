@@ -1,0 +1,294 @@
+"""The grader: run an exercise notebook, check what it left behind, report with hints.
+
+- :func:`TODO` marks what the learner still has to write; it raises :class:`Todo`.
+- :func:`run_notebook` executes a notebook's code cells in this process (the cell tagged
+  ``grade`` is left out) and stops at the first cell that raises, like Jupyter's "Run all".
+- :func:`check` runs one exercise's criteria on a namespace (a notebook's ``globals()``).
+- :func:`grade_notebook` does both; ``phi2kit exercises check`` prints its report.
+
+A criterion is a function of the namespace registered with :func:`criterion`. It fails by
+raising :class:`Fail` (or :class:`Todo`, from a learner's unfinished function); any other
+exception becomes a failure that names it. A report never shows a stack trace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import io
+import os
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GRADE_TAG = "grade"  # the cell that calls check(); run_notebook leaves it out
+CHECK_MODULES = ("phi2kit.exercises.checks_lessons", "phi2kit.exercises.checks_more")
+
+
+class Todo(NotImplementedError):
+    """A part of an exercise that is not written yet."""
+
+
+def TODO(what: str) -> Any:  # noqa: N802  (reads as a placeholder in the notebooks)
+    """Stand-in for code the learner writes: raises :class:`Todo` saying what is missing."""
+    raise Todo(f"TODO: {what}")
+
+
+class Fail(AssertionError):
+    """A criterion that does not hold; the message says what was found."""
+
+
+@dataclass
+class Criterion:
+    what: str  # what must hold, in the learner's words
+    hint: str  # what to do when it does not
+    fn: Callable[[Mapping[str, Any]], str | None]
+
+
+@dataclass
+class Exercise:
+    id: str  # "02_b"
+    title: str
+    kind: str  # "Try it", "Write it" or "Break and fix"
+    lesson: str  # the lesson section it goes with, e.g. "02 §2.6"
+    criteria: list[Criterion] = field(default_factory=list)
+
+
+EXERCISES: dict[str, Exercise] = {}
+
+
+def exercise(id: str, title: str, kind: str, lesson: str) -> Exercise:
+    """Register an exercise (its criteria are added with :func:`criterion`)."""
+    if kind not in ("Try it", "Write it", "Break and fix"):
+        raise ValueError(f"unknown kind {kind!r}")
+    EXERCISES[id] = Exercise(id, title, kind, lesson)
+    return EXERCISES[id]
+
+
+def criterion(id: str, what: str, hint: str):
+    """Decorator: add ``fn(namespace) -> detail or None`` as a criterion of exercise ``id``."""
+
+    def register(fn):
+        EXERCISES[id].criteria.append(Criterion(what, hint, fn))
+        return fn
+
+    return register
+
+
+def need(ns: Mapping[str, Any], name: str) -> Any:
+    """``ns[name]``, or a failure saying that it is not there yet."""
+    if name not in ns:
+        raise Fail(f"`{name}` is not defined: run the cell that sets it (and finish its TODO)")
+    return ns[name]
+
+
+def expect(condition: Any, message: str) -> None:
+    if not condition:
+        raise Fail(message)
+
+
+def call(ns: Mapping[str, Any], name: str, *args: Any, **kwargs: Any) -> Any:
+    """Call the learner's function ``name``; its errors become failures that say so."""
+    fn = need(ns, name)
+    expect(callable(fn), f"`{name}` should be a function, not {type(fn).__name__}")
+    try:
+        return fn(*args, **kwargs)
+    except Todo as err:
+        raise Fail(f"`{name}` is not written yet ({err})") from None
+    except Exception as err:  # the learner's bug: name it, no traceback
+        raise Fail(f"`{name}` raised {type(err).__name__}: {_first_line(err)}") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0][:300] if text else "(no message)"
+
+
+def _load_checks() -> None:
+    for name in CHECK_MODULES:
+        importlib.import_module(name)
+
+
+@dataclass
+class Result:
+    what: str
+    passed: bool
+    detail: str = ""
+    hint: str = ""
+
+
+@dataclass
+class CellError:
+    index: int  # position among the notebook's cells
+    kind: str  # "todo" or the exception's type name
+    message: str
+
+    def __str__(self) -> str:
+        if self.kind == "todo":
+            return f"cell {self.index} is not done yet: {self.message}"
+        return f"cell {self.index} stopped with {self.kind}: {self.message}"
+
+
+@dataclass
+class Report:
+    exercise: Exercise
+    results: list[Result]
+    cell_error: CellError | None = None
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.results) and all(r.passed for r in self.results)
+
+    @property
+    def failed(self) -> list[Result]:
+        return [r for r in self.results if not r.passed]
+
+    def text(self) -> str:
+        ex = self.exercise
+        lines = [f"Exercise {ex.id} · {ex.title} ({ex.kind}; lesson {ex.lesson})"]
+        if self.cell_error is not None:
+            lines.append(f"  note  the notebook ran until {self.cell_error}")
+        for r in self.results:
+            lines.append(f"  {'PASS' if r.passed else 'FAIL'}  {r.what}")
+            if r.detail:
+                lines.append(f"        {r.detail}")
+            if not r.passed:
+                lines.append(f"        hint: {r.hint}")
+        n_ok = sum(r.passed for r in self.results)
+        verdict = "solved" if self.passed else "not solved yet"
+        lines.append(f"{n_ok} of {len(self.results)} checks passed: {verdict}.")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.text()
+
+    def __repr__(self) -> str:
+        n_ok = sum(r.passed for r in self.results)
+        return f"<Report {self.exercise.id}: {n_ok}/{len(self.results)} passed>"
+
+
+def get_exercise(id: str) -> Exercise:
+    _load_checks()
+    key = id[:4]
+    if key not in EXERCISES:
+        raise KeyError(f"unknown exercise {id!r}; choose one of {sorted(EXERCISES)}")
+    return EXERCISES[key]
+
+
+def evaluate(id: str, ns: Mapping[str, Any], cell_error: CellError | None = None) -> Report:
+    """Run exercise ``id``'s criteria on ``ns``; return the report (nothing printed)."""
+    ex = get_exercise(id)
+    results = []
+    for c in ex.criteria:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                detail = c.fn(ns) or ""
+            results.append(Result(c.what, True, detail))
+        except (Fail, Todo) as err:
+            results.append(Result(c.what, False, _first_line(err), c.hint))
+        except Exception as err:  # the grader could not even look: say what it met
+            found = f"could not check it ({type(err).__name__}: {_first_line(err)})"
+            results.append(Result(c.what, False, found, c.hint))
+    return Report(ex, results, cell_error)
+
+
+def check(id: str, ns: Mapping[str, Any]) -> Report:
+    """Grade exercise ``id`` on a notebook's ``globals()`` and print the report."""
+    report = evaluate(id, ns)
+    print(report.text())
+    return report
+
+
+# --- running a notebook ------------------------------------------------------------------
+
+
+def _display(*objs: Any, **_: Any) -> None:
+    """Stand-in for IPython's ``display`` outside a kernel: figures are closed, not shown."""
+    import matplotlib.pyplot as plt
+
+    for obj in objs:
+        if hasattr(obj, "savefig"):
+            plt.close(obj)
+
+
+@contextlib.contextmanager
+def _in_folder(folder: Path) -> Iterator[None]:
+    old = Path.cwd()
+    os.chdir(folder)
+    try:
+        yield
+    finally:
+        os.chdir(old)
+
+
+def _code(source: str) -> str:
+    """Cell source without IPython magics and shell escapes (``%...``, ``!...``)."""
+    return "\n".join("" if line.lstrip()[:1] in "%!" and line.strip() else line
+                     for line in source.splitlines())  # fmt: skip
+
+
+def run_notebook(
+    path: str | Path, parameters: Mapping[str, Any] | None = None, *, quiet: bool = True
+) -> tuple[dict[str, Any], CellError | None]:
+    """Execute a notebook's code cells here, in its folder; return ``(globals, first error)``.
+
+    ``parameters`` are set right after the cell tagged ``parameters`` (as papermill does).
+    Execution stops at the first cell that raises. Printed output is swallowed when
+    ``quiet``.
+    """
+    import matplotlib
+    import nbformat
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path).resolve()
+    nb = nbformat.read(path, as_version=4)
+    ns: dict[str, Any] = {"__name__": "__main__", "display": _display}
+    error = None
+    sink = io.StringIO() if quiet else None
+    with _in_folder(path.parent), contextlib.ExitStack() as stack:
+        if sink is not None:
+            stack.enter_context(contextlib.redirect_stdout(sink))
+        for i, cell in enumerate(nb.cells):
+            tags = cell.metadata.get("tags", [])
+            if cell.cell_type != "code" or GRADE_TAG in tags:
+                continue
+            try:
+                exec(compile(_code(cell.source), f"<{path.name} cell {i}>", "exec"), ns)
+                if "parameters" in tags and parameters:
+                    ns.update(parameters)
+            except Todo as err:
+                error = CellError(i, "todo", str(err).removeprefix("TODO: "))
+                break
+            except Exception as err:
+                error = CellError(i, type(err).__name__, _first_line(err))
+                break
+    plt.close("all")
+    return ns, error
+
+
+def find_notebook(id: str, folder: str | Path | None = None) -> Path:
+    """The notebook of exercise ``id`` (``02_b``) in ``folder`` (default: ./exercises or .)."""
+    folders = [Path(folder)] if folder else [Path("exercises"), Path(".")]
+    for f in folders:
+        hits = sorted(f.glob(f"{id[:4]}_*.ipynb"))
+        if hits:
+            return hits[0]
+    where = " or ".join(str(f) for f in folders)
+    raise FileNotFoundError(f"no notebook {id[:4]}_*.ipynb in {where}: pass its path")
+
+
+def grade_notebook(
+    path: str | Path,
+    id: str | None = None,
+    parameters: Mapping[str, Any] | None = None,
+    *,
+    quiet: bool = True,
+) -> Report:
+    """Run the notebook at ``path`` and grade it (``id`` defaults to its file name)."""
+    path = Path(path).resolve()
+    ns, error = run_notebook(path, parameters, quiet=quiet)
+    with _in_folder(path.parent):  # relative paths in the notebook mean the same here
+        return evaluate(id or path.name[:4], ns, error)

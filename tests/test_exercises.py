@@ -1,0 +1,182 @@
+"""The graded exercises: every solution passes, every unsolved copy fails with hints.
+
+The notebooks run in this process through ``phi2kit.exercises.run_notebook`` (no kernel per
+notebook), on the tiny profile. ``exercises/`` is not in pytest's testpaths, so nbmake never
+runs the unsolved notebooks (which fail by design); these tests do.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from phi2kit.exercises.grader import EXERCISES, evaluate, get_exercise, grade_notebook
+
+ROOT = Path(__file__).resolve().parents[1]
+EXERCISE_DIR = ROOT / "exercises"
+NOTEBOOKS = sorted(EXERCISE_DIR.glob("[0-9][0-9]_[a-z]_*.ipynb"))
+IDS = [p.name[:4] for p in NOTEBOOKS]
+LESSON_INSTALL = nbformat.read(ROOT / "notebooks" / "01_baseline_inference.ipynb", 4).cells[1]
+
+
+def _both(path: Path) -> list[tuple[str, nbformat.NotebookNode]]:
+    solution = EXERCISE_DIR / "solutions" / path.name
+    return [("exercise", nbformat.read(path, 4)), ("solution", nbformat.read(solution, 4))]
+
+
+def test_two_exercises_per_lesson_each_with_a_solution_and_criteria():
+    get_exercise(IDS[0])  # loads the criteria
+    per_lesson = Counter(i[:2] for i in IDS)
+    assert sorted(per_lesson) == ["01", "02", "03", "04", "05", "06"]
+    assert min(per_lesson.values()) >= 2 and len(IDS) >= 12, per_lesson
+    assert sorted(EXERCISES) == IDS, "every notebook has criteria, and every criterion a notebook"
+    assert all(EXERCISES[i].criteria for i in IDS)
+    assert {e.kind for e in EXERCISES.values()} == {"Try it", "Write it", "Break and fix"}
+    for path in NOTEBOOKS:
+        assert (EXERCISE_DIR / "solutions" / path.name).is_file(), path.name
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_notebook_structure_matches_the_lessons(path):
+    ex_id = path.name[:4]
+    for which, nb in _both(path):
+        cells = nb.cells
+        assert cells[0].source.startswith(f"# {ex_id} · "), which
+        assert "colab-badge.svg" in cells[0].source and path.name in cells[0].source
+        assert EXERCISES[ex_id].kind in cells[0].source
+        # the lessons' Colab install cell, verbatim: when it changes there, sync it here
+        assert cells[1].source == LESSON_INSTALL.source, f"{which}: install cell differs"
+        params = cells[2]
+        assert "parameters" in params.metadata.get("tags", []) and 'PROFILE = "auto"' in params.source
+        for line in params.source.splitlines():
+            if re.match(r"^[A-Z_0-9]+ = ", line):
+                assert "#" in line, f"{which}: parameter without a comment: {line}"
+        grade = cells[-1]
+        assert "grade" in grade.metadata.get("tags", []) and f'check("{ex_id}"' in grade.source
+        dirty = [i for i, c in enumerate(cells) if c.cell_type == "code"
+                 and (c.get("outputs") or c.get("execution_count") is not None)]  # fmt: skip
+        assert dirty == [], f"{which}: outputs in cells {dirty}; strip them before commit"
+        assert "trust_remote_code" not in "".join(c.source for c in cells)
+        todo = sum("TODO(" in c.source for c in cells if c.cell_type == "code")
+        assert (todo == 0) if which == "solution" else (todo > 0), which
+
+
+@pytest.fixture()
+def tiny_env(monkeypatch):
+    monkeypatch.setenv("PHI2KIT_PROFILE", "tiny")
+
+
+def _copy(path: Path, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return Path(shutil.copy(path, folder / path.name))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=IDS)
+def test_solution_passes_and_unsolved_fails_with_hints(path, tmp_path, tiny_env):
+    ex_id = path.name[:4]
+    solved = _copy(EXERCISE_DIR / "solutions" / path.name, tmp_path / "solved")
+    report = grade_notebook(solved)
+    assert report.cell_error is None, str(report.cell_error)
+    assert report.passed, report.text()
+    assert len(report.results) == len(EXERCISES[ex_id].criteria)
+
+    # the unsolved copy, next to the solution's outputs (05_a reuses its stand-in adapter)
+    unsolved = _copy(path, tmp_path / "unsolved")
+    (tmp_path / "unsolved" / "outputs").symlink_to(tmp_path / "solved" / "outputs",
+                                                   target_is_directory=True)  # fmt: skip
+    (tmp_path / "solved" / "outputs").mkdir(exist_ok=True)
+    report = grade_notebook(unsolved)
+    text = report.text()
+    assert not report.passed and report.failed, text
+    assert report.cell_error is not None and report.cell_error.kind == "todo", text
+    assert "Traceback" not in text and 'File "' not in text, text
+    for result in report.failed:
+        assert result.detail and result.hint, text
+    assert "not done yet" in text and "hint:" in text
+
+
+def _ns_from_solution(ex_id: str, **replace) -> dict:
+    """The solution's namespace with some names replaced (no notebook run: cheap ones only)."""
+    path = next((EXERCISE_DIR / "solutions").glob(f"{ex_id}_*.ipynb"))
+    ns: dict = {}
+    for cell in nbformat.read(path, 4).cells:
+        if cell.cell_type == "code" and "def " in cell.source and "TODO" not in cell.source:
+            exec(cell.source.replace("import torch\n", ""), {"torch": __import__("torch")}, ns)
+    ns.update(replace)
+    return ns
+
+
+def test_wrong_answers_fail_with_what_was_found():
+    """The criteria reject plausible mistakes, not only missing work."""
+    import torch
+
+    def pads_by_id(examples, pad_id):  # the pad = eos bug: masks the real EOS target too
+        batch = _ns_from_solution("04_a")["pad_batch"](examples, pad_id)
+        batch["labels"] = torch.where(batch["input_ids"] == pad_id, -100, batch["labels"])
+        return batch
+
+    report = evaluate("04_a", _ns_from_solution("04_a", pad_batch=pads_by_id))
+    assert [r.passed for r in report.results] == [True, False], report.text()
+    assert "labels differs" in report.failed[0].detail
+
+    report = evaluate("03_a", {"last_token_index": lambda m: torch.full((m.shape[0],), m.shape[1] - 1),
+                               "classify": lambda clf, enc: None})  # fmt: skip
+    assert not report.results[0].passed and "right padding" in report.results[0].detail
+
+    def keeps_deleted(prompt):  # ignores deletions and reviews
+        thread, node = [], prompt
+        while node is not None:
+            thread.append((node["role"], node["text"]))
+            replies = sorted(node.get("replies") or [],
+                             key=lambda m: (m.get("rank") is None, m.get("rank") or 0))
+            node = replies[0] if replies else None
+        while thread and thread[-1][0] != "assistant":
+            thread.pop()
+        return thread
+
+    report = evaluate("06_a", {"main_thread": keeps_deleted})
+    assert not report.passed and "first difference" in report.results[0].detail
+
+    def crashes(*_):
+        raise IndexError("list index out of range")
+
+    report = evaluate("05_b", {"dequantize_into": crashes})
+    assert "`dequantize_into` raised IndexError: list index out of range" in report.text()
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PHI2KIT_PROFILE": "tiny", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "phi2kit.cli", "exercises", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+
+
+def test_cli_grades_a_solved_and_an_unsolved_copy(tmp_path):
+    name = next(p.name for p in NOTEBOOKS if p.name.startswith("06_a"))
+    solved = _copy(EXERCISE_DIR / "solutions" / name, tmp_path / "mine")
+    ok = _cli("check", "06_a", str(solved), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "PASS" in ok.stdout and "solved." in ok.stdout and "FAIL" not in ok.stdout
+
+    # default path: exercises/06_a_*.ipynb under the working directory
+    _copy(EXERCISE_DIR / name, tmp_path / "exercises")
+    bad = _cli("check", "06_a", cwd=tmp_path)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAIL" in bad.stdout and "hint:" in bad.stdout and "not done yet" in bad.stdout
+    assert "Traceback" not in bad.stdout + bad.stderr
+
+    missing = _cli("check", "06_a", str(tmp_path / "nope.ipynb"), cwd=tmp_path)
+    assert missing.returncode == 2 and "no such notebook" in missing.stdout
+
+
+def test_cli_lists_every_exercise(capsys):
+    from phi2kit.cli import main
+
+    assert main(["exercises", "list"]) == 0
+    out = capsys.readouterr().out
+    assert all(i in out for i in IDS) and "Break and fix" in out
