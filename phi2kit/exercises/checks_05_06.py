@@ -171,3 +171,59 @@ def _06b_safe(ns):
     texts = getattr(got, "texts", got)
     expect(list(texts) == want, f"safe_generate gave {texts}; eval mode gives {want}")
     expect(model.training, "the model was left in eval mode: restore its training mode")
+
+
+# --- 06_c: LoRA targets (Try it) ---------------------------------------------------------------
+
+exercise("06_c", "LoRA targets: attention only, all six, and a name that matches nothing",
+         "Try it", "06 §6.5, 02 §2.8")  # fmt: skip
+
+
+def _phi2_lora(targets, rank: int) -> int:
+    from phi2kit.footprint import lora_parameters, phi2_config
+    from phi2kit.recipes import get_recipe
+
+    recipe = get_recipe("chat", "t4", lora_r=rank, target_modules=tuple(targets))
+    return lora_parameters(phi2_config(), recipe)
+
+
+@criterion("06_c", "`counts` and `share`: attention-only against all six on Phi-2",
+           "counts = {'attention': trainable_with(ATTENTION), 'all six': "
+           "trainable_with(PHI_LORA_TARGETS)}; share = attention / all six")  # fmt: skip
+def _06c_counts(ns):
+    from phi2kit.recipes import PHI_LORA_TARGETS
+
+    counts, share, rank = need(ns, "counts"), need(ns, "share"), need(ns, "RANK")
+    want = {"attention": _phi2_lora(("q_proj", "k_proj", "v_proj", "dense"), rank),
+            "all six": _phi2_lora(PHI_LORA_TARGETS, rank)}  # fmt: skip
+    expect(counts == want, f"counts = {counts}; Phi-2's adapters hold {want}")
+    expect(abs(share - want["attention"] / want["all six"]) < 1e-9, f"share = {share}")
+    return f"{share:.1%}"
+
+
+@criterion(
+    "06_c",
+    "the old names trained less, silently, and check_targets caught them",
+    "keep the ValueError from check_targets(phi2_skeleton(), OLD_NAMES) in `caught`",
+)
+def _06c_caught(ns):
+    old, caught = need(ns, "OLD_NAMES"), need(ns, "caught")
+    expect(
+        need(ns, "silent_count") == _phi2_lora(("fc1", "fc2"), need(ns, "RANK")),
+        "silent_count should be what PEFT trained with the old names: fc1 and fc2 only",
+    )
+    expect(isinstance(caught, ValueError), f"`caught` is {type(caught).__name__}, not ValueError")
+    expect(all(n in str(caught) for n in ("Wqkv", "q_proj")), "the error should name both")
+    expect(tuple(old) == ("Wqkv", "out_proj", "fc1", "fc2"), "OLD_NAMES was changed")
+
+
+@criterion(
+    "06_c",
+    "`fixed_targets` are the current names of the same layers",
+    "Wqkv was q, k and v in one Linear; out_proj is now dense",
+)
+def _06c_fixed(ns):
+    from phi2kit.recipes import PHI_LORA_TARGETS
+
+    fixed = need(ns, "fixed_targets")
+    expect(sorted(fixed) == sorted(PHI_LORA_TARGETS), f"fixed_targets = {fixed}")
