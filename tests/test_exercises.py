@@ -53,7 +53,8 @@ def test_notebook_structure_matches_the_lessons(path):
         # the lessons' Colab install cell, verbatim: when it changes there, sync it here
         assert cells[1].source == LESSON_INSTALL.source, f"{which}: install cell differs"
         params = cells[2]
-        assert "parameters" in params.metadata.get("tags", []) and 'PROFILE = "auto"' in params.source
+        assert "parameters" in params.metadata.get("tags", [])
+        assert 'PROFILE = "auto"' in params.source
         for line in params.source.splitlines():
             if re.match(r"^[A-Z_0-9]+ = ", line):
                 assert "#" in line, f"{which}: parameter without a comment: {line}"
@@ -125,16 +126,19 @@ def test_wrong_answers_fail_with_what_was_found():
     assert [r.passed for r in report.results] == [True, False], report.text()
     assert "labels differs" in report.failed[0].detail
 
-    report = evaluate("03_a", {"last_token_index": lambda m: torch.full((m.shape[0],), m.shape[1] - 1),
-                               "classify": lambda clf, enc: None})  # fmt: skip
+    def last_column(mask):  # right for left padding only
+        return torch.full((mask.shape[0],), mask.shape[1] - 1)
+
+    report = evaluate("03_a", {"last_token_index": last_column, "classify": lambda clf, enc: None})
     assert not report.results[0].passed and "right padding" in report.results[0].detail
 
     def keeps_deleted(prompt):  # ignores deletions and reviews
         thread, node = [], prompt
         while node is not None:
             thread.append((node["role"], node["text"]))
-            replies = sorted(node.get("replies") or [],
-                             key=lambda m: (m.get("rank") is None, m.get("rank") or 0))
+            replies = sorted(
+                node.get("replies") or [], key=lambda m: (m.get("rank") is None, m.get("rank") or 0)
+            )
             node = replies[0] if replies else None
         while thread and thread[-1][0] != "assistant":
             thread.pop()

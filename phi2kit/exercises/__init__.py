@@ -8,7 +8,7 @@ last cell grades it where it runs::
 
 and ``phi2kit exercises check 02_b [path]`` grades a saved copy from a shell: it runs the
 notebook's code cells in one Python process, then prints what passed, what failed, and a
-hint for each failure. The checks (:mod:`phi2kit.exercises.checks_lessons`) compare what a
+hint for each failure. The checks (the ``checks_*`` modules) compare what a
 learner measured or wrote with ``phi2kit``'s own version, on data the grader makes.
 
 In the unsolved notebooks the parts to write call :func:`TODO`, which raises
@@ -17,9 +17,9 @@ In the unsolved notebooks the parts to write call :func:`TODO`, which raises
 
 from phi2kit.exercises.grader import (
     EXERCISES,
+    TODO,
     Report,
     Todo,
-    TODO,
     check,
     find_notebook,
     grade_notebook,

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 GRADE_TAG = "grade"  # the cell that calls check(); run_notebook leaves it out
-CHECK_MODULES = ("phi2kit.exercises.checks_lessons", "phi2kit.exercises.checks_more")
+CHECK_MODULES = tuple(f"phi2kit.exercises.checks_{n}" for n in ("01_02", "03_04", "05_06"))
 
 
 class Todo(NotImplementedError):
@@ -103,6 +103,22 @@ def call(ns: Mapping[str, Any], name: str, *args: Any, **kwargs: Any) -> Any:
 def _first_line(err: BaseException) -> str:
     text = str(err).strip()
     return text.splitlines()[0][:300] if text else "(no message)"
+
+
+_TINY: dict[str, Any] = {}
+
+
+def tiny_model():
+    """The shipped tiny model (eval mode) and its tokenizer, loaded once per process."""
+    if not _TINY:
+        import torch
+
+        from phi2kit.models import load_model, load_tokenizer
+
+        torch.manual_seed(0)
+        _TINY["model"] = load_model("tiny", quantize_4bit=False).eval()
+        _TINY["tokenizer"] = load_tokenizer("tiny", padding_side="right")
+    return _TINY["model"], _TINY["tokenizer"]
 
 
 def _load_checks() -> None:

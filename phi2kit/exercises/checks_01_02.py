@@ -1,0 +1,243 @@
+"""Criteria of the exercises that go with lessons 01 and 02.
+
+Every criterion either recomputes the learner's figure with ``phi2kit``'s own functions
+(on the learner's models or on data it makes), or runs the learner's function on data it
+makes and compares it with the package's version. Write-it checks run on the tiny profile.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from phi2kit.exercises.grader import call, criterion, exercise, expect, need, tiny_model
+
+# --- 01_a: nf4 with and without double quantization (Try it) -------------------------------
+
+exercise("01_a", "nf4 with and without double quantization", "Try it", "01 §1.3")
+
+#: Phi-2's quantized weights: 32 layers x (4 attention projections + fc1 + fc2).
+PHI2_LINEAR_SIZES = [2560 * 2560] * 4 * 32 + [2560 * 10240] * 2 * 32
+
+
+def _linear4bit(model) -> list:
+    return [m for m in model.modules() if type(m).__name__ == "Linear4bit"]
+
+
+def constant_bytes(n_weights: int, double_quant: bool) -> int:
+    """Bytes of quantization constants of one nf4 Linear (bitsandbytes' block sizes)."""
+    blocks = math.ceil(n_weights / 64)
+    if not double_quant:
+        return 4 * blocks  # one fp32 absmax per 64 weights
+    return blocks + 4 * math.ceil(blocks / 256) + 256 * 4  # uint8 absmax, fp32 per 256, code
+
+
+@criterion(
+    "01_a",
+    "`without_dq` is the model in nf4 without double quantization",
+    "build the config with bnb_config(profile), set bnb_4bit_use_double_quant = False, "
+    "and load with quantization_config=that config",
+)
+def _01a_model(ns):
+    layers = _linear4bit(need(ns, "without_dq"))
+    expect(layers, "`without_dq` has no 4-bit Linear layers: load it with a quantization_config")
+    nested = {bool(m.weight.quant_state.nested) for m in layers}
+    expect(nested == {False}, "`without_dq` still uses double quantization (nested constants)")
+
+
+@criterion(
+    "01_a",
+    "`constants` holds the measured bytes of both models",
+    "constants = {'double': describe(with_dq).bytes_by_dtype['quant constants'], "
+    "'single': the same for without_dq}",
+)
+def _01a_constants(ns):
+    constants = need(ns, "constants")
+    expect(
+        isinstance(constants, dict) and {"double", "single"} <= set(constants),
+        "`constants` should be a dict with keys 'double' and 'single'",
+    )
+    for key, model in [("double", need(ns, "with_dq")), ("single", need(ns, "without_dq"))]:
+        sizes = [m.weight.quant_state.shape.numel() for m in _linear4bit(model)]
+        expected = sum(constant_bytes(n, key == "double") for n in sizes)
+        expect(
+            constants[key] == expected,
+            f"constants[{key!r}] = {constants[key]}, but the model holds {expected} bytes",
+        )
+    return f"single {constants['single']:,} B, double {constants['double']:,} B"
+
+
+@criterion(
+    "01_a",
+    "`phi2_saved_mb`: what double quantization saves on Phi-2, in MB",
+    "apply your per-layer formula (checked against the tiny model) to Phi-2's 192 "
+    "quantized Linear layers (PHI2_LINEAR_SIZES) and divide by 1e6",
+)
+def _01a_phi2(ns):
+    got = need(ns, "phi2_saved_mb")
+    sizes = need(ns, "PHI2_LINEAR_SIZES")
+    expect(sorted(sizes) == sorted(PHI2_LINEAR_SIZES), "PHI2_LINEAR_SIZES was changed")
+    want = sum(constant_bytes(n, False) - constant_bytes(n, True) for n in sizes) / 1e6
+    expect(abs(got - want) < 0.01 * want, f"phi2_saved_mb = {got:.1f}; expected about {want:.1f}")
+    return f"{got:.1f} MB ({8e6 * got / sum(sizes):.3f} bits per weight)"
+
+
+# --- 01_b: bf16 on a GPU without it (Break and fix) -----------------------------------------
+
+exercise("01_b", "bf16 on a GPU without it", "Break and fix", "01 §1.1, 02 §2.9")
+
+
+def _simulate(ns, cuda: bool, native: bool, emulated: bool = True) -> tuple[Any, Any]:
+    """The learner's pick_profile() and phi2kit's choice on simulated hardware."""
+    from unittest import mock
+
+    import torch
+
+    from phi2kit.profiles import detect_profile_name
+
+    def bf16(including_emulation: bool = True) -> bool:
+        return native or (emulated and including_emulation)
+
+    with (
+        mock.patch.object(torch.cuda, "is_available", lambda: cuda),
+        mock.patch.object(torch.cuda, "is_bf16_supported", bf16),
+        mock.patch.object(torch.cuda, "get_device_name", lambda *a: "simulated"),
+    ):
+        return call(ns, "pick_profile"), detect_profile_name()
+
+
+@criterion(
+    "01_b",
+    "the error was caught and says what to do instead",
+    "wrap get_profile('ampere') in try/except ProfileError and keep the error in `error`",
+)
+def _01b_error(ns):
+    import torch
+
+    from phi2kit.profiles import ProfileError, native_bf16
+
+    err = need(ns, "error")
+    if torch.cuda.is_available() and native_bf16():
+        expect(err is None, "this GPU has bf16: get_profile('ampere') should not fail here")
+        return "this GPU runs bf16 natively: nothing to break"
+    expect(isinstance(err, ProfileError), f"`error` is {type(err).__name__}, not a ProfileError")
+    expect("PROFILE=" in str(err), "the message should name the profile to use instead")
+    return str(err)[:90] + "..."
+
+
+@criterion(
+    "01_b",
+    "pick_profile() chooses right on a CPU, a T4 and an A100 (simulated)",
+    "a T4 says torch.cuda.is_bf16_supported() is True (emulated bf16): ask with "
+    "including_emulation=False",
+)
+def _01b_pick(ns):
+    for name, cuda, native in [("CPU", False, False), ("T4", True, False), ("A100", True, True)]:
+        got, want = _simulate(ns, cuda, native)
+        expect(got == want, f"on a simulated {name} pick_profile() says {got!r}; want {want!r}")
+
+
+@criterion(
+    "01_b",
+    "`args`: the trainer config of the fixed profile never asks for bf16 on a T4",
+    "args = sft_config(get_profile(pick_profile(), check=False), recipe, folder)",
+)
+def _01b_args(ns):
+    args, profile = need(ns, "args"), need(ns, "fixed_profile")
+    expect(
+        args.bf16 == profile.bf16 and args.fp16 == profile.fp16,
+        f"args has fp16={args.fp16}, bf16={args.bf16}; the profile says "
+        f"fp16={profile.fp16}, bf16={profile.bf16}",
+    )
+    return f"{profile.name}: fp16={args.fp16} bf16={args.bf16}"
+
+
+# --- 02_a: rank and alpha (Try it) -----------------------------------------------------------
+
+exercise("02_a", "LoRA rank and alpha: adapter size and accuracy", "Try it", "02 §2.8")
+
+
+@criterion(
+    "02_a",
+    "`sizes[r]` is the trainable parameter count for every r in RANKS",
+    "for each r: trainable_parameters(add_lora(phi2_skeleton(profile=profile), "
+    "get_recipe('sentiment', profile, lora_r=r, lora_alpha=ALPHA_PER_R * r), profile))",
+)
+def _02a_sizes(ns):
+    from phi2kit.footprint import lora_parameters
+    from phi2kit.recipes import get_recipe
+
+    sizes, ranks, config = need(ns, "sizes"), need(ns, "RANKS"), need(ns, "base_config")
+    expect(set(sizes) == set(ranks), f"sizes has ranks {sorted(sizes)}, RANKS is {ranks}")
+    for r in ranks:
+        want = lora_parameters(config, get_recipe("sentiment", "tiny", lora_r=r))
+        expect(sizes[r] == want, f"sizes[{r}] = {sizes[r]:,}; the adapter holds {want:,}")
+    return ", ".join(f"r={r}: {sizes[r]:,}" for r in ranks)
+
+
+@criterion(
+    "02_a",
+    "`per_rank`: parameters added by one unit of rank (sizes grow linearly)",
+    "per_rank = sizes[r] / r is the same for every r: compute it from your table",
+)
+def _02a_linear(ns):
+    sizes, per_rank = need(ns, "sizes"), need(ns, "per_rank")
+    expect(
+        all(sizes[r] == per_rank * r for r in sizes),
+        f"per_rank = {per_rank}, but sizes[r] / r = {[sizes[r] / r for r in sizes]}",
+    )
+
+
+@criterion(
+    "02_a",
+    "`accuracy[r]` is the eval accuracy of the adapter trained with rank r",
+    "train one adapter per r in TRAIN_RANKS, keep it in models[r], and score the eval "
+    "prompts with predict_by_scoring",
+)
+def _02a_accuracy(ns):
+    from phi2kit.evaluate.classification import classification_metrics
+    from phi2kit.evaluate.scoring import predict_by_scoring
+
+    acc, models = need(ns, "accuracy"), need(ns, "models")
+    prompts, y = need(ns, "eval_prompts"), need(ns, "y_eval")
+    alpha = need(ns, "ALPHA_PER_R")
+    expect(set(acc) == set(need(ns, "TRAIN_RANKS")), "accuracy needs one entry per TRAIN_RANKS")
+    for r, value in acc.items():
+        config = models[r].peft_config["default"]
+        expect(
+            config.r == r and config.lora_alpha == alpha * r,
+            f"models[{r}] has r={config.r}, alpha={config.lora_alpha}",
+        )
+        pred = predict_by_scoring(models[r], need(ns, "tokenizer"), prompts)
+        want = classification_metrics(y, pred)["accuracy"]
+        expect(abs(value - want) < 1e-9, f"accuracy[{r}] = {value}; the model scores {want}")
+    return ", ".join(f"r={r}: {v:.3f}" for r, v in acc.items())
+
+
+# --- 02_b: label scoring for one batch (Write it) ---------------------------------------------
+
+exercise("02_b", "Label scoring for one batch", "Write it", "02 §2.6")
+
+
+@criterion(
+    "02_b",
+    "score_batch() equals phi2kit's score_labels on prompts of mixed lengths",
+    "tokenize each prompt and each ' ' + label separately, pad by hand with an attention "
+    "mask, and sum log_softmax over the label's tokens, read one position earlier",
+)
+def _02b_scores(ns):
+    import numpy as np
+
+    from phi2kit.data.sentiment import build_prompt
+    from phi2kit.evaluate.scoring import score_labels
+
+    model, tokenizer = tiny_model()
+    heads = ["Sales rose", "Profit fell sharply in the third quarter of the year", "Orders flat"]
+    prompts = [build_prompt(h) for h in heads]
+    for labels in [("negative", "neutral", "positive"), ("up", "down sharply", "flat")]:
+        got = np.asarray(call(ns, "score_batch", model, tokenizer, prompts, list(labels)))
+        want = score_labels(model, tokenizer, prompts, labels, share_prefix=False)
+        expect(got.shape == want.shape, f"shape {got.shape}; want {want.shape}")
+        err = float(np.abs(got - want).max())
+        expect(err < 1e-3, f"labels {labels}: scores differ by up to {err:.4f}")
+    return "max difference below 1e-3 on single- and multi-token labels"
