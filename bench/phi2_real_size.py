@@ -1,8 +1,8 @@
 """Phi-2 at its real size, without a GPU: the T4 recipes' code path, measured against the planner.
 
-    nice -n 10 python bench/phi2_real_size.py            # sentiment + classifier + merge, ~10 min
+    nice -n 10 python bench/phi2_real_size.py            # sentiment, merge routes, classifier
     python bench/phi2_real_size.py --recipes all         # also webglm and chat (longer)
-    python bench/phi2_real_size.py --quick               # 2 layers at full width, ~1 min (CI)
+    python bench/phi2_real_size.py --quick               # 1/4 width, 2 layers: about 40 s CPU
     python bench/phi2_real_size.py --device cuda         # on a GPU: fp16 AMP, paged 8-bit AdamW
 
 What it does, in order:
@@ -65,9 +65,10 @@ The planner is evaluated at the length actually trained.
   LoRA gradients, for the classifier (HF ``Trainer``): 25 %. The planner's activation model
   is checked to 5 % on fp32 CPU runs (``tests/test_plan.py``); here, without autocast, the
   residual stream mixes fp32 and fp16 tensors where the planner assumes fp16 autocast
-  (measured: the planner is 7-12 % high), and gradient clipping allocates a little. 25 %
-  allows for that and still fails on a dropped term: the dequantized 4-bit weight
-  (``footprint.dequant_bytes``) is over half of the quick classifier's step. For the SFT
+  (measured: the planner is 7-14 % high, quick and full size), and gradient clipping
+  allocates a little. 25 % is about twice that: it catches gross errors (a term off by the
+  sequence length, the batch or a dtype's size), while each term's own accuracy is pinned
+  to 5 % in ``tests/test_plan.py`` (the dequantized 4-bit weight included). For the SFT
   recipes (trl) the term is shown, not checked: trl 1.16's fused LM head scores the loss in
   tiles of 32,768 vocabulary entries, every position on a CPU and only the completion's on a
   CUDA device with Triton, while the planner counts transformers' unfused loss (12 bytes per
@@ -227,11 +228,18 @@ def phase() -> Iterator[Phase]:
 
 
 def free() -> None:
+    """Collect garbage and hand freed memory back (glibc keeps freed heap pages otherwise)."""
+    import ctypes
+    import ctypes.util
+
     import torch
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    libc = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and libc:
+        ctypes.CDLL(libc).malloc_trim(0)
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -516,11 +524,9 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
                 use_s=use.seconds, adapter=str(adapter_dir), exact_rss=load.exact_peak,
                 cpu_s={"load": load.cpu_seconds, "step": train.cpu_seconds,
                        "use": use.cpu_seconds})  # fmt: skip
-    if task == "sentiment":
+    if task == "sentiment" and "merge" in args.recipe_list:  # for notebook 05's routes
         info["model"], info["tokenizer"] = model, tokenizer
-    else:
-        del model
-    del trainer
+    del model, trainer
     free()
     return rows, info
 
@@ -528,8 +534,12 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
 # --- notebook 05's routes ----------------------------------------------------------------------
 
 
-def run_merge(profile, qlora, tokenizer, adapter_dir: Path, out: Path) -> tuple[list[Row], dict]:
-    """Routes of notebook 05 with the sentiment QLoRA adapter; errors against the adapter."""
+def run_merge(profile, held: dict, adapter_dir: Path, out: Path) -> tuple[list[Row], dict]:
+    """Routes of notebook 05 with the sentiment QLoRA adapter; errors against the adapter.
+
+    ``held`` holds the trained ``model`` (taken out here, so that it can be freed before the
+    full-precision copies load) and its ``tokenizer``.
+    """
     import warnings
 
     import torch
@@ -541,6 +551,7 @@ def run_merge(profile, qlora, tokenizer, adapter_dir: Path, out: Path) -> tuple[
     probe = ["### Human: Where does the otter live?\n### Assistant:",
              "Norvik Oyj 's net sales rose 12 % to EUR 40 mn"]  # fmt: skip
     info: dict = {}
+    qlora, tokenizer = held.pop("model"), held["tokenizer"]
     with phase() as ph:
         qlora.eval()
         trained = probe_logits(qlora, tokenizer, probe)
@@ -635,11 +646,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)  # fmt: skip
 
 
+def report_merge(profile, held: dict, results: dict, out: Path) -> list[str]:
+    """Run notebook 05's routes on the sentiment model, print them; return failures."""
+    adapter = Path(results["recipes"]["sentiment"]["adapter"])
+    _, info = run_merge(profile, held, adapter, out)
+    free()
+    print(
+        f"\n## merge (notebook 05's routes, sentiment QLoRA adapter), {info['seconds']:.0f} s "
+        f"({info['cpu_seconds']:.0f} s CPU), peak RSS {info['peak_rss'] / GB:.1f} GB"
+    )
+    for key, value in info.items():
+        if hasattr(value, "max_abs"):
+            print(f"  {key:34s} {value}")
+    print(f"  merged model saved and reloaded, logits identical: {info['reload identical']}")
+    results["recipes"]["merge"] = {
+        k: (str(v) if hasattr(v, "max_abs") else v) for k, v in info.items()
+    }
+    if not info["reload identical"] or not info["finite"]:
+        return ["merge: reload not identical or a non-finite error"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0, c0 = time.perf_counter(), time.process_time()
-    recipes = ALL_RECIPES if args.recipes == "all" else tuple(args.recipes.split(","))
-    unknown = set(recipes) - set(ALL_RECIPES)
+    wanted = ALL_RECIPES if args.recipes == "all" else tuple(args.recipes.split(","))
+    recipes = tuple(r for r in ALL_RECIPES if r in wanted)  # sentiment first: merge uses it
+    args.recipe_list = recipes
+    unknown = set(wanted) - set(ALL_RECIPES)
     if unknown:
         raise SystemExit(f"unknown recipes {sorted(unknown)}; choose from {ALL_RECIPES}")
     if "merge" in recipes and "sentiment" not in recipes:
@@ -685,11 +719,9 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(f"built {built['parameters']:,} parameters, planner {n_params:,}")
         profile, note = run_profile(args.device, folder)
         print("profile:", note)
-        sentiment = None
         for task in (r for r in recipes if r != "merge"):
             rows, info = run_recipe(task, profile, cfg, out, args)
-            if task == "sentiment":
-                sentiment = info.pop("model"), info.pop("tokenizer")
+            held = {"model": info.pop("model", None), "tokenizer": info.pop("tokenizer", None)}
             title = (f"{task}: T4 recipe ({info['task_type']}, QLoRA nf4, r={info['lora_r']}), "
                      f"1 step at batch 1 x {info['seq']} tokens")  # fmt: skip
             print_table(title, rows)
@@ -713,28 +745,10 @@ def main(argv: list[str] | None = None) -> int:
                 "rows": [dataclasses.asdict(r) | {"ok": r.ok} for r in rows],
                 **{k: v for k, v in info.items() if k != "used"},
             }
-        if "merge" in recipes:
-            model, tokenizer = sentiment
-            sentiment = None
-            rows, info = run_merge(
-                profile, model, tokenizer, Path(results["recipes"]["sentiment"]["adapter"]), out
-            )
-            del model
-            print(
-                f"\n## merge (notebook 05's routes, sentiment QLoRA adapter), "
-                f"{info['seconds']:.0f} s "
-                f"({info['cpu_seconds']:.0f} s CPU), peak RSS {info['peak_rss'] / GB:.1f} GB"
-            )
-            for key, value in info.items():
-                if hasattr(value, "max_abs"):
-                    print(f"  {key:34s} {value}")
-            print(
-                f"  merged model saved and reloaded, logits identical: {info['reload identical']}"
-            )
-            if not info["reload identical"] or not info["finite"]:
-                failures.append("merge: reload not identical or a non-finite error")
-            results["recipes"]["merge"] = {k: (str(v) if hasattr(v, "max_abs") else v)
-                                           for k, v in info.items()}  # fmt: skip
+            if task == "sentiment" and "merge" in recipes:  # before the next model loads
+                failures += report_merge(profile, held, results, out)
+            held.clear()
+            free()
     finally:
         if tmp is not None:
             shutil.rmtree(out, ignore_errors=True)
