@@ -1,8 +1,8 @@
 """Phi-2 at its real size, without a GPU: the T4 recipes' code path, measured against the planner.
 
-    nice -n 10 python bench/phi2_real_size.py            # sentiment + classifier + merge, ~10 min
+    nice -n 10 python bench/phi2_real_size.py            # sentiment, merge routes, classifier
     python bench/phi2_real_size.py --recipes all         # also webglm and chat (longer)
-    python bench/phi2_real_size.py --quick               # 2 layers at full width, ~1 min (CI)
+    python bench/phi2_real_size.py --quick               # 1/4 width, 2 layers: about 40 s CPU
     python bench/phi2_real_size.py --device cuda         # on a GPU: fp16 AMP, paged 8-bit AdamW
 
 What it does, in order:
@@ -17,8 +17,8 @@ What it does, in order:
 2. **The notebooks' calls on it**, with the T4 recipe of each task
    (``phi2kit.recipes.get_recipe(task, "t4")``) and the T4 profile pointed at the snapshot:
    ``load_model`` / ``load_classifier`` in nf4 with double quantization, ``add_lora``
-   (``prepare_model_for_kbit_training``, gradient checkpointing, LoRA dropout), one optimizer
-   step at batch 1 through ``sft_trainer`` (notebooks 02, 04, 06) or ``classifier_trainer``
+   (``prepare_model_for_kbit_training``, gradient checkpointing, LoRA dropout), optimizer
+   steps at batch 1 through ``sft_trainer`` (notebooks 02, 04, 06) or ``classifier_trainer``
    (03), ``save_adapter`` and a reload, ``generate`` (a few tokens) or ``predict_logits``;
    and notebook 05's merge routes on the sentiment adapter: PEFT's merge on the 4-bit model
    (re-quantized), (b) merge into the fp16 weights, (c) dequantize then merge
@@ -30,10 +30,11 @@ On the CPU the ``t4`` profile refuses to start (it requires CUDA), so the run us
 profile with CPU settings (``dataclasses.replace``): ``device_map="cpu"``, and AdamW instead
 of paged 8-bit AdamW (which needs CUDA). Everything else is the T4's: fp16 weights and nf4
 compute dtype, nf4 + double quantization, ``phi2kit_fp32`` attention, gradient checkpointing,
-the recipes' LoRA ranks, targets and dropout, ``fp16=True`` in the trainer. Note: on a CPU,
-accelerate runs ``fp16=True`` with neither autocast nor a grad scaler (it enables native AMP
-for fp16 only on accelerators), so the CPU step computes in the dtypes the weights have. The
-recipe's batch, accumulation and step count are replaced by one step at batch 1.
+the recipes' LoRA ranks, targets and dropout, ``fp16=True`` in the trainer, which on a CPU
+``phi2kit.training.cpu_fp16_amp`` turns into real fp16 autocast with a grad scaler, as on the
+T4. The recipe's batch, accumulation and step count are replaced by ``--steps`` (default 2)
+steps at batch 1, measured on the last: the grad scaler skips a first step whose scaled
+gradients overflow (it did for the quick classifier), and a skipped last step fails the run.
 
 **Tokens.** Phi-2's tokenizer (CodeGen/GPT-2 BPE, 50,295 tokens) cannot be shipped or
 downloaded here, so the snapshot carries the tiny Phi's byte-level BPE tokenizer (2,048
@@ -63,11 +64,12 @@ The planner is evaluated at the length actually trained.
 - tensors live during the step's forward and backward (a ``TorchDispatchMode`` tracker,
   ``phi2kit.footprint.live_bytes_tracker``) against the planner's activations + logits +
   LoRA gradients, for the classifier (HF ``Trainer``): 25 %. The planner's activation model
-  is checked to 5 % on fp32 CPU runs (``tests/test_plan.py``); here, without autocast, the
-  residual stream mixes fp32 and fp16 tensors where the planner assumes fp16 autocast
-  (measured: the planner is 7-12 % high), and gradient clipping allocates a little. 25 %
-  allows for that and still fails on a dropped term: the dequantized 4-bit weight
-  (``footprint.dequant_bytes``) is over half of the quick classifier's step. For the SFT
+  is checked to 5 % on fp32 CPU runs (``tests/test_plan.py``); here the fp16 autocast of the
+  CPU, the upcast fp32 residual stream and gradient clipping differ from what it models
+  (measured: the planner 11-14 % high, with and without autocast, quick and full size).
+  25 % is about twice that: it catches gross errors (a term off by the
+  sequence length, the batch or a dtype's size), while each term's own accuracy is pinned
+  to 5 % in ``tests/test_plan.py`` (the dequantized 4-bit weight included). For the SFT
   recipes (trl) the term is shown, not checked: trl 1.16's fused LM head scores the loss in
   tiles of 32,768 vocabulary entries, every position on a CPU and only the completion's on a
   CUDA device with Triton, while the planner counts transformers' unfused loss (12 bytes per
@@ -227,11 +229,18 @@ def phase() -> Iterator[Phase]:
 
 
 def free() -> None:
+    """Collect garbage and hand freed memory back (glibc keeps freed heap pages otherwise)."""
+    import ctypes
+    import ctypes.util
+
     import torch
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    libc = ctypes.util.find_library("c")
+    if sys.platform.startswith("linux") and libc:
+        ctypes.CDLL(libc).malloc_trim(0)
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -516,11 +525,9 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
                 use_s=use.seconds, adapter=str(adapter_dir), exact_rss=load.exact_peak,
                 cpu_s={"load": load.cpu_seconds, "step": train.cpu_seconds,
                        "use": use.cpu_seconds})  # fmt: skip
-    if task == "sentiment":
+    if task == "sentiment" and "merge" in args.recipe_list:  # for notebook 05's routes
         info["model"], info["tokenizer"] = model, tokenizer
-    else:
-        del model
-    del trainer
+    del model, trainer
     free()
     return rows, info
 
@@ -528,8 +535,12 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
 # --- notebook 05's routes ----------------------------------------------------------------------
 
 
-def run_merge(profile, qlora, tokenizer, adapter_dir: Path, out: Path) -> tuple[list[Row], dict]:
-    """Routes of notebook 05 with the sentiment QLoRA adapter; errors against the adapter."""
+def run_merge(profile, held: dict, adapter_dir: Path, out: Path) -> tuple[list[Row], dict]:
+    """Routes of notebook 05 with the sentiment QLoRA adapter; errors against the adapter.
+
+    ``held`` holds the trained ``model`` (taken out here, so that it can be freed before the
+    full-precision copies load) and its ``tokenizer``.
+    """
     import warnings
 
     import torch
@@ -541,6 +552,7 @@ def run_merge(profile, qlora, tokenizer, adapter_dir: Path, out: Path) -> tuple[
     probe = ["### Human: Where does the otter live?\n### Assistant:",
              "Norvik Oyj 's net sales rose 12 % to EUR 40 mn"]  # fmt: skip
     info: dict = {}
+    qlora, tokenizer = held.pop("model"), held["tokenizer"]
     with phase() as ph:
         qlora.eval()
         trained = probe_logits(qlora, tokenizer, probe)
@@ -626,20 +638,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--steps",
         type=int,
-        default=1,
-        help="optimizer steps per recipe, measured on the last (on CUDA the grad "
-        "scaler may skip the first fp16 step: use 2)",
+        default=2,
+        help="optimizer steps per recipe, measured on the last (fp16 AMP's grad scaler "
+        "skips a first step whose scaled gradients overflow, then halves its scale)",
     )
     p.add_argument("--new-tokens", type=int, default=4, help="tokens to generate")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)  # fmt: skip
 
 
+def report_merge(profile, held: dict, results: dict, out: Path) -> list[str]:
+    """Run notebook 05's routes on the sentiment model, print them; return failures."""
+    adapter = Path(results["recipes"]["sentiment"]["adapter"])
+    _, info = run_merge(profile, held, adapter, out)
+    free()
+    print(
+        f"\n## merge (notebook 05's routes, sentiment QLoRA adapter), {info['seconds']:.0f} s "
+        f"({info['cpu_seconds']:.0f} s CPU), peak RSS {info['peak_rss'] / GB:.1f} GB"
+    )
+    for key, value in info.items():
+        if hasattr(value, "max_abs"):
+            print(f"  {key:34s} {value}")
+    print(f"  merged model saved and reloaded, logits identical: {info['reload identical']}")
+    results["recipes"]["merge"] = {
+        k: (str(v) if hasattr(v, "max_abs") else v) for k, v in info.items()
+    }
+    if not info["reload identical"] or not info["finite"]:
+        return ["merge: reload not identical or a non-finite error"]
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0, c0 = time.perf_counter(), time.process_time()
-    recipes = ALL_RECIPES if args.recipes == "all" else tuple(args.recipes.split(","))
-    unknown = set(recipes) - set(ALL_RECIPES)
+    wanted = ALL_RECIPES if args.recipes == "all" else tuple(args.recipes.split(","))
+    recipes = tuple(r for r in ALL_RECIPES if r in wanted)  # sentiment first: merge uses it
+    args.recipe_list = recipes
+    unknown = set(wanted) - set(ALL_RECIPES)
     if unknown:
         raise SystemExit(f"unknown recipes {sorted(unknown)}; choose from {ALL_RECIPES}")
     if "merge" in recipes and "sentiment" not in recipes:
@@ -685,13 +720,11 @@ def main(argv: list[str] | None = None) -> int:
                 failures.append(f"built {built['parameters']:,} parameters, planner {n_params:,}")
         profile, note = run_profile(args.device, folder)
         print("profile:", note)
-        sentiment = None
         for task in (r for r in recipes if r != "merge"):
             rows, info = run_recipe(task, profile, cfg, out, args)
-            if task == "sentiment":
-                sentiment = info.pop("model"), info.pop("tokenizer")
+            held = {"model": info.pop("model", None), "tokenizer": info.pop("tokenizer", None)}
             title = (f"{task}: T4 recipe ({info['task_type']}, QLoRA nf4, r={info['lora_r']}), "
-                     f"1 step at batch 1 x {info['seq']} tokens")  # fmt: skip
+                     f"{args.steps} step(s) at batch 1 x {info['seq']} tokens")  # fmt: skip
             print_table(title, rows)
             cpu = info["cpu_s"]
             print(
@@ -709,32 +742,16 @@ def main(argv: list[str] | None = None) -> int:
             for key in ("adapter_identical", "lora_b_moved", "use_ok"):
                 if not info[key]:
                     failures.append(f"{task}: {key} is False")
+            if info["skipped"]:
+                failures.append(f"{task}: the grad scaler skipped the last step (more --steps)")
             results["recipes"][task] = {
                 "rows": [dataclasses.asdict(r) | {"ok": r.ok} for r in rows],
                 **{k: v for k, v in info.items() if k != "used"},
             }
-        if "merge" in recipes:
-            model, tokenizer = sentiment
-            sentiment = None
-            rows, info = run_merge(
-                profile, model, tokenizer, Path(results["recipes"]["sentiment"]["adapter"]), out
-            )
-            del model
-            print(
-                f"\n## merge (notebook 05's routes, sentiment QLoRA adapter), "
-                f"{info['seconds']:.0f} s "
-                f"({info['cpu_seconds']:.0f} s CPU), peak RSS {info['peak_rss'] / GB:.1f} GB"
-            )
-            for key, value in info.items():
-                if hasattr(value, "max_abs"):
-                    print(f"  {key:34s} {value}")
-            print(
-                f"  merged model saved and reloaded, logits identical: {info['reload identical']}"
-            )
-            if not info["reload identical"] or not info["finite"]:
-                failures.append("merge: reload not identical or a non-finite error")
-            results["recipes"]["merge"] = {k: (str(v) if hasattr(v, "max_abs") else v)
-                                           for k, v in info.items()}  # fmt: skip
+            if task == "sentiment" and "merge" in recipes:  # before the next model loads
+                failures += report_merge(profile, held, results, out)
+            held.clear()
+            free()
     finally:
         if tmp is not None:
             shutil.rmtree(out, ignore_errors=True)

@@ -42,6 +42,7 @@ def load_script(name: str) -> ModuleType:
     path = bench_dir() / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"phi2kit_bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses (and pickling) look the module up by name
     spec.loader.exec_module(module)
     return module
 

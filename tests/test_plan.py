@@ -298,3 +298,23 @@ def test_course_table_uses_the_1024_reading_and_readme_gives_both():
         for n, t in (("02", "sentiment"), ("03", "classifier"), ("04", "webglm"), ("06", "chat"))
     )
     assert f"training time halves: {other} min" in " ".join(README.split())
+
+
+@pytest.mark.parametrize(
+    "name, task, template",
+    [
+        ("03_classification_head", "classifier",
+         "`phi2kit.plan.train_minutes`: {a:.1f} per run; {b:.1f} if seed 003's T4 run is read"),
+        ("04_webglm_qlora", "webglm", "about {a:.0f} minutes of training (100 steps"),
+        ("04_webglm_qlora", "webglm", "; {b:.0f} if seed 003's T4 run is read at 2,048 tokens"),
+        ("06_chat_oasst1", "chat", "about {a:.0f} minutes of training (120 steps"),
+        ("06_chat_oasst1", "chat", "; {b:.0f} if seed 003's T4 run is read at 2,048 tokens"),
+    ],
+)  # fmt: skip
+def test_notebook_first_cells_state_the_planners_training_minutes(name, task, template):
+    import nbformat
+
+    path = Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb"
+    first = nbformat.read(path, as_version=4).cells[0].source
+    a, b = train_minutes(task), train_minutes(task, calibration=2048)
+    assert template.format(a=a, b=b) in first
