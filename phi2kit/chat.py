@@ -163,7 +163,16 @@ def stream_reply(
     }
     if stop_strings:
         kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
-    worker = threading.Thread(target=model.generate, kwargs=kwargs, daemon=True)
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            model.generate(**kwargs)
+        except BaseException as exc:  # re-raised below: the reader must not wait forever
+            failed.append(exc)
+            streamer.end()
+
+    worker = threading.Thread(target=run, daemon=True)
     worker.start()
     text, shown = "", ""
     try:
@@ -177,6 +186,8 @@ def stream_reply(
                 yield shown
             if stopped:
                 break
+        if failed:
+            raise failed[0]
         if not shown:
             yield ""  # an empty reply (EOS at once) is still a reply
     finally:

@@ -116,6 +116,8 @@ def test_app_in_a_headless_browser(app_url, expected_reply, tmp_path):
             bot = page.locator('[data-testid="bot"]').last
             expect(bot).to_have_text(expected_reply, timeout=120_000)
             expect(page.locator('[data-testid="user"]').last).to_have_text(QUESTION)
+            # the stream has ended when the Stop button gives way to Submit again
+            expect(page.locator('[data-testid="submit-button"]').first).to_be_visible()
             page.screenshot(path=str(shot), full_page=True)
         finally:
             context.close()

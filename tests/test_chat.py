@@ -103,6 +103,20 @@ def test_closing_the_stream_stops_generation(tiny_model, tiny_tokenizer):
     assert len(steps) == after_close  # nothing runs on in the background
 
 
+def test_a_failing_generation_is_raised_not_waited_for(tiny_tokenizer):
+    class Broken:
+        config = type("Config", (), {"max_position_embeddings": 64})()
+
+        def parameters(self):
+            yield torch.zeros(1)
+
+        def generate(self, **kwargs):
+            raise RuntimeError("CUDA out of memory (pretend)")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        list(stream_reply(Broken(), tiny_tokenizer, [("prompter", QUESTION)]))
+
+
 def test_held_back_is_a_stop_string_prefix():
     assert _held_back("Hello\n###", ["### Human:"]) == 3
     assert _held_back("Hello ### Hu", ["### Human:"]) == 6
