@@ -20,7 +20,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
-from phi2kit.data.oasst import HUMAN, Thread, format_chat
+from phi2kit.data.chat_format import HUMAN, Thread, fit_turns, format_chat
 from phi2kit.generation import cut_at_stop
 
 STOP_STRINGS: tuple[str, ...] = (HUMAN,)
@@ -69,10 +69,8 @@ def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
 
     The last turn (the user's new message) is always kept, even if it alone is too long.
     """
-    turns = list(turns)
-    while len(turns) > 1 and len(tokenizer(format_chat(turns)).input_ids) > max_tokens:
-        turns = turns[2:] if turns[0][0] == "prompter" and len(turns) > 2 else turns[1:]
-    return turns
+    fitted = fit_turns(turns, tokenizer, max_tokens)
+    return fitted[0] if fitted is not None else list(turns[-1:])
 
 
 def sampling_kwargs(temperature: float = 0.0) -> dict:

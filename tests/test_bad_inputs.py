@@ -345,3 +345,28 @@ def test_train_on_bad_data_fails_and_leaves_nothing(task, case, tmp_path, capsys
     err = capsys.readouterr().err
     assert re.search(re.escape(str(path)) + case.match, err), err
     assert list(tmp_path.iterdir()) == [path]  # no run folder, no temp folder
+
+
+# --- The one bad-row collector every loader uses --------------------------------------------
+
+
+def test_load_result_row_raises_or_records_and_skips_the_rest_of_the_row():
+    from phi2kit.data.errors import LoadResult
+
+    def load(skip_bad: bool) -> LoadResult:
+        result = LoadResult(skip_bad=skip_bad)
+        for i, value in enumerate(["a", None, "c"], start=1):
+            with result.row():
+                if value is None:
+                    raise DataError("no text", path="f.jsonl", row=i, field="text")
+                result.append(value)
+        return result
+
+    with pytest.raises(DataError, match="f.jsonl, row 2, field 'text': no text"):
+        load(skip_bad=False)
+    loaded = load(skip_bad=True)
+    assert loaded == ["a", "c"] and loaded.n_skipped == 1
+    assert loaded.summary() == "bad rows skipped: 1 (first: f.jsonl, row 2, field 'text': no text)"
+    assert LoadResult().summary("trees") == "no bad trees"
+    with pytest.raises(KeyError), LoadResult(skip_bad=True).row():
+        raise KeyError("not a data problem: never swallowed")

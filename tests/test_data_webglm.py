@@ -213,7 +213,8 @@ def test_trimming_property(tokenizer):
                 assert refs[k - 1].startswith(text) and text
         assert trimmed == (shown != [f"[{k}] {r}" for k, r in enumerate(refs, start=1)])
         if trimmed:  # as many whole references as fit: one more would not
-            n_whole = sum(line[line.index(" ") + 1 :] == r for line, r in zip(shown, refs))
+            texts = [line[line.index(" ") + 1 :] for line in shown]
+            n_whole = sum(text == ref for text, ref in zip(texts, refs, strict=False))
             more = build_qa_prompt(question, refs[: n_whole + 1]) + " " + answer
             assert n_tokens(tokenizer, more) > max_length
     assert n_fitted > 50 and n_trimmed > 20 and n_raised > 5  # all branches exercised

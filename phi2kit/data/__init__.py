@@ -1,7 +1,13 @@
 """Dataset loaders in the published formats: financial-news sentiment, WebGLM-QA, OASST1.
 
 Import the submodule for the task: ``phi2kit.data.sentiment``, ``phi2kit.data.webglm``,
-``phi2kit.data.oasst``. :func:`resolve_data` picks the file a notebook reads.
+``phi2kit.data.oasst`` (threads; their ``### Human:`` format and budgeted examples are in
+``phi2kit.data.chat_format``). :func:`resolve_data` picks the file a notebook reads.
+
+Every loader reads the hub when given no path, and takes ``skip_bad=True`` to skip and
+count malformed rows instead of stopping at the first (``LoadResult.problems``, or the
+sentiment frame's ``attrs["problems"]``, names each one); the notebooks do that on the hub
+path.
 """
 
 from __future__ import annotations

@@ -92,10 +92,10 @@ class LoadResult(list):
             self.problems.append(str(err))
 
     def summary(self, what: str = "rows") -> str:
-        """``"3 bad rows skipped, e.g. FILE, row 7, field 'text': ..."`` (or ``"no bad rows"``)."""
+        """``"bad rows skipped: 3 (first: FILE, row 7, ...)"``, or ``"no bad rows"``."""
         if not self.problems:
             return f"no bad {what}"
-        return f"{self.n_skipped} bad {what} skipped, e.g. {self.problems[0]}"
+        return f"bad {what} skipped: {self.n_skipped} (first: {self.problems[0]})"
 
 
 def decode_utf8(

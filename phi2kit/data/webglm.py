@@ -155,20 +155,20 @@ def _most_refs_that_fit(
 ) -> int:
     """How many leading references fit, from token counts of each reference line.
 
-    Each reference is tokenized once, so an example with many long references costs time
-    linear in its length (rebuilding and retokenizing the whole prompt for every candidate
-    would be quadratic). With byte-level BPE the count of the joined prompt is the sum of
-    its lines and newlines; the caller checks the result on the real prompt.
+    Each reference is tokenized once, and only until the budget is spent, so an example
+    with many long references costs time linear in what is kept (rebuilding and
+    retokenizing the whole prompt for every candidate would be quadratic). With byte-level
+    BPE the count of the joined prompt is the sum of its lines and newlines; the caller
+    checks the result on the real prompt.
     """
-    base = _n_tokens(tokenizer, build_qa_prompt(question, []) + completion)
-    header = len(tokenizer("References:")["input_ids"]) + 1  # and its newline
-    lines = [f"[{i}] {ref.strip()}" for i, ref in enumerate(refs, start=1)]
-    counts = [len(ids) + 1 for ids in tokenizer(lines)["input_ids"]] if lines else []
-    total, keep = base + header, 0
-    for count in counts:
-        if total + count > max_length:
+    total = _n_tokens(tokenizer, build_qa_prompt(question, []) + completion)
+    total += len(tokenizer("References:")["input_ids"]) + 1  # and its newline
+    keep = 0
+    for i, ref in enumerate(refs, start=1):
+        total += len(tokenizer(f"[{i}] {ref.strip()}")["input_ids"]) + 1
+        if total > max_length:
             break
-        total, keep = total + count, keep + 1
+        keep += 1
     return keep
 
 
@@ -198,14 +198,35 @@ def _fit(
     # Fill what is left of the budget with the start of the next reference.
     shown = refs[:keep]
     ids = tokenizer(refs[keep].strip(), add_special_tokens=False)["input_ids"][:max_length]
-    lo, hi = 0, len(ids)  # largest m in [lo, hi) such that the first m tokens still fit
+
+    def piece(m: int) -> str:
+        return tokenizer.decode(ids[:m]).rstrip("\ufffd").strip()
+
+    def fits_first(m: int) -> bool:
+        return fits(shown + [piece(m)])
+
+    # The largest m in [lo, hi) whose first m tokens still fit (ids[:hi] does not). The
+    # room left after an empty "[k] " line is a close guess: widen a window around it,
+    # then bisect the window, so a long budget costs a few checks, not log2(len(ids)).
+    lo, hi = 0, len(ids)
+    empty_line = _n_tokens(tokenizer, build_qa_prompt(question, [*shown, ""]) + completion)
+    guess, width = max_length - empty_line + 1, 4
+    if 0 < guess < hi:
+        if fits_first(guess):
+            lo = guess
+            while lo + width < hi and fits_first(lo + width):
+                lo, width = lo + width, width * 2
+            hi = min(hi, lo + width)
+        else:
+            hi = guess
+            while hi - width > lo and not fits_first(hi - width):
+                hi, width = hi - width, width * 2
+            lo = max(lo, hi - width)
     while lo < hi - 1:
         mid = (lo + hi) // 2
-        piece = tokenizer.decode(ids[:mid]).rstrip("\ufffd").strip()
-        lo, hi = (mid, hi) if fits(shown + [piece]) else (lo, mid)
-    piece = tokenizer.decode(ids[:lo]).rstrip("\ufffd").strip()
-    if piece and fits(shown + [piece]):
-        shown = shown + [piece]
+        lo, hi = (mid, hi) if fits_first(mid) else (lo, mid)
+    if lo and piece(lo) and fits_first(lo):
+        shown = shown + [piece(lo)]
     return build_qa_prompt(question, shown), completion, len(shown), True
 
 
