@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from phi2kit.logs import on_gpu, progress
+
 IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's and transformers' default)
 
 
@@ -136,6 +138,14 @@ class CountingCollator:
 
 
 @torch.no_grad()
+def _length(batches: Iterable) -> int | None:
+    """``len(batches)`` when it has one (a DataLoader does), for the progress bar."""
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def masked_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]]) -> float:
     """Mean next-token cross-entropy over supervised positions (``labels != -100``).
 
@@ -148,7 +158,7 @@ def masked_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]]) ->
     device = next(model.parameters()).device
     total, n = 0.0, 0
     try:
-        for batch in batches:
+        for batch in progress(batches, total=_length(batches), desc="loss", show=on_gpu(model)):
             inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k != "labels"}
             labels = torch.as_tensor(batch["labels"]).to(device)
             logits = model(**inputs, use_cache=False).logits.float()

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import torch
 
+from phi2kit.logs import progress
+
 
 @dataclass
 class Generation:
@@ -75,7 +77,8 @@ def generate(
     device = next(model.parameters()).device
     start = time.perf_counter()
     try:
-        for i in range(0, len(prompts), batch_size):
+        starts = range(0, len(prompts), batch_size)
+        for i in progress(starts, desc="generating", show=device.type == "cuda"):
             batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
             batch = batch.to(device)
             kwargs = {"do_sample": False, **generate_kwargs}
