@@ -83,7 +83,7 @@ def _label_word(value: Any, labels: Sequence[str] = LABELS, **where: Any) -> str
 
 
 def _collect(
-    records: Iterable[Record], path: Any, skip_bad: bool, labels: Sequence[str] = LABELS
+    records: Iterable[Record], path: Any, skip_bad: bool, label_set: Sequence[str] = LABELS
 ) -> pd.DataFrame:
     """Turn ``(row, label, text, label_field, text_field)`` records into a frame.
 
@@ -96,7 +96,7 @@ def _collect(
                 raise DataError("missing column: no label", path=path, row=row, field=label_field)
             if text is None or not str(text).strip():
                 raise DataError("missing column: no headline", path=path, row=row, field=text_field)
-            word = _label_word(label, labels, path=path, row=row, field=label_field)
+            word = _label_word(label, label_set, path=path, row=row, field=label_field)
         except DataError:
             if not skip_bad:
                 raise
