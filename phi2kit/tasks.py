@@ -198,56 +198,6 @@ def prepare(
     return Prepared(add_lora(model, recipe, profile), tokenizer, train_ds, eval_ds)
 
 
-def _epoch_seeded(sampler, seed: int, batch_size: int):
-    """A ``LengthGroupedSampler`` whose shuffle depends only on ``(seed, epoch)``.
-
-    transformers' ``LengthGroupedSampler`` shuffles with the *global* torch RNG when it
-    starts an epoch. A run resumed in the middle of epoch 2 or later starts that epoch
-    with a different global RNG state than the uninterrupted run had, so it sees another
-    data order (we measured loss differences of ~1e-2 after resuming). Seeding each epoch
-    explicitly (the Trainer calls ``set_epoch`` through accelerate's data loader) makes
-    the order a function of the seed and the epoch, like accelerate's seedable random
-    sampler, and a resumed run replays it exactly.
-
-    ``batch_size`` is the examples per optimizer step over *all* processes. Upstream
-    groups by the per-process batch, so on larger data sets (where its megabatch is
-    capped at 50 batches) 2 processes x 4 and 1 process x 8 see different orders;
-    grouping by the global batch gives both the same examples per step (accelerate hands
-    each process consecutive slices of it).
-    """
-    import torch
-    from transformers.trainer_pt_utils import LengthGroupedSampler, get_length_grouped_indices
-
-    class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
-        def set_epoch(self, epoch: int) -> None:
-            self.epoch = epoch
-
-        def __iter__(self):
-            generator = torch.Generator().manual_seed(seed + getattr(self, "epoch", 0))
-            return iter(
-                get_length_grouped_indices(self.lengths, self.batch_size, generator=generator)
-            )
-
-    return EpochSeededLengthGroupedSampler(batch_size, lengths=sampler.lengths)
-
-
-def _resumable_sampler(trainer):
-    """Make ``trainer`` build an epoch-seeded length-grouped sampler (see above)."""
-    from transformers.trainer_pt_utils import LengthGroupedSampler
-
-    build = trainer._get_train_sampler
-    seed = trainer.args.data_seed if trainer.args.data_seed is not None else trainer.args.seed
-
-    def get_train_sampler(train_dataset=None):
-        sampler = build(train_dataset)
-        if type(sampler) is not LengthGroupedSampler:
-            return sampler
-        return _epoch_seeded(sampler, seed, sampler.batch_size * trainer.args.world_size)
-
-    trainer._get_train_sampler = get_train_sampler
-    return trainer
-
-
 def make_trainer(
     task: str,
     model,
@@ -267,6 +217,7 @@ def make_trainer(
     """
     _check_task(task)
     if task != "classifier":
+        from phi2kit.checkpoints import resumable_sampler
         from phi2kit.training import sft_trainer
 
         trainer = sft_trainer(
@@ -279,7 +230,7 @@ def make_trainer(
             eval_dataset=eval_ds,
             **overrides,
         )
-        return _resumable_sampler(trainer)
+        return resumable_sampler(trainer)
     from phi2kit.classifier import classifier_trainer
 
     return classifier_trainer(

@@ -118,7 +118,7 @@ def test_length_grouped_order_depends_on_seed_and_epoch_only():
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from phi2kit.tasks import _epoch_seeded
+    from phi2kit.checkpoints import _epoch_seeded
 
     lengths = [(7 * i) % 23 + 1 for i in range(64)]
     upstream = LengthGroupedSampler(4, lengths=lengths)
