@@ -47,13 +47,16 @@ def _trainer(tiny_profile, train_ds, folder, stop_at=None, steps=STEPS, **overri
     args = checkpoint_args(SAVE_EVERY) | {"logging_steps": 1} | overrides
     trainer = sft_trainer(model, tokenizer, train_ds, tiny_profile, recipe, folder, **args)
 
-    class Crash(TrainerCallback):  # a recycled runtime: training ends after step `stop_at`
+    class Session(TrainerCallback):
+        """Counts the steps this session trains; `stop_at`: the runtime dies after that step."""
+
         def on_step_end(self, args, state, control, **kwargs):
+            trainer.steps_this_session += 1
             if state.global_step == stop_at:
                 control.should_training_stop = True
 
-    if stop_at is not None:
-        trainer.add_callback(Crash())
+    trainer.steps_this_session = 0
+    trainer.add_callback(Session())
     return trainer, recipe
 
 
@@ -81,7 +84,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tiny_profile, trai
     result, resumed = train_resumable(again, settings, log=messages.append)
     assert resumed == folder / f"checkpoint-{SAVE_EVERY}"
     assert messages[-1] == f"resuming from {resumed}: step {SAVE_EVERY} of {STEPS}"
-    assert result.global_step == STEPS
+    assert result.global_step == STEPS and again.steps_this_session == STEPS - SAVE_EVERY
     got = _lora_weights(again)
     assert got.keys() == expected.keys()
     for name, weight in expected.items():
@@ -92,6 +95,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_weights(tiny_profile, trai
     result, resumed = train_resumable(done, settings, log=messages.append)
     assert resumed == folder / f"checkpoint-{STEPS}"
     assert messages[-1].endswith("(training had finished: loading its weights)")
+    assert done.steps_this_session == 0
     steps = [h["step"] for h in done.state.log_history if "loss" in h]
     assert steps == list(range(1, STEPS + 1))  # the loss plot is whole again
     for name, weight in expected.items():
