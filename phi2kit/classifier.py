@@ -34,7 +34,8 @@ from transformers.models.phi.modeling_phi import PhiModel, PhiPreTrainedModel
 
 from phi2kit.data.sentiment import LABELS, PROMPT_TEMPLATE, build_prompt
 from phi2kit.evaluate.classification import classification_metrics
-from phi2kit.evaluate.scoring import device_of, inference
+from phi2kit.evaluate.scoring import device_of
+from phi2kit.generation import inference
 from phi2kit.logs import on_gpu, progress
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe
@@ -260,7 +261,7 @@ def classifier_trainer(
 
     from transformers import DataCollatorWithPadding, Trainer
 
-    from phi2kit.training import quiet, training_args, upcast_trainable
+    from phi2kit.training import finish_trainer, training_args
 
     if tokenizer.padding_side != "right":
         raise ValueError("train with tokenizer.padding_side='right' (load_tokenizer's default)")
@@ -274,8 +275,7 @@ def classifier_trainer(
         compute_metrics=partial(compute_metrics, labels=head_labels(model)),
         compute_loss_func=None if weight is None else weighted_loss(weight),
     )
-    upcast_trainable(trainer.model)
-    return quiet(trainer)
+    return finish_trainer(trainer)
 
 
 def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
