@@ -27,7 +27,8 @@ def test_notebook_02_learns_a_two_label_file(tmp_path):
     with open(data, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["sentence", "label"])
-        writer.writerows((text, words[label]) for text, label in zip(df["text"], df["label"]))
+        rows = zip(df["text"], df["label"], strict=True)
+        writer.writerows((text, words[label]) for text, label in rows)
 
     out_dir = tmp_path / "outputs"
     executed = tmp_path / "02.ipynb"
@@ -55,9 +56,7 @@ def test_notebook_02_learns_a_two_label_file(tmp_path):
     assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
 
     nb = nbformat.read(executed, as_version=4)
-    text = "".join(
-        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
-    )
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "Will the stock go down or up?" in text  # the template, {labels} filled in
     assert "completion: ' up'" in text or "completion: ' down'" in text
     assert "all checks passed" in text  # the notebook's own learning checks, on two labels
