@@ -24,7 +24,7 @@ DRIVE_ROOT = DRIVE_MOUNT / "MyDrive" / "phi2kit"
 
 def on_colab() -> bool:
     """Running in a Google Colab kernel."""
-    return "google.colab" in sys.modules
+    return sys.modules.get("google.colab") is not None
 
 
 def on_kaggle() -> bool:
