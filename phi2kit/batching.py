@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
+from phi2kit.logs import on_gpu, progress
+
 IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's and transformers' default)
 #: Batches per mega-batch: examples are sorted by length within a mega-batch of this many
 #: batches (transformers' cap too, but it also shrinks the mega-batch to a quarter of the data).
@@ -143,6 +145,14 @@ class CountingCollator:
 
 
 @torch.no_grad()
+def _length(batches: Iterable) -> int | None:
+    """``len(batches)`` when it has one (a DataLoader does), for the progress bar."""
+    try:
+        return len(batches)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
 def masked_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]]) -> float:
     """Mean next-token cross-entropy over supervised positions (``labels != -100``).
 
@@ -155,7 +165,7 @@ def masked_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]]) ->
     device = next(model.parameters()).device
     total, n = 0.0, 0
     try:
-        for batch in batches:
+        for batch in progress(batches, total=_length(batches), desc="loss", show=on_gpu(model)):
             inputs = {k: torch.as_tensor(v).to(device) for k, v in batch.items() if k != "labels"}
             labels = torch.as_tensor(batch["labels"]).to(device)
             logits = model(**inputs, use_cache=False).logits.float()

@@ -32,10 +32,11 @@ from torch import nn
 from transformers.modeling_outputs import SequenceClassifierOutputWithPast
 from transformers.models.phi.modeling_phi import PhiModel, PhiPreTrainedModel
 
-from phi2kit.data.sentiment import LABELS, build_prompt
+from phi2kit.data.sentiment import LABELS, PROMPT_TEMPLATE, build_prompt
 from phi2kit.evaluate.classification import classification_metrics
 from phi2kit.evaluate.scoring import device_of
 from phi2kit.generation import inference
+from phi2kit.logs import on_gpu, progress
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe
 
@@ -170,33 +171,43 @@ def load_classifier(
 
 
 def tokenize_headlines(
-    df: pd.DataFrame, tokenizer, max_length: int, prompt: bool = True
+    df: pd.DataFrame,
+    tokenizer,
+    max_length: int,
+    prompt: bool = True,
+    *,
+    labels: Sequence[str] = LABELS,
+    template: str = PROMPT_TEMPLATE,
 ) -> datasets.Dataset:
-    """``input_ids``, ``attention_mask`` and integer ``labels`` (:data:`LABELS` order).
+    """``input_ids``, ``attention_mask`` and integer ``labels`` (indices into ``labels``).
 
-    With ``prompt`` the text is notebook 02's prompt (instruction, headline, then
-    ``"Sentiment:"``), so the head reads the same position where 02's LM head predicts the
-    label word. Nothing is padded here: :class:`DataCollatorWithPadding` pads per batch.
+    With ``prompt`` the text is notebook 02's prompt (``template``: instruction, headline,
+    then ``"Sentiment:"``), so the head reads the same position where 02's LM head predicts
+    the label word. Nothing is padded here: :class:`DataCollatorWithPadding` pads per batch.
     """
     import datasets
 
-    texts = [build_prompt(t) if prompt else t for t in df["text"]]
+    labels = list(labels)
+    texts = [build_prompt(t, template, labels) if prompt else t for t in df["text"]]
     enc = tokenizer(texts, truncation=True, max_length=max_length)
     return datasets.Dataset.from_dict(
         {
             "input_ids": enc["input_ids"],
             "attention_mask": enc["attention_mask"],
-            "labels": [LABELS.index(label) for label in df["label"]],
+            "labels": [labels.index(label) for label in df["label"]],
         }
     )
 
 
-def class_weights(labels: Sequence[int | str], num_labels: int = len(LABELS)) -> torch.Tensor:
+def class_weights(labels: Sequence[int | str], classes: Sequence[str] = LABELS) -> torch.Tensor:
     """``n / (num_labels * count_c)`` per class: 1 for balanced data, mean 1 per example.
 
-    Labels may be ints or :data:`LABELS` words. A class absent from ``labels`` raises.
+    Labels may be ints or words of ``classes`` (the label set, in head order). A class
+    absent from ``labels`` raises.
     """
-    ids = [LABELS.index(y) if isinstance(y, str) else int(y) for y in labels]
+    classes = list(classes)
+    num_labels = len(classes)
+    ids = [classes.index(y) if isinstance(y, str) else int(y) for y in labels]
     counts = Counter(ids)
     missing = [c for c in range(num_labels) if counts[c] == 0]
     if missing:
@@ -213,14 +224,20 @@ def weighted_loss(weight: torch.Tensor):
     return compute_loss
 
 
-def compute_metrics(eval_pred: EvalPrediction) -> dict[str, float]:
+def head_labels(model) -> list[str]:
+    """The label words of a classifier (or its PEFT wrapper), in head order (``id2label``)."""
+    id2label = {int(k): v for k, v in model.config.id2label.items()}
+    return [id2label[i] for i in range(len(id2label))]
+
+
+def compute_metrics(eval_pred: EvalPrediction, labels: Sequence[str] = LABELS) -> dict[str, float]:
     """Trainer metrics from :func:`~phi2kit.evaluate.classification.classification_metrics`:
-    accuracy, macro F1 and the accuracy of each class."""
+    accuracy, macro F1 and the accuracy of each class (``labels``: the head's label words)."""
     logits, label_ids = eval_pred.predictions, eval_pred.label_ids
     logits = logits[0] if isinstance(logits, tuple) else logits
-    y_pred = [LABELS[i] for i in np.asarray(logits).argmax(-1)]
-    y_true = [LABELS[i] for i in np.asarray(label_ids)]
-    m = classification_metrics(y_true, y_pred)
+    y_pred = [labels[i] for i in np.asarray(logits).argmax(-1)]
+    y_true = [labels[i] for i in np.asarray(label_ids)]
+    m = classification_metrics(y_true, y_pred, labels)
     out = {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"]}
     out.update({f"accuracy_{k}": v for k, v in m["per_class_accuracy"].items()})
     return out
@@ -237,8 +254,11 @@ def classifier_trainer(
     weight: torch.Tensor | None = None,
     **overrides,
 ) -> Trainer:
-    """HF ``Trainer`` with dynamic (right) padding, :func:`compute_metrics`, and the
-    class-weighted loss when ``weight`` is given. ``overrides`` go to ``TrainingArguments``."""
+    """HF ``Trainer`` with dynamic (right) padding, :func:`compute_metrics` over the model's
+    own label words (:func:`head_labels`), and the class-weighted loss when ``weight`` is
+    given. ``overrides`` go to ``TrainingArguments``."""
+    from functools import partial
+
     from transformers import DataCollatorWithPadding, Trainer
 
     from phi2kit.training import finish_trainer, training_args
@@ -252,7 +272,7 @@ def classifier_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer),
-        compute_metrics=compute_metrics,
+        compute_metrics=partial(compute_metrics, labels=head_labels(model)),
         compute_loss_func=None if weight is None else weighted_loss(weight),
     )
     return finish_trainer(trainer)
@@ -263,7 +283,8 @@ def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32)
     device = device_of(model)
     out = []
     with inference(model):  # eval mode, no autograd graph; the mode is restored after
-        for start in range(0, len(texts), batch_size):
+        starts = range(0, len(texts), batch_size)
+        for start in progress(starts, desc="classifying", show=on_gpu(model)):
             enc = tokenizer(
                 list(texts[start : start + batch_size]), return_tensors="pt", padding=True
             ).to(device)

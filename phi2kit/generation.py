@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from phi2kit.logs import progress
+
 
 @dataclass
 class Generation:
@@ -97,8 +99,9 @@ def generate(
     device = next(model.parameters()).device
     start = time.perf_counter()
     try:
+        starts = range(0, len(prompts), batch_size)
         with inference(model):
-            for i in range(0, len(prompts), batch_size):
+            for i in progress(starts, desc="generating", show=device.type == "cuda"):
                 batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
                 batch = batch.to(device)
                 kwargs = {"do_sample": False, **generate_kwargs}

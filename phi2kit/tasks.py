@@ -198,28 +198,6 @@ def prepare(
     return Prepared(add_lora(model, recipe, profile), tokenizer, train_ds, eval_ds)
 
 
-def _epoch_seeded(sampler, seed: int, batch_size: int):
-    """transformers' ``LengthGroupedSampler`` -> phi2kit's, seeded by ``(seed, epoch)``.
-
-    See :class:`phi2kit.batching.SeededLengthGroupedSampler`: upstream shuffles with the
-    global torch RNG (a run resumed in epoch 2 or later saw another data order; we measured
-    loss differences of ~1e-2), and sorts by length only within a quarter of the data.
-    ``batch_size`` is the examples per optimizer step over *all* processes, so 2 processes
-    x 4 and 1 process x 8 see the same examples per step (accelerate hands each process
-    consecutive slices of the global batch).
-    """
-    from phi2kit.batching import SeededLengthGroupedSampler
-
-    return SeededLengthGroupedSampler(sampler.lengths, batch_size, seed=seed)
-
-
-def _resumable_sampler(trainer):
-    """Make ``trainer`` build an epoch-seeded length-grouped sampler (``sft_trainer`` does)."""
-    from phi2kit.batching import group_by_length
-
-    return group_by_length(trainer)
-
-
 def make_trainer(
     task: str,
     model,
@@ -233,15 +211,16 @@ def make_trainer(
 ):
     """The notebook's trainer for ``task``; ``overrides`` go to the training arguments.
 
-    The generative tasks use :func:`phi2kit.training.sft_trainer` (with a resumable
-    length-grouped sampler); the classifier uses :func:`phi2kit.classifier.classifier_trainer`
-    (HF ``Trainer``, dynamic padding, accuracy and macro F1).
+    The generative tasks use :func:`phi2kit.training.sft_trainer` (its seeded
+    length-grouped sampler makes a resume exact); the classifier uses
+    :func:`phi2kit.classifier.classifier_trainer` (HF ``Trainer``, dynamic padding, accuracy
+    and macro F1).
     """
     _check_task(task)
     if task != "classifier":
         from phi2kit.training import sft_trainer
 
-        trainer = sft_trainer(
+        return sft_trainer(
             model,
             tokenizer,
             train_ds,
@@ -251,7 +230,6 @@ def make_trainer(
             eval_dataset=eval_ds,
             **overrides,
         )
-        return _resumable_sampler(trainer)
     from phi2kit.classifier import classifier_trainer
 
     return classifier_trainer(

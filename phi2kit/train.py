@@ -35,7 +35,16 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-COMPLETE = "COMPLETE"
+from phi2kit.checkpoints import (
+    COMPLETE,
+    checkpoint_args,
+    checkpoint_step,
+    latest_checkpoint,
+    write_json_atomic,
+)
+
+__all__ = ["COMPLETE", "atomic_dir", "latest_checkpoint", "main", "write_json_atomic"]
+
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 LOSS_LOG = "loss_log.jsonl"
@@ -67,35 +76,6 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def write_json_atomic(path: str | os.PathLike[str], data: object) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=str)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def is_complete(checkpoint: str | os.PathLike[str]) -> bool:
-    """A checkpoint folder is complete when its ``COMPLETE`` marker exists."""
-    return (Path(checkpoint) / COMPLETE).is_file()
-
-
-def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
-    """The complete ``checkpoint-N`` with the highest N in ``folder``; None if there is none.
-
-    A checkpoint a crash interrupted has no marker and is skipped.
-    """
-    found = []
-    for child in Path(folder).glob("checkpoint-*"):
-        step = child.name.rsplit("-", 1)[-1]
-        if step.isdigit() and is_complete(child):
-            found.append((int(step), child))
-    return max(found)[1] if found else None
-
-
 def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
@@ -103,6 +83,8 @@ def _rank() -> int:
 def _callbacks(loss_log: Path):
     """Trainer callbacks: the loss log and the checkpoint marker (built lazily: imports)."""
     from transformers import TrainerCallback
+
+    from phi2kit.checkpoints import mark_complete
 
     class LossLog(TrainerCallback):
         """Append ``{"step", "loss", ...}`` to ``loss_log.jsonl`` on rank 0."""
@@ -114,19 +96,7 @@ def _callbacks(loss_log: Path):
                 with open(loss_log, "a") as f:
                     f.write(json.dumps(row) + "\n")
 
-    class MarkComplete(TrainerCallback):
-        """After every process has saved its part, rank 0 marks the checkpoint complete."""
-
-        def on_save(self, args, state, control, **kwargs):
-            import torch.distributed as dist
-
-            if dist.is_available() and dist.is_initialized():
-                dist.barrier()
-            if state.is_world_process_zero:
-                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                write_json_atomic(folder / COMPLETE, {"step": state.global_step})
-
-    return [LossLog(), MarkComplete()]
+    return [LossLog(), mark_complete()]
 
 
 def _trim_loss_log(path: Path, last_step: int) -> None:
@@ -275,7 +245,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if _rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _trim_loss_log(out / LOSS_LOG, int(resume_from.name.split("-")[-1]) if resume_from else 0)
+        _trim_loss_log(out / LOSS_LOG, checkpoint_step(resume_from) if resume_from else 0)
         settings = {k: v for k, v in vars(args).items() if k != "func"}
         settings |= {
             "profile": profile.name,
@@ -284,9 +254,7 @@ def _run(args: argparse.Namespace) -> int:
         }
         write_json_atomic(out / "run.json", settings)
     trainer_args = {
-        "save_strategy": "steps",
-        "save_steps": args.save_every,
-        "save_total_limit": args.keep,
+        **checkpoint_args(args.save_every, args.keep),
         "logging_steps": args.log_every,
         "disable_tqdm": False,
         "seed": args.seed,

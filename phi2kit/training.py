@@ -135,7 +135,10 @@ def _common_args(profile: Profile, recipe: Recipe, output_dir: str | Path) -> di
         "data_seed": 0,
         "use_cpu": not profile.requires_cuda,
         "dataloader_num_workers": 0,
-        "disable_tqdm": True,
+        # GPU profiles: the Trainer's progress bar (a notebook widget in Jupyter) with the
+        # time left and a row per logged loss; a 55-minute T4 run must show signs of life.
+        # The CPU profiles (tiny, CI) finish in seconds and stay quiet.
+        "disable_tqdm": not profile.requires_cuda,
     }
 
 

@@ -37,9 +37,13 @@ def test_cell_order_follows_conventions(path):
     nb = nbformat.read(path, as_version=4)
     first, install, params = nb.cells[0], nb.cells[1], nb.cells[2]
     assert first.cell_type == "markdown" and first.source.startswith(f"# {path.name[:2]}")
-    assert "colab-badge.svg" in first.source and path.name in first.source
+    assert "colab-badge.svg" in first.source and "open-in-kaggle.svg" in first.source
+    assert first.source.count(f"notebooks/{path.name})") == 2  # both badges open this notebook
     assert "T4" in first.source
-    assert 'if "google.colab" in sys.modules:' in install.source
+    assert install.source == nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source
+    assert 'if "google.colab" in sys.modules or "KAGGLE_KERNEL_RUN_TYPE" in os.environ:' in (
+        install.source
+    )
     assert "parameters" in params.metadata.get("tags", [])
     assert 'PROFILE = "auto"' in params.source
     for line in params.source.splitlines():  # every knob has a trailing comment
@@ -101,3 +105,143 @@ def test_colab_cell_works_from_the_clones_notebooks_folder(monkeypatch):
     monkeypatch.chdir("/")
     with pytest.raises(FileNotFoundError, match="clone the repository"):
         sample_path("financial_news")
+
+
+# --- the Colab/Kaggle install cell, run against a fake platform ---------------------------------
+
+KERNEL_DISTS = {"ipykernel": "6.17.1", "ipython": "7.34.0", "traitlets": "5.7.1"}
+
+
+def _install_cell() -> str:
+    return nbformat.read(NOTEBOOKS[0], as_version=4).cells[1].source
+
+
+def _run_install_cell(monkeypatch, tmp_path, platform: str, imported: tuple[str, ...] = ()):
+    """Execute the install cell on a pretend Colab or Kaggle; return the commands it ran.
+
+    The pretend platform has the kernel packages above and ``oldlib`` 1.0, which the pip
+    install upgrades; ``imported`` names modules this kernel has already imported.
+    """
+    import importlib.metadata as md
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import types
+
+    versions = {**KERNEL_DISTS, "oldlib": "1.0"}
+    calls: list[list[str]] = []
+
+    class Dist:
+        def __init__(self, name, version):
+            self.metadata, self.version = {"Name": name}, version
+
+    def run(cmd, check):
+        calls.append(list(cmd))
+        if cmd[1:4] == ["-m", "pip", "install"]:
+            versions.update(oldlib="2.0", peft="0.21.2")  # an upgrade and a new package
+
+    monkeypatch.setattr(md, "distributions", lambda: [Dist(n, v) for n, v in versions.items()])
+    monkeypatch.setattr(md, "packages_distributions", lambda: {"oldlib_mod": ["OldLib"]})
+    monkeypatch.setattr(subprocess, "run", run)
+    monkeypatch.setattr(os, "chdir", lambda path: calls.append(["chdir", path]))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    if platform == "colab":
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    elif platform == "kaggle":
+        monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Interactive")
+    for name in imported:
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    exec(compile(_install_cell(), "install cell", "exec"), {"__name__": "__main__"})
+    return calls
+
+
+@pytest.mark.parametrize("platform", ["colab", "kaggle"])
+def test_install_cell_keeps_the_kernel_packages(platform, monkeypatch, tmp_path, capsys):
+    import os
+    import sys
+
+    calls = _run_install_cell(monkeypatch, tmp_path, platform)
+    repo = "/content/phi2kit" if platform == "colab" else "/kaggle/working/phi2kit"
+    clone, pip, chdir = calls
+    assert clone[:2] == ["git", "clone"] and clone[-1] == repo
+    assert pip[:6] == [sys.executable, "-m", "pip", "install", "-q", "-c"]
+    assert pip[-1] == repo and not any("[" in arg for arg in pip)  # no extra: no course extra
+    kept = (tmp_path / pip[6].rsplit("/", 1)[-1]).read_text().split()
+    assert sorted(kept) == sorted(f"{n}=={v}" for n, v in KERNEL_DISTS.items())
+    assert chdir == ["chdir", f"{repo}/notebooks"]
+    assert "no restart needed" in capsys.readouterr().out
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == ("0" if platform == "kaggle" else None)
+
+
+def test_install_cell_asks_for_a_restart_only_when_an_imported_package_changed(
+    monkeypatch, tmp_path
+):
+    with pytest.raises(RuntimeError, match=r"restart the session .*\['oldlib'\]"):
+        _run_install_cell(monkeypatch, tmp_path, "colab", imported=("oldlib_mod",))
+
+
+def test_install_cell_does_nothing_elsewhere(monkeypatch, tmp_path):
+    assert _run_install_cell(monkeypatch, tmp_path, "laptop") == []
+
+
+def test_the_package_itself_pulls_no_kernel_package():
+    """The cell installs the project without extras: its main dependencies must leave the
+    kernel's packages alone (papermill, nbclient, ipykernel live in the `course` extra)."""
+    tree = ast.parse(_install_cell())
+    kernel = next(
+        ast.literal_eval(n.value)
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "KERNEL"
+    )
+    assert {"ipykernel", "papermill", "nbclient"} <= set(kernel)
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower() for d in deps}
+    assert not names & set(kernel), names & set(kernel)
+
+
+# --- the knobs issue 14 added: own data, Drive, checkpoints ------------------------------
+
+
+def _nb(stem: str):
+    return nbformat.read(next(p for p in NOTEBOOKS if p.name.startswith(stem)), as_version=4)
+
+
+def _code(stem: str) -> str:
+    return "\n".join(c.source for c in _nb(stem).cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("stem", ["02", "03"])
+def test_label_set_and_template_are_parameters(stem):
+    params = _nb(stem).cells[2].source
+    assert re.search(r"^LABELS = \[", params, re.M) and "PROMPT_TEMPLATE = None" in params
+    code = _code(stem)
+    assert "from phi2kit.data.sentiment import LABELS" not in code  # it would shadow the knob
+    assert "labels=LABELS" in code
+
+
+@pytest.mark.parametrize("stem", ["02", "03", "04", "05", "06"])
+def test_outputs_can_live_on_drive(stem):
+    assert "USE_DRIVE = False" in _nb(stem).cells[2].source
+    assert "outputs_root(USE_DRIVE)" in _code(stem)
+
+
+@pytest.mark.parametrize("stem", ["04", "06"])
+def test_long_training_checkpoints_and_resumes(stem):
+    params, code = _nb(stem).cells[2].source, _code(stem)
+    assert "SAVE_EVERY = None" in params and "RESUME = True" in params
+    assert "**checkpoint_args(save_every)" in code
+    assert "train_resumable(trainer, settings, resume=RESUME)" in code
+    assert "trainer.train()" not in code  # every run goes through the resumable path
+
+
+def test_readme_course_table_has_both_badges():
+    readme = (ROOT / "README.md").read_text()
+    github = "github/phi2kit/phi2kit/blob/main/notebooks/"
+    for path in NOTEBOOKS:
+        row = next(line for line in readme.splitlines() if line.startswith(f"| [{path.stem}]"))
+        assert f"colab.research.google.com/{github}{path.name}" in row
+        assert f"kaggle.com/kernels/welcome?src=https://github.com/{github[7:]}{path.name}" in row

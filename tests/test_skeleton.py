@@ -189,6 +189,7 @@ def test_t4_trainer_config(task, tmp_path, bf16_tripwire):
     assert args.mixed_precision == "fp16"
     assert args.use_cpu is False
     assert args.optim == "paged_adamw_8bit"
+    assert args.disable_tqdm is False  # a T4 run shows the Trainer's bar, loss and time left
     assert args.gradient_checkpointing is True
     assert getattr(args, "activation_checkpointing", True) is True  # transformers 5 name
     if recipe.task_type == "CAUSAL_LM":

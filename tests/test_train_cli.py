@@ -118,7 +118,7 @@ def test_length_grouped_order_depends_on_seed_and_epoch_only():
     import torch
     from transformers.trainer_pt_utils import LengthGroupedSampler
 
-    from phi2kit.tasks import _epoch_seeded
+    from phi2kit.batching import SeededLengthGroupedSampler
 
     lengths = [(7 * i) % 23 + 1 for i in range(64)]
     upstream = LengthGroupedSampler(4, lengths=lengths)
@@ -129,7 +129,7 @@ def test_length_grouped_order_depends_on_seed_and_epoch_only():
 
     def order(epoch: int, global_seed: int) -> list[int]:
         torch.manual_seed(global_seed)
-        sampler = _epoch_seeded(upstream, seed=0, batch_size=4)
+        sampler = SeededLengthGroupedSampler(upstream.lengths, 4, seed=0)
         sampler.set_epoch(epoch)
         return list(sampler)
 

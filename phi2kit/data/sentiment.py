@@ -8,13 +8,17 @@ detected from the file's content:
   1 = neutral, 2 = positive), as CSV, JSON lines or parquet, or from the hub.
 
 Both give a data frame with columns ``text`` and ``label`` (the label word).
+
+The label set and the prompt template are parameters (notebooks 02 and 03 expose them as
+``LABELS`` and ``PROMPT_TEMPLATE``), so your own data may have other labels, or two:
+:data:`LABELS` and :data:`PROMPT_TEMPLATE` are only the defaults.
 """
 
 from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,36 +32,59 @@ from phi2kit.data.sentiment_files import Record, csv_records, read_json_table, t
 if TYPE_CHECKING:
     import datasets
 
-#: The label words, in the order of financial_phrasebank's integers 0, 1, 2.
+#: The default label words, in the order of financial_phrasebank's integers 0, 1, 2.
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 
-#: One template for training and inference. The completion is ``" " + label``.
+#: The default template, one for training and inference: ``{headline}`` is replaced by the
+#: headline and ``{labels}`` by the label words ("negative, neutral or positive"). The
+#: completion is ``" " + label``.
 PROMPT_TEMPLATE = (
-    "Classify the sentiment of this financial news headline as negative, neutral or positive.\n"
+    "Classify the sentiment of this financial news headline as {labels}.\n"
     "Headline: {headline}\n"
     "Sentiment:"
 )
 
 
-def _label_word(value: Any, **where: Any) -> str:
-    """Map a label (word, or phrasebank int 0/1/2) to its word, or raise DataError.
+def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
+    """``labels`` as a tuple, after checking there are at least two distinct, non-empty words."""
+    labels = tuple(labels)
+    if isinstance(labels, str) or len(labels) < 2 or len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be two or more distinct words, got {labels!r}")
+    if any(not isinstance(w, str) or not w.strip() or w != w.strip() for w in labels):
+        raise ValueError(f"each label must be a non-empty word without outer spaces: {labels!r}")
+    return labels
 
-    ``where`` holds the ``path``, ``row`` and ``field`` for the error message.
+
+def list_labels(labels: Sequence[str]) -> str:
+    """``("a", "b", "c")`` -> ``"a, b or c"``: how ``{labels}`` reads in a prompt."""
+    labels = check_labels(labels)
+    return ", ".join(labels[:-1]) + " or " + labels[-1]
+
+
+def _label_word(value: Any, labels: Sequence[str] = LABELS, **where: Any) -> str:
+    """Map a label (a word of ``labels``, or an int indexing them) to its word, or raise.
+
+    Words match case-insensitively. ``where`` holds the ``path``, ``row`` and ``field`` for
+    the :class:`DataError` message.
     """
+    lower = {label.lower(): label for label in labels}
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        if 0 <= value < len(LABELS):
-            return LABELS[value]
+        if 0 <= value < len(labels):
+            return labels[value]
     elif isinstance(value, str):
         word = value.strip().lower()
-        if word.isdigit() and int(word) < len(LABELS):
-            return LABELS[int(word)]
-        if word in LABELS:
-            return word
-    expected = ", ".join(LABELS) + (", or 0, 1, 2" if where.get("field") == "label" else "")
+        if word.isdigit() and int(word) < len(labels):
+            return labels[int(word)]
+        if word in lower:
+            return lower[word]
+    ints = ", ".join(str(i) for i in range(len(labels)))
+    expected = ", ".join(labels) + (f", or {ints}" if where.get("field") == "label" else "")
     raise DataError(f"unknown label {value!r} (expected one of {expected})", **where)
 
 
-def _collect(records: Iterable[Record], path: Any, skip_bad: bool) -> pd.DataFrame:
+def _collect(
+    records: Iterable[Record], path: Any, skip_bad: bool, label_set: Sequence[str] = LABELS
+) -> pd.DataFrame:
     """Turn ``(row, label, text, label_field, text_field)`` records into a frame.
 
     Bad rows raise :class:`DataError`, or are skipped and counted when ``skip_bad``.
@@ -70,7 +97,7 @@ def _collect(records: Iterable[Record], path: Any, skip_bad: bool) -> pd.DataFra
             if text is None or not str(text).strip():
                 raise DataError("missing column: no headline", path=path, row=row, field=text_field)
             rows.append(
-                (str(text).strip(), _label_word(label, path=path, row=row, field=label_field))
+                (str(text).strip(), _label_word(label, label_set, path=path, row=row, field=label_field))
             )
     if not rows:
         raise DataError(f"no usable rows ({rows.n_skipped} bad rows skipped)", path=path)
@@ -113,6 +140,7 @@ def load_financial_news(
     hub_id: str = "takala/financial_phrasebank",
     hub_config: str = "sentences_50agree",
     skip_bad: bool = False,
+    labels: Sequence[str] = LABELS,
 ) -> pd.DataFrame:
     """Load financial news headlines with their sentiment.
 
@@ -127,15 +155,18 @@ def load_financial_news(
         skip_bad: Skip rows with an unknown label or a missing column, and count them in
             ``df.attrs["skipped"]`` (their messages in ``df.attrs["problems"]``), instead
             of raising.
+        labels: The label words your file uses (matched case-insensitively); an integer
+            label ``i`` means ``labels[i]``, as phrasebank's 0, 1, 2 mean :data:`LABELS`.
 
     Returns:
         A frame with columns ``text`` (the headline, stripped) and ``label`` (a word from
-        :data:`LABELS`), in file order. ``df.attrs["skipped"]`` counts skipped rows.
+        ``labels``), in file order. ``df.attrs["skipped"]`` counts skipped rows.
 
     Raises:
         DataError: empty file, unknown label, missing column, or only one class. The
             message names the file, the 1-based line or row, and the field.
     """
+    labels = check_labels(labels)
     if path is None:
         try:
             table = _hub_table(hub_id, hub_config)
@@ -145,17 +176,17 @@ def load_financial_news(
                 "download the Kaggle all-data.csv or a phrasebank file and pass its path.",
                 path=hub_id,
             ) from err
-        return _collect(table_records(table, hub_id), hub_id, skip_bad)
+        return _collect(table_records(table, hub_id), hub_id, skip_bad, labels)
 
     raw = Path(path).read_bytes()
     if not raw.strip():
         raise DataError("empty file", path=path)
     if raw.startswith(b"PAR1"):
-        return _collect(table_records(pd.read_parquet(path), path), path, skip_bad)
+        return _collect(table_records(pd.read_parquet(path), path), path, skip_bad, labels)
     text = decode_utf8(raw, path, fallback="latin-1")
     if text.lstrip().startswith(("{", "[")):
-        return _collect(table_records(read_json_table(text, path), path), path, skip_bad)
-    return _collect(csv_records(text, path), path, skip_bad)
+        return _collect(table_records(read_json_table(text, path), path), path, skip_bad, labels)
+    return _collect(csv_records(text, path), path, skip_bad, labels)
 
 
 # --- Duplicates ---------------------------------------------------------------------
@@ -255,7 +286,12 @@ class SentimentSplits:
 
 
 def split_sentiment(
-    df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_eval: int = 50, seed: int = 42
+    df: pd.DataFrame,
+    n_train: int = 300,
+    n_test: int = 300,
+    n_eval: int = 50,
+    seed: int = 42,
+    labels: Sequence[str] = LABELS,
 ) -> SentimentSplits:
     """Deduplicate, then split per class: ``n_train`` and ``n_test``, then ``n_eval``.
 
@@ -265,19 +301,25 @@ def split_sentiment(
     a train or test headline) and a note says so. On the real Kaggle file this happens
     for ``negative``: about 600 remain after deduplication, so a few are left for eval.
 
+    ``labels`` are the classes to draw (the frame's labels must be among them).
+
     Raises:
         DataError: a class has fewer than ``n_train + n_test`` headlines, or nothing is
             left for eval while ``n_eval > 0`` (lower ``n_test`` then).
     """
     if min(n_train, n_test, n_eval) < 0:
         raise ValueError("n_train, n_test and n_eval must be >= 0")
+    labels = check_labels(labels)
+    unknown = sorted(set(df["label"]) - set(labels))
+    if unknown:
+        raise DataError(f"labels {unknown} are not in the label set {list(labels)}")
     df, report = deduplicate(df)
     notes = [f"deduplicated: {report}"]
     # One generator per class, and another for eval draws and shuffles: train and test then
     # depend only on (seed, n_train, n_test), never on n_eval or on the other classes.
-    rng = np.random.default_rng([seed, len(LABELS)])
+    rng = np.random.default_rng([seed, len(labels)])
     parts: dict[str, list[pd.DataFrame]] = {"train": [], "test": [], "eval": []}
-    for k, label in enumerate(LABELS):
+    for k, label in enumerate(labels):
         rows = df[df["label"] == label]
         rows = rows.iloc[np.random.default_rng([seed, k]).permutation(len(rows))]
         needed = n_train + n_test
@@ -314,24 +356,36 @@ def split_sentiment(
 # --- Prompts --------------------------------------------------------------------------
 
 
-def build_prompt(headline: str) -> str:
-    """The prompt for one headline (whitespace collapsed). The model continues it."""
-    return PROMPT_TEMPLATE.format(headline=_normalize(headline))
+def build_prompt(
+    headline: str, template: str = PROMPT_TEMPLATE, labels: Sequence[str] = LABELS
+) -> str:
+    """The prompt for one headline (whitespace collapsed). The model continues it.
+
+    ``template`` must hold ``{headline}``; ``{labels}``, if present, becomes
+    :func:`list_labels` of ``labels``. Nothing else in it is touched (other braces are fine).
+    """
+    if "{headline}" not in template:
+        raise ValueError(f"the prompt template has no {{headline}} placeholder: {template!r}")
+    if "{labels}" in template:
+        template = template.replace("{labels}", list_labels(labels))
+    return template.replace("{headline}", _normalize(headline))
 
 
-def build_completion(label: str) -> str:
+def build_completion(label: str, labels: Sequence[str] = LABELS) -> str:
     """The target continuation: a space, then the label word. EOS is added by training."""
-    if label not in LABELS:
-        raise ValueError(f"unknown label {label!r}; expected one of {LABELS}")
+    if label not in labels:
+        raise ValueError(f"unknown label {label!r}; expected one of {tuple(labels)}")
     return " " + label
 
 
-def to_prompt_completion(df: pd.DataFrame) -> datasets.Dataset:
+def to_prompt_completion(
+    df: pd.DataFrame, template: str = PROMPT_TEMPLATE, labels: Sequence[str] = LABELS
+) -> datasets.Dataset:
     """A ``datasets.Dataset`` with ``prompt``, ``completion`` and ``label`` columns."""
     import datasets
 
-    prompts = [build_prompt(text) for text in df["text"]]
-    completions = [build_completion(label) for label in df["label"]]
+    prompts = [build_prompt(text, template, labels) for text in df["text"]]
+    completions = [build_completion(label, labels) for label in df["label"]]
     return datasets.Dataset.from_dict(
         {"prompt": prompts, "completion": completions, "label": list(df["label"])}
     )

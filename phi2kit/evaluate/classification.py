@@ -21,6 +21,7 @@ import numpy as np
 from phi2kit.data.sentiment import LABELS
 from phi2kit.evaluate.scoring import device_of, pad_id_of
 from phi2kit.generation import inference
+from phi2kit.logs import on_gpu, progress
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -66,8 +67,9 @@ def generate_completions(
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
+        starts = range(0, len(prompts), batch_size)
         with inference(model):
-            for start in range(0, len(prompts), batch_size):
+            for start in progress(starts, desc="generating", show=on_gpu(model)):
                 enc = tokenizer(
                     list(prompts[start : start + batch_size]), return_tensors="pt", padding=True
                 )

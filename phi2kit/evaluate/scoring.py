@@ -14,6 +14,7 @@ import numpy as np
 
 from phi2kit.data.sentiment import LABELS
 from phi2kit.generation import inference
+from phi2kit.logs import on_gpu, progress
 
 
 def device_of(model: Any):
@@ -149,8 +150,9 @@ def score_labels(
 
     rows = [(i, j, encoded[i] + list(ids)) for i in order for j, ids in enumerate(label_ids)]
     scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
+    starts = range(0, len(rows), batch_size)
     with inference(model):
-        for start in range(0, len(rows), batch_size):
+        for start in progress(starts, desc="label scoring", show=on_gpu(model)):
             batch = rows[start : start + batch_size]
             logits = _forward_rows(model, [ids for *_, ids in batch], n_shared, pad_id, False)
             # Token t of a row is predicted by the logits at position t - 1 - n_shared.
@@ -187,8 +189,9 @@ def _score_single_tokens(
     import torch
 
     scores = np.zeros((len(encoded), len(label_ids)), dtype=np.float64)
+    starts = range(0, len(order), batch_size)
     with inference(model):
-        for start in range(0, len(order), batch_size):
+        for start in progress(starts, desc="label scoring", show=on_gpu(model)):
             idx = order[start : start + batch_size]
             rows = [encoded[i] for i in idx]
             logits = _forward_rows(model, rows, n_shared, pad_id, True, logits_to_keep=1)

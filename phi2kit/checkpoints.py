@@ -1,0 +1,175 @@
+"""Checkpoints that outlive a recycled runtime: save during training, resume from the latest.
+
+Colab and Kaggle take a runtime back after a while; a long training cell then starts over.
+The HF Trainer saves checkpoints (adapter weights, optimizer, LR schedule, RNG states,
+``trainer_state.json`` with the loss history) and resumes from one; this module adds what
+makes that safe and what a notebook needs around it:
+
+- :func:`mark_complete` is a callback that writes a ``COMPLETE`` marker once a checkpoint
+  is fully saved (by every process), and :func:`latest_checkpoint` only picks marked ones,
+  so a runtime that died during a save falls back to the previous checkpoint;
+- :func:`checkpoint_args` are the Trainer arguments for saving every N steps, keeping a few;
+- :func:`train_resumable` is ``trainer.train()`` that resumes from the latest complete
+  checkpoint in ``trainer.args.output_dir`` when it was written with the same settings, and
+  says what it found.
+
+``phi2kit train`` (:mod:`phi2kit.train`) and notebooks 04 and 06 use the same functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import Any
+
+COMPLETE = "COMPLETE"
+#: Where :func:`train_resumable` notes the settings its checkpoints were written with.
+SETTINGS = "settings.json"
+
+
+def write_json_atomic(path: str | os.PathLike[str], data: object) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def is_complete(checkpoint: str | os.PathLike[str]) -> bool:
+    """A checkpoint folder is complete when its ``COMPLETE`` marker exists."""
+    return (Path(checkpoint) / COMPLETE).is_file()
+
+
+def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:
+    """The optimizer step of a ``checkpoint-N`` folder: N."""
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1])
+
+
+def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The complete ``checkpoint-N`` with the highest N in ``folder``; None if there is none.
+
+    A checkpoint a crash interrupted has no marker and is skipped.
+    """
+    found = []
+    for child in Path(folder).glob("checkpoint-*"):
+        step = child.name.rsplit("-", 1)[-1]
+        if step.isdigit() and is_complete(child):
+            found.append((int(step), child))
+    return max(found)[1] if found else None
+
+
+def mark_complete():
+    """A Trainer callback: once every process has saved its part of a checkpoint, rank 0
+    writes the ``COMPLETE`` marker (built on first use: importing transformers is slow)."""
+    from transformers import TrainerCallback
+
+    class MarkComplete(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if state.is_world_process_zero:
+                folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                write_json_atomic(folder / COMPLETE, {"step": state.global_step})
+
+    return MarkComplete()
+
+
+def checkpoint_args(save_every: int, keep: int = 2) -> dict[str, Any]:
+    """Trainer arguments: a checkpoint every ``save_every`` steps (and at the end), ``keep``
+    of them on disk. Pass them when building the trainer (``sft_trainer(..., **args)``)."""
+    if save_every <= 0 or keep <= 0:
+        raise ValueError(f"save_every and keep must be positive, got {save_every}, {keep}")
+    return {"save_strategy": "steps", "save_steps": save_every, "save_total_limit": keep}
+
+
+def _plain(settings: dict[str, Any]) -> dict[str, Any]:
+    """Settings as JSON would store them (dataclasses as dicts, tuples as lists, paths as str)."""
+    data = {k: asdict(v) if is_dataclass(v) else v for k, v in settings.items()}
+    return json.loads(json.dumps(data, default=str))
+
+
+def resume_point(
+    folder: str | os.PathLike[str], settings: dict[str, Any], log: Callable[[str], Any] = print
+) -> Path | None:
+    """The checkpoint to resume from in ``folder``, after checking it has these ``settings``.
+
+    Checkpoints written with other settings (another recipe, profile or data) would resume a
+    different run: they are deleted, and this says so. Returns None when training must start
+    from step 0.
+    """
+    folder = Path(folder)
+    old = folder / SETTINGS
+    before = json.loads(old.read_text()) if old.is_file() else None
+    checkpoints = sorted(folder.glob("checkpoint-*"))
+    if before is not None and before != _plain(settings):
+        now = _plain(settings)
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        log(
+            f"checkpoints in {folder} were written with other settings ({', '.join(changed)}): "
+            f"deleting them ({len(checkpoints)}) and training from step 0"
+        )
+        for checkpoint in checkpoints:
+            shutil.rmtree(checkpoint)
+        return None
+    latest = latest_checkpoint(folder)
+    if latest is None:
+        log(f"no complete checkpoint in {folder}: training from step 0")
+    return latest
+
+
+def train_resumable(
+    trainer,
+    settings: dict[str, Any],
+    *,
+    resume: bool = True,
+    log: Callable[[str], Any] = print,
+):
+    """``trainer.train()``, resumed from the latest complete checkpoint when ``resume``.
+
+    The trainer must save checkpoints (built with :func:`checkpoint_args`); they go to
+    ``trainer.args.output_dir``. ``settings`` (the profile, the recipe, the data: whatever
+    decides the run) are stored next to them, and a checkpoint is resumed only under the
+    same settings (:func:`resume_point`). Resuming restores the adapter, the optimizer, the
+    LR schedule, the data order (:func:`phi2kit.batching.group_by_length`: seeded by
+    ``(seed, epoch)``), the RNG states and
+    ``trainer.state.log_history`` (the loss plot). A checkpoint at the last step means the
+    training had finished: nothing is trained again, the weights are loaded.
+
+    Returns:
+        ``(train_output, resumed_from)``: the Trainer's ``TrainOutput``, and the checkpoint
+        folder resumed from (None for a run from step 0).
+    """
+    from transformers.trainer_utils import SaveStrategy
+
+    if trainer.args.save_strategy != SaveStrategy.STEPS:
+        raise ValueError("build the trainer with checkpoint_args(...): it saves no checkpoints")
+    if "MarkComplete" not in {type(cb).__name__ for cb in trainer.callback_handler.callbacks}:
+        trainer.add_callback(mark_complete())
+    from phi2kit.batching import group_by_length
+
+    group_by_length(trainer)  # sft_trainer has done it already; a no-op then
+    folder = Path(trainer.args.output_dir)
+    if resume:
+        resumed_from = resume_point(folder, settings, log)
+    else:
+        resumed_from = None
+        for checkpoint in folder.glob("checkpoint-*"):
+            shutil.rmtree(checkpoint)  # resume=False: start over, and leave no stale checkpoint
+    if resumed_from is not None:
+        step, total = checkpoint_step(resumed_from), trainer.args.max_steps
+        done = " (training had finished: loading its weights)" if step >= total else ""
+        log(f"resuming from {resumed_from}: step {step} of {total}{done}")
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / SETTINGS, _plain(settings))
+    result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
+    return result, resumed_from
