@@ -97,7 +97,10 @@ def _collect(
             if text is None or not str(text).strip():
                 raise DataError("missing column: no headline", path=path, row=row, field=text_field)
             rows.append(
-                (str(text).strip(), _label_word(label, label_set, path=path, row=row, field=label_field))
+                (
+                    str(text).strip(),
+                    _label_word(label, label_set, path=path, row=row, field=label_field),
+                )
             )
     if not rows:
         raise DataError(f"no usable rows ({rows.n_skipped} bad rows skipped)", path=path)
