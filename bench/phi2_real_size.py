@@ -32,9 +32,10 @@ of paged 8-bit AdamW (which needs CUDA). Everything else is the T4's: fp16 weigh
 compute dtype, nf4 + double quantization, ``phi2kit_fp32`` attention, gradient checkpointing,
 the recipes' LoRA ranks, targets and dropout, ``fp16=True`` in the trainer, which on a CPU
 ``phi2kit.training.cpu_fp16_amp`` turns into real fp16 autocast with a grad scaler, as on the
-T4. The recipe's batch, accumulation and step count are replaced by ``--steps`` (default 2)
-steps at batch 1, measured on the last: the grad scaler skips a first step whose scaled
-gradients overflow (it did for the quick classifier), and a skipped last step fails the run.
+T4. The recipe's batch, accumulation and step count are replaced by batch 1 and steps until
+the first one the grad scaler does not skip (it skips a step whose scaled gradients overflow
+and halves its scale: the quick classifier needed a few), at most ``--steps`` (8); that step
+is the one measured, and a run whose every step was skipped fails.
 
 **Tokens.** Phi-2's tokenizer (CodeGen/GPT-2 BPE, 50,295 tokens) cannot be shipped or
 downloaded here, so the snapshot carries the tiny Phi's byte-level BPE tokenizer (2,048
@@ -392,7 +393,15 @@ class StepProbe:
 
                 probe.opt_bytes = optimizer_state_bytes(optimizer)
 
+            def on_step_end(self, args, state, control, **kwargs):
+                # fp16 AMP: measure the first step the grad scaler does not skip, then stop
+                accelerator = getattr(probe.trainer, "accelerator", None)
+                if not getattr(accelerator, "optimizer_step_was_skipped", False):
+                    control.should_training_stop = True
+                return control
+
         self.callback = _Callback()
+        self.trainer = None
         self.tracker = None
         self.live_peak = self.grad_bytes = self.opt_bytes = 0
 
@@ -465,6 +474,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
                               out / f"{task}_trainer", **kwargs)  # fmt: skip
         seq = len(trainer.train_dataset[0]["input_ids"])
     trainer.add_callback(probe.callback)
+    probe.trainer = trainer
     adapted_bytes = footprint.model_bytes(model)
     est = planner_terms(cfg, profile, recipe, seq)
     p = est.parts
@@ -474,6 +484,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     with phase() as train:
         trainer.train()
     loss = trainer.state.log_history[-1].get("train_loss")
+    info["steps"] = trainer.state.global_step
     # fp16 AMP (CUDA): the grad scaler skips a step whose gradients overflow; nothing moves
     skipped = bool(getattr(trainer.accelerator, "optimizer_step_was_skipped", False))
     opt_tol = TOL_ADAM8BIT if "8bit" in profile.optim else TOL_ADAMW
@@ -638,9 +649,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--steps",
         type=int,
-        default=2,
-        help="optimizer steps per recipe, measured on the last (fp16 AMP's grad scaler "
-        "skips a first step whose scaled gradients overflow, then halves its scale)",
+        default=8,
+        help="at most this many optimizer steps per recipe: training stops at the first "
+        "step fp16 AMP's grad scaler does not skip (it skips steps whose scaled gradients "
+        "overflow, halving its scale each time), and that step is measured",
     )
     p.add_argument("--new-tokens", type=int, default=4, help="tokens to generate")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -724,7 +736,7 @@ def main(argv: list[str] | None = None) -> int:
             rows, info = run_recipe(task, profile, cfg, out, args)
             held = {"model": info.pop("model", None), "tokenizer": info.pop("tokenizer", None)}
             title = (f"{task}: T4 recipe ({info['task_type']}, QLoRA nf4, r={info['lora_r']}), "
-                     f"{args.steps} step(s) at batch 1 x {info['seq']} tokens")  # fmt: skip
+                     f"{info['steps']} step(s) at batch 1 x {info['seq']} tokens")  # fmt: skip
             print_table(title, rows)
             cpu = info["cpu_s"]
             print(
@@ -743,7 +755,7 @@ def main(argv: list[str] | None = None) -> int:
                 if not info[key]:
                     failures.append(f"{task}: {key} is False")
             if info["skipped"]:
-                failures.append(f"{task}: the grad scaler skipped the last step (more --steps)")
+                failures.append(f"{task}: the grad scaler skipped every step (raise --steps)")
             results["recipes"][task] = {
                 "rows": [dataclasses.asdict(r) | {"ok": r.ok} for r in rows],
                 **{k: v for k, v in info.items() if k != "used"},
