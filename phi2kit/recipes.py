@@ -97,7 +97,7 @@ _T4: dict[str, Recipe] = {
         "webglm",
         quantize_4bit=True,
         max_length=1024,
-        max_steps=100,  # 1,600 examples: about 112 minutes on a T4 (plan.train_minutes; 56 at 2,048)
+        max_steps=100,  # 1,600 examples: ~112 minutes on a T4 (plan.train_minutes; 56 at 2,048)
         batch_size=2,
         grad_accum=8,
         n_train=5000,
