@@ -34,7 +34,8 @@ from transformers.models.phi.modeling_phi import PhiModel, PhiPreTrainedModel
 
 from phi2kit.data.sentiment import LABELS, build_prompt
 from phi2kit.evaluate.classification import classification_metrics
-from phi2kit.evaluate.scoring import device_of, inference
+from phi2kit.evaluate.scoring import device_of
+from phi2kit.generation import inference
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe
 
@@ -240,7 +241,7 @@ def classifier_trainer(
     class-weighted loss when ``weight`` is given. ``overrides`` go to ``TrainingArguments``."""
     from transformers import DataCollatorWithPadding, Trainer
 
-    from phi2kit.training import quiet, training_args, upcast_trainable
+    from phi2kit.training import finish_trainer, training_args
 
     if tokenizer.padding_side != "right":
         raise ValueError("train with tokenizer.padding_side='right' (load_tokenizer's default)")
@@ -254,8 +255,7 @@ def classifier_trainer(
         compute_metrics=compute_metrics,
         compute_loss_func=None if weight is None else weighted_loss(weight),
     )
-    upcast_trainable(trainer.model)
-    return quiet(trainer)
+    return finish_trainer(trainer)
 
 
 def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:

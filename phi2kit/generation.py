@@ -14,8 +14,10 @@ EOS and on stop strings (such as ``"### Human:"``) ends each sequence where we w
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -39,6 +41,25 @@ class Generation:
         return sum(self.new_tokens) / max(self.seconds, 1e-9)
 
 
+@contextmanager
+def inference(model: Any) -> Iterator[None]:
+    """Eval mode and no gradients for the block; the model's mode is restored after.
+
+    Every generation and evaluation helper runs inside it. ``trainer.train()`` leaves the
+    model in train mode, where LoRA dropout is active and, with gradient checkpointing on,
+    transformers' checkpointed decoder layers drop the KV cache: ``generate`` then feeds only
+    the newest token to a model that has forgotten the prompt, and every prompt gets the same
+    degenerate continuation.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
 def cut_at_stop(text: str, stop_strings: str | Sequence[str] = ()) -> tuple[str, bool]:
     """Cut ``text`` at the earliest stop string (e.g. ``"### Human:"``).
 
@@ -53,7 +74,6 @@ def cut_at_stop(text: str, stop_strings: str | Sequence[str] = ()) -> tuple[str,
     return text[: min(hits)].rstrip(), True
 
 
-@torch.no_grad()
 def generate(
     model,
     tokenizer,
@@ -67,7 +87,9 @@ def generate(
     """Greedy (by default) generation for many prompts, ``batch_size`` at a time.
 
     Returned texts hold only the new text, cut at the first stop string. ``finish`` tells
-    how each sequence ended: ``"eos"``, ``"stop"`` or ``"length"``.
+    how each sequence ended: ``"eos"``, ``"stop"`` or ``"length"``. Runs in eval mode
+    (:func:`inference`), so it is safe right after ``trainer.train()``; the model's mode is
+    restored after.
     """
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -75,28 +97,29 @@ def generate(
     device = next(model.parameters()).device
     start = time.perf_counter()
     try:
-        for i in range(0, len(prompts), batch_size):
-            batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
-            batch = batch.to(device)
-            kwargs = {"do_sample": False, **generate_kwargs}
-            if stop_strings:
-                kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
-            out = model.generate(
-                **batch,
-                max_new_tokens=max_new_tokens,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                **kwargs,
-            )
-            for row in out[:, batch["input_ids"].shape[1] :]:
-                ids = row.tolist()
-                # pad == eos: a row that finished early is filled with eos after its end
-                hit_eos = tokenizer.eos_token_id in ids
-                ids = ids[: ids.index(tokenizer.eos_token_id)] if hit_eos else ids
-                text, hit_stop = cut_at_stop(tokenizer.decode(ids), stop_strings)
-                texts.append(text)
-                counts.append(len(ids) + int(hit_eos and not hit_stop))
-                finish.append("stop" if hit_stop else "eos" if hit_eos else "length")
+        with inference(model):
+            for i in range(0, len(prompts), batch_size):
+                batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
+                batch = batch.to(device)
+                kwargs = {"do_sample": False, **generate_kwargs}
+                if stop_strings:
+                    kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
+                out = model.generate(
+                    **batch,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=tokenizer.eos_token_id,
+                    **kwargs,
+                )
+                for row in out[:, batch["input_ids"].shape[1] :]:
+                    ids = row.tolist()
+                    # pad == eos: a row that finished early is filled with eos after its end
+                    hit_eos = tokenizer.eos_token_id in ids
+                    ids = ids[: ids.index(tokenizer.eos_token_id)] if hit_eos else ids
+                    text, hit_stop = cut_at_stop(tokenizer.decode(ids), stop_strings)
+                    texts.append(text)
+                    counts.append(len(ids) + int(hit_eos and not hit_stop))
+                    finish.append("stop" if hit_stop else "eos" if hit_eos else "length")
     finally:
         tokenizer.padding_side = old_side
     return Generation(texts, counts, finish, time.perf_counter() - start)

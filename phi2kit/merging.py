@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from phi2kit.generation import inference
 from phi2kit.models import keep_nf4_layout_on_cpu
 from phi2kit.profiles import Profile
 
@@ -167,7 +168,6 @@ def load_adapters(base: nn.Module, adapters: dict[str, str | Path]):
 # --- comparing models ------------------------------------------------------------------------
 
 
-@torch.no_grad()
 def probe_logits(model: nn.Module, tokenizer, texts: Sequence[str]) -> torch.Tensor:
     """fp32 logits at every real (non-pad) position of ``texts``: shape ``(tokens, vocab)``.
 
@@ -184,10 +184,8 @@ def probe_logits(model: nn.Module, tokenizer, texts: Sequence[str]) -> torch.Ten
         tokenizer.padding_side = side
     device = next(model.parameters()).device
     batch = batch.to(device)
-    was_training = model.training
-    model.eval()
-    logits = model(**batch).logits
-    model.train(was_training)
+    with inference(model):
+        logits = model(**batch).logits
     return logits[batch["attention_mask"].bool()].float().cpu()
 
 

@@ -42,23 +42,27 @@ def fp32_attention_forward(
     """Eager attention with the scores, the mask and the softmax in fp32.
 
     Same maths as transformers' eager attention, but ``Q @ K^T`` is computed from fp32
-    copies of ``query`` and ``key``, so it cannot overflow in fp16. The output goes back to
+    copies of ``query`` and ``key``, with autocast off, so it cannot overflow in fp16, in
+    inference or inside an fp16 mixed-precision ``trainer.train()``. The output goes back to
     the input dtype. Shapes: query ``(batch, heads, q_len, head_dim)``.
     """
     n_rep = query.shape[1] // key.shape[1]
     if n_rep > 1:  # grouped-query attention (Phi-2 has none, but stay general)
         key = key.repeat_interleave(n_rep, dim=1)
         value = value.repeat_interleave(n_rep, dim=1)
-    scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling
-    if attention_mask is not None:
-        mask = attention_mask[:, :, :, : key.shape[-2]]
-        if mask.dtype == torch.bool:  # custom attention gets sdpa-style masks: True = attend
-            scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
-        else:  # eager-style additive mask
-            scores = scores + mask.float()
-    probs = torch.softmax(scores, dim=-1)
-    probs = nn.functional.dropout(probs, p=dropout, training=module.training)
-    out = torch.matmul(probs, value.float()).to(query.dtype)
+    # Under fp16 autocast (what Trainer(fp16=True) runs) a matmul of fp32 tensors is cast
+    # back to fp16, so upcasting the inputs alone does not escape it: switch autocast off.
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            mask = attention_mask[:, :, :, : key.shape[-2]]
+            if mask.dtype == torch.bool:  # custom attention gets sdpa-style masks: True = attend
+                scores = scores.masked_fill(~mask, torch.finfo(torch.float32).min)
+            else:  # eager-style additive mask
+                scores = scores + mask.float()
+        probs = torch.softmax(scores, dim=-1)
+        probs = nn.functional.dropout(probs, p=dropout, training=module.training)
+        out = torch.matmul(probs, value.float()).to(query.dtype)
     return out.transpose(1, 2).contiguous(), probs.to(query.dtype)
 
 

@@ -3,6 +3,10 @@
 The code path is the same in every profile; only the numbers differ.
 
 - ``tiny``: the shipped tiny Phi on the CPU, fp32. The default without a GPU, and in CI.
+- ``t4-cpu``: the T4's twin on the CPU. The shipped tiny Phi with every ``t4`` setting a CPU
+  can run: fp16 mixed precision with a grad scaler, nf4 + double quantization, gradient
+  checkpointing, fp32 attention. Only paged 8-bit AdamW (CUDA-only) is replaced, by AdamW.
+  CI runs every notebook under it as well as under ``tiny``.
 - ``t4``: ``microsoft/phi-2`` on a GPU without bf16 (Colab T4): fp16 compute, fp32
   trainable weights, nf4 4-bit base, paged 8-bit AdamW.
 - ``ampere``: ``microsoft/phi-2`` on a GPU with bf16.
@@ -17,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-ProfileName = Literal["tiny", "t4", "ampere"]
+ProfileName = Literal["tiny", "t4-cpu", "t4", "ampere"]
 ENV_VAR = "PHI2KIT_PROFILE"
 PHI2_ID = "microsoft/phi-2"
 
@@ -31,7 +35,7 @@ class Profile:
     """Everything that differs between hardware targets.
 
     Args:
-        name: ``tiny``, ``t4`` or ``ampere``.
+        name: ``tiny``, ``t4-cpu``, ``t4`` or ``ampere``.
         model_id: Hub id or local folder of the base causal LM. ``None`` means the
             tiny model shipped inside the package.
         dtype: Dtype of the (non-quantized) base weights and of AMP compute:
@@ -81,7 +85,9 @@ class Profile:
 
     @property
     def is_tiny(self) -> bool:
-        return self.name == "tiny"
+        """Whether the run uses the shipped tiny Phi (``tiny`` and ``t4-cpu``): the sample
+        data, the CPU-sized counts and the notebooks' learning checks apply."""
+        return self.model_id is None
 
 
 PROFILES: dict[str, Profile] = {
@@ -92,6 +98,17 @@ PROFILES: dict[str, Profile] = {
         quantize_4bit=False,  # QLoRA still runs: bitsandbytes nf4 works on the CPU
         optim="adamw_torch",  # paged 8-bit AdamW needs CUDA
         gradient_checkpointing=False,  # a 1.5M-parameter model has no activation problem
+    ),
+    # The T4's twin: every setting of "t4" that a CPU can run, on the tiny model. Only the
+    # numbers that must shrink for a CPU shrink (model, steps, lengths, counts: recipes.py).
+    "t4-cpu": Profile(
+        name="t4-cpu",
+        model_id=None,  # the shipped tiny Phi: Phi-2 at full size is bench/phi2_real_size.py
+        dtype="float16",  # fp16 AMP + grad scaler (phi2kit.training turns them on for the CPU)
+        quantize_4bit=True,  # nf4 + double quant, compute in fp16, as on the T4
+        attn_implementation="phi2kit_fp32",
+        optim="adamw_torch",  # paged 8-bit AdamW needs CUDA: plain AdamW stands in
+        gradient_checkpointing=True,  # non-reentrant, as on the T4
     ),
     "t4": Profile(
         name="t4",
@@ -160,7 +177,7 @@ def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
     """Resolve a profile by name.
 
     Args:
-        name: ``tiny``, ``t4``, ``ampere``, or ``auto``/``None``. ``auto`` reads
+        name: ``tiny``, ``t4-cpu``, ``t4``, ``ampere``, or ``auto``/``None``. ``auto`` reads
             ``PHI2KIT_PROFILE`` first, then detects the hardware.
         check: Verify that the hardware can run the profile.
     """

@@ -142,12 +142,34 @@ _TINY: dict[str, Recipe] = {
                    n_train=400, n_eval=40, **_TINY_LORA),
 }  # fmt: skip
 
+# T4-twin recipes (profile t4-cpu): the T4 recipe itself (QLoRA, its r/alpha, LoRA dropout,
+# gradient accumulation > 1) with only the CPU-bound numbers shrunk: lengths, counts and
+# the learning rate are the tiny recipes' (a 1.3M-parameter model needs a larger rate to
+# learn in CI-sized step counts). A step costs about 5x a tiny-profile step on a CPU (nf4
+# dequantization, fp16 autocast, checkpointing's recomputation), so steps and micro-batches
+# are smaller than on tiny, to keep CI's second pass over the course affordable.
+_T4_CPU_ACCUM = 2
+_T4_CPU_STEPS = {"sentiment": (40, 4), "classifier": (20, 4), "webglm": (40, 2), "chat": (40, 2)}
+_T4_CPU: dict[str, Recipe] = {
+    name: replace(
+        _T4[name],
+        max_length=tiny.max_length,
+        max_steps=_T4_CPU_STEPS[name][0],
+        batch_size=_T4_CPU_STEPS[name][1],
+        grad_accum=_T4_CPU_ACCUM,
+        n_train=tiny.n_train,
+        n_eval=tiny.n_eval,
+        learning_rate=tiny.learning_rate,
+    )
+    for name, tiny in _TINY.items()
+}
+
 _AMPERE: dict[str, Recipe] = {
     name: replace(r, batch_size=r.batch_size * 2, grad_accum=max(1, r.grad_accum // 2))
     for name, r in _T4.items()
 }
 
-_RECIPES = {"tiny": _TINY, "t4": _T4, "ampere": _AMPERE}
+_RECIPES = {"tiny": _TINY, "t4-cpu": _T4_CPU, "t4": _T4, "ampere": _AMPERE}
 
 
 def get_recipe(task: str, profile: Profile | str = "auto", **overrides: object) -> Recipe:

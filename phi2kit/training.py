@@ -9,6 +9,9 @@
 - :func:`sft_trainer` builds trl's ``SFTTrainer`` on prompt/completion data (loss on the
   completion only, EOS appended) and then upcasts the LoRA weights that trl casts to bf16
   on quantized models, which would break fp16 AMP's gradient scaler.
+- :func:`finish_trainer` is the last step for every trainer (also 03's classifier): fp32
+  trainables, fp16 mixed precision that really runs on a CPU too (the ``t4-cpu`` twin), and
+  quiet logs.
 """
 
 from __future__ import annotations
@@ -93,13 +96,20 @@ def add_lora(model: nn.Module, recipe: Recipe, profile: Profile):
     if is_quantized(model):
         # Freezes the base, upcasts norms/embeddings to fp32, enables input grads.
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=profile.gradient_checkpointing
+            model,
+            use_gradient_checkpointing=profile.gradient_checkpointing,
+            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
         )
     peft_model = get_peft_model(model, lora_config(recipe))
     upcast_trainable(peft_model)
     if trainable_parameters(peft_model) == 0:
         raise RuntimeError("the LoRA model has no trainable parameters")
     return peft_model
+
+
+#: Non-reentrant activation checkpointing: what transformers 5 uses by default, said explicitly
+#: so that peft's kbit preparation and the Trainer agree.
+CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
 def _common_args(profile: Profile, recipe: Recipe, output_dir: str | Path) -> dict:
@@ -117,6 +127,7 @@ def _common_args(profile: Profile, recipe: Recipe, output_dir: str | Path) -> di
         "optim": profile.optim,
         # transformers 5 name; the old `gradient_checkpointing` is a deprecated alias
         "activation_checkpointing": profile.gradient_checkpointing,
+        "activation_checkpointing_kwargs": dict(CHECKPOINTING_KWARGS),
         "logging_steps": max(1, recipe.max_steps // 20),
         "save_strategy": "no",
         "report_to": "none",
@@ -172,10 +183,39 @@ def sft_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
-    upcast_trainable(trainer.model)  # trl casts QLoRA adapters to bf16; a T4 needs fp32
     from phi2kit.batching import group_by_length  # seeded, tighter length groups
 
-    return group_by_length(quiet(trainer))
+    return group_by_length(finish_trainer(trainer))
+
+
+def finish_trainer(trainer):
+    """The last step for every trainer phi2kit builds; returns it.
+
+    - Trainable weights to fp32: trl casts QLoRA adapters to bf16, and fp16 AMP's grad
+      scaler needs fp32 master weights.
+    - fp16 mixed precision on a CPU (profile ``t4-cpu``): :func:`cpu_fp16_amp`.
+    - No log dict printed at every logging step: :func:`quiet`.
+    """
+    upcast_trainable(trainer.model)
+    cpu_fp16_amp(trainer)
+    return quiet(trainer)
+
+
+def cpu_fp16_amp(trainer) -> bool:
+    """Make ``fp16=True`` on a CPU do what it does on a T4: fp16 autocast and a grad scaler.
+
+    accelerate (1.15) accepts ``mixed_precision="fp16"`` on a CPU and then silently trains
+    in fp32: no autocast, no scaler. The T4's twin must run what the T4 runs, and torch has
+    fp16 autocast and a grad scaler on the CPU, so this switches them on before
+    ``trainer.train()`` prepares the model. Returns whether it did; on a GPU it does nothing
+    (accelerate already does the same there).
+    """
+    acc = trainer.accelerator
+    if not trainer.args.fp16 or acc.device.type != "cpu" or acc.native_amp:
+        return False
+    acc.native_amp = True  # accelerate.prepare() wraps forward in torch.autocast(fp16)
+    acc.scaler = torch.amp.GradScaler("cpu")  # backward, unscale, skip steps with inf grads
+    return True
 
 
 def quiet(trainer):

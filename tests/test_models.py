@@ -84,6 +84,20 @@ def test_fp32_attention_survives_fp16_overflow():
     assert torch.allclose(out.float(), ref.transpose(1, 2), atol=2e-2)
 
 
+def test_fp32_attention_survives_fp16_autocast():
+    """Inside Trainer(fp16=True) autocast is on: the fp32 scores must not be cast back."""
+    torch.manual_seed(0)
+    b, h, t, d = 1, 2, 5, 32
+    q = (torch.full((b, h, t, d), 60.0) + torch.randn(b, h, t, d)).half()
+    k = (torch.full((b, h, t, d), 60.0) + torch.randn(b, h, t, d)).half()
+    v = torch.randn(b, h, t, d).half()
+    with torch.autocast("cpu", dtype=torch.float16):
+        # the trap: upcast inputs do not escape autocast, the matmul comes back in fp16
+        assert torch.matmul(q.float(), k.float().transpose(2, 3)).dtype == torch.float16
+        out, probs = fp32_attention_forward(torch.nn.Module(), q, k, v, None, d**-0.5)
+    assert torch.isfinite(out).all() and torch.isfinite(probs).all()
+
+
 def test_fp32_attention_matches_eager_in_fp32(tiny_profile, tiny_model):
     from transformers import AutoModelForCausalLM
 

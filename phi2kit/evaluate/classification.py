@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from phi2kit.data.sentiment import LABELS
-from phi2kit.evaluate.scoring import device_of, inference, pad_id_of
+from phi2kit.evaluate.scoring import device_of, pad_id_of
+from phi2kit.generation import inference
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -7,13 +7,13 @@ parsing, is in :mod:`phi2kit.evaluate.classification`, with the metrics and plot
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from phi2kit.data.sentiment import LABELS
+from phi2kit.generation import inference
 
 
 def device_of(model: Any):
@@ -63,20 +63,6 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     for ids in rows[1:]:
         n = next((k for k in range(n) if ids[k] != first[k]), n)
     return max(n, 0)
-
-
-@contextmanager
-def inference(model: Any) -> Iterator[None]:
-    """Eval mode and no gradients for the block; the model's mode is restored after."""
-    import torch
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
 
 
 def _forward_rows(

@@ -1,0 +1,148 @@
+"""The ``t4-cpu`` profile: the T4's settings, run on the CPU, and the bugs they expose.
+
+A profile that switches a T4 setting off hides the bugs that live in it. These tests check
+that the twin really is the T4 profile (and recipes) with only CPU-bound numbers shrunk,
+that each twinned setting really runs inside ``trainer.train()``, and that the two T4 bugs
+it found stay fixed: generation right after training, and fp32 attention under fp16 AMP.
+"""
+
+from dataclasses import fields
+
+import pytest
+import torch
+
+from phi2kit.profiles import PROFILES, get_profile
+from phi2kit.recipes import TASKS, get_recipe
+
+# The only fields in which the twin may differ from the T4, and why.
+PROFILE_MAY_DIFFER = {
+    "name",
+    "model_id",  # the shipped tiny Phi instead of microsoft/phi-2
+    "optim",  # paged 8-bit AdamW needs CUDA; AdamW stands in
+    "requires_cuda",
+}
+RECIPE_MAY_DIFFER = {  # numbers that must shrink for a CPU
+    "max_steps",
+    "max_length",
+    "batch_size",
+    "grad_accum",  # stays > 1 (checked below)
+    "n_train",
+    "n_eval",
+    "learning_rate",  # the tiny model's: 1.3M parameters learn in CI-sized step counts
+}
+
+
+def test_profile_is_the_t4_but_for_cuda_only_settings():
+    twin, t4 = PROFILES["t4-cpu"], PROFILES["t4"]
+    differ = {f.name for f in fields(twin) if getattr(twin, f.name) != getattr(t4, f.name)}
+    assert differ <= PROFILE_MAY_DIFFER, differ - PROFILE_MAY_DIFFER
+    assert twin.fp16 and twin.quantize_4bit and twin.gradient_checkpointing
+    assert twin.attn_implementation == "phi2kit_fp32"
+    assert twin.is_tiny and not twin.requires_cuda
+    assert get_profile("t4-cpu").name == "t4-cpu"  # runs here, no GPU needed
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_recipes_are_the_t4_recipes_with_cpu_numbers(task):
+    twin, t4 = get_recipe(task, "t4-cpu"), get_recipe(task, "t4")
+    differ = {f.name for f in fields(twin) if getattr(twin, f.name) != getattr(t4, f.name)}
+    assert differ <= RECIPE_MAY_DIFFER, differ - RECIPE_MAY_DIFFER
+    assert twin.quantize_4bit and twin.lora_dropout > 0 and twin.grad_accum > 1
+    tiny = get_recipe(task, "tiny")
+    assert (twin.max_length, twin.n_train, twin.n_eval) == (
+        tiny.max_length,
+        tiny.n_train,
+        tiny.n_eval,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_twin(tmp_path_factory):
+    """The T4 sentiment recipe on the twin, trained a few steps, with a spy on attention."""
+    from datasets import Dataset
+    from transformers import AttentionInterface
+
+    import phi2kit.models as models
+    from phi2kit.training import add_lora, sft_trainer
+
+    seen: list[tuple] = []
+
+    def spy(module, query, *args, **kwargs):
+        out = models.fp32_attention_forward(module, query, *args, **kwargs)
+        seen.append(
+            (
+                module.training,
+                torch.is_autocast_enabled("cpu"),
+                torch.get_autocast_dtype("cpu"),
+                bool(torch.isfinite(out[0]).all()),
+            )
+        )
+        return out  # fmt: skip
+
+    profile = get_profile("t4-cpu")
+    recipe = get_recipe("sentiment", profile, max_steps=4)
+    torch.manual_seed(0)
+    tok = models.load_tokenizer(profile)
+    model = add_lora(models.load_model(profile), recipe, profile)
+    rows = [{"prompt": f"Headline {i}: shares", "completion": " up" if i % 2 else " down"}
+            for i in range(32)]  # fmt: skip
+    out = tmp_path_factory.mktemp("twin")
+    trainer = sft_trainer(model, tok, Dataset.from_list(rows), profile, recipe, out)
+    AttentionInterface.register(models.FP32_ATTENTION, spy)
+    try:
+        trainer.train()
+    finally:
+        AttentionInterface.register(models.FP32_ATTENTION, models.fp32_attention_forward)
+    return trainer, tok, seen
+
+
+def test_fp16_amp_really_runs_in_training(trained_twin):
+    """accelerate alone trains fp16=True on a CPU in fp32; the twin must not."""
+    trainer, _, seen = trained_twin
+    in_training = [s for s in seen if s[0]]
+    assert in_training, "attention never ran in train mode"
+    assert all(amp and dtype == torch.float16 for _, amp, dtype, _ in in_training)
+    assert all(finite for *_, finite in in_training)
+    assert isinstance(trainer.accelerator.scaler, torch.amp.GradScaler)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and all(map(torch.isfinite, torch.tensor(losses)))
+    trainable = {p.dtype for p in trainer.model.parameters() if p.requires_grad}
+    assert trainable == {torch.float32}
+
+
+def test_checkpointing_is_on_and_non_reentrant(trained_twin):
+    trainer, _, _ = trained_twin
+    layer = trainer.model.base_model.model.model.layers[0]
+    assert layer.gradient_checkpointing
+    assert layer._gradient_checkpointing_func.keywords == {"use_reentrant": False}
+    assert trainer.args.gradient_accumulation_steps > 1
+
+
+def test_generate_right_after_train_equals_generate_after_eval(trained_twin):
+    """trainer.train() leaves train mode: checkpointed layers drop the KV cache, dropout is on."""
+    from phi2kit.generation import generate
+
+    trainer, tok, _ = trained_twin
+    model = trainer.model
+    prompts = ["Headline 3: shares", "Headline 4: shares", "The lynx"]
+    model.train()  # where trainer.train() leaves it
+    after_train = generate(model, tok, prompts, max_new_tokens=8)
+    assert model.training  # the mode is restored
+    model.eval()
+    after_eval = generate(model, tok, prompts, max_new_tokens=8)
+    model.train()
+    assert after_train.texts == after_eval.texts
+
+
+def test_label_scoring_right_after_train_equals_after_eval(trained_twin):
+    from phi2kit.evaluate.scoring import score_labels
+
+    trainer, tok, _ = trained_twin
+    model = trainer.model
+    prompts = ["Headline 3: shares", "Headline 4: shares"]
+    model.train()
+    a = score_labels(model, tok, prompts, labels=["up", "down"])
+    model.eval()
+    b = score_labels(model, tok, prompts, labels=["up", "down"])
+    model.train()
+    assert a.ravel().tolist() == pytest.approx(b.ravel().tolist())
