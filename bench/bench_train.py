@@ -117,13 +117,12 @@ def trl_default_trainer(model, tokenizer, dataset, profile, recipe, output_dir, 
 
     from trl import SFTConfig, SFTTrainer
 
-    from phi2kit.training import quiet, sft_config, upcast_trainable
+    from phi2kit.training import finish_trainer, sft_config
 
     defaults = {f.name: f.default for f in fields(SFTConfig) if f.name in TRL_DATA_FIELDS}
     args = sft_config(profile, recipe, output_dir, **{**defaults, **overrides})
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    upcast_trainable(trainer.model)  # the same fp32 adapter as phi2kit's (trl casts to bf16)
-    return quiet(trainer)
+    return finish_trainer(trainer)  # fp32 adapter, quiet logs: as phi2kit's, minus the sampler
 
 
 def run(
