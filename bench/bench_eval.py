@@ -58,8 +58,9 @@ def tuned_model(profile: Any, recipe: Any, train_df, adapter: str | Path | None 
     import torch
 
     from phi2kit.data.sentiment import to_prompt_completion
+    from phi2kit.lora import add_lora
     from phi2kit.models import load_model, load_tokenizer
-    from phi2kit.training import add_lora, sft_trainer
+    from phi2kit.training import sft_trainer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(profile, padding_side="right")

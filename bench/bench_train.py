@@ -100,8 +100,8 @@ def _train_timed(trainer) -> tuple[float, object]:
 def _lora_model(profile, recipe):
     import torch
 
+    from phi2kit.lora import add_lora
     from phi2kit.models import load_model
-    from phi2kit.training import add_lora
 
     torch.manual_seed(0)
     return add_lora(load_model(profile, quantize_4bit=recipe.quantize_4bit), recipe, profile)
@@ -122,7 +122,7 @@ def trl_default_trainer(model, tokenizer, dataset, profile, recipe, output_dir, 
     defaults = {f.name: f.default for f in fields(SFTConfig) if f.name in TRL_DATA_FIELDS}
     args = sft_config(profile, recipe, output_dir, **{**defaults, **overrides})
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
-    return finish_trainer(trainer)  # fp32 adapter, quiet logs: as phi2kit's, minus the sampler
+    return finish_trainer(trainer, seeded_sampler=False)  # as phi2kit's, minus the sampler
 
 
 def run(
@@ -141,7 +141,7 @@ def run(
     from phi2kit.models import load_tokenizer
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
-    from phi2kit.training import quiet, sft_trainer, training_args
+    from phi2kit.training import finish_trainer, sft_trainer, training_args
 
     profile = get_profile("tiny")
     tokenizer = load_tokenizer(profile, padding_side="right")
@@ -156,7 +156,7 @@ def run(
     recipe = get_recipe("webglm", profile, max_length=max_length, **overrides)
 
     with tempfile.TemporaryDirectory() as out:
-        seed = quiet(
+        seed = finish_trainer(
             Trainer(
                 model=_lora_model(profile, recipe),
                 args=training_args(profile, recipe, out, logging_steps=steps),

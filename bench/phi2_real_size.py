@@ -8,12 +8,12 @@
 What it does, in order:
 
 1. **A random Phi-2.** The model is built from Phi-2's published configuration, the one the
-   planner and the meta-device skeleton count (:func:`phi2kit.skeleton.phi2_skeleton`, 2,779,683,840
-   parameters), with seeded random weights (normal, std ``initializer_range``; LayerNorms at
-   1 and 0), in fp16 like the published checkpoint. It is saved as a local snapshot laid out
-   like a hub download: ``config.json``, ``generation_config.json``, sharded
-   ``model-0000k-of-0000n.safetensors`` with ``model.safetensors.index.json``, and tokenizer
-   files. ``--quick`` keeps 2 of the 32 layers, at full width and full vocabulary.
+   planner and the meta-device model count (:func:`phi2kit.meta_phi2.phi2_on_meta`,
+   2,779,683,840 parameters), with seeded random weights (normal, std
+   ``initializer_range``; LayerNorms at 1 and 0), in fp16 like the published checkpoint.
+   It is saved as a local snapshot laid out like a hub download: ``config.json``,
+   ``generation_config.json``, sharded ``model-0000k-of-0000n.safetensors`` with
+   ``model.safetensors.index.json``, and tokenizer files. ``--quick`` keeps 2 of the 32 layers, at full width and full vocabulary.
 2. **The notebooks' calls on it**, with the T4 recipe of each task
    (``phi2kit.recipes.get_recipe(task, "t4")``) and the T4 profile pointed at the snapshot:
    ``load_model`` / ``load_classifier`` in nf4 with double quantization, ``add_lora``
@@ -51,7 +51,7 @@ The planner is evaluated at the length actually trained.
 
 **Checks and tolerances** (relative; each is a measured quantity against the planner's):
 
-- trainable parameters: exact, against the meta-device report (``phi2kit.skeleton``) and the
+- trainable parameters: exact, against the meta-device report (``phi2kit.meta_phi2``) and the
   planner's ``lora_parameters``; the model's parameter count: exact (2,779,683,840 full size).
 - model bytes (every parameter, buffer and quant_state tensor, after loading and after
   ``add_lora``): 0.1 %. The planner leaves out only the rotary ``inv_freq`` buffers, a few
@@ -125,9 +125,9 @@ TOL_RSS_BELOW = 0.10
 
 def phi2_config(quick: bool = False):
     """Phi-2's published config, the skeleton's; ``quick`` shrinks it (see :data:`QUICK`)."""
-    from phi2kit.skeleton import phi2_skeleton
+    from phi2kit.meta_phi2 import phi2_on_meta
 
-    cfg = phi2_skeleton().config  # one source: phi2kit.footprint.phi2_config via the skeleton
+    cfg = phi2_on_meta().config  # one source: phi2kit.footprint.phi2_config via the skeleton
     for key, value in (QUICK if quick else {}).items():
         setattr(cfg, key, value)
     return cfg
@@ -412,12 +412,11 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     from datasets import Dataset
 
     from phi2kit import footprint
-    from phi2kit.merging import save_adapter
+    from phi2kit.lora import add_lora, save_adapter
+    from phi2kit.meta_phi2 import recipe_report
     from phi2kit.models import describe, load_model, load_tokenizer
     from phi2kit.plan import TYPICAL_TOKENS
     from phi2kit.recipes import get_recipe
-    from phi2kit.skeleton import recipe_report
-    from phi2kit.training import add_lora, trainable_parameters
 
     recipe = get_recipe(task, profile)  # the T4 recipe: the profile is t4 with CPU settings
     step = dataclasses.replace(recipe, max_steps=args.steps, batch_size=1, grad_accum=1)
@@ -442,7 +441,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     n_base = describe(model).parameters  # 4-bit weights count as unpacked
 
     model = add_lora(model, step, profile)
-    trainable = trainable_parameters(model)
+    trainable = model.get_nb_trainable_parameters()[0]
     skeleton = recipe_report(task, profile, config=cfg).trainable
     rows += [
         Row("trainable parameters vs meta skeleton", trainable, skeleton, "count", 0),

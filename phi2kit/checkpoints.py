@@ -13,7 +13,7 @@ makes that safe and what a notebook needs around it:
   checkpoint in ``trainer.args.output_dir`` when it was written with the same settings, and
   says what it found.
 
-``phi2kit train`` (:mod:`phi2kit.train`) and notebooks 04 and 06 use the same functions.
+``phi2kit train`` (:mod:`phi2kit.commands.train`) and notebooks 04 and 06 use the same functions.
 """
 
 from __future__ import annotations

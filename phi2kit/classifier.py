@@ -34,8 +34,7 @@ from transformers.models.phi.modeling_phi import PhiModel, PhiPreTrainedModel
 
 from phi2kit.data.sentiment import LABELS, PROMPT_TEMPLATE, build_prompt
 from phi2kit.evaluate.classification import classification_metrics
-from phi2kit.evaluate.scoring import device_of
-from phi2kit.generation import inference
+from phi2kit.generation import device_of, inference
 from phi2kit.logs import on_gpu, progress
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe

@@ -34,13 +34,22 @@ class Generation:
     seconds: float
 
     @property
-    def stopped(self) -> list[bool]:
-        """Whether each sequence ended by itself (EOS or stop string), not on the limit."""
-        return [f != "length" for f in self.finish]
-
-    @property
     def tokens_per_second(self) -> float:
         return sum(self.new_tokens) / max(self.seconds, 1e-9)
+
+
+def device_of(model: Any):
+    """The device of the model's inputs: ``model.device``, else its first parameter's."""
+    device = getattr(model, "device", None)
+    return device if device is not None else next(model.parameters()).device
+
+
+def pad_id_of(tokenizer: Any) -> int:
+    """The tokenizer's pad id, else its eos id (Phi-2 has no pad token), else 0."""
+    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if token_id is not None:
+            return token_id
+    return 0
 
 
 @contextmanager
@@ -93,10 +102,12 @@ def generate(
     (:func:`inference`), so it is safe right after ``trainer.train()``; the model's mode is
     restored after.
     """
-    old_side = tokenizer.padding_side
+    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
     tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:  # a raw Phi-2 tokenizer: pad with eos for this call
+        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id_of(tokenizer))
     texts, counts, finish = [], [], []
-    device = next(model.parameters()).device
+    device = device_of(model)
     start = time.perf_counter()
     try:
         starts = range(0, len(prompts), batch_size)
@@ -125,4 +136,6 @@ def generate(
                     finish.append("stop" if hit_stop else "eos" if hit_eos else "length")
     finally:
         tokenizer.padding_side = old_side
+        if old_pad is None:
+            tokenizer.pad_token = None
     return Generation(texts, counts, finish, time.perf_counter() - start)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from phi2kit.generation import inference
+from phi2kit.lora import adapter_base_4bit, save_adapter
 from phi2kit.models import keep_nf4_layout_on_cpu
 from phi2kit.profiles import Profile
 
@@ -61,32 +62,6 @@ def adapter_fits(adapter: str | Path, profile: Profile) -> bool:
         return True
     theirs, mine = Path(base) / "config.json", Path(ours) / "config.json"
     return theirs.is_file() and mine.is_file() and theirs.read_text() == mine.read_text()
-
-
-#: Written next to an adapter by :func:`save_adapter`: what the adapter's config does not say.
-ADAPTER_NOTE = "phi2kit_adapter.json"
-
-
-def save_adapter(model: nn.Module, path: str | Path) -> Path:
-    """``model.save_pretrained(path)`` (the adapter only, as safetensors), plus a note.
-
-    The note (:data:`ADAPTER_NOTE`) records whether the base was 4-bit during training:
-    ``adapter_config.json`` does not, and it decides how the adapter may be merged (a QLoRA
-    adapter belongs to the dequantized nf4 weights, notebook 05). Returns ``path``.
-    """
-    from phi2kit.training import is_quantized
-
-    path = Path(path)
-    model.save_pretrained(str(path))
-    note = {"base_4bit": is_quantized(model)}
-    (path / ADAPTER_NOTE).write_text(json.dumps(note, indent=2) + "\n")
-    return path
-
-
-def adapter_base_4bit(adapter: str | Path) -> bool | None:
-    """Whether the adapter was trained on a 4-bit base, from its note; None without one."""
-    note = Path(adapter) / ADAPTER_NOTE
-    return json.loads(note.read_text()).get("base_4bit") if note.is_file() else None
 
 
 def find_adapter(
@@ -125,9 +100,10 @@ def train_demo_adapter(
 
     from phi2kit.data import resolve_data
     from phi2kit.data.oasst import load_oasst, thread_to_examples
+    from phi2kit.lora import add_lora
     from phi2kit.models import load_model, load_tokenizer
     from phi2kit.recipes import get_recipe
-    from phi2kit.training import add_lora, sft_trainer
+    from phi2kit.training import sft_trainer
 
     torch.manual_seed(0)
     recipe = get_recipe(

@@ -1,6 +1,7 @@
 """Memory fit planner: will a LoRA/QLoRA recipe fit on the GPU, and if not, what to change.
 
-Run ``phi2kit plan --profile t4 --task webglm --max-length 2048`` or, in Python::
+In Python (``phi2kit plan --profile t4 --task webglm --max-length 2048`` prints the same
+table from the shell, :mod:`phi2kit.commands.plan`)::
 
     from phi2kit.plan import estimate, format_table
     print(format_table(estimate("t4", get_recipe("webglm", "t4"))))
@@ -14,7 +15,6 @@ optimizer, the verdict and the levers to pull.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,36 +200,6 @@ def plan_all_t4(device_gb: float = 15.0) -> list[tuple[str, Estimate]]:
     from phi2kit.recipes import TASKS, get_recipe
 
     return [(t, estimate("t4", get_recipe(t, "t4"), device_gb=device_gb)) for t in TASKS]
-
-
-def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Register ``phi2kit plan``, e.g. ``phi2kit plan --task chat --max-length 2048``."""
-    p = subparsers.add_parser("plan", help="predict whether a recipe fits in GPU memory")
-    p.add_argument("--profile", default="t4", choices=["tiny", "t4", "ampere"])
-    p.add_argument(
-        "--task", default="webglm", choices=["sentiment", "classifier", "webglm", "chat"]
-    )
-    p.add_argument("--max-length", type=int, default=None, help="override the recipe's")
-    p.add_argument("--batch", type=int, default=None, help="per-device micro-batch")
-    p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
-                   help="gradient checkpointing (default: the profile's)")  # fmt: skip
-    p.add_argument("--device-gb", type=float, default=15.0, help="GPU memory in GB")
-    p.set_defaults(func=run_plan)
-    return p
-
-
-def run_plan(args: argparse.Namespace) -> int:
-    """Print the planner table and verdict; return 0 if it fits, else 1."""
-    from phi2kit.recipes import get_recipe
-
-    overrides = {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch))
-                 if v is not None}  # fmt: skip
-    recipe = get_recipe(args.task, args.profile, **overrides)
-    est = estimate(args.profile, recipe, device_gb=args.device_gb,
-                   gradient_checkpointing=args.grad_ckpt)  # fmt: skip
-    print(f"{args.task} on {args.profile}")
-    print(format_table(est))
-    return 0 if est.fits else 1
 
 
 # --- time, and the course table ------------------------------------------------------------

@@ -1,17 +1,15 @@
-"""LoRA/QLoRA set-up and trainers that are safe on a T4.
+"""Trainers that are safe on a T4 (notebook 02 writes the calls; later notebooks use these).
 
-- :func:`check_targets` fails loudly when a LoRA target matches no module (a typo there
-  otherwise trains nothing, or far less than you think).
-- :func:`add_lora` prepares a 4-bit base for training, adds the adapter and keeps every
-  trainable weight in fp32.
 - :func:`sft_config` / :func:`training_args` set fp16/bf16 **explicitly** from the profile:
   trl's ``SFTConfig`` defaults to bf16, which a T4 cannot run.
-- :func:`sft_trainer` builds trl's ``SFTTrainer`` on prompt/completion data (loss on the
-  completion only, EOS appended) and then upcasts the LoRA weights that trl casts to bf16
-  on quantized models, which would break fp16 AMP's gradient scaler.
-- :func:`finish_trainer` is the last step for every trainer (also 03's classifier): fp32
-  trainables, fp16 mixed precision that really runs on a CPU too (the ``t4-cpu`` twin), and
-  quiet logs.
+- :func:`sft_trainer` is trl's ``SFTTrainer`` on prompt/completion data (loss on the
+  completion only, EOS appended), passed through :func:`finish_trainer`.
+- :func:`finish_trainer` is what trl and transformers leave to us, for every trainer (also
+  03's classifier): trainable weights back to fp32 (trl casts QLoRA adapters to bf16, which
+  breaks fp16 AMP's gradient scaler), fp16 mixed precision that really runs on a CPU too
+  (the ``t4-cpu`` twin), the seeded length-grouped sampler (:mod:`phi2kit.batching`) and no
+  log dict printed at every step.
+- :func:`plot_losses` draws ``trainer.state.log_history``.
 """
 
 from __future__ import annotations
@@ -23,46 +21,6 @@ from torch import nn
 
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe
-
-
-def check_targets(model: nn.Module, targets: tuple[str, ...] | list[str]) -> dict[str, int]:
-    """Count the Linear-like modules each LoRA target name matches; raise if one matches none.
-
-    A target matches a module whose dotted name ends with ``.<target>`` (PEFT's rule).
-    """
-    names = [
-        n
-        for n, m in model.named_modules()
-        if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 2
-    ]
-    counts = {t: sum(1 for n in names if n == t or n.endswith("." + t)) for t in targets}
-    missing = [t for t, c in counts.items() if c == 0]
-    if missing:
-        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
-        raise ValueError(
-            f"LoRA target(s) {missing} match no module in {type(model).__name__}. "
-            f"Linear layers in this model are named: {leaves}. Phi-2's are "
-            "q_proj, k_proj, v_proj, dense, fc1, fc2."
-        )
-    return counts
-
-
-def lora_config(recipe: Recipe):
-    """The PEFT ``LoraConfig`` for a recipe.
-
-    With ``task_type="SEQ_CLS"`` PEFT also trains and saves the new ``score`` head
-    (``modules_to_save``), so the head travels with the adapter.
-    """
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=recipe.lora_r,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        target_modules=list(recipe.target_modules),
-        bias="none",
-        task_type=recipe.task_type,
-    )
 
 
 def upcast_trainable(model: nn.Module) -> int:
@@ -78,33 +36,6 @@ def upcast_trainable(model: nn.Module) -> int:
             p.data = p.data.float()
             n += 1
     return n
-
-
-def trainable_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def is_quantized(model: nn.Module) -> bool:
-    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False))
-
-
-def add_lora(model: nn.Module, recipe: Recipe, profile: Profile):
-    """Wrap ``model`` in a LoRA (or QLoRA, if the base is 4-bit) ``PeftModel``."""
-    from peft import get_peft_model, prepare_model_for_kbit_training
-
-    check_targets(model, recipe.target_modules)
-    if is_quantized(model):
-        # Freezes the base, upcasts norms/embeddings to fp32, enables input grads.
-        model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=profile.gradient_checkpointing,
-            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
-        )
-    peft_model = get_peft_model(model, lora_config(recipe))
-    upcast_trainable(peft_model)
-    if trainable_parameters(peft_model) == 0:
-        raise RuntimeError("the LoRA model has no trainable parameters")
-    return peft_model
 
 
 #: Non-reentrant activation checkpointing: what transformers 5 uses by default, said explicitly
@@ -186,22 +117,28 @@ def sft_trainer(
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
-    from phi2kit.batching import group_by_length  # seeded, tighter length groups
-
-    return group_by_length(finish_trainer(trainer))
+    return finish_trainer(trainer)
 
 
-def finish_trainer(trainer):
+def finish_trainer(trainer, *, seeded_sampler: bool = True):
     """The last step for every trainer phi2kit builds; returns it.
 
     - Trainable weights to fp32: trl casts QLoRA adapters to bf16, and fp16 AMP's grad
       scaler needs fp32 master weights.
     - fp16 mixed precision on a CPU (profile ``t4-cpu``): :func:`cpu_fp16_amp`.
-    - No log dict printed at every logging step: :func:`quiet`.
+    - Where the arguments group by length, the seeded sampler
+      :func:`phi2kit.batching.group_by_length` (tighter groups, exact resume), unless
+      ``seeded_sampler=False`` (transformers' own, for the benchmark's peer).
+    - No log dict printed at every logging step (the loss plot shows the same numbers).
     """
+    from transformers.trainer_callback import PrinterCallback
+
+    from phi2kit.batching import group_by_length
+
     upcast_trainable(trainer.model)
     cpu_fp16_amp(trainer)
-    return quiet(trainer)
+    trainer.remove_callback(PrinterCallback)
+    return group_by_length(trainer) if seeded_sampler else trainer
 
 
 def cpu_fp16_amp(trainer) -> bool:
@@ -219,14 +156,6 @@ def cpu_fp16_amp(trainer) -> bool:
     acc.native_amp = True  # accelerate.prepare() wraps forward in torch.autocast(fp16)
     acc.scaler = torch.amp.GradScaler("cpu")  # backward, unscale, skip steps with inf grads
     return True
-
-
-def quiet(trainer):
-    """Drop the callback that prints every log dict; the loss plot shows the same numbers."""
-    from transformers.trainer_callback import PrinterCallback
-
-    trainer.remove_callback(PrinterCallback)
-    return trainer
 
 
 def loss_curve(log_history: list[dict], key: str = "loss") -> tuple[list[int], list[float]]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.files import DataError
 from phi2kit.data.oasst import load_oasst
 from phi2kit.data.sentiment import load_financial_news
 from phi2kit.data.webglm import fit_to_length, load_webglm, to_prompt_completion
@@ -337,7 +337,7 @@ CLI_CASES = [
 
 @pytest.mark.parametrize(("task", "case"), CLI_CASES)
 def test_train_on_bad_data_fails_and_leaves_nothing(task, case, tmp_path, capsys):
-    from phi2kit.train import main
+    from phi2kit.commands.train import main
 
     path, out = write(tmp_path, case), tmp_path / "run"
     argv = [task, "--profile", "tiny", "--data", str(path), "--output-dir", str(out)]
@@ -351,7 +351,7 @@ def test_train_on_bad_data_fails_and_leaves_nothing(task, case, tmp_path, capsys
 
 
 def test_load_result_row_raises_or_records_and_skips_the_rest_of_the_row():
-    from phi2kit.data.errors import LoadResult
+    from phi2kit.data.files import LoadResult
 
     def load(skip_bad: bool) -> LoadResult:
         result = LoadResult(skip_bad=skip_bad)

@@ -60,7 +60,7 @@ def test_format_table_names_both_methods_and_the_verdict(result):
 def test_seed_loop_matches_batched_generation():
     """One prompt at a time and batched, left-padded generation write the same text."""
     from phi2kit.data.sentiment import build_prompt
-    from phi2kit.evaluate.classification import generate_completions
+    from phi2kit.generation import generate
     from phi2kit.models import load_model, load_tokenizer
 
     model, tokenizer = load_model("tiny"), load_tokenizer("tiny")
@@ -69,7 +69,7 @@ def test_seed_loop_matches_batched_generation():
     lengths = {len(tokenizer(p).input_ids) for p in prompts}
     assert len(lengths) == 3  # different lengths, so the batch really is padded
     loop = bench.generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens=6)
-    assert loop == generate_completions(model, tokenizer, prompts, 6, batch_size=3)
+    assert loop == generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=3).texts
     assert any(text.strip() for text in loop)
 
 

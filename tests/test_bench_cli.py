@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from phi2kit import bench
-from phi2kit.cli import main
+from phi2kit.commands import bench
+from phi2kit.commands.main import main
 
 P1 = {
     "seed_useful_tokens_per_s": 460.0, "trl_default_useful_tokens_per_s": 3600.0,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from phi2kit.bench import load_script
+from phi2kit.commands.bench import load_script
 
 
 @pytest.fixture(scope="module")

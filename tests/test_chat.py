@@ -10,18 +10,17 @@ import time
 import pytest
 import torch
 
-from phi2kit.app import build_app, describe_model, make_chat_fn
 from phi2kit.chat import (
     ChatSession,
     _held_back,
-    add_chat_parser,
     chat_reply,
     fit_history,
-    run_chat,
     sampling_kwargs,
     stream_reply,
     to_turns,
 )
+from phi2kit.commands.app import build_app, describe_model, make_chat_fn
+from phi2kit.commands.chat import add_chat_parser, run_chat
 from phi2kit.data.oasst import format_chat
 from phi2kit.generation import generate
 
@@ -219,7 +218,7 @@ def test_cli_stops_at_end_of_input(tmp_path):
 def test_cli_in_a_pseudo_terminal(tiny_model, tiny_tokenizer):
     # `phi2kit chat` as a person uses it: a real terminal, a prompt, a typed line, the reply
     pexpect = pytest.importorskip("pexpect")
-    argv = ["-m", "phi2kit.cli", "chat", "--profile", "tiny", "--max-new-tokens", "16"]
+    argv = ["-m", "phi2kit.commands.main", "chat", "--profile", "tiny", "--max-new-tokens", "16"]
     child = pexpect.spawn(sys.executable, argv, encoding="utf-8", timeout=120)
     try:
         child.expect_exact("'exit' or Ctrl-D quits.")

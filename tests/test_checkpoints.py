@@ -36,9 +36,10 @@ def train_ds(tiny_profile):
 def _trainer(tiny_profile, train_ds, folder, stop_at=None, steps=STEPS, **overrides):
     from transformers import TrainerCallback
 
+    from phi2kit.lora import add_lora
     from phi2kit.models import load_model, load_tokenizer
     from phi2kit.recipes import get_recipe
-    from phi2kit.training import add_lora, sft_trainer
+    from phi2kit.training import sft_trainer
 
     recipe = get_recipe("sentiment", tiny_profile, max_steps=steps, batch_size=4)
     torch.manual_seed(0)

@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from phi2kit.cli import main, make_parser
+from phi2kit.commands.main import main, make_parser
 
 
 def _subcommands() -> list[str]:
@@ -26,7 +26,10 @@ def test_help_works(command, capsys):
 
 def test_console_script_help():
     out = subprocess.run(
-        [sys.executable, "-m", "phi2kit.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "phi2kit.commands.main", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "course" in out
 

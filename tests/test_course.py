@@ -8,8 +8,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from phi2kit.cli import main
-from phi2kit.course import find_notebooks
+from phi2kit.commands.course import find_notebooks
+from phi2kit.commands.main import main
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))

@@ -9,7 +9,7 @@ notebook's learning checks have thresholds stated for this profile.
 
 from pathlib import Path
 
-from phi2kit.course import find_notebooks, run_course
+from phi2kit.commands.course import find_notebooks, run_course
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAINING = {  # notebook -> a key metric that its summary row must show

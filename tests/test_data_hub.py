@@ -11,7 +11,7 @@ from __future__ import annotations
 import hub_copies
 import pytest
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.files import DataError
 from phi2kit.data.oasst import load_oasst
 from phi2kit.data.sentiment import load_financial_news
 from phi2kit.data.webglm import load_webglm

@@ -10,7 +10,7 @@ import json
 import pandas as pd
 import pytest
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.files import DataError
 from phi2kit.data.sentiment import (
     LABELS,
     build_completion,

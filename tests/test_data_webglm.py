@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.files import DataError
 from phi2kit.data.webglm import (
     build_qa_prompt,
     fit_to_length,

@@ -16,13 +16,13 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from phi2kit.data.sentiment import LABELS, build_prompt
 from phi2kit.evaluate.classification import (
     classification_metrics,
-    generate_completions,
     majority_rate,
     parse_label,
     plot_confusion,
     predict_by_generation,
 )
 from phi2kit.evaluate.scoring import predict_by_scoring, score_labels, shared_prefix_length
+from phi2kit.generation import generate
 
 EOS = "<|endoftext|>"
 HEADLINES = [
@@ -138,8 +138,8 @@ def test_predict_by_scoring_is_the_argmax(model, tokenizer, prompts, expected_sc
 
 
 def test_generation_batched_equals_one_by_one(model, tokenizer, prompts):
-    batched = generate_completions(model, tokenizer, prompts, max_new_tokens=4, batch_size=3)
-    single = [generate_completions(model, tokenizer, [p], max_new_tokens=4)[0] for p in prompts]
+    batched = generate(model, tokenizer, prompts, max_new_tokens=4, batch_size=3).texts
+    single = [generate(model, tokenizer, [p], max_new_tokens=4).texts[0] for p in prompts]
     assert batched == single
     assert tokenizer.padding_side == "right"
     assert predict_by_generation(model, tokenizer, prompts) == [parse_label(t) for t in batched]
@@ -154,7 +154,7 @@ class ScriptedModel(torch.nn.Module):
         self.new_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
         self.seen = []
 
-    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id):
+    def generate(self, input_ids, attention_mask, max_new_tokens, do_sample, pad_token_id, **_):
         self.seen.append((input_ids.clone(), attention_mask.clone(), pad_token_id))
         new = torch.tensor(self.new_ids[:max_new_tokens]).repeat(len(input_ids), 1)
         return torch.cat([input_ids, new], dim=1)

@@ -157,8 +157,8 @@ def test_wrong_answers_fail_with_what_was_found():
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PHI2KIT_PROFILE": "tiny", "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "phi2kit.cli", "exercises", *args], cwd=cwd,
-                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    cmd = [sys.executable, "-m", "phi2kit.commands.main", "exercises", *args]
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_grades_a_solved_and_an_unsolved_copy(tmp_path):
@@ -180,7 +180,7 @@ def test_cli_grades_a_solved_and_an_unsolved_copy(tmp_path):
 
 
 def test_cli_lists_every_exercise(capsys):
-    from phi2kit.cli import main
+    from phi2kit.commands.main import main
 
     assert main(["exercises", "list"]) == 0
     out = capsys.readouterr().out

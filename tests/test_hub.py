@@ -12,8 +12,8 @@ import types
 
 import pytest
 
-from phi2kit import hub
-from phi2kit.train import main
+from phi2kit.commands import hub
+from phi2kit.commands.train import main
 
 # Built at run time so that no token-shaped string sits in the repository.
 TOKEN = "hf_" + "Zq9xW2" * 6

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.files import DataError
 from phi2kit.data.sentiment import (
     build_completion,
     build_prompt,

@@ -7,8 +7,8 @@ merge changes the weights and a broken merge shows up in the logits.
 import pytest
 import torch
 
+from phi2kit.lora import adapter_base_4bit, save_adapter
 from phi2kit.merging import (
-    adapter_base_4bit,
     adapter_fits,
     dequantize_into,
     find_adapter,
@@ -17,7 +17,6 @@ from phi2kit.merging import (
     load_dequantized_base,
     merge_error,
     probe_logits,
-    save_adapter,
     save_merged,
 )
 from phi2kit.models import load_model
@@ -155,8 +154,8 @@ def test_save_adapter_notes_the_base_precision_and_find_adapter_uses_it(tiny_pro
     """Notebook 05 must not merge a QLoRA adapter as if it were LoRA (a T4 run of 02 is QLoRA)."""
     from peft import PeftModel
 
+    from phi2kit.lora import add_lora
     from phi2kit.recipes import get_recipe
-    from phi2kit.training import add_lora
 
     recipe = get_recipe("sentiment", tiny_profile)
     paths = {}

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from phi2kit.bench import bench_dir, load_script
+from phi2kit.commands.bench import bench_dir, load_script
 
 R = 16  # the T4 recipes' rank for sentiment and classifier
 HIDDEN, INTER, LAYERS, LABELS = 640, 2560, 2, 3  # --quick

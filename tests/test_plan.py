@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from phi2kit.commands.plan import add_plan_parser, run_plan
 from phi2kit.footprint import (
     activation_bytes_per_token,
     count_parameters,
@@ -29,13 +30,11 @@ from phi2kit.plan import (
     T4_CALIBRATIONS,
     T4_EFFECTIVE_FLOPS,
     Estimate,
-    add_plan_parser,
     course_minutes,
     course_rows,
     estimate,
     format_table,
     plan_all_t4,
-    run_plan,
     train_minutes,
 )
 from phi2kit.recipes import PHI_LORA_TARGETS, Recipe, get_recipe

@@ -16,7 +16,7 @@ def test_progress_bar_only_when_asked(capsys):
 
 
 def test_trainer_progress_follows_the_profile(tiny_profile, tmp_path):
-    """The CPU profile keeps the Trainer quiet; the T4 one is checked in test_skeleton."""
+    """The CPU profile keeps the Trainer quiet; the T4 one is checked in test_meta_phi2."""
     from phi2kit.recipes import get_recipe
     from phi2kit.training import sft_config
 

@@ -140,10 +140,11 @@ def test_sft_trainer_feeds_95_percent_useful_batches(tmp_path):
     from phi2kit.batching import count_batches
     from phi2kit.data import sample_path
     from phi2kit.data.webglm import load_webglm, to_prompt_completion
+    from phi2kit.lora import add_lora
     from phi2kit.models import load_model, load_tokenizer
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
-    from phi2kit.training import add_lora, sft_trainer
+    from phi2kit.training import sft_trainer
 
     profile = get_profile("tiny")
     recipe = get_recipe("webglm", profile, quantize_4bit=False, batch_size=8, grad_accum=1)

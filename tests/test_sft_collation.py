@@ -24,10 +24,11 @@ def sft(tmp_path_factory):
     """(trainer, tokenizer, prompt/completion dataset) on the first WebGLM sample examples."""
     from phi2kit.data import sample_path
     from phi2kit.data.webglm import load_webglm, to_prompt_completion
+    from phi2kit.lora import add_lora
     from phi2kit.models import load_model, load_tokenizer
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
-    from phi2kit.training import add_lora, sft_trainer
+    from phi2kit.training import sft_trainer
 
     profile = get_profile("tiny")
     recipe = get_recipe(

@@ -63,7 +63,8 @@ def trained_twin(tmp_path_factory):
     from transformers import AttentionInterface
 
     import phi2kit.models as models
-    from phi2kit.training import add_lora, sft_trainer
+    from phi2kit.lora import add_lora
+    from phi2kit.training import sft_trainer
 
     seen: list[tuple] = []
 

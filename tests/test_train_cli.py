@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from phi2kit.train import (
+from phi2kit.commands.train import (
     ADAPTER,
     COMPLETE,
     add_train_parser,
@@ -160,7 +160,14 @@ def _kill_when(proc: subprocess.Popen, marker: Path, report: dict) -> None:
 
 def test_crash_and_resume_equals_uninterrupted_run(tmp_path):
     reference, crashed = tmp_path / "reference", tmp_path / "crashed"
-    cmd = [sys.executable, "-m", "phi2kit.train", *RESUME_ARGS, "--output-dir", str(crashed)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "phi2kit.commands.train",
+        *RESUME_ARGS,
+        "--output-dir",
+        str(crashed),
+    ]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     marker = crashed / "checkpoints" / "checkpoint-8" / COMPLETE
     report: dict = {}
@@ -233,7 +240,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no"]
     launch += ["--dynamo_backend", "no", "--main_process_port", str(_free_port())]
-    cmd = [*launch, "-m", "phi2kit.train", *SCALE_ARGS, "--set", "batch_size=4"]
+    cmd = [*launch, "-m", "phi2kit.commands.train", *SCALE_ARGS, "--set", "batch_size=4"]
     cmd += ["--output-dir", str(two)]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:  # the single-process run goes on in this process, meanwhile

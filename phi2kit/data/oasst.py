@@ -27,7 +27,7 @@ from phi2kit.data.chat_format import (  # noqa: F401  (re-exported: the thread f
     thread_to_examples,
     to_prompt_completion,
 )
-from phi2kit.data.errors import DataError, LoadResult, read_jsonl
+from phi2kit.data.files import DataError, LoadResult, read_jsonl
 
 HUB_ID = "OpenAssistant/oasst1"
 #: The message fields the loader reads (the published rows have more).

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from phi2kit.data.errors import DataError, LoadResult, decode_utf8
+from phi2kit.data.files import DataError, LoadResult, decode_utf8
 from phi2kit.data.sentiment_files import Record, csv_records, read_json_table, table_records
 
 if TYPE_CHECKING:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.files import DataError
 
 #: One parsed row: (1-based row, raw label, raw text, label field name, text field name).
 Record = tuple[int, Any, Any, str, str]

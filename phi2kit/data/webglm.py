@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.errors import DataError, LoadResult, read_jsonl
+from phi2kit.data.files import DataError, LoadResult, read_jsonl
 
 HUB_ID = "THUDM/webglm-qa"
 

@@ -19,9 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from phi2kit.data.sentiment import LABELS
-from phi2kit.evaluate.scoring import device_of, pad_id_of
-from phi2kit.generation import inference
-from phi2kit.logs import on_gpu, progress
+from phi2kit.generation import generate
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -46,46 +44,6 @@ def parse_label(text: str | None, labels: Sequence[str] = LABELS) -> str | None:
     return next(label for label in labels if label.lower() == word)
 
 
-def generate_completions(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    max_new_tokens: int = 4,
-    batch_size: int = 16,
-) -> list[str]:
-    """Greedy continuations of ``prompts`` (new text only), in batches.
-
-    Batches are padded on the LEFT, so every prompt ends where generation starts, with an
-    attention mask and an explicit ``pad_token_id`` (eos when there is no pad token). The
-    tokenizer's padding side is restored afterwards.
-    """
-    pad_id = pad_id_of(tokenizer)
-    device = device_of(model)
-    old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
-    texts: list[str] = []
-    try:
-        tokenizer.padding_side = "left"
-        if tokenizer.pad_token is None:
-            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id)
-        starts = range(0, len(prompts), batch_size)
-        with inference(model):
-            for start in progress(starts, desc="generating", show=on_gpu(model)):
-                enc = tokenizer(
-                    list(prompts[start : start + batch_size]), return_tensors="pt", padding=True
-                )
-                enc = {k: v.to(device) for k, v in enc.items()}
-                out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id
-                )
-                new_tokens = out[:, enc["input_ids"].shape[1] :]
-                texts += tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-    finally:
-        tokenizer.padding_side = old_side
-        if old_pad is None:
-            tokenizer.pad_token = None
-    return texts
-
-
 def predict_by_generation(
     model: Any,
     tokenizer: Any,
@@ -95,7 +53,10 @@ def predict_by_generation(
     labels: Sequence[str] = LABELS,
 ) -> list[str | None]:
     """Greedy generation, parsed with :func:`parse_label`. Unparseable outputs are ``None``."""
-    texts = generate_completions(model, tokenizer, prompts, max_new_tokens, batch_size)
+    out = generate(
+        model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
+    texts = out.texts
     return [parse_label(text, labels) for text in texts]
 
 

@@ -13,22 +13,8 @@ from typing import Any
 import numpy as np
 
 from phi2kit.data.sentiment import LABELS
-from phi2kit.generation import inference
+from phi2kit.generation import device_of, inference, pad_id_of
 from phi2kit.logs import on_gpu, progress
-
-
-def device_of(model: Any):
-    """The device of the model's inputs: ``model.device``, else its first parameter's."""
-    device = getattr(model, "device", None)
-    return device if device is not None else next(model.parameters()).device
-
-
-def pad_id_of(tokenizer: Any) -> int:
-    """The tokenizer's pad id, else its eos id (Phi-2 has no pad token), else 0."""
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return token_id
-    return 0
 
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool):

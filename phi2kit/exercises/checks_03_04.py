@@ -111,9 +111,10 @@ def _reference_trainer():
     if not _TRAINER:
         from datasets import Dataset
 
+        from phi2kit.lora import add_lora
         from phi2kit.profiles import get_profile
         from phi2kit.recipes import get_recipe
-        from phi2kit.training import add_lora, sft_trainer
+        from phi2kit.training import sft_trainer
 
         rng = random.Random(0)
         words = "the heron otter river bank sales rose fell profit quarter stone".split()

@@ -205,7 +205,7 @@ def _06c_counts(ns):
 @criterion(
     "06_c",
     "the old names trained less, silently, and check_targets caught them",
-    "keep the ValueError from check_targets(phi2_skeleton(), OLD_NAMES) in `caught`",
+    "keep the ValueError from check_targets(phi2_on_meta(), OLD_NAMES) in `caught`",
 )
 def _06c_caught(ns):
     old, caught = need(ns, "OLD_NAMES"), need(ns, "caught")

@@ -3,23 +3,28 @@
     phi2kit course --profile tiny            # about 6 minutes on 2 CPU cores
     phi2kit course --profile t4 --out runs/colab
 
-Each notebook records its key numbers with :func:`record_metrics`; they land in
+Each notebook records its key numbers with :func:`phi2kit.metrics.record_metrics`; they land in
 ``<run>/metrics/<notebook>.json`` and in the summary table.
 
 Running notebooks needs the ``course`` extra (papermill, nbclient, ipykernel, JupyterLab):
-``pip install -e ".[course]"``. :func:`record_metrics` itself needs nothing, so the notebooks
-import it on Colab too.
+``pip install -e ".[course]"``. The notebooks' side,
+:func:`phi2kit.metrics.record_metrics`, needs nothing, so they import it on Colab too.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-METRICS_ENV = "PHI2KIT_METRICS_DIR"
+from phi2kit.commands import add_profile_argument
+from phi2kit.metrics import METRICS_ENV
+
 COURSE_EXTRA_HINT = (
     'phi2kit course runs the notebooks with papermill: install the "course" extra, '
     'pip install -e ".[course]" (or pip install "phi2kit[course]")'
@@ -39,25 +44,11 @@ def import_papermill():
     return papermill
 
 
-def record_metrics(notebook: str, metrics: dict) -> dict:
-    """Store a notebook's key numbers for the course summary and return them.
-
-    Writes ``<PHI2KIT_METRICS_DIR>/<notebook>.json`` when ``phi2kit course`` runs the
-    notebook; otherwise it only returns the dict, so a notebook can show it.
-    """
-    clean = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
-    folder = os.environ.get(METRICS_ENV)
-    if folder:
-        Path(folder).mkdir(parents=True, exist_ok=True)
-        (Path(folder) / f"{notebook}.json").write_text(json.dumps(clean, indent=2) + "\n")
-    return clean
-
-
 def find_notebooks(folder: Path | None = None) -> list[Path]:
     """The numbered notebooks, in teaching order."""
     if folder is None:
         here = Path.cwd() / "notebooks"
-        folder = here if here.is_dir() else Path(__file__).resolve().parents[1] / "notebooks"
+        folder = here if here.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
     found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
     if not found:
         raise FileNotFoundError(f"no NN_*.ipynb notebooks in {folder}; pass --notebooks DIR")
@@ -141,3 +132,39 @@ def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
     passed = sum(r.status == "passed" for r in runs)
     lines += ["", f"{passed} passed, {len(runs) - passed} failed", ""]
     return "\n".join(lines)
+
+
+def add_course_parser(sub) -> None:
+    """Register ``phi2kit course``."""
+    p = sub.add_parser(
+        "course",
+        help="execute every notebook in order and write summary.md",
+        description="Execute notebooks 01-06 on a profile and write the "
+        "executed copies and summary.md to a run folder.",
+    )
+    add_profile_argument(p)
+    p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
+    p.add_argument("--notebooks", type=Path, default=None, help="folder of NN_*.ipynb")
+    p.add_argument("--only", nargs="*", default=None, help="notebook numbers, e.g. 01 02")
+    p.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    p.set_defaults(func=_course_main)
+
+
+def _course_main(args: argparse.Namespace) -> int:
+    from phi2kit.profiles import get_profile
+
+    try:
+        import_papermill()  # before any work: without the extra, say which one to install
+    except CourseDependencyError as exc:
+        print(f"phi2kit course: {exc}", file=sys.stderr)
+        return 2
+    profile = get_profile(args.profile).name
+    notebooks = find_notebooks(args.notebooks)
+    if args.only:
+        notebooks = [n for n in notebooks if n.name[:2] in set(args.only)]
+    # relative to where the command runs (run_course makes it absolute before the kernels start)
+    out = (args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+    runs = run_course(profile, out, notebooks, timeout=args.timeout)
+    print(f"\nsummary: {out / 'summary.md'}")
+    print((out / "summary.md").read_text())
+    return 0 if all(r.status == "passed" for r in runs) else 1

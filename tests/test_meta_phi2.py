@@ -13,15 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from phi2kit.profiles import get_profile
-from phi2kit.recipes import PHI_LORA_TARGETS, TASKS, get_recipe
-from phi2kit.skeleton import (
-    phi2_skeleton,
+from phi2kit.lora import check_targets
+from phi2kit.meta_phi2 import (
+    phi2_on_meta,
     recipe_report,
     report_table,
     t4_recipes_markdown,
 )
-from phi2kit.training import check_targets
+from phi2kit.profiles import get_profile
+from phi2kit.recipes import PHI_LORA_TARGETS, TASKS, get_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 PHI2_PARAMETERS = 2_779_683_840  # conventions.md, from the model card's config.json
@@ -42,7 +42,7 @@ SCORE_HEAD = H * 3  # PhiForSequenceClassification.score: Linear(2560, 3, bias=F
 
 @pytest.fixture(scope="module")
 def skeleton():
-    return phi2_skeleton()
+    return phi2_on_meta()
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +53,14 @@ def t4_reports():
 # --- the skeleton and its module names -------------------------------------------------
 
 
-def test_skeleton_is_full_size_phi2_on_meta(skeleton):
+def test_meta_phi2_is_full_size_phi2_on_meta(skeleton):
     params = list(skeleton.parameters())
     assert sum(p.numel() for p in params) == PHI2_PARAMETERS
     assert {p.device.type for p in params} == {"meta"}  # nothing allocated
     assert type(skeleton).__name__ == "PhiForCausalLM"
 
 
-def test_skeleton_linear_names_are_the_lora_targets(skeleton):
+def test_meta_phi2_linear_names_are_the_lora_targets(skeleton):
     layer0 = {
         name.split(".")[-1]: (m.in_features, m.out_features)
         for name, m in skeleton.named_modules()

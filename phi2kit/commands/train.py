@@ -2,13 +2,14 @@
 
     phi2kit train sentiment --profile t4 --output-dir runs/sentiment --save-every 25
     phi2kit train sentiment --profile t4 --output-dir runs/sentiment --resume   # after a crash
-    accelerate launch --multi_gpu --num_processes 2 -m phi2kit.train chat --output-dir runs/chat
-    python -m phi2kit.train sentiment --profile tiny --steps 12 --output-dir /tmp/run
+    accelerate launch --multi_gpu --num_processes 2 -m phi2kit.commands.train chat \
+        --output-dir runs/chat
+    python -m phi2kit.commands.train sentiment --profile tiny --steps 12 --output-dir /tmp/run
 
 ``--multi_gpu`` starts one process per device through torchrun; without CUDA the same
 command runs 2 CPU processes over gloo (``--cpu`` would start a single process).
 
-The task's data, model and trainer come from :mod:`phi2kit.tasks` (the notebooks' code).
+The task's data, model and trainer come from :mod:`phi2kit.commands.tasks` (the notebooks' code).
 ``OUTPUT_DIR`` is created only once the data has been read and checked, and holds:
 
 - ``checkpoints/checkpoint-N/``: HF Trainer checkpoints every ``--save-every`` steps
@@ -42,6 +43,7 @@ from phi2kit.checkpoints import (
     latest_checkpoint,
     write_json_atomic,
 )
+from phi2kit.commands import add_profile_argument
 
 __all__ = ["COMPLETE", "atomic_dir", "latest_checkpoint", "main", "write_json_atomic"]
 
@@ -108,30 +110,11 @@ def _trim_loss_log(path: Path, last_step: int) -> None:
     path.write_text("".join(r + "\n" for r in kept))
 
 
-def seed_everything(seed: int, threads: int | None = None, deterministic: bool = True) -> None:
-    """Seed Python, NumPy and torch; fix the CPU thread count; prefer deterministic kernels.
-
-    On the CPU, float sums depend on how work is split over threads, so bitwise-equal
-    results need the same ``threads`` in every run (``run.json`` records it). The CLI asks
-    for deterministic kernels on the CPU only: on a GPU some backward kernels use atomics,
-    so a resumed GPU run continues the same data, optimizer and RNG states but is not
-    bitwise equal to an uninterrupted one.
-    """
-    import torch
-    from transformers import set_seed
-
-    if threads:
-        torch.set_num_threads(threads)
-    set_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-
-
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     from phi2kit.recipes import TASKS
 
     p.add_argument("task", choices=TASKS, help="the notebook recipe to run")
-    p.add_argument("--profile", default="auto", help="tiny, t4, ampere or auto (default)")
+    add_profile_argument(p)
     p.add_argument("--data", default="auto", help="file or folder (default: sample on tiny)")
     p.add_argument("--output-dir", type=Path, default=None, help="default outputs/train_TASK")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe)")
@@ -164,7 +147,7 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def make_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser for ``python -m phi2kit.train``."""
+    """A stand-alone parser for ``python -m phi2kit.commands.train``."""
     p = argparse.ArgumentParser(prog="phi2kit train", description=__doc__.split("\n")[0])
     _add_arguments(p)
     return p
@@ -181,7 +164,7 @@ def _changed_settings(out: Path, task: str, profile: str, seed: int) -> list[str
 
 
 def _fail(message: str) -> int:
-    from phi2kit.hub import redact
+    from phi2kit.commands.hub import redact
 
     print(f"phi2kit train: error: {redact(message)}", file=sys.stderr)
     return 2
@@ -205,13 +188,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     import torch
+    from transformers import set_seed
 
-    from phi2kit.data.errors import DataError
-    from phi2kit.hub import HubError, push_adapter, require_token
-    from phi2kit.merging import save_adapter
+    from phi2kit.commands.hub import HubError, push_adapter, require_token
+    from phi2kit.commands.tasks import make_trainer, parse_overrides, prepare
+    from phi2kit.data.files import DataError
+    from phi2kit.lora import save_adapter
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
-    from phi2kit.tasks import make_trainer, parse_overrides, prepare
 
     out = args.output_dir or Path("outputs") / f"train_{args.task}"
     ckpt_dir = out / CHECKPOINTS
@@ -237,7 +221,15 @@ def _run(args: argparse.Namespace) -> int:
     if args.resume and resume_from is None:
         print(f"phi2kit train: no complete checkpoint in {ckpt_dir}: starting from step 0")
 
-    seed_everything(args.seed, args.threads, deterministic=not profile.requires_cuda)
+    # Bitwise-equal CPU runs need the same thread count (float sums depend on how work is
+    # split; run.json records it) and deterministic kernels. On a GPU some backward kernels
+    # use atomics: a resumed GPU run continues the same data, optimizer and RNG states but
+    # is not bitwise equal to an uninterrupted one.
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    set_seed(args.seed)
+    if not profile.requires_cuda:
+        torch.use_deterministic_algorithms(True, warn_only=True)
     try:  # data before any folder is made: a bad file leaves nothing behind
         model, tokenizer, train_ds, eval_ds = prepare(args.task, profile, recipe, args.data)
     except DataError as err:
@@ -294,7 +286,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m phi2kit.train TASK ...``; returns the exit code."""
+    """``python -m phi2kit.commands.train TASK ...``; returns the exit code."""
     return run_train(make_parser().parse_args(argv))
 
 

@@ -31,7 +31,7 @@ from types import ModuleType
 
 def bench_dir() -> Path:
     """The repository's ``bench/`` folder (from the working directory or the package)."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[1]):
+    for root in (Path.cwd(), Path(__file__).resolve().parents[2]):
         if (root / "bench" / "bench_train.py").exists():
             return root / "bench"
     raise FileNotFoundError("bench/ not found: run `phi2kit bench` from the repository root")
@@ -124,7 +124,7 @@ def run_bench(args: argparse.Namespace) -> int:
         p2 = load_script("bench_eval").run(log=lambda *a: print(*a, file=sys.stderr))
         notebooks = None
         if args.notebooks:
-            from phi2kit.course import find_notebooks, run_course
+            from phi2kit.commands.course import find_notebooks, run_course
 
             with tempfile.TemporaryDirectory() as out:
                 runs = run_course("tiny", Path(out), find_notebooks())

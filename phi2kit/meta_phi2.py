@@ -8,7 +8,7 @@ context, it creates the LoRA matrices without storage too. So the adapter a note
 trains on Colab is built here with the same ``LoraConfig``, and its modules and
 parameters can be counted::
 
-    from phi2kit.skeleton import recipe_report, report_table
+    from phi2kit.meta_phi2 import recipe_report, report_table
     print(report_table([recipe_report(t) for t in ("sentiment", "classifier")]))
 
 Nothing here runs a forward pass: meta tensors have no values.
@@ -51,7 +51,7 @@ def _config(profile: Profile, num_labels: int | None = None, config=None):
     return cfg
 
 
-def phi2_skeleton(
+def phi2_on_meta(
     num_labels: int | None = None, profile: Profile | str = "t4", config=None
 ) -> nn.Module:
     """Phi-2 (``PhiForCausalLM``) on the meta device: real shapes, no storage, no download.
@@ -128,20 +128,20 @@ def recipe_report(
     """Apply ``task``'s default recipe on ``profile`` to the meta model and count the result.
 
     ``overrides`` change the recipe (``lora_r=8``, ``target_modules=("q_proj",)``);
-    ``config`` replaces the profile's model config (see :func:`phi2_skeleton`).
+    ``config`` replaces the profile's model config (see :func:`phi2_on_meta`).
 
-    Uses the same ``LoraConfig`` as training (:func:`phi2kit.training.lora_config`), and
-    :func:`phi2kit.training.check_targets` first, so a target that matches nothing fails
+    Uses the same ``LoraConfig`` as training (:func:`phi2kit.lora.lora_config`), and
+    :func:`phi2kit.lora.check_targets` first, so a target that matches nothing fails
     here exactly as it would on Colab. SEQ_CLS recipes get a ``num_labels``-way classifier.
     """
     from peft import get_peft_model
 
-    from phi2kit.training import check_targets, lora_config
+    from phi2kit.lora import check_targets, lora_config
 
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
     recipe = get_recipe(task, profile, **overrides)
     seq_cls = recipe.task_type == "SEQ_CLS"
-    model = phi2_skeleton(num_labels if seq_cls else None, profile, config)
+    model = phi2_on_meta(num_labels if seq_cls else None, profile, config)
     base = sum(p.numel() for p in model.parameters())
     check_targets(model, recipe.target_modules)
     with warnings.catch_warnings():
@@ -210,11 +210,11 @@ def report_table(reports: list[RecipeReport]) -> str:
 def t4_recipes_markdown() -> str:
     """The README's table of the default T4 recipes, counted on the meta-device Phi-2."""
     reports = all_reports("t4")
-    base = phi2_skeleton()
+    base = phi2_on_meta()
     n = sum(p.numel() for p in base.parameters())
     return (
         f"Counted on Phi-2 built from its published config on the meta device "
-        f"({n:,} parameters; `phi2kit.skeleton`). The adapter size is what "
+        f"({n:,} parameters; `phi2kit.meta_phi2`). The adapter size is what "
         "`save_pretrained` writes: trainable parameters × 4 bytes (fp32).\n\n"
         + report_table(reports)
     )

@@ -2,8 +2,8 @@
 
 Needs the optional extra: ``pip install "phi2kit[app]"`` (Gradio 6). Then:
 
-    python -m phi2kit.app --profile tiny --adapter notebooks/outputs/06_chat/adapter
-    python -m phi2kit.app --profile t4 --adapter outputs/06_chat/adapter --4bit --share
+    phi2kit app --profile tiny --adapter notebooks/outputs/06_chat/adapter
+    phi2kit app --profile t4 --adapter outputs/06_chat/adapter --4bit --share
 
 The page says which model and adapter answer, streams each reply as it is generated, and
 offers the settings a chat user expects: reply length, temperature (0 = greedy), and
@@ -18,7 +18,8 @@ import argparse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from phi2kit.chat import STOP_STRINGS, add_model_arguments, load_chat_model, stream_reply, to_turns
+from phi2kit.chat import STOP_STRINGS, load_chat_model, stream_reply, to_turns
+from phi2kit.commands.chat import add_model_arguments
 
 ChatFn = Callable[..., Iterator[str]]
 HOST = "127.0.0.1"
@@ -107,22 +108,39 @@ def build_app(
     )
 
 
-def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m phi2kit.app", description=__doc__.split("\n")[0]
-    )
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser)
     parser.add_argument("--host", default=HOST, help=f"address to serve on (default {HOST})")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
     parser.add_argument("--share", action="store_true", help="make a public Gradio link")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser for ``python -m phi2kit.commands.app``."""
+    parser = argparse.ArgumentParser(prog="phi2kit app", description=__doc__.split("\n")[0])
+    _add_arguments(parser)
+    return parser
+
+
+def add_app_parser(subparsers) -> argparse.ArgumentParser:
+    """Register ``phi2kit app``."""
+    parser = subparsers.add_parser(
+        "app", help="serve the Gradio chat app", description=__doc__.split("\n")[0]
+    )
+    _add_arguments(parser)
+    parser.set_defaults(func=run_app)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    return run_app(make_parser().parse_args(argv))
+
+
+def run_app(args: argparse.Namespace) -> int:
+    """Load the model, build the app and serve it until interrupted."""
     from phi2kit.models import model_source
     from phi2kit.profiles import get_profile
 
-    args = make_parser().parse_args(argv)
     profile = get_profile(args.profile)
     model, tokenizer = load_chat_model(
         args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit

@@ -1,6 +1,6 @@
 """The notebooks' training recipes as command-line glue: data, model and trainer per task.
 
-``phi2kit train TASK`` (see :mod:`phi2kit.train`) runs the same code the notebooks run.
+``phi2kit train TASK`` (see :mod:`phi2kit.commands.train`) runs the same code the notebooks run.
 Nothing here is a second implementation: every step calls an existing phi2kit function.
 
 ========== ======================== ==================================================
@@ -24,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from phi2kit.data.errors import DataError
+from phi2kit.data.files import DataError
 from phi2kit.profiles import Profile
 from phi2kit.recipes import TASKS, Recipe
 
@@ -172,8 +172,8 @@ def prepare(
             tiny profile and the hub data set on a GPU profile.
     """
     from phi2kit.data.sentiment import to_prompt_completion
+    from phi2kit.lora import add_lora
     from phi2kit.models import load_model, load_tokenizer
-    from phi2kit.training import add_lora
 
     path, data = load_data(task, profile, recipe, data_path)
     tokenizer = load_tokenizer(profile, padding_side="right")

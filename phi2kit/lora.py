@@ -1,0 +1,111 @@
+"""LoRA on Phi-2's linear layers (notebook 02): the config, the adapter, and saving it.
+
+Notebook 02 writes these calls in its cells; this module is the same recipe for the
+notebooks after it and for ``phi2kit train`` (``tests/test_notebook_recipe.py`` checks that
+the two build the same configuration).
+
+- :func:`check_targets` fails loudly when a LoRA target matches no module (a typo there
+  otherwise trains nothing, or far less than you think).
+- :func:`lora_config` is PEFT's ``LoraConfig`` for a recipe; :func:`add_lora` prepares a
+  4-bit base for training (QLoRA) and adds the adapter.
+- :func:`save_adapter` writes the adapter and notes whether its base was 4-bit.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from torch import nn
+
+from phi2kit.profiles import Profile
+from phi2kit.recipes import PHI_LORA_TARGETS, Recipe
+from phi2kit.training import CHECKPOINTING_KWARGS
+
+
+def check_targets(model: nn.Module, targets: tuple[str, ...] | list[str]) -> dict[str, int]:
+    """Count the Linear-like modules each LoRA target name matches; raise if one matches none.
+
+    A target matches a module whose dotted name ends with ``.<target>`` (PEFT's rule).
+    """
+    names = [
+        n
+        for n, m in model.named_modules()
+        if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 2
+    ]
+    counts = {t: sum(1 for n in names if n == t or n.endswith("." + t)) for t in targets}
+    missing = [t for t, c in counts.items() if c == 0]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise ValueError(
+            f"LoRA target(s) {missing} match no module in {type(model).__name__}. "
+            f"Linear layers in this model are named: {leaves}. Phi-2's are "
+            f"{', '.join(PHI_LORA_TARGETS)}."
+        )
+    return counts
+
+
+def lora_config(recipe: Recipe):
+    """The PEFT ``LoraConfig`` for a recipe.
+
+    With ``task_type="SEQ_CLS"`` PEFT also trains and saves the new ``score`` head
+    (``modules_to_save``), so the head travels with the adapter.
+    """
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=recipe.lora_r,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        target_modules=list(recipe.target_modules),
+        bias="none",
+        task_type=recipe.task_type,
+    )
+
+
+def is_quantized(model: nn.Module) -> bool:
+    """Whether the model's base weights are quantized (loaded in 4-bit: QLoRA)."""
+    return bool(getattr(model, "is_loaded_in_4bit", False) or getattr(model, "is_quantized", False))
+
+
+def add_lora(model: nn.Module, recipe: Recipe, profile: Profile):
+    """Wrap ``model`` in a LoRA (or QLoRA, if the base is 4-bit) ``PeftModel``."""
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    check_targets(model, recipe.target_modules)
+    if is_quantized(model):
+        # Freezes the base, upcasts norms/embeddings to fp32, enables input grads.
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=profile.gradient_checkpointing,
+            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
+        )
+    # peft keeps the new adapter weights in fp32 (autocast_adapter_dtype=True, its default)
+    peft_model = get_peft_model(model, lora_config(recipe))
+    if peft_model.get_nb_trainable_parameters()[0] == 0:
+        raise RuntimeError("the LoRA model has no trainable parameters")
+    return peft_model
+
+
+#: Written next to an adapter by :func:`save_adapter`: what the adapter's config does not say.
+ADAPTER_NOTE = "phi2kit_adapter.json"
+
+
+def save_adapter(model: nn.Module, path: str | Path) -> Path:
+    """``model.save_pretrained(path)`` (the adapter only, as safetensors), plus a note.
+
+    The note (:data:`ADAPTER_NOTE`) records whether the base was 4-bit during training:
+    ``adapter_config.json`` does not, and it decides how the adapter may be merged (a QLoRA
+    adapter belongs to the dequantized nf4 weights, notebook 05). Returns ``path``.
+    """
+    path = Path(path)
+    model.save_pretrained(str(path))
+    note = {"base_4bit": is_quantized(model)}
+    (path / ADAPTER_NOTE).write_text(json.dumps(note, indent=2) + "\n")
+    return path
+
+
+def adapter_base_4bit(adapter: str | Path) -> bool | None:
+    """Whether the adapter was trained on a 4-bit base, from its note; None without one."""
+    note = Path(adapter) / ADAPTER_NOTE
+    return json.loads(note.read_text()).get("base_4bit") if note.is_file() else None

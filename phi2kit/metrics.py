@@ -1,0 +1,27 @@
+"""A notebook's key numbers, for the course summary (every notebook's last cell).
+
+``phi2kit course`` (:mod:`phi2kit.commands.course`) sets ``PHI2KIT_METRICS_DIR`` before it
+runs each notebook and reads the files back into ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+METRICS_ENV = "PHI2KIT_METRICS_DIR"
+
+
+def record_metrics(notebook: str, metrics: dict) -> dict:
+    """Store a notebook's key numbers for the course summary and return them.
+
+    Writes ``<PHI2KIT_METRICS_DIR>/<notebook>.json`` when ``phi2kit course`` runs the
+    notebook; otherwise it only returns the dict, so a notebook can show it.
+    """
+    clean = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+    folder = os.environ.get(METRICS_ENV)
+    if folder:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / f"{notebook}.json").write_text(json.dumps(clean, indent=2) + "\n")
+    return clean
