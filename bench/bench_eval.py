@@ -42,7 +42,8 @@ GOAL_RATIO = 10.0
 def load_test_set(profile: Any, n_train: int, n_test: int, seed: int = 42):
     """The sentiment splits of the data the profile reads (the shipped sample on tiny)."""
     from phi2kit.data import resolve_data
-    from phi2kit.data.sentiment import load_financial_news, split_sentiment
+    from phi2kit.data.sentiment import load_financial_news
+    from phi2kit.data.sentiment_split import split_sentiment
 
     df = load_financial_news(resolve_data("financial_news", "auto", profile))
     # The train rows depend only on (seed, n_train): an adapter saved by notebook 02 (same

@@ -13,7 +13,8 @@ What it does, in order:
    ``initializer_range``; LayerNorms at 1 and 0), in fp16 like the published checkpoint.
    It is saved as a local snapshot laid out like a hub download: ``config.json``,
    ``generation_config.json``, sharded ``model-0000k-of-0000n.safetensors`` with
-   ``model.safetensors.index.json``, and tokenizer files. ``--quick`` keeps 2 of the 32 layers, at full width and full vocabulary.
+   ``model.safetensors.index.json``, and tokenizer files. ``--quick`` keeps 2 of the 32
+   layers, at full width and full vocabulary.
 2. **The notebooks' calls on it**, with the T4 recipe of each task
    (``phi2kit.recipes.get_recipe(task, "t4")``) and the T4 profile pointed at the snapshot:
    ``load_model`` / ``load_classifier`` in nf4 with double quantization, ``add_lora``

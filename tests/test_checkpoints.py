@@ -27,7 +27,8 @@ STEPS, SAVE_EVERY = 6, 2
 @pytest.fixture(scope="module")
 def train_ds(tiny_profile):
     from phi2kit.data import sample_path
-    from phi2kit.data.sentiment import load_financial_news, split_sentiment, to_prompt_completion
+    from phi2kit.data.sentiment import load_financial_news, to_prompt_completion
+    from phi2kit.data.sentiment_split import split_sentiment
 
     splits = split_sentiment(load_financial_news(sample_path("financial_news")), 8, 4, 0)
     return to_prompt_completion(splits.train)

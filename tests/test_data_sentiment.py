@@ -15,12 +15,10 @@ from phi2kit.data.sentiment import (
     LABELS,
     build_completion,
     build_prompt,
-    deduplicate,
-    find_duplicates,
     load_financial_news,
-    split_sentiment,
     to_prompt_completion,
 )
+from phi2kit.data.sentiment_split import deduplicate, find_duplicates, split_sentiment
 
 KAGGLE_ROWS = [
     ("neutral", "Café Oyj will hold its annual meeting in March"),
@@ -273,7 +271,8 @@ def test_default_split_on_a_frame_shaped_like_the_real_file():
 def test_train_and_test_do_not_depend_on_n_eval():
     import random
 
-    from phi2kit.data.sentiment import LABELS, split_sentiment
+    from phi2kit.data.sentiment import LABELS
+    from phi2kit.data.sentiment_split import split_sentiment
 
     rng = random.Random(0)
     rows = [(f"headline {lab} {i} {rng.random():.6f}", lab) for lab in LABELS for i in range(30)]

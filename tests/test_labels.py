@@ -12,9 +12,9 @@ from phi2kit.data.sentiment import (
     build_prompt,
     list_labels,
     load_financial_news,
-    split_sentiment,
     to_prompt_completion,
 )
+from phi2kit.data.sentiment_split import split_sentiment
 
 TWO = ("complaint", "praise")
 

@@ -56,7 +56,8 @@ def _check_task(task: str) -> None:
 
 
 def _sentiment_splits(path: Path | None, recipe: Recipe):
-    from phi2kit.data.sentiment import load_financial_news, split_sentiment
+    from phi2kit.data.sentiment import load_financial_news
+    from phi2kit.data.sentiment_split import split_sentiment
 
     df = load_financial_news(path)
     # recipe.n_eval is the per-class test split (held out for the notebooks' final scores);

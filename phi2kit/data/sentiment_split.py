@@ -1,0 +1,179 @@
+"""Duplicate headlines, and a stratified split with no leak (notebook 02, sections 2.3-2.4).
+
+- :func:`find_duplicates` reports headlines that repeat, and those that repeat with
+  different labels; :func:`deduplicate` keeps one row per headline, with its majority label
+  (a tie has no honest label and is dropped).
+- :func:`split_sentiment` deduplicates, then draws per class: train and test without
+  replacement (no headline in both), eval from what is left.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from phi2kit.data.files import DataError
+from phi2kit.data.sentiment import LABELS, _normalize, check_labels
+
+# --- Duplicates ---------------------------------------------------------------------
+
+
+@dataclass
+class DuplicateReport:
+    """Counts of repeated headlines (compared after collapsing whitespace).
+
+    Args:
+        n_rows: Rows in the frame.
+        n_unique_texts: Distinct headlines.
+        n_duplicate_rows: Rows beyond the first of each headline (``n_rows - n_unique_texts``).
+        n_conflicting_texts: Headlines that appear with more than one label.
+        n_dropped_ties: Conflicting headlines with no majority label, dropped by
+            :func:`deduplicate` (0 from :func:`find_duplicates`).
+        examples: Up to five conflicting headlines (then other repeats), each
+            ``{"text": ..., "labels": {label: count}}``.
+    """
+
+    n_rows: int
+    n_unique_texts: int
+    n_duplicate_rows: int
+    n_conflicting_texts: int
+    n_dropped_ties: int = 0
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = (
+            f"{self.n_rows} rows, {self.n_unique_texts} distinct headlines: "
+            f"{self.n_duplicate_rows} duplicate rows, {self.n_conflicting_texts} headlines "
+            "with conflicting labels"
+        )
+        # Only deduplicate() drops ties; find_duplicates() changes nothing, so says nothing.
+        return text + (f" ({self.n_dropped_ties} ties dropped)" if self.n_dropped_ties else "")
+
+
+def _label_counts(df: pd.DataFrame) -> dict[str, Counter]:
+    """Normalized headline -> Counter of its labels, in order of first appearance."""
+    counts: dict[str, Counter] = {}
+    for text, label in zip(df["text"], df["label"], strict=True):
+        counts.setdefault(_normalize(text), Counter())[label] += 1
+    return counts
+
+
+def find_duplicates(df: pd.DataFrame) -> DuplicateReport:
+    """Count repeated headlines in ``df`` (columns ``text``, ``label``) without changing it."""
+    counts = _label_counts(df)
+    conflicting = [t for t, c in counts.items() if len(c) > 1]
+    repeated = [t for t, c in counts.items() if len(c) == 1 and c.total() > 1]
+    examples = [{"text": t, "labels": dict(counts[t])} for t in conflicting + repeated]
+    n = len(df)
+    return DuplicateReport(n, len(counts), n - len(counts), len(conflicting), 0, examples[:5])
+
+
+def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, DuplicateReport]:
+    """Keep one row per headline.
+
+    Headlines are compared after collapsing whitespace; the first spelling is kept. A
+    headline seen with different labels keeps its majority label; on a tie (say once
+    positive, once neutral) there is no honest label, and the headline is dropped.
+
+    Returns:
+        The deduplicated frame (first-appearance order, fresh index) and the report.
+    """
+    report = find_duplicates(df)
+    first_text: dict[str, str] = {}
+    for text in df["text"]:
+        first_text.setdefault(_normalize(text), text)
+    texts, labels = [], []
+    for key, counts in _label_counts(df).items():
+        (top, n_top), *rest = counts.most_common()
+        if rest and rest[0][1] == n_top:
+            report.n_dropped_ties += 1
+            continue
+        texts.append(first_text[key])
+        labels.append(top)
+    return pd.DataFrame({"text": texts, "label": labels}), report
+
+
+# --- Split ----------------------------------------------------------------------------
+
+
+@dataclass
+class SentimentSplits:
+    """Train, test and eval frames (columns ``text``, ``label``), and notes on how."""
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    eval: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+def split_sentiment(
+    df: pd.DataFrame,
+    n_train: int = 300,
+    n_test: int = 300,
+    n_eval: int = 50,
+    seed: int = 42,
+    labels: Sequence[str] = LABELS,
+) -> SentimentSplits:
+    """Deduplicate, then split per class: ``n_train`` and ``n_test``, then ``n_eval``.
+
+    Every count is per class. Train and test are drawn without replacement, so no headline
+    is in both. Eval comes from what is left of each class; when fewer than ``n_eval``
+    headlines are left, eval samples that leftover *with replacement* (repeats, but never
+    a train or test headline) and a note says so. On the real Kaggle file this happens
+    for ``negative``: about 600 remain after deduplication, so a few are left for eval.
+
+    ``labels`` are the classes to draw (the frame's labels must be among them).
+
+    Raises:
+        DataError: a class has fewer than ``n_train + n_test`` headlines, or nothing is
+            left for eval while ``n_eval > 0`` (lower ``n_test`` then).
+    """
+    if min(n_train, n_test, n_eval) < 0:
+        raise ValueError("n_train, n_test and n_eval must be >= 0")
+    labels = check_labels(labels)
+    unknown = sorted(set(df["label"]) - set(labels))
+    if unknown:
+        raise DataError(f"labels {unknown} are not in the label set {list(labels)}")
+    df, report = deduplicate(df)
+    notes = [f"deduplicated: {report}"]
+    # One generator per class, and another for eval draws and shuffles: train and test then
+    # depend only on (seed, n_train, n_test), never on n_eval or on the other classes.
+    rng = np.random.default_rng([seed, len(labels)])
+    parts: dict[str, list[pd.DataFrame]] = {"train": [], "test": [], "eval": []}
+    for k, label in enumerate(labels):
+        rows = df[df["label"] == label]
+        rows = rows.iloc[np.random.default_rng([seed, k]).permutation(len(rows))]
+        needed = n_train + n_test
+        if len(rows) < needed:
+            raise DataError(
+                f"class {label!r} has {len(rows)} headlines after deduplication; the split "
+                f"needs n_train + n_test = {n_train} + {n_test} = {needed}. "
+                "Lower n_train or n_test."
+            )
+        parts["train"].append(rows.iloc[:n_train])
+        parts["test"].append(rows.iloc[n_train:needed])
+        left = rows.iloc[needed:]
+        if len(left) >= n_eval:
+            parts["eval"].append(left.iloc[:n_eval])
+        elif len(left) == 0:
+            raise DataError(
+                f"class {label!r} has {len(rows)} headlines after deduplication, and train + "
+                f"test take all of them: none is left for n_eval = {n_eval}. Lower n_test "
+                "(or n_train), or pass n_eval=0."
+            )
+        else:
+            parts["eval"].append(left.iloc[rng.integers(0, len(left), size=n_eval)])
+            notes.append(
+                f"eval: class {label!r} has only {len(left)} headlines left after train and "
+                f"test, so its {n_eval} eval rows are sampled from them with replacement."
+            )
+    splits = {}
+    for name, frames in parts.items():
+        joined = pd.concat(frames)
+        splits[name] = joined.iloc[rng.permutation(len(joined))].reset_index(drop=True)
+    return SentimentSplits(**splits, notes=notes)
