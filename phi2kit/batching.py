@@ -70,11 +70,6 @@ class TokenCounts:
         """Non-pad tokens over tokens computed (1.0 = no padding at all)."""
         return self.non_pad / self.computed if self.computed else 0.0
 
-    @property
-    def supervised_fraction(self) -> float:
-        """Supervised tokens over tokens computed."""
-        return self.supervised / self.computed if self.computed else 0.0
-
 
 def count_tokens(batch: Mapping[str, Any]) -> TokenCounts:
     """Count one collated batch with ``input_ids`` and optionally ``attention_mask``/``labels``.
@@ -139,9 +134,6 @@ class CountingCollator:
         batch = self.collator(features)
         self.counts = self.counts + count_tokens(batch)
         return batch
-
-    def reset(self) -> None:
-        self.counts = TokenCounts()
 
 
 @torch.no_grad()

@@ -56,14 +56,13 @@ def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:
 def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     """The complete ``checkpoint-N`` with the highest N in ``folder``; None if there is none.
 
-    A checkpoint a crash interrupted has no marker and is skipped.
+    A checkpoint a crash interrupted has no marker and is skipped. (transformers'
+    ``get_last_checkpoint`` would pick it: it looks at folder names only.)
     """
-    found = []
-    for child in Path(folder).glob("checkpoint-*"):
-        step = child.name.rsplit("-", 1)[-1]
-        if step.isdigit() and is_complete(child):
-            found.append((int(step), child))
-    return max(found)[1] if found else None
+    from transformers.trainer_utils import sort_checkpoints
+
+    complete = [c for c in sort_checkpoints(str(folder)) if is_complete(c)]
+    return Path(complete[-1]) if complete else None
 
 
 def mark_complete():

@@ -70,13 +70,12 @@ def cross_entropy(
     other micro-batches.
     """
     labels = labels.view(-1).to(logits.device)
-    per_example = nn.functional.cross_entropy(logits.float(), labels, reduction="none")
-    if weight is not None:
-        per_example = per_example * weight.to(logits.device)[labels]
+    weight = None if weight is None else weight.to(logits.device, torch.float32)
     n = labels.numel() if num_items_in_batch is None else num_items_in_batch
     if torch.is_tensor(n):
         n = n.to(logits.device)
-    return per_example.sum() / n
+    # reduction="sum": torch's weighted "mean" divides by the summed weights, not by n
+    return nn.functional.cross_entropy(logits.float(), labels, weight=weight, reduction="sum") / n
 
 
 class PhiClassifier(PhiPreTrainedModel):

@@ -7,7 +7,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -22,7 +22,6 @@ class Cost:
     seconds: float = 0.0
     peak_gpu_gb: float | None = None
     peak_rss_gb: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     def __str__(self) -> str:
         mem = (

@@ -166,7 +166,7 @@ def probe_logits(model: nn.Module, tokenizer, texts: Sequence[str]) -> torch.Ten
 
 
 @dataclass
-class MergeError:
+class LogitGap:
     """How far one model's logits are from a reference model's, on the same tokens."""
 
     max_abs: float
@@ -181,7 +181,7 @@ class MergeError:
         )
 
 
-def merge_error(reference: torch.Tensor, logits: torch.Tensor) -> MergeError:
+def merge_error(reference: torch.Tensor, logits: torch.Tensor) -> LogitGap:
     """Compare ``logits`` with ``reference`` (both from :func:`probe_logits`)."""
     if reference.shape != logits.shape:
         raise ValueError(
@@ -190,7 +190,7 @@ def merge_error(reference: torch.Tensor, logits: torch.Tensor) -> MergeError:
         )
     diff = (reference.float() - logits.float()).abs()
     agree = (reference.argmax(-1) == logits.argmax(-1)).float().mean()
-    return MergeError(diff.max().item(), diff.mean().item(), agree.item(), reference.shape[0])
+    return LogitGap(diff.max().item(), diff.mean().item(), agree.item(), reference.shape[0])
 
 
 # --- dequantize, then merge --------------------------------------------------------------------

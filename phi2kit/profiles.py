@@ -46,7 +46,6 @@ class Profile:
         optim: Trainer optimizer name (``adamw_torch`` or ``paged_adamw_8bit``).
         gradient_checkpointing: Trade compute for activation memory (GPU profiles).
         requires_cuda: Fail early, with a clear message, if CUDA is absent.
-        requires_bf16: Fail early if the GPU has no bf16.
     """
 
     name: ProfileName
@@ -57,16 +56,13 @@ class Profile:
     optim: str = "adamw_torch"
     gradient_checkpointing: bool = False
     requires_cuda: bool = False
-    requires_bf16: bool = False
 
     def __post_init__(self) -> None:
-        if self.dtype == "bfloat16" and not self.requires_bf16:
-            raise ValueError(
-                f"profile {self.name!r}: dtype='bfloat16' needs requires_bf16=True, so that a "
-                "GPU without bf16 (such as a T4) is refused up front"
-            )
         if self.requires_bf16 and not self.requires_cuda:
-            raise ValueError(f"profile {self.name!r}: requires_bf16=True needs requires_cuda=True")
+            raise ValueError(
+                f"profile {self.name!r}: dtype='bfloat16' needs requires_cuda=True (a GPU with "
+                "native bf16); a GPU without it, such as a T4, is refused up front"
+            )
         if self.optim.startswith("paged") and not self.requires_cuda:
             raise ValueError(
                 f"profile {self.name!r}: optim={self.optim!r} pages optimizer state to CUDA "
@@ -81,6 +77,11 @@ class Profile:
     @property
     def bf16(self) -> bool:
         """Trainer ``bf16`` flag. Always set explicitly: trl's SFTConfig defaults to bf16."""
+        return self.dtype == "bfloat16"
+
+    @property
+    def requires_bf16(self) -> bool:
+        """Whether the profile needs a GPU with native bf16: it computes in bfloat16."""
         return self.dtype == "bfloat16"
 
     @property
@@ -129,7 +130,6 @@ PROFILES: dict[str, Profile] = {
         optim="paged_adamw_8bit",
         gradient_checkpointing=True,
         requires_cuda=True,
-        requires_bf16=True,
     ),
 }
 

@@ -11,7 +11,6 @@ from typing import Literal
 
 from phi2kit.profiles import Profile, get_profile
 
-Task = Literal["sentiment", "classifier", "webglm", "chat"]
 TASKS: tuple[str, ...] = ("sentiment", "classifier", "webglm", "chat")
 
 #: Phi-2's linear layers: attention (q/k/v and the output ``dense``) and the MLP (fc1/fc2).

@@ -73,25 +73,15 @@ def adapter_folder(tmp_path):
 # --- Where the token comes from ----------------------------------------------------------
 
 
-def test_token_from_environment_first(monkeypatch):
-    fake_colab(monkeypatch, lambda name: "from-colab")
-    assert hub.get_token({"HF_TOKEN": f"  {TOKEN}\n"}) == TOKEN
-    assert hub.get_token({}) == "from-colab"
-
-
-def test_token_from_colab_secret_or_none(monkeypatch, no_token):
-    assert hub.get_token({}) is None  # outside Colab
-    asked = []
-    fake_colab(monkeypatch, lambda name: asked.append(name) or TOKEN)
-    assert hub.get_token({}) == TOKEN and asked == ["HF_TOKEN"]
-
-    def refuse(name):
-        raise RuntimeError("SecretNotFoundError")
-
-    fake_colab(monkeypatch, refuse)
-    assert hub.get_token({}) is None
+def test_token_from_environment_else_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_TOKEN", f"  {TOKEN}\n")
+    assert hub.require_token() == TOKEN
+    monkeypatch.delenv("HF_TOKEN")
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    monkeypatch.setitem(sys.modules, "google.colab", None)  # not on Colab
     with pytest.raises(hub.HubError, match="HF_TOKEN"):
-        hub.require_token({})
+        hub.require_token()
 
 
 def test_redact_removes_the_token_and_token_shaped_strings():

@@ -69,7 +69,7 @@ def test_t4_recipe_is_fp16_never_bf16():
 
 
 def test_cross_field_rules():
-    with pytest.raises(ValueError, match="dtype='bfloat16' needs requires_bf16=True"):
+    with pytest.raises(ValueError, match="dtype='bfloat16' needs requires_cuda=True"):
         Profile(name="tiny", dtype="bfloat16")
     with pytest.raises(ValueError, match="paged.*use 'adamw_torch'"):
         replace(PROFILES["tiny"], optim="paged_adamw_8bit")

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -32,26 +31,6 @@ class HubError(RuntimeError):
     """The push failed, or cannot start; the message never contains the token."""
 
 
-def colab_secret(name: str = TOKEN_ENV) -> str | None:
-    """The Colab notebook secret ``name``, or ``None`` outside Colab or when not granted."""
-    try:
-        from google.colab import userdata  # only importable on Colab
-    except ImportError:
-        return None
-    try:
-        value = userdata.get(name)
-    except Exception:  # SecretNotFoundError, NotebookAccessError, ...: not available
-        return None
-    return value or None
-
-
-def get_token(environ: Mapping[str, str] | None = None) -> str | None:
-    """The Hub token: ``HF_TOKEN`` from the environment, else the Colab secret, else None."""
-    environ = os.environ if environ is None else environ
-    token = (environ.get(TOKEN_ENV) or "").strip()
-    return token or colab_secret()
-
-
 def redact(text: object, token: str | None = None) -> str:
     """``str(text)`` with ``token`` and anything shaped like a Hub token replaced by ``***``.
 
@@ -64,9 +43,15 @@ def redact(text: object, token: str | None = None) -> str:
     return _TOKEN_SHAPE.sub(_MASK, out)
 
 
-def require_token(environ: Mapping[str, str] | None = None) -> str:
-    """:func:`get_token`, or a :class:`HubError` that says where to put one."""
-    token = get_token(environ)
+def require_token() -> str:
+    """``huggingface_hub.get_token()``, or a :class:`HubError` that says where to put one.
+
+    huggingface_hub looks in the ``HF_TOKEN`` environment variable, then the token file
+    that ``hf auth login`` writes, then Colab's secret ``HF_TOKEN`` (when granted).
+    """
+    from huggingface_hub import get_token
+
+    token = get_token()
     if not token:
         raise HubError(
             f"--push-to-hub needs a Hugging Face token with write access: set the {TOKEN_ENV} "
