@@ -123,6 +123,18 @@ def bnb_config(profile: Profile):
     )
 
 
+def load_kwargs(profile: Profile, quantize_4bit: bool) -> dict:
+    """The ``from_pretrained`` arguments notebook 02 writes out: dtype, attention, nf4 or
+    not, safetensors only, and where the weights go."""
+    return {
+        "dtype": getattr(torch, profile.dtype),
+        "attn_implementation": profile.attn_implementation,
+        "quantization_config": bnb_config(profile) if quantize_4bit else None,
+        "use_safetensors": True,
+        "device_map": _device_map(profile),
+    }
+
+
 def load_model(
     profile: Profile | str = "auto",
     *,
@@ -142,14 +154,7 @@ def load_model(
 
     profile = get_profile(profile) if isinstance(profile, str) else profile
     quantize = profile.quantize_4bit if quantize_4bit is None else quantize_4bit
-    kwargs: dict = {
-        "dtype": getattr(torch, profile.dtype),
-        "attn_implementation": profile.attn_implementation,
-        "use_safetensors": True,
-        "device_map": _device_map(profile),
-    }
-    if quantize:
-        kwargs["quantization_config"] = bnb_config(profile)
+    kwargs = load_kwargs(profile, quantize)
     src = source or model_source(profile)
     if num_labels is None:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)

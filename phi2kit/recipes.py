@@ -102,7 +102,7 @@ _T4: dict[str, Recipe] = {
         n_train=5000,
         n_eval=200,
     ),
-    # Seed 001: r=64 on all six projections.
+    # r=64, alpha=16 on all six projections: the QLoRA paper's Guanaco setting on OASST1.
     "chat": Recipe(
         "chat",
         quantize_4bit=True,
