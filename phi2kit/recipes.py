@@ -35,7 +35,8 @@ class Recipe:
         grad_accum: Micro-batches per optimizer step.
         max_length: Longest tokenized example.
         n_train: Training examples (per class for classification tasks).
-        n_eval: Evaluation examples (per class for classification tasks).
+        n_test: Held-out examples scored at the end of the notebook: the test split (per
+            class for classification tasks).
     """
 
     task: str
@@ -52,7 +53,7 @@ class Recipe:
     grad_accum: int = 4
     max_length: int = 512
     n_train: int = 300
-    n_eval: int = 50
+    n_test: int = 50
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
@@ -78,7 +79,7 @@ _T4: dict[str, Recipe] = {
         batch_size=4,
         grad_accum=4,
         n_train=300,
-        n_eval=300,  # the seed's test split: 300 per class
+        n_test=300,  # the seed's test split: 300 per class
     ),
     "classifier": Recipe(
         "classifier",
@@ -90,7 +91,7 @@ _T4: dict[str, Recipe] = {
         grad_accum=2,
         learning_rate=1e-4,
         n_train=300,
-        n_eval=300,  # the seed's test split: 300 per class
+        n_test=300,  # the seed's test split: 300 per class
     ),
     "webglm": Recipe(
         "webglm",
@@ -100,7 +101,7 @@ _T4: dict[str, Recipe] = {
         batch_size=2,
         grad_accum=8,
         n_train=5000,
-        n_eval=200,
+        n_test=200,
     ),
     # r=64, alpha=16 on all six projections: the QLoRA paper's Guanaco setting on OASST1.
     "chat": Recipe(
@@ -114,7 +115,7 @@ _T4: dict[str, Recipe] = {
         batch_size=2,
         grad_accum=8,
         n_train=5000,
-        n_eval=200,
+        n_test=200,
     ),
 }
 
@@ -130,15 +131,15 @@ _TINY_LORA = {
 }
 _TINY: dict[str, Recipe] = {
     "sentiment": Recipe("sentiment", quantize_4bit=False, max_length=96, max_steps=120,
-                        batch_size=16, n_train=120, n_eval=40, **_TINY_LORA),
+                        batch_size=16, n_train=120, n_test=40, **_TINY_LORA),
     "classifier": Recipe("classifier", quantize_4bit=False, task_type="SEQ_CLS",
                          max_length=96,
                          max_steps=40,  # a fresh 3-way head learns fast; LoRA and QLoRA both run
-                         batch_size=16, n_train=120, n_eval=40, **_TINY_LORA),
+                         batch_size=16, n_train=120, n_test=40, **_TINY_LORA),
     "webglm": Recipe("webglm", quantize_4bit=True, max_length=256, max_steps=120, batch_size=8,
-                     n_train=400, n_eval=40, **_TINY_LORA),
+                     n_train=400, n_test=40, **_TINY_LORA),
     "chat": Recipe("chat", quantize_4bit=True, max_length=256, max_steps=120, batch_size=8,
-                   n_train=400, n_eval=40, **_TINY_LORA),
+                   n_train=400, n_test=40, **_TINY_LORA),
 }  # fmt: skip
 
 # T4-twin recipes (profile t4-cpu): the T4 recipe itself (QLoRA, its r/alpha, LoRA dropout,
@@ -157,7 +158,7 @@ _T4_CPU: dict[str, Recipe] = {
         batch_size=_T4_CPU_STEPS[name][1],
         grad_accum=_T4_CPU_ACCUM,
         n_train=tiny.n_train,
-        n_eval=tiny.n_eval,
+        n_test=tiny.n_test,
         learning_rate=tiny.learning_rate,
     )
     for name, tiny in _TINY.items()

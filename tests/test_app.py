@@ -1,4 +1,4 @@
-"""The demo app for real: `python -m phi2kit.commands.app` serves, answers through gradio_client,
+"""The demo app for real: `phi2kit app` serves, answers through gradio_client,
 streams, and works in a real headless browser (the system's Chromium, driven by Playwright).
 """
 
@@ -44,7 +44,16 @@ def app_url(tmp_path_factory):
     """The app as a user starts it, in its own process, on a free port of 127.0.0.1."""
     log = tmp_path_factory.mktemp("app") / "app.log"
     port = free_port()
-    argv = [sys.executable, "-m", "phi2kit.commands.app", "--profile", "tiny", "--port", str(port)]
+    argv = [
+        sys.executable,
+        "-m",
+        "phi2kit.commands.main",
+        "app",
+        "--profile",
+        "tiny",
+        "--port",
+        str(port),
+    ]
     proc = start([*argv, "--max-new-tokens", str(MAX_NEW)], log, {"GRADIO_ANALYTICS_ENABLED": "0"})
     url = f"http://127.0.0.1:{port}/"
     try:

@@ -27,7 +27,7 @@ RECIPE_MAY_DIFFER = {  # numbers that must shrink for a CPU
     "batch_size",
     "grad_accum",  # stays > 1 (checked below)
     "n_train",
-    "n_eval",
+    "n_test",
     "learning_rate",  # the tiny model's: 1.3M parameters learn in CI-sized step counts
 }
 
@@ -49,10 +49,10 @@ def test_recipes_are_the_t4_recipes_with_cpu_numbers(task):
     assert differ <= RECIPE_MAY_DIFFER, differ - RECIPE_MAY_DIFFER
     assert twin.quantize_4bit and twin.lora_dropout > 0 and twin.grad_accum > 1
     tiny = get_recipe(task, "tiny")
-    assert (twin.max_length, twin.n_train, twin.n_eval) == (
+    assert (twin.max_length, twin.n_train, twin.n_test) == (
         tiny.max_length,
         tiny.n_train,
-        tiny.n_eval,
+        tiny.n_test,
     )
 
 

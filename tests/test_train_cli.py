@@ -207,7 +207,7 @@ def _free_port() -> int:
 
 
 SCALE_ARGS = ["webglm", "--profile", "tiny", "--lora", "--steps", "4", "--save-every", "4"]
-SCALE_ARGS += ["--set", "max_length=128", "--set", "n_train=64", "--set", "n_eval=8"]
+SCALE_ARGS += ["--set", "max_length=128", "--set", "n_train=64", "--set", "n_test=8"]
 SCALE_ARGS += ["--threads", "1", "--no-eval"]
 
 
@@ -262,3 +262,10 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     assert sorted(p.name for p in two.iterdir()) == sorted(
         ["adapter", "checkpoints", "loss_log.jsonl", "run.json"]
     )
+
+
+def test_every_recipe_task_has_one_row_in_the_dispatch_table():
+    from phi2kit.commands.tasks import STEPS
+    from phi2kit.recipes import TASKS
+
+    assert tuple(STEPS) == TASKS

@@ -28,13 +28,6 @@ from phi2kit.data.files import DataError
 from phi2kit.profiles import Profile
 from phi2kit.recipes import TASKS, Recipe
 
-#: The ``resolve_data`` name each task reads.
-DATA_NAMES = {
-    "sentiment": "financial_news",
-    "classifier": "financial_news",
-    "webglm": "webglm",
-    "chat": "oasst1",
-}
 #: Phi-2 was trained on English text; the chat task keeps English threads.
 CHAT_LANG = "en"
 #: Seed of the sentiment split (the notebooks' default of ``split_sentiment``).
@@ -50,20 +43,15 @@ class Prepared(NamedTuple):
     eval_ds: Any
 
 
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-
-
 def _sentiment_splits(path: Path | None, recipe: Recipe):
     from phi2kit.data.sentiment import load_financial_news
     from phi2kit.data.sentiment_split import split_sentiment
 
     df = load_financial_news(path)
-    # recipe.n_eval is the per-class test split (held out for the notebooks' final scores);
+    # recipe.n_test is the per-class test split (held out for the notebooks' final scores);
     # the eval split used for the eval loss here is drawn from what is left.
     return split_sentiment(
-        df, n_train=recipe.n_train, n_test=recipe.n_eval, n_eval=recipe.n_eval, seed=SPLIT_SEED
+        df, n_train=recipe.n_train, n_test=recipe.n_test, n_eval=recipe.n_test, seed=SPLIT_SEED
     )
 
 
@@ -73,11 +61,11 @@ def _webglm_examples(path: Path | None, recipe: Recipe) -> tuple[list, list]:
 
     if path is None or (path.is_dir() and (path / "validation.jsonl").is_file()):
         train = load_webglm(path, "train", limit=recipe.n_train)
-        return list(train), list(load_webglm(path, "validation", limit=recipe.n_eval))
-    examples = list(load_webglm(path, "train", limit=recipe.n_train + recipe.n_eval))
+        return list(train), list(load_webglm(path, "validation", limit=recipe.n_test))
+    examples = list(load_webglm(path, "train", limit=recipe.n_train + recipe.n_test))
     if len(examples) < 2:
         raise DataError(f"{len(examples)} example(s): need at least 2 (train + eval)", path=path)
-    n_eval = min(recipe.n_eval, max(1, len(examples) // 5))
+    n_eval = min(recipe.n_test, max(1, len(examples) // 5))
     return examples[:-n_eval], examples[-n_eval:]
 
 
@@ -105,13 +93,13 @@ def _chat_datasets(path: Path | None, recipe: Recipe):
             f"{len(threads)} usable thread(s) in language {CHAT_LANG!r}: need at least 2",
             path=path,
         )
-    n_eval = min(recipe.n_eval, max(1, len(threads) // 5))
+    n_eval = min(recipe.n_test, max(1, len(threads) // 5))
 
     def to_ds(part: list, limit: int) -> Dataset:
         rows = [ex for thread in part for ex in thread_to_examples(thread)][:limit]
         return Dataset.from_list(rows)
 
-    return to_ds(threads[:-n_eval], recipe.n_train), to_ds(threads[-n_eval:], recipe.n_eval)
+    return to_ds(threads[:-n_eval], recipe.n_train), to_ds(threads[-n_eval:], recipe.n_test)
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:
@@ -141,23 +129,93 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def _sentiment_datasets(data, tokenizer, recipe: Recipe, path: Path | None):
+    from phi2kit.data.sentiment import to_prompt_completion
+
+    return to_prompt_completion(data.train), to_prompt_completion(data.eval)
+
+
+def _classifier_datasets(data, tokenizer, recipe: Recipe, path: Path | None):
+    from phi2kit.classifier import tokenize_headlines
+
+    return (
+        tokenize_headlines(data.train, tokenizer, recipe.max_length),
+        tokenize_headlines(data.eval, tokenizer, recipe.max_length),
+    )
+
+
+def _webglm_datasets(data, tokenizer, recipe: Recipe, path: Path | None):
+    return tuple(_webglm_dataset(part, tokenizer, recipe, path) for part in data)
+
+
+def _chat_ready(data, tokenizer, recipe: Recipe, path: Path | None):
+    return data  # _chat_datasets built them: turns need no tokenizer to split
+
+
+def _causal_lm(profile: Profile, recipe: Recipe):
+    from phi2kit.models import load_model
+
+    return load_model(profile, quantize_4bit=recipe.quantize_4bit)
+
+
+def _classifier_model(profile: Profile, recipe: Recipe):
+    from phi2kit.classifier import load_classifier  # notebook 03: the backbone + a `score` head
+
+    return load_classifier(profile, quantize_4bit=recipe.quantize_4bit)
+
+
+def _sft(model, tokenizer, train_ds, profile, recipe, output_dir, **kwargs):
+    from phi2kit.training import sft_trainer
+
+    return sft_trainer(model, tokenizer, train_ds, profile, recipe, output_dir, **kwargs)
+
+
+def _head(model, tokenizer, train_ds, profile, recipe, output_dir, **kwargs):
+    from phi2kit.classifier import classifier_trainer
+
+    return classifier_trainer(model, tokenizer, train_ds, profile, recipe, output_dir, **kwargs)
+
+
+class TaskSteps(NamedTuple):
+    """How one task reads its data, builds its datasets, its model and its trainer."""
+
+    data_name: str  # what ``resolve_data`` reads
+    read: Any  # (path, recipe) -> raw data, checked
+    datasets: Any  # (raw, tokenizer, recipe, path) -> (train_ds, eval_ds)
+    model: Any  # (profile, recipe) -> the base model, before LoRA
+    trainer: Any  # sft_trainer or classifier_trainer
+
+
+#: The one dispatch table: the table of the module docstring, as code.
+STEPS: dict[str, TaskSteps] = {
+    "sentiment": TaskSteps("financial_news", _sentiment_splits, _sentiment_datasets,
+                           _causal_lm, _sft),
+    "classifier": TaskSteps("financial_news", _sentiment_splits, _classifier_datasets,
+                            _classifier_model, _head),
+    "webglm": TaskSteps("webglm", _webglm_examples, _webglm_datasets, _causal_lm, _sft),
+    "chat": TaskSteps("oasst1", _chat_datasets, _chat_ready, _causal_lm, _sft),
+}  # fmt: skip
+
+
+def _steps(task: str) -> TaskSteps:
+    if task not in STEPS:
+        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    return STEPS[task]
+
+
 def load_data(task: str, profile: Profile, recipe: Recipe, data_path: str | os.PathLike | None):
     """Read and check the task's data without loading any model.
 
-    Returns the raw material :func:`prepare` turns into datasets: sentiment splits,
-    webglm example lists, or chat datasets. Raises ``DataError`` naming the file.
+    Returns ``(path, raw)``: sentiment splits, webglm example lists, or chat datasets.
+    Raises ``DataError`` naming the file.
     """
     from phi2kit.data import resolve_data
 
-    _check_task(task)
-    path = resolve_data(DATA_NAMES[task], None if data_path is None else str(data_path), profile)
+    steps = _steps(task)
+    path = resolve_data(steps.data_name, None if data_path is None else str(data_path), profile)
     if path is not None and not path.exists():
         raise DataError("no such file or folder", path=path)
-    if task in ("sentiment", "classifier"):
-        return path, _sentiment_splits(path, recipe)
-    if task == "webglm":
-        return path, _webglm_examples(path, recipe)
-    return path, _chat_datasets(path, recipe)
+    return path, steps.read(path, recipe)
 
 
 def prepare(
@@ -172,31 +230,15 @@ def prepare(
         data_path: A file or folder; ``None``/``"auto"`` gives the shipped sample on the
             tiny profile and the hub data set on a GPU profile.
     """
-    from phi2kit.data.sentiment import to_prompt_completion
     from phi2kit.lora import add_lora
-    from phi2kit.models import load_model, load_tokenizer
+    from phi2kit.models import load_tokenizer
 
+    steps = _steps(task)
     path, data = load_data(task, profile, recipe, data_path)
     tokenizer = load_tokenizer(profile, padding_side="right")
-    if task == "sentiment":
-        train_ds, eval_ds = to_prompt_completion(data.train), to_prompt_completion(data.eval)
-    elif task == "classifier":
-        from phi2kit.classifier import tokenize_headlines
-
-        train_ds = tokenize_headlines(data.train, tokenizer, recipe.max_length)
-        eval_ds = tokenize_headlines(data.eval, tokenizer, recipe.max_length)
-    elif task == "webglm":
-        train_ds = _webglm_dataset(data[0], tokenizer, recipe, path)
-        eval_ds = _webglm_dataset(data[1], tokenizer, recipe, path)
-    else:
-        train_ds, eval_ds = data
-    if task == "classifier":  # notebook 03: the causal LM's backbone with a `score` head
-        from phi2kit.classifier import load_classifier
-
-        model = load_classifier(profile, quantize_4bit=recipe.quantize_4bit)
-    else:
-        model = load_model(profile, quantize_4bit=recipe.quantize_4bit)
-    return Prepared(add_lora(model, recipe, profile), tokenizer, train_ds, eval_ds)
+    train_ds, eval_ds = steps.datasets(data, tokenizer, recipe, path)
+    model = add_lora(steps.model(profile, recipe), recipe, profile)
+    return Prepared(model, tokenizer, train_ds, eval_ds)
 
 
 def make_trainer(
@@ -217,22 +259,7 @@ def make_trainer(
     :func:`phi2kit.classifier.classifier_trainer` (HF ``Trainer``, dynamic padding, accuracy
     and macro F1).
     """
-    _check_task(task)
-    if task != "classifier":
-        from phi2kit.training import sft_trainer
-
-        return sft_trainer(
-            model,
-            tokenizer,
-            train_ds,
-            profile,
-            recipe,
-            output_dir,
-            eval_dataset=eval_ds,
-            **overrides,
-        )
-    from phi2kit.classifier import classifier_trainer
-
-    return classifier_trainer(
+    build = _steps(task).trainer
+    return build(
         model, tokenizer, train_ds, profile, recipe, output_dir, eval_dataset=eval_ds, **overrides
     )
