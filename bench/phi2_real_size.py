@@ -32,7 +32,7 @@ profile with CPU settings (``dataclasses.replace``): ``device_map="cpu"``, and A
 of paged 8-bit AdamW (which needs CUDA). Everything else is the T4's: fp16 weights and nf4
 compute dtype, nf4 + double quantization, ``phi2kit_fp32`` attention, gradient checkpointing,
 the recipes' LoRA ranks, targets and dropout, ``fp16=True`` in the trainer, which on a CPU
-``phi2kit.training.cpu_fp16_amp`` turns into real fp16 autocast with a grad scaler, as on the
+``phi2kit.twin.cpu_fp16_amp`` turns into real fp16 autocast with a grad scaler, as on the
 T4. The recipe's batch, accumulation and step count are replaced by batch 1 and steps until
 the first one the grad scaler does not skip (it skips a step whose scaled gradients overflow
 and halves its scale: the quick classifier needed a few), at most ``--steps`` (8); that step

@@ -235,8 +235,9 @@ def load_chat_model(
         model: Folder of a merged model (notebook 05's ``save_merged``), used instead.
         quantize_4bit: Load the base in nf4 (as QLoRA trained it) instead of full precision.
     """
-    from phi2kit.models import keep_nf4_layout_on_cpu, load_model, load_tokenizer
+    from phi2kit.models import load_model, load_tokenizer
     from phi2kit.profiles import get_profile
+    from phi2kit.twin import keep_nf4_layout_on_cpu
 
     if adapter and model:
         raise ValueError("pass either adapter= (base + adapter) or model= (merged), not both")

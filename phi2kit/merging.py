@@ -10,7 +10,7 @@ Notebook 05 uses these helpers:
 - :func:`dequantize_into` / :func:`load_dequantized_base` build the full-precision base
   whose Linear weights equal ``dequant(nf4)``: merging a QLoRA adapter into *that* base
   reproduces the adapter-on-4-bit model that was trained.
-- ``phi2kit.models.keep_nf4_layout_on_cpu`` (applied by ``load_model`` on CPU profiles)
+- ``phi2kit.twin.keep_nf4_layout_on_cpu`` (applied by ``load_model`` on CPU profiles)
   keeps bitsandbytes from repacking nf4 weights, which would make dequantizing them wrong.
 - :func:`save_merged` writes a merged model as safetensors, ready for
   ``load_model(profile, quantize_4bit=False, source=path)``.
@@ -31,8 +31,8 @@ from torch import nn
 
 from phi2kit.generation import inference
 from phi2kit.lora import adapter_base_4bit, save_adapter
-from phi2kit.models import keep_nf4_layout_on_cpu
 from phi2kit.profiles import Profile
+from phi2kit.twin import keep_nf4_layout_on_cpu
 
 
 def _linear4bit_class():

@@ -25,6 +25,7 @@ from transformers import AttentionInterface
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
 from phi2kit.profiles import Profile, get_profile
+from phi2kit.twin import keep_nf4_layout_on_cpu
 
 FP32_ATTENTION = "phi2kit_fp32"
 
@@ -170,22 +171,6 @@ def load_model(
     if quantize and not profile.requires_cuda:
         keep_nf4_layout_on_cpu(model)
     return model
-
-
-def keep_nf4_layout_on_cpu(model: nn.Module) -> int:
-    """Stop bitsandbytes from repacking nf4 weights for CPU inference; return modules touched.
-
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit``'s weight in place
-    the first time it runs a no-grad forward in eval mode. Training afterwards fails ("a view
-    of a leaf Variable that requires grad is being used in an in-place operation"). Keeping
-    the standard layout makes "evaluate the base, then train" work, as it does on a GPU.
-    """
-    n = 0
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-            n += 1
-    return n
 
 
 @dataclass

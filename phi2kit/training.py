@@ -21,6 +21,7 @@ from torch import nn
 
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe
+from phi2kit.twin import cpu_fp16_amp
 
 
 def upcast_trainable(model: nn.Module) -> int:
@@ -139,23 +140,6 @@ def finish_trainer(trainer, *, seeded_sampler: bool = True):
     cpu_fp16_amp(trainer)
     trainer.remove_callback(PrinterCallback)
     return group_by_length(trainer) if seeded_sampler else trainer
-
-
-def cpu_fp16_amp(trainer) -> bool:
-    """Make ``fp16=True`` on a CPU do what it does on a T4: fp16 autocast and a grad scaler.
-
-    accelerate (1.15) accepts ``mixed_precision="fp16"`` on a CPU and then silently trains
-    in fp32: no autocast, no scaler. The T4's twin must run what the T4 runs, and torch has
-    fp16 autocast and a grad scaler on the CPU, so this switches them on before
-    ``trainer.train()`` prepares the model. Returns whether it did; on a GPU it does nothing
-    (accelerate already does the same there).
-    """
-    acc = trainer.accelerator
-    if not trainer.args.fp16 or acc.device.type != "cpu" or acc.native_amp:
-        return False
-    acc.native_amp = True  # accelerate.prepare() wraps forward in torch.autocast(fp16)
-    acc.scaler = torch.amp.GradScaler("cpu")  # backward, unscale, skip steps with inf grads
-    return True
 
 
 def loss_curve(log_history: list[dict], key: str = "loss") -> tuple[list[int], list[float]]:

@@ -12,7 +12,6 @@ from phi2kit.merging import (
     adapter_fits,
     dequantize_into,
     find_adapter,
-    keep_nf4_layout_on_cpu,
     load_adapters,
     load_dequantized_base,
     merge_error,
@@ -20,6 +19,7 @@ from phi2kit.merging import (
     save_merged,
 )
 from phi2kit.models import load_model
+from phi2kit.twin import keep_nf4_layout_on_cpu
 
 TEXTS = [
     "### Human: Where does the otter live?\n### Assistant:",

@@ -115,7 +115,7 @@ def _lora_model(path, recipe, attn="eager", ckpt=False):
     from peft import LoraConfig, get_peft_model
     from transformers import BitsAndBytesConfig, PhiForCausalLM
 
-    from phi2kit.models import keep_nf4_layout_on_cpu
+    from phi2kit.twin import keep_nf4_layout_on_cpu
 
     kwargs = {}
     if recipe.quantize_4bit:

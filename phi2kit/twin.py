@@ -1,0 +1,43 @@
+"""What the CPU twin of a T4 run needs and a T4 does not (course plumbing, no lesson).
+
+The ``t4-cpu`` profile runs every T4 setting a CPU can run. Two of them need a nudge on a
+CPU; on a GPU both functions do nothing, so a lesson's cell may call them on every profile.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def keep_nf4_layout_on_cpu(model: nn.Module) -> int:
+    """Stop bitsandbytes from repacking nf4 weights for CPU inference; return modules touched.
+
+    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit``'s weight in place
+    the first time it runs a no-grad forward in eval mode. Training afterwards fails ("a view
+    of a leaf Variable that requires grad is being used in an in-place operation"). Keeping
+    the standard layout makes "evaluate the base, then train" work, as it does on a GPU.
+    """
+    n = 0
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+            n += 1
+    return n
+
+
+def cpu_fp16_amp(trainer) -> bool:
+    """Make ``fp16=True`` on a CPU do what it does on a T4: fp16 autocast and a grad scaler.
+
+    accelerate (1.15) accepts ``mixed_precision="fp16"`` on a CPU and then silently trains
+    in fp32: no autocast, no scaler. The T4's twin must run what the T4 runs, and torch has
+    fp16 autocast and a grad scaler on the CPU, so this switches them on before
+    ``trainer.train()`` prepares the model. Returns whether it did; on a GPU it does nothing
+    (accelerate already does the same there).
+    """
+    acc = trainer.accelerator
+    if not trainer.args.fp16 or acc.device.type != "cpu" or acc.native_amp:
+        return False
+    acc.native_amp = True  # accelerate.prepare() wraps forward in torch.autocast(fp16)
+    acc.scaler = torch.amp.GradScaler("cpu")  # backward, unscale, skip steps with inf grads
+    return True
