@@ -1,8 +1,8 @@
-"""The package's shape: two layers, teaching order, small modules (README, "Layout").
+"""The package's shape: two layers, teaching order, small modules (docs/maintainers.md, "Layout").
 
 - The library (``phi2kit`` outside ``phi2kit/commands/``) never imports the commands.
 - Each notebook imports only library modules that it or an earlier notebook introduces,
-  as the README's layout table assigns them; every library module is in that table.
+  as the layout table in docs/maintainers.md assigns them; every library module is in that table.
 - No module grows far past 300 lines.
 """
 
@@ -45,8 +45,8 @@ LIBRARY = {
 
 
 def _readme_table() -> dict[str, int]:
-    """``{"models": 1, "data.sentiment": 2, ..., "exercises": 99}`` from the README table."""
-    text = (ROOT / "README.md").read_text()
+    """``{"models": 1, "data.sentiment": 2, ..., "exercises": 99}`` from the layout table."""
+    text = (ROOT / "docs" / "maintainers.md").read_text()
     section = text.split("## Layout", 1)[1]
     table: dict[str, int] = {}
     for line in section.splitlines():
@@ -84,9 +84,9 @@ def test_every_library_module_has_a_notebook_in_the_readme():
     assert len(table) > 20, table  # the table was found and read
     code = {m for m, p in LIBRARY.items() if p.name != "__init__.py" or len(p.read_text()) > 200}
     missing = sorted(m for m in code if m != "phi2kit" and _notebook_of(m, table) is None)
-    assert missing == [], f"add these to the README's layout table: {missing}"
+    assert missing == [], f"add these to the layout table in docs/maintainers.md: {missing}"
     stale = sorted(k for k in table if f"phi2kit.{k}" not in LIBRARY)
-    assert stale == [], f"the README's layout table names modules that do not exist: {stale}"
+    assert stale == [], f"the layout table in docs/maintainers.md names modules that do not exist: {stale}"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
