@@ -44,24 +44,24 @@ LIBRARY = {
 }
 
 
-def _readme_table() -> dict[str, int]:
-    """``{"models": 1, "data.sentiment": 2, ..., "exercises": 99}`` from the layout table."""
+def _layout_table() -> dict[str, int | str]:
+    """``{"models": 1, ..., "profiles": "plumbing", "exercises": "tools"}`` from the table."""
     text = (ROOT / "docs" / "maintainers.md").read_text()
     section = text.split("## Layout", 1)[1]
-    table: dict[str, int] = {}
+    table: dict[str, int | str] = {}
     for line in section.splitlines():
         match = re.match(r"\| (\d\d) [^|]*\| (.*) \|$", line) or re.match(
-            r"\| \(instructors\) \| (.*) \|$", line
+            r"\| \((plumbing|tools)\) \| (.*) \|$", line
         )
         if not match:
             continue
-        number = int(match.group(1)) if match.re.groups == 2 else 99
-        for module in re.findall(r"`([\w.]+)`", match.group(match.re.groups)):
-            table[module] = number
+        key = match.group(1)
+        for module in re.findall(r"`([\w.]+)`", match.group(2)):
+            table[module] = int(key) if key.isdigit() else key
     return table
 
 
-def _notebook_of(module: str, table: dict[str, int]) -> int | None:
+def _owner_of(module: str, table: dict[str, int | str]) -> int | str | None:
     """The table's entry for ``phi2kit.a.b.c``: the longest listed prefix (``a.b``, ``a``)."""
     parts = module.split(".")[1:]
     for n in range(len(parts), 0, -1):
@@ -69,6 +69,33 @@ def _notebook_of(module: str, table: dict[str, int]) -> int | None:
         if key in table:
             return table[key]
     return None
+
+
+def _notebook_code(path: Path) -> str:
+    return "\n".join(
+        "".join(line for line in cell["source"] if not line.lstrip().startswith(("%", "!")))
+        for cell in json.loads(path.read_text())["cells"]
+        if cell["cell_type"] == "code"
+    )
+
+
+def _without_docstrings(node: ast.AST) -> str:
+    node = ast.parse(ast.unparse(node))  # a copy
+    for n in ast.walk(node):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and n.body:
+            first = n.body[0]
+            if isinstance(first, ast.Expr) and isinstance(getattr(first, "value", None),
+                                                          ast.Constant):
+                n.body = n.body[1:] or [ast.Pass()]
+    return ast.dump(node)
+
+
+def _definitions(tree: ast.AST) -> dict[str, ast.AST]:
+    return {
+        n.name: n
+        for n in getattr(tree, "body", [])
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+    }
 
 
 def test_the_library_never_imports_the_commands():
@@ -79,31 +106,56 @@ def test_the_library_never_imports_the_commands():
     assert {k: v for k, v in offenders.items() if v} == {}
 
 
-def test_every_library_module_has_a_notebook_in_the_readme():
-    table = _readme_table()
-    assert len(table) > 20, table  # the table was found and read
+def test_every_library_module_is_in_the_layout_table():
+    table = _layout_table()
+    assert len(table) > 15, table  # the table was found and read
     code = {m for m, p in LIBRARY.items() if p.name != "__init__.py" or len(p.read_text()) > 200}
-    missing = sorted(m for m in code if m != "phi2kit" and _notebook_of(m, table) is None)
+    missing = sorted(m for m in code if m != "phi2kit" and _owner_of(m, table) is None)
     assert missing == [], f"add these to the layout table in docs/maintainers.md: {missing}"
     stale = sorted(k for k in table if f"phi2kit.{k}" not in LIBRARY)
-    assert stale == [], f"the layout table in docs/maintainers.md names modules that do not exist: {stale}"
+    assert stale == [], f"the layout table names modules that do not exist: {stale}"
+
+
+def _disallowed(imported: set[str], number: int, table) -> dict[str, object]:
+    """What a lesson imports beyond the plumbing and earlier lessons' modules."""
+    bad = {}
+    for m in imported:
+        owner = _owner_of(m, table)
+        if m.startswith("phi2kit.commands") or owner is None and m != "phi2kit":
+            bad[m] = owner or "commands"
+        elif owner == "tools" or (isinstance(owner, int) and owner >= number):
+            bad[m] = owner
+    return bad
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_notebook_imports_only_what_it_or_an_earlier_notebook_teaches(path):
-    table = _readme_table()
-    number = int(path.name[:2])
-    code = "\n".join(
-        "".join(line for line in cell["source"] if not line.lstrip().startswith(("%", "!")))
-        for cell in json.loads(path.read_text())["cells"]
-        if cell["cell_type"] == "code"
-    )
+def test_lesson_imports_only_plumbing_and_earlier_lessons(path):
+    """As rasbt's ``previous_chapters.py``: what a lesson teaches is written in its cells."""
+    table = _layout_table()
     imported = {
-        m for m in _imports(ast.parse(code)) if m in LIBRARY or m.startswith("phi2kit.commands")
+        m for m in _imports(ast.parse(_notebook_code(path)))
+        if m in LIBRARY or m.startswith("phi2kit.commands") or m == "phi2kit"
     }
-    assert not [m for m in imported if m.startswith("phi2kit.commands")], imported
-    later = {m: _notebook_of(m, table) for m in imported if (_notebook_of(m, table) or 0) > number}
-    assert later == {}, f"{path.name} imports modules that later notebooks introduce: {later}"
+    bad = _disallowed(imported, int(path.name[:2]), table)
+    assert bad == {}, f"{path.name} imports its own or later lessons' modules (or tools): {bad}"
+    assert len({m for m in imported if m in LIBRARY}) <= 8, sorted(imported)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_what_a_lesson_writes_is_what_its_module_keeps(path):
+    """A function or class defined in the lesson's cells and kept in its module is the same
+    code in both places (docstrings and comments aside): no twin drifts."""
+    table = _layout_table()
+    number = int(path.name[:2])
+    cells = _definitions(ast.parse(_notebook_code(path)))
+    owned = [m for m in LIBRARY if _owner_of(m, table) == number]
+    drifted = []
+    for module in owned:
+        kept = _definitions(ast.parse(LIBRARY[module].read_text()))
+        for name in cells.keys() & kept.keys():
+            if _without_docstrings(cells[name]) != _without_docstrings(kept[name]):
+                drifted.append(f"{module}.{name}")
+    assert drifted == [], f"{path.name}: these differ between the cells and the module: {drifted}"
 
 
 def test_no_module_is_far_past_300_lines():
@@ -113,9 +165,19 @@ def test_no_module_is_far_past_300_lines():
     assert {k: n for k, n in sizes.items() if n > MAX_LINES} == {}
 
 
-def test_the_check_can_fail(tmp_path):
-    """The import walker sees a commands import, and the table lookup finds late modules."""
+def test_the_checks_can_fail():
+    """The import walker sees a commands import; a lesson's own module, a later one and a
+    tool are refused; a changed body is a drift, a changed docstring is not."""
+    table = _layout_table()
     tree = ast.parse("from phi2kit.commands.train import main\nimport phi2kit.merging\n")
     assert _imports(tree) >= {"phi2kit.commands.train", "phi2kit.merging"}
-    assert _notebook_of("phi2kit.merging", _readme_table()) == 5
-    assert _notebook_of("phi2kit.data.sentiment", _readme_table()) == 2
+    assert _owner_of("phi2kit.merging", table) == 5
+    assert _owner_of("phi2kit.data.sentiment", table) == "plumbing"
+    bad = _disallowed({"phi2kit.merging", "phi2kit.lora", "phi2kit.meta_phi2",
+                       "phi2kit.profiles", "phi2kit.models"}, 5, table)
+    assert set(bad) == {"phi2kit.merging", "phi2kit.meta_phi2"}
+    one = ast.parse('def f(x):\n    """doc"""\n    return x + 1\n').body[0]
+    other_doc = ast.parse('def f(x):\n    """other"""\n    return x + 1\n').body[0]
+    other_body = ast.parse('def f(x):\n    """doc"""\n    return x + 2\n').body[0]
+    assert _without_docstrings(one) == _without_docstrings(other_doc)
+    assert _without_docstrings(one) != _without_docstrings(other_body)
