@@ -180,3 +180,75 @@ def get_recipe(task: str, profile: Profile | str = "auto", **overrides: object) 
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     recipe = _RECIPES[profile.name][task]
     return replace(recipe, **overrides) if overrides else recipe
+
+
+# --- GRPO (notebook 09): reinforcement learning on 04's checks, from 04's adapter ------------
+
+
+@dataclass(frozen=True)
+class GrpoRecipe(Recipe):
+    """A :class:`Recipe` for trl's ``GRPOTrainer`` (notebook 09), with what GRPO adds.
+
+    ``batch_size`` counts completions (trl's ``per_device_train_batch_size``), so one optimizer
+    step sees ``effective_batch // num_generations`` prompts; ``max_length`` is the prompt's
+    budget plus ``max_completion_length``.
+
+    Args:
+        num_generations: Completions sampled per prompt; their mean reward is the baseline each
+            one is judged against (the "group" of GRPO). At least 2.
+        max_completion_length: Most new tokens per completion.
+        beta: Weight of the KL penalty to the reference (04's adapter, kept frozen as a copy);
+            ``> 0`` costs one more forward pass per step, ``0`` none.
+        temperature: Sampling temperature of the generations.
+    """
+
+    task: str = "grpo"
+    quantize_4bit: bool = True
+    num_generations: int = 4
+    max_completion_length: int = 192
+    beta: float = 0.04
+    temperature: float = 0.7
+
+    def __post_init__(self) -> None:
+        if self.task != "grpo":
+            raise ValueError(f"task={self.task!r}: a GrpoRecipe is for task 'grpo'")
+        if self.num_generations < 2:
+            raise ValueError("num_generations must be at least 2: GRPO compares completions")
+        if self.effective_batch % self.num_generations:
+            msg = (f"batch_size x grad_accum = {self.effective_batch} must be a multiple of "
+                   f"num_generations={self.num_generations} (whole groups per step)")  # fmt: skip
+            raise ValueError(msg)
+        if not 0 < self.max_completion_length < self.max_length:
+            raise ValueError("max_completion_length must be positive and below max_length")
+        if self.lora_r <= 0 or self.max_steps <= 0 or self.batch_size <= 0:
+            raise ValueError("lora_r, max_steps and batch_size must be positive")
+
+    @property
+    def prompts_per_step(self) -> int:
+        return self.effective_batch // self.num_generations
+
+
+# T4: 50 steps of 4 prompts x 4 completions, prompts up to 576 tokens and answers up to 192;
+# 04's LoRA shape (the adapter GRPO continues) and a learning rate ten times below 04's.
+_GRPO_T4 = GrpoRecipe(max_length=768, max_completion_length=192, num_generations=4,
+                      batch_size=4, grad_accum=4, max_steps=50, learning_rate=2e-5,
+                      n_train=200, n_test=200)  # fmt: skip
+_GRPO = {
+    "t4": _GRPO_T4,
+    "ampere": replace(_GRPO_T4, batch_size=8, grad_accum=2),
+    # CPU: the tiny model; short answers; the rate of the tiny recipes, fewer steps on t4-cpu
+    "tiny": GrpoRecipe(max_length=256, max_completion_length=32, num_generations=8,
+                       batch_size=8, grad_accum=1, max_steps=40, learning_rate=5e-4,
+                       lora_dropout=0.0, n_train=200, n_test=40),
+    "t4-cpu": replace(_GRPO_T4, max_length=256, max_completion_length=32, num_generations=8,
+                      batch_size=8, grad_accum=1, max_steps=30, learning_rate=5e-4,
+                      n_train=200, n_test=40),
+}  # fmt: skip
+
+
+def get_grpo_recipe(profile: Profile | str = "auto", **overrides: object) -> GrpoRecipe:
+    """The GRPO recipe of notebook 09 on ``profile``, with ``overrides`` applied."""
+    if isinstance(profile, str):
+        profile = get_profile(profile, check=False)
+    recipe = _GRPO[profile.name]
+    return replace(recipe, **overrides) if overrides else recipe
