@@ -312,7 +312,7 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
     A step has three phases that never hold their buffers at the same time, so the peak is
     the largest of them on top of the weights, adapters and optimizer state:
 
-    - generation: ``effective_batch`` sequences (``prompts_per_step`` x ``num_generations``)
+    - generation: ``generation_batch`` sequences (``prompts_per_generation`` x ``num_generations``)
       of up to ``max_length`` tokens, in one ``generate`` call: a KV cache of
       ``2 x layers x hidden`` values per token, and the last position's fp32 logits;
     - the reference pass when ``beta > 0``: a no-grad forward of ``batch_size`` completions
@@ -326,7 +326,7 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
     cfg = kwargs.get("config") or cfg
     dtype = kwargs.get("dtype") or (profile.dtype if profile else "float32")
     on_gpu = bool(profile and profile.requires_cuda)
-    gen_rows = recipe.effective_batch  # trl: generation_batch_size = batch x steps_per_generation
+    gen_rows = recipe.generation_batch  # trl: batch x steps_per_generation (default grad_accum)
     kv = 2 * cfg.num_hidden_layers * cfg.hidden_size * DTYPE_BYTES[dtype] * recipe.max_length
     generation = gen_rows * (kv + 2 * 4 * cfg.vocab_size)
     reference = 0.0
@@ -354,13 +354,15 @@ def grpo_minutes(recipe: Any, calibration: int = T4_CALIBRATION_LENGTH) -> dict[
 
     Training counts 6N FLOPs per token as :func:`train_minutes` (same calibration), over
     ``GRPO_TYPICAL_TOKENS`` per completion; the reference pass (``beta > 0``) 2N, a forward;
-    generation ``max_completion_length`` decoding steps per step at :data:`T4_DECODE_STEP_S`.
+    generation ``max_completion_length`` decoding steps per ``generate`` call at
+    :data:`T4_DECODE_STEP_S` (one call per ``generation_batch`` completions).
     """
     n = count_parameters(phi2_config())
     tokens = recipe.max_steps * recipe.effective_batch * GRPO_TYPICAL_TOKENS
     flops = T4_CALIBRATIONS[calibration]
     return {
-        "generation": recipe.max_steps * recipe.max_completion_length * T4_DECODE_STEP_S / 60,
+        "generation": recipe.max_steps * recipe.effective_batch / recipe.generation_batch
+        * recipe.max_completion_length * T4_DECODE_STEP_S / 60,
         "reference pass": (2 * n * tokens / flops / 60) if recipe.beta > 0 else 0.0,
         "training": 6 * n * tokens / flops / 60,
     }

@@ -200,6 +200,8 @@ class GrpoRecipe(Recipe):
         beta: Weight of the KL penalty to the reference (04's adapter, kept frozen as a copy);
             ``> 0`` costs one more forward pass per step, ``0`` none.
         temperature: Sampling temperature of the generations.
+        steps_per_generation: Optimizer steps that share one ``generate`` call (trl's
+            ``steps_per_generation``); ``None``: ``grad_accum``, one call per optimizer step.
     """
 
     task: str = "grpo"
@@ -207,16 +209,17 @@ class GrpoRecipe(Recipe):
     num_generations: int = 4
     max_completion_length: int = 192
     beta: float = 0.04
-    temperature: float = 0.7
+    temperature: float = 1.0
+    steps_per_generation: int | None = None
 
     def __post_init__(self) -> None:
         if self.task != "grpo":
             raise ValueError(f"task={self.task!r}: a GrpoRecipe is for task 'grpo'")
         if self.num_generations < 2:
             raise ValueError("num_generations must be at least 2: GRPO compares completions")
-        if self.effective_batch % self.num_generations:
-            msg = (f"batch_size x grad_accum = {self.effective_batch} must be a multiple of "
-                   f"num_generations={self.num_generations} (whole groups per step)")  # fmt: skip
+        if self.generation_batch % self.num_generations:
+            msg = (f"the generation batch ({self.generation_batch} completions) must be a multiple "
+                   f"of num_generations={self.num_generations}: whole groups")  # fmt: skip
             raise ValueError(msg)
         if not 0 < self.max_completion_length < self.max_length:
             raise ValueError("max_completion_length must be positive and below max_length")
@@ -224,25 +227,32 @@ class GrpoRecipe(Recipe):
             raise ValueError("lora_r, max_steps and batch_size must be positive")
 
     @property
-    def prompts_per_step(self) -> int:
-        return self.effective_batch // self.num_generations
+    def generation_batch(self) -> int:
+        """Completions per ``generate`` call: batch_size x (steps_per_generation or grad_accum)."""
+        return self.batch_size * (self.steps_per_generation or self.grad_accum)
+
+    @property
+    def prompts_per_generation(self) -> int:
+        return self.generation_batch // self.num_generations
 
 
 # T4: 50 steps of 4 prompts x 4 completions, prompts up to 576 tokens and answers up to 192;
 # 04's LoRA shape (the adapter GRPO continues) and a learning rate ten times below 04's.
 _GRPO_T4 = GrpoRecipe(max_length=768, max_completion_length=192, num_generations=4,
                       batch_size=4, grad_accum=4, max_steps=50, learning_rate=2e-5,
-                      n_train=200, n_test=200)  # fmt: skip
+                      n_train=200, n_test=200)
 _GRPO = {
     "t4": _GRPO_T4,
     "ampere": replace(_GRPO_T4, batch_size=8, grad_accum=2),
-    # CPU: the tiny model; short answers; the rate of the tiny recipes, fewer steps on t4-cpu
+    # CPU, the tiny model: short answers, groups of 8 (one group per step, 4 steps per
+    # generate call: generation is what costs most on a CPU), a tiny-model learning rate
     "tiny": GrpoRecipe(max_length=256, max_completion_length=32, num_generations=8,
-                       batch_size=8, grad_accum=1, max_steps=40, learning_rate=5e-4,
-                       lora_dropout=0.0, n_train=200, n_test=40),
+                       batch_size=8, grad_accum=1, steps_per_generation=4, max_steps=60,
+                       learning_rate=3e-4, lora_dropout=0.0, n_train=240, n_test=60),
+    # the T4 twin: the T4 recipe (accumulation, dropout, beta) with the tiny numbers
     "t4-cpu": replace(_GRPO_T4, max_length=256, max_completion_length=32, num_generations=8,
-                      batch_size=8, grad_accum=1, max_steps=30, learning_rate=5e-4,
-                      n_train=200, n_test=40),
+                      batch_size=8, grad_accum=2, max_steps=30, learning_rate=5e-4,
+                      n_train=240, n_test=60),
 }  # fmt: skip
 
 

@@ -14,7 +14,7 @@ PROFILES = ["tiny", "t4-cpu", "t4", "ampere"]
 def test_every_profile_has_a_grpo_recipe_with_whole_groups(profile):
     r = get_grpo_recipe(profile)
     assert r.task == "grpo" and r.quantize_4bit
-    assert r.effective_batch % r.num_generations == 0 and r.prompts_per_step >= 1
+    assert r.generation_batch % r.num_generations == 0 and r.prompts_per_generation >= 1
     assert 0 < r.max_completion_length < r.max_length
 
 
@@ -41,6 +41,7 @@ def test_the_other_recipes_are_unchanged():
     ("change", "message"),
     [
         ({"num_generations": 3}, "multiple of num_generations"),
+        ({"steps_per_generation": 1, "num_generations": 8}, "multiple of num_generations"),
         ({"num_generations": 1}, "at least 2"),
         ({"max_completion_length": 768}, "below max_length"),
         ({"task": "webglm"}, "for task 'grpo'"),
