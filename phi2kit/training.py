@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torch import nn
 
 from phi2kit.profiles import Profile
@@ -203,9 +205,6 @@ def plot_losses(log_history, title="Train and eval loss", ax=None, log_scale=Fal
     A dotted vertical line marks ``best_step`` (``trainer.state.best_global_step``) when given.
     Draws on ``ax`` if given, else on a new figure; returns the figure.
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     if ax is None:
         fig, ax = plt.subplots(figsize=(6, 3.5))
         plt.close(fig)  # returned, so Jupyter shows it once
