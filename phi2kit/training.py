@@ -161,13 +161,12 @@ def sft_trainer(
 ):
     """trl ``SFTTrainer`` over a LoRA model, with trainable weights kept in fp32.
 
-    With an ``eval_dataset`` it evaluates every :func:`eval_every` steps and loads the best
-    checkpoint at the end, unless ``eval_steps`` is passed.
+    Pass ``eval_steps`` (say ``eval_every(recipe.max_steps)``) with an ``eval_dataset`` to
+    evaluate during training and load the best checkpoint on eval loss at the end, as
+    notebook 02 does (:func:`best_checkpoint_args`).
     """
     from trl import SFTTrainer
 
-    if eval_dataset is not None:
-        overrides.setdefault("eval_steps", eval_every(recipe.max_steps))
     trainer = SFTTrainer(
         model=model,
         args=sft_config(profile, recipe, output_dir, **overrides),
