@@ -154,7 +154,7 @@ def _01b_args(ns):
 
 # --- 02_a: rank and alpha (Try it) -----------------------------------------------------------
 
-exercise("02_a", "LoRA rank and alpha: adapter size and accuracy", "Try it", "02 §2.9")
+exercise("02_a", "LoRA rank and alpha: adapter size and accuracy", "Try it", "02 §2.8")
 
 
 @criterion(
@@ -217,7 +217,7 @@ def _02a_accuracy(ns):
 
 # --- 02_b: label scoring for one batch (Write it) ---------------------------------------------
 
-exercise("02_b", "Label scoring for one batch", "Write it", "02 §2.7")
+exercise("02_b", "Label scoring for one batch", "Write it", "02 §2.6")
 
 
 @criterion(
