@@ -48,8 +48,8 @@ def test_own_file_with_two_labels(tmp_path):
     kaggle.write_text('Complaint,Slow delivery\npraise,"Great, fast"\n', encoding="latin-1")
     df = load_financial_news(kaggle, labels=TWO)
     assert df.to_dict("list") == {"text": ["Slow delivery", "Great, fast"], "label": list(TWO)}
-    phrasebank = tmp_path / "reviews.jsonl"
-    phrasebank.write_text('{"sentence": "Broken", "label": 0}\n{"sentence": "Nice", "label": 1}\n')
+    phrasebank = tmp_path / "phrasebank.csv"
+    phrasebank.write_text("sentence,label\nBroken,0\nNice,1\n")
     assert list(load_financial_news(phrasebank, labels=TWO)["label"]) == list(TWO)
     with pytest.raises(DataError, match=r"row 2.*unknown label 'praise' \(expected one of compl"):
         load_financial_news(kaggle, labels=("complaint", "neutral"))
