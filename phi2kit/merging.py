@@ -24,7 +24,6 @@ from torch import nn
 from phi2kit.generation import inference
 from phi2kit.twin import keep_nf4_layout_on_cpu
 
-
 # --- comparing models ------------------------------------------------------------------------
 
 

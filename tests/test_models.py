@@ -7,9 +7,9 @@ from phi2kit.models import (
     FP32_ATTENTION,
     describe,
     fp32_attention_forward,
-    register_fp32_attention,
     load_model,
     load_tokenizer,
+    register_fp32_attention,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -214,5 +214,5 @@ def test_importing_phi2kit_registers_no_attention():
 def test_notebook_01_writes_what_this_module_holds():
     from lesson_source import assert_cells_define
 
-    assert_cells_define("01_baseline_inference", "phi2kit/models.py",
-                        ["fp32_attention_forward", "ModelSummary", "describe", "_state_bytes"])  # fmt: skip
+    names = ["fp32_attention_forward", "ModelSummary", "describe", "_state_bytes"]
+    assert_cells_define("01_baseline_inference", "phi2kit/models.py", names)
