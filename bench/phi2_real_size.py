@@ -23,7 +23,7 @@ What it does, in order:
    (03), ``save_adapter`` and a reload, ``generate`` (a few tokens) or ``predict_logits``;
    and notebook 05's merge routes on the sentiment adapter: PEFT's merge on the 4-bit model
    (re-quantized), (b) merge into the fp16 weights, (c) dequantize then merge
-   (``load_dequantized_base``), ``save_merged`` and a reload of the merged model.
+   (``dequantize_into``), ``save_pretrained`` and a reload of the merged model.
 3. **Measured against the planner** (``phi2kit.plan.estimate`` with the run's settings), per
    recipe, side by side; the run exits 1 if a check fails (tolerances below).
 
