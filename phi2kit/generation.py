@@ -109,17 +109,18 @@ def generate(
     tokenizer.padding_side = "left"  # every prompt ends in the last column
     tokenizer.pad_token = old_pad or tokenizer.eos_token  # Phi-2 ships no pad token
     texts, counts, finish = [], [], []
+    device = next(model.parameters()).device
     start = time.perf_counter()
     try:
         with inference(model):
             for i in progress(range(0, len(prompts), batch_size), desc="generating",
-                              show=model.device.type == "cuda"):  # fmt: skip
+                              show=device.type == "cuda"):  # fmt: skip
                 batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
                 kwargs = {"do_sample": False, **generate_kwargs}
                 if stop_strings:  # checked after every step, on the decoded text
                     kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
                 out = model.generate(
-                    **batch.to(model.device),
+                    **batch.to(device),
                     max_new_tokens=max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
