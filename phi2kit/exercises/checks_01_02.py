@@ -14,7 +14,7 @@ from phi2kit.exercises.grader import call, criterion, exercise, expect, need, ti
 
 # --- 01_a: nf4 with and without double quantization (Try it) -------------------------------
 
-exercise("01_a", "nf4 with and without double quantization", "Try it", "01 §1.3")
+exercise("01_a", "nf4 with and without double quantization", "Try it", "01 §1.4")
 
 #: Phi-2's quantized weights: 32 layers x (4 attention projections + fc1 + fc2).
 PHI2_LINEAR_SIZES = [2560 * 2560] * 4 * 32 + [2560 * 10240] * 2 * 32

@@ -12,7 +12,7 @@ from phi2kit.exercises.grader import Fail, call, criterion, exercise, expect, ne
 # --- 05_a: a QLoRA adapter merged into the full-precision base (Break and fix) ----------------
 
 exercise(
-    "05_a", "Merging a QLoRA adapter into a full-precision base", "Break and fix", "05 §5.4-5.5"
+    "05_a", "Merging a QLoRA adapter into a full-precision base", "Break and fix", "05 §5.5-5.6"
 )
 
 
@@ -30,7 +30,8 @@ def _05a_naive(ns):
 @criterion(
     "05_a",
     "the fixed merge reproduces the adapter-on-4-bit model",
-    "merge into load_dequantized_base(profile), not into load_model(..., quantize_4bit=False)",
+    "dequantize_into(load_model(profile, quantize_4bit=False), load_model(profile, "
+    "quantize_4bit=True)), then put the adapter on that base and merge_and_unload()",
 )
 def _05a_fixed(ns):
     from peft import PeftModel
@@ -55,7 +56,7 @@ def _05a_fixed(ns):
 
 # --- 05_b: dequantize-then-merge (Write it) ---------------------------------------------------
 
-exercise("05_b", "Dequantize, then merge", "Write it", "05 §5.5")
+exercise("05_b", "Dequantize, then merge", "Write it", "05 §5.6")
 
 
 @criterion(
