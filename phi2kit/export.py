@@ -102,3 +102,32 @@ def write_gguf(model, tokenizer, path, qtype="F16", chat_template=CHAT_TEMPLATE,
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def quantize_gguf(src, dst, ftype="Q4_K_M"):
+    """Quantize a GGUF file with llama.cpp's own quantizer (K-quants need it: ``gguf`` has none)."""
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype}")
+    if llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), params) != 0:
+        raise RuntimeError(f"llama.cpp could not quantize {src} to {ftype}")
+    return dst
+
+
+#: The chat format as an Ollama (Go) template: the same lines as :data:`CHAT_TEMPLATE`
+OLLAMA_TEMPLATE = (
+    "{{- range $i, $m := .Messages }}{{ if $i }}\n{{ end }}"
+    '{{ if eq $m.Role "user" }}### Human: {{ $m.Content }}'
+    "{{ else }}### Assistant: {{ $m.Content }}{{ end }}"
+    "{{- end }}\n### Assistant:"
+)
+
+
+def write_modelfile(path, gguf_file, eos="<|endoftext|>"):
+    """An Ollama ``Modelfile`` beside the GGUF file: the template and stops of training."""
+    stops = "".join(f'PARAMETER stop "{s}"\n' for s in [*STOP, eos])
+    text = f'FROM ./{gguf_file}\nTEMPLATE """{OLLAMA_TEMPLATE}"""\n{stops}PARAMETER temperature 0\n'
+    with open(path, "w") as f:
+        f.write(text)
+    return text

@@ -329,7 +329,8 @@ def gguf_tensor_types(qtype: str, config: Any = None) -> list[tuple[str, str, in
             return name, qtype, rows * cols
         if name == "output.weight":
             return name, "Q6_K" if cols % 256 == 0 else "Q8_0", rows * cols
-        big = layer is not None and name.split(".")[2] in ("attn_v", "ffn_down") and more_bits(layer)
+        part = name.split(".")[2] if layer is not None else ""
+        big = part in ("attn_v", "ffn_down") and more_bits(layer)
         kind = "Q6_K" if big else "Q4_K"
         return name, kind if cols % 256 == 0 else GGUF_FALLBACK[kind], rows * cols
 
