@@ -156,7 +156,7 @@ def _07b_fixed(ns):
     from phi2kit.export import STOP
 
     path = need(ns, "fixed_path")
-    turns = [("prompter", "Hi"), ("assistant", "Hello."), ("prompter", "Where does the heron live?")]
+    turns = [("prompter", "Hi"), ("assistant", "Hello."), ("prompter", "Where is the heron?")]
     messages = [{"role": "user" if r == "prompter" else "assistant", "content": t}
                 for r, t in turns]  # fmt: skip
     question = need(ns, "QUESTION")
