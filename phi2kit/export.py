@@ -131,3 +131,25 @@ def write_modelfile(path, gguf_file, eos="<|endoftext|>"):
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+def write_gguf_lora(peft_model, path):
+    """Write a PEFT LoRA adapter as a llama.cpp GGUF adapter for the base model's GGUF file."""
+    import gguf
+
+    config = peft_model.peft_config["default"]
+    w = gguf.GGUFWriter(str(path), "phi2")
+    w.add_type(gguf.GGUFType.ADAPTER)
+    w.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    w.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config.lora_alpha))  # scale: alpha / r
+    for name, tensor in peft_model.state_dict().items():  # ...q_proj.lora_A.weight: (r, in)
+        if ".lora_A." in name or ".lora_B." in name:
+            module = name.removeprefix("base_model.model.").split(".lora_")[0]
+            part = "lora_a" if ".lora_A." in name else "lora_b"
+            data = tensor.detach().float().cpu().numpy()
+            w.add_tensor(f"{gguf_name(module + '.weight')}.{part}", data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path

@@ -260,6 +260,42 @@ def test_planner_equals_the_tiny_files(files):
         assert size["disk_gb"] * GB == pytest.approx(path.stat().st_size, rel=0.01), q
 
 
+def test_adapter_gguf_on_the_base_gguf_equals_the_peft_model(files, tiny, tmp_path):
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = tiny
+    torch.manual_seed(0)
+    lora = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False,  # a non-zero update
+                      target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])
+    peft_model = get_peft_model(copy_of(model), lora).eval()
+    adapter = export.write_gguf_lora(peft_model, tmp_path / "adapter.gguf")
+    reader = gguf.GGUFReader(adapter)
+    assert reader.fields["general.type"].contents() == "adapter"
+    assert reader.fields["adapter.lora.alpha"].contents() == 16.0
+    names = {t.name for t in reader.tensors}
+    assert "blk.0.attn_q.weight.lora_a" in names and "blk.3.ffn_down.weight.lora_b" in names
+    assert len(names) == 4 * 6 * 2
+    ids = tokenizer(STRINGS[0])["input_ids"]
+    with torch.no_grad():
+        want = peft_model(torch.tensor([ids])).logits[0].numpy()
+    errors = {}
+    for label, path in [("with", adapter), ("without", None)]:
+        llm = _llama(files["F16"], lora_path=str(path) if path else None, logits_all=True)
+        try:
+            llm.eval(ids)
+            errors[label] = float(np.abs(np.asarray(llm.scores[: len(ids)]) - want).max())
+        finally:
+            llm.close()
+    assert errors["with"] < F16_TOLERANCE * np.abs(want).max(), errors
+    assert errors["with"] * 10 < errors["without"], errors
+
+
+def copy_of(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
 def test_quantize_refuses_a_missing_file(tmp_path):
     pytest.importorskip("llama_cpp")
     with pytest.raises(RuntimeError, match="could not quantize"):
