@@ -299,68 +299,56 @@ def course_rows() -> list[tuple[str, str, str, str]]:
 
 # --- GGUF export (notebook 07): disk and RAM per type ---------------------------------------
 
-#: (bytes per block, weights per block) of ggml's types (its ``block_*`` structs)
+#: (bytes, weights) per block of ggml's types; llama.cpp's fallback for rows not a multiple of 256
 GGUF_BLOCKS = {"F32": (4, 1), "F16": (2, 1), "Q8_0": (34, 32), "Q5_0": (22, 32),
                "Q4_K": (144, 256), "Q6_K": (210, 256)}  # fmt: skip
-#: llama.cpp's fallback when a row's length is not a multiple of a K-quant's 256-block
 GGUF_FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
 
 
 def gguf_tensor_types(qtype: str, config: Any = None) -> list[tuple[str, str, int]]:
-    """``(gguf name, type, number of weights)`` of each tensor of a ``phi2`` GGUF file.
+    """``(name, type, weights)`` per tensor of a ``phi2`` GGUF file (default: Phi-2's config).
 
-    ``F16`` and ``Q8_0`` follow llama.cpp's converter (1-D tensors in F32, matrices in
-    ``qtype``), as notebook 07's writer does. ``Q4_K_M`` follows ``llama_model_quantize``:
-    Q4_K, with Q6_K for the output matrix and for ``attn_v``/``ffn_down`` in the first and
-    last eighth of the layers and every third layer between; a matrix whose rows are not a
-    multiple of 256 falls back (Q4_K -> Q5_0, Q6_K -> Q8_0; the output matrix -> Q8_0).
-    ``config`` defaults to Phi-2's published one.
+    F16/Q8_0: the converter's rule (1-D tensors F32, matrices ``qtype``). Q4_K_M: llama.cpp's
+    quantizer: Q4_K; Q6_K for ``output`` and for ``attn_v``/``ffn_down`` in its use_more_bits
+    layers; rows not a multiple of 256 fall back (:data:`GGUF_FALLBACK`; ``output`` -> Q8_0).
     """
     if qtype not in ("F16", "Q8_0", "Q4_K_M"):
         raise ValueError(f"qtype must be 'F16', 'Q8_0' or 'Q4_K_M', not {qtype!r}")
     cfg = config if config is not None else phi2_config()
     d, ff, v, n = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_hidden_layers
 
-    def more_bits(i: int) -> bool:  # llama.cpp's use_more_bits
-        return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
-
-    def matrix(name: str, rows: int, cols: int, layer: int | None = None) -> tuple[str, str, int]:
-        if qtype != "Q4_K_M":
-            return name, qtype, rows * cols
-        if name == "output.weight":
-            return name, "Q6_K" if cols % 256 == 0 else "Q8_0", rows * cols
-        part = name.split(".")[2] if layer is not None else ""
-        big = part in ("attn_v", "ffn_down") and more_bits(layer)
-        kind = "Q6_K" if big else "Q4_K"
-        return name, kind if cols % 256 == 0 else GGUF_FALLBACK[kind], rows * cols
+    def matrix(name: str, rows: int, cols: int, i: int = -1) -> tuple[str, str, int]:
+        kind = qtype
+        if qtype == "Q4_K_M" and name == "output.weight":
+            kind = "Q6_K" if cols % 256 == 0 else "Q8_0"
+        elif qtype == "Q4_K_M":
+            more = i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2  # use_more_bits
+            big = i >= 0 and more and name.split(".")[2] in ("attn_v", "ffn_down")
+            kind = "Q6_K" if big else "Q4_K"
+            kind = kind if cols % 256 == 0 else GGUF_FALLBACK[kind]
+        return name, kind, rows * cols
 
     out = [matrix("token_embd.weight", v, d), ("output_norm.weight", "F32", d),
            ("output_norm.bias", "F32", d), matrix("output.weight", v, d), ("output.bias", "F32", v)]
     for i in range(n):
-        b = f"blk.{i}."
-        out += [(b + "attn_norm.weight", "F32", d), (b + "attn_norm.bias", "F32", d)]
-        for part in ("attn_q", "attn_k", "attn_v", "attn_output"):
-            out += [matrix(b + part + ".weight", d, d, i), (b + part + ".bias", "F32", d)]
-        out += [matrix(b + "ffn_up.weight", ff, d, i), (b + "ffn_up.bias", "F32", ff),
-                matrix(b + "ffn_down.weight", d, ff, i), (b + "ffn_down.bias", "F32", d)]
+        out += [(f"blk.{i}.attn_norm.weight", "F32", d), (f"blk.{i}.attn_norm.bias", "F32", d)]
+        for part, rows, cols in [("attn_q", d, d), ("attn_k", d, d), ("attn_v", d, d),
+                                 ("attn_output", d, d), ("ffn_up", ff, d), ("ffn_down", d, ff)]:
+            out += [matrix(f"blk.{i}.{part}.weight", rows, cols, i),
+                    (f"blk.{i}.{part}.bias", "F32", rows)]
     return out
 
 
-def gguf_footprint(qtype: str, config: Any = None, n_ctx: int = 2048,
-                   n_ubatch: int = 512) -> dict[str, float]:  # fmt: skip
-    """Disk and CPU RAM of a ``phi2`` GGUF file of type ``qtype`` in llama.cpp, in GB.
+def gguf_footprint(qtype: str, config: Any = None, n_ctx: int = 2048, n_ubatch: int = 512) -> dict:
+    """Disk and CPU RAM (GB) of a ``phi2`` GGUF file of type ``qtype`` served by llama.cpp.
 
-    - ``tensors_gb``: the weights as stored (exact, from :func:`gguf_tensor_types`);
-    - ``disk_gb``: plus the tokenizer and header, counted as 32 B per vocabulary entry (an
-      assumption: token text, its length and type, and the merges);
-    - ``ram_gb``: llama.cpp maps the file, then adds an F16 KV cache of ``n_ctx`` positions
-      (``2 x layers x n_ctx x hidden x 2 B``) and a compute buffer, assumed to be
-      ``4 B x n_ubatch x (vocabulary + heads x n_ctx + 4 x intermediate)`` (logits,
-      attention scores, MLP activations of one batch of ``n_ubatch`` tokens).
+    ``tensors_gb`` is exact; ``disk_gb`` adds 32 B per vocabulary entry for the tokenizer (an
+    assumption); ``ram_gb`` adds an F16 KV cache of ``n_ctx`` positions and a compute buffer
+    assumed to be ``4 B x n_ubatch x (vocabulary + heads x n_ctx + 4 x intermediate)``.
     """
     cfg = config if config is not None else phi2_config()
-    tensors = sum(GGUF_BLOCKS[t][0] * count // GGUF_BLOCKS[t][1]
-                  for _, t, count in gguf_tensor_types(qtype, cfg))  # fmt: skip
+    types = gguf_tensor_types(qtype, cfg)
+    tensors = sum(GGUF_BLOCKS[t][0] * count // GGUF_BLOCKS[t][1] for _, t, count in types)
     disk = tensors + 32 * cfg.vocab_size
     kv = 2 * cfg.num_hidden_layers * n_ctx * cfg.hidden_size * 2
     compute = 4 * n_ubatch * (cfg.vocab_size + cfg.num_attention_heads * n_ctx
