@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -76,8 +77,6 @@ def test_a_bad_file_is_refused_before_any_model_loads(tmp_path, line, message):
     bad.write_text(good + "\n" + line + "\n")
     proc = run("--model", "no/such-model", "--data", str(bad), tmp_path=tmp_path)
     assert proc.returncode == 2, proc.stderr[-2000:]
-    import re
-
     assert re.search(r"^error: .*" + message, proc.stderr.strip()), proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1  # one line, no traceback
     assert not (tmp_path / "out").exists()
@@ -89,8 +88,8 @@ def notebook_recipe(tmp_path: Path) -> dict:
     ns = {"torch": torch, "profile": profile, "recipe": recipe, "SAVE_EVERY": None,
           "OUTPUT_DIR": str(tmp_path)}  # fmt: skip
     cells = json.loads(NOTEBOOK.read_text())["cells"]
-    sources = ["".join(c["source"]) for c in cells
-               if c["cell_type"] == "code" and "recipe" in c["metadata"].get("tags", [])]  # fmt: skip
+    tagged = [c for c in cells if "recipe" in c["metadata"].get("tags", [])]
+    sources = ["".join(c["source"]) for c in tagged if c["cell_type"] == "code"]
     assert len(sources) == 3  # quantization, LoRA, SFTConfig
     for source in sources:
         exec(compile(source, str(NOTEBOOK), "exec"), ns)  # noqa: S102  (our own notebook)
