@@ -10,8 +10,8 @@ makes that safe and what a notebook needs around it:
   so a runtime that died during a save falls back to the previous checkpoint;
 - :func:`checkpoint_args` are the Trainer arguments for saving every N steps, keeping a few;
 - :func:`train_resumable` is ``trainer.train()`` that resumes from the latest complete
-  checkpoint in ``trainer.args.output_dir`` when it was written with the same settings, and
-  says what it found.
+  checkpoint in ``trainer.args.output_dir`` when it was written with the same settings,
+  refuses (:class:`ResumeError`) when it was written with others, and says what it found.
 
 ``phi2kit train`` (:mod:`phi2kit.commands.train`) and notebooks 04 and 06 use the same functions.
 """
@@ -97,29 +97,35 @@ def _plain(settings: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))
 
 
+class ResumeError(ValueError):
+    """Checkpoints in the output folder belong to a run with other settings."""
+
+
 def resume_point(
     folder: str | os.PathLike[str], settings: dict[str, Any], log: Callable[[str], Any] = print
 ) -> Path | None:
     """The checkpoint to resume from in ``folder``, after checking it has these ``settings``.
 
-    Checkpoints written with other settings (another recipe, profile or data) would resume a
-    different run: they are deleted, and this says so. Returns None when training must start
-    from step 0.
+    One resume policy for the notebooks and ``phi2kit train``: a run resumes only under the
+    settings it was written with (profile, recipe, data: whatever decides the run). Other
+    settings would resume a different run, so this refuses, naming what changed; starting
+    over is the caller's explicit choice (``resume=False``, which deletes the checkpoints).
+    Returns None when training must start from step 0 (no complete checkpoint).
+
+    Raises:
+        ResumeError: The checkpoints in ``folder`` were written with other settings.
     """
     folder = Path(folder)
     old = folder / SETTINGS
     before = json.loads(old.read_text()) if old.is_file() else None
-    checkpoints = sorted(folder.glob("checkpoint-*"))
-    if before is not None and before != _plain(settings):
-        now = _plain(settings)
+    now = _plain(settings)
+    if before is not None and before != now and list(folder.glob("checkpoint-*")):
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-        log(
-            f"checkpoints in {folder} were written with other settings ({', '.join(changed)}): "
-            f"deleting them ({len(checkpoints)}) and training from step 0"
+        raise ResumeError(
+            f"{folder} holds checkpoints of a run with other {', '.join(changed)}: "
+            "resume=False (RESUME = False in a notebook) deletes them and trains from step 0, "
+            "or choose another output folder"
         )
-        for checkpoint in checkpoints:
-            shutil.rmtree(checkpoint)
-        return None
     latest = latest_checkpoint(folder)
     if latest is None:
         log(f"no complete checkpoint in {folder}: training from step 0")
@@ -138,10 +144,10 @@ def train_resumable(
     The trainer must save checkpoints (built with :func:`checkpoint_args`); they go to
     ``trainer.args.output_dir``. ``settings`` (the profile, the recipe, the data: whatever
     decides the run) are stored next to them, and a checkpoint is resumed only under the
-    same settings (:func:`resume_point`). Resuming restores the adapter, the optimizer, the
-    LR schedule, the data order (:func:`phi2kit.batching.group_by_length`: seeded by
-    ``(seed, epoch)``), the RNG states and
-    ``trainer.state.log_history`` (the loss plot). A checkpoint at the last step means the
+    same settings, and refused under others (:func:`resume_point`). Resuming restores the
+    adapter, the optimizer, the LR schedule, the data order
+    (:func:`phi2kit.batching.group_by_length`: seeded by ``(seed, epoch)``), the RNG states
+    and ``trainer.state.log_history`` (the loss plot). A checkpoint at the last step means the
     training had finished: nothing is trained again, the weights are loaded.
 
     Returns:

@@ -81,7 +81,7 @@ def write_oasst_export(path: Path, n_threads: int, turns: int = TURNS) -> Path:
 
 def write_webglm_export(folder: Path, n_train: int, n_validation: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("validation", n_validation)):
+    for split, n in (("train", n_train), ("validation", n_validation), ("test", n_validation)):
         with (folder / f"{split}.jsonl").open("w") as f:
             for i in range(n):
                 refs = [long_text(i + r, REF_CHARS) for r in range(REFS)]

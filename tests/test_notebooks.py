@@ -234,7 +234,9 @@ def test_outputs_can_live_on_drive(stem):
 def test_long_training_checkpoints_and_resumes(stem):
     params, code = _nb(stem).cells[2].source, _code(stem)
     assert "SAVE_EVERY = None" in params and "RESUME = True" in params
-    assert "**checkpoint_args(save_every)" in code
+    assert "**checkpoint_args(save_every)" in code or (
+        "save_steps=eval_every" in code and "load_best_model_at_end=True" in code
+    )
     assert "train_resumable(trainer, settings, resume=RESUME)" in code
     assert "trainer.train()" not in code  # every run goes through the resumable path
 

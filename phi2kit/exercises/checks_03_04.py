@@ -101,7 +101,7 @@ def _03b_fixed(ns):
 
 # --- 04_a: the completion-only label mask (Write it) -----------------------------------------
 
-exercise("04_a", "A completion-only label mask, and padding by position", "Write it", "04 §4.5")
+exercise("04_a", "A completion-only label mask, and padding by position", "Write it", "04 §4.6")
 
 _TRAINER: dict = {}
 
@@ -186,7 +186,7 @@ def _04a_batch(ns):
 
 # --- 04_b: labels = input_ids over padded batches (Break and fix) -----------------------------
 
-exercise("04_b", "labels = input_ids over padded batches", "Break and fix", "04 §4.5")
+exercise("04_b", "labels = input_ids over padded batches", "Break and fix", "04 §4.6")
 
 
 @criterion(
