@@ -97,13 +97,16 @@ def format_chat(turns):
 
 def to_examples(thread, tokenizer, max_length):
     """One prompt/completion per assistant turn; the oldest turns dropped until it fits."""
+    lines = [format_chat([turn])[: -len(ASSISTANT) - 1] for turn in thread]
+    sizes = [len(ids) + 1 for ids in tokenizer(lines)["input_ids"]]  # each line, + its newline
+    n_tail = len(tokenizer(ASSISTANT)["input_ids"]) + 1  # the closing '### Assistant:', and EOS
     examples = []
     for i, (role, text) in enumerate(thread):
-        n_completion = len(tokenizer(" " + text.strip())["input_ids"]) + 1  # + EOS
+        budget = max_length - n_tail - len(tokenizer(" " + text.strip())["input_ids"])
         for start in [j for j in range(i) if thread[j][0] == "prompter" and role == "assistant"]:
-            prompt = format_chat(thread[start:i])  # the oldest turns first go, then the next
-            if len(tokenizer(prompt)["input_ids"]) + n_completion <= max_length:
-                examples.append({"prompt": prompt, "completion": " " + text.strip()})
+            if sum(sizes[start:i]) <= budget:  # byte-level BPE: line counts add up exactly
+                prompt, completion = format_chat(thread[start:i]), " " + text.strip()
+                examples.append({"prompt": prompt, "completion": completion})
                 break
     return examples
 

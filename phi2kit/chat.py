@@ -76,18 +76,20 @@ def format_chat(turns, add_generation_prompt=True):
 
 def to_examples(thread, tokenizer, max_length):
     """One prompt/completion per assistant turn, its oldest turns dropped until it fits."""
+    lines = [format_chat([turn], add_generation_prompt=False) for turn in thread]
+    sizes = [len(ids) + 1 for ids in tokenizer(lines)["input_ids"]]  # tokens of each line + newline
+    n_tail = len(tokenizer(ASSISTANT)["input_ids"]) + 1  # the closing '### Assistant:', and EOS
     examples = []
     for i, (role, text) in enumerate(thread):
         if role != "assistant":
             continue
         completion = " " + text.strip()
-        n_completion = len(tokenizer(completion)["input_ids"]) + 1  # + the EOS trl appends
-        for start in [j for j in range(i) if thread[j][0] == "prompter"]:  # oldest first
-            prompt = format_chat(thread[start:i])
-            if len(tokenizer(prompt)["input_ids"]) + n_completion <= max_length:
-                examples.append({"prompt": prompt, "completion": completion,
+        budget = max_length - n_tail - len(tokenizer(completion)["input_ids"])
+        for start in [j for j in range(i) if thread[j][0] == "prompter"]:  # oldest turns go first
+            if sum(sizes[start:i]) <= budget:
+                examples.append({"prompt": format_chat(thread[start:i]), "completion": completion,
                                  "dropped_turns": start})
-                break  # else: even the last human turn and the reply do not fit, left out
+                break  # if no start fits, the last human turn + reply alone are too long: left out
     return examples
 
 

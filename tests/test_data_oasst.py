@@ -295,10 +295,10 @@ def _lesson_threads(path, lang):
     from phi2kit import chat
 
     raw = load_dataset("json", data_files=str(path), split="train")
-    if "prompt" in raw.column_names:
+    if "prompt" in raw[0]:
         messages = [m for tree in raw for m in chat.tree_to_rows(tree["prompt"])]
     else:
-        messages = list(raw.select_columns(chat.MESSAGE_FIELDS))
+        messages = [{k: m.get(k) for k in chat.MESSAGE_FIELDS} for m in raw]
     return chat.build_threads(messages, lang=lang)
 
 
