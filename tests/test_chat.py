@@ -312,3 +312,11 @@ def test_profile_errors_speak_shell_words(monkeypatch, capsys):
     assert run_chat(args, stdin=io.StringIO(QUESTION)) == 2
     err = _one_error_line(capsys, "chat")
     assert "--profile tiny" in err and "PROFILE=" not in err and "Colab" not in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gradio") is not None, reason="gradio installed")
+def test_app_without_gradio_is_one_line_exit_2(capsys):
+    from phi2kit.commands.app import run_app
+
+    assert run_app(_app_args()) == 2
+    assert 'pip install "phi2kit[app]"' in _one_error_line(capsys, "app")

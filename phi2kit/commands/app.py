@@ -190,10 +190,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_app(args: argparse.Namespace) -> int:
     """Load the model, build the app and serve it until interrupted."""
+    import importlib.util
+
     from phi2kit.models import model_source
     from phi2kit.profiles import get_profile
 
     problem = model_error(args) or profile_error(args) or port_error(args.host, args.port)
+    if importlib.util.find_spec("gradio") is None:
+        problem = problem or 'Gradio is not installed: pip install "phi2kit[app]" (or gradio)'
     if problem:
         return fail("app", problem)
     profile = get_profile(args.profile)
