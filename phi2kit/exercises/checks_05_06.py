@@ -85,7 +85,7 @@ def _05b_weights(ns):
 
 # --- 06_a: thread building from an OASST tree (Write it) ------------------------------------
 
-exercise("06_a", "The main thread of an OASST1 tree", "Write it", "06 §6.2")
+exercise("06_a", "The main thread of an OASST1 tree", "Write it", "06 §6.3")
 
 
 def _random_tree(rng: random.Random, role: str = "prompter", depth: int = 0) -> dict:
@@ -137,7 +137,7 @@ def _06a_threads(ns):
 
 # --- 06_b: generating with checkpointing on (Break and fix) ----------------------------------
 
-exercise("06_b", "Generating right after training, checkpointing on", "Break and fix", "06 §6.6")
+exercise("06_b", "Generating right after training, checkpointing on", "Break and fix", "06 §6.9")
 
 
 @criterion(
@@ -178,7 +178,7 @@ def _06b_safe(ns):
 # --- 06_c: LoRA targets (Try it) ---------------------------------------------------------------
 
 exercise("06_c", "LoRA targets: attention only, all six, and a name that matches nothing",
-         "Try it", "06 §6.5, 02 §2.8")  # fmt: skip
+         "Try it", "06 §6.7, 02 §2.8")  # fmt: skip
 
 
 def _phi2_lora(targets, rank: int) -> int:
