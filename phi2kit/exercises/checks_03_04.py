@@ -42,15 +42,15 @@ def _03a_index(ns):
 @criterion(
     "03_a",
     "classify() gives the classifier's own logits",
-    "run clf.model, take the hidden state at last_token_index, apply clf.score in fp32",
+    "run clf.model, take the hidden state at last_token_index, apply clf.score",
 )
 def _03a_classify(ns):
     import torch
 
-    from phi2kit.classifier import classifier_from_causal_lm
+    from phi2kit.classifier import load_classifier
 
-    model, tokenizer = tiny_model()
-    clf = classifier_from_causal_lm(model).eval()
+    _, tokenizer = tiny_model()
+    clf = load_classifier("tiny").eval()  # transformers' AutoModelForSequenceClassification
     enc = tokenizer(
         ["Sales rose", "The company warns of a deep loss"], return_tensors="pt", padding=True
     )
