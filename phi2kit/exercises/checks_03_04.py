@@ -63,7 +63,7 @@ def _03a_classify(ns):
 
 # --- 03_b: the head that was not saved (Break and fix) ----------------------------------------
 
-exercise("03_b", "The classification head that was not saved", "Break and fix", "03 §3.7, §3.10")
+exercise("03_b", "The classification head that was not saved", "Break and fix", "03 §3.7, §3.11")
 
 
 @criterion(
