@@ -173,9 +173,7 @@ def main(argv=None):
         for m in model.modules():  # CPU only: keep bitsandbytes from repacking nf4 for inference
             if hasattr(m, "support_avx512bf16_for_cpu"):
                 m.support_avx512bf16_for_cpu = False
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=cuda,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)  # args
     model = get_peft_model(model, lora)
     for p in model.parameters():
         if p.requires_grad:
