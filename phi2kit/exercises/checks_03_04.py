@@ -42,15 +42,15 @@ def _03a_index(ns):
 @criterion(
     "03_a",
     "classify() gives the classifier's own logits",
-    "run clf.model, take the hidden state at last_token_index, apply clf.score in fp32",
+    "run clf.model, take the hidden state at last_token_index, apply clf.score",
 )
 def _03a_classify(ns):
     import torch
 
-    from phi2kit.classifier import classifier_from_causal_lm
+    from phi2kit.classifier import load_classifier
 
-    model, tokenizer = tiny_model()
-    clf = classifier_from_causal_lm(model).eval()
+    _, tokenizer = tiny_model()
+    clf = load_classifier("tiny").eval()  # transformers' AutoModelForSequenceClassification
     enc = tokenizer(
         ["Sales rose", "The company warns of a deep loss"], return_tensors="pt", padding=True
     )
@@ -63,7 +63,7 @@ def _03a_classify(ns):
 
 # --- 03_b: the head that was not saved (Break and fix) ----------------------------------------
 
-exercise("03_b", "The classification head that was not saved", "Break and fix", "03 §3.7, §3.10")
+exercise("03_b", "The classification head that was not saved", "Break and fix", "03 §3.7, §3.11")
 
 
 @criterion(
