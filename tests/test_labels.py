@@ -72,26 +72,18 @@ def test_split_draws_each_of_the_given_labels():
     assert ds[0]["completion"] in (" complaint", " praise")
 
 
-def test_classifier_head_takes_the_label_set(tiny_model, tiny_tokenizer):
+def test_classifier_head_takes_the_label_set(tiny_profile, tiny_tokenizer):
     from transformers import EvalPrediction
 
-    from phi2kit.classifier import (
-        class_weights,
-        classifier_from_causal_lm,
-        compute_metrics,
-        head_labels,
-        tokenize_headlines,
-    )
+    from phi2kit.classifier import compute_metrics, load_classifier, tokenize_headlines
 
-    head = classifier_from_causal_lm(tiny_model, TWO)
-    assert head.score.out_features == 2 and head_labels(head) == list(TWO)  # the Trainer's metrics
+    head = load_classifier(tiny_profile, labels=TWO)
+    assert head.score.out_features == 2 and head.config.id2label == dict(enumerate(TWO))
 
     df = pd.DataFrame({"text": ["Slow delivery", "Lovely"], "label": ["complaint", "praise"]})
     ds = tokenize_headlines(df, tiny_tokenizer, 64, labels=TWO, template="{headline} ({labels})")
     assert ds["labels"] == [0, 1]
     assert tiny_tokenizer.decode(ds[1]["input_ids"]).endswith("Lovely (complaint or praise)")
-    assert class_weights(["praise", "praise", "complaint"], TWO).tolist() == [1.5, 0.75]
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
-    out = compute_metrics(EvalPrediction(predictions=logits, label_ids=[0, 1, 1]), labels=TWO)
+    out = compute_metrics(EvalPrediction(predictions=logits, label_ids=[0, 1, 1]))
     assert out["accuracy"] == pytest.approx(2 / 3)
-    assert out["accuracy_complaint"] == 1.0 and out["accuracy_praise"] == 0.5
