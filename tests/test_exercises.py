@@ -1,6 +1,6 @@
 """The graded exercises: every solution passes, every unsolved copy fails with hints.
 
-The notebooks run in this process through ``phi2kit.exercises.run_notebook`` (no kernel per
+The notebooks run in this process through ``phi2kit_exercises.run_notebook`` (no kernel per
 notebook), on the tiny profile. ``exercises/`` is not in pytest's testpaths, so nbmake never
 runs the unsolved notebooks (which fail by design); these tests do.
 """
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-
-from phi2kit.exercises.grader import EXERCISES, evaluate, get_exercise, grade_notebook
+from phi2kit_exercises.grader import EXERCISES, evaluate, get_exercise, grade_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
 EXERCISE_DIR = ROOT / "exercises"

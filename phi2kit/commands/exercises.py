@@ -32,7 +32,7 @@ def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from phi2kit.exercises.grader import EXERCISES, _load_checks
+    from phi2kit_exercises.grader import EXERCISES, _load_checks
 
     _load_checks()
     for ex in EXERCISES.values():
@@ -41,7 +41,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from phi2kit.exercises.grader import find_notebook, get_exercise, grade_notebook
+    from phi2kit_exercises.grader import find_notebook, get_exercise, grade_notebook
+
     from phi2kit.logs import quiet
 
     quiet()

@@ -7,7 +7,7 @@ import random
 import tempfile
 from pathlib import Path
 
-from phi2kit.exercises.grader import Fail, call, criterion, exercise, expect, need
+from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need
 
 # --- 05_a: a QLoRA adapter merged into the full-precision base (Break and fix) ----------------
 
@@ -35,7 +35,6 @@ def _05a_naive(ns):
 )
 def _05a_fixed(ns):
     from peft import PeftModel
-
     from phi2kit.merging import merge_error, probe_logits
     from phi2kit.models import load_model
 
@@ -67,7 +66,6 @@ exercise("05_b", "Dequantize, then merge", "Write it", "05 §5.6")
 )
 def _05b_weights(ns):
     import torch
-
     from phi2kit.merging import dequantize_into
     from phi2kit.models import load_model
 
@@ -159,7 +157,6 @@ def _06b_broken(ns):
 )
 def _06b_safe(ns):
     import torch
-
     from phi2kit.generation import generate
     from phi2kit.models import load_model, load_tokenizer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import tempfile
 
-from phi2kit.exercises.grader import Fail, call, criterion, exercise, expect, need, tiny_model
+from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need, tiny_model
 
 # --- 03_a: last-token pooling (Write it) -------------------------------------------------------
 
@@ -19,7 +19,6 @@ exercise("03_a", "Last-token pooling for the classification head", "Write it", "
 )
 def _03a_index(ns):
     import torch
-
     from phi2kit.classifier import last_token_index
 
     g = torch.Generator().manual_seed(0)
@@ -46,7 +45,6 @@ def _03a_index(ns):
 )
 def _03a_classify(ns):
     import torch
-
     from phi2kit.classifier import load_classifier
 
     _, tokenizer = tiny_model()
@@ -87,7 +85,6 @@ def _03b_broken(ns):
 def _03b_fixed(ns):
     import numpy as np
     from peft import PeftModel
-
     from phi2kit.classifier import adapter_keys, load_classifier, predict_logits
 
     path = need(ns, "fixed_dir")
@@ -110,7 +107,6 @@ def _reference_trainer():
     """trl's prepared rows and collator for prompt/completion pairs the grader makes."""
     if not _TRAINER:
         from datasets import Dataset
-
         from phi2kit.lora import add_lora
         from phi2kit.profiles import get_profile
         from phi2kit.recipes import get_recipe

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from phi2kit.exercises.grader import Fail, call, criterion, exercise, expect, need
+from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need
 
 _TINY: dict = {}
 
@@ -26,9 +26,8 @@ def _need_export() -> None:
 def _tiny():
     """The tiny model (fp32, eval) and its tokenizer, with plain transformers calls."""
     if not _TINY:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from phi2kit.tiny import tiny_path
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         _TINY["model"] = AutoModelForCausalLM.from_pretrained(tiny_path()).eval()
         _TINY["tokenizer"] = AutoTokenizer.from_pretrained(tiny_path())
@@ -61,9 +60,8 @@ def _07a_names(ns):
     _need_export()
     import gguf
     import torch
-    from transformers import PhiForCausalLM
-
     from phi2kit.footprint import phi2_config
+    from transformers import PhiForCausalLM
 
     model, _ = _tiny()
     with torch.device("meta"):
@@ -88,7 +86,6 @@ def _07a_loads(ns):
 
     import numpy as np
     import torch
-
     from phi2kit import export
 
     model, tokenizer = _tiny()
@@ -131,7 +128,6 @@ exercise("07_b", "Exporting without the chat template", "Break and fix", "07 §7
 def _07b_broken(ns):
     _need_export()
     import gguf
-
     from phi2kit.data.chat_format import format_chat
 
     reader = gguf.GGUFReader(need(ns, "broken_path"))
@@ -151,7 +147,6 @@ def _07b_broken(ns):
 def _07b_fixed(ns):
     _need_export()
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
     from phi2kit.data.chat_format import format_chat
     from phi2kit.export import STOP
 
