@@ -39,8 +39,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (2: bad input, said in one line on stderr)."""
+    from phi2kit.profiles import ProfileError, UnknownProfileError
+
     args = make_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ProfileError, UnknownProfileError) as err:  # e.g. PHI2KIT_PROFILE=bogus
+        text = err.shell() if isinstance(err, ProfileError) else str(err)
+        print(f"phi2kit {args.command}: error: {text}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
