@@ -207,9 +207,8 @@ def _changed_settings(out: Path, task: str, profile: str, seed: int) -> list[str
 
 def _fail(message: str) -> int:
     from phi2kit.commands.hub import redact
-    from phi2kit.commands.tasks import shell_words
 
-    print(f"phi2kit train: error: {redact(shell_words(message))}", file=sys.stderr)
+    print(f"phi2kit train: error: {redact(message)}", file=sys.stderr)
     return 2
 
 
@@ -253,7 +252,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from phi2kit.checkpoints import is_finished, load_finished
     from phi2kit.commands.hub import HubError, push_adapter, require_token
-    from phi2kit.commands.tasks import make_trainer, parse_overrides, prepare
+    from phi2kit.commands.tasks import make_trainer, parse_overrides, prepare, shell_words
     from phi2kit.data.files import DataError
     from phi2kit.lora import save_adapter
     from phi2kit.profiles import ProfileError, get_profile
@@ -313,7 +312,7 @@ def _run(args: argparse.Namespace) -> int:
         if "unknown label" in str(err) and args.labels is None:
             return _fail(f"{err}; if your data uses other label words, pass them in order: "
                          "--labels WORD,WORD,...")  # fmt: skip
-        return _fail(str(err))
+        return _fail(shell_words(str(err)))  # the loaders' advice names notebook parameters
 
     if _rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
