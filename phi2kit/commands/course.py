@@ -142,6 +142,7 @@ def _run_notebook(pm, nb: Path, out: Path, profile: str, timeout: int) -> Notebo
             parameters={"PROFILE": profile},
             cwd=str(nb.parent),
             kernel_name="python3",
+            language="python",
             execution_timeout=timeout,
             progress_bar=False,
             # the kernel's own log (e.g. "running over TCP without encryption") is not news
