@@ -152,6 +152,9 @@ def test_library_advice_in_shell_words():
     )
     assert said.endswith("Lower --set n_test=N (or --set n_train=N), or pass --set n_eval=0.")
     assert "none is left for n_eval = 40" in said  # only the advice is rewritten
+    assert shell_words("or pass DATA_PATH pointing at your copy") == (
+        "or pass --data PATH pointing at your copy"
+    )
 
 
 def test_own_labels_and_no_eval_split_from_the_shell(tmp_path, capsys):

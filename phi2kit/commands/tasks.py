@@ -172,6 +172,7 @@ def shell_words(message: str) -> str:
             sentence[0],
         )
 
+    message = message.replace("DATA_PATH", "--data PATH")  # the notebooks' data parameter
     return re.sub(r"\b(?:[Ll]ower|pass|[Rr]aise|[Ss]et)\b[^.]*", flags, message)
 
 

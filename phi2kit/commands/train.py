@@ -308,6 +308,8 @@ def _run(args: argparse.Namespace) -> int:
         model, tokenizer, train_ds, eval_ds = prepare(
             args.task, profile, recipe, args.data, labels=labels, n_eval=n_eval
         )
+    except FileNotFoundError as err:  # no sample next to the package: a pip install
+        return _fail(shell_words(str(err)))
     except DataError as err:
         if "unknown label" in str(err) and args.labels is None:
             return _fail(f"{err}; if your data uses other label words, pass them in order: "
