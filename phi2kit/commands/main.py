@@ -26,7 +26,9 @@ from phi2kit.commands.train import add_train_parser
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phi2kit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="phi2kit", description="Fine-tune Phi-2 with LoRA/QLoRA: the course's commands."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add_course_parser(sub)
     add_plan_parser(sub)
