@@ -65,6 +65,32 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     return Path(complete[-1]) if complete else None
 
 
+def is_finished(checkpoint: str | os.PathLike[str], max_steps: int) -> bool:
+    """Whether ``checkpoint`` ends the run: its step reached ``max_steps`` (the trainer's;
+    when that is not positive, as in a run by epochs, the step the checkpoint planned)."""
+    if max_steps <= 0:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        max_steps = state.get("max_steps") or 0
+    return max_steps > 0 and checkpoint_step(checkpoint) >= max_steps
+
+
+def load_finished(trainer, checkpoint: str | os.PathLike[str]):
+    """Load a finished run instead of training it again (``trainer.train`` would run one
+    more step): the checkpoint's weights and state, then the best checkpoint's weights when
+    ``load_best_model_at_end``. Returns a ``TrainOutput`` as ``trainer.train()`` does."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+        trainer._load_best_model()
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    loss = sum(losses) / len(losses) if losses else float("nan")
+    return TrainOutput(trainer.state.global_step, loss, {"train_loss": loss})
+
+
 def mark_complete():
     """A Trainer callback: once every process has saved its part of a checkpoint, rank 0
     writes the ``COMPLETE`` marker (built on first use: importing transformers is slow)."""
@@ -148,7 +174,8 @@ def train_resumable(
     adapter, the optimizer, the LR schedule, the data order
     (:func:`phi2kit.batching.group_by_length`: seeded by ``(seed, epoch)``), the RNG states
     and ``trainer.state.log_history`` (the loss plot). A checkpoint at the last step means the
-    training had finished: nothing is trained again, the weights are loaded.
+    training had finished: nothing is trained again, the weights are loaded
+    (:func:`load_finished`).
 
     Returns:
         ``(train_output, resumed_from)``: the Trainer's ``TrainOutput``, and the checkpoint
@@ -176,5 +203,7 @@ def train_resumable(
         log(f"resuming from {resumed_from}: step {step} of {total}{done}")
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / SETTINGS, _plain(settings))
+    if resumed_from is not None and is_finished(resumed_from, trainer.args.max_steps):
+        return load_finished(trainer, resumed_from), resumed_from
     result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
     return result, resumed_from

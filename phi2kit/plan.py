@@ -43,6 +43,8 @@ class Estimate:
     settings: dict[str, Any] = field(default_factory=dict)
     levers: list[str] = field(default_factory=list)
     verdict: str = ""
+    #: False when no setting fits: the base weights alone exceed the device.
+    possible: bool = True
 
     @property
     def total_gb(self) -> float:
@@ -93,6 +95,11 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
         config: count this ``PhiConfig`` (e.g. Phi-2 with fewer layers) with the settings
             of the profile ``model``.
     """
+    if recipe.max_length < 1 or recipe.batch_size < 1 or device_gb <= 0:
+        raise ValueError(
+            f"max_length ({recipe.max_length}), batch ({recipe.batch_size}) and device_gb "
+            f"({device_gb}) must be positive"
+        )
     cfg, profile = _resolve(model)
     cfg = config if config is not None else cfg
     dtype = dtype or (profile.dtype if profile else "float32")
@@ -139,6 +146,18 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
     est = Estimate(parts, device_gb, settings)
     est.verdict = f"fits: {est.total_gb:.2f} GB of {device_gb:.1f} GB"
     if not est.fits and _levers:
+        # The floor: the base weights in nf4 (their smallest form), plus the CUDA context.
+        floor_weights = weight_bytes(cfg, dtype, quantize_4bit=True, double_quant=double_quant,
+                                     upcast_fp32=True, head=causal) / GB  # fmt: skip
+        floor = floor_weights + (CUDA_CONTEXT_GB if on_gpu and fixed is None else fixed or 0.0)
+        if floor > device_gb:
+            est.verdict = (
+                f"cannot fit at any setting: the base weights alone take {floor_weights:.2f} GB "
+                f"in 4-bit (their smallest form){' plus the CUDA context' if on_gpu else ''}, "
+                f"more than the {device_gb:.1f} GB device; it needs at least {floor:.1f} GB"
+            )
+            est.possible = False
+            return est
         kw = {"attn": attn, "dtype": dtype, "optim": optim, "double_quant": double_quant,
               "num_labels": num_labels, "device_gb": device_gb, "overhead_gb": fixed,
               "config": config}  # fmt: skip

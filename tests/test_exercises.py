@@ -157,7 +157,7 @@ def test_wrong_answers_fail_with_what_was_found():
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PHI2KIT_PROFILE": "tiny", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "phi2kit.commands.main", "exercises", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
 
 
 def test_cli_grades_a_solved_and_an_unsolved_copy(tmp_path):

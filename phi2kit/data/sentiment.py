@@ -133,10 +133,13 @@ def _collect(
     rows = LoadResult(skip_bad=skip_bad)
     for row, label, text, label_field, text_field in records:
         with rows.row():
-            if label is None:
-                raise DataError("missing column: no label", path=path, row=row, field=label_field)
-            if text is None or not str(text).strip():
-                raise DataError("missing column: no headline", path=path, row=row, field=text_field)
+            if label is None or not str(label).strip():
+                raise DataError("empty value in this column", path=path, row=row, field=label_field)
+            if text is None:
+                raise DataError("missing column: no headline after the label", path=path, row=row,
+                                field=text_field)
+            if not str(text).strip():
+                raise DataError("empty value in this column", path=path, row=row, field=text_field)
             rows.append(
                 (
                     str(text).strip(),
