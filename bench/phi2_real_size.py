@@ -23,7 +23,7 @@ What it does, in order:
    (03), ``save_adapter`` and a reload, ``generate`` (a few tokens) or ``predict_logits``;
    and notebook 05's merge routes on the sentiment adapter: PEFT's merge on the 4-bit model
    (re-quantized), (b) merge into the fp16 weights, (c) dequantize then merge
-   (``load_dequantized_base``), ``save_merged`` and a reload of the merged model.
+   (``dequantize_into``), ``save_pretrained`` and a reload of the merged model.
 3. **Measured against the planner** (``phi2kit.plan.estimate`` with the run's settings), per
    recipe, side by side; the run exits 1 if a check fails (tolerances below).
 
@@ -557,7 +557,7 @@ def run_merge(profile, held: dict, adapter_dir: Path, out: Path) -> tuple[list[R
     import torch
     from peft import PeftModel
 
-    from phi2kit.merging import load_dequantized_base, merge_error, probe_logits, save_merged
+    from phi2kit.merging import dequantize_into, merge_error, probe_logits
     from phi2kit.models import load_model
 
     probe = ["### Human: Where does the otter live?\n### Assistant:",
@@ -582,11 +582,16 @@ def run_merge(profile, held: dict, adapter_dir: Path, out: Path) -> tuple[list[R
         info["(b) QLoRA into W"] = merge_error(trained, probe_logits(naive, tokenizer, probe))
         del naive
         free()
-        base = load_dequantized_base(profile)
+        base = load_model(profile, quantize_4bit=False)  # then W := dequant(nf4(W)), layer by layer
+        quantized = load_model(profile, quantize_4bit=True)
+        dequantize_into(base, quantized)
+        del quantized
         dequant = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
         dequant_logits = probe_logits(dequant, tokenizer, probe)
         info["(c) dequantize, then merge"] = merge_error(trained, dequant_logits)
-        merged_dir = save_merged(dequant, tokenizer, out / "merged")
+        merged_dir = out / "merged"
+        dequant.save_pretrained(str(merged_dir))  # safetensors
+        tokenizer.save_pretrained(str(merged_dir))
         del dequant, base
         free()
         reloaded = load_model(profile, quantize_4bit=False, source=str(merged_dir))

@@ -136,7 +136,6 @@ class CountingCollator:
         return batch
 
 
-@torch.no_grad()
 def _length(batches: Iterable) -> int | None:
     """``len(batches)`` when it has one (a DataLoader does), for the progress bar."""
     try:
@@ -145,6 +144,7 @@ def _length(batches: Iterable) -> int | None:
         return None
 
 
+@torch.no_grad()  # evaluation only: no graph over the full-vocabulary logits
 def masked_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]]) -> float:
     """Mean next-token cross-entropy over supervised positions (``labels != -100``).
 

@@ -1,62 +1,99 @@
-"""Chat with a tuned Phi-2 in the ``### Human: … ### Assistant: …`` format (notebook 06).
+"""Notebook 06's chat: OASST1 trees to threads, the ``### Human: … ### Assistant:`` format,
+and chatting with the tuned model.
 
-The history is kept as ``(role, text)`` turns (roles ``prompter``/``assistant``, as in
-:mod:`phi2kit.data.oasst`), rendered with :func:`~phi2kit.data.oasst.format_chat`, and the
-reply is generated (greedily, unless a temperature is set) and cut at the stop string
-``"### Human:"``, in case the model starts to invent the user's next turn.
-:func:`stream_reply` yields the reply as it grows, for the terminal and the Gradio app.
+The first functions are the ones notebook 06 writes in its cells (kept identical, a test
+compares them): :func:`tree_to_rows` (the export's nested trees as the hub's message rows),
+:func:`build_threads` (the rank-0 walk), :func:`format_chat` and :func:`to_examples` (the
+oldest turns dropped when a conversation is too long). The validating loader with bad-row
+reporting, for ``phi2kit train``, is :mod:`phi2kit.data.oasst`.
 
-The terminal chat (``phi2kit chat``) and the Gradio app are :mod:`phi2kit.commands.chat`
-and :mod:`phi2kit.commands.app`.
+The rest drives ``phi2kit chat`` and ``phi2kit app`` (:mod:`phi2kit.commands.chat`,
+:mod:`phi2kit.commands.app`, which holds the Gradio half): the reply is generated (greedily,
+unless a temperature is set) and cut at the stop string ``"### Human:"``;
+:func:`stream_reply` yields it as it grows.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
-from typing import Any
 
-from phi2kit.data.chat_format import HUMAN, Thread, fit_turns, format_chat
 from phi2kit.generation import cut_at_stop, inference
 
+Thread = list[tuple[str, str]]
+
+MESSAGE_FIELDS = ["message_id", "parent_id", "text", "role", "lang", "rank", "deleted",
+                  "review_result", "created_date"]
+
+
+def tree_to_rows(node, parent_id=None):
+    """The messages of one exported tree as the hub's rows (nested replies -> parent_id)."""
+    rows = [{**{k: node.get(k) for k in MESSAGE_FIELDS}, "parent_id": parent_id}]
+    for reply in node.get("replies") or []:
+        rows += tree_to_rows(reply, node["message_id"])
+    return rows
+
+
+def build_threads(messages, lang=None):
+    """The main thread of every tree: the best-ranked usable reply at each step."""
+
+    def usable(m):
+        in_lang = lang is None or m["lang"] == lang
+        return not m["deleted"] and m["review_result"] is not False and in_lang
+
+    def best_first(m):  # rank 0 first; unranked replies after ranked ones, the earliest first
+        return (m["rank"] is None, m["rank"] or 0, m["created_date"] or "")
+
+    replies = defaultdict(list)
+    for m in messages:
+        if m["parent_id"] is not None:
+            replies[m["parent_id"]].append(m)
+    threads = []
+    for root in messages:
+        if root["parent_id"] is not None or not usable(root):
+            continue
+        thread, node = [], root
+        while node is not None:
+            thread.append((node["role"], node["text"]))
+            options = [m for m in replies[node["message_id"]] if usable(m)]
+            node = min(options, key=best_first, default=None)
+        while thread and thread[-1][0] != "assistant":
+            thread.pop()  # a thread ends with an answer
+        if thread:
+            threads.append(thread)
+    return threads
+
+
+HUMAN, ASSISTANT = "### Human:", "### Assistant:"
+
+
+def format_chat(turns, add_generation_prompt=True):
+    """Turns as '### Human: ...' / '### Assistant: ...' lines, ending with '### Assistant:'."""
+    lines = [f"{HUMAN if role == 'prompter' else ASSISTANT} {text.strip()}" for role, text in turns]
+    return "\n".join(lines + [ASSISTANT] if add_generation_prompt else lines)
+
+
+def to_examples(thread, tokenizer, max_length):
+    """One prompt/completion per assistant turn, its oldest turns dropped until it fits."""
+    lines = [format_chat([turn], add_generation_prompt=False) for turn in thread]
+    sizes = [len(ids) + 1 for ids in tokenizer(lines)["input_ids"]]  # tokens of each line + newline
+    n_tail = len(tokenizer(ASSISTANT)["input_ids"]) + 1  # the closing '### Assistant:', and EOS
+    examples = []
+    for i, (role, text) in enumerate(thread):
+        if role != "assistant":
+            continue
+        completion = " " + text.strip()
+        budget = max_length - n_tail - len(tokenizer(completion)["input_ids"])
+        for start in [j for j in range(i) if thread[j][0] == "prompter"]:  # oldest turns go first
+            if sum(sizes[start:i]) <= budget:
+                examples.append({"prompt": format_chat(thread[start:i]), "completion": completion,
+                                 "dropped_turns": start})
+                break  # if no start fits, the last human turn + reply alone are too long: left out
+    return examples
+
+
 STOP_STRINGS: tuple[str, ...] = (HUMAN,)
-_GRADIO_ROLES = {"user": "prompter", "assistant": "assistant"}
-
-
-def to_turns(history: Sequence[Any] | None) -> Thread:
-    """Normalize a chat history to ``(role, text)`` turns.
-
-    Accepts our own turns (``("prompter", "Hi")``), Gradio's ``messages`` format
-    (``{"role": "user", "content": "Hi"}``; Gradio 6 passes the content as a list of parts,
-    ``[{"type": "text", "text": "Hi"}]``) and Gradio's older pairs (``["Hi", "Hello!"]``, one
-    pair per exchange).
-    """
-    turns: Thread = []
-    for item in history or []:
-        if isinstance(item, dict):
-            role = _GRADIO_ROLES.get(item.get("role", ""))
-            if role is None:
-                raise ValueError(f"unknown chat role {item.get('role')!r}: use user/assistant")
-            turns.append((role, _content_text(item.get("content"))))
-        elif len(item) == 2 and item[0] in ("prompter", "assistant"):
-            turns.append((item[0], str(item[1])))
-        elif len(item) == 2:  # a (user, bot) pair
-            turns.append(("prompter", str(item[0] or "")))
-            if item[1] is not None:
-                turns.append(("assistant", str(item[1])))
-        else:
-            raise ValueError(f"cannot read history item {item!r}")
-    return turns
-
-
-def _content_text(content: Any) -> str:
-    """The text of a Gradio message's content: a string, or a list of parts (files dropped)."""
-    if isinstance(content, list):
-        parts = [_content_text(part) for part in content]
-        return " ".join(part for part in parts if part)
-    if isinstance(content, dict):
-        return str(content.get("text") or "") if content.get("type", "text") == "text" else ""
-    return str(content or "")
 
 
 def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
@@ -64,6 +101,8 @@ def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
 
     The last turn (the user's new message) is always kept, even if it alone is too long.
     """
+    from phi2kit.data.chat_format import fit_turns
+
     fitted = fit_turns(turns, tokenizer, max_tokens)
     return fitted[0] if fitted is not None else list(turns[-1:])
 

@@ -10,8 +10,8 @@ makes that safe and what a notebook needs around it:
   so a runtime that died during a save falls back to the previous checkpoint;
 - :func:`checkpoint_args` are the Trainer arguments for saving every N steps, keeping a few;
 - :func:`train_resumable` is ``trainer.train()`` that resumes from the latest complete
-  checkpoint in ``trainer.args.output_dir`` when it was written with the same settings, and
-  says what it found.
+  checkpoint in ``trainer.args.output_dir`` when it was written with the same settings,
+  refuses (:class:`ResumeError`) when it was written with others, and says what it found.
 
 ``phi2kit train`` (:mod:`phi2kit.commands.train`) and notebooks 04 and 06 use the same functions.
 """
@@ -65,6 +65,32 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     return Path(complete[-1]) if complete else None
 
 
+def is_finished(checkpoint: str | os.PathLike[str], max_steps: int) -> bool:
+    """Whether ``checkpoint`` ends the run: its step reached ``max_steps`` (the trainer's;
+    when that is not positive, as in a run by epochs, the step the checkpoint planned)."""
+    if max_steps <= 0:
+        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
+        max_steps = state.get("max_steps") or 0
+    return max_steps > 0 and checkpoint_step(checkpoint) >= max_steps
+
+
+def load_finished(trainer, checkpoint: str | os.PathLike[str]):
+    """Load a finished run instead of training it again (``trainer.train`` would run one
+    more step): the checkpoint's weights and state, then the best checkpoint's weights when
+    ``load_best_model_at_end``. Returns a ``TrainOutput`` as ``trainer.train()`` does."""
+    from transformers.trainer_callback import TrainerState
+    from transformers.trainer_utils import TrainOutput
+
+    trainer._load_from_checkpoint(str(checkpoint))
+    trainer.state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    best = trainer.state.best_model_checkpoint
+    if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
+        trainer._load_best_model()
+    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+    loss = sum(losses) / len(losses) if losses else float("nan")
+    return TrainOutput(trainer.state.global_step, loss, {"train_loss": loss})
+
+
 def mark_complete():
     """A Trainer callback: once every process has saved its part of a checkpoint, rank 0
     writes the ``COMPLETE`` marker (built on first use: importing transformers is slow)."""
@@ -97,29 +123,35 @@ def _plain(settings: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps(data, default=str))
 
 
+class ResumeError(ValueError):
+    """Checkpoints in the output folder belong to a run with other settings."""
+
+
 def resume_point(
     folder: str | os.PathLike[str], settings: dict[str, Any], log: Callable[[str], Any] = print
 ) -> Path | None:
     """The checkpoint to resume from in ``folder``, after checking it has these ``settings``.
 
-    Checkpoints written with other settings (another recipe, profile or data) would resume a
-    different run: they are deleted, and this says so. Returns None when training must start
-    from step 0.
+    One resume policy for the notebooks and ``phi2kit train``: a run resumes only under the
+    settings it was written with (profile, recipe, data: whatever decides the run). Other
+    settings would resume a different run, so this refuses, naming what changed; starting
+    over is the caller's explicit choice (``resume=False``, which deletes the checkpoints).
+    Returns None when training must start from step 0 (no complete checkpoint).
+
+    Raises:
+        ResumeError: The checkpoints in ``folder`` were written with other settings.
     """
     folder = Path(folder)
     old = folder / SETTINGS
     before = json.loads(old.read_text()) if old.is_file() else None
-    checkpoints = sorted(folder.glob("checkpoint-*"))
-    if before is not None and before != _plain(settings):
-        now = _plain(settings)
+    now = _plain(settings)
+    if before is not None and before != now and list(folder.glob("checkpoint-*")):
         changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
-        log(
-            f"checkpoints in {folder} were written with other settings ({', '.join(changed)}): "
-            f"deleting them ({len(checkpoints)}) and training from step 0"
+        raise ResumeError(
+            f"{folder} holds checkpoints of a run with other {', '.join(changed)}: "
+            "resume=False (RESUME = False in a notebook) deletes them and trains from step 0, "
+            "or choose another output folder"
         )
-        for checkpoint in checkpoints:
-            shutil.rmtree(checkpoint)
-        return None
     latest = latest_checkpoint(folder)
     if latest is None:
         log(f"no complete checkpoint in {folder}: training from step 0")
@@ -138,11 +170,12 @@ def train_resumable(
     The trainer must save checkpoints (built with :func:`checkpoint_args`); they go to
     ``trainer.args.output_dir``. ``settings`` (the profile, the recipe, the data: whatever
     decides the run) are stored next to them, and a checkpoint is resumed only under the
-    same settings (:func:`resume_point`). Resuming restores the adapter, the optimizer, the
-    LR schedule, the data order (:func:`phi2kit.batching.group_by_length`: seeded by
-    ``(seed, epoch)``), the RNG states and
-    ``trainer.state.log_history`` (the loss plot). A checkpoint at the last step means the
-    training had finished: nothing is trained again, the weights are loaded.
+    same settings, and refused under others (:func:`resume_point`). Resuming restores the
+    adapter, the optimizer, the LR schedule, the data order
+    (:func:`phi2kit.batching.group_by_length`: seeded by ``(seed, epoch)``), the RNG states
+    and ``trainer.state.log_history`` (the loss plot). A checkpoint at the last step means the
+    training had finished: nothing is trained again, the weights are loaded
+    (:func:`load_finished`).
 
     Returns:
         ``(train_output, resumed_from)``: the Trainer's ``TrainOutput``, and the checkpoint
@@ -170,5 +203,7 @@ def train_resumable(
         log(f"resuming from {resumed_from}: step {step} of {total}{done}")
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / SETTINGS, _plain(settings))
+    if resumed_from is not None and is_finished(resumed_from, trainer.args.max_steps):
+        return load_finished(trainer, resumed_from), resumed_from
     result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
     return result, resumed_from

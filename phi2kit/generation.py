@@ -9,6 +9,10 @@ Two things make batched generation with a decoder-only model correct:
 
 A base model does not know when to stop: it rambles into an invented next turn. Stopping on
 EOS and on stop strings (such as ``"### Human:"``) ends each sequence where we want.
+
+Notebook 01 writes :func:`cut_at_stop`, :func:`inference`, :class:`Generation` and
+:func:`generate` in its cells (a test checks they are identical); :func:`device_of` and
+:func:`pad_id_of` are for the scoring code of later lessons.
 """
 
 from __future__ import annotations
@@ -99,43 +103,37 @@ def generate(
 
     Returned texts hold only the new text, cut at the first stop string. ``finish`` tells
     how each sequence ended: ``"eos"``, ``"stop"`` or ``"length"``. Runs in eval mode
-    (:func:`inference`), so it is safe right after ``trainer.train()``; the model's mode is
-    restored after.
+    (:func:`inference`), so it is safe right after ``trainer.train()``.
     """
     old_side, old_pad = tokenizer.padding_side, tokenizer.pad_token
-    tokenizer.padding_side = "left"
-    if tokenizer.pad_token is None:  # a raw Phi-2 tokenizer: pad with eos for this call
-        tokenizer.pad_token = tokenizer.convert_ids_to_tokens(pad_id_of(tokenizer))
+    tokenizer.padding_side = "left"  # every prompt ends in the last column
+    tokenizer.pad_token = old_pad or tokenizer.eos_token  # Phi-2 ships no pad token
     texts, counts, finish = [], [], []
-    device = device_of(model)
+    device = next(model.parameters()).device
     start = time.perf_counter()
     try:
-        starts = range(0, len(prompts), batch_size)
         with inference(model):
-            for i in progress(starts, desc="generating", show=device.type == "cuda"):
+            for i in progress(range(0, len(prompts), batch_size), desc="generating",
+                              show=device.type == "cuda"):  # fmt: skip
                 batch = tokenizer(prompts[i : i + batch_size], return_tensors="pt", padding=True)
-                batch = batch.to(device)
                 kwargs = {"do_sample": False, **generate_kwargs}
-                if stop_strings:
+                if stop_strings:  # checked after every step, on the decoded text
                     kwargs.update(stop_strings=list(stop_strings), tokenizer=tokenizer)
                 out = model.generate(
-                    **batch,
+                    **batch.to(device),
                     max_new_tokens=max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=tokenizer.eos_token_id,
                     **kwargs,
                 )
-                for row in out[:, batch["input_ids"].shape[1] :]:
-                    ids = row.tolist()
+                for row in out[:, batch["input_ids"].shape[1] :].tolist():
                     # pad == eos: a row that finished early is filled with eos after its end
-                    hit_eos = tokenizer.eos_token_id in ids
-                    ids = ids[: ids.index(tokenizer.eos_token_id)] if hit_eos else ids
+                    hit_eos = tokenizer.eos_token_id in row
+                    ids = row[: row.index(tokenizer.eos_token_id)] if hit_eos else row
                     text, hit_stop = cut_at_stop(tokenizer.decode(ids), stop_strings)
                     texts.append(text)
                     counts.append(len(ids) + int(hit_eos and not hit_stop))
                     finish.append("stop" if hit_stop else "eos" if hit_eos else "length")
     finally:
-        tokenizer.padding_side = old_side
-        if old_pad is None:
-            tokenizer.pad_token = None
+        tokenizer.padding_side, tokenizer.pad_token = old_side, old_pad
     return Generation(texts, counts, finish, time.perf_counter() - start)

@@ -19,7 +19,8 @@ def record_metrics(notebook: str, metrics: dict) -> dict:
     Writes ``<PHI2KIT_METRICS_DIR>/<notebook>.json`` when ``phi2kit course`` runs the
     notebook; otherwise it only returns the dict, so a notebook can show it.
     """
-    clean = {k: (round(v, 4) if isinstance(v, float) else v) for k, v in metrics.items()}
+    # 4 significant figures, not 4 decimals: a merge error of 7e-6 must not read 0.0
+    clean = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in metrics.items()}
     folder = os.environ.get(METRICS_ENV)
     if folder:
         Path(folder).mkdir(parents=True, exist_ok=True)

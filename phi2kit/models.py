@@ -10,7 +10,9 @@ What this module takes care of:
 - **Padding side by use.** Left for generation (new tokens follow the last real token),
   right for training.
 - **fp16 attention on a T4.** Phi-2's ``Q @ K^T`` overflows fp16 (max 65,504) and the loss
-  turns into NaN. The ``phi2kit_fp32`` attention keeps scores and softmax in fp32.
+  turns into NaN. The ``phi2kit_fp32`` attention keeps scores and softmax in fp32; it is
+  registered by :func:`register_fp32_attention` (which :func:`load_model` calls), never on
+  import, as notebook 01 registers it in a cell.
 - **nf4 4-bit** with double quantization for QLoRA, through ``BitsAndBytesConfig``.
 """
 
@@ -67,10 +69,17 @@ def fp32_attention_forward(
     return out.transpose(1, 2).contiguous(), probs.to(query.dtype)
 
 
-AttentionInterface.register(FP32_ATTENTION, fp32_attention_forward)
-# A custom attention also needs a mask builder, or transformers passes no padding mask at
-# all. Ours takes eager's additive mask.
-AttentionMaskInterface.register(FP32_ATTENTION, eager_mask)
+def register_fp32_attention() -> str:
+    """Register :func:`fp32_attention_forward` as ``attn_implementation="phi2kit_fp32"``.
+
+    Notebook 01 makes the same two calls in a cell. Importing this module registers
+    nothing; :func:`load_model` calls this before loading. Returns the name.
+    """
+    AttentionInterface.register(FP32_ATTENTION, fp32_attention_forward)
+    # A custom attention also needs a mask builder, or transformers passes no padding mask
+    # at all. Ours takes eager's additive mask.
+    AttentionMaskInterface.register(FP32_ATTENTION, eager_mask)
+    return FP32_ATTENTION
 
 
 def _device_map(profile: Profile) -> str | dict[str, int]:
@@ -156,6 +165,8 @@ def load_model(
     profile = get_profile(profile) if isinstance(profile, str) else profile
     quantize = profile.quantize_4bit if quantize_4bit is None else quantize_4bit
     kwargs = load_kwargs(profile, quantize)
+    if kwargs["attn_implementation"] == FP32_ATTENTION:
+        register_fp32_attention()
     src = source or model_source(profile)
     if num_labels is None:
         model = AutoModelForCausalLM.from_pretrained(src, **kwargs)

@@ -27,7 +27,25 @@ PHI2_ID = "microsoft/phi-2"
 
 
 class ProfileError(RuntimeError):
-    """A profile was asked for on hardware that cannot run it."""
+    """A profile was asked for on hardware that cannot run it.
+
+    ``str(err)`` speaks to a notebook (``PROFILE='tiny'``); :meth:`shell` says the same to
+    the ``phi2kit`` commands' user (``--profile tiny``).
+    """
+
+    def __init__(self, reason: str, use: str, notebook_hint: str = "") -> None:
+        self.reason, self.use = reason, use
+        super().__init__(f"{reason}. Use PROFILE={use!r} (or {ENV_VAR}={use}){notebook_hint}.")
+
+    def shell(self) -> str:
+        """The message in shell words: the flag to pass."""
+        also = " (or --profile t4-cpu, the T4's CPU twin)" if self.use == "tiny" else ""
+        return f"{self.reason}: pass --profile {self.use}{also}"
+
+
+class UnknownProfileError(ValueError):
+    """A profile name (``PROFILE``, ``PHI2KIT_PROFILE`` or ``get_profile``'s argument) that
+    is not one of :data:`PROFILES`; the message lists the valid names."""
 
 
 @dataclass(frozen=True)
@@ -161,15 +179,17 @@ def check_hardware(profile: Profile) -> None:
 
     if profile.requires_cuda and not torch.cuda.is_available():
         raise ProfileError(
-            f"profile {profile.name!r} needs a CUDA GPU, and none is visible. "
-            f"Use PROFILE='tiny' (or {ENV_VAR}=tiny) to run on the CPU, or switch the Colab "
-            "runtime to a GPU (Runtime > Change runtime type > T4 GPU)."
+            f"profile {profile.name!r} needs a CUDA GPU, and none is visible",
+            "tiny",
+            " to run on the CPU, or switch the Colab runtime to a GPU "
+            "(Runtime > Change runtime type > T4 GPU)",
         )
     if profile.requires_bf16 and not native_bf16():
         name = torch.cuda.get_device_name(0)
         raise ProfileError(
-            f"profile {profile.name!r} uses bfloat16, which this GPU ({name}) does not "
-            "support. Use PROFILE='t4': fp16 compute with fp32 trainable weights."
+            f"profile {profile.name!r} uses bfloat16, which this GPU ({name}) does not support",
+            "t4",
+            ": fp16 compute with fp32 trainable weights",
         )
 
 
@@ -180,13 +200,22 @@ def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
         name: ``tiny``, ``t4-cpu``, ``t4``, ``ampere``, or ``auto``/``None``. ``auto`` reads
             ``PHI2KIT_PROFILE`` first, then detects the hardware.
         check: Verify that the hardware can run the profile.
+
+    Raises:
+        UnknownProfileError: (a ``ValueError``) the name is not a profile; it lists them.
+        ProfileError: ``check`` and this machine cannot run the profile.
     """
     requested = (name or "auto").strip().lower()
+    where = ""
     if requested == "auto":
-        requested = os.environ.get(ENV_VAR, "").strip().lower() or detect_profile_name()
+        requested = os.environ.get(ENV_VAR, "").strip().lower()
+        where = f" in {ENV_VAR}" if requested else ""
+        requested = requested or detect_profile_name()
     if requested not in PROFILES:
-        raise ValueError(
-            f"unknown profile {requested!r}; choose one of {sorted(PROFILES)} or 'auto'"
+        valid = ", ".join(repr(n) for n in [*PROFILES, "auto"])
+        fix = f" (or unset {ENV_VAR})" if where else ""
+        raise UnknownProfileError(
+            f"unknown profile {requested!r}{where}; choose one of {valid}{fix}"
         )
     profile = PROFILES[requested]
     if check:

@@ -60,8 +60,9 @@ class Recipe:
             raise ValueError(f"task={self.task!r} is not one of {TASKS}")
         if not self.target_modules:
             raise ValueError("target_modules is empty: LoRA would train nothing")
-        if self.lora_r <= 0 or self.max_steps <= 0 or self.batch_size <= 0:
-            raise ValueError("lora_r, max_steps and batch_size must be positive")
+        for name in ("lora_r", "max_steps", "batch_size", "max_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} ({getattr(self, name)}) must be positive")
 
     @property
     def effective_batch(self) -> int:

@@ -9,14 +9,17 @@
   breaks fp16 AMP's gradient scaler), fp16 mixed precision that really runs on a CPU too
   (the ``t4-cpu`` twin), the seeded length-grouped sampler (:mod:`phi2kit.batching`) and no
   log dict printed at every step.
-- :func:`plot_losses` draws ``trainer.state.log_history``.
+- :func:`plot_losses` draws train and eval loss from ``trainer.state.log_history`` (written
+  in notebook 02's cells; later lessons import it).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from torch import nn
 
 from phi2kit.profiles import Profile
@@ -44,8 +47,34 @@ def upcast_trainable(model: nn.Module) -> int:
 CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
-def _common_args(profile: Profile, recipe: Recipe, output_dir: str | Path) -> dict:
+def best_checkpoint_args(eval_steps: int) -> dict:
+    """Evaluate and save every ``eval_steps``; keep the checkpoint with the lowest eval loss.
+
+    Notebook 02 writes these fields in its ``SFTConfig``; the trainer then needs an
+    ``eval_dataset``, and ``load_best_model_at_end`` puts the best checkpoint back after
+    training (``trainer.state.best_global_step``, ``best_metric``).
+    """
     return {
+        "eval_strategy": "steps",
+        "eval_steps": eval_steps,
+        "save_strategy": "steps",
+        "save_steps": eval_steps,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": "eval_loss",
+        "greater_is_better": False,
+        "save_total_limit": 2,
+    }
+
+
+def eval_every(max_steps: int) -> int:
+    """Steps between evaluations: five evaluations over the run."""
+    return max(1, max_steps // 5)
+
+
+def _common_args(
+    profile: Profile, recipe: Recipe, output_dir: str | Path, eval_steps: int | None = None
+) -> dict:
+    args = {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": recipe.batch_size,
         "per_device_eval_batch_size": recipe.batch_size,
@@ -72,13 +101,26 @@ def _common_args(profile: Profile, recipe: Recipe, output_dir: str | Path) -> di
         # The CPU profiles (tiny, CI) finish in seconds and stay quiet.
         "disable_tqdm": not profile.requires_cuda,
     }
+    if eval_steps:
+        args.update(best_checkpoint_args(eval_steps))
+    return args
 
 
-def sft_config(profile: Profile, recipe: Recipe, output_dir: str | Path, **overrides):
-    """trl ``SFTConfig`` for prompt/completion data: loss on the completion only."""
+def sft_config(
+    profile: Profile,
+    recipe: Recipe,
+    output_dir: str | Path,
+    eval_steps: int | None = None,
+    **overrides,
+):
+    """trl ``SFTConfig`` for prompt/completion data: loss on the completion only.
+
+    With ``eval_steps``, evaluate and checkpoint every ``eval_steps`` and load the best
+    checkpoint on eval loss at the end (:func:`best_checkpoint_args`), as notebook 02 does.
+    """
     from trl import SFTConfig
 
-    args = _common_args(profile, recipe, output_dir)
+    args = _common_args(profile, recipe, output_dir, eval_steps)
     args.update(
         max_length=recipe.max_length,
         completion_only_loss=True,
@@ -89,11 +131,20 @@ def sft_config(profile: Profile, recipe: Recipe, output_dir: str | Path, **overr
     return SFTConfig(**args)
 
 
-def training_args(profile: Profile, recipe: Recipe, output_dir: str | Path, **overrides):
-    """``transformers.TrainingArguments`` for the HF ``Trainer`` (the classifier, 03)."""
+def training_args(
+    profile: Profile,
+    recipe: Recipe,
+    output_dir: str | Path,
+    eval_steps: int | None = None,
+    **overrides,
+):
+    """``transformers.TrainingArguments`` for the HF ``Trainer`` (the classifier, 03).
+
+    ``eval_steps`` as in :func:`sft_config`.
+    """
     from transformers import TrainingArguments
 
-    args = _common_args(profile, recipe, output_dir)
+    args = _common_args(profile, recipe, output_dir, eval_steps)
     args.update(overrides)
     return TrainingArguments(**args)
 
@@ -108,7 +159,12 @@ def sft_trainer(
     eval_dataset=None,
     **overrides,
 ):
-    """trl ``SFTTrainer`` over a LoRA model, with trainable weights kept in fp32."""
+    """trl ``SFTTrainer`` over a LoRA model, with trainable weights kept in fp32.
+
+    Pass ``eval_steps`` (say ``eval_every(recipe.max_steps)``) with an ``eval_dataset`` to
+    evaluate during training and load the best checkpoint on eval loss at the end, as
+    notebook 02 does (:func:`best_checkpoint_args`).
+    """
     from trl import SFTTrainer
 
     trainer = SFTTrainer(
@@ -142,37 +198,28 @@ def finish_trainer(trainer, *, seeded_sampler: bool = True):
     return group_by_length(trainer) if seeded_sampler else trainer
 
 
-def loss_curve(log_history: list[dict], key: str = "loss") -> tuple[list[int], list[float]]:
-    """Steps and values of ``key`` from ``trainer.state.log_history``."""
-    rows = [(h["step"], h[key]) for h in log_history if key in h]
-    return [s for s, _ in rows], [v for _, v in rows]
+def plot_losses(log_history, title="Train and eval loss", ax=None, log_scale=False, best_step=None):
+    """Train ``loss`` and ``eval_loss`` from ``trainer.state.log_history`` against the step.
 
-
-def plot_losses(
-    histories: dict[str, list[dict]], title: str = "Training loss", log_scale: bool = False
-):
-    """One line per run: ``{"LoRA": trainer.state.log_history, ...}``. Returns the Figure.
-
-    ``log_scale`` puts the loss on a log axis, labelled at 1, 2 and 5 times each power of
-    ten as plain numbers (a loss falling from 10 to 0.1 stays readable).
+    A dotted vertical line marks ``best_step`` (``trainer.state.best_global_step``) when given.
+    Draws on ``ax`` if given, else on a new figure; returns the figure.
     """
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    from phi2kit.plotting import new_figure
-
-    fig, ax = new_figure(figsize=(6, 3.5))
-    for name, history in histories.items():
-        steps, losses = loss_curve(history)
-        ax.plot(steps, losses, marker="o", markersize=3, label=name)
-    if log_scale:
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        plt.close(fig)  # returned, so Jupyter shows it once
+    for key, name in [("loss", "train"), ("eval_loss", "eval")]:
+        steps = [h["step"] for h in log_history if key in h]
+        if steps:
+            values = [h[key] for h in log_history if key in h]
+            ax.plot(steps, values, marker="o", markersize=3, label=f"{name} loss")
+    if best_step is not None:
+        ax.axvline(best_step, color="grey", linestyle=":", label=f"best (step {best_step})")
+    if log_scale:  # labelled at 1, 2, 5 x 10^k as plain numbers
         ax.set_yscale("log")
         ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
+    ax.set(xlabel="optimizer step", ylabel="loss", title=title)
     ax.legend()
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return ax.figure

@@ -17,9 +17,8 @@ from phi2kit.chat import (
     fit_history,
     sampling_kwargs,
     stream_reply,
-    to_turns,
 )
-from phi2kit.commands.app import build_app, describe_model, make_chat_fn
+from phi2kit.commands.app import add_app_parser, build_app, describe_model, make_chat_fn, to_turns
 from phi2kit.commands.chat import add_chat_parser, run_chat
 from phi2kit.data.oasst import format_chat
 from phi2kit.generation import generate
@@ -244,3 +243,80 @@ def test_cli_refuses_adapter_and_model_together():
 def test_app_without_gradio_says_how_to_install(tiny_model, tiny_tokenizer):
     with pytest.raises(ImportError, match=r"phi2kit\[app\]"):
         build_app(tiny_model, tiny_tokenizer)
+
+
+# --- Bad input from the shell: one line naming the value and the fix, exit code 2 ----------
+
+
+def _app_args(*argv):
+    parser = argparse.ArgumentParser(prog="phi2kit")
+    add_app_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["app", "--profile", "tiny", *argv])
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"phi2kit {command}: error: ") and "\n" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("command", ["chat", "app"])
+def test_missing_adapter_folder_is_one_line_exit_2(tmp_path, capsys, command):
+    from phi2kit.commands.app import run_app
+
+    missing = str(tmp_path / "no-such-adapter")
+    if command == "chat":
+        code = run_chat(_chat_args("--adapter", missing), stdin=io.StringIO(QUESTION))
+    else:
+        code = run_app(_app_args("--adapter", missing))
+    assert code == 2
+    err = _one_error_line(capsys, command)
+    assert f"--adapter {missing}: no such folder" in err and "outputs/06_chat/adapter" in err
+
+
+def test_chat_refuses_a_classification_adapter(tmp_path, capsys):
+    # notebook 03's adapter: PEFT writes task_type SEQ_CLS; chatting with it is nonsense
+    adapter = tmp_path / "03_adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"task_type": "SEQ_CLS", "r": 16}')
+    stdout = io.StringIO()
+    assert run_chat(_chat_args("--adapter", str(adapter)), io.StringIO(QUESTION), stdout) == 2
+    assert stdout.getvalue() == ""  # nothing loaded, nothing said
+    err = _one_error_line(capsys, "chat")
+    assert "SEQ_CLS" in err and "cannot chat" in err and "CAUSAL_LM" in err
+
+
+def test_folder_without_adapter_config_is_refused(tmp_path, capsys):
+    assert run_chat(_chat_args("--adapter", str(tmp_path)), stdin=io.StringIO(QUESTION)) == 2
+    assert "no adapter_config.json" in _one_error_line(capsys, "chat")
+
+
+def test_app_on_a_port_in_use_is_one_line_exit_2(capsys):
+    import socket
+
+    from phi2kit.commands.app import run_app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        assert run_app(_app_args("--port", str(port))) == 2
+    err = _one_error_line(capsys, "app")
+    assert f"--port {port}" in err and f"--port {port + 1}" in err
+
+
+def test_profile_errors_speak_shell_words(monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    args = _chat_args()
+    args.profile = "t4"
+    assert run_chat(args, stdin=io.StringIO(QUESTION)) == 2
+    err = _one_error_line(capsys, "chat")
+    assert "--profile tiny" in err and "PROFILE=" not in err and "Colab" not in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gradio") is not None, reason="gradio installed")
+def test_app_without_gradio_is_one_line_exit_2(capsys):
+    from phi2kit.commands.app import run_app
+
+    assert run_app(_app_args()) == 2
+    assert 'pip install "phi2kit[app]"' in _one_error_line(capsys, "app")

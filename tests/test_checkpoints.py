@@ -15,6 +15,7 @@ import torch
 from phi2kit.checkpoints import (
     COMPLETE,
     SETTINGS,
+    ResumeError,
     checkpoint_args,
     latest_checkpoint,
     resume_point,
@@ -111,15 +112,14 @@ def _fake_checkpoints(folder, steps, settings):
     (folder / SETTINGS).write_text(json.dumps(settings))
 
 
-def test_checkpoints_of_other_settings_are_not_resumed(tmp_path):
+def test_checkpoints_of_other_settings_are_refused_not_deleted(tmp_path):
     _fake_checkpoints(tmp_path, [2, 4], {"profile": "tiny", "recipe": {"max_steps": 6}})
     messages = []
     same = resume_point(tmp_path, {"profile": "tiny", "recipe": {"max_steps": 6}}, messages.append)
     assert same == tmp_path / "checkpoint-4" and messages == []
-    other = resume_point(tmp_path, {"profile": "tiny", "recipe": {"max_steps": 9}}, messages.append)
-    assert other is None
-    assert "other settings (recipe)" in messages[-1] and "training from step 0" in messages[-1]
-    assert not list(tmp_path.glob("checkpoint-*"))
+    with pytest.raises(ResumeError, match=r"a run with other recipe: resume=False \(RESUME = "):
+        resume_point(tmp_path, {"profile": "tiny", "recipe": {"max_steps": 9}}, messages.append)
+    assert len(list(tmp_path.glob("checkpoint-*"))) == 2  # nothing deleted without asking
 
 
 def test_checkpoint_args_and_a_trainer_that_saves_nothing(tiny_profile, train_ds, tmp_path):

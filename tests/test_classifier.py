@@ -1,36 +1,38 @@
-"""phi2kit.classifier: the refactored head against transformers' PhiForSequenceClassification,
-padding layouts, pad = eos, the weighted loss, metrics, LoRA/QLoRA and the saved adapter."""
+"""phi2kit.classifier: notebook 03's hand-built head against transformers' stock class,
+padding layouts, pad = eos, metrics, the Trainer's loss under accumulation, LoRA/QLoRA and
+the saved adapter."""
 
 from __future__ import annotations
 
+import ast
+import json
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from transformers import PhiConfig, PhiForCausalLM, PhiForSequenceClassification
+from transformers import PhiConfig, PhiForSequenceClassification
 
+from phi2kit import classifier
 from phi2kit.classifier import (
-    PhiClassifier,
     adapter_keys,
-    class_weights,
-    classifier_from_causal_lm,
     classifier_trainer,
+    classify_by_hand,
     compute_metrics,
-    cross_entropy,
     last_token_index,
     load_classifier,
     predict_logits,
     tokenize_headlines,
 )
-from phi2kit.data.sentiment import LABELS
 from phi2kit.lora import add_lora
 from phi2kit.recipes import get_recipe
 
 EOS = 7  # the random model's eos, and its pad
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "03_classification_head.ipynb"
 
 
-def random_lm(pad_token_id: int | None = EOS) -> PhiForCausalLM:
+def random_classifier(pad_token_id: int | None = EOS) -> PhiForSequenceClassification:
     config = PhiConfig(
         vocab_size=64,
         hidden_size=32,
@@ -41,18 +43,12 @@ def random_lm(pad_token_id: int | None = EOS) -> PhiForCausalLM:
         bos_token_id=EOS,
         eos_token_id=EOS,
         pad_token_id=pad_token_id,
+        num_labels=3,
     )
     torch.manual_seed(0)
-    return PhiForCausalLM(config).eval()
-
-
-def pair(lm) -> tuple[PhiClassifier, PhiForSequenceClassification]:
-    """The refactor and the native class with the same backbone and head weights."""
-    ours = classifier_from_causal_lm(lm).eval()
-    torch.nn.init.normal_(ours.score.weight, std=1.0)  # a head that is not near zero
-    native = PhiForSequenceClassification(ours.config).eval()
-    native.load_state_dict(ours.state_dict())
-    return ours, native
+    model = PhiForSequenceClassification(config).eval()
+    torch.nn.init.normal_(model.score.weight, std=1.0)  # a head that is not near zero
+    return model
 
 
 def batch(rows: list[list[int]], side: str) -> dict[str, torch.Tensor]:
@@ -75,124 +71,105 @@ ROWS = [[3, 9, 12, 40, 5, 6], [11, 2, 30], [4, 4, 21, 22, 8]]
 EOS_INSIDE = [[3, 9, EOS, 40, 5, 6], [11, EOS, 30], [4, 4, 21, 22, 8]]
 
 
+def test_module_functions_are_the_notebooks_cells():
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    source = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    source = "\n".join(line for line in source.splitlines() if not line.startswith("%"))
+    written = {n.name: ast.dump(n) for n in ast.walk(ast.parse(source))
+               if isinstance(n, ast.FunctionDef)}  # fmt: skip
+    module = ast.parse(Path(classifier.__file__).read_text())
+    kept = {n.name: ast.dump(n) for n in module.body if isinstance(n, ast.FunctionDef)}
+    shared = sorted(set(written) & set(kept))
+    assert shared == ["classify_by_hand", "compute_metrics", "last_token_index"]
+    assert all(written[name] == kept[name] for name in shared)
+
+
 def test_last_token_index_for_both_padding_sides():
     right = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
     assert last_token_index(right).tolist() == [2, 0, 3]
     assert last_token_index(right.flip(-1)).tolist() == [3, 3, 3]
 
 
-def test_refactor_reuses_backbone_with_a_fresh_head():
-    lm = random_lm()
-    model = classifier_from_causal_lm(lm)
-    assert model.model is lm.model
-    assert not hasattr(model, "lm_head")
-    assert model.score.bias is None and model.score.weight.shape == (len(LABELS), 32)
-    assert model.score.weight.dtype == torch.float32
-    assert model.config.id2label == dict(enumerate(LABELS))
-    assert set(model.state_dict()) == set(PhiForSequenceClassification(model.config).state_dict())
-
-
 @pytest.mark.parametrize(
     ("rows", "side"), [(ROWS, "right"), (ROWS, "left"), (EOS_INSIDE, "right"), (EOS_INSIDE, "left")]
 )
-def test_logits_equal_native_and_each_row_alone(rows, side):
-    ours, native = pair(random_lm())
+def test_by_hand_equals_the_stock_class_and_each_row_alone(rows, side):
+    model = random_classifier()
     enc = batch(rows, side)
     with torch.no_grad():
-        got, expected = ours(**enc).logits, native(**enc).logits
-    assert torch.equal(got, expected)
+        got, stock = classify_by_hand(model.model, model.score, enc), model(**enc).logits
+    assert torch.equal(got, stock)
     for i, row in enumerate(rows):
-        torch.testing.assert_close(got[i], alone(ours, row), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(got[i], alone(model, row), atol=1e-5, rtol=1e-5)
     assert not torch.allclose(got[0], got[1])  # the rows really differ
 
 
-def test_native_skips_a_trailing_eos_while_mask_pooling_reads_it():
-    ours, native = pair(random_lm())
+def test_stock_class_skips_a_trailing_eos_while_mask_pooling_reads_it():
+    """The one difference, a note in notebook 03: with pad = eos, transformers reads the
+    token before a trailing EOS; pooling by the attention mask reads the EOS itself."""
+    model = random_classifier()
     text = [3, 9, 12, 40]
-    rows = [text + [EOS], [11, 2]]
     for side in ("right", "left"):
-        enc = batch(rows, side)
+        enc = batch([text + [EOS], [11, 2]], side)
         with torch.no_grad():
-            got, nat = ours(**enc).logits, native(**enc).logits
-        # Native pools the last token that is not pad_token_id: with pad = eos it reads
-        # the token before the EOS, as if the EOS were not there.
-        torch.testing.assert_close(nat[0], alone(ours, text), atol=1e-5, rtol=1e-5)
-        # Pooling by the attention mask reads the EOS itself, as the unpadded row does.
-        torch.testing.assert_close(got[0], alone(ours, text + [EOS]), atol=1e-5, rtol=1e-5)
-        assert not torch.allclose(got[0], nat[0], atol=1e-3)
-        torch.testing.assert_close(got[1], nat[1])  # the row without EOS agrees
+            ours, stock = classify_by_hand(model.model, model.score, enc), model(**enc).logits
+        torch.testing.assert_close(stock[0], alone(model, text), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(ours[0], stock[0], atol=1e-3)
+        torch.testing.assert_close(ours[1], stock[1])  # the row without EOS agrees
 
 
-def test_pad_token_id_is_set_and_needed_for_batches():
-    lm = random_lm(pad_token_id=None)
-    model = classifier_from_causal_lm(lm)
-    assert model.config.pad_token_id == EOS
-    native = PhiForSequenceClassification(lm.config).eval()
+def test_stock_class_needs_pad_token_id_for_batches():
+    model = random_classifier(pad_token_id=None)
     two = torch.tensor([[1, 2, 3], [4, 5, 6]])
     with pytest.raises(ValueError, match="batch sizes > 1 if no padding token"):
-        native(input_ids=two)
-    native(input_ids=two[:1])  # a single row still works
+        model(input_ids=two)
+    model(input_ids=two[:1])  # a single row still works
 
 
-def test_cross_entropy_weighted_by_hand():
-    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [-1.0, 3.0, 0.0], [0.0, 0.0, 1.0]])
-    labels = torch.tensor([0, 2, 1, 0])
-    weight = torch.tensor([0.5, 2.0, 3.0])
-    logp = torch.log_softmax(logits, -1)
-    by_hand = -sum(weight[y] * logp[i, y] for i, y in enumerate(labels.tolist())) / 4
-    torch.testing.assert_close(cross_entropy(logits, labels, weight), by_hand)
-    # Over an accumulated batch of 10 labels, this micro-batch contributes its sum / 10.
-    torch.testing.assert_close(cross_entropy(logits, labels, weight, 10), by_hand * 4 / 10)
-    plain = torch.nn.functional.cross_entropy(logits, labels)
-    torch.testing.assert_close(cross_entropy(logits, labels), plain)
-    torch.testing.assert_close(cross_entropy(logits, labels, torch.ones(3)), plain)
-
-
-def test_class_weights():
-    w = class_weights(["neutral"] * 6 + ["positive"] * 3 + ["negative"])
-    torch.testing.assert_close(w, torch.tensor([10 / 3, 10 / 18, 10 / 9]))
-    assert class_weights([0, 1, 2, 2, 1, 0]).tolist() == [1.0, 1.0, 1.0]
-    with pytest.raises(ValueError, match=r"classes \[0\] do not occur"):
-        class_weights([1, 2, 2])
-
-
-def test_compute_metrics_reuses_classification_metrics():
+def test_compute_metrics():
     from transformers import EvalPrediction
 
     logits = torch.eye(3)[[0, 1, 2, 1]].numpy()
     out = compute_metrics(EvalPrediction(predictions=logits, label_ids=[0, 1, 2, 2]))
     assert out["accuracy"] == pytest.approx(0.75)
-    assert out["accuracy_positive"] == pytest.approx(0.5)
-    assert 0 < out["macro_f1"] < 1
+    assert out["macro_f1"] == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
-def test_weighted_trainer_loss_matches_hand_computation(tiny_profile, tiny_tokenizer, tmp_path):
-    df = pd.DataFrame(
-        {
-            "text": ["Sales rose", "Profit fell sharply", "It employs 40"],
-            "label": ["positive", "negative", "neutral"],
-        }
-    )
+def test_load_classifier_is_the_stock_class_with_labels_and_pad(tiny_profile):
+    model = load_classifier(tiny_profile, labels=("complaint", "praise"))
+    assert type(model) is PhiForSequenceClassification
+    assert model.score.out_features == 2 and model.score.bias is None
+    assert model.config.id2label == {0: "complaint", 1: "praise"}
+    assert model.config.label2id == {"complaint": 0, "praise": 1}
+    assert model.config.pad_token_id == model.config.eos_token_id
+
+
+def test_trainer_loss_is_the_mean_under_gradient_accumulation(tiny_profile, tiny_tokenizer,
+                                                              tmp_path):
+    """transformers 5.23's classifiers return a batch mean but accept loss kwargs: without
+    ``loss_is_scaled_for_ga = False`` the logged loss (and the gradient) double at accum 2."""
+    texts = ["Sales rose", "Profit fell sharply", "It employs 40", "Orders grew"]
+    df = pd.DataFrame({"text": texts, "label": ["positive", "negative", "neutral", "positive"]})
     ds = tokenize_headlines(df, tiny_tokenizer, max_length=64)
-    assert ds["labels"] == [2, 0, 1]
-    model = load_classifier(tiny_profile).eval()
-    weight = torch.tensor([3.0, 0.5, 1.5])
-    recipe = get_recipe("classifier", tiny_profile)
-    trainer = classifier_trainer(
-        model, tiny_tokenizer, ds, tiny_profile, recipe, tmp_path, weight=weight
-    )
-    inputs = trainer.data_collator([ds[i] for i in range(3)])
+    assert ds["labels"] == [2, 0, 1, 2]
+    recipe = replace(get_recipe("classifier", tiny_profile), max_steps=1, batch_size=2,
+                     grad_accum=2, learning_rate=1e-9)
+    torch.manual_seed(0)
+    model = add_lora(load_classifier(tiny_profile), recipe, tiny_profile)
+    trainer = classifier_trainer(model, tiny_tokenizer, ds, tiny_profile, recipe, tmp_path,
+                                 logging_steps=1)
+    inputs = trainer.data_collator([ds[i] for i in range(len(ds))])
     with torch.no_grad():
-        logits = model(**{k: v for k, v in inputs.items() if k != "labels"}).logits
-        loss = trainer.compute_loss(model, dict(inputs))
-    per_example = torch.nn.functional.cross_entropy(logits, inputs["labels"], reduction="none")
-    torch.testing.assert_close(loss, (weight[inputs["labels"]] * per_example).mean())
+        enc = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+        logits = model(**enc).logits
+        expected = torch.nn.functional.cross_entropy(logits, inputs["labels"])
+    trainer.train()
+    logged = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
+    assert logged == pytest.approx(expected.item(), rel=0.05)
 
 
 def test_lora_saves_the_head_and_reload_is_identical(tiny_profile, tiny_tokenizer, tmp_path):
     from peft import PeftModel
-
-    from phi2kit.tiny import tiny_path
 
     recipe = get_recipe("classifier", tiny_profile)
     torch.manual_seed(0)
@@ -210,11 +187,6 @@ def test_lora_saves_the_head_and_reload_is_identical(tiny_profile, tiny_tokenize
     before = predict_logits(model, tiny_tokenizer, texts)
     fresh = PeftModel.from_pretrained(load_classifier(tiny_profile), tmp_path)
     assert (predict_logits(fresh, tiny_tokenizer, texts) == before).all()
-    # Same weight names: the adapter also loads onto transformers' own class.
-    native = PhiForSequenceClassification.from_pretrained(tiny_path(), num_labels=3)
-    native.config.pad_token_id = native.config.eos_token_id
-    reloaded = PeftModel.from_pretrained(native, tmp_path)
-    torch.testing.assert_close(predict_logits(reloaded, tiny_tokenizer, texts), before)
 
 
 def test_lora_target_that_matches_nothing_raises(tiny_profile):
@@ -226,10 +198,9 @@ def test_lora_target_that_matches_nothing_raises(tiny_profile):
 def test_qlora_classifier_trains_head_and_adapters(tiny_profile):
     recipe = get_recipe("classifier", tiny_profile)
     base = load_classifier(tiny_profile, quantize_4bit=True)
-    assert base.is_quantized and base.score.weight.dtype == torch.float32
+    assert base.is_loaded_in_4bit and base.score.weight.dtype == torch.float32
     model = add_lora(base, recipe, tiny_profile)
     trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    assert model.get_nb_trainable_parameters()[0] > 0
     assert any(".score." in n for n in trainable)
     assert all(p.dtype == torch.float32 for p in trainable.values())
     model.train()

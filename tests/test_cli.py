@@ -51,7 +51,125 @@ def test_course_reports_a_failing_notebook(tmp_path):
         ["course", "--profile", "tiny", "--notebooks", str(folder), "--out", str(tmp_path / "run")]
     )
     assert code == 1
-    assert "| 01_broken | failed |" in (tmp_path / "run" / "summary.md").read_text()
+    row = next(ln for ln in (tmp_path / "run" / "summary.md").read_text().splitlines()
+               if ln.startswith("| 01_broken |"))  # fmt: skip
+    assert row.startswith("| 01_broken | failed |")
+    # the notebook, the cell (index and first line) and the error: not '-------------------'
+    assert "01_broken.ipynb, cell 1 ('1 / 0'): ZeroDivisionError: division by zero" in row
+
+
+def _notebook(folder, name: str, *sources: str):
+    import nbformat
+    from nbformat.v4 import new_code_cell, new_notebook
+
+    nb = new_notebook(cells=[new_code_cell("PROFILE = 'auto'"), *map(new_code_cell, sources)])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3"}
+    nb.metadata["language_info"] = {"name": "python"}
+    folder.mkdir(exist_ok=True)
+    nbformat.write(nb, folder / name)
+
+
+def test_course_says_which_cell_timed_out_and_how_to_raise_the_limit(tmp_path, capsys):
+    _notebook(tmp_path / "nbs", "01_slow.ipynb", "x = 1", "import time\ntime.sleep(120)")
+    argv = ["course", "--profile", "tiny", "--notebooks", str(tmp_path / "nbs")]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--timeout", "3"]) == 1
+    captured = capsys.readouterr()
+    said = "01_slow.ipynb, cell 2 ('import time'): timed out: the cell ran past the limit of 3 s"
+    assert said in (tmp_path / "run" / "summary.md").read_text()
+    assert said in captured.out and "raise it with --timeout 6" in captured.out
+    assert "IPKernelApp" not in captured.err  # the kernel's own log stays out of the shell
+
+
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["--notebooks", "{tmp}/missing"], "--notebooks {tmp}/missing: no such folder"),
+        (["--notebooks", "{tmp}"], "--notebooks {tmp}: no NN_*.ipynb notebooks in it"),
+        (["--only", "09"], "--only 09: no such notebook; the numbers are 01 02"),
+        (["--timeout", "0"], "--timeout 0: must be positive"),
+    ],
+)
+def test_course_refuses_bad_input_in_one_line(argv, said, tmp_path, capsys):
+    if "--only" in argv:
+        _notebook(tmp_path / "nbs", "01_a.ipynb")
+        _notebook(tmp_path / "nbs", "02_b.ipynb")
+        argv = [*argv, "--notebooks", str(tmp_path / "nbs")]
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    out = tmp_path / "run"
+    assert main(["course", "--profile", "tiny", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"phi2kit course: error: {said.format(tmp=tmp_path)}" in err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_course_only_takes_1_for_01(tmp_path):
+    from phi2kit.commands.course import select_notebooks
+
+    paths = [tmp_path / "01_a.ipynb", tmp_path / "02_b.ipynb"]
+    assert select_notebooks(paths, ["1"]) == paths[:1]
+    assert select_notebooks(paths, None) == paths
+
+
+def test_gpu_profile_on_a_cpu_says_which_flag_to_pass(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["course", "--profile", "t4", "--only", "01", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("phi2kit course: error: profile 't4' needs a CUDA GPU")
+    assert "pass --profile tiny" in err and "PROFILE=" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", [["plan", "--profile", "auto"], ["course", "--only", "01"]])
+def test_unknown_profile_in_the_environment(command, monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("PHI2KIT_PROFILE", "bogus")
+    assert main([*command, *(["--out", str(tmp_path)] if command[0] == "course" else [])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"phi2kit {command[0]}: error: unknown profile 'bogus' in PHI2KIT_PROFILE; choose one "
+        "of 'tiny', 't4-cpu', 't4', 'ampere', 'auto' (or unset PHI2KIT_PROFILE)"
+    )
+
+
+def test_exercises_check_refuses_a_file_that_is_not_a_notebook(tmp_path, capsys):
+    bad = tmp_path / "notes.ipynb"
+    bad.write_text("my answers\n")
+    assert main(["exercises", "check", "02_b", str(bad)]) == 2
+    said = capsys.readouterr().out.strip()
+    assert said.startswith(f"phi2kit exercises: error: {bad}: not a Jupyter notebook")
+    assert "pass the .ipynb you worked in" in said and len(said.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", ["phi2kit", "course", "plan", "train", "bench", "exercises"])
+def test_help_has_no_raw_markup(command, capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"] if command == "phi2kit" else [command, "--help"])
+    out = capsys.readouterr().out
+    for markup in ("``", ":func:", ":mod:", "**"):
+        assert markup not in out, (command, markup)
+
+
+def test_train_help_explains_data_labels_and_set_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for said in ("--data PATH", "data formats (--data PATH):", "all-data.csv",
+                 "sentence and label", "--labels A,B,...", "--set keys:", "lora_r", "n_eval",
+                 "*.trees.jsonl"):  # fmt: skip
+        assert said in out, said
+
+
+def test_summary_keeps_significant_figures(tmp_path, monkeypatch):
+    from phi2kit.commands.course import NotebookRun, summary_markdown
+    from phi2kit.metrics import METRICS_ENV, record_metrics
+
+    monkeypatch.setenv(METRICS_ENV, str(tmp_path))
+    kept = record_metrics("05_x", {"merge_max_abs": 7.0123e-6, "other": 1.5e-5, "acc": 0.81234})
+    assert kept == {"merge_max_abs": 7.012e-6, "other": 1.5e-5, "acc": 0.8123}
+    row = summary_markdown([NotebookRun("05_x", "passed", 3.0, kept)], "tiny").splitlines()[4]
+    assert "merge_max_abs=7.012e-06, other=1.5e-05, acc=0.8123" in row
 
 
 def test_plan_cli_prints_verdict(capsys):

@@ -81,7 +81,7 @@ def write_oasst_export(path: Path, n_threads: int, turns: int = TURNS) -> Path:
 
 def write_webglm_export(folder: Path, n_train: int, n_validation: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for split, n in (("train", n_train), ("validation", n_validation)):
+    for split, n in (("train", n_train), ("validation", n_validation), ("test", n_validation)):
         with (folder / f"{split}.jsonl").open("w") as f:
             for i in range(n):
                 refs = [long_text(i + r, REF_CHARS) for r in range(REFS)]
@@ -183,11 +183,13 @@ def check_bounded(result: dict) -> None:
 
 
 def test_notebook_06_on_very_long_threads_stays_bounded(tmp_path):
-    export = write_oasst_export(tmp_path / "long.trees.jsonl", n_threads=24)
+    # 16 test + 16 eval threads on the tiny profile; the rest train
+    export = write_oasst_export(tmp_path / "long.trees.jsonl", n_threads=56)
     params = {"PROFILE": "tiny", "DATA_PATH": str(export), "MAX_NEW_TOKENS": 8}
-    result = run_cells(NOTEBOOKS / "06_chat_oasst1.ipynb", "cell-12", "cell-10", params, tmp_path)
+    # cell-13 builds the splits; cell-18 is the baseline generation on the eval prompts
+    result = run_cells(NOTEBOOKS / "06_chat_oasst1.ipynb", "cell-18", "cell-13", params, tmp_path)
     check_bounded(result)
-    assert result["n_train"] > 50 and result["n_prompts"] == 16  # the tiny recipe's n_eval
+    assert result["n_train"] > 50 and result["n_prompts"] >= 16  # one or more per eval thread
 
 
 def test_notebook_04_on_very_long_references_stays_bounded(tmp_path):

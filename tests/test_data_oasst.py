@@ -283,3 +283,68 @@ def test_thread_to_examples():
             "completion": " You have to run.",
         },
     ]
+
+
+# --- Notebook 06 writes the walk in its cells: it must agree with this loader ---------------
+
+
+def _lesson_threads(path, lang):
+    """The walk as notebook 06's cells do it: ``load_dataset``, flatten, ``build_threads``."""
+    from datasets import load_dataset
+
+    from phi2kit import chat
+
+    raw = load_dataset("json", data_files=str(path), split="train")
+    if "prompt" in raw[0]:
+        messages = [m for tree in raw for m in chat.tree_to_rows(tree["prompt"])]
+    else:
+        messages = [{k: m.get(k) for k in chat.MESSAGE_FIELDS} for m in raw]
+    return chat.build_threads(messages, lang=lang)
+
+
+@pytest.mark.parametrize("lang", ["en", "de", None])
+def test_lesson_walk_gives_the_loaders_threads_on_the_sample(lang):
+    from phi2kit.data import sample_path
+
+    sample = sample_path("oasst1")
+    lesson = _lesson_threads(sample, lang)
+    assert lesson and lesson == list(load_oasst(sample, lang=lang))
+
+
+def test_lesson_walk_reads_the_hub_rows_form_too(tmp_path):
+    # the sample's trees written as the hub's message rows (parent_id links)
+    from phi2kit.chat import tree_to_rows
+    from phi2kit.data import sample_path
+
+    trees = [json.loads(line) for line in sample_path("oasst1").read_text().splitlines()]
+    rows = tmp_path / "rows.jsonl"
+    with rows.open("w") as f:
+        for tree in trees:
+            for m in tree_to_rows(tree["prompt"]):
+                f.write(json.dumps({**m, "message_tree_id": tree["message_tree_id"]}) + "\n")
+    lesson = _lesson_threads(rows, "en")
+    from_trees = list(load_oasst(sample_path("oasst1"), lang="en"))
+    assert lesson == list(load_oasst(rows, lang="en")) == from_trees
+
+
+def test_lesson_cells_equal_phi2kit_chat():
+    """What notebook 06 writes in its cells and keeps in phi2kit.chat is the same code."""
+    import ast
+    import inspect
+    from pathlib import Path
+
+    from phi2kit import chat
+
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "06_chat_oasst1.ipynb"
+    cells = json.loads(notebook.read_text())["cells"]
+    written = {}
+    for cell in cells:
+        if cell["cell_type"] != "code":
+            continue
+        for node in ast.parse("".join(cell["source"])).body:
+            if isinstance(node, ast.FunctionDef):
+                written[node.name] = ast.dump(node)
+    names = ["tree_to_rows", "build_threads", "format_chat", "to_examples"]
+    for name in names:
+        kept = ast.parse(inspect.getsource(getattr(chat, name))).body[0]
+        assert written.get(name) == ast.dump(kept), f"{name}: notebook 06 and phi2kit.chat differ"

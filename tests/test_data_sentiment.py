@@ -65,18 +65,28 @@ def test_utf8_file_is_not_read_as_mojibake(tmp_path):
     assert list(load_financial_news(path)["text"]) == KAGGLE_TEXTS
 
 
-def test_phrasebank_layout_csv_jsonl_parquet(tmp_path):
+def test_phrasebank_layout_and_own_text_label_csv(tmp_path):
     sentences = ["Lamp Oy cuts 20 jobs", "Board meets on Monday", "Orders grew 15 %"]
-    frame = pd.DataFrame({"sentence": sentences, "label": [0, 1, 2]})
-    frame.to_csv(tmp_path / "pb.csv", index=False)
-    (tmp_path / "pb.jsonl").write_text(
-        "\n".join(json.dumps(r) for r in frame.to_dict("records")) + "\n"
-    )
-    frame.to_parquet(tmp_path / "pb.parquet")
-    for name in ("pb.csv", "pb.jsonl", "pb.parquet"):
+    phrasebank = pd.DataFrame({"sentence": sentences, "label": [0, 1, 2]})
+    phrasebank.to_csv(tmp_path / "pb.csv", index=False)
+    own = pd.DataFrame({"id": [7, 8, 9], "label": ["Negative", "neutral", 2], "text": sentences})
+    own.to_csv(tmp_path / "own.csv", index=False)  # other columns ignored; words or ints
+    for name in ("pb.csv", "own.csv"):
         df = load_financial_news(tmp_path / name)
         assert list(df["text"]) == sentences, name
         assert list(df["label"]) == ["negative", "neutral", "positive"], name
+
+
+@pytest.mark.parametrize("name", ["pb.jsonl", "pb.parquet"])
+def test_only_csv_is_read(tmp_path, name):
+    """JSON lines and parquet are not published forms of this data: no sniffing for them."""
+    frame = pd.DataFrame({"sentence": ["Orders grew", "Sales fell"], "label": [2, 0]})
+    if name.endswith(".jsonl"):
+        (tmp_path / name).write_text("\n".join(json.dumps(r) for r in frame.to_dict("records")))
+    else:
+        frame.to_parquet(tmp_path / name)
+    with pytest.raises(DataError, match=r", row 1, field '(sentiment|headline)': "):
+        load_financial_news(tmp_path / name)
 
 
 def test_bad_label_names_file_row_and_field(tmp_path):
@@ -108,10 +118,9 @@ def test_row_with_one_field(tmp_path):
 
 
 def test_phrasebank_label_out_of_range(tmp_path):
-    path = tmp_path / "pb.jsonl"
-    rows = [{"sentence": "Orders grew", "label": 2}, {"sentence": "Sales fell", "label": 7}]
-    path.write_text("\n".join(json.dumps(r) for r in rows))
-    with pytest.raises(DataError, match=r"pb\.jsonl, row 2, field 'label': unknown label 7"):
+    path = tmp_path / "pb.csv"
+    path.write_text("sentence,label\nOrders grew,2\nSales fell,7\n")
+    with pytest.raises(DataError, match=r"pb\.csv, row 3, field 'label': unknown label '7'"):
         load_financial_news(path)
 
 
@@ -119,11 +128,9 @@ def test_phrasebank_label_out_of_range(tmp_path):
 def test_phrasebank_missing_column(tmp_path, missing):
     frame = pd.DataFrame({"sentence": ["Orders grew", "Sales fell"], "label": [2, 0]})
     frame.drop(columns=missing).assign(other=1).to_csv(tmp_path / "pb.csv", index=False)
-    frame.drop(columns=missing).to_parquet(tmp_path / "pb.parquet")
-    with pytest.raises(DataError, match=rf"pb\.csv, row 1, field '{missing}': missing column"):
+    field = "text" if missing == "sentence" else "label"  # a header without either: 'text'
+    with pytest.raises(DataError, match=rf"pb\.csv, row 1, field '{field}': missing column"):
         load_financial_news(tmp_path / "pb.csv")
-    with pytest.raises(DataError, match=rf"pb\.parquet, field '{missing}': missing column"):
-        load_financial_news(tmp_path / "pb.parquet")
 
 
 def test_empty_file(tmp_path):

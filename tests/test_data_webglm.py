@@ -1,10 +1,13 @@
 """Tests for phi2kit.data.webglm: loading, citations, prompts and reference trimming."""
 
+import ast
 import json
 import random
+from pathlib import Path
 
 import pytest
 
+from phi2kit.data import webglm
 from phi2kit.data.files import DataError
 from phi2kit.data.webglm import (
     build_qa_prompt,
@@ -182,7 +185,8 @@ def random_text(rng, lo, hi):
 
 
 def test_trimming_property(tokenizer):
-    """Over many random examples: question and answer intact, length fits, numbering kept."""
+    """Over many random examples: question and answer intact, length fits, numbering kept,
+    references dropped whole from the last."""
     rng = random.Random(1234)
     n_fitted = n_trimmed = n_raised = 0
     for _ in range(150):
@@ -206,16 +210,10 @@ def test_trimming_property(tokenizer):
         shown = [ln for ln in out["prompt"].split("\n") if ln.startswith("[")]
         for k, line in enumerate(shown, start=1):
             assert line.startswith(f"[{k}] ")
-            text = line[len(f"[{k}] ") :]
-            if k < len(shown):
-                assert text == refs[k - 1]
-            else:
-                assert refs[k - 1].startswith(text) and text
-        assert trimmed == (shown != [f"[{k}] {r}" for k, r in enumerate(refs, start=1)])
-        if trimmed:  # as many whole references as fit: one more would not
-            texts = [line[line.index(" ") + 1 :] for line in shown]
-            n_whole = sum(text == ref for text, ref in zip(texts, refs, strict=False))
-            more = build_qa_prompt(question, refs[: n_whole + 1]) + " " + answer
+            assert line[len(f"[{k}] ") :] == refs[k - 1]  # whole references, never cut
+        assert trimmed == (len(shown) < len(refs))
+        if trimmed:  # as many leading references as fit: one more would not
+            more = build_qa_prompt(question, refs[: len(shown) + 1]) + " " + answer
             assert n_tokens(tokenizer, more) > max_length
     assert n_fitted > 50 and n_trimmed > 20 and n_raised > 5  # all branches exercised
 
@@ -237,6 +235,51 @@ def test_to_prompt_completion_stats(tokenizer):
     assert dataset.column_names == ["prompt", "completion"]
     assert len(dataset) == 2 == stats["n"]
     assert stats["n_too_long"] == 1 and stats["n_trimmed"] == 1
-    assert stats["n_dropped_refs"] == 1  # [3] dropped, [2] cut to fit
-    assert stats["n_dangling_citations"] == 1
+    assert stats["n_dropped_refs"] == 2  # whole references only: [3], then [2]
+    assert stats["n_dangling_citations"] == 2
     assert dataset[1]["completion"] == " Near the river [2] and stone [3]."
+
+
+# --- Notebook 04 reads with datasets and writes the prompt and the trimming in its cells ----
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "04_webglm_qlora.ipynb"
+
+
+def notebook_cells() -> dict[str, str]:
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    return {c["id"]: "".join(c["source"]) for c in cells if c["cell_type"] == "code"}
+
+
+def defined_in(source: str, name: str) -> ast.AST:
+    return next(n for n in ast.parse(source).body if getattr(n, "name", None) == name)
+
+
+@pytest.mark.parametrize("name", ["build_qa_prompt", "fit_example"])
+def test_the_notebooks_functions_are_the_loaders(name):
+    cell = next(s for s in notebook_cells().values() if f"def {name}(" in s)
+    module = Path(webglm.__file__).read_text()
+    assert ast.dump(defined_in(cell, name)) == ast.dump(defined_in(module, name))
+
+
+def test_the_notebooks_cells_and_the_loader_give_the_same_rows(tiny_tokenizer):
+    from phi2kit.data import sample_path
+    from phi2kit.profiles import get_profile
+    from phi2kit.recipes import get_recipe
+
+    profile = get_profile("tiny")
+    recipe = get_recipe("webglm", profile)
+    ns = {"profile": profile, "recipe": recipe, "DATA_PATH": "auto", "N_EVAL": 24, "n_test": 24}
+    cells = notebook_cells()
+    for cell in ("cell-07", "cell-09"):  # load_dataset, then keep well-formed rows
+        exec(compile(cells[cell], str(NOTEBOOK), "exec"), ns)  # noqa: S102  (our own notebook)
+    sample = sample_path("webglm")
+    for split, name, n in [("train", "train_raw", recipe.n_train), ("validation", "eval_raw", 24),
+                           ("test", "test_raw", 24)]:  # fmt: skip
+        loaded = load_webglm(sample, split, limit=n, skip_bad=True)
+        assert list(ns[name]) == list(loaded), split
+    ns["build_qa_prompt"] = build_qa_prompt  # cell-10b's, the same function (test above)
+    exec(compile(cells["cell-10f"], str(NOTEBOOK), "exec"), ns)  # noqa: S102
+    fitted = [ns["fit_example"](e, tiny_tokenizer, 160) for e in ns["train_raw"]]
+    dataset, stats = to_prompt_completion(ns["train_raw"], tiny_tokenizer, 160, skip_too_long=True)
+    assert [f for f in fitted if f is not None] == dataset.to_list()
+    assert stats["n_trimmed"] > 0  # the budget bites: the comparison covers dropping

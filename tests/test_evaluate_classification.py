@@ -21,7 +21,12 @@ from phi2kit.evaluate.classification import (
     plot_confusion,
     predict_by_generation,
 )
-from phi2kit.evaluate.scoring import predict_by_scoring, score_labels, shared_prefix_length
+from phi2kit.evaluate.scoring import (
+    label_logprobs,
+    predict_by_scoring,
+    score_labels,
+    shared_prefix_length,
+)
 from phi2kit.generation import generate
 
 EOS = "<|endoftext|>"
@@ -130,6 +135,16 @@ def test_score_labels_matches_unbatched(
     assert scores.shape == (len(prompts), len(LABELS))
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-5, atol=1e-4)
     assert (scores.argmax(axis=1) == expected_scores.argmax(axis=1)).all()
+
+
+@pytest.mark.parametrize("batch_size", [1, 4, 32])
+def test_lesson_label_logprobs_equals_score_labels(model, tokenizer, prompts, expected_scores,
+                                                   batch_size):
+    """Notebook 02's plain label scoring (multi-token labels here) and the fast path agree."""
+    scores = label_logprobs(model, tokenizer, prompts, LABELS, batch_size=batch_size)
+    assert scores.shape == (len(prompts), len(LABELS))
+    np.testing.assert_allclose(scores, expected_scores, atol=1e-4)
+    np.testing.assert_allclose(scores, score_labels(model, tokenizer, prompts), atol=1e-4)
 
 
 def test_predict_by_scoring_is_the_argmax(model, tokenizer, prompts, expected_scores):

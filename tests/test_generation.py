@@ -67,3 +67,21 @@ def test_tokens_per_second_positive(tiny_model, tiny_tokenizer):
     assert out.tokens_per_second > 0
     assert all(isinstance(t, str) for t in out.texts)
     assert torch.is_grad_enabled()
+
+
+def test_notebook_01_writes_what_this_module_holds():
+    from lesson_source import assert_cells_define
+
+    assert_cells_define("01_baseline_inference", "phi2kit/generation.py",
+                        ["cut_at_stop", "inference", "Generation", "generate"])  # fmt: skip
+
+
+def test_generate_restores_the_tokenizer(tiny_model, tiny_tokenizer):
+    side, pad = tiny_tokenizer.padding_side, tiny_tokenizer.pad_token
+    tiny_tokenizer.pad_token = None  # a raw Phi-2 tokenizer: generate pads with eos for the call
+    try:
+        out = generate(tiny_model, tiny_tokenizer, PROMPTS[:2], max_new_tokens=4)
+        assert len(out.texts) == 2 and tiny_tokenizer.pad_token is None
+        assert tiny_tokenizer.padding_side == side
+    finally:
+        tiny_tokenizer.pad_token = pad

@@ -4,7 +4,8 @@ from dataclasses import replace
 
 import pytest
 
-from phi2kit.plan import estimate, estimate_grpo, grpo_course_row, grpo_minutes
+from phi2kit.plan import estimate
+from phi2kit.plan_grpo import estimate_grpo, grpo_course_row, grpo_minutes
 from phi2kit.recipes import TASKS, GrpoRecipe, get_grpo_recipe, get_recipe
 
 PROFILES = ["tiny", "t4-cpu", "t4", "ampere"]

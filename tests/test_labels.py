@@ -48,8 +48,8 @@ def test_own_file_with_two_labels(tmp_path):
     kaggle.write_text('Complaint,Slow delivery\npraise,"Great, fast"\n', encoding="latin-1")
     df = load_financial_news(kaggle, labels=TWO)
     assert df.to_dict("list") == {"text": ["Slow delivery", "Great, fast"], "label": list(TWO)}
-    phrasebank = tmp_path / "reviews.jsonl"
-    phrasebank.write_text('{"sentence": "Broken", "label": 0}\n{"sentence": "Nice", "label": 1}\n')
+    phrasebank = tmp_path / "phrasebank.csv"
+    phrasebank.write_text("sentence,label\nBroken,0\nNice,1\n")
     assert list(load_financial_news(phrasebank, labels=TWO)["label"]) == list(TWO)
     with pytest.raises(DataError, match=r"row 2.*unknown label 'praise' \(expected one of compl"):
         load_financial_news(kaggle, labels=("complaint", "neutral"))
@@ -72,26 +72,18 @@ def test_split_draws_each_of_the_given_labels():
     assert ds[0]["completion"] in (" complaint", " praise")
 
 
-def test_classifier_head_takes_the_label_set(tiny_model, tiny_tokenizer):
+def test_classifier_head_takes_the_label_set(tiny_profile, tiny_tokenizer):
     from transformers import EvalPrediction
 
-    from phi2kit.classifier import (
-        class_weights,
-        classifier_from_causal_lm,
-        compute_metrics,
-        head_labels,
-        tokenize_headlines,
-    )
+    from phi2kit.classifier import compute_metrics, load_classifier, tokenize_headlines
 
-    head = classifier_from_causal_lm(tiny_model, TWO)
-    assert head.score.out_features == 2 and head_labels(head) == list(TWO)  # the Trainer's metrics
+    head = load_classifier(tiny_profile, labels=TWO)
+    assert head.score.out_features == 2 and head.config.id2label == dict(enumerate(TWO))
 
     df = pd.DataFrame({"text": ["Slow delivery", "Lovely"], "label": ["complaint", "praise"]})
     ds = tokenize_headlines(df, tiny_tokenizer, 64, labels=TWO, template="{headline} ({labels})")
     assert ds["labels"] == [0, 1]
     assert tiny_tokenizer.decode(ds[1]["input_ids"]).endswith("Lovely (complaint or praise)")
-    assert class_weights(["praise", "praise", "complaint"], TWO).tolist() == [1.5, 0.75]
     logits = np.array([[2.0, 0.0], [0.0, 1.0], [3.0, 0.0]])
-    out = compute_metrics(EvalPrediction(predictions=logits, label_ids=[0, 1, 1]), labels=TWO)
+    out = compute_metrics(EvalPrediction(predictions=logits, label_ids=[0, 1, 1]))
     assert out["accuracy"] == pytest.approx(2 / 3)
-    assert out["accuracy_complaint"] == 1.0 and out["accuracy_praise"] == 0.5

@@ -28,3 +28,27 @@ def test_quiet_hides_known_noise_only():
     assert not transformers.utils.logging.is_progress_bar_enabled()
     assert logging.getLogger("bitsandbytes").level == logging.ERROR
     transformers.utils.logging.enable_progress_bar()
+
+
+def test_commands_show_one_progress_line_not_a_loss_dict_per_step(tmp_path):
+    import transformers
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from phi2kit.logs import one_progress_line, quiet_command
+
+    with warnings.catch_warnings():  # leave this process's warning filters as they were
+        quiet_command()
+    assert logging.getLogger("bitsandbytes.backends.cpu.ops").getEffectiveLevel() == logging.ERROR
+    assert transformers.utils.logging.get_verbosity() == transformers.logging.ERROR
+    trainer = transformers.Trainer(
+        model=transformers.PhiForCausalLM(transformers.PhiConfig(
+            vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+            num_attention_heads=2)),
+        args=transformers.TrainingArguments(tmp_path, report_to="none", disable_tqdm=False),
+    )  # fmt: skip
+    one_progress_line(trainer)
+    kinds = {type(cb).__name__ for cb in trainer.callback_handler.callbacks}
+    assert "OneLine" in kinds
+    assert not kinds & {ProgressCallback.__name__, PrinterCallback.__name__}
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.enable_progress_bar()

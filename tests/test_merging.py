@@ -8,16 +8,7 @@ import pytest
 import torch
 
 from phi2kit.lora import adapter_base_4bit, save_adapter
-from phi2kit.merging import (
-    adapter_fits,
-    dequantize_into,
-    find_adapter,
-    load_adapters,
-    load_dequantized_base,
-    merge_error,
-    probe_logits,
-    save_merged,
-)
+from phi2kit.merging import dequantize_into, merge_error, probe_logits
 from phi2kit.models import load_model
 from phi2kit.twin import keep_nf4_layout_on_cpu
 
@@ -71,10 +62,10 @@ def test_save_and_reload_round_trip(tiny_profile, tiny_tokenizer, adapter_dir, t
     from peft import PeftModel
 
     model = PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=False), adapter_dir)
-    with pytest.raises(TypeError, match="merge_and_unload"):
-        save_merged(model, tiny_tokenizer, tmp_path / "not-merged")
     merged = model.merge_and_unload()
-    path = save_merged(merged, tiny_tokenizer, tmp_path / "merged")
+    path = tmp_path / "merged"
+    merged.save_pretrained(path)  # notebook 05's save
+    tiny_tokenizer.save_pretrained(path)
     assert list(path.glob("*.safetensors")) and not list(path.glob("*.bin"))
     reloaded = load_model(tiny_profile, quantize_4bit=False, source=str(path))
     assert torch.equal(
@@ -90,7 +81,9 @@ def test_dequantize_then_merge_beats_naive_qlora_merge(tiny_profile, tiny_tokeni
     trained = probe_logits(qlora, tiny_tokenizer, TEXTS)  # what QLoRA training computes
     naive = PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=False), adapter_dir)
     naive_err = merge_error(trained, probe_logits(naive.merge_and_unload(), tiny_tokenizer, TEXTS))
-    deq = PeftModel.from_pretrained(load_dequantized_base(tiny_profile), adapter_dir)
+    base = load_model(tiny_profile, quantize_4bit=False)
+    dequantize_into(base, load_model(tiny_profile, quantize_4bit=True))
+    deq = PeftModel.from_pretrained(base, adapter_dir)
     deq_err = merge_error(trained, probe_logits(deq.merge_and_unload(), tiny_tokenizer, TEXTS))
     assert deq_err.max_abs < 1e-4, deq_err
     assert naive_err.max_abs > 100 * deq_err.max_abs, (naive_err, deq_err)
@@ -112,7 +105,11 @@ def test_dequantize_into_refuses_repacked_weights(tiny_profile, tiny_tokenizer):
 def test_switch_adapters_without_reloading_base(tiny_profile, tiny_tokenizer, tmp_path):
     a = _save_random_adapter(tiny_profile, tmp_path / "a", seed=1)
     b = _save_random_adapter(tiny_profile, tmp_path / "b", seed=2, targets=["q_proj", "v_proj"])
-    model = load_adapters(load_model(tiny_profile, quantize_4bit=False), {"a": a, "b": b})
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=False), a,
+                                      adapter_name="a")  # fmt: skip
+    model.load_adapter(b, adapter_name="b")  # notebook 05's named adapters
     base_weight = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer.weight
     logits = {}
     for name in ["a", "b", "a"]:
@@ -124,8 +121,6 @@ def test_switch_adapters_without_reloading_base(tiny_profile, tiny_tokenizer, tm
     assert merge_error(logits["a"], logits["b"]).max_abs > 0.1
     alone = _logits_alone(tiny_profile, tiny_tokenizer, b)
     assert merge_error(alone, logits["b"]).max_abs < 1e-5  # same as loading b by itself
-    with pytest.raises(ValueError, match="empty"):
-        load_adapters(model, {})
 
 
 def _logits_alone(profile, tokenizer, path):
@@ -135,22 +130,7 @@ def _logits_alone(profile, tokenizer, path):
     return probe_logits(model, tokenizer, TEXTS)
 
 
-def test_find_adapter_checks_the_base(tiny_profile, adapter_dir, tmp_path):
-    import json
-
-    assert adapter_fits(adapter_dir, tiny_profile)
-    assert not adapter_fits(tmp_path / "missing", tiny_profile)
-    other = tmp_path / "other"
-    other.mkdir()
-    config = json.loads((adapter_dir / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = "microsoft/phi-2"
-    (other / "adapter_config.json").write_text(json.dumps(config))
-    assert not adapter_fits(other, tiny_profile)
-    assert find_adapter([tmp_path / "missing", other, adapter_dir], tiny_profile) == adapter_dir
-    assert find_adapter([other], tiny_profile) is None
-
-
-def test_save_adapter_notes_the_base_precision_and_find_adapter_uses_it(tiny_profile, tmp_path):
+def test_save_adapter_notes_the_base_precision(tiny_profile, tmp_path):
     """Notebook 05 must not merge a QLoRA adapter as if it were LoRA (a T4 run of 02 is QLoRA)."""
     from peft import PeftModel
 
@@ -166,10 +146,13 @@ def test_save_adapter_notes_the_base_precision_and_find_adapter_uses_it(tiny_pro
         assert (paths[four_bit] / "adapter_model.safetensors").is_file()
     plain = _save_random_adapter(tiny_profile, tmp_path / "plain", seed=3)  # no note
     assert adapter_base_4bit(plain) is None
-    candidates = [plain, paths[True], paths[False]]
-    assert find_adapter(candidates, tiny_profile) == plain
-    assert find_adapter(candidates, tiny_profile, base_4bit=True) == paths[True]
-    assert find_adapter(candidates, tiny_profile, base_4bit=False) == paths[False]
-    assert find_adapter([plain, paths[True]], tiny_profile, base_4bit=False) is None
     # the note does not get in PEFT's way
     PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=False), paths[False])
+
+
+def test_notebook_05_writes_what_this_module_holds():
+    """probe_logits, LogitGap, merge_error and dequantize_into are written in 05's cells."""
+    from lesson_source import assert_cells_define
+
+    assert_cells_define("05_adapter_merging", "phi2kit/merging.py",
+                        ["probe_logits", "LogitGap", "merge_error", "dequantize_into"])  # fmt: skip

@@ -9,6 +9,7 @@ from phi2kit.models import (
     fp32_attention_forward,
     load_model,
     load_tokenizer,
+    register_fp32_attention,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,6 +130,7 @@ def test_model_level_fp16_overflow(tiny_profile):
                     proj.bias.fill_(80.0)
         return m
 
+    register_fp32_attention()  # what notebook 01's cell does; importing phi2kit registers nothing
     x = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
     bad = build("eager")(input_ids=x).logits
     good = build(FP32_ATTENTION)(input_ids=x).logits
@@ -191,3 +193,26 @@ def test_device_map_per_process_under_ddp(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert _device_map(PROFILES["t4"]) == {"": 1}
+
+
+def test_importing_phi2kit_registers_no_attention():
+    """A learner's script that only imports phi2kit must not get "phi2kit_fp32" for free."""
+    import subprocess
+    import sys
+
+    code = (
+        "import phi2kit.models, phi2kit.merging, phi2kit.generation\n"
+        "from transformers import AttentionInterface\n"
+        "assert 'phi2kit_fp32' not in AttentionInterface._global_mapping, 'registered on import'\n"
+        "phi2kit.models.register_fp32_attention()\n"
+        "assert 'phi2kit_fp32' in AttentionInterface._global_mapping\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+
+
+def test_notebook_01_writes_what_this_module_holds():
+    from lesson_source import assert_cells_define
+
+    names = ["fp32_attention_forward", "ModelSummary", "describe", "_state_bytes"]
+    assert_cells_define("01_baseline_inference", "phi2kit/models.py", names)

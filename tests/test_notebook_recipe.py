@@ -11,6 +11,8 @@ GPU. Here they run for every profile and are compared, field by field, with
 
 from __future__ import annotations
 
+import ast
+import inspect
 import json
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from phi2kit.lora import lora_config
 from phi2kit.models import load_kwargs
 from phi2kit.profiles import PROFILES, get_profile
 from phi2kit.recipes import get_recipe
-from phi2kit.training import sft_config
+from phi2kit.training import eval_every, sft_config
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_sentiment_finetuning.ipynb"
 IGNORED = {"output_dir", "logging_dir"}  # where files go, not what is trained
@@ -68,7 +70,9 @@ def differences(ns: dict, out: Path) -> dict[str, object]:
     if as_dict(ns["peft_config"]) != as_dict(lora_config(recipe)):
         found["peft_config"] = (as_dict(ns["peft_config"]), as_dict(lora_config(recipe)))
     cell_args = as_dict(ns["sft_args"])
-    helper_args = as_dict(sft_config(profile, recipe, out / "trainer"))
+    helper_args = as_dict(
+        sft_config(profile, recipe, out / "trainer", eval_steps=eval_every(recipe.max_steps))
+    )
     diff = {
         k for k in cell_args.keys() | helper_args.keys() if cell_args.get(k) != helper_args.get(k)
     }
@@ -112,6 +116,7 @@ def test_cells_build_what_the_helpers_build(profile_name, quantize, tmp_path):
         ('bnb_4bit_quant_type="nf4"', 'bnb_4bit_quant_type="fp4"', "quant_config"),
         ("fp16=profile.fp16", "fp16=False", "sft_args"),
         ('"use_reentrant": False', '"use_reentrant": True', "sft_args"),
+        ('metric_for_best_model="eval_loss"', 'metric_for_best_model="loss"', "sft_args"),
     ],
 )
 def test_a_changed_cell_is_caught(old, new, what, tmp_path):
@@ -120,3 +125,41 @@ def test_a_changed_cell_is_caught(old, new, what, tmp_path):
     changed = [s.replace(old, new) for s in sources]
     ns = run_cells(changed, "t4", tmp_path)
     assert what in differences(ns, tmp_path)
+
+
+def notebook_functions() -> dict[str, ast.FunctionDef]:
+    """The functions notebook 02 defines in its code cells, by name."""
+    found = {}
+    for c in json.loads(NOTEBOOK.read_text())["cells"]:
+        if c["cell_type"] == "code":
+            tree = ast.parse("".join(c["source"]))
+            found.update({n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)})
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "module"),
+    [
+        ("plot_losses", "phi2kit.training"),
+        ("label_logprobs", "phi2kit.evaluate.scoring"),
+        ("parse_label", "phi2kit.evaluate.classification"),
+    ],
+)
+def test_cell_functions_equal_the_package(name, module):
+    """What 02 writes in a cell and later lessons import is the same code (ast-equal)."""
+    import importlib
+
+    cell = notebook_functions()[name]
+    kept = ast.parse(inspect.getsource(getattr(importlib.import_module(module), name))).body[0]
+    assert ast.dump(cell) == ast.dump(kept)
+
+
+def test_notebook_imports_no_module_of_its_own():
+    own = ("phi2kit.lora", "phi2kit.training", "phi2kit.evaluate")
+    sources = [
+        "".join(c["source"])
+        for c in json.loads(NOTEBOOK.read_text())["cells"]
+        if c["cell_type"] == "code"
+    ]
+    assert not [line for s in sources for line in s.splitlines() if line.startswith("from ")
+                and line.split()[1].startswith(own)]

@@ -249,6 +249,39 @@ def test_cli_prints_table_and_verdict(capsys):
     assert "does not fit" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["--batch", "0"], "--batch 0: must be a whole number of at least 1, e.g. --batch 2"),
+        (["--max-length", "-5"], "--max-length -5: must be a whole number of at least 1"),
+        (["--device-gb", "0"], "--device-gb 0: must be positive, e.g. --device-gb 15"),
+    ],
+)
+def test_cli_refuses_nonsense_in_one_line(argv, said, capsys):
+    args = _parser().parse_args(["plan", *argv])
+    assert run_plan(args) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and said in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_a_device_smaller_than_the_weights_fits_at_no_setting(capsys):
+    est = estimate("t4", get_recipe("webglm", "t4"), device_gb=1.0)
+    assert not est.possible and not est.levers
+    assert est.verdict.startswith("cannot fit at any setting: the base weights alone take 2.35 GB")
+    assert est.total_gb > 1.0  # the table still shows every part
+    assert estimate("t4", get_recipe("webglm", "t4"), device_gb=4.0).possible  # levers then
+    args = _parser().parse_args(["plan", "--device-gb", "1"])
+    assert run_plan(args) == 2
+    err = capsys.readouterr().err
+    assert "--device-gb 1: cannot fit at any setting" in err and "--device-gb 15" in err
+
+
+def test_estimate_refuses_a_length_below_one():
+    with pytest.raises(ValueError, match=r"max_length \(-5\).*must be positive"):
+        estimate("t4", get_recipe("webglm", "t4", max_length=-5))
+
+
 def test_cli_help(capsys):
     with pytest.raises(SystemExit) as exit_info:
         _parser().parse_args(["plan", "--help"])

@@ -55,8 +55,27 @@ def test_check_false_skips_hardware_check():
 
 
 def test_unknown_profile():
-    with pytest.raises(ValueError, match="unknown profile 'v100'"):
+    with pytest.raises(ValueError, match="unknown profile 'v100'; choose one of 'tiny', 't4-cpu'"):
         get_profile("v100")
+
+
+def test_unknown_profile_in_the_environment_names_the_variable(monkeypatch):
+    monkeypatch.setenv(ENV_VAR, "bogus")
+    with pytest.raises(ValueError) as err:  # what a notebook sees
+        get_profile("auto")
+    assert str(err.value) == (
+        f"unknown profile 'bogus' in {ENV_VAR}; choose one of 'tiny', 't4-cpu', 't4', "
+        f"'ampere', 'auto' (or unset {ENV_VAR})"
+    )
+
+
+def test_profile_error_in_shell_words():
+    with _cuda(False), pytest.raises(ProfileError) as err:
+        get_profile("t4")
+    assert err.value.shell() == (
+        "profile 't4' needs a CUDA GPU, and none is visible: pass --profile tiny "
+        "(or --profile t4-cpu, the T4's CPU twin)"
+    )
 
 
 def test_t4_recipe_is_fp16_never_bf16():

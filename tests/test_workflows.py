@@ -62,7 +62,7 @@ def test_gpu_job_installs_tests_notebooks_and_runs_the_course(gpu):
     (job,) = gpu["jobs"].values()
     runs = _runs(job)
     assert job["env"]["PHI2KIT_PROFILE"] == "${{ inputs.profile }}"
-    assert 'pip install -q -e ".[dev,app,course]"' in runs  # course: papermill
+    assert 'pip install -q -e ".[dev,app,course,export]"' in runs  # course: papermill
     assert "pytest --nbmake notebooks/ -p no:cacheprovider" in runs
     assert 'phi2kit course --profile "$PHI2KIT_PROFILE" --out runs/gpu' in runs
     uses = _uses(job)

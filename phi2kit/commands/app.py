@@ -18,11 +18,63 @@ import argparse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from phi2kit.chat import STOP_STRINGS, load_chat_model, stream_reply, to_turns
-from phi2kit.commands.chat import add_model_arguments
+from phi2kit.chat import STOP_STRINGS, Thread, load_chat_model, stream_reply
+from phi2kit.commands.chat import add_model_arguments, fail, model_error, profile_error
 
 ChatFn = Callable[..., Iterator[str]]
 HOST = "127.0.0.1"
+_GRADIO_ROLES = {"user": "prompter", "assistant": "assistant"}
+
+
+def to_turns(history: Sequence[Any] | None) -> Thread:
+    """Normalize a chat history to ``(role, text)`` turns.
+
+    Accepts our own turns (``("prompter", "Hi")``), Gradio's ``messages`` format
+    (``{"role": "user", "content": "Hi"}``; Gradio 6 passes the content as a list of parts,
+    ``[{"type": "text", "text": "Hi"}]``) and Gradio's older pairs (``["Hi", "Hello!"]``, one
+    pair per exchange).
+    """
+    turns: Thread = []
+    for item in history or []:
+        if isinstance(item, dict):
+            role = _GRADIO_ROLES.get(item.get("role", ""))
+            if role is None:
+                raise ValueError(f"unknown chat role {item.get('role')!r}: use user/assistant")
+            turns.append((role, _content_text(item.get("content"))))
+        elif len(item) == 2 and item[0] in ("prompter", "assistant"):
+            turns.append((item[0], str(item[1])))
+        elif len(item) == 2:  # a (user, bot) pair
+            turns.append(("prompter", str(item[0] or "")))
+            if item[1] is not None:
+                turns.append(("assistant", str(item[1])))
+        else:
+            raise ValueError(f"cannot read history item {item!r}")
+    return turns
+
+
+def _content_text(content: Any) -> str:
+    """The text of a Gradio message's content: a string, or a list of parts (files dropped)."""
+    if isinstance(content, list):
+        parts = [_content_text(part) for part in content]
+        return " ".join(part for part in parts if part)
+    if isinstance(content, dict):
+        return str(content.get("text") or "") if content.get("type", "text") == "text" else ""
+    return str(content or "")
+
+
+def port_error(host: str, port: int) -> str | None:
+    """``--port N: in use ...`` when nothing can listen on ``host:port``, else None."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            return (
+                f"--port {port}: cannot serve on {host}:{port} ({err.strerror or err}); "
+                f"pass another --port, e.g. --port {port + 1}"
+            )
+    return None
 
 
 def make_chat_fn(
@@ -138,9 +190,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_app(args: argparse.Namespace) -> int:
     """Load the model, build the app and serve it until interrupted."""
+    import importlib.util
+
     from phi2kit.models import model_source
     from phi2kit.profiles import get_profile
 
+    problem = model_error(args) or profile_error(args) or port_error(args.host, args.port)
+    if importlib.util.find_spec("gradio") is None:
+        problem = problem or 'Gradio is not installed: pip install "phi2kit[app]" (or gradio)'
+    if problem:
+        return fail("app", problem)
     profile = get_profile(args.profile)
     model, tokenizer = load_chat_model(
         args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
@@ -156,7 +215,10 @@ def run_app(args: argparse.Namespace) -> int:
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
     )
-    app.launch(server_name=args.host, server_port=args.port, share=args.share)
+    share = "a public link follows" if args.share else "--share for a public link"
+    print(f"phi2kit app: serving on http://{args.host}:{args.port} ({share}; Ctrl-C stops)")
+    # quiet: Gradio's own start-up lines speak of launch(share=True); the shell user has --share
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True)
     return 0
 
 

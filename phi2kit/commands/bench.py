@@ -141,7 +141,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "bench", help="run the benchmarks and print the ratios", description=__doc__.splitlines()[0]
+        "bench",
+        help="run the benchmarks and print the ratios",
+        description="The performance report: runs the benchmarks in bench/ in one go and "
+        "prints the ratios.",
     )
     p.add_argument(
         "--notebooks", action="store_true", help="also time every notebook on the tiny profile"

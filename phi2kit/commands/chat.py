@@ -9,7 +9,9 @@ Type a message per line; ``exit`` or end of input (Ctrl-D) quits.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 from typing import TextIO
 
 from phi2kit.chat import ChatSession, load_chat_model
@@ -39,6 +41,58 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def model_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with ``--adapter``/``--model`` (one line, with the fix), or None.
+
+    Checked before any model loads: a folder that is not there, a folder that holds no
+    adapter, and a classification adapter (notebook 03's, ``task_type`` ``SEQ_CLS``), which
+    scores labels and would only talk nonsense.
+    """
+    for flag, value, marker in (
+        ("--adapter", args.adapter, "adapter_config.json"),
+        ("--model", args.model, "config.json"),
+    ):
+        if value is None:
+            continue
+        folder = Path(value)
+        if not folder.is_dir():
+            return (
+                f"{flag} {value}: no such folder; pass the folder notebook 06 saved "
+                "(outputs/06_chat/adapter under the folder it ran in), or leave "
+                f"{flag} out to chat with the base model"
+            )
+        if not (folder / marker).is_file():
+            return f"{flag} {value}: no {marker} in it; pass a folder saved by save_pretrained"
+    if args.adapter is not None:
+        config = json.loads((Path(args.adapter) / "adapter_config.json").read_text())
+        task = config.get("task_type")
+        if task not in (None, "CAUSAL_LM"):
+            return (
+                f"--adapter {args.adapter}: a {task} adapter (a classifier, such as notebook "
+                "03's) scores labels and cannot chat; pass a chat adapter (task_type "
+                "CAUSAL_LM, notebook 06's outputs/06_chat/adapter)"
+            )
+    return None
+
+
+def profile_error(args: argparse.Namespace) -> str | None:
+    """The profile's refusal (no GPU, no bf16) in shell words, or None."""
+    from phi2kit.profiles import ProfileError, get_profile
+
+    try:
+        get_profile(args.profile)
+    except ProfileError as err:
+        fix = "--profile t4" if "bfloat16" in str(err) else "--profile tiny to run on the CPU"
+        return f"--profile {args.profile}: {str(err).split('. ')[0]}; pass {fix}"
+    return None
+
+
+def fail(command: str, message: str) -> int:
+    """Print ``phi2kit COMMAND: error: MESSAGE`` on stderr; return exit code 2."""
+    print(f"phi2kit {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
 def add_chat_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``phi2kit chat`` on an ``add_subparsers()`` object."""
     parser = subparsers.add_parser(
@@ -58,6 +112,9 @@ def run_chat(
 ) -> int:
     """Read messages from ``stdin`` line by line and print each reply as it is generated."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
+    problem = model_error(args) or profile_error(args)
+    if problem:
+        return fail("chat", problem)
     model, tokenizer = load_chat_model(
         args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
     )

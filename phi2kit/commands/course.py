@@ -1,6 +1,7 @@
 """Run the whole course: execute every notebook in order and write ``summary.md``.
 
     phi2kit course --profile tiny            # about 6 minutes on 2 CPU cores
+    phi2kit course --profile tiny --only 02 04 --timeout 3600
     phi2kit course --profile t4 --out runs/colab
 
 Each notebook records its key numbers with :func:`phi2kit.metrics.record_metrics`; they land in
@@ -44,15 +45,40 @@ def import_papermill():
     return papermill
 
 
+#: Seconds one cell may run. Generous: under a competing process, CPU training at 2 threads
+#: on 2 cores ran 3.3x slower (and a cell that takes 72 s alone timed out at 600 s).
+DEFAULT_TIMEOUT = 1800
+
+
+class CourseError(ValueError):
+    """Bad ``phi2kit course`` input; the message names the value and the fix."""
+
+
 def find_notebooks(folder: Path | None = None) -> list[Path]:
     """The numbered notebooks, in teaching order."""
     if folder is None:
         here = Path.cwd() / "notebooks"
         folder = here if here.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
-    found = sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+    if not Path(folder).is_dir():
+        raise CourseError(f"--notebooks {folder}: no such folder; pass the folder of NN_*.ipynb")
+    found = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if not found:
-        raise FileNotFoundError(f"no NN_*.ipynb notebooks in {folder}; pass --notebooks DIR")
+        raise CourseError(f"--notebooks {folder}: no NN_*.ipynb notebooks in it")
     return found
+
+
+def select_notebooks(notebooks: list[Path], only: list[str] | None) -> list[Path]:
+    """The notebooks ``--only`` names (``1`` and ``01`` both mean ``01_*``); all when None."""
+    if not only:
+        return notebooks
+    valid = {nb.name[:2]: nb for nb in notebooks}
+    wanted = [n.zfill(2) for n in only]
+    unknown = [n for n in only if n.zfill(2) not in valid]
+    if unknown:
+        raise CourseError(
+            f"--only {' '.join(unknown)}: no such notebook; the numbers are {' '.join(valid)}"
+        )
+    return [nb for key, nb in valid.items() if key in wanted]
 
 
 @dataclass
@@ -65,7 +91,12 @@ class NotebookRun:
 
 
 def run_course(
-    profile: str, out: Path, notebooks: list[Path], *, timeout: int = 1200, log=print
+    profile: str,
+    out: Path,
+    notebooks: list[Path],
+    *,
+    timeout: int = DEFAULT_TIMEOUT,
+    log=print,
 ) -> list[NotebookRun]:
     """Execute ``notebooks`` with papermill, setting ``PROFILE``; write ``summary.md``.
 
@@ -87,7 +118,9 @@ def run_course(
         for nb in bar:
             bar.set_postfix_str(nb.stem)
             runs.append(_run_notebook(pm, nb, out, profile, timeout))
-            log(f"{nb.stem}: {runs[-1].status} in {runs[-1].seconds:.0f} s")
+            run = runs[-1]
+            said = f"{nb.stem}: {run.status} in {run.seconds:.0f} s"
+            log(said + (f": {run.error}" if run.error else ""))
     finally:
         if before is None:
             os.environ.pop(METRICS_ENV, None)
@@ -109,14 +142,70 @@ def _run_notebook(pm, nb: Path, out: Path, profile: str, timeout: int) -> Notebo
             parameters={"PROFILE": profile},
             cwd=str(nb.parent),
             kernel_name="python3",
+            language="python",
             execution_timeout=timeout,
             progress_bar=False,
+            # the kernel's own log (e.g. "running over TCP without encryption") is not news
+            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
         )
     except Exception as exc:  # papermill raises PapermillExecutionError per cell
-        status, error = "failed", str(exc).strip().splitlines()[-1][:300]
+        status, error = "failed", describe_failure(exc, nb, out / nb.name, timeout)
     seconds = time.perf_counter() - start
     metrics = json.loads(m_path.read_text()) if m_path.exists() else {}
     return NotebookRun(nb.stem, status, seconds, metrics, error)
+
+
+def _failed_cell(exc: Exception, nb: Path, executed: Path) -> tuple[int | None, str]:
+    """(index in ``nb``, first line) of the cell that failed, as far as can be told.
+
+    papermill's errors carry the cell's source; a timeout or a dead kernel does not, and
+    then the executed copy's last started cell is the one.
+    """
+    import nbformat
+
+    source = getattr(exc, "source", None)
+    if source is None and executed.is_file():
+        try:
+            ran = nbformat.read(executed, as_version=4).cells
+        except Exception:  # noqa: BLE001 - a half-written copy: say what we can
+            ran = []
+        started = [c for c in ran if c.get("metadata", {}).get("papermill", {}).get("start_time")]
+        source = started[-1].source if started else None
+    if source is None:
+        return None, ""
+    cells = nbformat.read(nb, as_version=4).cells
+    index = next((i for i, c in enumerate(cells) if c.source == source), None)
+    first = next((line for line in source.splitlines() if line.strip()), "")
+    return index, first.strip()[:80]
+
+
+def describe_failure(exc: Exception, nb: Path, executed: Path, timeout: int) -> str:
+    """One line: the notebook, the cell (index and first line) and the error."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    try:
+        index, first = _failed_cell(exc, nb, executed)
+    except Exception:  # noqa: BLE001 - describing must never hide the failure itself
+        index, first = None, ""
+    where = f"{nb.name}, cell {index} ({first!r})" if index is not None else nb.name
+    if isinstance(exc, CellTimeoutError):
+        what = (
+            f"timed out: the cell ran past the limit of {timeout} s per cell. A busy machine "
+            f"can run CPU training several times slower: raise it with --timeout {timeout * 2}"
+        )
+    elif isinstance(exc, DeadKernelError):
+        what = "the kernel died (out of memory?)"
+    elif getattr(exc, "ename", None):
+        what = f"{exc.ename}: {exc.evalue}".strip().rstrip(":")
+    else:
+        lines = [ln for ln in str(exc).splitlines() if ln.strip().strip("-")]
+        what = f"{type(exc).__name__}: {lines[0] if lines else ''}".rstrip(": ")
+    return f"{where}: {what}"[:400]
+
+
+def _figure(value) -> str:
+    """A float to 4 significant figures (a merge error of 7e-6 is not ``0.0``)."""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
@@ -127,8 +216,8 @@ def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
         "|---|---|---|---|",
     ]
     for r in runs:
-        shown = ", ".join(f"{k}={v}" for k, v in r.metrics.items()) or r.error
-        lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} s | {shown} |")
+        shown = ", ".join(f"{k}={_figure(v)}" for k, v in r.metrics.items()) or r.error
+        lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} s | {shown.replace('|', '/')} |")
     passed = sum(r.status == "passed" for r in runs)
     lines += ["", f"{passed} passed, {len(runs) - passed} failed", ""]
     return "\n".join(lines)
@@ -146,22 +235,27 @@ def add_course_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
     p.add_argument("--notebooks", type=Path, default=None, help="folder of NN_*.ipynb")
     p.add_argument("--only", nargs="*", default=None, help="notebook numbers, e.g. 01 02")
-    p.add_argument("--timeout", type=int, default=1200, help="seconds per cell")
+    p.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
+                   help=f"seconds one cell may run (default {DEFAULT_TIMEOUT}: generous, "
+                   "for a busy machine)")  # fmt: skip
     p.set_defaults(func=_course_main)
 
 
 def _course_main(args: argparse.Namespace) -> int:
     from phi2kit.profiles import get_profile
 
+    def fail(message: str) -> int:
+        print(f"phi2kit course: error: {message}", file=sys.stderr)
+        return 2
+
+    if args.timeout <= 0:
+        return fail(f"--timeout {args.timeout}: must be positive, e.g. --timeout {DEFAULT_TIMEOUT}")
     try:
         import_papermill()  # before any work: without the extra, say which one to install
-    except CourseDependencyError as exc:
-        print(f"phi2kit course: {exc}", file=sys.stderr)
-        return 2
-    profile = get_profile(args.profile).name
-    notebooks = find_notebooks(args.notebooks)
-    if args.only:
-        notebooks = [n for n in notebooks if n.name[:2] in set(args.only)]
+        profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
+        notebooks = select_notebooks(find_notebooks(args.notebooks), args.only)
+    except (CourseDependencyError, CourseError) as exc:
+        return fail(str(exc))
     # relative to where the command runs (run_course makes it absolute before the kernels start)
     out = (args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     runs = run_course(profile, out, notebooks, timeout=args.timeout)

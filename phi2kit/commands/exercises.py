@@ -16,7 +16,13 @@ from pathlib import Path
 
 def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "exercises", help="list the exercises, or grade a notebook", description=__doc__
+        "exercises",
+        help="list the exercises, or grade a notebook",
+        description="List the exercises, or grade a learner's copy of one. check runs the "
+        "notebook's code cells (the grading cell left out) and prints what passed, what "
+        "failed and a hint; the exit code is 0 only when every check passed.",
+        epilog="examples: phi2kit exercises list; phi2kit exercises check 02_b; "
+        "phi2kit exercises check 02_b my_copy.ipynb",
     )
     sub = p.add_subparsers(dest="action", required=True)
     sub.add_parser("list", help="every exercise: id, kind, lesson section").set_defaults(
@@ -32,7 +38,7 @@ def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from phi2kit.exercises.grader import EXERCISES, _load_checks
+    from phi2kit_exercises.grader import EXERCISES, _load_checks
 
     _load_checks()
     for ex in EXERCISES.values():
@@ -40,18 +46,37 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _not_a_notebook(path: Path) -> str | None:
+    """Why ``path`` is not a readable notebook, or None."""
+    import nbformat
+
+    try:
+        nbformat.read(path, as_version=4)
+    except Exception as err:  # noqa: BLE001 - NotJSONError, a validation error, bad bytes
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        return f"{path}: not a Jupyter notebook ({first})"
+    return None
+
+
 def run_check(args: argparse.Namespace) -> int:
-    from phi2kit.exercises.grader import find_notebook, get_exercise, grade_notebook
+    from phi2kit_exercises.grader import find_notebook, get_exercise, grade_notebook
+
     from phi2kit.logs import quiet
 
     quiet()
     try:
         get_exercise(args.id)
-        path = args.path or find_notebook(args.id)
-        if not Path(path).is_file():
+        path = Path(args.path or find_notebook(args.id))
+        if not path.is_file():
             raise FileNotFoundError(f"{path}: no such notebook")
+        problem = _not_a_notebook(path)
+        if problem:
+            raise FileNotFoundError(
+                f"{problem}; pass the .ipynb you worked in, e.g. exercises/{args.id}_*.ipynb"
+            )
     except (KeyError, FileNotFoundError) as err:
-        print(f"error: {str(err).strip(chr(39))}")
+        # on stdout, where tests/test_exercises.py reads it
+        print(f"phi2kit exercises: error: {str(err).strip(chr(39))}")
         return 2
     print(f"running {path} ...")
     report = grade_notebook(path, args.id, quiet=not args.verbose)

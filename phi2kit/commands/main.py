@@ -26,7 +26,9 @@ from phi2kit.commands.train import add_train_parser
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="phi2kit", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="phi2kit", description="Fine-tune Phi-2 with LoRA/QLoRA: the course's commands."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     add_course_parser(sub)
     add_plan_parser(sub)
@@ -39,8 +41,16 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (2: bad input, said in one line on stderr)."""
+    from phi2kit.profiles import ProfileError, UnknownProfileError
+
     args = make_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ProfileError, UnknownProfileError) as err:  # e.g. PHI2KIT_PROFILE=bogus
+        text = err.shell() if isinstance(err, ProfileError) else str(err)
+        print(f"phi2kit {args.command}: error: {text}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

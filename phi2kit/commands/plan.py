@@ -24,15 +24,37 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _bad_value(args: argparse.Namespace) -> str | None:
+    """What is wrong with the flags, with the fix, or None."""
+    for flag, value, e_g in (("--batch", args.batch, 2), ("--max-length", args.max_length, 1024)):
+        if value is not None and value < 1:
+            return f"{flag} {value}: must be a whole number of at least 1, e.g. {flag} {e_g}"
+    if args.device_gb <= 0:
+        return f"--device-gb {args.device_gb:g}: must be positive, e.g. --device-gb 15 (a T4)"
+    return None
+
+
 def run_plan(args: argparse.Namespace) -> int:
-    """Print the planner table and verdict; return 0 if it fits, else 1."""
+    """Print the planner table and verdict; return 0 if it fits, 1 if not, 2 on a bad flag
+    or a device too small for any setting."""
+    import sys
+
     from phi2kit.recipes import get_recipe
+
+    problem = _bad_value(args)
+    if problem:
+        print(f"phi2kit plan: error: {problem}", file=sys.stderr)
+        return 2
 
     overrides = {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch))
                  if v is not None}  # fmt: skip
     recipe = get_recipe(args.task, args.profile, **overrides)
     est = estimate(args.profile, recipe, device_gb=args.device_gb,
                    gradient_checkpointing=args.grad_ckpt)  # fmt: skip
+    if not est.possible:
+        print(f"phi2kit plan: error: --device-gb {args.device_gb:g}: {est.verdict} "
+              "(a T4 has 15: --device-gb 15)", file=sys.stderr)  # fmt: skip
+        return 2
     print(f"{args.task} on {args.profile}")
     print(format_table(est))
     return 0 if est.fits else 1

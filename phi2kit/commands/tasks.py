@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from phi2kit.data.files import DataError
+from phi2kit.data.sentiment import LABELS
 from phi2kit.profiles import Profile
 from phi2kit.recipes import TASKS, Recipe
 
@@ -43,16 +44,17 @@ class Prepared(NamedTuple):
     eval_ds: Any
 
 
-def _sentiment_splits(path: Path | None, recipe: Recipe):
+def _sentiment_splits(path: Path | None, recipe: Recipe, labels=LABELS, n_eval=None):
     from phi2kit.data.sentiment import load_financial_news
     from phi2kit.data.sentiment_split import split_sentiment
 
-    df = load_financial_news(path)
+    df = load_financial_news(path, labels=labels)
     # recipe.n_test is the per-class test split (held out for the notebooks' final scores);
-    # the eval split used for the eval loss here is drawn from what is left.
-    return split_sentiment(
-        df, n_train=recipe.n_train, n_test=recipe.n_test, n_eval=recipe.n_test, seed=SPLIT_SEED
-    )
+    # the eval split used for the eval loss here (n_test per class unless --set n_eval=N)
+    # is drawn from what is left.
+    n_eval = recipe.n_test if n_eval is None else n_eval
+    return split_sentiment(df, n_train=recipe.n_train, n_test=recipe.n_test, n_eval=n_eval,
+                           seed=SPLIT_SEED, labels=labels)  # fmt: skip
 
 
 def _webglm_examples(path: Path | None, recipe: Recipe) -> tuple[list, list]:
@@ -102,46 +104,94 @@ def _chat_datasets(path: Path | None, recipe: Recipe):
     return to_ds(threads[:-n_eval], recipe.n_train), to_ds(threads[-n_eval:], recipe.n_test)
 
 
+#: ``--set`` keys that are the command's, not the recipe's: the sentiment tasks' eval split
+#: per class (default: ``n_test``; ``0`` trains without an eval split).
+COMMAND_KEYS = {"n_eval": "int"}
+#: Tasks whose data has label words (``--labels``).
+LABELLED = ("sentiment", "classifier")
+
+
+def setting_keys() -> list[str]:
+    """Every ``--set`` key: the recipe's fields, then :data:`COMMAND_KEYS`."""
+    from dataclasses import fields
+
+    return [f.name for f in fields(Recipe) if f.name != "task"] + list(COMMAND_KEYS)
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["lora_r=32", "max_length=128"]`` -> ``get_recipe`` overrides, typed like the fields.
 
-    Tuples are comma-separated (``target_modules=q_proj,v_proj``). Raises ``ValueError``.
+    Tuples are comma-separated (``target_modules=q_proj,v_proj``). Keys of
+    :data:`COMMAND_KEYS` come back too: the caller pops them. Raises a ``ValueError`` that
+    names the item and lists the valid keys.
     """
     from dataclasses import fields
 
-    types = {f.name: f.type for f in fields(Recipe)}
+    types = {f.name: str(f.type) for f in fields(Recipe) if f.name != "task"} | COMMAND_KEYS
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or key not in types or key == "task":
-            raise ValueError(f"--set {item!r}: expected KEY=VALUE with KEY a recipe field")
-        kind = str(types[key])
-        if "bool" in kind:
-            out[key] = value.lower() in ("1", "true", "yes")
-        elif "tuple" in kind:
-            out[key] = tuple(v for v in value.split(",") if v)
-        elif kind.startswith("int"):
-            out[key] = int(value)
-        elif kind.startswith("float"):
-            out[key] = float(value)
-        else:
-            out[key] = value
+        if not sep or key not in types:
+            what = "expected KEY=VALUE" if not sep else f"{key!r} is not a setting"
+            raise ValueError(
+                f"--set {item}: {what}; the keys are {', '.join(setting_keys())} "
+                "(e.g. --set lora_r=32)"
+            )
+        kind = types[key]
+        try:
+            if "bool" in kind:
+                if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("1", "true", "yes")
+            elif "tuple" in kind:
+                out[key] = tuple(v for v in value.split(",") if v)
+            elif kind.startswith("int"):
+                out[key] = int(value)
+            elif kind.startswith("float"):
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            name = {"b": "true or false", "t": "a comma-separated list", "i": "a whole number",
+                    "f": "a number"}.get(kind[0], "a value")  # fmt: skip
+            raise ValueError(f"--set {item}: {key} takes {name}") from None
     return out
 
 
-def _sentiment_datasets(data, tokenizer, recipe: Recipe, path: Path | None):
+def shell_words(message: str) -> str:
+    """A library message in the shell's words: ``pass n_eval=0`` -> ``pass --set n_eval=0``,
+    ``Lower n_test`` -> ``Lower --set n_test=N`` (in sentences that say what to change)."""
+    import re
+
+    keys = "|".join(setting_keys())
+
+    def flags(sentence: re.Match) -> str:
+        return re.sub(
+            rf"(?<![-\w])({keys})\b(=[^\s,.;)]+)?",
+            lambda m: f"--set {m[1]}{m[2] or '=N'}",
+            sentence[0],
+        )
+
+    message = message.replace("DATA_PATH", "--data PATH")  # the notebooks' data parameter
+    return re.sub(r"\b(?:[Ll]ower|pass|[Rr]aise|[Ss]et)\b[^.]*", flags, message)
+
+
+def _sentiment_datasets(data, tokenizer, recipe: Recipe, path: Path | None, labels=LABELS):
     from phi2kit.data.sentiment import to_prompt_completion
 
-    return to_prompt_completion(data.train), to_prompt_completion(data.eval)
+    evals = to_prompt_completion(data.eval, labels=labels) if len(data.eval) else None
+    return to_prompt_completion(data.train, labels=labels), evals
 
 
-def _classifier_datasets(data, tokenizer, recipe: Recipe, path: Path | None):
+def _classifier_datasets(data, tokenizer, recipe: Recipe, path: Path | None, labels=LABELS):
     from phi2kit.classifier import tokenize_headlines
 
-    return (
-        tokenize_headlines(data.train, tokenizer, recipe.max_length),
-        tokenize_headlines(data.eval, tokenizer, recipe.max_length),
-    )
+    def tokenize(df):  # None for an empty eval split (--set n_eval=0)
+        if not len(df):
+            return None
+        return tokenize_headlines(df, tokenizer, recipe.max_length, labels=labels)
+
+    return tokenize(data.train), tokenize(data.eval)
 
 
 def _webglm_datasets(data, tokenizer, recipe: Recipe, path: Path | None):
@@ -158,10 +208,10 @@ def _causal_lm(profile: Profile, recipe: Recipe):
     return load_model(profile, quantize_4bit=recipe.quantize_4bit)
 
 
-def _classifier_model(profile: Profile, recipe: Recipe):
+def _classifier_model(profile: Profile, recipe: Recipe, labels=LABELS):
     from phi2kit.classifier import load_classifier  # notebook 03: the backbone + a `score` head
 
-    return load_classifier(profile, quantize_4bit=recipe.quantize_4bit)
+    return load_classifier(profile, quantize_4bit=recipe.quantize_4bit, labels=labels)
 
 
 def _sft(model, tokenizer, train_ds, profile, recipe, output_dir, **kwargs):
@@ -203,23 +253,37 @@ def _steps(task: str) -> TaskSteps:
     return STEPS[task]
 
 
-def load_data(task: str, profile: Profile, recipe: Recipe, data_path: str | os.PathLike | None):
+def _options(step, options: dict[str, Any]) -> dict[str, Any]:
+    """The ``options`` (``labels``, ``n_eval``) that ``step`` takes; None means its default."""
+    import inspect
+
+    names = inspect.signature(step).parameters
+    return {k: v for k, v in options.items() if k in names and v is not None}
+
+
+def load_data(task: str, profile: Profile, recipe: Recipe,
+              data_path: str | os.PathLike | None, **options: Any):  # fmt: skip
     """Read and check the task's data without loading any model.
 
-    Returns ``(path, raw)``: sentiment splits, webglm example lists, or chat datasets.
-    Raises ``DataError`` naming the file.
+    ``options``: ``labels`` (the label words) and ``n_eval`` (eval rows per class) for the
+    sentiment tasks. Returns ``(path, raw)``: sentiment splits, webglm example lists, or
+    chat datasets. Raises ``DataError`` naming the file.
     """
     from phi2kit.data import resolve_data
 
     steps = _steps(task)
     path = resolve_data(steps.data_name, None if data_path is None else str(data_path), profile)
     if path is not None and not path.exists():
-        raise DataError("no such file or folder", path=path)
-    return path, steps.read(path, recipe)
+        raise DataError("no such file or folder (--data)", path=path)
+    return path, steps.read(path, recipe, **_options(steps.read, options))
 
 
 def prepare(
-    task: str, profile: Profile, recipe: Recipe, data_path: str | os.PathLike | None = None
+    task: str,
+    profile: Profile,
+    recipe: Recipe,
+    data_path: str | os.PathLike | None = None,
+    **options: Any,
 ) -> Prepared:
     """Data first (fails fast on a bad file), then tokenizer, model and LoRA adapter.
 
@@ -229,15 +293,19 @@ def prepare(
         recipe: ``get_recipe(task, profile, ...)``; ``recipe.quantize_4bit`` picks QLoRA.
         data_path: A file or folder; ``None``/``"auto"`` gives the shipped sample on the
             tiny profile and the hub data set on a GPU profile.
+        options: ``labels`` and ``n_eval`` for the sentiment tasks (see :func:`load_data`).
     """
     from phi2kit.lora import add_lora
     from phi2kit.models import load_tokenizer
 
     steps = _steps(task)
-    path, data = load_data(task, profile, recipe, data_path)
+    path, data = load_data(task, profile, recipe, data_path, **options)
     tokenizer = load_tokenizer(profile, padding_side="right")
-    train_ds, eval_ds = steps.datasets(data, tokenizer, recipe, path)
-    model = add_lora(steps.model(profile, recipe), recipe, profile)
+    train_ds, eval_ds = steps.datasets(
+        data, tokenizer, recipe, path, **_options(steps.datasets, options)
+    )
+    base = steps.model(profile, recipe, **_options(steps.model, options))
+    model = add_lora(base, recipe, profile)
     return Prepared(model, tokenizer, train_ds, eval_ds)
 
 

@@ -115,7 +115,13 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("task", choices=TASKS, help="the notebook recipe to run")
     add_profile_argument(p)
-    p.add_argument("--data", default="auto", help="file or folder (default: sample on tiny)")
+    p.add_argument("--data", default="auto", metavar="PATH",
+                   help="your data, a file or folder (default: the shipped sample on tiny and "
+                   "t4-cpu, the hub data set on a GPU); formats below")  # fmt: skip
+    p.add_argument("--labels", default=None, metavar="A,B,...",
+                   help="sentiment, classifier: your data's label words, in order "
+                   "(default negative,neutral,positive); an integer label i means the "
+                   "i-th word")  # fmt: skip
     p.add_argument("--output-dir", type=Path, default=None, help="default outputs/train_TASK")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe)")
     q = p.add_mutually_exclusive_group()
@@ -130,27 +136,63 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--sampler", choices=("group_by_length", "random"), default=None)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe field, e.g. --set lora_r=32 (repeatable)")  # fmt: skip
+                   help="override a setting, e.g. --set lora_r=32 (repeatable); "
+                   "keys below")  # fmt: skip
     p.add_argument("--no-eval", action="store_true", help="skip the final eval loss")
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload adapter (opt-in)")
     p.add_argument("--public", action="store_true", help="make the hub repo public")
 
 
+DESCRIPTION = "Train a notebook's recipe from the shell; resumable (--resume)."
+
+#: ``phi2kit train --help``'s closing text (plain text: argparse prints it as it is).
+EPILOG = """\
+data formats (--data PATH):
+  sentiment, classifier  a CSV with no header, label then headline (Kaggle's all-data.csv;
+                         UTF-8 or Latin-1); or a CSV, JSON lines or parquet file with the
+                         columns sentence and label (financial_phrasebank). Labels are
+                         words (--labels) or integers 0, 1, ... into --labels.
+  webglm                 JSON lines {{"question", "answer", "references": [...]}}, answers
+                         citing [1], [2], ...; a folder with train.jsonl and
+                         validation.jsonl, or one file (its last examples, at most a
+                         fifth, are the eval split).
+  chat                   OASST1: its messages (parquet or JSON lines, one message a row)
+                         or a *.trees.jsonl export; English threads are kept.
+
+--set keys:
+{keys}
+  n_eval (sentiment, classifier): eval rows per class (default n_test; 0: no eval split).
+
+examples:
+  phi2kit train sentiment --profile tiny --steps 12 --output-dir runs/s
+  phi2kit train classifier --data my.csv --labels bad,ok,good --set n_train=200
+  phi2kit train sentiment --output-dir runs/s --resume    # after a crash
+"""
+
+
+def _make(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from phi2kit.commands.tasks import setting_keys
+
+    p.description = DESCRIPTION
+    import textwrap
+
+    keys = textwrap.fill(", ".join(setting_keys()), 88, initial_indent="  ", subsequent_indent="  ")
+    p.epilog = EPILOG.format(keys=keys)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    _add_arguments(p)
+    return p
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``train`` on the ``phi2kit`` command's subparsers."""
-    p = subparsers.add_parser(
-        "train", help="train a notebook recipe (resumable)", description=__doc__.split("\n")[0]
-    )
-    _add_arguments(p)
+    p = _make(subparsers.add_parser("train", help="train a notebook recipe (resumable)"))
     p.set_defaults(func=run_train)
     return p
 
 
 def make_parser() -> argparse.ArgumentParser:
     """A stand-alone parser for ``python -m phi2kit.commands.train``."""
-    p = argparse.ArgumentParser(prog="phi2kit train", description=__doc__.split("\n")[0])
-    _add_arguments(p)
-    return p
+    return _make(argparse.ArgumentParser(prog="phi2kit train"))
 
 
 def _changed_settings(out: Path, task: str, profile: str, seed: int) -> list[str]:
@@ -170,6 +212,21 @@ def _fail(message: str) -> int:
     return 2
 
 
+def _labels(args: argparse.Namespace) -> tuple[str, ...] | None:
+    """``--labels a,b,c`` as a tuple (None when not given); ``ValueError`` if unusable."""
+    from phi2kit.commands.tasks import LABELLED
+    from phi2kit.data.sentiment import check_labels
+
+    if args.labels is None:
+        return None
+    if args.task not in LABELLED:
+        raise ValueError(f"--labels: {args.task} data has no labels (only {', '.join(LABELLED)})")
+    try:
+        return check_labels([w.strip() for w in args.labels.split(",")])
+    except ValueError as err:
+        raise ValueError(f"--labels {args.labels}: {err}; e.g. --labels bad,ok,good") from None
+
+
 def run_train(args: argparse.Namespace) -> int:
     """Run the command; return the exit code (2 for bad input, nothing written then)."""
     import torch
@@ -187,21 +244,30 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from phi2kit.logs import one_progress_line, quiet_command
+
+    quiet_command()  # before bitsandbytes and transformers load
     import torch
     from transformers import set_seed
 
+    from phi2kit.checkpoints import is_finished, load_finished
     from phi2kit.commands.hub import HubError, push_adapter, require_token
-    from phi2kit.commands.tasks import make_trainer, parse_overrides, prepare
+    from phi2kit.commands.tasks import make_trainer, parse_overrides, prepare, shell_words
     from phi2kit.data.files import DataError
     from phi2kit.lora import save_adapter
-    from phi2kit.profiles import get_profile
+    from phi2kit.profiles import ProfileError, get_profile
     from phi2kit.recipes import get_recipe
 
     out = args.output_dir or Path("outputs") / f"train_{args.task}"
     ckpt_dir = out / CHECKPOINTS
     try:
         profile = get_profile(args.profile)
+        labels = _labels(args)
         overrides = parse_overrides(args.set)
+        n_eval = overrides.pop("n_eval", None)
+        if n_eval is not None and (n_eval < 0 or args.task not in ("sentiment", "classifier")):
+            raise ValueError(f"--set n_eval={n_eval}: a count (0 or more) for sentiment and "
+                             "classifier")  # fmt: skip
         if args.steps is not None:
             overrides["max_steps"] = args.steps
         if args.quantize is not None:
@@ -210,6 +276,8 @@ def _run(args: argparse.Namespace) -> int:
         if args.save_every <= 0:
             raise ValueError("--save-every must be positive")
         token = require_token() if args.push_to_hub else None
+    except ProfileError as err:
+        return _fail(err.shell())
     except (ValueError, RuntimeError) as err:
         return _fail(str(err))
     resume_from = latest_checkpoint(ckpt_dir) if args.resume else None
@@ -220,6 +288,12 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(f"--resume with other {', '.join(changed)} than the run in {out}")
     if args.resume and resume_from is None:
         print(f"phi2kit train: no complete checkpoint in {ckpt_dir}: starting from step 0")
+    finished = resume_from is not None and is_finished(resume_from, recipe.max_steps)
+    if finished and (out / ADAPTER).is_dir():  # a finished run loads; it does not train again
+        step = checkpoint_step(resume_from)
+        print(f"phi2kit train: {out} holds a finished run ({step} of {recipe.max_steps} steps): "
+              f"nothing to train; its adapter is {out / ADAPTER}")  # fmt: skip
+        return 0
 
     # Bitwise-equal CPU runs need the same thread count (float sums depend on how work is
     # split; run.json records it) and deterministic kernels. On a GPU some backward kernels
@@ -231,9 +305,16 @@ def _run(args: argparse.Namespace) -> int:
     if not profile.requires_cuda:
         torch.use_deterministic_algorithms(True, warn_only=True)
     try:  # data before any folder is made: a bad file leaves nothing behind
-        model, tokenizer, train_ds, eval_ds = prepare(args.task, profile, recipe, args.data)
+        model, tokenizer, train_ds, eval_ds = prepare(
+            args.task, profile, recipe, args.data, labels=labels, n_eval=n_eval
+        )
+    except FileNotFoundError as err:  # no sample next to the package: a pip install
+        return _fail(shell_words(str(err)))
     except DataError as err:
-        return _fail(str(err))
+        if "unknown label" in str(err) and args.labels is None:
+            return _fail(f"{err}; if your data uses other label words, pass them in order: "
+                         "--labels WORD,WORD,...")  # fmt: skip
+        return _fail(shell_words(str(err)))  # the loaders' advice names notebook parameters
 
     if _rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +329,6 @@ def _run(args: argparse.Namespace) -> int:
     trainer_args = {
         **checkpoint_args(args.save_every, args.keep),
         "logging_steps": args.log_every,
-        "disable_tqdm": False,
         "seed": args.seed,
         "data_seed": args.seed,
         "ddp_find_unused_parameters": False,  # LoRA uses every trainable weight
@@ -260,7 +340,11 @@ def _run(args: argparse.Namespace) -> int:
     )
     for callback in _callbacks(out / LOSS_LOG):
         trainer.add_callback(callback)
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    one_progress_line(trainer)
+    if finished:  # the run ended but its adapter was not written: load, write it
+        result = load_finished(trainer, resume_from)
+    else:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     metrics = dict(result.metrics)
     if not args.no_eval and eval_ds is not None and len(eval_ds):
         metrics |= trainer.evaluate()
@@ -273,7 +357,9 @@ def _run(args: argparse.Namespace) -> int:
             tmp / "metrics.json",
             metrics | {"global_step": result.global_step, "world_size": trainer.args.world_size},
         )
-    print(f"phi2kit train: adapter written to {out / ADAPTER} ({result.global_step} steps)")
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_loss", "eval_loss") if k in metrics)
+    print(f"phi2kit train: adapter written to {out / ADAPTER} ({result.global_step} steps"
+          + (f"; {shown})" if shown else ")"))  # fmt: skip
     if args.push_to_hub:
         try:
             url = push_adapter(

@@ -21,7 +21,7 @@ class DataError(ValueError):
     Args:
         message: What is wrong, and if possible how to fix it.
         path: The file (or hub id) being read, or ``None``.
-        row: 1-based line (text files) or row (parquet, data frames) of the problem, or
+        row: 1-based line (text files) or row (data frames) of the problem, or
             ``None`` when it concerns the whole file.
         field: The column or field concerned, or ``None``.
     """
@@ -107,12 +107,8 @@ def decode_utf8(
     valid UTF-8 are decoded with it instead. Trying strict UTF-8 first reads both kinds of
     file correctly: decoding UTF-8 as Latin-1 would give mojibake ("Ã©" for "é"), while
     Latin-1 text with accents is almost never valid UTF-8. Without ``fallback`` the error
-    names the line of the first bad byte. UTF-16 files (a byte-order mark, or NUL bytes)
-    get their own message: they are a common result of saving from Windows tools.
+    names the line of the first bad byte.
     """
-    if raw.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in raw[:1000]:
-        also = f" or {fallback.title()}" if fallback else ""
-        raise DataError(f"the file is UTF-16 encoded; save it as UTF-8{also}", path=path, row=1)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -16,8 +16,10 @@ The label set and the prompt template are parameters (notebooks 02 and 03 expose
 
 from __future__ import annotations
 
+import csv
+import io
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +27,6 @@ import numpy as np
 import pandas as pd
 
 from phi2kit.data.files import DataError, LoadResult, decode_utf8
-from phi2kit.data.sentiment_files import Record, csv_records, read_json_table, table_records
 
 if TYPE_CHECKING:
     import datasets
@@ -59,6 +60,48 @@ def list_labels(labels: Sequence[str]) -> str:
     return ", ".join(labels[:-1]) + " or " + labels[-1]
 
 
+#: One parsed row: (1-based row, raw label, raw text, label field name, text field name).
+Record = tuple[int, Any, Any, str, str]
+
+
+def csv_records(text: str, path: Any) -> Iterator[Record]:
+    """Yield records from CSV text (line endings CR, LF or CRLF, even mixed).
+
+    A first row naming ``label`` (or ``sentence``/``text``) is a header: the text column is
+    ``sentence`` (financial_phrasebank) or else ``text`` (your own data). Any other first
+    row is data: the Kaggle form, no header, the sentiment then the headline.
+    """
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    text_column = "text"
+    for cells in reader:
+        row = reader.line_num
+        if not "".join(cells).strip():
+            continue  # blank line
+        if header is None:
+            names = [c.strip().lower() for c in cells]
+            header = names if {"sentence", "text", "label"} & set(names) else []
+            if header:
+                text_column = "sentence" if "sentence" in header else "text"
+                for column in (text_column, "label"):
+                    if column not in header:
+                        raise DataError(
+                            f"missing column {column!r}: a file with a header needs the columns "
+                            f"'label' and 'text' (or 'sentence') (found {header})",
+                            path=path,
+                            row=row,
+                            field=column,
+                        )
+                continue
+        if header:
+            values = dict(zip(header, cells, strict=False))
+            yield row, values.get("label"), values.get(text_column), "label", text_column
+        else:  # an unquoted headline with commas splits into more cells: join them back
+            headline = ",".join(cells[1:]) if len(cells) > 1 else None
+            yield row, cells[0], headline, "sentiment", "headline"
+
+
 def _label_word(value: Any, labels: Sequence[str] = LABELS, **where: Any) -> str:
     """Map a label (a word of ``labels``, or an int indexing them) to its word, or raise.
 
@@ -90,10 +133,13 @@ def _collect(
     rows = LoadResult(skip_bad=skip_bad)
     for row, label, text, label_field, text_field in records:
         with rows.row():
-            if label is None:
-                raise DataError("missing column: no label", path=path, row=row, field=label_field)
-            if text is None or not str(text).strip():
-                raise DataError("missing column: no headline", path=path, row=row, field=text_field)
+            if label is None or not str(label).strip():
+                raise DataError("empty value in this column", path=path, row=row, field=label_field)
+            if text is None:
+                raise DataError("missing column: no headline after the label", path=path, row=row,
+                                field=text_field)
+            if not str(text).strip():
+                raise DataError("empty value in this column", path=path, row=row, field=text_field)
             rows.append(
                 (
                     str(text).strip(),
@@ -111,6 +157,13 @@ def _collect(
     df.attrs["skipped"] = rows.n_skipped
     df.attrs["problems"] = rows.problems
     return df
+
+
+def _hub_record(row: int, sentence: Any, label: Any) -> Record:
+    """A hub row as a record; a missing value (NaN in the table) becomes None."""
+    if isinstance(label, float):  # a label column with a missing value holds floats
+        label = None if np.isnan(label) else int(label) if label.is_integer() else label
+    return row, label, sentence if isinstance(sentence, str) else None, "label", "sentence"
 
 
 def _hub_table(hub_id: str, hub_config: str) -> pd.DataFrame:
@@ -146,8 +199,8 @@ def load_financial_news(
     """Load financial news headlines with their sentiment.
 
     Args:
-        path: A local file: the Kaggle ``all-data.csv``, or a phrasebank-layout CSV, JSON
-            lines or parquet file. The form is detected from the content. ``None`` loads
+        path: A local CSV file: the Kaggle ``all-data.csv``, or one with a header and the
+            columns ``sentence`` (or ``text``) and ``label``. ``None`` loads
             ``hub_id``/``hub_config`` with ``datasets`` (needs the network).
         hub_id: Hub dataset used when ``path`` is ``None``.
         hub_config: Its configuration. ``sentences_50agree`` holds all 4,846 headlines, as
@@ -177,16 +230,14 @@ def load_financial_news(
                 "download the Kaggle all-data.csv or a phrasebank file and pass its path.",
                 path=hub_id,
             ) from err
-        return _collect(table_records(table, hub_id), hub_id, skip_bad, labels)
+        pairs = zip(table["sentence"], table["label"], strict=True)
+        records = (_hub_record(i, x, y) for i, (x, y) in enumerate(pairs, start=1))
+        return _collect(records, hub_id, skip_bad, labels)
 
     raw = Path(path).read_bytes()
     if not raw.strip():
         raise DataError("empty file", path=path)
-    if raw.startswith(b"PAR1"):
-        return _collect(table_records(pd.read_parquet(path), path), path, skip_bad, labels)
-    text = decode_utf8(raw, path, fallback="latin-1")
-    if text.lstrip().startswith(("{", "[")):
-        return _collect(table_records(read_json_table(text, path), path), path, skip_bad, labels)
+    text = decode_utf8(raw, path, fallback="latin-1")  # UTF-8, else Latin-1 (the Kaggle file)
     return _collect(csv_records(text, path), path, skip_bad, labels)
 
 

@@ -3,6 +3,10 @@
 Each example is one JSON line ``{"question": str, "answer": str, "references": [str, ...]}``.
 Answers cite the references inline as ``[1]``, ``[2]``, ... (1-based).
 
+:func:`load_webglm` checks every line and names the bad one (``phi2kit train`` reads with
+it); notebook 04 reads with ``datasets.load_dataset`` and writes :func:`build_qa_prompt`
+and :func:`fit_example` in its cells (kept identical here, and a test compares the rows).
+
     examples = load_webglm("data/webglm", split="train", limit=500)
     dataset, stats = to_prompt_completion(examples, tokenizer, max_length=512)
 """
@@ -127,126 +131,48 @@ def load_webglm(
     return result
 
 
-def build_qa_prompt(question: str, references: list[str]) -> str:
-    """Numbered references, then the question, then the answer cue.
+def build_qa_prompt(question, references):
+    """Numbered references, the question, then the cue "Answer:" (the completion follows)."""
+    lines = ["References:"] + [f"[{i}] {ref.strip()}" for i, ref in enumerate(references, 1)]
+    return "\n".join((lines if references else []) + [f"Question: {question.strip()}", "Answer:"])
 
-    The completion to train on is ``" " + answer`` (the training code appends EOS).
-    With no references the ``References:`` block is left out.
 
-    >>> build_qa_prompt("Why?", ["Because."])
-    'References:\\n[1] Because.\\nQuestion: Why?\\nAnswer:'
+def fit_example(example, tokenizer, max_length):
+    """Prompt and completion whose tokens (with EOS) fit in max_length; None if nothing fits."""
+    question, answer = example["question"], " " + example["answer"].strip()
+    refs = list(example["references"])
+    while True:  # drop whole references from the last: the question and the answer are never cut
+        prompt = build_qa_prompt(question, refs)
+        if len(tokenizer(prompt + answer).input_ids) + 1 <= max_length:  # + 1: the EOS trl appends
+            return {"prompt": prompt, "completion": answer}
+        if not refs:
+            return None
+        refs.pop()
+
+
+def references_shown(prompt: str) -> int:
+    """How many ``[k] `` reference lines a prompt from :func:`build_qa_prompt` shows."""
+    return len(re.findall(r"^\[\d+\] ", prompt, flags=re.M))
+
+
+def fit_to_length(example: dict, tokenizer, max_length: int) -> tuple[dict, bool]:
+    """:func:`fit_example`, raising where the question and the answer alone do not fit.
+
+    Returns ``({"prompt", "completion"}, trimmed)``; ``trimmed`` says a reference was dropped.
+
+    Raises:
+        DataError: If the question and the answer alone take more than ``max_length``.
     """
-    parts = []
-    if references:
-        parts.append("References:")
-        parts.extend(f"[{i}] {ref.strip()}" for i, ref in enumerate(references, start=1))
-    parts.append(f"Question: {question.strip()}")
-    parts.append("Answer:")
-    return "\n".join(parts)
-
-
-def _n_tokens(tokenizer, text: str) -> int:
-    """Token count of ``text`` plus one for the EOS the training code appends."""
-    return len(tokenizer(text)["input_ids"]) + 1
-
-
-def _most_refs_that_fit(
-    question: str, refs: list[str], completion: str, tokenizer, max_length: int
-) -> int:
-    """How many leading references fit, from token counts of each reference line.
-
-    Each reference is tokenized once, and only until the budget is spent, so an example
-    with many long references costs time linear in what is kept (rebuilding and
-    retokenizing the whole prompt for every candidate would be quadratic). With byte-level
-    BPE the count of the joined prompt is the sum of its lines and newlines; the caller
-    checks the result on the real prompt.
-    """
-    total = _n_tokens(tokenizer, build_qa_prompt(question, []) + completion)
-    total += len(tokenizer("References:")["input_ids"]) + 1  # and its newline
-    keep = 0
-    for i, ref in enumerate(refs, start=1):
-        total += len(tokenizer(f"[{i}] {ref.strip()}")["input_ids"]) + 1
-        if total > max_length:
-            break
-        keep += 1
-    return keep
-
-
-def _fit(
-    example: dict, tokenizer, max_length: int, row: int | None = None
-) -> tuple[str, str, int, bool]:
-    """Return (prompt, completion, number of references shown, trimmed)."""
-    question, refs = example["question"], list(example["references"])
-    completion = " " + example["answer"].strip()
-
-    def fits(shown: list[str]) -> bool:
-        return _n_tokens(tokenizer, build_qa_prompt(question, shown) + completion) <= max_length
-
-    keep = _most_refs_that_fit(question, refs, completion, tokenizer, max_length)
-    while keep > 0 and not fits(refs[:keep]):  # the estimate was off (unusual text)
-        keep -= 1
-    if keep == len(refs):
-        return build_qa_prompt(question, refs), completion, len(refs), False
-    # Whole references are dropped from the last, keeping the numbering of the others stable.
-    if keep <= 0 and not fits([]):
-        n = _n_tokens(tokenizer, build_qa_prompt(question, []) + completion)
+    row = fit_example(example, tokenizer, max_length)
+    if row is None:
+        bare = build_qa_prompt(example["question"], []) + " " + example["answer"].strip()
+        n = len(tokenizer(bare).input_ids) + 1
         msg = (
             f"question and answer alone take {n} tokens (with EOS) > max_length={max_length}; "
             "they are never truncated: raise max_length or skip the example"
         )
-        raise DataError(msg, row=row, field="question")
-    # Fill what is left of the budget with the start of the next reference.
-    shown = refs[:keep]
-    ids = tokenizer(refs[keep].strip(), add_special_tokens=False)["input_ids"][:max_length]
-
-    def piece(m: int) -> str:
-        return tokenizer.decode(ids[:m]).rstrip("\ufffd").strip()
-
-    def fits_first(m: int) -> bool:
-        return fits(shown + [piece(m)])
-
-    # The largest m in [lo, hi) whose first m tokens still fit (ids[:hi] does not). The
-    # room left after an empty "[k] " line is a close guess: widen a window around it,
-    # then bisect the window, so a long budget costs a few checks, not log2(len(ids)).
-    lo, hi = 0, len(ids)
-    empty_line = _n_tokens(tokenizer, build_qa_prompt(question, [*shown, ""]) + completion)
-    guess, width = max_length - empty_line + 1, 4
-    if 0 < guess < hi:
-        if fits_first(guess):
-            lo = guess
-            while lo + width < hi and fits_first(lo + width):
-                lo, width = lo + width, width * 2
-            hi = min(hi, lo + width)
-        else:
-            hi = guess
-            while hi - width > lo and not fits_first(hi - width):
-                hi, width = hi - width, width * 2
-            lo = max(lo, hi - width)
-    while lo < hi - 1:
-        mid = (lo + hi) // 2
-        lo, hi = (mid, hi) if fits_first(mid) else (lo, mid)
-    if lo and piece(lo) and fits_first(lo):
-        shown = shown + [piece(lo)]
-    return build_qa_prompt(question, shown), completion, len(shown), True
-
-
-def fit_to_length(example: dict, tokenizer, max_length: int) -> tuple[dict, bool]:
-    """Build ``{"prompt", "completion"}`` whose tokens (+1 for EOS) fit in ``max_length``.
-
-    References are dropped from the last one first; then the last reference that is kept
-    is cut token-wise to use the rest of the budget. The question and the answer are never
-    cut. The numbering of the kept references does not change, so the answer's ``[k]``
-    still point at the same text; citations of dropped references become dangling
-    (``to_prompt_completion`` counts them).
-
-    Returns:
-        ``({"prompt": ..., "completion": " " + answer}, trimmed)``.
-
-    Raises:
-        DataError: If the question and the answer alone do not fit.
-    """
-    prompt, completion, _, trimmed = _fit(example, tokenizer, max_length)
-    return {"prompt": prompt, "completion": completion}, trimmed
+        raise DataError(msg, field="question")
+    return row, references_shown(row["prompt"]) < len(example["references"])
 
 
 def to_prompt_completion(
@@ -256,37 +182,38 @@ def to_prompt_completion(
 
     Args:
         examples: Dicts with ``question``, ``answer`` and ``references``.
-        tokenizer: The model's tokenizer (counts tokens; trimming is token-wise).
+        tokenizer: The model's tokenizer (counts tokens).
         max_length: Token budget for prompt + completion + EOS.
         skip_too_long: Skip (and count) examples whose question and answer alone do not
             fit, instead of raising ``DataError``.
 
     Returns:
         ``(dataset, stats)``; ``stats`` has ``n`` (examples kept), ``n_trimmed`` (kept
-        examples that lost reference text), ``n_dropped_refs`` (whole references dropped),
+        examples that lost a reference), ``n_dropped_refs`` (whole references dropped),
         ``n_dangling_citations`` (citations of dropped references), ``n_too_long``
         (examples skipped) and ``kept`` (the 0-based positions in ``examples`` of the rows
         of ``dataset``, to line other data up with it).
     """
     from datasets import Dataset
 
-    rows: dict[str, list[str]] = {"prompt": [], "completion": []}
+    rows: list[dict] = []
     stats: dict[str, Any] = {"n": 0, "n_trimmed": 0, "n_dropped_refs": 0}
     stats.update(n_dangling_citations=0, n_too_long=0, kept=[])
     for index, example in enumerate(examples):
         try:
-            prompt, completion, n_shown, trimmed = _fit(example, tokenizer, max_length, index + 1)
-        except DataError:
+            row, trimmed = fit_to_length(example, tokenizer, max_length)
+        except DataError as err:
             if not skip_too_long:
-                raise
+                raise DataError(err.detail, row=index + 1, field=err.field) from err
             stats["n_too_long"] += 1
             continue
-        rows["prompt"].append(prompt)
-        rows["completion"].append(completion)
+        n_shown = references_shown(row["prompt"])
+        rows.append(row)
         stats["n"] += 1
         stats["kept"].append(index)
         stats["n_trimmed"] += int(trimmed)
         stats["n_dropped_refs"] += len(example["references"]) - n_shown
         cited = parse_citations(example["answer"])
         stats["n_dangling_citations"] += sum(i > n_shown for i in cited)
-    return Dataset.from_dict(rows), stats
+    columns = {"prompt": [r["prompt"] for r in rows], "completion": [r["completion"] for r in rows]}
+    return Dataset.from_dict(columns), stats

@@ -1,6 +1,8 @@
 """Evaluate a causal LM as a classifier (notebooks 02 and 03).
 
-Two ways to get a label out of a causal LM:
+Notebook 02 writes :func:`parse_label` in a cell (the two are kept identical); the metrics
+and plots here serve notebook 03, the exercises and the benchmark. Two ways to get a label
+out of a causal LM:
 
 - **Label scoring** (:func:`phi2kit.evaluate.scoring.score_labels`): for each prompt, the
   log-likelihood of every candidate completion ``" " + label``; the prediction is the best
@@ -27,21 +29,16 @@ if TYPE_CHECKING:
 UNPARSED = "unparsed"
 
 
-def parse_label(text: str | None, labels: Sequence[str] = LABELS) -> str | None:
-    """The label word that starts ``text`` (case-insensitive), else ``None``.
+def parse_label(text, labels=LABELS):
+    """The label word that starts ``text`` (any case; spaces, quotes, ``*:-`` before it skipped).
 
-    Leading spaces, quotes and ``*``/``:``/``-`` marks are ignored, and the word must end
-    there: ``" Positive."`` gives ``"positive"``; ``"positively"``, ``"bullish"`` or
-    ``"The sentiment is positive"`` give ``None``.
+    Anything else gives None: unparsed, counted as wrong, never mapped to a label.
     """
-    if not text:
-        return None
     alternatives = "|".join(re.escape(label) for label in labels)
-    match = re.match(rf"[\s\"'*:\-]*({alternatives})\b", text, flags=re.IGNORECASE)
+    match = re.match(rf"[\s\"'*:\-]*({alternatives})\b", text or "", flags=re.IGNORECASE)
     if match is None:
         return None
-    word = match.group(1).lower()
-    return next(label for label in labels if label.lower() == word)
+    return next(label for label in labels if label.lower() == match.group(1).lower())
 
 
 def predict_by_generation(

@@ -1,8 +1,15 @@
 """Label scoring: a causal LM as a classifier that cannot give an invalid label (02).
 
 For each prompt, the log-likelihood of every candidate completion ``" " + label``; the
-prediction is the best one (:func:`predict_by_scoring`). The other way, generation and
-parsing, is in :mod:`phi2kit.evaluate.classification`, with the metrics and plots.
+prediction is the best one.
+
+- :func:`label_logprobs` is the idea as notebook 02 writes it in a cell (kept identical):
+  one row per (prompt, label), right-padded, batched.
+- :func:`score_labels` computes the same scores faster, for ``bench/bench_eval.py`` and
+  :func:`predict_by_scoring`: one row per prompt when every label is one token, and the
+  prompts' shared instruction run once per batch as a KV cache.
+
+The other way, generation and parsing, is in :mod:`phi2kit.evaluate.classification`.
 """
 
 from __future__ import annotations
@@ -11,10 +18,33 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from phi2kit.data.sentiment import LABELS
 from phi2kit.generation import device_of, inference, pad_id_of
 from phi2kit.logs import on_gpu, progress
+
+
+@torch.no_grad()
+def label_logprobs(model, tokenizer, prompts, labels, batch_size=32):
+    """Log-probability of " " + label right after each prompt: an array (prompts, labels)."""
+    label_ids = [tokenizer(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+    prompt_ids = tokenizer(list(prompts))["input_ids"]
+    rows = [(i, j, p + ids) for i, p in enumerate(prompt_ids) for j, ids in enumerate(label_ids)]
+    scores = torch.zeros(len(prompts), len(labels), dtype=torch.float64)
+    model.eval()
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        ids = [torch.tensor(row) for *_, row in batch]
+        input_ids = pad_sequence(ids, batch_first=True, padding_value=tokenizer.pad_token_id)
+        mask = pad_sequence([torch.ones_like(x) for x in ids], batch_first=True)  # right padding
+        out = model(input_ids=input_ids.to(model.device), attention_mask=mask.to(model.device))
+        logp = torch.log_softmax(out.logits.float(), dim=-1)
+        for b, (i, j, row) in enumerate(batch):  # the label's tokens: row[len(prompt):]
+            n = len(prompt_ids[i])  # token t is predicted by the logits at t - 1
+            scores[i, j] = sum(logp[b, t - 1, row[t]].item() for t in range(n, len(row)))
+    return scores.numpy()
 
 
 def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool):

@@ -5,7 +5,7 @@ attention and MLP, ``gelu_new``, biases, and Phi-2's module names) with a byte-l
 tokenizer. Like Phi-2's, ``<|endoftext|>`` is bos, eos and unk, there is no pad token and
 no chat template. It loads offline in about a second.
 
-Rebuild it with ``python scripts/build_tiny.py`` (see :mod:`phi2kit.tiny.build`).
+Rebuild it with ``python scripts/build_tiny.py`` (the build lives in that script).
 """
 
 from __future__ import annotations

@@ -7,12 +7,12 @@ import random
 import tempfile
 from pathlib import Path
 
-from phi2kit.exercises.grader import Fail, call, criterion, exercise, expect, need
+from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need
 
 # --- 05_a: a QLoRA adapter merged into the full-precision base (Break and fix) ----------------
 
 exercise(
-    "05_a", "Merging a QLoRA adapter into a full-precision base", "Break and fix", "05 §5.4-5.5"
+    "05_a", "Merging a QLoRA adapter into a full-precision base", "Break and fix", "05 §5.5-5.6"
 )
 
 
@@ -30,11 +30,11 @@ def _05a_naive(ns):
 @criterion(
     "05_a",
     "the fixed merge reproduces the adapter-on-4-bit model",
-    "merge into load_dequantized_base(profile), not into load_model(..., quantize_4bit=False)",
+    "dequantize_into(load_model(profile, quantize_4bit=False), load_model(profile, "
+    "quantize_4bit=True)), then put the adapter on that base and merge_and_unload()",
 )
 def _05a_fixed(ns):
     from peft import PeftModel
-
     from phi2kit.merging import merge_error, probe_logits
     from phi2kit.models import load_model
 
@@ -55,7 +55,7 @@ def _05a_fixed(ns):
 
 # --- 05_b: dequantize-then-merge (Write it) ---------------------------------------------------
 
-exercise("05_b", "Dequantize, then merge", "Write it", "05 §5.5")
+exercise("05_b", "Dequantize, then merge", "Write it", "05 §5.6")
 
 
 @criterion(
@@ -66,7 +66,6 @@ exercise("05_b", "Dequantize, then merge", "Write it", "05 §5.5")
 )
 def _05b_weights(ns):
     import torch
-
     from phi2kit.merging import dequantize_into
     from phi2kit.models import load_model
 
@@ -84,7 +83,7 @@ def _05b_weights(ns):
 
 # --- 06_a: thread building from an OASST tree (Write it) ------------------------------------
 
-exercise("06_a", "The main thread of an OASST1 tree", "Write it", "06 §6.2")
+exercise("06_a", "The main thread of an OASST1 tree", "Write it", "06 §6.3")
 
 
 def _random_tree(rng: random.Random, role: str = "prompter", depth: int = 0) -> dict:
@@ -136,7 +135,7 @@ def _06a_threads(ns):
 
 # --- 06_b: generating with checkpointing on (Break and fix) ----------------------------------
 
-exercise("06_b", "Generating right after training, checkpointing on", "Break and fix", "06 §6.6")
+exercise("06_b", "Generating right after training, checkpointing on", "Break and fix", "06 §6.9")
 
 
 @criterion(
@@ -158,7 +157,6 @@ def _06b_broken(ns):
 )
 def _06b_safe(ns):
     import torch
-
     from phi2kit.generation import generate
     from phi2kit.models import load_model, load_tokenizer
 
@@ -177,7 +175,7 @@ def _06b_safe(ns):
 # --- 06_c: LoRA targets (Try it) ---------------------------------------------------------------
 
 exercise("06_c", "LoRA targets: attention only, all six, and a name that matches nothing",
-         "Try it", "06 §6.5, 02 §2.8")  # fmt: skip
+         "Try it", "06 §6.7, 02 §2.8")  # fmt: skip
 
 
 def _phi2_lora(targets, rank: int) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 GRADE_TAG = "grade"  # the cell that calls check(); run_notebook leaves it out
-CHECK_MODULES = tuple(f"phi2kit.exercises.checks_{n}" for n in ("01_02", "03_04", "05_06", "09"))
+CHECK_MODULES = tuple(f"phi2kit_exercises.checks_{n}" for n in ("01_02", "03_04", "05_06", "07", "09"))
 
 
 class Todo(NotImplementedError):
@@ -112,7 +112,6 @@ def tiny_model():
     """The shipped tiny model (eval mode) and its tokenizer, loaded once per process."""
     if not _TINY:
         import torch
-
         from phi2kit.models import load_model, load_tokenizer
 
         torch.manual_seed(0)

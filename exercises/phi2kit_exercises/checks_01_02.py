@@ -10,11 +10,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from phi2kit.exercises.grader import call, criterion, exercise, expect, need, tiny_model
+from phi2kit_exercises.grader import call, criterion, exercise, expect, need, tiny_model
 
 # --- 01_a: nf4 with and without double quantization (Try it) -------------------------------
 
-exercise("01_a", "nf4 with and without double quantization", "Try it", "01 §1.3")
+exercise("01_a", "nf4 with and without double quantization", "Try it", "01 §1.4")
 
 #: Phi-2's quantized weights: 32 layers x (4 attention projections + fc1 + fc2).
 PHI2_LINEAR_SIZES = [2560 * 2560] * 4 * 32 + [2560 * 10240] * 2 * 32
@@ -92,7 +92,6 @@ def _simulate(ns, cuda: bool, native: bool, emulated: bool = True) -> tuple[Any,
     from unittest import mock
 
     import torch
-
     from phi2kit.profiles import detect_profile_name
 
     def bf16(including_emulation: bool = True) -> bool:
@@ -113,7 +112,6 @@ def _simulate(ns, cuda: bool, native: bool, emulated: bool = True) -> tuple[Any,
 )
 def _01b_error(ns):
     import torch
-
     from phi2kit.profiles import ProfileError, native_bf16
 
     err = need(ns, "error")
@@ -228,7 +226,6 @@ exercise("02_b", "Label scoring for one batch", "Write it", "02 §2.6")
 )
 def _02b_scores(ns):
     import numpy as np
-
     from phi2kit.data.sentiment import build_prompt
     from phi2kit.evaluate.scoring import score_labels
 

@@ -3,7 +3,7 @@
 Each exercise is a short notebook ``NN_x_topic.ipynb`` that goes with lesson ``NN``. Its
 last cell grades it where it runs::
 
-    from phi2kit.exercises import check
+    from phi2kit_exercises import check
     report = check("02_b", globals())
 
 and ``phi2kit exercises check 02_b [path]`` grades a saved copy from a shell: it runs the
@@ -15,7 +15,7 @@ In the unsolved notebooks the parts to write call :func:`TODO`, which raises
 :class:`Todo` with a sentence saying what is missing.
 """
 
-from phi2kit.exercises.grader import (
+from phi2kit_exercises.grader import (
     EXERCISES,
     TODO,
     Report,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 import tempfile
 
-from phi2kit.exercises.grader import Fail, call, criterion, exercise, expect, need, tiny_model
+from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need, tiny_model
 
 # --- 03_a: last-token pooling (Write it) -------------------------------------------------------
 
@@ -19,7 +19,6 @@ exercise("03_a", "Last-token pooling for the classification head", "Write it", "
 )
 def _03a_index(ns):
     import torch
-
     from phi2kit.classifier import last_token_index
 
     g = torch.Generator().manual_seed(0)
@@ -42,15 +41,14 @@ def _03a_index(ns):
 @criterion(
     "03_a",
     "classify() gives the classifier's own logits",
-    "run clf.model, take the hidden state at last_token_index, apply clf.score in fp32",
+    "run clf.model, take the hidden state at last_token_index, apply clf.score",
 )
 def _03a_classify(ns):
     import torch
+    from phi2kit.classifier import load_classifier
 
-    from phi2kit.classifier import classifier_from_causal_lm
-
-    model, tokenizer = tiny_model()
-    clf = classifier_from_causal_lm(model).eval()
+    _, tokenizer = tiny_model()
+    clf = load_classifier("tiny").eval()  # transformers' AutoModelForSequenceClassification
     enc = tokenizer(
         ["Sales rose", "The company warns of a deep loss"], return_tensors="pt", padding=True
     )
@@ -63,7 +61,7 @@ def _03a_classify(ns):
 
 # --- 03_b: the head that was not saved (Break and fix) ----------------------------------------
 
-exercise("03_b", "The classification head that was not saved", "Break and fix", "03 §3.7, §3.10")
+exercise("03_b", "The classification head that was not saved", "Break and fix", "03 §3.7, §3.11")
 
 
 @criterion(
@@ -87,7 +85,6 @@ def _03b_broken(ns):
 def _03b_fixed(ns):
     import numpy as np
     from peft import PeftModel
-
     from phi2kit.classifier import adapter_keys, load_classifier, predict_logits
 
     path = need(ns, "fixed_dir")
@@ -101,7 +98,7 @@ def _03b_fixed(ns):
 
 # --- 04_a: the completion-only label mask (Write it) -----------------------------------------
 
-exercise("04_a", "A completion-only label mask, and padding by position", "Write it", "04 §4.5")
+exercise("04_a", "A completion-only label mask, and padding by position", "Write it", "04 §4.6")
 
 _TRAINER: dict = {}
 
@@ -110,7 +107,6 @@ def _reference_trainer():
     """trl's prepared rows and collator for prompt/completion pairs the grader makes."""
     if not _TRAINER:
         from datasets import Dataset
-
         from phi2kit.lora import add_lora
         from phi2kit.profiles import get_profile
         from phi2kit.recipes import get_recipe
@@ -186,7 +182,7 @@ def _04a_batch(ns):
 
 # --- 04_b: labels = input_ids over padded batches (Break and fix) -----------------------------
 
-exercise("04_b", "labels = input_ids over padded batches", "Break and fix", "04 §4.5")
+exercise("04_b", "labels = input_ids over padded batches", "Break and fix", "04 §4.6")
 
 
 @criterion(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from phi2kit.exercises.grader import Fail, call, criterion, exercise, expect, need
+from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need
 
 # --- 09_a: the group baseline (Write it) -----------------------------------------------------
 

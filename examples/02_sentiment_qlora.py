@@ -1,0 +1,214 @@
+"""Lesson 02 as one script: teach Phi-2 to label financial news sentiment, with QLoRA.
+
+    python examples/02_sentiment_qlora.py --model microsoft/phi-2 --data all-data.csv \
+        --output-dir out
+
+--data: the Kaggle all-data.csv as downloaded (no header, label first, Latin-1), or a CSV with a
+header and `text,label` columns (else name them: --text-column/--label-column); an integer label
+i means LABELS[i], as in financial_phrasebank. On a CPU, with the course's tiny model:
+
+    python examples/02_sentiment_qlora.py --model phi2kit/tiny/model --no-4bit --max-steps 40 \
+        --learning-rate 3e-3 --data data/financial_news/all-data.csv --output-dir /tmp/out
+
+Prints zero-shot and tuned accuracy (label scoring) on a held-out test split; saves the adapter.
+"""
+
+import argparse
+import csv
+import io
+import random
+import sys
+from collections import Counter, defaultdict
+from pathlib import Path
+
+
+def read_rows(path, labels, text_col="text", label_col="label"):
+    """(text, label) pairs; a bad file or row exits with its file, row and field (code 2)."""
+    def fail(where, why):
+        sys.exit(print(f"{path}{where}: {why}", file=sys.stderr) or 2)
+
+    if not Path(path).is_file():
+        fail("", "no such file")
+    raw = Path(path).read_bytes()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")  # the Kaggle file
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # CR, LF or CRLF
+    header = [c.strip().lower() for c in next(csv.reader(io.StringIO(text)), [])]
+    headed = text_col in header or label_col in header  # else Kaggle: sentiment, headline
+    for col in [c for c in (text_col, label_col) if headed and c not in header][:1]:
+        fail(f", row 1, field {col!r}", f"missing column (the header has {header})")
+    t_field, l_field = (text_col, label_col) if headed else ("headline", "sentiment")
+    rows, known, reader = [], {w.lower(): w for w in labels}, csv.reader(io.StringIO(text))
+    for cells in reader:
+        if (headed and reader.line_num == 1) or not "".join(cells).strip():
+            continue
+        value = dict(zip(header, cells, strict=False))
+        label = (value.get(label_col, "") if headed else cells[0]).strip()
+        body = value.get(text_col, "") if headed else ",".join(cells[1:])  # unquoted commas
+        label = labels[int(label)] if label.isdigit() and int(label) < len(labels) else label
+        where = f", row {reader.line_num}, field "
+        if label.lower() not in known:
+            fail(where + repr(l_field), f"unknown label {label!r} (expected {', '.join(labels)})")
+        if not body.strip():
+            fail(where + repr(t_field), "empty text")
+        rows.append((" ".join(body.split()), known[label.lower()]))
+    if len({label for _, label in rows}) < 2:
+        fail("", f"fewer than two labels in {len(rows)} rows: nothing to classify")
+    return rows
+
+
+def split(rows, n_train, n_test, n_eval, seed=42):
+    """Per class: test, eval, then train; a headline seen with two labels is dropped."""
+    seen = defaultdict(set)
+    for text, label in rows:
+        seen[text].add(label)
+    parts = {"train": [], "eval": [], "test": []}
+    for label in sorted({label for labels in seen.values() for label in labels}):
+        texts = sorted(t for t, labels in seen.items() if labels == {label})
+        random.Random(seed).shuffle(texts)
+        bounds = {"test": (0, n_test), "eval": (n_test, n_test + n_eval),
+                  "train": (n_test + n_eval, n_test + n_eval + n_train)}
+        for name, (a, b) in bounds.items():
+            parts[name] += [(t, label) for t in texts[a:b]]
+    return parts
+
+
+def prompt(text, labels):
+    listed = ", ".join(labels[:-1]) + " or " + labels[-1]
+    task = f"Classify the sentiment of this financial news headline as {listed}."
+    return f"{task}\nHeadline: {text}\nSentiment:"
+
+
+def fp32_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Phi-2's Q @ K^T overflows fp16 (lesson 01): scores and softmax in fp32, autocast off."""
+    import torch
+
+    with torch.autocast(query.device.type, enabled=False):
+        scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling
+        if attention_mask is not None:  # eager's additive mask
+            scores = scores + attention_mask[:, :, :, : key.shape[-2]].float()
+        probs = torch.nn.functional.dropout(scores.softmax(-1), p=dropout, training=module.training)
+        out = torch.matmul(probs, value.float()).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), probs.to(query.dtype)
+
+
+def build_configs(args, cuda, bf16=False):
+    """BitsAndBytesConfig (None with --no-4bit), LoraConfig, SFTConfig: lesson 02's T4 recipe."""
+    import torch
+    from peft import LoraConfig
+    from transformers import BitsAndBytesConfig
+    from trl import SFTConfig
+
+    dtype = torch.bfloat16 if bf16 else torch.float16 if cuda else torch.float32  # T4: fp16
+    quant = None if args.no_4bit else BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype)
+    lora = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, bias="none", task_type="CAUSAL_LM",
+                      target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])
+    every = max(1, args.max_steps // 5)  # evaluate and checkpoint five times
+    sft = SFTConfig(
+        output_dir=f"{args.output_dir}/trainer", per_device_train_batch_size=args.batch_size,
+        per_device_eval_batch_size=args.batch_size, gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.learning_rate, warmup_steps=max(1, round(0.03 * args.max_steps)),
+        lr_scheduler_type="linear", max_steps=args.max_steps, fp16=cuda and not bf16, bf16=bf16,
+        optim="paged_adamw_8bit" if cuda else "adamw_torch", activation_checkpointing=cuda,
+        activation_checkpointing_kwargs={"use_reentrant": False}, max_length=args.max_length,
+        completion_only_loss=True, packing=False, train_sampling_strategy="group_by_length",
+        logging_steps=max(1, args.max_steps // 20), eval_strategy="steps", eval_steps=every,
+        save_strategy="steps", save_steps=every, load_best_model_at_end=True,
+        metric_for_best_model="eval_loss", greater_is_better=False, save_total_limit=2,
+        report_to="none", seed=0, data_seed=0, use_cpu=not cuda, dataloader_num_workers=0,
+        disable_tqdm=not cuda)
+    return quant, lora, sft, dtype
+
+
+def accuracy(model, tok, rows, labels):
+    """Label scoring: the label whose first token is likeliest right after the prompt."""
+    import torch
+
+    first = [tok(" " + label, add_special_tokens=False)["input_ids"][0] for label in labels]
+    right = 0
+    model.eval()
+    for start in range(0, len(rows), 16):
+        batch = rows[start : start + 16]
+        enc = tok([prompt(t, labels) for t, _ in batch], return_tensors="pt", padding=True)
+        last = (enc["attention_mask"].sum(1) - 1).to(model.device)  # right-padded: last token
+        with torch.no_grad():
+            logits = model(**enc.to(model.device)).logits[torch.arange(len(batch)), last][:, first]
+        predicted = [labels[j] for j in logits.argmax(-1).tolist()]
+        right += sum(p == y for p, (_, y) in zip(predicted, batch, strict=True))
+    return right / len(rows)
+
+
+def parser():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="microsoft/phi-2", help="hub id or local folder")
+    p.add_argument("--data", required=True, help="all-data.csv, or a CSV with text,label columns")
+    p.add_argument("--output-dir", required=True)
+    p.add_argument("--max-steps", type=int, default=150)
+    p.add_argument("--no-4bit", action="store_true", help="plain LoRA on the full-precision base")
+    p.add_argument("--labels", nargs="+", default=["negative", "neutral", "positive"])
+    p.add_argument("--text-column", default="text", type=str.lower)
+    p.add_argument("--label-column", default="label", type=str.lower)
+    numbers = {"--learning-rate": 2e-4, "--batch-size": 4, "--grad-accum": 4, "--max-length": 256,
+               "--n-train": 300, "--n-test": 300, "--n-eval": 50}  # --n-*: headlines per class
+    for flag, default in numbers.items():
+        p.add_argument(flag, type=type(default), default=default)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    rows = read_rows(args.data, args.labels, args.text_column, args.label_column)
+    parts = split(rows, args.n_train, args.n_test, args.n_eval)  # checked before any model loads
+    print({name: dict(Counter(y for _, y in part)) for name, part in parts.items()})
+
+    import torch
+    from datasets import Dataset
+    from peft import get_peft_model, prepare_model_for_kbit_training
+    from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+    from trl import SFTTrainer
+
+    AttentionInterface.register("fp32", fp32_attention)
+    AttentionMaskInterface.register("fp32", eager_mask)
+
+    cuda = torch.cuda.is_available()
+    bf16 = cuda and torch.cuda.is_bf16_supported()  # a T4 has none: fp16
+    quant, lora, sft, dtype = build_configs(args, cuda, bf16)
+    tok = AutoTokenizer.from_pretrained(args.model)
+    tok.pad_token, tok.padding_side = tok.pad_token or tok.eos_token, "right"  # Phi-2: pad = eos
+    model = AutoModelForCausalLM.from_pretrained(  # safetensors only, no trust_remote_code
+        args.model, dtype=dtype, quantization_config=quant, use_safetensors=True,
+        attn_implementation="sdpa" if bf16 else "fp32", device_map="auto" if cuda else "cpu")
+    model.config.pad_token_id = tok.pad_token_id
+    zero_shot = accuracy(model, tok, parts["test"], args.labels)
+    if quant is not None:  # QLoRA: freeze the 4-bit base, norms in fp32, checkpointing on a GPU
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=cuda,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
+    model = get_peft_model(model, lora)
+
+    def pairs(part):  # prompt/completion: the loss falls on " label" + EOS only
+        return Dataset.from_dict({"prompt": [prompt(t, args.labels) for t, _ in part],
+                                  "completion": [" " + y for _, y in part]})
+
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=pairs(parts["train"]),
+                         eval_dataset=pairs(parts["eval"]), processing_class=tok)
+    for param in model.parameters():  # trl casts QLoRA adapters to bf16; fp16 AMP needs fp32
+        if param.requires_grad:
+            param.data = param.data.float()
+    trainer.train()  # evaluates as it goes, and loads the best checkpoint (lowest eval loss)
+    state = trainer.state
+    print(f"best checkpoint: step {state.best_global_step}, eval loss {state.best_metric:.3f}")
+    tuned = accuracy(model, tok, parts["test"], args.labels)
+    print(f"test accuracy ({len(parts['test'])} headlines): "
+          f"zero-shot {zero_shot:.3f}, tuned {tuned:.3f}")
+    model.save_pretrained(f"{args.output_dir}/adapter")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Chat fine-tuning (QLoRA) of Phi-2 on OpenAssistant OASST1 conversations: notebook 06 as a script.
+
+    python examples/06_chat_sft.py --model microsoft/phi-2 --data oasst1.jsonl --output-dir out/chat
+
+--data: JSON lines in either published form: the hub's message rows (message_id, parent_id, text,
+role, lang, rank, deleted, review_result) or the export's *.trees.jsonl (replies nested). Threads
+follow the best-ranked reply; deleted and failed-review messages are skipped. On a CPU, with the
+shipped tiny model: --model phi2kit/tiny/model --no-4bit --max-steps 30 --learning-rate 3e-3
+"""
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from trl import SFTConfig, SFTTrainer
+
+HUMAN, ASSISTANT = "### Human:", "### Assistant:"
+KEEP = ("message_id", "text", "role", "lang", "rank", "created_date", "deleted", "review_result")
+
+
+def bad(path, line, field, problem):
+    print(f"error: {path}, line {line}, field '{field}': {problem}", file=sys.stderr)
+    sys.exit(2)
+
+
+def read_messages(path):
+    """Messages from rows or trees; exit 2 at the first bad line, naming file, line and field."""
+    def message(m, line, parent_id):
+        for field in ("message_id", "text", "role"):
+            if not isinstance(m.get(field), str):
+                bad(path, line, field, "missing or not a string")
+        if m["role"] not in ("prompter", "assistant"):
+            bad(path, line, "role", f"{m['role']!r} is neither prompter nor assistant")
+        return {**{k: m.get(k) for k in KEEP}, "parent_id": parent_id, "line": line}
+
+    def flatten(node, line, parent_id=None):
+        rows = [message(node, line, parent_id)]
+        for reply in node.get("replies") or []:
+            rows += flatten(reply, line, node["message_id"])
+        return rows
+
+    messages = []
+    with open(path, encoding="utf-8") as f:
+        for line, text in enumerate(f, start=1):
+            try:
+                obj = json.loads(text) if text.strip() else {"skip": True}
+            except json.JSONDecodeError as err:
+                bad(path, line, "-", f"not JSON ({err.msg})")
+            if not isinstance(obj, dict):
+                bad(path, line, "-", "not a JSON object")
+            elif "prompt" in obj:  # the *.trees.jsonl export: one tree per line
+                if not isinstance(obj["prompt"], dict):
+                    bad(path, line, "prompt", "not a message object")
+                messages += flatten(obj["prompt"], line)
+            elif "skip" not in obj:  # the hub's rows: one message per line
+                messages.append(message(obj, line, obj.get("parent_id") or None))
+    ids = {m["message_id"] for m in messages}
+    for m in messages:
+        if m["parent_id"] is not None and m["parent_id"] not in ids:
+            bad(path, m["line"], "parent_id", f"no message {m['parent_id']!r} in the file")
+    return messages
+
+
+def build_threads(messages, lang=None):
+    """The main thread of every tree: the best-ranked usable reply at each step."""
+    def usable(m):
+        in_lang = lang is None or m["lang"] == lang
+        return not m["deleted"] and m["review_result"] is not False and in_lang
+
+    replies = defaultdict(list)
+    for m in messages:
+        replies[m["parent_id"]].append(m)
+    threads = []
+    for node in [m for m in replies[None] if usable(m)]:
+        thread = []
+        while node is not None:
+            thread.append((node["role"], node["text"]))
+            options = [m for m in replies[node["message_id"]] if usable(m)]
+            node = min(options, default=None, key=lambda m: (
+                m["rank"] is None, m["rank"] or 0, m["created_date"] or ""))
+        while thread and thread[-1][0] != "assistant":
+            thread.pop()
+        threads += [thread] if thread else []
+    return threads
+
+
+def format_chat(turns):
+    lines = [f"{HUMAN if role == 'prompter' else ASSISTANT} {text.strip()}" for role, text in turns]
+    return "\n".join(lines + [ASSISTANT])
+
+
+def to_examples(thread, tokenizer, max_length):
+    """One prompt/completion per assistant turn; the oldest turns dropped until it fits."""
+    lines = [format_chat([turn])[: -len(ASSISTANT) - 1] for turn in thread]
+    sizes = [len(ids) + 1 for ids in tokenizer(lines)["input_ids"]]  # each line, + its newline
+    n_tail = len(tokenizer(ASSISTANT)["input_ids"]) + 1  # the closing '### Assistant:', and EOS
+    examples = []
+    for i, (role, text) in enumerate(thread):
+        budget = max_length - n_tail - len(tokenizer(" " + text.strip())["input_ids"])
+        for start in [j for j in range(i) if thread[j][0] == "prompter" and role == "assistant"]:
+            if sum(sizes[start:i]) <= budget:  # byte-level BPE: line counts add up exactly
+                prompt, completion = format_chat(thread[start:i]), " " + text.strip()
+                examples.append({"prompt": prompt, "completion": completion})
+                break
+    return examples
+
+
+def build_configs(args, gpu):
+    """(BitsAndBytesConfig or None, LoraConfig, SFTConfig); gpu: None (CPU), "t4" or "ampere"."""
+    dtype = {"t4": torch.float16, "ampere": torch.bfloat16}.get(gpu, torch.float32)
+    quant = None if args.no_4bit else BitsAndBytesConfig(
+        load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=dtype)
+    lora = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+                      target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"],
+                      bias="none", task_type="CAUSAL_LM")
+    every, batch = max(1, args.max_steps // 5), args.batch_size
+    sft = SFTConfig(
+        output_dir=f"{args.output_dir}/checkpoints", per_device_train_batch_size=batch,
+        per_device_eval_batch_size=batch, gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.learning_rate, warmup_steps=max(1, round(0.03 * args.max_steps)),
+        lr_scheduler_type="linear", max_steps=args.max_steps, fp16=gpu == "t4",
+        bf16=gpu == "ampere", optim="paged_adamw_8bit" if gpu else "adamw_torch",
+        activation_checkpointing=gpu is not None,
+        activation_checkpointing_kwargs={"use_reentrant": False}, max_length=args.max_length,
+        completion_only_loss=True, packing=False, train_sampling_strategy="group_by_length",
+        eval_strategy="steps", eval_steps=every, save_strategy="steps", save_steps=every,
+        save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="eval_loss",
+        greater_is_better=False, logging_steps=max(1, args.max_steps // 20), report_to="none",
+        seed=0, data_seed=0, use_cpu=gpu is None, dataloader_num_workers=0,
+        disable_tqdm=gpu is None)
+    return quant, lora, sft
+
+
+def fp32_attention(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention with Q @ K^T and the softmax in fp32: Phi-2's scores overflow fp16."""
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        scores = torch.matmul(query.float(), key.float().transpose(2, 3)) * scaling
+        if attention_mask is not None:
+            scores = scores + attention_mask[:, :, :, : key.shape[-2]].float()
+        out = torch.matmul(torch.softmax(scores, dim=-1), value.float()).to(query.dtype)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="microsoft/phi-2", help="hub id or local folder")
+    p.add_argument("--data", required=True, help="OASST1 JSON lines: rows or *.trees.jsonl")
+    p.add_argument("--no-4bit", action="store_true", help="LoRA on the full-precision base")
+    for flag, kind, default in [("--output-dir", str, "out/06_chat"), ("--max-steps", int, 120),
+                                ("--lang", str, "en"), ("--n-eval", int, 100),
+                                ("--lora-r", int, 64), ("--lora-alpha", int, 16),
+                                ("--lora-dropout", float, 0.1), ("--learning-rate", float, 2e-4),
+                                ("--batch-size", int, 2), ("--grad-accum", int, 8),
+                                ("--max-length", int, 1024)]:
+        p.add_argument(flag, type=kind, default=default, help=f"default {default}")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    threads = build_threads(read_messages(args.data), args.lang or None)  # before any model loads
+    if len(threads) <= args.n_eval:
+        bad(args.data, "-", "-", f"{len(threads)} threads in {args.lang!r}, need > --n-eval")
+    gpu = None if not torch.cuda.is_available() else (
+        "ampere" if torch.cuda.is_bf16_supported() else "t4")
+    quant, lora, sft = build_configs(args, gpu)
+    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    splits = {"train": threads[:-args.n_eval], "eval": threads[-args.n_eval:]}
+    data = {name: Dataset.from_list([ex for t in part for ex in to_examples(t, tokenizer,
+                                                                            args.max_length)])
+            for name, part in splits.items()}
+    AttentionInterface.register("fp32_eager", fp32_attention)
+    AttentionMaskInterface.register("fp32_eager", eager_mask)
+    model = AutoModelForCausalLM.from_pretrained(
+        args.model, dtype={"t4": torch.float16, "ampere": torch.bfloat16}.get(gpu, torch.float32),
+        attn_implementation="fp32_eager" if gpu == "t4" else "sdpa", quantization_config=quant,
+        use_safetensors=True, device_map="auto" if gpu else "cpu")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if quant is not None:  # the trainer turns (non-reentrant) gradient checkpointing on itself
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    model = get_peft_model(model, lora)
+    trainer = SFTTrainer(model=model, args=sft, train_dataset=data["train"],
+                         eval_dataset=data["eval"], processing_class=tokenizer)
+    for param in model.parameters():
+        if param.requires_grad:
+            param.data = param.data.float()  # trl made QLoRA adapters bf16; fp16 AMP needs fp32
+    before = trainer.evaluate()["eval_loss"]
+    trainer.train()  # then loads the checkpoint with the lowest eval loss
+    metrics = {"eval_loss_before": before, "eval_loss_best": trainer.state.best_metric,
+               "best_step": trainer.state.best_global_step, "train_examples": len(data["train"])}
+    print(json.dumps(metrics))
+    model.save_pretrained(f"{args.output_dir}/adapter")
+    tokenizer.save_pretrained(f"{args.output_dir}/adapter")
+    with open(f"{args.output_dir}/metrics.json", "w") as f:
+        json.dump(metrics, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
