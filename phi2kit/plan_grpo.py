@@ -69,7 +69,7 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
     settings = dict(train.settings, num_generations=recipe.num_generations,
                     max_completion_length=recipe.max_completion_length, beta=recipe.beta,
                     generation_rows=gen_rows)  # fmt: skip
-    est = Estimate(parts, device_gb, settings)
+    est = Estimate(parts, device_gb, settings, possible=train.possible)
     verdict = "fits" if est.fits else "does not fit"
     est.verdict = f"{verdict}: {est.total_gb:.2f} GB of {device_gb:.1f} GB"
     return est
