@@ -25,7 +25,8 @@ def _two_label_file(path):
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["sentence", "label"])
-        writer.writerows((text, words[label]) for text, label in zip(df["text"], df["label"], strict=True))
+        rows = zip(df["text"], df["label"], strict=True)
+        writer.writerows((text, words[label]) for text, label in rows)
     return len(df)
 
 
