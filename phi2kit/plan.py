@@ -297,87 +297,24 @@ def course_rows() -> list[tuple[str, str, str, str]]:
     return rows
 
 
-# --- DPO (notebook 08) ---------------------------------------------------------------------
 
-#: Assumed mean tokens of one DPO sequence (prompt + one reply) on OASST1, as for ``chat``.
-DPO_TYPICAL_TOKENS = 350
-
-
-def estimate_dpo(model: Any, recipe: Any, *, reference: str = "adapter",
-                 precompute: bool | None = None, **kwargs: Any) -> Estimate:  # fmt: skip
-    """Peak memory of one DPO step: :func:`estimate` with DPO's extra parts.
-
-    - **Chosen and rejected in one batch:** trl concatenates them, so the policy's forward
-      and backward run on ``2 x batch_size`` sequences.
-    - **The reference** (``reference``): ``"adapter"``, trl's frozen copy of the SFT adapter
-      (a ``PeftModel`` given without ``ref_model``: a second set of LoRA weights);
-      ``"base"``, the base with the adapter switched off (a fresh adapter from
-      ``peft_config``: nothing extra); ``"model"``, a second copy of the base weights
-      (``ref_model=...``).
-    - **The reference pass:** without ``precompute`` a no-grad forward over the same
-      ``2 x batch_size`` sequences runs in every step while the policy's activations are
-      held: its largest transient is the log-softmax over the vocabulary (logits and
-      log-probs, fp32), and it adds to the peak only by what it exceeds the policy's own
-      logits buffers. With ``precompute`` it runs once, before training, and a second base
-      copy (``"model"``) is freed before the first step (trl keeps no reference then).
-
-    ``precompute=None`` takes the recipe's ``precompute_ref_log_probs``. Other keyword
-    arguments go to :func:`estimate`.
-    """
+# --- DPO (notebook 08): chosen + rejected in one batch, and the reference --------------------
+def estimate_dpo(model: Any, recipe: Any, reference: str = "adapter", precompute: bool = False,
+                 **kw: Any) -> Estimate:  # fmt: skip
+    """One DPO step: the policy on 2 x ``batch_size`` sequences (chosen + rejected); the
+    reference, trl's frozen copy of the SFT adapter (``"adapter"``), the base with adapters
+    off (``"base"``) or a second base (``"model"``, freed before training by ``precompute``);
+    and the reference's no-grad pass, whose fp32 logits and log-probs add what exceeds the
+    policy's logits buffers (nothing with ``precompute``: it runs before training)."""
     from dataclasses import replace
-
-    if reference not in ("adapter", "base", "model"):
-        raise ValueError(f"reference={reference!r}: choose 'adapter', 'base' or 'model'")
-    if precompute is None:
-        precompute = bool(getattr(recipe, "precompute_ref_log_probs", False))
-    pair_batch = replace(recipe, batch_size=2 * recipe.batch_size)
-    est = estimate(model, pair_batch, _levers=False, **kwargs)
-    cfg = kwargs.get("config") or _resolve(model)[0]
-    parts = {k: v for k, v in est.parts.items() if k != "overhead"}
-    n_lora = lora_parameters(cfg, recipe)
-    parts["reference adapter (fp32)"] = 4 * n_lora / GB if reference == "adapter" else 0.0
-    same = {k: v for k, v in est.settings.items() if k in ("dtype",)}
-    parts["reference model"] = 0.0
-    if reference == "model" and not precompute:
-        parts["reference model"] = weight_bytes(cfg, same.get("dtype", "float16"),
-                                                quantize_4bit=recipe.quantize_4bit,
-                                                double_quant=kwargs.get("double_quant", True),
-                                                head=True) / GB  # fmt: skip
-    tokens = 2 * recipe.batch_size * recipe.max_length
-    ref_pass = tokens * cfg.vocab_size * 8  # fp32 logits + log-probs, no grad
-    extra = max(0.0, ref_pass / GB - parts["logits + grads"])
-    parts["reference pass"] = 0.0 if precompute else extra
-    profile = _resolve(model)[1]
-    on_gpu = bool(profile and profile.requires_cuda)
-    overhead = kwargs.get("overhead_gb")
-    if overhead is None:
-        overhead = CUDA_CONTEXT_GB + ALLOCATOR_SLACK * sum(parts.values()) if on_gpu else 0.0
-    parts["overhead"] = overhead
-    settings = dict(est.settings, batch=f"{recipe.batch_size} pairs", reference=reference,
-                    precompute_ref_log_probs=precompute)  # fmt: skip
-    out = Estimate(parts, est.device_gb, settings)
-    verdict = "fits" if out.fits else "does not fit"
-    out.verdict = f"{verdict}: {out.total_gb:.2f} GB of {out.device_gb:.1f} GB"
-    return out
-
-
-def dpo_minutes(recipe: Any, calibration: int = T4_CALIBRATION_LENGTH) -> float:
-    """Predicted DPO training time on a T4, at seed 003's throughput (:func:`train_minutes`).
-
-    Per pair: the policy's forward, recompute and backward over two sequences (6N FLOPs per
-    token, as for SFT) plus the reference's forward over both (2N), whether per step or
-    precomputed.
-    """
-    tokens = recipe.max_steps * recipe.effective_batch * 2 * DPO_TYPICAL_TOKENS
-    per_token = 8 * count_parameters(phi2_config())
-    return tokens * per_token / T4_CALIBRATIONS[calibration] / 60
-
-
-def dpo_course_row() -> tuple[str, str, str, str]:
-    """Notebook 08's row of the README's course table (T4 minutes, T4 peak GB)."""
-    from phi2kit.recipes import get_dpo_recipe
-
-    recipe = get_dpo_recipe("t4")
-    return ("08_preference_dpo", "preference pairs from OASST1 ranks, DPO on the SFT adapter, "
-            "which reference", _rounded_minutes(dpo_minutes(recipe)),
-            f"{estimate_dpo('t4', recipe).total_gb:.1f}")  # fmt: skip
+    est = estimate(model, replace(recipe, batch_size=2 * recipe.batch_size), _levers=False, **kw)
+    cfg, p, s = kw.get("config") or _resolve(model)[0], est.parts, est.settings
+    base2 = 0 if precompute else weight_bytes(cfg, s["dtype"], quantize_4bit=s["4-bit"])
+    p["reference"] = {"adapter": 4 * lora_parameters(cfg, recipe), "model": base2}.get(reference, 0)
+    p["reference"] /= GB
+    ref_pass = 2 * recipe.batch_size * recipe.max_length * cfg.vocab_size * 8 / GB
+    p["reference pass"] = 0.0 if precompute else max(0.0, ref_pass - p["logits + grads"])
+    p["overhead"] += ALLOCATOR_SLACK * (p["reference"] + p["reference pass"]) * (p["overhead"] > 0)
+    s.update(batch=f"{recipe.batch_size} pairs", reference=reference, precompute=precompute)
+    est.verdict = f"{'fits' if est.fits else 'does not fit'}: {est.total_gb:.2f} GB"
+    return est

@@ -206,6 +206,16 @@ class DPORecipe(Recipe):
     beta: float = 0.1
     precompute_ref_log_probs: bool = False
 
+    def t4_minutes(self) -> float:
+        """Training time on a T4 at :mod:`phi2kit.plan`'s seed-003 clock: per pair, two
+        sequences of ~350 tokens (as ``chat``) through the policy (6N FLOPs a token, as SFT)
+        and through the reference's forward (2N), whether per step or precomputed."""
+        from phi2kit.footprint import count_parameters, phi2_config
+        from phi2kit.plan import T4_EFFECTIVE_FLOPS
+
+        tokens = self.max_steps * self.effective_batch * 2 * 350
+        return tokens * 8 * count_parameters(phi2_config()) / T4_EFFECTIVE_FLOPS / 60
+
     def __post_init__(self) -> None:
         if self.task not in PREFERENCE_TASKS:
             raise ValueError(f"task={self.task!r} is not one of {PREFERENCE_TASKS}")
@@ -221,7 +231,7 @@ class DPORecipe(Recipe):
 _DPO: dict[str, DPORecipe] = {
     # 06's chat adapter (r=64, alpha=16, all six projections), trained on at a tenth of its
     # SFT rate: DPO starts from a model that already answers and only reorders its choices.
-    # 50 steps of 16 pairs, up to 1,024 tokens: see plan.dpo_minutes for the T4 time.
+    # 50 steps of 16 pairs, up to 1,024 tokens: DPORecipe.t4_minutes gives the T4 time.
     "t4": DPORecipe("dpo", quantize_4bit=True, lora_r=64, lora_alpha=16, lora_dropout=0.1,
                     learning_rate=2e-5, max_length=1024, max_steps=50, batch_size=2,
                     grad_accum=8, n_train=800, n_test=200, beta=0.1),
