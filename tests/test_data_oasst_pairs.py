@@ -139,6 +139,23 @@ def test_max_length_needs_a_counter():
         build_pairs([], max_length=10)
 
 
+def test_hub_rows_through_datasets(tmp_path, monkeypatch):
+    """The hub path: ``datasets.load_dataset`` on a local copy of the published layout."""
+    import datasets
+    import hub_copies
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    hub_id = str(hub_copies.write_all(tmp_path / "hub")["oasst1"])
+    with pytest.raises(DataError, match=r"row 11, field 'text': missing or not a string"):
+        load_pairs(None, hub_id=hub_id)
+    pairs = load_pairs(None, hub_id=hub_id, skip_bad=True)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [
+        (" They remember landmarks and the position of the sun.", " A worse answer.")
+    ]
+    assert (pairs.dropped["one reply"], pairs.dropped["language"]) == (2, 1)
+    assert pairs.n_skipped == 2 and "parent gone not found" in pairs.problems[1]
+
+
 def _notebook_cell(tag: str) -> str:
     cells = json.loads(NOTEBOOK.read_text())["cells"]
     return next("".join(c["source"]) for c in cells if tag in c.get("metadata", {}).get("tags", []))

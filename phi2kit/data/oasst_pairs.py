@@ -228,9 +228,10 @@ def _subtree(root: dict) -> list[dict]:
 
 def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None = "en",
                split: str = "train", skip_bad: bool = False, max_length: int | None = None,
-               count_tokens: Callable[[str], int] | None = None) -> Pairs:  # fmt: skip
+               count_tokens: Callable[[str], int] | None = None,
+               hub_id: str = HUB_ID) -> Pairs:  # fmt: skip
     """:func:`read_messages` then :func:`build_pairs`: OASST1 preference pairs, with counts."""
-    messages = read_messages(path, split=split, skip_bad=skip_bad)
+    messages = read_messages(path, split=split, skip_bad=skip_bad, hub_id=hub_id)
     return build_pairs(messages, lang, max_length=max_length, count_tokens=count_tokens)
 
 
