@@ -416,7 +416,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     from phi2kit.lora import add_lora, save_adapter
     from phi2kit.meta_phi2 import recipe_report
     from phi2kit.models import describe, load_model, load_tokenizer
-    from phi2kit.plan import TYPICAL_TOKENS
+    from phi2kit.plan.course import TYPICAL_TOKENS
     from phi2kit.recipes import get_recipe
 
     recipe = get_recipe(task, profile)  # the T4 recipe: the profile is t4 with CPU settings

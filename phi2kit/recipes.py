@@ -181,3 +181,74 @@ def get_recipe(task: str, profile: Profile | str = "auto", **overrides: object) 
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     recipe = _RECIPES[profile.name][task]
     return replace(recipe, **overrides) if overrides else recipe
+
+
+# --- Preference tuning (notebook 08) ----------------------------------------------------------
+# DPO is not an SFT task: it is kept out of TASKS (which `phi2kit train`, the T4-twin tests
+# and the meta-device report run through) and has its own recipe class with DPO's knobs.
+
+PREFERENCE_TASKS: tuple[str, ...] = ("dpo",)
+
+
+@dataclass(frozen=True)
+class DPORecipe(Recipe):
+    """A :class:`Recipe` for DPO on OASST1's ranked replies (notebook 08).
+
+    The LoRA numbers must be the SFT adapter's (06's ``chat`` recipe): DPO goes on training
+    that adapter. ``batch_size`` counts pairs: each holds a chosen and a rejected sequence.
+
+    Args:
+        beta: How far the policy may move from the reference: the implicit reward is
+            ``beta * (log pi(y|x) - log ref(y|x))``. Small beta: a weak pull to the reference.
+        precompute_ref_log_probs: Run the reference over the data once before training and
+            keep its log-probs, instead of a reference forward pass at every step.
+    """
+
+    beta: float = 0.1
+    precompute_ref_log_probs: bool = False
+
+    def t4_minutes(self) -> float:
+        """Training time on a T4 at :mod:`phi2kit.plan`'s seed-003 clock: per pair, two
+        sequences of ~350 tokens (as ``chat``) through the policy (6N FLOPs a token, as SFT)
+        and through the reference's forward (2N), whether per step or precomputed."""
+        from phi2kit.footprint import count_parameters, phi2_config
+        from phi2kit.plan.course import T4_EFFECTIVE_FLOPS
+
+        tokens = self.max_steps * self.effective_batch * 2 * 350
+        return tokens * 8 * count_parameters(phi2_config()) / T4_EFFECTIVE_FLOPS / 60
+
+    def __post_init__(self) -> None:
+        if self.task not in PREFERENCE_TASKS:
+            raise ValueError(f"task={self.task!r} is not one of {PREFERENCE_TASKS}")
+        if self.beta <= 0:
+            raise ValueError(f"beta={self.beta} must be positive")
+        object.__setattr__(self, "task", "chat")  # the SFT checks: targets, steps, batch
+        try:
+            super().__post_init__()
+        finally:
+            object.__setattr__(self, "task", "dpo")
+
+
+_DPO: dict[str, DPORecipe] = {
+    # 06's chat adapter (r=64, alpha=16, all six projections), trained on at a tenth of its
+    # SFT rate: DPO starts from a model that already answers and only reorders its choices.
+    # 50 steps of 16 pairs, up to 1,024 tokens: DPORecipe.t4_minutes gives the T4 time.
+    "t4": DPORecipe("dpo", quantize_4bit=True, lora_r=64, lora_alpha=16, lora_dropout=0.1,
+                    learning_rate=2e-5, max_length=1024, max_steps=50, batch_size=2,
+                    grad_accum=8, n_train=800, n_test=200, beta=0.1),
+    # the tiny chat adapter's numbers (06 on tiny); fp32 and no nf4 keep the run short
+    "tiny": DPORecipe("dpo", quantize_4bit=False, max_length=160, max_steps=24, batch_size=8,
+                      n_train=400, n_test=40, beta=0.1, **{**_TINY_LORA, "learning_rate": 1e-3}),
+}  # fmt: skip
+# the T4 recipe with the CPU-bound numbers shrunk, as for the SFT tasks
+_DPO["t4-cpu"] = replace(_DPO["t4"], max_length=160, max_steps=16, batch_size=4, grad_accum=2,
+                         n_train=400, n_test=40, learning_rate=1e-3)  # fmt: skip
+_DPO["ampere"] = replace(_DPO["t4"], batch_size=4, grad_accum=4)
+
+
+def get_dpo_recipe(profile: Profile | str = "auto", **overrides: object) -> DPORecipe:
+    """The DPO recipe (notebook 08) for ``profile``, with ``overrides`` applied."""
+    if isinstance(profile, str):
+        profile = get_profile(profile, check=False)
+    recipe = _DPO[profile.name]
+    return replace(recipe, **overrides) if overrides else recipe

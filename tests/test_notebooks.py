@@ -55,7 +55,7 @@ def test_last_code_cell_asserts_learning_or_behaviour(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_t4_estimate_matches_planner_and_readme(path):
-    from phi2kit.plan import course_rows
+    from phi2kit.plan.course import course_rows
 
     minutes, gb = next((m, g) for n, _, m, g in course_rows() if n == path.stem)
     first = nbformat.read(path, as_version=4).cells[0].source

@@ -9,7 +9,7 @@ MEMORY = (ROOT / "docs" / "memory.md").read_text()  # the planner's tables, move
 
 
 def test_course_table_matches_planner():
-    from phi2kit.plan import course_rows
+    from phi2kit.plan.course import course_rows
 
     for name, _, minutes, gb in course_rows():
         row = next(line for line in README.splitlines() if line.startswith(f"| [{name}]"))
