@@ -15,3 +15,17 @@ def test_ruff_clean():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_no_merge_conflict_markers():
+    """A merge left markers in a Markdown file once; nothing else would have noticed."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout
+    marked = []
+    for name in files.split():
+        path = ROOT / name
+        if path.suffix not in {".py", ".md", ".ipynb", ".toml", ".yml", ".txt"} or not path.is_file():
+            continue
+        lines = path.read_text(errors="replace").splitlines()
+        if any(line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in lines):
+            marked.append(name)
+    assert marked == []
