@@ -23,7 +23,8 @@ def test_no_merge_conflict_markers():
     marked = []
     for name in files.split():
         path = ROOT / name
-        if path.suffix not in {".py", ".md", ".ipynb", ".toml", ".yml", ".txt"} or not path.is_file():
+        text_file = path.suffix in {".py", ".md", ".ipynb", ".toml", ".yml", ".txt"}
+        if not text_file or not path.is_file():
             continue
         lines = path.read_text(errors="replace").splitlines()
         if any(line.startswith(("<<<<<<< ", ">>>>>>> ")) for line in lines):
