@@ -4,8 +4,9 @@ and chatting with the tuned model.
 The first functions are the ones notebook 06 writes in its cells (kept identical, a test
 compares them): :func:`tree_to_rows` (the export's nested trees as the hub's message rows),
 :func:`build_threads` (the rank-0 walk), :func:`format_chat` and :func:`to_examples` (the
-oldest turns dropped when a conversation is too long). The validating loader with bad-row
-reporting, for ``phi2kit train``, is :mod:`phi2kit.data.oasst`.
+oldest turns dropped when a conversation is too long). They are the course's only thread
+walk and chat format: the validating loader with bad-row reporting, for ``phi2kit train``,
+(:mod:`phi2kit.data.oasst`) checks each tree and then calls :func:`build_threads`.
 
 The rest drives ``phi2kit chat`` and ``phi2kit app`` (:mod:`phi2kit.commands.chat`,
 :mod:`phi2kit.commands.app`, which holds the Gradio half): the reply is generated (greedily,
@@ -99,12 +100,15 @@ STOP_STRINGS: tuple[str, ...] = (HUMAN,)
 def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
     """Drop the oldest exchanges until the prompt fits in ``max_tokens`` tokens.
 
-    The last turn (the user's new message) is always kept, even if it alone is too long.
+    :func:`to_examples` does the fitting: the history is the context of an empty reply
+    (one token, ``" "``, and EOS). The last turn (the user's new message) is always kept,
+    even if it alone is too long.
     """
-    from phi2kit.data.chat_format import fit_turns
-
-    fitted = fit_turns(turns, tokenizer, max_tokens)
-    return fitted[0] if fitted is not None else list(turns[-1:])
+    reply_tokens = len(tokenizer(" ")["input_ids"]) + 1
+    examples = to_examples([*turns, ("assistant", "")], tokenizer, max_tokens + reply_tokens)
+    last = [ex["dropped_turns"] for ex in examples
+            if ex["prompt"] == format_chat(turns[ex["dropped_turns"]:])]
+    return list(turns[last[-1]:]) if last else list(turns[-1:])
 
 
 def sampling_kwargs(temperature: float = 0.0) -> dict:
