@@ -125,33 +125,15 @@ def _chat_prompt(model, tokenizer, turns: Thread, max_new_tokens: int) -> str:
     return format_chat(fit_history(turns, tokenizer, limit))
 
 
-def chat_reply(
-    model,
-    tokenizer,
-    turns: Thread,
-    *,
-    max_new_tokens: int = 128,
-    stop_strings: Sequence[str] = STOP_STRINGS,
-    temperature: float = 0.0,
-) -> str:
+def chat_reply(model, tokenizer, turns: Thread, **settings) -> str:
     """The assistant's next reply to ``turns`` (which end with the user's message).
 
-    Greedy decoding unless ``temperature > 0``; the reply ends at EOS or at the first stop
-    string, and is stripped. Old exchanges are dropped if the prompt would not leave room
-    for ``max_new_tokens``.
+    The last value of :func:`stream_reply` (same ``settings``): greedy decoding unless
+    ``temperature > 0``; the reply ends at EOS or at the first stop string, and is stripped.
+    Old exchanges are dropped if the prompt would not leave room for ``max_new_tokens``.
     """
-    from phi2kit.generation import generate
-
-    prompt = _chat_prompt(model, tokenizer, turns, max_new_tokens)
-    out = generate(
-        model,
-        tokenizer,
-        [prompt],
-        max_new_tokens=max_new_tokens,
-        stop_strings=stop_strings,
-        **sampling_kwargs(temperature),
-    )
-    return out.texts[0].strip()
+    *_, reply = stream_reply(model, tokenizer, turns, **settings)
+    return reply
 
 
 def _held_back(text: str, stop_strings: Sequence[str]) -> int:
@@ -174,7 +156,7 @@ def stream_reply(
 
     Generation runs in a thread behind a ``TextIteratorStreamer``. Text that may be the
     start of a stop string is held back until it is clear, so ``"### Hu"`` never flashes
-    on screen. The last value equals :func:`chat_reply`'s reply (greedy). Closing the
+    on screen. The last value is :func:`chat_reply`'s reply. Closing the
     generator early (a Stop button) stops the generation too.
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
