@@ -183,26 +183,91 @@ def get_recipe(task: str, profile: Profile | str = "auto", **overrides: object) 
     return replace(recipe, **overrides) if overrides else recipe
 
 
+# --- Preference tuning (notebook 08) ----------------------------------------------------------
+# DPO is not an SFT task: it is kept out of TASKS (which `phi2kit train`, the T4-twin tests
+# and the meta-device report run through) and has its own recipe class with DPO's knobs.
+
+PREFERENCE_TASKS: tuple[str, ...] = ("dpo",)
+
+
+@dataclass(frozen=True)
+class DPORecipe(Recipe):
+    """A :class:`Recipe` for DPO on OASST1's ranked replies (notebook 08).
+
+    The LoRA numbers must be the SFT adapter's (06's ``chat`` recipe): DPO goes on training
+    that adapter. ``batch_size`` counts pairs: each holds a chosen and a rejected sequence.
+
+    Args:
+        beta: How far the policy may move from the reference: the implicit reward is
+            ``beta * (log pi(y|x) - log ref(y|x))``. Small beta: a weak pull to the reference.
+        precompute_ref_log_probs: Run the reference over the data once before training and
+            keep its log-probs, instead of a reference forward pass at every step.
+    """
+
+    beta: float = 0.1
+    precompute_ref_log_probs: bool = False
+
+    def t4_minutes(self) -> float:
+        """Training time on a T4 at :mod:`phi2kit.plan`'s seed-003 clock: per pair, two
+        sequences of ~350 tokens (as ``chat``) through the policy (6N FLOPs a token, as SFT)
+        and through the reference's forward (2N), whether per step or precomputed."""
+        from phi2kit.footprint import count_parameters, phi2_config
+        from phi2kit.plan.course import T4_EFFECTIVE_FLOPS
+
+        tokens = self.max_steps * self.effective_batch * 2 * 350
+        return tokens * 8 * count_parameters(phi2_config()) / T4_EFFECTIVE_FLOPS / 60
+
+    def __post_init__(self) -> None:
+        if self.task not in PREFERENCE_TASKS:
+            raise ValueError(f"task={self.task!r} is not one of {PREFERENCE_TASKS}")
+        if self.beta <= 0:
+            raise ValueError(f"beta={self.beta} must be positive")
+        object.__setattr__(self, "task", "chat")  # the SFT checks: targets, steps, batch
+        try:
+            super().__post_init__()
+        finally:
+            object.__setattr__(self, "task", "dpo")
+
+
+_DPO: dict[str, DPORecipe] = {
+    # 06's chat adapter (r=64, alpha=16, all six projections), trained on at a tenth of its
+    # SFT rate: DPO starts from a model that already answers and only reorders its choices.
+    # 50 steps of 16 pairs, up to 1,024 tokens: DPORecipe.t4_minutes gives the T4 time.
+    "t4": DPORecipe("dpo", quantize_4bit=True, lora_r=64, lora_alpha=16, lora_dropout=0.1,
+                    learning_rate=2e-5, max_length=1024, max_steps=50, batch_size=2,
+                    grad_accum=8, n_train=800, n_test=200, beta=0.1),
+    # the tiny chat adapter's numbers (06 on tiny); fp32 and no nf4 keep the run short
+    "tiny": DPORecipe("dpo", quantize_4bit=False, max_length=160, max_steps=24, batch_size=8,
+                      n_train=400, n_test=40, beta=0.1, **{**_TINY_LORA, "learning_rate": 1e-3}),
+}  # fmt: skip
+# the T4 recipe with the CPU-bound numbers shrunk, as for the SFT tasks
+_DPO["t4-cpu"] = replace(_DPO["t4"], max_length=160, max_steps=16, batch_size=4, grad_accum=2,
+                         n_train=400, n_test=40, learning_rate=1e-3)  # fmt: skip
+_DPO["ampere"] = replace(_DPO["t4"], batch_size=4, grad_accum=4)
+
+
+def get_dpo_recipe(profile: Profile | str = "auto", **overrides: object) -> DPORecipe:
+    """The DPO recipe (notebook 08) for ``profile``, with ``overrides`` applied."""
+    if isinstance(profile, str):
+        profile = get_profile(profile, check=False)
+    recipe = _DPO[profile.name]
+    return replace(recipe, **overrides) if overrides else recipe
+
+
 # --- GRPO (notebook 09): reinforcement learning on 04's checks, from 04's adapter ------------
 
 
 @dataclass(frozen=True)
 class GrpoRecipe(Recipe):
-    """A :class:`Recipe` for trl's ``GRPOTrainer`` (notebook 09), with what GRPO adds.
-
-    ``batch_size`` counts completions (trl's ``per_device_train_batch_size``), so one optimizer
-    step sees ``effective_batch // num_generations`` prompts; ``max_length`` is the prompt's
-    budget plus ``max_completion_length``.
+    """A :class:`Recipe` for trl's ``GRPOTrainer`` (notebook 09). ``batch_size`` counts
+    completions; ``max_length`` is the prompt's budget plus ``max_completion_length``.
 
     Args:
-        num_generations: Completions sampled per prompt; their mean reward is the baseline each
-            one is judged against (the "group" of GRPO). At least 2.
+        num_generations: Completions per prompt: the group whose mean reward is the baseline.
         max_completion_length: Most new tokens per completion.
-        beta: Weight of the KL penalty to the reference (04's adapter, kept frozen as a copy);
-            ``> 0`` costs one more forward pass per step, ``0`` none.
+        beta: KL weight to the reference (a frozen copy of 04's adapter); > 0 costs a pass.
         temperature: Sampling temperature of the generations.
-        steps_per_generation: Optimizer steps that share one ``generate`` call (trl's
-            ``steps_per_generation``); ``None``: ``grad_accum``, one call per optimizer step.
+        steps_per_generation: Optimizer steps per ``generate`` call; None: ``grad_accum``.
     """
 
     task: str = "grpo"
@@ -214,27 +279,19 @@ class GrpoRecipe(Recipe):
     steps_per_generation: int | None = None
 
     def __post_init__(self) -> None:
-        if self.task != "grpo":
-            raise ValueError(f"task={self.task!r}: a GrpoRecipe is for task 'grpo'")
-        if self.num_generations < 2:
-            raise ValueError("num_generations must be at least 2: GRPO compares completions")
+        if self.task != "grpo" or self.num_generations < 2:
+            raise ValueError("a GrpoRecipe is for task 'grpo', with num_generations at least 2")
         if self.generation_batch % self.num_generations:
-            msg = (f"the generation batch ({self.generation_batch} completions) must be a multiple "
-                   f"of num_generations={self.num_generations}: whole groups")  # fmt: skip
-            raise ValueError(msg)
+            raise ValueError(f"the generation batch ({self.generation_batch} completions) must "
+                             f"be a multiple of num_generations={self.num_generations}")
         if not 0 < self.max_completion_length < self.max_length:
             raise ValueError("max_completion_length must be positive and below max_length")
-        if self.lora_r <= 0 or self.max_steps <= 0 or self.batch_size <= 0:
+        if min(self.lora_r, self.max_steps, self.batch_size) <= 0:
             raise ValueError("lora_r, max_steps and batch_size must be positive")
 
     @property
-    def generation_batch(self) -> int:
-        """Completions per ``generate`` call: batch_size x (steps_per_generation or grad_accum)."""
+    def generation_batch(self) -> int:  # completions per generate call
         return self.batch_size * (self.steps_per_generation or self.grad_accum)
-
-    @property
-    def prompts_per_generation(self) -> int:
-        return self.generation_batch // self.num_generations
 
 
 # T4: 50 steps of 4 prompts x 4 completions, prompts up to 576 tokens and answers up to 192;
@@ -245,13 +302,11 @@ _GRPO_T4 = GrpoRecipe(max_length=768, max_completion_length=192, num_generations
 _GRPO = {
     "t4": _GRPO_T4,
     "ampere": replace(_GRPO_T4, batch_size=8, grad_accum=2),
-    # CPU, the tiny model: short answers, groups of 8 (one group per step, 4 steps per
-    # generate call: generation is what costs most on a CPU), a tiny-model learning rate
+    # tiny: short answers, one group of 8 per step, 4 steps per generate call (generation is
+    # what costs most on a CPU); t4-cpu: the T4 recipe with these numbers, fewer steps
     "tiny": GrpoRecipe(max_length=256, max_completion_length=32, num_generations=8,
                        batch_size=8, grad_accum=1, steps_per_generation=4, max_steps=60,
                        learning_rate=3e-4, lora_dropout=0.0, n_train=240, n_test=60),
-    # the T4 twin: the T4 recipe (accumulation, dropout, beta) with the tiny numbers
-    # (a step costs about three tiny steps on a CPU: fewer steps, the tiny rate)
     "t4-cpu": replace(_GRPO_T4, max_length=256, max_completion_length=32, num_generations=8,
                       batch_size=8, grad_accum=2, max_steps=20, learning_rate=3e-4,
                       n_train=240, n_test=60),
@@ -260,7 +315,5 @@ _GRPO = {
 
 def get_grpo_recipe(profile: Profile | str = "auto", **overrides: object) -> GrpoRecipe:
     """The GRPO recipe of notebook 09 on ``profile``, with ``overrides`` applied."""
-    if isinstance(profile, str):
-        profile = get_profile(profile, check=False)
-    recipe = _GRPO[profile.name]
-    return replace(recipe, **overrides) if overrides else recipe
+    profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
+    return replace(_GRPO[profile.name], **overrides)

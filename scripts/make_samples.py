@@ -10,7 +10,9 @@ is copied from the real data sets. The files reproduce the real formats and thei
   conflicting headlines, and the real class imbalance (about 59/28/12 %).
 - ``data/webglm/{train,validation,test}.jsonl``: WebGLM-QA JSON lines with cited answers.
 - ``data/oasst1/sample.trees.jsonl``: the OASST1 official tree export, with ranked
-  siblings, deleted and failed-review messages, and a few non-English trees.
+  siblings, deleted and failed-review messages, and a few non-English trees. Lower-ranked
+  siblings that ramble, invent the next human turn or get the fact wrong (notebook 08's
+  preference pairs) come from their own random stream, so the rest is as it was.
 """
 
 from __future__ import annotations
@@ -132,6 +134,54 @@ def oasst_tree(rng: random.Random, idx: int, start: datetime) -> dict:
     return {"message_tree_id": root["message_id"], "tree_state": "ready_for_export", "prompt": root}
 
 
+PAIR_SEED = 2026  # the lower-ranked siblings' own stream: every other message is unchanged
+
+
+def worse_reply(rng: random.Random, best: str, follow_ups: list[str]) -> tuple[str, str]:
+    """(kind, text): a reply that a ranker puts below ``best``; the kind says why."""
+    kind = rng.choice(["ramble", "invented turn", "wrong fact"])
+    if kind == "ramble":  # the answer, then on and on about other animals
+        others = rng.sample(synth._ANIMALS, 3)
+        facts = [rng.choice(synth.fact_sentences(synth.animal_facts(rng, a))) for a in others]
+        extra = " ".join(facts).replace(" .", ".")
+        return kind, f"{best} Also, {extra[0].lower()}{extra[1:]} And there is much more to say."
+    if kind == "invented turn":  # the answer, then it writes the human's next line itself
+        return kind, f"{best}\n### Human: {rng.choice(follow_ups)}"
+    words = best.rstrip(".").split(" ")  # the same sentence with another animal's fact
+    pool = synth._HABITATS + synth._FOODS + [str(n) for n in range(4, 31)]
+    i = max((j for j, w in enumerate(words) if w in pool), default=len(words) - 1)
+    words[i] = rng.choice([w for w in pool if w != words[i] and w.isdigit() == words[i].isdigit()])
+    return kind, " ".join(words) + "."
+
+
+def add_worse_siblings(trees: list[dict], rng: random.Random) -> int:
+    """Give most rank-0 assistant replies a rank-2 sibling (ids ``...-wN``); return how many.
+
+    Appended after the existing siblings, with ids and dates of their own, so every message
+    written before is byte-for-byte the same and the rank-0 threads of notebook 06 are too.
+    """
+    follow_ups = [q for q, _ in synth._FOLLOW_UPS]
+    n = 0
+    for tree in trees:
+        stack = [tree["prompt"]]
+        while stack:
+            node = stack.pop()
+            stack.extend(node["replies"])
+            ranked = [r for r in node["replies"] if r["role"] == "assistant" and r["rank"] == 0]
+            best = ranked[0] if ranked else None
+            if best is None or rng.random() < 0.1:  # some prompts keep a single usable reply
+                continue
+            _, text = worse_reply(rng, best["text"], follow_ups)
+            sibling = {k: v for k, v in best.items() if k != "replies"}
+            tree_no, _, _ = best["message_id"].partition("-")
+            n += 1
+            sibling.update(message_id=f"{tree_no}-w{n}", text=text, rank=2, replies=[],
+                           user_id=f"u{rng.randint(1, 90):03d}",
+                           created_date=best["created_date"][:-2] + "30")
+            node["replies"].append(sibling)
+    return n
+
+
 def main() -> None:
     rng = random.Random(2024)
     write_kaggle_csv(financial_news(rng), DATA / "financial_news" / "all-data.csv")
@@ -139,6 +189,7 @@ def main() -> None:
         write_jsonl([synth.qa_example(rng) for _ in range(n)], DATA / "webglm" / f"{split}.jsonl")
     start = datetime(2023, 2, 1, 12, 0)
     trees = [oasst_tree(rng, i, start + timedelta(days=i)) for i in range(600)]
+    add_worse_siblings(trees, random.Random(PAIR_SEED))
     write_jsonl(trees, DATA / "oasst1" / "sample.trees.jsonl")
     print(f"wrote samples under {DATA}")
 

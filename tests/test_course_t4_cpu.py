@@ -9,6 +9,8 @@ notebook's learning checks have thresholds stated for this profile.
 
 from pathlib import Path
 
+import pytest
+
 from phi2kit.commands.course import DEFAULT_TIMEOUT, find_notebooks, run_course
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,16 +23,24 @@ TRAINING = {  # notebook -> a key metric that its summary row must show
 }
 
 
-def test_whole_course_passes_under_t4_cpu(tmp_path):
-    notebooks = find_notebooks(ROOT / "notebooks")
+NOTEBOOKS = find_notebooks(ROOT / "notebooks")
+
+
+@pytest.fixture(scope="module")
+def course_dirs(tmp_path_factory):
+    """One run folder and one working folder for the whole t4-cpu course: the lessons run in
+    order (one xdist worker: tests/conftest.py), and later ones read earlier ones' outputs/."""
+    base = tmp_path_factory.mktemp("t4-cpu-course")
+    return base / "run", base / "work"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.stem)
+def test_lesson_passes_under_t4_cpu(notebook, course_dirs):
+    out, work = course_dirs
     # DEFAULT_TIMEOUT per cell (1800 s) holds on a busy CI machine: 600 s did not, under load
-    runs = run_course("t4-cpu", tmp_path / "run", notebooks, timeout=DEFAULT_TIMEOUT,
-                      log=lambda _: None)  # fmt: skip
-    failed = {r.name: r.error for r in runs if r.status != "passed"}
-    assert not failed, failed
-    assert [r.name for r in runs] == [nb.stem for nb in notebooks]
-    summary = (tmp_path / "run" / "summary.md").read_text()
-    assert "(profile: t4-cpu)" in summary
-    rows = {line.split("|")[1].strip(): line for line in summary.splitlines()[4:] if "|" in line}
-    for name, key in TRAINING.items():
-        assert f"{key}=" in rows[name], (name, rows.get(name))
+    (run,) = run_course("t4-cpu", out, [notebook], timeout=DEFAULT_TIMEOUT, workdir=work,
+                        log=lambda _: None)  # fmt: skip
+    assert run.status == "passed", run.error
+    assert "(profile: t4-cpu)" in (out / "summary.md").read_text()
+    if notebook.stem in TRAINING:
+        assert TRAINING[notebook.stem] in run.metrics, (notebook.stem, run.metrics)

@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 
 from phi2kit.plan import estimate
-from phi2kit.plan_grpo import estimate_grpo, grpo_course_row, grpo_minutes
+from phi2kit.plan.grpo import estimate_grpo, grpo_course_row, grpo_minutes
 from phi2kit.recipes import TASKS, GrpoRecipe, get_grpo_recipe, get_recipe
 
 PROFILES = ["tiny", "t4-cpu", "t4", "ampere"]
@@ -15,7 +15,7 @@ PROFILES = ["tiny", "t4-cpu", "t4", "ampere"]
 def test_every_profile_has_a_grpo_recipe_with_whole_groups(profile):
     r = get_grpo_recipe(profile)
     assert r.task == "grpo" and r.quantize_4bit
-    assert r.generation_batch % r.num_generations == 0 and r.prompts_per_generation >= 1
+    assert r.generation_batch % r.num_generations == 0 and r.generation_batch >= r.num_generations
     assert 0 < r.max_completion_length < r.max_length
 
 
@@ -46,6 +46,7 @@ def test_the_other_recipes_are_unchanged():
         ({"num_generations": 1}, "at least 2"),
         ({"max_completion_length": 768}, "below max_length"),
         ({"task": "webglm"}, "for task 'grpo'"),
+        ({"max_steps": 0}, "max_steps"),
     ],
 )
 def test_bad_grpo_recipes_are_refused(change, message):

@@ -12,29 +12,24 @@ from pathlib import Path
 
 import pytest
 import torch
+from measure_memory import live_bytes_tracker, model_bytes, optimizer_state_bytes  # bench/
 
 from phi2kit.commands.plan import add_plan_parser, run_plan
 from phi2kit.footprint import (
     activation_bytes_per_token,
     count_parameters,
     dequant_bytes,
-    live_bytes_tracker,
     lora_parameters,
-    model_bytes,
-    optimizer_state_bytes,
     phi2_config,
     weight_bytes,
 )
-from phi2kit.plan import (
+from phi2kit.plan import Estimate, estimate, format_table, plan_all_t4
+from phi2kit.plan.course import (
     T4_CALIBRATION_LENGTH,
     T4_CALIBRATIONS,
     T4_EFFECTIVE_FLOPS,
-    Estimate,
     course_minutes,
     course_rows,
-    estimate,
-    format_table,
-    plan_all_t4,
     train_minutes,
 )
 from phi2kit.recipes import PHI_LORA_TARGETS, Recipe, get_recipe
@@ -336,7 +331,8 @@ def test_course_table_uses_the_1024_reading_and_readme_gives_both():
     "name, task, template",
     [
         ("03_classification_head", "classifier",
-         "`phi2kit.plan.train_minutes`: {a:.1f} per run; {b:.1f} if seed 003's T4 run is read"),
+         "`phi2kit.plan.course.train_minutes`: {a:.1f} per run; "
+         "{b:.1f} if seed 003's T4 run is read"),
         ("04_webglm_qlora", "webglm", "about {a:.0f} minutes of training (100 steps"),
         ("04_webglm_qlora", "webglm", "; {b:.0f} if seed 003's T4 run is read at 2,048 tokens"),
         ("06_chat_oasst1", "chat", "about {a:.0f} minutes of training (120 steps"),

@@ -9,7 +9,7 @@ MEMORY = (ROOT / "docs" / "memory.md").read_text()  # the planner's tables, move
 
 
 def test_course_table_matches_planner():
-    from phi2kit.plan import course_rows
+    from phi2kit.plan.course import course_rows
 
     for name, _, minutes, gb in course_rows():
         row = next(line for line in README.splitlines() if line.startswith(f"| [{name}]"))
@@ -77,7 +77,7 @@ def test_tiny_report_in_readme():
 
 
 def test_t4_recipe_table_matches_skeleton():
-    from phi2kit.meta_phi2 import all_reports
+    from meta_report import all_reports  # bench/
 
     for report in all_reports("t4"):
         row = next(line for line in MEMORY.splitlines() if line.startswith(f"| {report.task} |"))

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 GRADE_TAG = "grade"  # the cell that calls check(); run_notebook leaves it out
-CHECK_MODULES = tuple(f"phi2kit_exercises.checks_{n}"
-                      for n in ("01_02", "03_04", "05_06", "07", "09"))
+CHECK_MODULES = tuple(
+    f"phi2kit_exercises.checks_{n}" for n in ("01_02", "03_04", "05_06", "07", "08", "09")
+)
 
 
 class Todo(NotImplementedError):

@@ -97,11 +97,17 @@ def run_course(
     *,
     timeout: int = DEFAULT_TIMEOUT,
     log=print,
+    workdir: Path | None = None,
 ) -> list[NotebookRun]:
     """Execute ``notebooks`` with papermill, setting ``PROFILE``; write ``summary.md``.
 
-    Each kernel runs in its notebook's folder, so ``out`` and ``notebooks`` are made
-    absolute first: a relative path means what it meant where the command was run.
+    Each kernel runs in its notebook's folder, so that the lessons' ``outputs/`` (adapters,
+    checkpoints, which later lessons read) are where a learner's Jupyter puts them, and a
+    second run resumes from them. ``workdir`` runs the kernels there instead (its
+    ``outputs/``, with a ``../data`` link to the samples): a second course on another profile
+    then shares nothing with the first (CI runs ``tiny`` and ``t4-cpu`` side by side).
+    ``out``, ``notebooks`` and ``workdir`` are made absolute first: a relative path means
+    what it meant where the command was run.
     """
     pm = import_papermill()
     from tqdm.auto import tqdm
@@ -109,6 +115,8 @@ def run_course(
     out = Path(out).resolve()
     notebooks = [Path(nb).resolve() for nb in notebooks]
     out.mkdir(parents=True, exist_ok=True)
+    if workdir is not None:
+        workdir = _prepare_workdir(Path(workdir).resolve(), notebooks)
     metrics_dir = out / "metrics"
     before = os.environ.get(METRICS_ENV)
     os.environ[METRICS_ENV] = str(metrics_dir)
@@ -117,7 +125,7 @@ def run_course(
         bar = tqdm(notebooks, desc="course", unit="notebook")
         for nb in bar:
             bar.set_postfix_str(nb.stem)
-            runs.append(_run_notebook(pm, nb, out, profile, timeout))
+            runs.append(_run_notebook(pm, nb, out, profile, timeout, workdir or nb.parent))
             run = runs[-1]
             said = f"{nb.stem}: {run.status} in {run.seconds:.0f} s"
             log(said + (f": {run.error}" if run.error else ""))
@@ -130,7 +138,20 @@ def run_course(
     return runs
 
 
-def _run_notebook(pm, nb: Path, out: Path, profile: str, timeout: int) -> NotebookRun:
+def _prepare_workdir(workdir: Path, notebooks: list[Path]) -> Path:
+    """``workdir/lessons`` (the kernels' folder), with ``workdir/data`` -> the samples."""
+    lessons = workdir / "lessons"
+    lessons.mkdir(parents=True, exist_ok=True)
+    data = notebooks[0].parent.parent / "data" if notebooks else None
+    link = workdir / "data"
+    if data is not None and data.is_dir() and not link.exists():
+        link.symlink_to(data, target_is_directory=True)
+    return lessons
+
+
+def _run_notebook(
+    pm, nb: Path, out: Path, profile: str, timeout: int, cwd: Path
+) -> NotebookRun:
     m_path = out / "metrics" / f"{nb.stem}.json"
     m_path.unlink(missing_ok=True)  # a re-run into the same folder must not show old numbers
     start = time.perf_counter()
@@ -140,7 +161,7 @@ def _run_notebook(pm, nb: Path, out: Path, profile: str, timeout: int) -> Notebo
             str(nb),
             str(out / nb.name),
             parameters={"PROFILE": profile},
-            cwd=str(nb.parent),
+            cwd=str(cwd),
             kernel_name="python3",
             language="python",
             execution_timeout=timeout,
@@ -235,6 +256,10 @@ def add_course_parser(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
     p.add_argument("--notebooks", type=Path, default=None, help="folder of NN_*.ipynb")
     p.add_argument("--only", nargs="*", default=None, help="notebook numbers, e.g. 01 02")
+    p.add_argument("--workdir", type=Path, default=None,
+                   help="run the lessons in this folder (their outputs/ go there) instead of "
+                        "the notebooks folder, so that this run shares no adapter or "
+                        "checkpoint with another")
     p.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
                    help=f"seconds one cell may run (default {DEFAULT_TIMEOUT}: generous, "
                    "for a busy machine)")  # fmt: skip
@@ -258,7 +283,7 @@ def _course_main(args: argparse.Namespace) -> int:
         return fail(str(exc))
     # relative to where the command runs (run_course makes it absolute before the kernels start)
     out = (args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
-    runs = run_course(profile, out, notebooks, timeout=args.timeout)
+    runs = run_course(profile, out, notebooks, timeout=args.timeout, workdir=args.workdir)
     print(f"\nsummary: {out / 'summary.md'}")
     print((out / "summary.md").read_text())
     return 0 if all(r.status == "passed" for r in runs) else 1

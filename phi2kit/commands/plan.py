@@ -7,19 +7,25 @@ from typing import Any
 
 from phi2kit.commands import add_profile_argument
 from phi2kit.plan import estimate, format_table
-from phi2kit.recipes import TASKS
+from phi2kit.recipes import PREFERENCE_TASKS, TASKS
 
 
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``phi2kit plan``, e.g. ``phi2kit plan --task chat --max-length 2048``."""
     p = subparsers.add_parser("plan", help="predict whether a recipe fits in GPU memory")
     add_profile_argument(p, default="t4")
-    p.add_argument("--task", default="webglm", choices=TASKS)
+    p.add_argument("--task", default="webglm", choices=TASKS + PREFERENCE_TASKS)
     p.add_argument("--max-length", type=int, default=None, help="override the recipe's")
     p.add_argument("--batch", type=int, default=None, help="per-device micro-batch")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient checkpointing (default: the profile's)")  # fmt: skip
     p.add_argument("--device-gb", type=float, default=15.0, help="GPU memory in GB")
+    p.add_argument("--reference", choices=("adapter", "base", "model"), default="adapter",
+                   help="dpo: the reference is a frozen copy of the SFT adapter (default), "
+                        "the base with adapters off, or a second model")
+    p.add_argument("--precompute-ref", action=argparse.BooleanOptionalAction, default=None,
+                   help="dpo: compute the reference's log-probs before training "
+                        "(default: the recipe's)")
     p.set_defaults(func=run_plan)
     return p
 
@@ -48,9 +54,20 @@ def run_plan(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch))
                  if v is not None}  # fmt: skip
-    recipe = get_recipe(args.task, args.profile, **overrides)
-    est = estimate(args.profile, recipe, device_gb=args.device_gb,
-                   gradient_checkpointing=args.grad_ckpt)  # fmt: skip
+    if args.task == "dpo":
+        from phi2kit.plan.dpo import estimate_dpo
+        from phi2kit.recipes import get_dpo_recipe
+
+        recipe = get_dpo_recipe(args.profile, **overrides)
+        pre = recipe.precompute_ref_log_probs
+        if args.precompute_ref is not None:
+            pre = args.precompute_ref
+        est = estimate_dpo(args.profile, recipe, reference=args.reference, precompute=pre,
+                           device_gb=args.device_gb, gradient_checkpointing=args.grad_ckpt)
+    else:
+        recipe = get_recipe(args.task, args.profile, **overrides)
+        est = estimate(args.profile, recipe, device_gb=args.device_gb,
+                       gradient_checkpointing=args.grad_ckpt)  # fmt: skip
     if not est.possible:
         print(f"phi2kit plan: error: --device-gb {args.device_gb:g}: {est.verdict} "
               "(a T4 has 15: --device-gb 15)", file=sys.stderr)  # fmt: skip

@@ -1,7 +1,7 @@
-"""GRPO's memory and time on a T4 (notebook 09): the planner of :mod:`phi2kit.plan`, for GRPO.
+"""The planner for GRPO (notebook 09): memory and time of generation, reference and training.
 
     from phi2kit.plan import format_table
-    from phi2kit.plan_grpo import estimate_grpo, grpo_minutes
+    from phi2kit.plan.grpo import estimate_grpo, grpo_minutes
     print(format_table(estimate_grpo("t4", get_grpo_recipe("t4"))))
 
 A GRPO step generates ``num_generations`` completions per prompt, scores them, runs the
@@ -14,16 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 from phi2kit.footprint import DTYPE_BYTES, GB, count_parameters, phi2_config
-from phi2kit.plan import (
-    ALLOCATOR_SLACK,
-    CUDA_CONTEXT_GB,
-    T4_CALIBRATION_LENGTH,
-    T4_CALIBRATIONS,
-    Estimate,
-    _resolve,
-    _rounded_minutes,
-    estimate,
-)
+from phi2kit.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GB, Estimate, _resolve, estimate
+from phi2kit.plan.course import T4_CALIBRATION_LENGTH, T4_CALIBRATIONS, _rounded_minutes
 
 #: Assumption, not measured here: seconds per decoding step of ``model.generate`` for a batch of
 #: nf4 Phi-2 sequences on a T4 (memory-bound: every step reads and dequantizes all weights).
@@ -38,7 +30,7 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
     A step has three phases that never hold their buffers at the same time, so the peak is
     the largest of them on top of the weights, adapters and optimizer state:
 
-    - generation: ``generation_batch`` sequences (``prompts_per_generation`` x ``num_generations``)
+    - generation: ``generation_batch`` sequences (whole groups of ``num_generations``)
       of up to ``max_length`` tokens, in one ``generate`` call: a KV cache of
       ``2 x layers x hidden`` values per token, and the last position's fp32 logits;
     - the reference pass when ``beta > 0``: a no-grad forward of ``batch_size`` completions

@@ -1,0 +1,254 @@
+"""OASST1 preference pairs (notebook 08): ranked sibling replies -> prompt, chosen, rejected.
+
+OASST1 volunteers ranked the assistant replies to the same prompt against each other
+(``rank`` 0 is the best; null where no ranking was made). A **prompt** is a conversation
+up to a human turn; its **chosen** reply is the best-ranked usable one and every other
+ranked usable reply gives one pair with it as **rejected**. Both published forms are read:
+the hub's rows (one message per row, linked by ``parent_id``) and the official export
+``*.trees.jsonl`` (one tree per line, nested ``replies``), detected from the content.
+
+    pairs = load_pairs("2023-04-12_oasst_ready.trees.jsonl", lang="en")
+    print(pairs.summary())  # prompts, pairs, and every ranked reply left out, by reason
+    train, eval_, test = split_by_tree(pairs, n_eval=200, n_test=200)
+
+Every ranked assistant reply is accounted for: it is a chosen reply, a rejected one, or
+counted in ``dropped`` under one reason (:data:`REASONS`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from phi2kit.data.files import DataError, LoadResult, read_jsonl
+
+HUB_ID = "OpenAssistant/oasst1"
+HUMAN, ASSISTANT = "### Human:", "### Assistant:"  # notebook 06's chat format
+#: Why a ranked reply is in no pair. "one reply": the only usable ranked reply to its
+#: prompt; "tie": its prompt's best rank is shared, so there is no single chosen reply.
+REASONS = ("deleted or failed review", "language", "one reply", "tie", "too long")
+_FIELDS = ("message_id", "parent_id", "text", "role", "lang", "rank", "deleted",
+           "review_result", "message_tree_id")  # fmt: skip
+
+
+class Pairs(LoadResult):
+    """A list of pair dicts (``prompt``, ``chosen``, ``rejected``, ``tree``, ``prompt_id``,
+    ``chosen_rank``, ``rejected_rank``), the drop counts, and the bad rows skipped."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dropped: Counter[str] = Counter({r: 0 for r in REASONS})
+        self.n_prompts = 0  # prompts with at least one pair
+        self.n_ranked = 0  # ranked assistant replies seen
+
+    def summary(self, what: str = "rows") -> str:
+        drops = ", ".join(f"{r}: {n}" for r, n in self.dropped.items())
+        return (f"{self.n_prompts} prompts, {len(self)} pairs from {self.n_ranked} ranked "
+                f"replies; left out: {drops}; {super().summary(what)}")  # fmt: skip
+
+
+def _clean(value: Any) -> Any:
+    return None if isinstance(value, float) and math.isnan(value) else value
+
+
+def _message(raw: Any, path: str, row: int) -> dict:
+    if not isinstance(raw, dict):
+        raise DataError(f"expected a JSON object, got {type(raw).__name__}", path=path, row=row)
+    for name in ("message_id", "text", "role"):
+        if not isinstance(_clean(raw.get(name)), str):
+            raise DataError("missing or not a string", path=path, row=row, field=name)
+    if raw["role"] not in ("prompter", "assistant"):
+        raise DataError(f"unknown role {raw['role']!r}", path=path, row=row, field="role")
+    msg = {k: _clean(raw.get(k)) for k in _FIELDS}
+    try:
+        msg["rank"] = None if msg["rank"] is None else int(msg["rank"])
+    except (TypeError, ValueError):
+        raise DataError(f"not an int: {msg['rank']!r}", path=path, row=row, field="rank") from None
+    flags = {"true": True, "false": False}  # CSV files hold booleans as text
+    for name in ("deleted", "review_result"):
+        if isinstance(msg[name], str):
+            msg[name] = flags.get(msg[name].strip().lower())
+    msg["replies"] = []
+    return msg
+
+
+def _tree_messages(tree: Any, path: str, row: int) -> list[dict]:
+    """The messages of one export tree, parent links taken from the nesting."""
+    if not isinstance(tree, dict) or not isinstance(tree.get("prompt"), dict):
+        raise DataError("expected a tree with a 'prompt' object", path=path, row=row,
+                        field="prompt")  # fmt: skip
+    out, stack = [], [(tree["prompt"], None)]
+    while stack:
+        raw, parent = stack.pop()
+        msg = _message(raw, path, row)
+        msg["parent_id"], msg["message_tree_id"] = parent, tree.get("message_tree_id")
+        out.append(msg)
+        replies = raw.get("replies") or []
+        if not isinstance(replies, list):
+            raise DataError("expected a list", path=path, row=row, field="replies")
+        stack.extend((reply, msg["message_id"]) for reply in reversed(replies))
+    return out
+
+
+def read_messages(path: str | os.PathLike[str] | None = None, *, split: str = "train",
+                  skip_bad: bool = False, hub_id: str = HUB_ID) -> LoadResult:  # fmt: skip
+    """OASST1 messages from a trees or rows file (``.jsonl``, ``.parquet``, ``.csv``), or
+    from the hub when ``path`` is None. With ``skip_bad`` a bad row or tree is counted."""
+    if path is None:
+        from datasets import load_dataset
+
+        table = load_dataset(hub_id, split=split)
+        table = table.select_columns([c for c in _FIELDS if c in table.column_names])
+        rows, source, form = list(enumerate(table, start=1)), hub_id, "rows"
+    else:
+        file, source = Path(path), str(path)
+        if not file.is_file():
+            raise DataError("no such file", path=source)
+        if file.suffix in (".parquet", ".csv"):
+            import pandas as pd
+
+            df = pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file)
+            df = df.astype(object).where(df.notna(), None)
+            rows = list(enumerate(df.to_dict("records"), start=1))
+        else:
+            rows = read_jsonl(file)
+        first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
+        form = "trees" if "prompt" in first else "rows"
+    if not rows:
+        raise DataError("empty file: no messages", path=source)
+    result = LoadResult(skip_bad=skip_bad)
+    for row, obj in rows:
+        with result.row():
+            if isinstance(obj, DataError):
+                raise obj
+            if form == "trees":
+                result.extend(_tree_messages(obj, source, row))
+            else:
+                result.append(_message(obj, source, row))
+    return result
+
+
+def _usable(msg: dict) -> bool:
+    return not msg["deleted"] and msg["review_result"] is not False
+
+
+def _line(msg: dict) -> str:
+    return f"{HUMAN if msg['role'] == 'prompter' else ASSISTANT} {msg['text'].strip()}"
+
+
+def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: int | None = None,
+                count_tokens: Callable[[str], int] | None = None) -> Pairs:  # fmt: skip
+    """Pairs from normalized messages (:func:`read_messages`), in input order.
+
+    Args:
+        messages: Message dicts linked by ``parent_id``.
+        lang: Keep prompts and replies in this language (``None``: all).
+        max_length: Leave out a pair whose prompt plus either reply (plus EOS) is longer,
+            in ``count_tokens`` units (a tokenizer's token count).
+        count_tokens: Length of a text; needed with ``max_length``.
+    """
+    if max_length is not None and count_tokens is None:
+        raise ValueError("max_length needs count_tokens (e.g. a tokenizer's token count)")
+    pairs = Pairs(problems=getattr(messages, "problems", []))
+    by_id = {m["message_id"]: dict(m, replies=[]) for m in messages}
+    for msg in by_id.values():
+        if msg["parent_id"] in by_id:
+            by_id[msg["parent_id"]]["replies"].append(msg)
+        elif msg["parent_id"] is not None:
+            pairs.problems.append(f"message {msg['message_id']}: parent {msg['parent_id']} "
+                                  "not found; skipped with its replies")
+    roots = [m for m in by_id.values() if m["parent_id"] is None and m["role"] == "prompter"]
+
+    def visit(node: dict, history: list[str], ok: bool, lang_ok: bool) -> None:
+        ok = ok and _usable(node)
+        lang_ok = lang_ok and (lang is None or node["lang"] == lang)
+        history = [*history, _line(node)]
+        if node["role"] == "prompter":
+            _pairs_of(node, history, ok, lang_ok)
+        for reply in node["replies"]:
+            visit(reply, history, ok, lang_ok)
+
+    def _pairs_of(node: dict, history: list[str], ok: bool, lang_ok: bool) -> None:
+        ranked = [r for r in node["replies"] if r["role"] == "assistant" and r["rank"] is not None]
+        pairs.n_ranked += len(ranked)
+        keep = []
+        for r in ranked:
+            if not (ok and _usable(r)):
+                pairs.dropped["deleted or failed review"] += 1
+            elif not (lang_ok and (lang is None or r["lang"] == lang)):
+                pairs.dropped["language"] += 1
+            else:
+                keep.append(r)
+        keep.sort(key=lambda r: r["rank"])  # stable: equal ranks stay in input order
+        if len(keep) == 1:
+            pairs.dropped["one reply"] += 1
+        elif len(keep) > 1 and keep[0]["rank"] == keep[1]["rank"]:
+            pairs.dropped["tie"] += len(keep)
+        elif keep:
+            prompt = "\n".join([*history, ASSISTANT])
+            best, made = keep[0], 0
+            for worse in keep[1:]:
+                pair = {"prompt": prompt, "chosen": " " + best["text"].strip(),
+                        "rejected": " " + worse["text"].strip(), "tree": node["message_tree_id"],
+                        "prompt_id": node["message_id"], "chosen_rank": best["rank"],
+                        "rejected_rank": worse["rank"]}  # fmt: skip
+                if max_length is not None and max(
+                    count_tokens(prompt + pair[k]) + 1 for k in ("chosen", "rejected")
+                ) > max_length:
+                    pairs.dropped["too long"] += 1
+                    continue
+                pairs.append(pair)
+                made += 1
+            if made:
+                pairs.n_prompts += 1
+            else:
+                pairs.dropped["too long"] += 1  # the chosen reply, with no pair left
+
+    for root in roots:
+        root_tree = root["message_tree_id"] or root["message_id"]
+        for m in _subtree(root):
+            m["message_tree_id"] = m["message_tree_id"] or root_tree
+        visit(root, [], True, True)
+    return pairs
+
+
+def _subtree(root: dict) -> list[dict]:
+    out, stack = [], [root]
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(node["replies"])
+    return out
+
+
+def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None = "en",
+               split: str = "train", skip_bad: bool = False, max_length: int | None = None,
+               count_tokens: Callable[[str], int] | None = None,
+               hub_id: str = HUB_ID) -> Pairs:  # fmt: skip
+    """:func:`read_messages` then :func:`build_pairs`: OASST1 preference pairs, with counts."""
+    messages = read_messages(path, split=split, skip_bad=skip_bad, hub_id=hub_id)
+    return build_pairs(messages, lang, max_length=max_length, count_tokens=count_tokens)
+
+
+def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
+                  seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:  # fmt: skip
+    """Train, eval and test pairs, whole conversation trees to one split (so no prompt is in
+    two). Trees are shuffled with ``seed``; eval and test take whole trees until they hold
+    at least ``n_eval`` and ``n_test`` pairs."""
+    trees = list(dict.fromkeys(p["tree"] for p in pairs))
+    random.Random(seed).shuffle(trees)
+    by_tree: dict[Any, list[dict]] = {}
+    for p in pairs:
+        by_tree.setdefault(p["tree"], []).append(p)
+    splits: list[list[dict]] = [[], [], []]  # test, eval, train
+    wanted = [n_test, n_eval]
+    for tree in trees:
+        k = next((i for i, n in enumerate(wanted) if len(splits[i]) < n), 2)
+        splits[k].extend(by_tree[tree])
+    test, eval_, train = splits
+    return train, eval_, test

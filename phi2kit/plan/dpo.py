@@ -1,0 +1,34 @@
+"""The planner for DPO (notebook 08): chosen and rejected in one batch, and the reference.
+
+``phi2kit plan --task dpo --profile t4`` prints it; ``--reference`` and ``--precompute-ref``
+say which reference and whether its log-probs are computed before training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from phi2kit.footprint import GB, lora_parameters, weight_bytes
+from phi2kit.plan import ALLOCATOR_SLACK, Estimate, _resolve, estimate
+
+
+def estimate_dpo(model: Any, recipe: Any, reference: str = "adapter", precompute: bool = False,
+                 **kw: Any) -> Estimate:  # fmt: skip
+    """One DPO step: the policy on 2 x ``batch_size`` sequences (chosen + rejected); the
+    reference, trl's frozen copy of the SFT adapter (``"adapter"``), the base with adapters
+    off (``"base"``) or a second base (``"model"``, freed before training by ``precompute``);
+    and the reference's no-grad pass, whose fp32 logits and log-probs add what exceeds the
+    policy's logits buffers (nothing with ``precompute``: it runs before training)."""
+    est = estimate(model, replace(recipe, batch_size=2 * recipe.batch_size), _levers=False, **kw)
+    cfg, p, s = kw.get("config") or _resolve(model)[0], est.parts, est.settings
+    base2 = 0 if precompute else weight_bytes(cfg, s["dtype"], quantize_4bit=s["4-bit"]) / GB
+    p["reference"] = {"adapter": 4 * lora_parameters(cfg, recipe) / GB, "model": base2}.get(
+        reference, 0.0)
+    ref_pass = 2 * recipe.batch_size * recipe.max_length * cfg.vocab_size * 8 / GB
+    p["reference pass"] = 0.0 if precompute else max(0.0, ref_pass - p["logits + grads"])
+    p["overhead"] += ALLOCATOR_SLACK * (p["reference"] + p["reference pass"]) * (p["overhead"] > 0)
+    s.update(batch=f"{recipe.batch_size} pairs", reference=reference, precompute=precompute)
+    est.verdict = f"{'fits' if est.fits else 'does not fit'}: {est.total_gb:.2f} GB of "
+    est.verdict += f"{est.device_gb:.1f} GB"
+    return est

@@ -1,0 +1,173 @@
+"""phi2kit.data.oasst_pairs: OASST1 preference pairs from both published forms."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from phi2kit.data import sample_path
+from phi2kit.data.files import DataError
+from phi2kit.data.oasst_pairs import REASONS, build_pairs, load_pairs, split_by_tree
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOK = ROOT / "notebooks" / "08_preference_dpo.ipynb"
+
+
+def _msg(mid, role, text, rank=None, lang="en", replies=(), **kw):
+    return {"message_id": mid, "role": role, "text": text, "rank": rank, "lang": lang,
+            "deleted": kw.get("deleted", False), "review_result": kw.get("review", True),
+            "replies": list(replies)}  # fmt: skip
+
+
+def _tree_rows(tree: dict) -> list[dict]:
+    """The hub's form of one export tree: one row per message, linked by parent_id."""
+    rows, stack = [], [(tree["prompt"], None)]
+    while stack:
+        msg, parent = stack.pop()
+        row = {k: v for k, v in msg.items() if k != "replies"}
+        rows.append(dict(row, parent_id=parent, message_tree_id=tree["message_tree_id"]))
+        stack.extend((r, msg["message_id"]) for r in reversed(msg["replies"]))
+    return rows
+
+
+def _write_trees(path: Path, trees: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(t) + "\n" for t in trees))
+    return path
+
+
+def test_sample_pairs_and_every_ranked_reply_accounted_for():
+    pairs = load_pairs(sample_path("oasst1"), lang="en")
+    assert len(pairs) > 1000 and pairs.n_prompts > 500
+    assert all(p["chosen_rank"] < p["rejected_rank"] for p in pairs)
+    assert all(p["prompt"].endswith("### Assistant:") for p in pairs)
+    # chosen replies + rejected replies + dropped = every ranked reply
+    assert pairs.n_prompts + len(pairs) + sum(pairs.dropped.values()) == pairs.n_ranked
+    assert pairs.dropped["deleted or failed review"] > 0 and pairs.dropped["language"] > 0
+    assert pairs.dropped["one reply"] > 0
+    kinds = {p["rejected"][-20:] for p in pairs if "### Human:" in p["rejected"]}
+    assert kinds, "the sample has rejected replies that invent the next human turn"
+
+
+def test_rows_form_gives_the_same_pairs_as_trees(tmp_path):
+    trees = [json.loads(line) for line in sample_path("oasst1").read_text().splitlines()[:80]]
+    tree_file = _write_trees(tmp_path / "x.trees.jsonl", trees)
+    rows = [row for tree in trees for row in _tree_rows(tree)]
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    from_trees = load_pairs(tree_file)
+    from_rows = load_pairs(rows_file)
+    assert from_rows == from_trees and from_rows.dropped == from_trees.dropped
+    pd = pytest.importorskip("pandas")
+    frame = pd.DataFrame(rows).drop(columns=["emojis", "labels"])  # empty structs: no parquet
+    frame.to_parquet(tmp_path / "rows.parquet")
+    assert load_pairs(tmp_path / "rows.parquet") == from_trees
+
+
+def test_each_reason_is_counted(tmp_path):
+    a = lambda mid, rank, **kw: _msg(mid, "assistant", f"reply {mid}", rank, **kw)  # noqa: E731
+    trees = [
+        {"message_tree_id": "t1", "prompt": _msg("p1", "prompter", "q1", replies=[
+            a("a1", 0), a("a2", 1), a("a3", 2, deleted=True), a("a4", 3, review=False),
+            a("a5", 4, lang="de"), a("a6", None)])},
+        {"message_tree_id": "t2", "prompt": _msg("p2", "prompter", "q2", replies=[
+            a("b1", 0), a("b2", 0), a("b3", 1)])},  # a tie at the top
+        {"message_tree_id": "t3", "prompt": _msg("p3", "prompter", "q3", replies=[
+            a("c1", 0), a("c2", 1, deleted=True)])},  # one usable reply left
+        {"message_tree_id": "t4", "prompt": _msg("p4", "prompter", "q4", lang="de", replies=[
+            a("d1", 0, lang="de"), a("d2", 1, lang="de")])},
+        {"message_tree_id": "t5", "prompt": _msg("p5", "prompter", "q5 " + "long " * 50,
+                                                 replies=[a("e1", 0), a("e2", 1)])},
+    ]  # fmt: skip
+    pairs = load_pairs(_write_trees(tmp_path / "t.trees.jsonl", trees), lang="en",
+                       max_length=40, count_tokens=lambda s: len(s.split()))  # fmt: skip
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(" reply a1", " reply a2")]
+    assert dict(pairs.dropped) == {"deleted or failed review": 3, "language": 3,
+                                   "one reply": 1, "tie": 3, "too long": 2}  # fmt: skip
+    assert set(pairs.dropped) == set(REASONS)
+    assert pairs.n_prompts + len(pairs) + sum(pairs.dropped.values()) == pairs.n_ranked
+    everything = load_pairs(tmp_path / "t.trees.jsonl", lang=None)
+    assert ("### Human: q4\n### Assistant:", " reply d1") in {
+        (p["prompt"], p["chosen"]) for p in everything
+    }
+
+
+def test_later_turns_carry_the_conversation_so_far():
+    a = _msg("a1", "assistant", "It lives in rivers.", 0, replies=[
+        _msg("p2", "prompter", "More?", replies=[
+            _msg("a3", "assistant", "Yes.", 0), _msg("a4", "assistant", "No.", 1)])])  # fmt: skip
+    messages = [
+        {**m, "parent_id": parent, "message_tree_id": "t"}
+        for m, parent in [(_msg("p1", "prompter", "Where?"), None), (a, "p1"),
+                          (a["replies"][0], "a1"), (a["replies"][0]["replies"][0], "p2"),
+                          (a["replies"][0]["replies"][1], "p2")]
+    ]  # fmt: skip
+    (pair,) = build_pairs(messages)
+    assert pair["prompt"] == ("### Human: Where?\n### Assistant: It lives in rivers.\n"
+                              "### Human: More?\n### Assistant:")  # fmt: skip
+    assert (pair["chosen"], pair["rejected"], pair["prompt_id"]) == (" Yes.", " No.", "p2")
+
+
+def test_split_by_tree_keeps_every_prompt_in_one_split():
+    pairs = load_pairs(sample_path("oasst1"))
+    train, eval_, test = split_by_tree(pairs, n_eval=40, n_test=30, seed=1)
+    assert len(train) + len(eval_) + len(test) == len(pairs)
+    assert 40 <= len(eval_) < 50 and 30 <= len(test) < 40
+    sets = [{p["prompt_id"] for p in s} for s in (train, eval_, test)]
+    assert not (sets[0] & sets[1] or sets[0] & sets[2] or sets[1] & sets[2])
+    trees = [{p["tree"] for p in s} for s in (train, eval_, test)]
+    assert not (trees[0] & trees[1] or trees[0] & trees[2] or trees[1] & trees[2])
+    assert split_by_tree(pairs, 40, 30, seed=1) == (train, eval_, test)
+
+
+def test_bad_rows_are_named_or_counted(tmp_path):
+    good = sample_path("oasst1").read_text().splitlines()[1]
+    path = tmp_path / "bad.trees.jsonl"
+    path.write_text(good + "\n{not json\n" + json.dumps({"prompt": {"message_id": "x"}}) + "\n")
+    with pytest.raises(DataError, match=r"bad.trees.jsonl, row 2: malformed JSON"):
+        load_pairs(path)
+    pairs = load_pairs(path, skip_bad=True)
+    assert pairs.n_skipped == 2 and "row 3, field 'text'" in pairs.problems[1]
+    assert len(pairs) > 0
+    with pytest.raises(DataError, match="no such file"):
+        load_pairs(tmp_path / "missing.jsonl")
+
+
+def test_max_length_needs_a_counter():
+    with pytest.raises(ValueError, match="max_length needs count_tokens"):
+        build_pairs([], max_length=10)
+
+
+def test_hub_rows_through_datasets(tmp_path, monkeypatch):
+    """The hub path: ``datasets.load_dataset`` on a local copy of the published layout."""
+    import datasets
+    import hub_copies
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    hub_id = str(hub_copies.write_all(tmp_path / "hub")["oasst1"])
+    with pytest.raises(DataError, match=r"row 11, field 'text': missing or not a string"):
+        load_pairs(None, hub_id=hub_id)
+    pairs = load_pairs(None, hub_id=hub_id, skip_bad=True)
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [
+        (" They remember landmarks and the position of the sun.", " A worse answer.")
+    ]
+    assert (pairs.dropped["one reply"], pairs.dropped["language"]) == (2, 1)
+    assert pairs.n_skipped == 2 and "parent gone not found" in pairs.problems[1]
+
+
+def _notebook_cell(tag: str) -> str:
+    cells = json.loads(NOTEBOOK.read_text())["cells"]
+    return next("".join(c["source"]) for c in cells if tag in c.get("metadata", {}).get("tags", []))
+
+
+def test_the_lessons_pair_building_gives_the_loaders_pairs():
+    """Notebook 08 builds pairs in a cell (tagged ``pairs``); the loader must agree."""
+    ns: dict = {}
+    exec(_notebook_cell("pairs"), ns)
+    path = sample_path("oasst1")
+    in_cell = ns["pairs_from_trees"](path, lang="en")
+    loader = load_pairs(path, lang="en")
+    key = lambda p: (p["prompt"], p["chosen"], p["rejected"])  # noqa: E731
+    assert sorted(map(key, in_cell)) == sorted(map(key, loader))
+    assert len(in_cell) == len(loader) > 1000
