@@ -62,7 +62,7 @@ def test_chat_then_dpo_learns_and_a_finished_run_loads(tmp_path, capsys):
     metrics = json.loads((dpo / ADAPTER / "metrics.json").read_text())
     losses = _losses(dpo)
     with capsys.disabled():
-            print(f"dpo: losses {losses}, eval reward acc {metrics['eval_rewards/accuracies']:.2f}")
+        print(f"dpo: losses {losses}, eval reward acc {metrics['eval_rewards/accuracies']:.2f}")
     assert abs(losses[1] - math.log(2)) < 1e-3  # step 1: the policy is its reference
     assert metrics["global_step"] == 6 and metrics["eval_rewards/accuracies"] >= 0.6
     assert losses[6] < math.log(2) - 0.1
@@ -79,4 +79,4 @@ def test_chat_then_dpo_learns_and_a_finished_run_loads(tmp_path, capsys):
 
     assert main([*args, "--resume", "--set", "beta=0.5"]) == 2  # one resume policy
     err = capsys.readouterr().err
-    assert "--resume with other recipe than the run in" in err, err
+    assert "--resume with other beta than the run in" in err, err

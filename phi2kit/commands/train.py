@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 from phi2kit.checkpoints import COMPLETE, checkpoint_step, latest_checkpoint, write_json_atomic
@@ -161,9 +161,10 @@ def _run(args: argparse.Namespace) -> int:
     if not args.resume and (ckpt_dir.exists() or (out / ADAPTER).exists()):
         return _fail(f"{out} already holds a run: pass --resume, or another --output-dir")
     # what decides the run; --resume under other settings is refused (more steps are allowed)
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in asdict(setup).items()}
-    settings |= {"profile": setup.profile.name, "seed": args.seed,
-                 "recipe": asdict(replace(setup.recipe, max_steps=1))}  # fmt: skip
+    settings = {"task": setup.task, "profile": setup.profile.name, "seed": args.seed,
+                "data": setup.data, "labels": setup.labels, "n_eval": setup.n_eval,
+                "adapter": setup.adapter and str(setup.adapter)}  # fmt: skip
+    settings |= {k: v for k, v in asdict(setup.recipe).items() if k != "max_steps"}
     resume_from = None
     if args.resume:
         try:
