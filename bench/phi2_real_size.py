@@ -52,7 +52,7 @@ The planner is evaluated at the length actually trained.
 
 **Checks and tolerances** (relative; each is a measured quantity against the planner's):
 
-- trainable parameters: exact, against the meta-device report (``phi2kit.meta_phi2``) and the
+- trainable parameters: exact, against the meta-device report (``bench/meta_report.py``) and the
   planner's ``lora_parameters``; the model's parameter count: exact (2,779,683,840 full size).
 - model bytes (every parameter, buffer and quant_state tensor, after loading and after
   ``add_lora``): 0.1 %. The planner leaves out only the rotary ``inv_freq`` buffers, a few
@@ -64,7 +64,7 @@ The planner is evaluated at the length actually trained.
   and the quantization maps are left out, about 1.6 %).
 - saved adapter file: 1 % over 4 bytes per trainable parameter (the safetensors header).
 - tensors live during the step's forward and backward (a ``TorchDispatchMode`` tracker,
-  ``phi2kit.footprint.live_bytes_tracker``) against the planner's activations + logits +
+  ``bench/measure_memory.py``) against the planner's activations + logits +
   LoRA gradients, for the classifier (HF ``Trainer``): 25 %. The planner's activation model
   is checked to 5 % on fp32 CPU runs (``tests/test_plan.py``); here the fp16 autocast of the
   CPU, the upcast fp32 residual stream and gradient clipping differ from what it models
@@ -101,6 +101,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/: meta_report, measure_memory
 
 PHI2_PARAMETERS = 2_779_683_840
 #: ``--quick``: Phi-2 at a quarter of its width with 2 of its 32 layers. The vocabulary (51,200),
@@ -375,7 +377,7 @@ class StepProbe:
 
         class _Callback(TrainerCallback):
             def on_step_begin(self, args, state, control, **kwargs):
-                from phi2kit.footprint import live_bytes_tracker
+                from measure_memory import live_bytes_tracker
 
                 probe.tracker = live_bytes_tracker()
                 probe.tracker.__enter__()
@@ -390,7 +392,7 @@ class StepProbe:
                 )
 
             def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-                from phi2kit.footprint import optimizer_state_bytes
+                from measure_memory import optimizer_state_bytes
 
                 probe.opt_bytes = optimizer_state_bytes(optimizer)
 
@@ -411,10 +413,11 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     """Load, add LoRA, one step, save + reload the adapter, generate; rows to check."""
     import torch
     from datasets import Dataset
+    from measure_memory import model_bytes
+    from meta_report import recipe_report
 
     from phi2kit import footprint
     from phi2kit.lora import add_lora, save_adapter
-    from phi2kit.meta_phi2 import recipe_report
     from phi2kit.models import describe, load_model, load_tokenizer
     from phi2kit.plan.course import TYPICAL_TOKENS
     from phi2kit.recipes import get_recipe
@@ -435,7 +438,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
             model = load_classifier(profile, quantize_4bit=recipe.quantize_4bit)
         else:
             model = load_model(profile, quantize_4bit=recipe.quantize_4bit)
-    loaded_bytes = footprint.model_bytes(model)
+    loaded_bytes = model_bytes(model)
     planned_loaded = footprint.weight_bytes(
         cfg, profile.dtype, quantize_4bit=recipe.quantize_4bit, head=not seq_cls
     ) + (4 * cfg.hidden_size * 3 if seq_cls else 0)  # the fresh fp32 score head
@@ -475,7 +478,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
         seq = len(trainer.train_dataset[0]["input_ids"])
     trainer.add_callback(probe.callback)
     probe.trainer = trainer
-    adapted_bytes = footprint.model_bytes(model)
+    adapted_bytes = model_bytes(model)
     est = planner_terms(cfg, profile, recipe, seq)
     p = est.parts
     planned_adapted = (p["base weights"] + p["LoRA weights (fp32)"]) * GB

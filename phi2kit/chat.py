@@ -4,8 +4,9 @@ and chatting with the tuned model.
 The first functions are the ones notebook 06 writes in its cells (kept identical, a test
 compares them): :func:`tree_to_rows` (the export's nested trees as the hub's message rows),
 :func:`build_threads` (the rank-0 walk), :func:`format_chat` and :func:`to_examples` (the
-oldest turns dropped when a conversation is too long). The validating loader with bad-row
-reporting, for ``phi2kit train``, is :mod:`phi2kit.data.oasst`.
+oldest turns dropped when a conversation is too long). They are the course's only thread
+walk and chat format: the validating loader with bad-row reporting, for ``phi2kit train``,
+(:mod:`phi2kit.data.oasst`) checks each tree and then calls :func:`build_threads`.
 
 The rest drives ``phi2kit chat`` and ``phi2kit app`` (:mod:`phi2kit.commands.chat`,
 :mod:`phi2kit.commands.app`, which holds the Gradio half): the reply is generated (greedily,
@@ -99,12 +100,15 @@ STOP_STRINGS: tuple[str, ...] = (HUMAN,)
 def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
     """Drop the oldest exchanges until the prompt fits in ``max_tokens`` tokens.
 
-    The last turn (the user's new message) is always kept, even if it alone is too long.
+    :func:`to_examples` does the fitting: the history is the context of an empty reply
+    (one token, ``" "``, and EOS). The last turn (the user's new message) is always kept,
+    even if it alone is too long.
     """
-    from phi2kit.data.chat_format import fit_turns
-
-    fitted = fit_turns(turns, tokenizer, max_tokens)
-    return fitted[0] if fitted is not None else list(turns[-1:])
+    reply_tokens = len(tokenizer(" ")["input_ids"]) + 1
+    examples = to_examples([*turns, ("assistant", "")], tokenizer, max_tokens + reply_tokens)
+    last = [ex["dropped_turns"] for ex in examples
+            if ex["prompt"] == format_chat(turns[ex["dropped_turns"]:])]
+    return list(turns[last[-1]:]) if last else list(turns[-1:])
 
 
 def sampling_kwargs(temperature: float = 0.0) -> dict:
@@ -121,33 +125,15 @@ def _chat_prompt(model, tokenizer, turns: Thread, max_new_tokens: int) -> str:
     return format_chat(fit_history(turns, tokenizer, limit))
 
 
-def chat_reply(
-    model,
-    tokenizer,
-    turns: Thread,
-    *,
-    max_new_tokens: int = 128,
-    stop_strings: Sequence[str] = STOP_STRINGS,
-    temperature: float = 0.0,
-) -> str:
+def chat_reply(model, tokenizer, turns: Thread, **settings) -> str:
     """The assistant's next reply to ``turns`` (which end with the user's message).
 
-    Greedy decoding unless ``temperature > 0``; the reply ends at EOS or at the first stop
-    string, and is stripped. Old exchanges are dropped if the prompt would not leave room
-    for ``max_new_tokens``.
+    The last value of :func:`stream_reply` (same ``settings``): greedy decoding unless
+    ``temperature > 0``; the reply ends at EOS or at the first stop string, and is stripped.
+    Old exchanges are dropped if the prompt would not leave room for ``max_new_tokens``.
     """
-    from phi2kit.generation import generate
-
-    prompt = _chat_prompt(model, tokenizer, turns, max_new_tokens)
-    out = generate(
-        model,
-        tokenizer,
-        [prompt],
-        max_new_tokens=max_new_tokens,
-        stop_strings=stop_strings,
-        **sampling_kwargs(temperature),
-    )
-    return out.texts[0].strip()
+    *_, reply = stream_reply(model, tokenizer, turns, **settings)
+    return reply
 
 
 def _held_back(text: str, stop_strings: Sequence[str]) -> int:
@@ -170,7 +156,7 @@ def stream_reply(
 
     Generation runs in a thread behind a ``TextIteratorStreamer``. Text that may be the
     start of a stop string is held back until it is clear, so ``"### Hu"`` never flashes
-    on screen. The last value equals :func:`chat_reply`'s reply (greedy). Closing the
+    on screen. The last value is :func:`chat_reply`'s reply. Closing the
     generator early (a Stop button) stops the generation too.
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer

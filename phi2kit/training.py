@@ -47,25 +47,6 @@ def upcast_trainable(model: nn.Module) -> int:
 CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
-def best_checkpoint_args(eval_steps: int) -> dict:
-    """Evaluate and save every ``eval_steps``; keep the checkpoint with the lowest eval loss.
-
-    Notebook 02 writes these fields in its ``SFTConfig``; the trainer then needs an
-    ``eval_dataset``, and ``load_best_model_at_end`` puts the best checkpoint back after
-    training (``trainer.state.best_global_step``, ``best_metric``).
-    """
-    return {
-        "eval_strategy": "steps",
-        "eval_steps": eval_steps,
-        "save_strategy": "steps",
-        "save_steps": eval_steps,
-        "load_best_model_at_end": True,
-        "metric_for_best_model": "eval_loss",
-        "greater_is_better": False,
-        "save_total_limit": 2,
-    }
-
-
 def eval_every(max_steps: int) -> int:
     """Steps between evaluations: five evaluations over the run."""
     return max(1, max_steps // 5)
@@ -101,8 +82,10 @@ def _common_args(
         # The CPU profiles (tiny, CI) finish in seconds and stay quiet.
         "disable_tqdm": not profile.requires_cuda,
     }
-    if eval_steps:
-        args.update(best_checkpoint_args(eval_steps))
+    if eval_steps:  # as notebook 02: evaluate and save every eval_steps, keep the best (eval loss)
+        args.update(eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
+                    save_steps=eval_steps, load_best_model_at_end=True, save_total_limit=2,
+                    metric_for_best_model="eval_loss", greater_is_better=False)
     return args
 
 
@@ -116,7 +99,7 @@ def sft_config(
     """trl ``SFTConfig`` for prompt/completion data: loss on the completion only.
 
     With ``eval_steps``, evaluate and checkpoint every ``eval_steps`` and load the best
-    checkpoint on eval loss at the end (:func:`best_checkpoint_args`), as notebook 02 does.
+    checkpoint on eval loss at the end, as notebook 02 does.
     """
     from trl import SFTConfig
 
@@ -163,7 +146,7 @@ def sft_trainer(
 
     Pass ``eval_steps`` (say ``eval_every(recipe.max_steps)``) with an ``eval_dataset`` to
     evaluate during training and load the best checkpoint on eval loss at the end, as
-    notebook 02 does (:func:`best_checkpoint_args`).
+    notebook 02 does.
     """
     from trl import SFTTrainer
 

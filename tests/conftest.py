@@ -1,8 +1,13 @@
 """Shared fixtures: the shipped tiny model (offline) and a fresh copy per test."""
 
 import os
+import sys
+from pathlib import Path
 
 import pytest
+
+# bench/'s tools (meta_report, measure_memory) are not part of the library; tests import them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -15,12 +15,12 @@ from phi2kit.chat import (
     _held_back,
     chat_reply,
     fit_history,
+    format_chat,
     sampling_kwargs,
     stream_reply,
 )
 from phi2kit.commands.app import add_app_parser, build_app, describe_model, make_chat_fn, to_turns
 from phi2kit.commands.chat import add_chat_parser, run_chat
-from phi2kit.data.oasst import format_chat
 from phi2kit.generation import generate
 
 QUESTION = "Where does the otter live?"

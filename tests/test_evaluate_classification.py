@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import io
 import math
 
-import matplotlib
 import numpy as np
 import pytest
 import torch
@@ -18,7 +16,6 @@ from phi2kit.evaluate.classification import (
     classification_metrics,
     majority_rate,
     parse_label,
-    plot_confusion,
     predict_by_generation,
 )
 from phi2kit.evaluate.scoring import (
@@ -216,19 +213,6 @@ def test_metrics_count_unparsed_as_wrong():
     assert m["confusion"].tolist() == [[1, 0, 0], [0, 0, 0], [0, 1, 1]]
     with pytest.raises(ValueError, match="y_pred has 2"):
         classification_metrics(y_true, y_pred[:2])
-
-
-def test_plot_confusion_headless():
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
-
-    fig = plot_confusion(["negative", "neutral", "positive"], ["negative", None, "neutral"])
-    assert isinstance(fig, Figure)
-    ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_xticklabels()] == [*LABELS, "unparsed"]
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    assert buffer.getvalue().startswith(b"\x89PNG")
 
 
 def test_majority_rate():

@@ -19,7 +19,7 @@ import torch
 gguf = pytest.importorskip("gguf")
 
 from phi2kit import export  # noqa: E402
-from phi2kit.data.chat_format import format_chat  # noqa: E402
+from phi2kit.chat import format_chat  # noqa: E402
 from phi2kit.plan.gguf import GB, gguf_footprint, gguf_tensor_types  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

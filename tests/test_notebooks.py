@@ -247,3 +247,24 @@ def test_readme_course_table_has_both_badges():
         row = next(line for line in readme.splitlines() if line.startswith(f"| [{path.stem}]"))
         assert f"colab.research.google.com/{github}{path.name}" in row
         assert f"kaggle.com/kernels/welcome?src=https://github.com/{github[7:]}{path.name}" in row
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_fp32_attention_is_registered_where_it_is_used(path):
+    """No cell depends on a name that only ``import phi2kit`` registers: a lesson that passes
+    ``attn_implementation=`` registers phi2kit's fp32 attention itself, in view (lesson 01
+    writes it), and importing phi2kit registers nothing."""
+    code = _code(path.name[:2])
+    if "attn_implementation=" in code:
+        assert "AttentionInterface.register(" in code, path.name
+
+
+def test_importing_phi2kit_registers_no_attention():
+    import subprocess
+    import sys
+
+    probe = ("import phi2kit.models, phi2kit.training; from transformers import "
+             "AttentionInterface; print('phi2kit_fp32' in AttentionInterface._global_mapping)")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "False"

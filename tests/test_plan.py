@@ -12,16 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from measure_memory import live_bytes_tracker, model_bytes, optimizer_state_bytes  # bench/
 
 from phi2kit.commands.plan import add_plan_parser, run_plan
 from phi2kit.footprint import (
     activation_bytes_per_token,
     count_parameters,
     dequant_bytes,
-    live_bytes_tracker,
     lora_parameters,
-    model_bytes,
-    optimizer_state_bytes,
     phi2_config,
     weight_bytes,
 )

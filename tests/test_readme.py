@@ -77,7 +77,7 @@ def test_tiny_report_in_readme():
 
 
 def test_t4_recipe_table_matches_skeleton():
-    from phi2kit.meta_phi2 import all_reports
+    from meta_report import all_reports  # bench/
 
     for report in all_reports("t4"):
         row = next(line for line in MEMORY.splitlines() if line.startswith(f"| {report.task} |"))

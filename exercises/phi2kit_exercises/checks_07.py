@@ -128,7 +128,7 @@ exercise("07_b", "Exporting without the chat template", "Break and fix", "07 §7
 def _07b_broken(ns):
     _need_export()
     import gguf
-    from phi2kit.data.chat_format import format_chat
+    from phi2kit.chat import format_chat
 
     reader = gguf.GGUFReader(need(ns, "broken_path"))
     expect("tokenizer.chat_template" not in reader.fields, "broken_path has a chat template")
@@ -147,7 +147,7 @@ def _07b_broken(ns):
 def _07b_fixed(ns):
     _need_export()
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-    from phi2kit.data.chat_format import format_chat
+    from phi2kit.chat import format_chat
     from phi2kit.export import STOP
 
     path = need(ns, "fixed_path")

@@ -1,8 +1,8 @@
 """Dataset loaders in the published formats: financial-news sentiment, WebGLM-QA, OASST1.
 
 Import the submodule for the task: ``phi2kit.data.sentiment``, ``phi2kit.data.webglm``,
-``phi2kit.data.oasst`` (threads; their ``### Human:`` format and budgeted examples are in
-``phi2kit.data.chat_format``). :func:`resolve_data` picks the file a notebook reads.
+``phi2kit.data.oasst`` (threads, walked and formatted as notebook 06 does in
+``phi2kit.chat``). :func:`resolve_data` picks the file a notebook reads.
 
 Every loader reads the hub when given no path, and takes ``skip_bad=True`` to skip and
 count malformed rows instead of stopping at the first (``LoadResult.problems``, or the

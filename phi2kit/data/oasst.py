@@ -5,9 +5,11 @@ Reads both published forms: the Hugging Face rows (one message per row, linked b
 ``replies``). The form is detected from the content.
 
     threads = load_oasst("oasst1/train.jsonl", lang="en")
-    dataset, stats = to_prompt_completion(threads, tokenizer, max_length=1024)
+    examples = [ex for thread in threads for ex in thread_to_examples(thread)]
 
-The thread format and the examples live in :mod:`phi2kit.data.chat_format`.
+The walk from a tree to its main thread and the ``### Human:`` format are notebook 06's
+(:func:`phi2kit.chat.build_threads`, :func:`phi2kit.chat.format_chat`); this module reads
+the files, reports bad rows, and checks each tree before the walk.
 """
 
 from __future__ import annotations
@@ -18,18 +20,12 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.chat_format import (  # noqa: F401  (re-exported: the thread format)
-    ASSISTANT,
-    HUMAN,
-    ROLES,
-    Thread,
-    format_chat,
-    thread_to_examples,
-    to_prompt_completion,
-)
+from phi2kit import chat
 from phi2kit.data.files import DataError, LoadResult, read_jsonl
 
 HUB_ID = "OpenAssistant/oasst1"
+ROLES = ("prompter", "assistant")
+Thread = list[tuple[str, str]]
 #: The message fields the loader reads (the published rows have more).
 _FIELDS = (
     "message_id",
@@ -142,31 +138,6 @@ def _check_tree(messages: list[dict], by_id: dict[str, dict], duplicates: list[d
             raise DataError(text, path=msg["_path"], row=msg["_row"], field=problem[1])
 
 
-def _usable(msg: dict, lang: str | None) -> bool:
-    return (
-        not msg["deleted"]
-        and msg["review_result"] is not False
-        and (lang is None or msg["lang"] == lang)
-    )
-
-
-def _main_thread(root: dict, children: dict[str, list[dict]], lang: str | None) -> Thread:
-    """Follow the best reply at each step: rank 0 first, unranked replies last (in order)."""
-    thread, node = [], root
-    while node is not None:
-        thread.append((node["role"], node["text"]))
-        replies = [(i, m) for i, m in enumerate(children[node["message_id"]]) if _usable(m, lang)]
-        best = min(
-            replies,
-            key=lambda r: (r[1]["rank"] is None, r[1]["rank"] or 0, r[1]["created_date"], r[0]),
-            default=None,
-        )
-        node = best[1] if best else None
-    while thread and thread[-1][0] != "assistant":
-        thread.pop()  # a thread ends with an assistant turn, or is dropped
-    return thread
-
-
 def build_threads(
     messages: list[dict], lang: str | None = None, *, skip_bad: bool = False
 ) -> LoadResult:
@@ -204,11 +175,8 @@ def build_threads(
             norm.append(msg)
 
     trees: dict[str, list[dict]] = defaultdict(list)
-    children: dict[str, list[dict]] = defaultdict(list)
     for msg in norm:
         trees[msg["message_tree_id"] or _top(msg, by_id)].append(msg)
-        if msg["parent_id"] is not None:
-            children[msg["parent_id"]].append(msg)
 
     dups_of = defaultdict(list)
     for dup in duplicates:
@@ -217,12 +185,17 @@ def build_threads(
     for key, tree in trees.items():
         with result.row():
             _check_tree(tree, by_id, dups_of[key])
-            for root in tree:
-                if root["parent_id"] is None and _usable(root, lang):
-                    thread = _main_thread(root, children, lang)
-                    if thread:
-                        result.append(thread)
+            result.extend(chat.build_threads(tree, lang))  # notebook 06's walk
     return result
+
+
+def thread_to_examples(thread: Thread) -> list[dict]:
+    """One ``{"prompt", "completion"}`` per assistant turn, all earlier turns as context.
+
+    Nothing is cut (notebook 06's :func:`phi2kit.chat.to_examples` fits a token budget).
+    """
+    return [{"prompt": chat.format_chat(thread[:i]), "completion": " " + text.strip()}
+            for i, (role, text) in enumerate(thread) if role == "assistant"]
 
 
 def _top(msg: dict, by_id: dict[str, dict]) -> str:

@@ -1,7 +1,7 @@
 """Evaluate a causal LM as a classifier (notebooks 02 and 03).
 
 Notebook 02 writes :func:`parse_label` in a cell (the two are kept identical); the metrics
-and plots here serve notebook 03, the exercises and the benchmark. Two ways to get a label
+here serve notebook 03, the exercises and the benchmark. Two ways to get a label
 out of a causal LM:
 
 - **Label scoring** (:func:`phi2kit.evaluate.scoring.score_labels`): for each prompt, the
@@ -16,15 +16,12 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from phi2kit.data.sentiment import LABELS
 from phi2kit.generation import generate
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 UNPARSED = "unparsed"
 
@@ -104,39 +101,6 @@ def classification_metrics(
         ),
         "confusion": confusion_matrix(y_true, y_pred, labels=list(labels)),
     }
-
-
-def plot_confusion(
-    y_true: Sequence[str],
-    y_pred: Sequence[str | None],
-    labels: Sequence[str] = LABELS,
-    title: str = "Confusion matrix",
-) -> Figure:
-    """A confusion-matrix figure; an ``unparsed`` column is added when there are any.
-
-    Works headless; in Jupyter, a returned figure displays itself.
-    """
-    from phi2kit.plotting import new_figure
-
-    y_true, y_pred = _with_unparsed(y_true, y_pred, labels)
-    columns = list(labels) + ([UNPARSED] if UNPARSED in y_pred else [])
-    counts = Counter(zip(y_true, y_pred, strict=True))
-    matrix = np.array([[counts[(t, p)] for p in columns] for t in labels])
-
-    fig, ax = new_figure(
-        figsize=(1.4 * len(columns) + 1.5, 1.2 * len(labels) + 1.2), layout="constrained"
-    )
-    ax.imshow(matrix, cmap="Blues")
-    for r in range(matrix.shape[0]):
-        for c in range(matrix.shape[1]):
-            color = "white" if matrix[r, c] > matrix.max() / 2 else "black"
-            ax.text(c, r, str(matrix[r, c]), ha="center", va="center", color=color)
-    ax.set_xticks(range(len(columns)), columns)
-    ax.set_yticks(range(len(labels)), list(labels))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
-    return fig
 
 
 def majority_rate(y_true: Sequence[str]) -> float:

@@ -53,8 +53,6 @@ def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool):
     Built from the true lengths, so the result does not depend on the tokenizer's padding
     side, nor on the pad token being eos.
     """
-    import torch
-
     width = max(len(ids) for ids in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -92,8 +90,6 @@ def _forward_rows(
     :func:`_pad`, and explicit position ids give every row the positions it would see alone.
     The logits cover the rows' own tokens only: position ``t`` of a row is ``t - n_shared``.
     """
-    import torch
-
     device = device_of(model)
     input_ids, attention_mask = _pad([ids[n_shared:] for ids in rows], pad_id, left)
     position_ids = n_shared + (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -147,8 +143,6 @@ def score_labels(
     Returns:
         Array of shape ``(len(prompts), len(labels))``; the higher, the more likely.
     """
-    import torch
-
     if len(prompts) == 0:
         return np.zeros((0, len(labels)), dtype=np.float64)
     encoded = [list(ids) for ids in tokenizer(list(prompts))["input_ids"]]  # one batched call
@@ -202,8 +196,6 @@ def _score_single_tokens(
     Left padding puts every prompt's last token in the last column, so only that
     position's logits are computed (``logits_to_keep=1``).
     """
-    import torch
-
     scores = np.zeros((len(encoded), len(label_ids)), dtype=np.float64)
     starts = range(0, len(order), batch_size)
     with inference(model):
