@@ -4,8 +4,8 @@ A short ``train chat`` gives the adapter; ``train dpo --adapter`` goes on traini
 trl's ``DPOTrainer`` (the reference: a frozen copy of the adapter, ``ref``). At step 1 the
 policy equals its reference, so every implicit reward is 0: the DPO loss is log 2 and the
 reward accuracy 0 (chosen must beat rejected strictly). The learning check: held-out reward
-accuracy at least 0.6 after 6 steps (measured: 0.96 after 24 steps, the tiny recipe's), and
-the last logged loss below log 2 - 0.1.
+accuracy at least 0.6 after 6 steps (measured: 0.89; 0.96 after the tiny recipe's 24), and
+the mean loss of the last 3 steps below log 2 - 0.1 (measured: 0.37).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_chat_then_dpo_learns_and_a_finished_run_loads(tmp_path, capsys):
         print(f"dpo: losses {losses}, eval reward acc {metrics['eval_rewards/accuracies']:.2f}")
     assert abs(losses[1] - math.log(2)) < 1e-3  # step 1: the policy is its reference
     assert metrics["global_step"] == 6 and metrics["eval_rewards/accuracies"] >= 0.6
-    assert losses[6] < math.log(2) - 0.1
+    assert sum(losses[s] for s in (4, 5, 6)) / 3 < math.log(2) - 0.1
     saved = sorted(p.name for p in (dpo / ADAPTER).iterdir())
     assert "adapter_model.safetensors" in saved and "ref" not in saved  # the policy only
     first = load_file(str(dpo / ADAPTER / "adapter_model.safetensors"))
