@@ -149,7 +149,8 @@ def parser():
     p.add_argument("--output-dir", required=True)
     p.add_argument("--max-steps", type=int, default=150)
     p.add_argument("--no-4bit", action="store_true", help="plain LoRA on the full-precision base")
-    p.add_argument("--labels", nargs="+", default=["negative", "neutral", "positive"])
+    p.add_argument("--labels", nargs="+", default=["negative", "neutral", "positive"],
+                   type=lambda v: v.strip(","), help="label words in order: a b c (or a,b,c)")
     p.add_argument("--text-column", default="text", type=str.lower)
     p.add_argument("--label-column", default="label", type=str.lower)
     numbers = {"--learning-rate": 2e-4, "--batch-size": 4, "--grad-accum": 4, "--max-length": 256,
@@ -161,9 +162,18 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    args.labels = [w for v in args.labels for w in v.split(",") if w]  # "a,b" as phi2kit train
     rows = read_rows(args.data, args.labels, args.text_column, args.label_column)
     parts = split(rows, args.n_train, args.n_test, args.n_eval)  # checked before any model loads
-    print({name: dict(Counter(y for _, y in part)) for name, part in parts.items()})
+    counts = {name: Counter(y for _, y in part) for name, part in parts.items()}
+    for label in args.labels:
+        if min(counts[name][label] for name in parts) == 0:
+            n = sum(counts[name][label] for name in parts)
+            sys.exit(print(f"{args.data}: label {label!r} has {n} usable rows, too few for "
+                           f"--n-test {args.n_test} + --n-eval {args.n_eval} + a train split: "
+                           f"lower them (e.g. --n-test {max(1, n // 5)} --n-eval "
+                           f"{max(1, n // 10)})", file=sys.stderr) or 2)
+    print({name: dict(c) for name, c in counts.items()})
 
     import torch
     from datasets import Dataset

@@ -252,3 +252,68 @@ def get_dpo_recipe(profile: Profile | str = "auto", **overrides: object) -> DPOR
         profile = get_profile(profile, check=False)
     recipe = _DPO[profile.name]
     return replace(recipe, **overrides) if overrides else recipe
+
+
+# --- GRPO (notebook 09): reinforcement learning on 04's checks, from 04's adapter ------------
+
+
+@dataclass(frozen=True)
+class GrpoRecipe(Recipe):
+    """A :class:`Recipe` for trl's ``GRPOTrainer`` (notebook 09). ``batch_size`` counts
+    completions; ``max_length`` is the prompt's budget plus ``max_completion_length``.
+
+    Args:
+        num_generations: Completions per prompt: the group whose mean reward is the baseline.
+        max_completion_length: Most new tokens per completion.
+        beta: KL weight to the reference (a frozen copy of 04's adapter); > 0 costs a pass.
+        temperature: Sampling temperature of the generations.
+        steps_per_generation: Optimizer steps per ``generate`` call; None: ``grad_accum``.
+    """
+
+    task: str = "grpo"
+    quantize_4bit: bool = True
+    num_generations: int = 4
+    max_completion_length: int = 192
+    beta: float = 0.04
+    temperature: float = 1.0
+    steps_per_generation: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.task != "grpo" or self.num_generations < 2:
+            raise ValueError("a GrpoRecipe is for task 'grpo', with num_generations at least 2")
+        if self.generation_batch % self.num_generations:
+            raise ValueError(f"the generation batch ({self.generation_batch} completions) must "
+                             f"be a multiple of num_generations={self.num_generations}")
+        if not 0 < self.max_completion_length < self.max_length:
+            raise ValueError("max_completion_length must be positive and below max_length")
+        if min(self.lora_r, self.max_steps, self.batch_size) <= 0:
+            raise ValueError("lora_r, max_steps and batch_size must be positive")
+
+    @property
+    def generation_batch(self) -> int:  # completions per generate call
+        return self.batch_size * (self.steps_per_generation or self.grad_accum)
+
+
+# T4: 50 steps of 4 prompts x 4 completions, prompts up to 576 tokens and answers up to 192;
+# 04's LoRA shape (the adapter GRPO continues) and a learning rate ten times below 04's.
+_GRPO_T4 = GrpoRecipe(max_length=768, max_completion_length=192, num_generations=4,
+                      batch_size=4, grad_accum=4, max_steps=50, learning_rate=2e-5,
+                      n_train=200, n_test=200)
+_GRPO = {
+    "t4": _GRPO_T4,
+    "ampere": replace(_GRPO_T4, batch_size=8, grad_accum=2),
+    # tiny: short answers, one group of 8 per step, 4 steps per generate call (generation is
+    # what costs most on a CPU); t4-cpu: the T4 recipe with these numbers, fewer steps
+    "tiny": GrpoRecipe(max_length=256, max_completion_length=32, num_generations=8,
+                       batch_size=8, grad_accum=1, steps_per_generation=4, max_steps=60,
+                       learning_rate=3e-4, lora_dropout=0.0, n_train=240, n_test=60),
+    "t4-cpu": replace(_GRPO_T4, max_length=256, max_completion_length=32, num_generations=8,
+                      batch_size=8, grad_accum=2, max_steps=20, learning_rate=3e-4,
+                      n_train=240, n_test=60),
+}  # fmt: skip
+
+
+def get_grpo_recipe(profile: Profile | str = "auto", **overrides: object) -> GrpoRecipe:
+    """The GRPO recipe of notebook 09 on ``profile``, with ``overrides`` applied."""
+    profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
+    return replace(_GRPO[profile.name], **overrides)

@@ -111,3 +111,16 @@ def test_it_learns_on_the_tiny_model(tmp_path):
     zero_shot, tuned = map(float, found.groups())
     assert tuned >= zero_shot + 0.15, (zero_shot, tuned)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_a_file_too_small_for_the_split_is_refused_before_the_model_loads(tmp_path):
+    """The defaults are the seed's split on Phi-2 (300 test headlines per class): a small file
+    of your own is told which flags to lower, in one line, before any model loads."""
+    small = tmp_path / "small.csv"
+    rows = [f"goal in match {i},sport\nrain on day {i},weather" for i in range(40)]
+    small.write_text("text,label\n" + "\n".join(rows) + "\n")
+    out = run("--model", str(tmp_path / "no-model"), "--data", str(small), "--labels",
+              "sport,weather", "--output-dir", str(tmp_path / "out"), timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert "label 'sport' has 40 usable rows" in out.stderr and "--n-test" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -24,7 +24,7 @@ from typing import Any
 
 GRADE_TAG = "grade"  # the cell that calls check(); run_notebook leaves it out
 CHECK_MODULES = tuple(
-    f"phi2kit_exercises.checks_{n}" for n in ("01_02", "03_04", "05_06", "07", "08")
+    f"phi2kit_exercises.checks_{n}" for n in ("01_02", "03_04", "05_06", "07", "08", "09")
 )
 
 

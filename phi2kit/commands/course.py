@@ -249,7 +249,7 @@ def add_course_parser(sub) -> None:
     p = sub.add_parser(
         "course",
         help="execute every notebook in order and write summary.md",
-        description="Execute notebooks 01-06 on a profile and write the "
+        description="Execute every lesson (notebooks/NN_*.ipynb) on a profile and write the "
         "executed copies and summary.md to a run folder.",
     )
     add_profile_argument(p)

@@ -12,7 +12,10 @@ from phi2kit.recipes import PREFERENCE_TASKS, TASKS
 
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register ``phi2kit plan``, e.g. ``phi2kit plan --task chat --max-length 2048``."""
-    p = subparsers.add_parser("plan", help="predict whether a recipe fits in GPU memory")
+    p = subparsers.add_parser(
+        "plan", help="predict whether a recipe fits in GPU memory",
+        description="Predict the peak GPU memory of one training step of a recipe, part by "
+        "part, and name the lever to pull when it does not fit.")
     add_profile_argument(p, default="t4")
     p.add_argument("--task", default="webglm", choices=TASKS + PREFERENCE_TASKS)
     p.add_argument("--max-length", type=int, default=None, help="override the recipe's")

@@ -1,0 +1,97 @@
+"""The planner for GRPO (notebook 09): memory and time of generation, reference and training.
+
+    from phi2kit.plan import format_table
+    from phi2kit.plan.grpo import estimate_grpo, grpo_minutes
+    print(format_table(estimate_grpo("t4", get_grpo_recipe("t4"))))
+
+A GRPO step generates ``num_generations`` completions per prompt, scores them, runs the
+reference model when ``beta > 0`` and trains on the completions: :func:`estimate_grpo` counts
+the three phases, :func:`grpo_minutes` times them with the course's T4 clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from phi2kit.footprint import DTYPE_BYTES, GB, count_parameters, phi2_config
+from phi2kit.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GB, Estimate, _resolve, estimate
+from phi2kit.plan.course import T4_CALIBRATION_LENGTH, T4_CALIBRATIONS, _rounded_minutes
+
+#: Assumption, not measured here: seconds per decoding step of ``model.generate`` for a batch of
+#: nf4 Phi-2 sequences on a T4 (memory-bound: every step reads and dequantizes all weights).
+T4_DECODE_STEP_S = 0.08
+#: Assumed mean tokens of a GRPO training row on a T4: WebGLM prompt (~450) + answer (~100).
+GRPO_TYPICAL_TOKENS = 550
+
+
+def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs: Any) -> Estimate:
+    """Predicted peak memory of one GRPO step (trl ``GRPOTrainer``, no vLLM), by part, in GB.
+
+    A step has three phases that never hold their buffers at the same time, so the peak is
+    the largest of them on top of the weights, adapters and optimizer state:
+
+    - generation: ``generation_batch`` sequences (whole groups of ``num_generations``)
+      of up to ``max_length`` tokens, in one ``generate`` call: a KV cache of
+      ``2 x layers x hidden`` values per token, and the last position's fp32 logits;
+    - the reference pass when ``beta > 0``: a no-grad forward of ``batch_size`` completions
+      through the frozen copy of the adapter, fp32 logits and log-softmax of the completion
+      tokens (and the copy itself: one more set of LoRA weights);
+    - the training step: :func:`estimate` of the same recipe (``batch_size`` rows of
+      ``max_length`` tokens).
+    """
+    train = estimate(model, recipe, device_gb=device_gb, overhead_gb=0.0, _levers=False, **kwargs)
+    cfg, profile = _resolve(model)
+    cfg = kwargs.get("config") or cfg
+    dtype = kwargs.get("dtype") or (profile.dtype if profile else "float32")
+    on_gpu = bool(profile and profile.requires_cuda)
+    gen_rows = recipe.generation_batch  # trl: batch x steps_per_generation (default grad_accum)
+    kv = 2 * cfg.num_hidden_layers * cfg.hidden_size * DTYPE_BYTES[dtype] * recipe.max_length
+    generation = gen_rows * (kv + 2 * 4 * cfg.vocab_size)
+    reference = 0.0
+    if recipe.beta > 0:
+        reference = 2 * 4 * recipe.batch_size * recipe.max_completion_length * cfg.vocab_size
+    step = (train.parts["activations"] + train.parts["logits + grads"]) * GB
+    skip = ("activations", "logits + grads", "overhead")
+    parts = {k: v for k, v in train.parts.items() if k not in skip}
+    parts["ref adapter (beta>0)"] = parts["LoRA weights (fp32)"] if recipe.beta > 0 else 0.0
+    parts["training step"] = step / GB  # activations + logits, as estimate() counts them
+    parts["generation (extra)"] = max(0.0, generation - step) / GB  # beyond the step
+    parts["ref pass (extra)"] = max(0.0, reference - max(step, generation)) / GB  # beyond both
+    parts["overhead"] = CUDA_CONTEXT_GB + ALLOCATOR_SLACK * sum(parts.values()) if on_gpu else 0.0
+    settings = dict(train.settings, num_generations=recipe.num_generations,
+                    max_completion_length=recipe.max_completion_length, beta=recipe.beta,
+                    generation_rows=gen_rows)  # fmt: skip
+    est = Estimate(parts, device_gb, settings, possible=train.possible)
+    verdict = "fits" if est.fits else "does not fit"
+    est.verdict = f"{verdict}: {est.total_gb:.2f} GB of {device_gb:.1f} GB"
+    return est
+
+
+def grpo_minutes(recipe: Any, calibration: int = T4_CALIBRATION_LENGTH) -> dict[str, float]:
+    """Predicted T4 minutes of a GRPO run, by phase: generation, reference pass, training.
+
+    Training counts 6N FLOPs per token as :func:`train_minutes` (same calibration), over
+    ``GRPO_TYPICAL_TOKENS`` per completion; the reference pass (``beta > 0``) 2N, a forward;
+    generation ``max_completion_length`` decoding steps per ``generate`` call at
+    :data:`T4_DECODE_STEP_S` (one call per ``generation_batch`` completions).
+    """
+    n = count_parameters(phi2_config())
+    tokens = recipe.max_steps * recipe.effective_batch * GRPO_TYPICAL_TOKENS
+    flops = T4_CALIBRATIONS[calibration]
+    return {
+        "generation": recipe.max_steps * recipe.effective_batch / recipe.generation_batch
+        * recipe.max_completion_length * T4_DECODE_STEP_S / 60,
+        "reference pass": (2 * n * tokens / flops / 60) if recipe.beta > 0 else 0.0,
+        "training": 6 * n * tokens / flops / 60,
+    }
+
+
+def grpo_course_row() -> tuple[str, str, str, str]:
+    """Notebook 09's row of the README's course table, as :func:`course_rows` makes the others."""
+    from phi2kit.recipes import get_grpo_recipe
+
+    recipe = get_grpo_recipe("t4")
+    minutes = _rounded_minutes(sum(grpo_minutes(recipe).values()))
+    gb = estimate_grpo("t4", recipe).total_gb
+    teaches = "GRPO on 04's checks as rewards, reward hacking and its guards"
+    return ("09_grpo_rewards", teaches, minutes, f"{gb:.1f}")

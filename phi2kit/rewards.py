@@ -1,0 +1,64 @@
+"""Rewards a program can check, for GRPO on cited answers (notebook 09 writes these in its cells).
+
+Each reward is built on lesson 04's checks (:mod:`phi2kit.evaluate.qa`), the same functions
+that score the answers, so the reward and the metric cannot drift apart. trl's
+``GRPOTrainer`` calls each with ``prompts``, ``completions``, ``completion_ids`` and the
+dataset's other columns as keyword arguments (here ``references``: the references the prompt
+showed) and takes one float per completion.
+
+    stops_on_eos = make_stops_on_eos(tokenizer.eos_token_id)
+    rewards = [citations_supported, citations_in_range, stops_on_eos, guard]
+    GRPOTrainer(model=model, reward_funcs=rewards, args=grpo_args, train_dataset=train_ds)
+"""
+
+from __future__ import annotations
+
+import re
+
+from phi2kit.data.webglm import parse_citations
+from phi2kit.evaluate.qa import citation_metrics, citation_support, rouge_l
+
+
+def citations_supported(completions, references, **kwargs):
+    """Per completion: share of its citations [k] that reference k supports (04's check)."""
+    return [citation_support([c], [refs]) for c, refs in zip(completions, references, strict=True)]
+
+
+def citations_in_range(completions, references, **kwargs):
+    """Per completion: share of its citations [k] with 1 <= k <= references shown (04's check)."""
+    return [citation_metrics([c], [len(refs)])["share_valid_citations"]
+            for c, refs in zip(completions, references, strict=True)]
+
+
+def make_stops_on_eos(eos_token_id):
+    """The stop reward for one tokenizer (trl keeps the EOS that ended a completion)."""
+
+    def stops_on_eos(completion_ids, **kwargs):
+        """1.0 where the completion ended on EOS, 0.0 where it ran into max_completion_length."""
+        return [float(len(ids) > 0 and ids[-1] == eos_token_id) for ids in completion_ids]
+
+    return stops_on_eos
+
+
+def sentences(text):
+    return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
+
+
+def cheap_answer(completion, references, max_copy=0.8):
+    """Why a completion scores without answering, or None (the guard's three cases)."""
+    said = re.sub(r"\[[\d,\s]+\]", " ", completion).strip()  # without its citations
+    if not re.search(r"[A-Za-z0-9]", said):
+        return "empty"
+    every, cites = set(range(1, len(references) + 1)), parse_citations(completion)
+    if len(every) > 1 and any(set(parse_citations(s)) >= every for s in sentences(completion)):
+        return "cites every reference"  # in one sentence: in range, and one of them supports it
+    for ref in references:  # a whole reference, cited once: its other sentences go unchecked
+        if rouge_l(said, ref) >= max_copy and len(cites) < len(sentences(ref)):
+            return "copies a reference"
+    return None
+
+
+def guard(completions, references, **kwargs):
+    """-1.0 for a cheap answer (see cheap_answer), else 0.0."""
+    return [-1.0 if cheap_answer(c, refs) else 0.0
+            for c, refs in zip(completions, references, strict=True)]

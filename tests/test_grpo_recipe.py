@@ -1,0 +1,88 @@
+"""Notebook 09's GRPO recipe (phi2kit.recipes) and its planner (phi2kit.plan)."""
+
+from dataclasses import replace
+
+import pytest
+
+from phi2kit.plan import estimate
+from phi2kit.plan.grpo import estimate_grpo, grpo_course_row, grpo_minutes
+from phi2kit.recipes import TASKS, GrpoRecipe, get_grpo_recipe, get_recipe
+
+PROFILES = ["tiny", "t4-cpu", "t4", "ampere"]
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_profile_has_a_grpo_recipe_with_whole_groups(profile):
+    r = get_grpo_recipe(profile)
+    assert r.task == "grpo" and r.quantize_4bit
+    assert r.generation_batch % r.num_generations == 0 and r.generation_batch >= r.num_generations
+    assert 0 < r.max_completion_length < r.max_length
+
+
+def test_the_t4_twin_keeps_the_t4_settings_and_shrinks_the_cpu_bound_numbers():
+    t4, twin = get_grpo_recipe("t4"), get_grpo_recipe("t4-cpu")
+    assert (twin.lora_r, twin.lora_alpha, twin.lora_dropout, twin.beta, twin.temperature) == (
+        t4.lora_r, t4.lora_alpha, t4.lora_dropout, t4.beta, t4.temperature)  # fmt: skip
+    assert twin.max_length < t4.max_length and twin.max_steps <= get_grpo_recipe("tiny").max_steps
+
+
+def test_the_grpo_recipe_continues_04s_adapter_shape():
+    for profile in PROFILES:
+        grpo, sft = get_grpo_recipe(profile), get_recipe("webglm", profile)
+        assert (grpo.lora_r, grpo.lora_alpha, grpo.target_modules) == (
+            sft.lora_r, sft.lora_alpha, sft.target_modules)  # fmt: skip
+
+
+def test_the_other_recipes_are_unchanged():
+    assert TASKS == ("sentiment", "classifier", "webglm", "chat")
+    assert get_recipe("webglm", "t4").max_steps == 100
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"num_generations": 3}, "multiple of num_generations"),
+        ({"steps_per_generation": 1, "num_generations": 8}, "multiple of num_generations"),
+        ({"num_generations": 1}, "at least 2"),
+        ({"max_completion_length": 768}, "below max_length"),
+        ({"task": "webglm"}, "for task 'grpo'"),
+        ({"max_steps": 0}, "max_steps"),
+    ],
+)
+def test_bad_grpo_recipes_are_refused(change, message):
+    with pytest.raises(ValueError, match=message):
+        replace(get_grpo_recipe("t4"), **change)
+
+
+def test_overrides_apply():
+    assert get_grpo_recipe("tiny", max_steps=3).max_steps == 3
+    assert isinstance(get_grpo_recipe("t4"), GrpoRecipe)
+
+
+def test_the_planner_counts_generation_and_the_reference_pass():
+    r = get_grpo_recipe("t4")
+    est = estimate_grpo("t4", r)
+    assert est.fits and 4 < est.total_gb < 15
+    # the training step alone is what estimate() predicts for the same recipe
+    train = estimate("t4", r, overhead_gb=0.0)
+    step = train.parts["activations"] + train.parts["logits + grads"]
+    assert est.parts["training step"] == pytest.approx(step)
+    # more completions per step: a bigger generation batch (KV cache)
+    big = estimate_grpo("t4", replace(r, grad_accum=16))
+    assert big.parts["generation (extra)"] > est.parts["generation (extra)"]
+    # beta = 0: no reference adapter and no reference pass
+    no_ref = estimate_grpo("t4", replace(r, beta=0.0))
+    assert no_ref.parts["ref adapter (beta>0)"] == 0 and no_ref.total_gb < est.total_gb
+    assert grpo_minutes(replace(r, beta=0.0))["reference pass"] == 0
+    minutes = grpo_minutes(r)
+    assert minutes["reference pass"] == pytest.approx(minutes["training"] / 3)
+    assert grpo_minutes(replace(r, max_completion_length=384))["generation"] == pytest.approx(
+        2 * minutes["generation"])
+
+
+def test_the_course_row_matches_the_planner():
+    name, _, minutes, gb = grpo_course_row()
+    r = get_grpo_recipe("t4")
+    assert name == "09_grpo_rewards"
+    assert gb == f"{estimate_grpo('t4', r).total_gb:.1f}"
+    assert int(minutes.strip("~")) >= sum(grpo_minutes(r).values())
