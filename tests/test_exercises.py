@@ -32,7 +32,7 @@ def _both(path: Path) -> list[tuple[str, nbformat.NotebookNode]]:
 def test_two_exercises_per_lesson_each_with_a_solution_and_criteria():
     get_exercise(IDS[0])  # loads the criteria
     per_lesson = Counter(i[:2] for i in IDS)
-    assert sorted(per_lesson) == ["01", "02", "03", "04", "05", "06", "07", "08"]
+    assert sorted(per_lesson) == ["01", "02", "03", "04", "05", "06", "07", "08", "09"]
     assert min(per_lesson.values()) >= 2 and len(IDS) >= 12, per_lesson
     assert sorted(EXERCISES) == IDS, "every notebook has criteria, and every criterion a notebook"
     assert all(EXERCISES[i].criteria for i in IDS)

@@ -17,7 +17,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict the peak GPU memory of one training step of a recipe, part by "
         "part, and name the lever to pull when it does not fit.")
     add_profile_argument(p, default="t4")
-    p.add_argument("--task", default="webglm", choices=TASKS + PREFERENCE_TASKS)
+    p.add_argument("--task", default="webglm", choices=TASKS + PREFERENCE_TASKS + ("grpo",))
     p.add_argument("--max-length", type=int, default=None, help="override the recipe's")
     p.add_argument("--batch", type=int, default=None, help="per-device micro-batch")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
@@ -67,6 +67,17 @@ def run_plan(args: argparse.Namespace) -> int:
             pre = args.precompute_ref
         est = estimate_dpo(args.profile, recipe, reference=args.reference, precompute=pre,
                            device_gb=args.device_gb, gradient_checkpointing=args.grad_ckpt)
+    elif args.task == "grpo":  # notebook 09: generation batch, reference pass, training step
+        from phi2kit.plan.grpo import estimate_grpo
+        from phi2kit.recipes import get_grpo_recipe
+
+        try:
+            recipe = get_grpo_recipe(args.profile, **overrides)
+        except ValueError as err:  # e.g. --max-length not above max_completion_length
+            print(f"phi2kit plan: error: {err}", file=sys.stderr)
+            return 2
+        est = estimate_grpo(args.profile, recipe, device_gb=args.device_gb,
+                            gradient_checkpointing=args.grad_ckpt)
     else:
         recipe = get_recipe(args.task, args.profile, **overrides)
         est = estimate(args.profile, recipe, device_gb=args.device_gb,

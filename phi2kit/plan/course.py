@@ -45,6 +45,7 @@ COURSE = [  # notebook, what it teaches, task (None: no training)
      "Ollama", None),
     ("08_preference_dpo", "OASST1 ranks as preference pairs, DPO on 06's adapter, which model "
      "is the reference", "dpo"),
+    ("09_grpo_rewards", "GRPO on 04's checks as rewards, reward hacking and its guards", "grpo"),
 ]  # fmt: skip
 
 
@@ -97,6 +98,11 @@ def course_rows() -> list[tuple[str, str, str, str]]:
 
             dpo = get_dpo_recipe("t4")
             gb, minutes = estimate_dpo("t4", dpo).total_gb, _rounded_minutes(dpo.t4_minutes())
+        elif task == "grpo":  # generation, reference pass and training step (plan.grpo)
+            from phi2kit.plan.grpo import grpo_course_row
+
+            _, _, minutes, gb_text = grpo_course_row()
+            gb = float(gb_text)
         elif task is None:
             gb = fp16 + nf4 + CUDA_CONTEXT_GB
             minutes = "~5" if name.startswith("01") else "~10"
