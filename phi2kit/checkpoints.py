@@ -124,7 +124,17 @@ def _plain(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 class ResumeError(ValueError):
-    """Checkpoints in the output folder belong to a run with other settings."""
+    """Checkpoints in the output folder belong to a run with other settings (``changed``)."""
+
+    def __init__(self, message: str, changed: list[str]):
+        super().__init__(message)
+        self.changed = changed
+
+
+def save_settings(folder: str | os.PathLike[str], settings: dict[str, Any]) -> None:
+    """Note the ``settings`` a run's checkpoints in ``folder`` are written with."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(folder) / SETTINGS, _plain(settings))
 
 
 def resume_point(
@@ -150,7 +160,8 @@ def resume_point(
         raise ResumeError(
             f"{folder} holds checkpoints of a run with other {', '.join(changed)}: "
             "resume=False (RESUME = False in a notebook) deletes them and trains from step 0, "
-            "or choose another output folder"
+            "or choose another output folder",
+            changed,
         )
     latest = latest_checkpoint(folder)
     if latest is None:
@@ -201,8 +212,7 @@ def train_resumable(
         step, total = checkpoint_step(resumed_from), trainer.args.max_steps
         done = " (training had finished: loading its weights)" if step >= total else ""
         log(f"resuming from {resumed_from}: step {step} of {total}{done}")
-    folder.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(folder / SETTINGS, _plain(settings))
+    save_settings(folder, settings)
     if resumed_from is not None and is_finished(resumed_from, trainer.args.max_steps):
         return load_finished(trainer, resumed_from), resumed_from
     result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)

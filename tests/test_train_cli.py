@@ -144,7 +144,7 @@ def test_labels_only_for_labelled_tasks(tmp_path, capsys):
 
 
 def test_library_advice_in_shell_words():
-    from phi2kit.commands.tasks import shell_words
+    from phi2kit.commands.train_args import shell_words
 
     said = shell_words(
         "class 'negative' has 10 headlines after deduplication, and train + test take all "
@@ -293,17 +293,17 @@ def test_a_finished_run_loads_it_does_not_train(tmp_path, capsys):
 def test_train_resumable_loads_a_finished_run(tmp_path):
     """The notebooks' entry (04, 06): a finished run's `trainer.train()` is not called."""
     from phi2kit.checkpoints import checkpoint_args, train_resumable
-    from phi2kit.commands.tasks import make_trainer, prepare
+    from phi2kit.commands.train_tasks import Setup, build_trainer, load_data
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
 
     profile = get_profile("tiny")
     recipe = get_recipe("sentiment", profile, max_steps=3, n_train=20, n_test=5)
+    setup = Setup("sentiment", profile, recipe)
 
     def trainer():
-        parts = prepare("sentiment", profile, recipe)
-        return make_trainer("sentiment", *parts, profile, recipe, tmp_path,
-                            **checkpoint_args(save_every=3), report_to="none")  # fmt: skip
+        return build_trainer(setup, load_data(setup), tmp_path,
+                             **checkpoint_args(save_every=3), report_to="none")  # fmt: skip
 
     settings = {"recipe": recipe}
     first, _ = train_resumable(trainer(), settings, log=lambda _: None)
@@ -383,8 +383,10 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     )
 
 
-def test_every_recipe_task_has_one_row_in_the_dispatch_table():
-    from phi2kit.commands.tasks import STEPS
-    from phi2kit.recipes import TASKS
+def test_every_recipe_is_a_task_of_the_command():
+    from phi2kit.commands.train_args import TASK_NAMES
+    from phi2kit.commands.train_tasks import TASKS
+    from phi2kit.recipes import PREFERENCE_TASKS
+    from phi2kit.recipes import TASKS as SFT_TASKS
 
-    assert tuple(STEPS) == TASKS
+    assert tuple(TASKS) == TASK_NAMES == SFT_TASKS + PREFERENCE_TASKS

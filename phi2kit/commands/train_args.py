@@ -1,0 +1,203 @@
+"""``phi2kit train``'s arguments: the parser, ``--set`` and the checked :class:`Setup` they give.
+
+Nothing heavy is imported at module level: ``phi2kit train --help`` loads no torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from phi2kit.commands import add_profile_argument
+
+TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo")
+LABELLED = ("sentiment", "classifier")  # tasks whose data has label words (--labels)
+#: ``--set`` keys that are the command's, not a recipe's.
+COMMAND_KEYS = {"n_eval": "int"}
+
+
+def _recipe_fields(task: str | None = None) -> dict[str, str]:
+    """``--set`` keys and their types: the recipe's fields (dpo's own only for dpo)."""
+    from dataclasses import fields
+
+    from phi2kit.recipes import DPORecipe, Recipe
+
+    cls = Recipe if task not in (None, "dpo") else DPORecipe
+    return {f.name: str(f.type) for f in fields(cls) if f.name not in ("task", "task_type")}
+
+
+def setting_keys() -> list[str]:
+    """Every ``--set`` key: the recipes' fields, then :data:`COMMAND_KEYS`."""
+    return list(_recipe_fields()) + list(COMMAND_KEYS)
+
+
+def parse_overrides(items: list[str], task: str | None = None) -> dict[str, Any]:
+    """``["lora_r=32"]`` -> recipe overrides typed like the fields (tuples comma-separated);
+    a ``ValueError`` names the item and lists the keys."""
+    types = _recipe_fields(task) | COMMAND_KEYS
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or key not in types:
+            what = "expected KEY=VALUE" if not sep else f"{key!r} is not a setting"
+            if sep and key in _recipe_fields():
+                what = f"{key!r} is a setting of dpo only"
+            raise ValueError(f"--set {item}: {what}; the keys are {', '.join(setting_keys())} "
+                             "(e.g. --set lora_r=32)")  # fmt: skip
+        kind = types[key]
+        try:
+            if "bool" in kind:
+                if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("1", "true", "yes")
+            elif "tuple" in kind:
+                out[key] = tuple(v for v in value.split(",") if v)
+            else:
+                out[key] = {"i": int, "f": float}.get(kind[0], str)(value)
+        except ValueError:
+            name = {"b": "true or false", "t": "a comma-separated list", "i": "a whole number",
+                    "f": "a number"}.get(kind[0], "a value")  # fmt: skip
+            raise ValueError(f"--set {item}: {key} takes {name}") from None
+    return out
+
+
+def shell_words(message: str) -> str:
+    """A library message in the shell's words: ``pass n_eval=0`` -> ``pass --set n_eval=0``,
+    ``Lower n_test`` -> ``Lower --set n_test=N`` (in sentences that say what to change)."""
+    keys = "|".join(setting_keys())
+
+    def flags(sentence: re.Match) -> str:
+        return re.sub(rf"(?<![-\w])({keys})\b(=[^\s,.;)]+)?",
+                      lambda m: f"--set {m[1]}{m[2] or '=N'}", sentence[0])  # fmt: skip
+
+    message = message.replace("DATA_PATH", "--data PATH")  # the notebooks' data parameter
+    return re.sub(r"\b(?:[Ll]ower|pass|[Rr]aise|[Ss]et)\b[^.]*", flags, message)
+
+
+def make_setup(args: argparse.Namespace):
+    """The shell's arguments as a checked ``Setup``; ``ValueError`` (or ``ProfileError``) with
+    a message for the shell. Loads nothing heavy."""
+    from phi2kit.commands.train_tasks import Setup
+    from phi2kit.data.sentiment import LABELS, check_labels
+    from phi2kit.profiles import get_profile
+    from phi2kit.recipes import get_dpo_recipe, get_recipe
+
+    profile = get_profile(args.profile)
+    labels = LABELS
+    if args.labels is not None:
+        if args.task not in LABELLED:
+            raise ValueError(f"--labels: {args.task} data has no labels (only "
+                             f"{', '.join(LABELLED)})")  # fmt: skip
+        try:
+            labels = check_labels([w.strip() for w in args.labels.split(",")])
+        except ValueError as err:
+            raise ValueError(f"--labels {args.labels}: {err}; e.g. --labels bad,ok,good") from None
+    overrides = parse_overrides(args.set, args.task)
+    n_eval = overrides.pop("n_eval", None)
+    if n_eval is not None and (n_eval < 0 or args.task not in LABELLED):
+        raise ValueError(f"--set n_eval={n_eval}: a count (0 or more) for sentiment and classifier")
+    if args.steps is not None:
+        overrides["max_steps"] = args.steps
+    if args.quantize is not None:
+        overrides["quantize_4bit"] = args.quantize
+    if args.task == "dpo":
+        recipe = get_dpo_recipe(profile, **overrides)
+        _check_adapter(args.adapter)
+    else:
+        if args.adapter is not None:
+            raise ValueError(f"--adapter: only dpo starts from an adapter, not {args.task}")
+        recipe = get_recipe(args.task, profile, **overrides)
+    if args.save_every <= 0 or args.keep <= 0:
+        raise ValueError("--save-every and --keep must be positive")
+    return Setup(args.task, profile, recipe, args.data, labels, n_eval, args.adapter)
+
+
+def _check_adapter(adapter: Path | None) -> None:
+    how = ("make one with: phi2kit train chat --output-dir runs/chat "
+           "(then --adapter runs/chat/adapter)")
+    if adapter is None:
+        raise ValueError(f"dpo needs --adapter PATH, the chat (SFT) adapter it starts from; {how}")
+    config = adapter / "adapter_config.json"
+    if not config.is_file():
+        raise ValueError(f"--adapter {adapter}: no adapter_config.json there; {how}")
+    if json.loads(config.read_text()).get("task_type") != "CAUSAL_LM":
+        raise ValueError(f"--adapter {adapter}: not a chat adapter (it is not a causal LM "
+                         f"adapter); {how}")  # fmt: skip
+
+
+def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The arguments, description and closing text of ``phi2kit train``."""
+    import textwrap
+
+    p.description = DESCRIPTION
+    keys = textwrap.fill(", ".join(setting_keys()), 88, initial_indent="  ", subsequent_indent="  ")
+    p.epilog = EPILOG.format(keys=keys)
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("task", choices=TASK_NAMES, help="the notebook recipe to run")
+    add_profile_argument(p)
+    p.add_argument("--data", default="auto", metavar="PATH",
+                   help="your data, a file or folder (default: the shipped sample on tiny and "
+                   "t4-cpu, the hub data set on a GPU); formats below")  # fmt: skip
+    p.add_argument("--labels", default=None, metavar="A,B,...",
+                   help="sentiment, classifier: your data's label words, in order "
+                   "(default negative,neutral,positive); an integer label i means the "
+                   "i-th word")  # fmt: skip
+    p.add_argument("--adapter", type=Path, default=None, metavar="PATH",
+                   help="dpo: the chat (SFT) adapter to start from, e.g. the adapter/ "
+                   "folder of phi2kit train chat")  # fmt: skip
+    p.add_argument("--output-dir", type=Path, default=None, help="default outputs/train_TASK")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe)")
+    q = p.add_mutually_exclusive_group()
+    q.add_argument("--lora", dest="quantize", action="store_false", help="full-precision base")
+    q.add_argument("--qlora", dest="quantize", action="store_true", help="nf4 4-bit base")
+    p.set_defaults(quantize=None)
+    p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
+    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    p.add_argument("--seed", type=int, default=0, help="seed of init, data order, dropout")
+    p.add_argument("--log-every", type=int, default=1, help="log the loss every N steps")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--sampler", choices=("group_by_length", "random"), default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting, e.g. --set lora_r=32 (repeatable); "
+                   "keys below")  # fmt: skip
+    p.add_argument("--no-eval", action="store_true", help="skip the final eval loss")
+    p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload adapter (opt-in)")
+    p.add_argument("--public", action="store_true", help="make the hub repo public")
+    return p
+
+
+DESCRIPTION = "Train a notebook's recipe from the shell; resumable (--resume)."
+
+#: ``phi2kit train --help``'s closing text (plain text: argparse prints it as it is).
+EPILOG = """\
+data formats (--data PATH):
+  sentiment, classifier  a CSV with no header, label then headline (Kaggle's all-data.csv;
+                         UTF-8 or Latin-1); or a CSV, JSON lines or parquet file with the
+                         columns sentence and label (financial_phrasebank). Labels are
+                         words (--labels) or integers 0, 1, ... into --labels.
+  webglm                 JSON lines {{"question", "answer", "references": [...]}}, answers
+                         citing [1], [2], ...; a folder with train.jsonl and
+                         validation.jsonl, or one file (its last examples, at most a
+                         fifth, are the eval split).
+  chat                   OASST1: its messages (parquet or JSON lines, one message a row)
+                         or a *.trees.jsonl export; English threads are kept.
+  dpo                    OASST1 as for chat: each prompt's rank-0 reply (chosen) against
+                         each lower-ranked sibling (rejected). Needs --adapter, the chat
+                         adapter it goes on training (its LoRA settings are the adapter's).
+
+--set keys:
+{keys}
+  beta, precompute_ref_log_probs: dpo only.
+  n_eval (sentiment, classifier): eval rows per class (default n_test; 0: no eval split).
+
+examples:
+  phi2kit train sentiment --profile tiny --steps 12 --output-dir runs/s
+  phi2kit train classifier --data my.csv --labels bad,ok,good --set n_train=200
+  phi2kit train sentiment --output-dir runs/s --resume    # after a crash
+  phi2kit train chat --output-dir runs/chat && \\
+    phi2kit train dpo --adapter runs/chat/adapter --output-dir runs/dpo
+"""
