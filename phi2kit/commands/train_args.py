@@ -176,8 +176,8 @@ DESCRIPTION = "Train a notebook's recipe from the shell; resumable (--resume)."
 EPILOG = """\
 data formats (--data PATH):
   sentiment, classifier  a CSV with no header, label then headline (Kaggle's all-data.csv;
-                         UTF-8 or Latin-1); or a CSV, JSON lines or parquet file with the
-                         columns sentence and label (financial_phrasebank). Labels are
+                         UTF-8 or Latin-1); or a CSV with a header and the columns
+                         text (or sentence, as financial_phrasebank) and label. Labels are
                          words (--labels) or integers 0, 1, ... into --labels.
   webglm                 JSON lines {{"question", "answer", "references": [...]}}, answers
                          citing [1], [2], ...; a folder with train.jsonl and
