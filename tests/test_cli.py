@@ -156,7 +156,7 @@ def test_train_help_explains_data_labels_and_set_keys(capsys):
         main(["train", "--help"])
     out = capsys.readouterr().out
     for said in ("--data PATH", "data formats (--data PATH):", "all-data.csv",
-                 "sentence and label", "--labels A,B,...", "--set keys:", "lora_r", "n_eval",
+                 "text (or sentence", "--labels A,B,...", "--set keys:", "lora_r", "n_eval",
                  "*.trees.jsonl"):  # fmt: skip
         assert said in out, said
 
