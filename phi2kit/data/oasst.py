@@ -61,6 +61,10 @@ def _normalize(raw: Any, path: str, row: int, tree_id: str | None = None) -> dic
             raise DataError("missing or not a string", path=path, row=row, field=name)
     mid = raw["message_id"]
     rank = _none_if_nan(raw.get("rank"))
+    try:
+        rank = None if rank is None else int(rank)
+    except (TypeError, ValueError):
+        raise DataError(f"not an int: {rank!r}", path=path, row=row, field="rank") from None
     parent = _none_if_nan(raw.get("parent_id"))
     return {
         "message_id": mid,
@@ -68,7 +72,7 @@ def _normalize(raw: Any, path: str, row: int, tree_id: str | None = None) -> dic
         "text": raw["text"],
         "role": raw["role"],
         "lang": _none_if_nan(raw.get("lang")),
-        "rank": None if rank is None else int(rank),
+        "rank": rank,
         "deleted": bool(_as_bool(raw.get("deleted"))),
         "review_result": _as_bool(raw.get("review_result")),
         "message_tree_id": _none_if_nan(raw.get("message_tree_id")) or tree_id,

@@ -17,23 +17,19 @@ counted in ``dropped`` under one reason (:data:`REASONS`).
 
 from __future__ import annotations
 
-import math
 import os
 import random
 from collections import Counter
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from phi2kit.data.files import DataError, LoadResult, read_jsonl
+from phi2kit.data.files import DataError, LoadResult
+from phi2kit.data.oasst import HUB_ID, ROLES, load_messages
 
-HUB_ID = "OpenAssistant/oasst1"
 HUMAN, ASSISTANT = "### Human:", "### Assistant:"  # notebook 06's chat format
 #: Why a ranked reply is in no pair. "one reply": the only usable ranked reply to its
 #: prompt; "tie": its prompt's best rank is shared, so there is no single chosen reply.
 REASONS = ("deleted or failed review", "language", "one reply", "tie", "too long")
-_FIELDS = ("message_id", "parent_id", "text", "role", "lang", "rank", "deleted",
-           "review_result", "message_tree_id")  # fmt: skip
 
 
 class Pairs(LoadResult):
@@ -52,84 +48,19 @@ class Pairs(LoadResult):
                 f"replies; left out: {drops}; {super().summary(what)}")  # fmt: skip
 
 
-def _clean(value: Any) -> Any:
-    return None if isinstance(value, float) and math.isnan(value) else value
-
-
-def _message(raw: Any, path: str, row: int) -> dict:
-    if not isinstance(raw, dict):
-        raise DataError(f"expected a JSON object, got {type(raw).__name__}", path=path, row=row)
-    for name in ("message_id", "text", "role"):
-        if not isinstance(_clean(raw.get(name)), str):
-            raise DataError("missing or not a string", path=path, row=row, field=name)
-    if raw["role"] not in ("prompter", "assistant"):
-        raise DataError(f"unknown role {raw['role']!r}", path=path, row=row, field="role")
-    msg = {k: _clean(raw.get(k)) for k in _FIELDS}
-    try:
-        msg["rank"] = None if msg["rank"] is None else int(msg["rank"])
-    except (TypeError, ValueError):
-        raise DataError(f"not an int: {msg['rank']!r}", path=path, row=row, field="rank") from None
-    flags = {"true": True, "false": False}  # CSV files hold booleans as text
-    for name in ("deleted", "review_result"):
-        if isinstance(msg[name], str):
-            msg[name] = flags.get(msg[name].strip().lower())
-    msg["replies"] = []
-    return msg
-
-
-def _tree_messages(tree: Any, path: str, row: int) -> list[dict]:
-    """The messages of one export tree, parent links taken from the nesting."""
-    if not isinstance(tree, dict) or not isinstance(tree.get("prompt"), dict):
-        raise DataError("expected a tree with a 'prompt' object", path=path, row=row,
-                        field="prompt")  # fmt: skip
-    out, stack = [], [(tree["prompt"], None)]
-    while stack:
-        raw, parent = stack.pop()
-        msg = _message(raw, path, row)
-        msg["parent_id"], msg["message_tree_id"] = parent, tree.get("message_tree_id")
-        out.append(msg)
-        replies = raw.get("replies") or []
-        if not isinstance(replies, list):
-            raise DataError("expected a list", path=path, row=row, field="replies")
-        stack.extend((reply, msg["message_id"]) for reply in reversed(replies))
-    return out
-
-
 def read_messages(path: str | os.PathLike[str] | None = None, *, split: str = "train",
                   skip_bad: bool = False, hub_id: str = HUB_ID) -> LoadResult:  # fmt: skip
-    """OASST1 messages from a trees or rows file (``.jsonl``, ``.parquet``, ``.csv``), or
-    from the hub when ``path`` is None. With ``skip_bad`` a bad row or tree is counted."""
-    if path is None:
-        from datasets import load_dataset
-
-        table = load_dataset(hub_id, split=split)
-        table = table.select_columns([c for c in _FIELDS if c in table.column_names])
-        rows, source, form = list(enumerate(table, start=1)), hub_id, "rows"
-    else:
-        file, source = Path(path), str(path)
-        if not file.is_file():
-            raise DataError("no such file", path=source)
-        if file.suffix in (".parquet", ".csv"):
-            import pandas as pd
-
-            df = pd.read_parquet(file) if file.suffix == ".parquet" else pd.read_csv(file)
-            df = df.astype(object).where(df.notna(), None)
-            rows = list(enumerate(df.to_dict("records"), start=1))
-        else:
-            rows = read_jsonl(file)
-        first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
-        form = "trees" if "prompt" in first else "rows"
-    if not rows:
-        raise DataError("empty file: no messages", path=source)
-    result = LoadResult(skip_bad=skip_bad)
-    for row, obj in rows:
+    """OASST1 messages as :func:`phi2kit.data.oasst.load_messages` reads them (both forms,
+    or the hub when ``path`` is None), each with a known role: a pair needs to know who
+    spoke. With ``skip_bad`` a bad row or tree, or a message of another role, is counted."""
+    messages = load_messages(path, split=split, skip_bad=skip_bad, hub_id=hub_id)
+    result = LoadResult(problems=messages.problems, skip_bad=skip_bad)
+    for msg in messages:
         with result.row():
-            if isinstance(obj, DataError):
-                raise obj
-            if form == "trees":
-                result.extend(_tree_messages(obj, source, row))
-            else:
-                result.append(_message(obj, source, row))
+            if msg["role"] not in ROLES:
+                raise DataError(f"unknown role {msg['role']!r}", path=msg["_path"],
+                                row=msg["_row"], field="role")  # fmt: skip
+            result.append(msg)
     return result
 
 
