@@ -86,24 +86,42 @@ def _05b_weights(ns):
 exercise("06_a", "The main thread of an OASST1 tree", "Write it", "06 §6.3")
 
 
-def _random_tree(rng: random.Random, role: str = "prompter", depth: int = 0) -> dict:
+def random_oasst_tree(rng: random.Random, role: str = "prompter", depth: int = 0, *,
+                      p_bad: float = 0.1, p_de: float = 0.0, max_replies: int = 3,
+                      p_tie: float = 0.0) -> dict:  # fmt: skip
+    """A made-up OASST1 export tree (nested ``replies``): deleted and failed-review messages
+    with probability ``p_bad`` each, German ones with ``p_de``, ranked or unranked replies,
+    a tie at the top with ``p_tie``. Exercises 06_a and 08_a grade against the loader on
+    these (a draw is made only where its probability is not 0)."""
     msg = {
         "message_id": f"m{rng.getrandbits(40):x}",
         "role": role,
         "text": f"{role} says {rng.randint(0, 999)}",
-        "lang": "en",
-        "deleted": rng.random() < 0.1,
-        "review_result": rng.random() > 0.1,
+        "lang": "de" if p_de and rng.random() <= p_de else "en",
+        "deleted": rng.random() < p_bad,
+        "review_result": rng.random() > p_bad,
+        "rank": None,
         "replies": [],
     }
     if depth < 4:
-        n = rng.randint(0, 3)
+        n = rng.randint(0, max_replies)
         ranks = rng.sample(range(n), n) if rng.random() < 0.7 else [None] * n
+        if p_tie and n > 1 and rng.random() < p_tie:
+            ranks[1] = ranks[0]  # a tie
         other = "assistant" if role == "prompter" else "prompter"
-        msg["replies"] = [_random_tree(rng, other, depth + 1) for _ in range(n)]
+        kw = {"p_bad": p_bad, "p_de": p_de, "max_replies": max_replies, "p_tie": p_tie}
+        msg["replies"] = [random_oasst_tree(rng, other, depth + 1, **kw) for _ in range(n)]
         for reply, rank in zip(msg["replies"], ranks, strict=False):
             reply["rank"] = rank
-    return msg  # fmt: skip
+    return msg
+
+
+def load_made_trees(trees: list[dict], loader, **kwargs):
+    """``loader(path, **kwargs)`` on ``trees`` written as a ``*.trees.jsonl`` export."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "made.trees.jsonl"
+        path.write_text("".join(json.dumps(t) + "\n" for t in trees))
+        return loader(path, **kwargs)
 
 
 @criterion(
@@ -117,13 +135,10 @@ def _06a_threads(ns):
     from phi2kit.data.oasst import load_oasst
 
     rng = random.Random(0)
-    trees = [{"message_tree_id": f"t{i}", "prompt": _random_tree(rng)} for i in range(40)]
+    trees = [{"message_tree_id": f"t{i}", "prompt": random_oasst_tree(rng)} for i in range(40)]
     for tree in trees:
         tree["prompt"].update(deleted=False, review_result=True)
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "made.trees.jsonl"
-        path.write_text("".join(json.dumps(t) + "\n" for t in trees))
-        want = [list(map(tuple, t)) for t in load_oasst(path)]
+    want = [list(map(tuple, t)) for t in load_made_trees(trees, load_oasst)]
     got = [[tuple(turn) for turn in call(ns, "main_thread", t["prompt"])] for t in trees]
     got = [t for t in got if t]
     if got != want:

@@ -2,39 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import random
-import tempfile
-from pathlib import Path
 
+from phi2kit_exercises.checks_05_06 import load_made_trees, random_oasst_tree
 from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need
 
 # --- 08_a: preference pairs from an OASST tree (Write it) ------------------------------------
 
 exercise("08_a", "Preference pairs from an OASST1 tree", "Write it", "08 §8.2")
-
-
-def _random_tree(rng: random.Random, role: str = "prompter", depth: int = 0) -> dict:
-    msg = {
-        "message_id": f"m{rng.getrandbits(40):x}",
-        "role": role,
-        "text": f"{role} says {rng.randint(0, 999)}",
-        "lang": "en" if rng.random() > 0.08 else "de",
-        "deleted": rng.random() < 0.08,
-        "review_result": rng.random() > 0.08,
-        "rank": None,
-        "replies": [],
-    }
-    if depth < 4:
-        n = rng.randint(0, 4)
-        ranks = rng.sample(range(n), n) if rng.random() < 0.7 else [None] * n
-        if n > 1 and rng.random() < 0.15:
-            ranks[1] = ranks[0]  # a tie
-        other = "assistant" if role == "prompter" else "prompter"
-        msg["replies"] = [_random_tree(rng, other, depth + 1) for _ in range(n)]
-        for reply, rank in zip(msg["replies"], ranks, strict=False):
-            reply["rank"] = rank
-    return msg
 
 
 @criterion(
@@ -49,13 +24,13 @@ def _08a_pairs(ns):
     from phi2kit.data.oasst_pairs import load_pairs
 
     rng = random.Random(8)
-    trees = [{"message_tree_id": f"t{i}", "prompt": _random_tree(rng)} for i in range(60)]
+    made = {"p_bad": 0.08, "p_de": 0.08, "max_replies": 4, "p_tie": 0.15}
+    trees = [{"message_tree_id": f"t{i}", "prompt": random_oasst_tree(rng, **made)}
+             for i in range(60)]  # fmt: skip
     for tree in trees:
         tree["prompt"].update(deleted=False, review_result=True, lang="en")
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "made.trees.jsonl"
-        path.write_text("".join(json.dumps(t) + "\n" for t in trees))
-        want = [(p["prompt"], p["chosen"], p["rejected"]) for p in load_pairs(path, lang="en")]
+    want = [(p["prompt"], p["chosen"], p["rejected"])
+            for p in load_made_trees(trees, load_pairs, lang="en")]  # fmt: skip
     got = []
     for tree in trees:
         for pair in call(ns, "tree_pairs", tree, "en"):
