@@ -158,6 +158,10 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(err.shell())
     except (ValueError, RuntimeError) as err:
         return _fail(str(err))
+    from accelerate import PartialState
+
+    # under `accelerate launch` every rank looks for an earlier run before rank 0 writes
+    state = PartialState(cpu=not setup.profile.requires_cuda)
     if not args.resume and (ckpt_dir.exists() or (out / ADAPTER).exists()):
         return _fail(f"{out} already holds a run: pass --resume, or another --output-dir")
     # what decides the run; --resume under other settings is refused (more steps are allowed)
@@ -197,7 +201,8 @@ def _run(args: argparse.Namespace) -> int:
                          "--labels WORD,WORD,...")  # fmt: skip
         return _fail(shell_words(str(err)))  # the loaders' advice names notebook parameters
 
-    if int(os.environ.get("RANK", "0")) == 0:
+    state.wait_for_everyone()  # every rank has looked (and loaded the data): now rank 0 writes
+    if state.is_main_process:
         save_settings(ckpt_dir, settings)
         _trim_loss_log(out / LOSS_LOG, checkpoint_step(resume_from) if resume_from else 0)
         record = {k: v for k, v in vars(args).items() if k != "func"}
