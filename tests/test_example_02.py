@@ -9,57 +9,44 @@
 
 from __future__ import annotations
 
-import ast
-import importlib.util
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from example_scripts import (
+    ROOT,
+    TINY,
+    imported_packages,
+    load_script,
+    mismatch,
+    notebook_recipe,
+    run_script,
+    script_path,
+)
 
 from phi2kit.profiles import get_profile
 from phi2kit.recipes import get_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "02_sentiment_qlora.py"
+NAME = "02_sentiment_qlora.py"
 SAMPLE = ROOT / "data" / "financial_news" / "all-data.csv"
-TINY = ROOT / "phi2kit" / "tiny" / "model"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("sentiment_qlora", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          env=env, timeout=timeout, check=False)
+def run(*args: str, timeout: int = 300):
+    return run_script(NAME, *args, timeout=timeout)
 
 
 def test_script_imports_no_phi2kit_and_stays_short():
-    tree = ast.parse(SCRIPT.read_text())
-    names = [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
-    names += [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
-    assert not [m for m in names if m and m.split(".")[0] == "phi2kit"]
-    assert len(SCRIPT.read_text().splitlines()) < 230
+    assert "phi2kit" not in imported_packages(NAME)
+    assert len(script_path(NAME).read_text().splitlines()) < 230
 
 
 def test_configs_equal_the_notebook_for_t4(tmp_path):
-    from test_notebook_recipe import as_dict, recipe_cells, run_cells
-
-    ns = run_cells(recipe_cells(), "t4", tmp_path)
-    script = load_script()
+    ns = notebook_recipe("02_sentiment_finetuning.ipynb", "sentiment", tmp_path)
+    script = load_script(NAME)
     args = script.parser().parse_args(["--data", "x.csv", "--output-dir", str(tmp_path)])
     quant, lora, sft, _ = script.build_configs(args, cuda=True, bf16=False)
-    assert as_dict(quant) == as_dict(ns["quant_config"])
-    assert as_dict(lora) == as_dict(ns["peft_config"])
-    assert as_dict(sft) == as_dict(ns["sft_args"])
+    assert not (diff := mismatch(quant, ns["quant_config"])), diff
+    assert not (diff := mismatch(lora, ns["peft_config"])), diff
+    assert not (diff := mismatch(sft, ns["sft_args"])), diff
     t4 = get_recipe("sentiment", get_profile("t4", check=False))
     assert args.max_steps == t4.max_steps and args.learning_rate == t4.learning_rate
     quant, *_ = script.build_configs(script.parser().parse_args(
@@ -88,7 +75,7 @@ def test_a_wrong_file_is_refused_before_the_model_loads(tmp_path, content, expec
 
 
 def test_reads_both_published_forms(tmp_path):
-    script = load_script()
+    script = load_script(NAME)
     labels = ["negative", "neutral", "positive"]
     kaggle = tmp_path / "all-data.csv"  # no header, Latin-1, CR line endings, quoted commas
     kaggle.write_bytes('neutral,"Sales, as planned"\rpositive,Vä rose\r\n'.encode("latin-1"))

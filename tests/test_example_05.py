@@ -3,30 +3,22 @@ clear errors before any model loads, and the lessons' nf4 config."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from example_scripts import TINY, imported_packages, load_script, run_script, script_path
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "05_merge_adapter.py"
-TINY = str(ROOT / "phi2kit" / "tiny" / "model")
+NAME = "05_merge_adapter.py"
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("merge_adapter", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(NAME)
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True,
-                          timeout=300, cwd=ROOT)  # fmt: skip
+def _run(*args: str):
+    return run_script(NAME, *args)
 
 
 def _adapter(path: Path, base_4bit: bool, note: bool = True) -> Path:
@@ -117,5 +109,6 @@ def test_quant_config_is_the_lessons_for_t4():
 
 
 def test_the_script_never_imports_phi2kit():
-    assert "phi2kit" not in re.sub(r'""".*?"""', "", SCRIPT.read_text(), flags=re.S).replace(
-        "phi2kit_adapter.json", "").replace("phi2kit's", "")  # fmt: skip
+    assert "phi2kit" not in imported_packages(NAME)
+    code = re.sub(r'""".*?"""', "", script_path(NAME).read_text(), flags=re.S)
+    assert "phi2kit" not in code.replace("phi2kit_adapter.json", "").replace("phi2kit's", "")

@@ -3,50 +3,30 @@ file before any model loads, and builds notebook 06's configurations for the t4 
 
 from __future__ import annotations
 
-import ast
-import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-import torch
+from example_scripts import (
+    TINY,
+    imported_packages,
+    load_script,
+    mismatch,
+    notebook_recipe,
+    run_script,
+)
 
 from phi2kit.data import sample_path
-from phi2kit.profiles import get_profile
-from phi2kit.recipes import get_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "examples" / "06_chat_sft.py"
-NOTEBOOK = ROOT / "notebooks" / "06_chat_oasst1.ipynb"
-TINY = ROOT / "phi2kit" / "tiny" / "model"
-IGNORED = {"output_dir", "logging_dir"}  # where files go, not what is trained
+NAME = "06_chat_sft.py"
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("chat_sft_example", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def run(tmp_path, *argv, timeout=300):
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), "--output-dir", str(tmp_path / "out"), *argv],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
-    )
+def run(tmp_path: Path, *argv: str, timeout: int = 300):
+    return run_script(NAME, "--output-dir", str(tmp_path / "out"), *argv, timeout=timeout)
 
 
 def test_script_imports_no_phi2kit():
-    tree = ast.parse(SCRIPT.read_text())
-    modules = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-    modules |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
-    assert not any(m.split(".")[0] == "phi2kit" for m in modules), modules
+    assert "phi2kit" not in imported_packages(NAME)
 
 
 def test_learns_on_the_tiny_model(tmp_path):
@@ -82,38 +62,18 @@ def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, e
     # a model folder that does not exist: reaching the model would fail differently
     argv = ["--model", str(tmp_path / "no-model"), "--data", str(data)]
     with pytest.raises(SystemExit) as exit_:
-        load_script().main([*argv, "--output-dir", str(tmp_path / "out")])
+        load_script(NAME).main([*argv, "--output-dir", str(tmp_path / "out")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"error: {data}, ") and expect in err, err
 
 
-def _notebook_recipe(out: Path) -> dict:
-    profile = get_profile("t4", check=False)
-    recipe = get_recipe("chat", profile)
-    ns = {"torch": torch, "profile": profile, "recipe": recipe, "OUTPUT_DIR": str(out),
-          "EVAL_EVERY": None}  # fmt: skip
-    cells = json.loads(NOTEBOOK.read_text())["cells"]
-    tagged = [c for c in cells if "recipe" in c["metadata"].get("tags", [])]
-    sources = ["".join(c["source"]) for c in tagged]
-    assert len(sources) == 3, "notebook 06 tags its BitsAndBytesConfig, LoraConfig, SFTConfig"
-    for source in sources:
-        exec(compile(source, str(NOTEBOOK), "exec"), ns)  # noqa: S102  (our own notebook)
-    return ns
-
-
-def _plain(config) -> dict:
-    return {k: v for k, v in config.to_dict().items() if k not in IGNORED}
-
-
 def test_configs_equal_the_notebooks_for_t4(tmp_path):
-    ns = _notebook_recipe(tmp_path)
-    script = load_script()
+    ns = notebook_recipe("06_chat_oasst1.ipynb", "chat", tmp_path, EVAL_EVERY=None)
+    script = load_script(NAME)
     args = script.parse_args(["--data", "x.jsonl", "--output-dir", str(tmp_path)])
     quant, lora, sft = script.build_configs(args, gpu="t4")
-    assert _plain(quant) == _plain(ns["quant_config"])
-    assert _plain(lora) == _plain(ns["peft_config"])
-    cell, ours = _plain(ns["sft_args"]), _plain(sft)
-    assert cell == ours, {k: (cell.get(k), ours.get(k)) for k in cell.keys() | ours.keys()
-                          if cell.get(k) != ours.get(k)}  # fmt: skip
+    assert not (diff := mismatch(quant, ns["quant_config"])), diff
+    assert not (diff := mismatch(lora, ns["peft_config"])), diff
+    assert not (diff := mismatch(sft, ns["sft_args"])), diff
     assert sft.fp16 and not sft.bf16 and sft.optim == "paged_adamw_8bit"
