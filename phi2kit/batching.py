@@ -6,7 +6,6 @@ the attention mask, never through the token id.
 
 - :func:`count_tokens` counts one collated batch: cells computed, non-pad tokens, supervised
   tokens (``labels != -100``) and supervised positions that are padding (a bug if > 0).
-- :func:`useful_token_fraction` runs over a dataloader: non-pad tokens / tokens computed.
 - :class:`CountingCollator` wraps a trainer's collator and counts every batch it builds, so
   the counts are those of the batches the model actually trained on.
 - :func:`masked_loss` is the mean cross-entropy over supervised tokens only (the eval loss
@@ -91,32 +90,6 @@ def count_tokens(batch: Mapping[str, Any]) -> TokenCounts:
         supervised = int(sup.sum())
         supervised_pad = int((sup & (mask == 0)).sum())
     return TokenCounts(ids.numel(), int(mask.sum()), supervised, supervised_pad, 1)
-
-
-def count_batches(
-    batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
-) -> TokenCounts:
-    """Sum :func:`count_tokens` over ``batches`` (a dataloader), up to ``max_batches``."""
-    total = TokenCounts()
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        total = total + count_tokens(batch)
-    return total
-
-
-def useful_token_fraction(
-    batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
-) -> float:
-    """Non-pad tokens over tokens computed, over a dataloader (or any iterable of batches).
-
-    ``useful_token_fraction(trainer.get_train_dataloader())`` is about 0.2 for the seed's
-    pad-to-2048 pipeline on WebGLM and close to 1 with length-grouped dynamic padding.
-    """
-    counts = count_batches(batches, max_batches)
-    if counts.batches == 0:
-        raise ValueError("no batches to count")
-    return counts.useful_fraction
 
 
 class CountingCollator:
