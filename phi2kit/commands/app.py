@@ -29,10 +29,9 @@ _GRADIO_ROLES = {"user": "prompter", "assistant": "assistant"}
 def to_turns(history: Sequence[Any] | None) -> Thread:
     """Normalize a chat history to ``(role, text)`` turns.
 
-    Accepts our own turns (``("prompter", "Hi")``), Gradio's ``messages`` format
-    (``{"role": "user", "content": "Hi"}``; Gradio 6 passes the content as a list of parts,
-    ``[{"type": "text", "text": "Hi"}]``) and Gradio's older pairs (``["Hi", "Hello!"]``, one
-    pair per exchange).
+    Accepts our own turns (``("prompter", "Hi")``) and Gradio 6's messages
+    (``{"role": "user", "content": "Hi"}``, the content a string or a list of parts,
+    ``[{"type": "text", "text": "Hi"}]``).
     """
     turns: Thread = []
     for item in history or []:
@@ -43,10 +42,6 @@ def to_turns(history: Sequence[Any] | None) -> Thread:
             turns.append((role, _content_text(item.get("content"))))
         elif len(item) == 2 and item[0] in ("prompter", "assistant"):
             turns.append((item[0], str(item[1])))
-        elif len(item) == 2:  # a (user, bot) pair
-            turns.append(("prompter", str(item[0] or "")))
-            if item[1] is not None:
-                turns.append(("assistant", str(item[1])))
         else:
             raise ValueError(f"cannot read history item {item!r}")
     return turns
@@ -83,7 +78,7 @@ def make_chat_fn(
     """``respond(message, history, max_new_tokens, temperature, stop_at_human)``.
 
     What Gradio's ``ChatInterface`` calls: ``history`` is Gradio's list of ``{"role",
-    "content"}`` messages (or the older ``[user, bot]`` pairs), the last three arguments come
+    "content"}`` messages, the last three arguments come
     from the settings panel. It yields the reply so far, so the page streams it. The app
     keeps no state of its own: the whole conversation comes in with every call.
     """
