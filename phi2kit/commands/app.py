@@ -155,32 +155,17 @@ def build_app(
     )
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument("--host", default=HOST, help=f"address to serve on (default {HOST})")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="make a public Gradio link")
-
-
-def make_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser for ``python -m phi2kit.commands.app``."""
-    parser = argparse.ArgumentParser(prog="phi2kit app", description=__doc__.split("\n")[0])
-    _add_arguments(parser)
-    return parser
-
-
 def add_app_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``phi2kit app``."""
     parser = subparsers.add_parser(
         "app", help="serve the Gradio chat app", description=__doc__.split("\n")[0]
     )
-    _add_arguments(parser)
+    add_model_arguments(parser)
+    parser.add_argument("--host", default=HOST, help=f"address to serve on (default {HOST})")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="make a public Gradio link")
     parser.set_defaults(func=run_app)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_app(make_parser().parse_args(argv))
 
 
 def run_app(args: argparse.Namespace) -> int:
@@ -215,7 +200,3 @@ def run_app(args: argparse.Namespace) -> int:
     # quiet: Gradio's own start-up lines speak of launch(share=True); the shell user has --share
     app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
