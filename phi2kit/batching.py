@@ -4,9 +4,9 @@ A batch is a rectangle ``(rows, columns)``; the model computes every cell. Paddi
 wasted work, and since Phi-2's pad token *is* its eos token, padding must be found through
 the attention mask, never through the token id.
 
-- :func:`count_tokens` counts one collated batch: cells computed, non-pad tokens, supervised
-  tokens (``labels != -100``) and supervised positions that are padding (a bug if > 0).
-- :func:`useful_token_fraction` runs over a dataloader: non-pad tokens / tokens computed.
+- :func:`token_counts` (notebook 04's cell) counts collated batches: non-pad tokens, cells
+  computed, supervised tokens (``labels != -100``) and supervised positions that are padding
+  (a bug if > 0); :func:`count_tokens` gives one batch's as :class:`TokenCounts`.
 - :class:`CountingCollator` wraps a trainer's collator and counts every batch it builds, so
   the counts are those of the batches the model actually trained on.
 - :func:`masked_loss` is the mean cross-entropy over supervised tokens only (the eval loss
@@ -71,52 +71,34 @@ class TokenCounts:
         return self.non_pad / self.computed if self.computed else 0.0
 
 
-def count_tokens(batch: Mapping[str, Any]) -> TokenCounts:
-    """Count one collated batch with ``input_ids`` and optionally ``attention_mask``/``labels``.
+def token_counts(batches):  # (real tokens, tokens computed, supervised tokens, supervised padding)
+    """Notebook 04's count (the same code as its cell), over collated batches that hold
+    ``attention_mask`` and ``labels``."""
+    real = computed = supervised = on_pad = 0
+    for b in batches:
+        mask, sup = b["attention_mask"], b["labels"] != -100
+        real, computed = real + int(mask.sum()), computed + mask.numel()
+        supervised, on_pad = supervised + int(sup.sum()), on_pad + int((sup & (mask == 0)).sum())
+    return real, computed, supervised, on_pad
 
-    Padding is found through ``attention_mask`` (pad = eos in Phi-2, so the id says nothing).
+
+def count_tokens(batch: Mapping[str, Any]) -> TokenCounts:
+    """:func:`token_counts` of one batch, as :class:`TokenCounts`.
+
+    ``input_ids`` is required; no ``attention_mask`` means no padding (a padding-free
+    batch), no ``labels`` means nothing supervised. Padding is found through the mask
+    (pad = eos in Phi-2, so the id says nothing).
     """
     ids = torch.as_tensor(batch["input_ids"])
-    mask = batch.get("attention_mask")
+    mask, labels = batch.get("attention_mask"), batch.get("labels")
     mask = torch.ones_like(ids) if mask is None else torch.as_tensor(mask)
     if mask.shape != ids.shape:
         raise ValueError(
             f"attention_mask shape {tuple(mask.shape)} != input_ids {tuple(ids.shape)}"
         )
-    labels = batch.get("labels")
-    if labels is None:
-        supervised = supervised_pad = 0
-    else:
-        sup = torch.as_tensor(labels) != IGNORE_INDEX
-        supervised = int(sup.sum())
-        supervised_pad = int((sup & (mask == 0)).sum())
-    return TokenCounts(ids.numel(), int(mask.sum()), supervised, supervised_pad, 1)
-
-
-def count_batches(
-    batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
-) -> TokenCounts:
-    """Sum :func:`count_tokens` over ``batches`` (a dataloader), up to ``max_batches``."""
-    total = TokenCounts()
-    for i, batch in enumerate(batches):
-        if max_batches is not None and i >= max_batches:
-            break
-        total = total + count_tokens(batch)
-    return total
-
-
-def useful_token_fraction(
-    batches: Iterable[Mapping[str, Any]], max_batches: int | None = None
-) -> float:
-    """Non-pad tokens over tokens computed, over a dataloader (or any iterable of batches).
-
-    ``useful_token_fraction(trainer.get_train_dataloader())`` is about 0.2 for the seed's
-    pad-to-2048 pipeline on WebGLM and close to 1 with length-grouped dynamic padding.
-    """
-    counts = count_batches(batches, max_batches)
-    if counts.batches == 0:
-        raise ValueError("no batches to count")
-    return counts.useful_fraction
+    labels = torch.full_like(ids, IGNORE_INDEX) if labels is None else torch.as_tensor(labels)
+    real, computed, supervised, on_pad = token_counts([{"attention_mask": mask, "labels": labels}])
+    return TokenCounts(computed, real, supervised, on_pad, 1)
 
 
 class CountingCollator:

@@ -125,17 +125,6 @@ def _chat_prompt(model, tokenizer, turns: Thread, max_new_tokens: int) -> str:
     return format_chat(fit_history(turns, tokenizer, limit))
 
 
-def chat_reply(model, tokenizer, turns: Thread, **settings) -> str:
-    """The assistant's next reply to ``turns`` (which end with the user's message).
-
-    The last value of :func:`stream_reply` (same ``settings``): greedy decoding unless
-    ``temperature > 0``; the reply ends at EOS or at the first stop string, and is stripped.
-    Old exchanges are dropped if the prompt would not leave room for ``max_new_tokens``.
-    """
-    *_, reply = stream_reply(model, tokenizer, turns, **settings)
-    return reply
-
-
 def _held_back(text: str, stop_strings: Sequence[str]) -> int:
     """How many trailing characters of ``text`` could be the start of a stop string."""
     return max(
@@ -152,12 +141,15 @@ def stream_reply(
     stop_strings: Sequence[str] = STOP_STRINGS,
     temperature: float = 0.0,
 ) -> Iterator[str]:
-    """Like :func:`chat_reply`, but yields the reply so far each time it grows.
+    """The assistant's next reply to ``turns`` (which end with the user's message), yielded
+    each time it grows; the last value is the whole reply.
 
-    Generation runs in a thread behind a ``TextIteratorStreamer``. Text that may be the
-    start of a stop string is held back until it is clear, so ``"### Hu"`` never flashes
-    on screen. The last value is :func:`chat_reply`'s reply. Closing the
-    generator early (a Stop button) stops the generation too.
+    Greedy decoding unless ``temperature > 0``; the reply ends at EOS or at the first stop
+    string, and is stripped. Old exchanges are dropped if the prompt would not leave room for
+    ``max_new_tokens``. Generation runs in a thread behind a ``TextIteratorStreamer``. Text
+    that may be the start of a stop string is held back until it is clear, so ``"### Hu"``
+    never flashes on screen. Closing the generator early (a Stop button) stops the
+    generation too.
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -212,37 +204,6 @@ def stream_reply(
     finally:
         cancelled.set()
         worker.join()
-
-
-class ChatSession:
-    """A multi-turn conversation: ``session.send("Hi")`` returns the reply and keeps both."""
-
-    def __init__(
-        self, model, tokenizer, *, max_new_tokens: int = 128, temperature: float = 0.0
-    ) -> None:
-        self.model, self.tokenizer = model, tokenizer
-        self.max_new_tokens, self.temperature = max_new_tokens, temperature
-        self.turns: Thread = []
-
-    def _settings(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature}
-
-    def send(self, message: str) -> str:
-        turns = [*self.turns, ("prompter", message.strip())]
-        reply = chat_reply(self.model, self.tokenizer, turns, **self._settings())
-        self.turns = [*turns, ("assistant", reply)]
-        return reply
-
-    def stream(self, message: str) -> Iterator[str]:
-        """:meth:`send`, yielding the reply as it grows; the exchange is kept at the end."""
-        turns = [*self.turns, ("prompter", message.strip())]
-        reply = ""
-        for reply in stream_reply(self.model, self.tokenizer, turns, **self._settings()):
-            yield reply
-        self.turns = [*turns, ("assistant", reply)]
-
-    def reset(self) -> None:
-        self.turns = []
 
 
 def load_chat_model(

@@ -43,11 +43,6 @@ def write_json_atomic(path: str | os.PathLike[str], data: object) -> None:
     os.replace(tmp, path)
 
 
-def is_complete(checkpoint: str | os.PathLike[str]) -> bool:
-    """A checkpoint folder is complete when its ``COMPLETE`` marker exists."""
-    return (Path(checkpoint) / COMPLETE).is_file()
-
-
 def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:
     """The optimizer step of a ``checkpoint-N`` folder: N."""
     return int(Path(checkpoint).name.rsplit("-", 1)[-1])
@@ -61,7 +56,7 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
     """
     from transformers.trainer_utils import sort_checkpoints
 
-    complete = [c for c in sort_checkpoints(str(folder)) if is_complete(c)]
+    complete = [c for c in sort_checkpoints(str(folder)) if (Path(c) / COMPLETE).is_file()]
     return Path(complete[-1]) if complete else None
 
 

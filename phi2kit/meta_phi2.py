@@ -10,32 +10,12 @@ forward pass: meta tensors have no values.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
 from phi2kit.profiles import Profile, get_profile
-
-
-def _config(profile: Profile, num_labels: int | None = None, config=None):
-    """Phi-2's published config for a GPU profile; the shipped tiny config for ``tiny``.
-
-    A ``config`` given by the caller (a copy is taken) wins over both.
-    """
-    if config is not None:
-        import copy
-
-        cfg = copy.deepcopy(config)
-    elif profile.is_tiny:
-        from phi2kit.tiny import tiny_config
-
-        cfg = tiny_config()
-    else:
-        from phi2kit.footprint import phi2_config
-
-        cfg = phi2_config()
-    if num_labels is not None:
-        cfg.num_labels = num_labels
-    return cfg
 
 
 def phi2_on_meta(
@@ -52,8 +32,16 @@ def phi2_on_meta(
     """
     from transformers import PhiForCausalLM, PhiForSequenceClassification
 
+    from phi2kit.footprint import phi2_config
+    from phi2kit.tiny import tiny_config
+
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
-    cfg = _config(profile, num_labels, config)
+    if config is not None:
+        cfg = copy.deepcopy(config)  # the caller's config is left as it was
+    else:
+        cfg = tiny_config() if profile.is_tiny else phi2_config()
+    if num_labels is not None:
+        cfg.num_labels = num_labels
     cls = PhiForCausalLM if num_labels is None else PhiForSequenceClassification
     with torch.device("meta"):
         model = cls(cfg)

@@ -76,7 +76,7 @@ class Profile:
     requires_cuda: bool = False
 
     def __post_init__(self) -> None:
-        if self.requires_bf16 and not self.requires_cuda:
+        if self.bf16 and not self.requires_cuda:
             raise ValueError(
                 f"profile {self.name!r}: dtype='bfloat16' needs requires_cuda=True (a GPU with "
                 "native bf16); a GPU without it, such as a T4, is refused up front"
@@ -94,12 +94,8 @@ class Profile:
 
     @property
     def bf16(self) -> bool:
-        """Trainer ``bf16`` flag. Always set explicitly: trl's SFTConfig defaults to bf16."""
-        return self.dtype == "bfloat16"
-
-    @property
-    def requires_bf16(self) -> bool:
-        """Whether the profile needs a GPU with native bf16: it computes in bfloat16."""
+        """Trainer ``bf16`` flag (always set explicitly: trl's SFTConfig defaults to bf16); such
+        a profile needs a GPU with native bf16."""
         return self.dtype == "bfloat16"
 
     @property
@@ -184,7 +180,7 @@ def check_hardware(profile: Profile) -> None:
             " to run on the CPU, or switch the Colab runtime to a GPU "
             "(Runtime > Change runtime type > T4 GPU)",
         )
-    if profile.requires_bf16 and not native_bf16():
+    if profile.bf16 and not native_bf16():
         name = torch.cuda.get_device_name(0)
         raise ProfileError(
             f"profile {profile.name!r} uses bfloat16, which this GPU ({name}) does not support",

@@ -47,11 +47,6 @@ def upcast_trainable(model: nn.Module) -> int:
 CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
-def eval_every(max_steps: int) -> int:
-    """Steps between evaluations: five evaluations over the run."""
-    return max(1, max_steps // 5)
-
-
 def _common_args(
     profile: Profile, recipe: Recipe, output_dir: str | Path, eval_steps: int | None = None
 ) -> dict:
@@ -144,7 +139,7 @@ def sft_trainer(
 ):
     """trl ``SFTTrainer`` over a LoRA model, with trainable weights kept in fp32.
 
-    Pass ``eval_steps`` (say ``eval_every(recipe.max_steps)``) with an ``eval_dataset`` to
+    Pass ``eval_steps`` (say ``max(1, recipe.max_steps // 5)``) with an ``eval_dataset`` to
     evaluate during training and load the best checkpoint on eval loss at the end, as
     notebook 02 does.
     """

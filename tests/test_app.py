@@ -15,7 +15,7 @@ pytest.importorskip("gradio", reason='the app extra is not installed: pip instal
 
 from local_servers import free_port, start, stop, wait_until_serving  # noqa: E402
 
-from phi2kit.chat import chat_reply  # noqa: E402
+from phi2kit.chat import stream_reply  # noqa: E402
 
 QUESTION = "Where does the otter live?"
 MAX_NEW = 40
@@ -69,7 +69,7 @@ def expected_reply():
     from phi2kit.chat import load_chat_model
 
     model, tokenizer = load_chat_model("tiny")
-    reply = chat_reply(model, tokenizer, [("prompter", QUESTION)], max_new_tokens=MAX_NEW)
+    *_, reply = stream_reply(model, tokenizer, [("prompter", QUESTION)], max_new_tokens=MAX_NEW)
     assert reply
     return reply
 

@@ -23,7 +23,7 @@ from phi2kit.lora import lora_config
 from phi2kit.models import load_kwargs
 from phi2kit.profiles import PROFILES, get_profile
 from phi2kit.recipes import get_recipe
-from phi2kit.training import eval_every, sft_config
+from phi2kit.training import sft_config
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "02_sentiment_finetuning.ipynb"
 IGNORED = {"output_dir", "logging_dir"}  # where files go, not what is trained
@@ -71,7 +71,7 @@ def differences(ns: dict, out: Path) -> dict[str, object]:
         found["peft_config"] = (as_dict(ns["peft_config"]), as_dict(lora_config(recipe)))
     cell_args = as_dict(ns["sft_args"])
     helper_args = as_dict(
-        sft_config(profile, recipe, out / "trainer", eval_steps=eval_every(recipe.max_steps))
+        sft_config(profile, recipe, out / "trainer", eval_steps=max(1, recipe.max_steps // 5))
     )
     diff = {
         k for k in cell_args.keys() | helper_args.keys() if cell_args.get(k) != helper_args.get(k)

@@ -9,10 +9,9 @@ import torch
 
 from phi2kit.batching import (
     CountingCollator,
-    count_batches,
+    TokenCounts,
     count_tokens,
     masked_loss,
-    useful_token_fraction,
 )
 
 N_EXAMPLES = 8
@@ -98,13 +97,17 @@ def test_sampler_groups_by_length(sft):
     assert isinstance(sampler, LengthGroupedSampler)
 
 
+def _count(batches) -> TokenCounts:
+    return sum(map(count_tokens, batches), TokenCounts())
+
+
 def test_counting_collator_sees_what_the_dataloader_yields(sft, batches):
     trainer, _, _ = sft
-    expected = count_batches(batches)
+    expected = _count(batches)
     counter = CountingCollator(trainer.data_collator)
     trainer.data_collator = counter
     try:
-        assert count_batches(trainer.get_train_dataloader()) == counter.counts == expected
+        assert _count(trainer.get_train_dataloader()) == counter.counts == expected
     finally:
         trainer.data_collator = counter.collator
     assert expected.supervised_pad == 0
@@ -119,16 +122,15 @@ def test_count_tokens_on_a_hand_built_batch():
     }
     c = count_tokens(batch)
     assert (c.computed, c.non_pad, c.supervised, c.supervised_pad) == (8, 6, 4, 1)
-    assert useful_token_fraction([batch]) == pytest.approx(6 / 8)
-    assert useful_token_fraction([batch, batch], max_batches=1) == pytest.approx(6 / 8)
+    assert c.useful_fraction == pytest.approx(6 / 8)
+    assert (c + c).batches == 2 and (c + c).useful_fraction == pytest.approx(6 / 8)
     # padding-free batch: one row, no attention mask, nothing wasted
     flat = {
         "input_ids": torch.tensor([[5, 6, 7, 5, 6]]),
         "position_ids": torch.tensor([[0, 1, 2, 0, 1]]),
     }
-    assert useful_token_fraction([flat]) == 1.0
-    with pytest.raises(ValueError, match="no batches"):
-        useful_token_fraction([])
+    assert count_tokens(flat).useful_fraction == 1.0
+    assert TokenCounts().useful_fraction == 0.0
     with pytest.raises(ValueError, match="attention_mask shape"):
         count_tokens({"input_ids": torch.zeros(2, 3), "attention_mask": torch.ones(2, 4)})
 

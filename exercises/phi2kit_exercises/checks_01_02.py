@@ -158,7 +158,7 @@ exercise("02_a", "LoRA rank and alpha: adapter size and accuracy", "Try it", "02
 @criterion(
     "02_a",
     "`sizes[r]` is the trainable parameter count for every r in RANKS",
-    "for each r: add_lora(phi2_on_meta(profile=profile), "
+    "for each r: add_lora(phi2_on_meta(), "
     "get_recipe('sentiment', profile, lora_r=r, lora_alpha=ALPHA_PER_R * r), profile)"
     ".get_nb_trainable_parameters()[0]",
 )

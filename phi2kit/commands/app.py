@@ -29,10 +29,9 @@ _GRADIO_ROLES = {"user": "prompter", "assistant": "assistant"}
 def to_turns(history: Sequence[Any] | None) -> Thread:
     """Normalize a chat history to ``(role, text)`` turns.
 
-    Accepts our own turns (``("prompter", "Hi")``), Gradio's ``messages`` format
-    (``{"role": "user", "content": "Hi"}``; Gradio 6 passes the content as a list of parts,
-    ``[{"type": "text", "text": "Hi"}]``) and Gradio's older pairs (``["Hi", "Hello!"]``, one
-    pair per exchange).
+    Accepts our own turns (``("prompter", "Hi")``) and Gradio 6's messages
+    (``{"role": "user", "content": "Hi"}``, the content a string or a list of parts,
+    ``[{"type": "text", "text": "Hi"}]``).
     """
     turns: Thread = []
     for item in history or []:
@@ -43,10 +42,6 @@ def to_turns(history: Sequence[Any] | None) -> Thread:
             turns.append((role, _content_text(item.get("content"))))
         elif len(item) == 2 and item[0] in ("prompter", "assistant"):
             turns.append((item[0], str(item[1])))
-        elif len(item) == 2:  # a (user, bot) pair
-            turns.append(("prompter", str(item[0] or "")))
-            if item[1] is not None:
-                turns.append(("assistant", str(item[1])))
         else:
             raise ValueError(f"cannot read history item {item!r}")
     return turns
@@ -83,7 +78,7 @@ def make_chat_fn(
     """``respond(message, history, max_new_tokens, temperature, stop_at_human)``.
 
     What Gradio's ``ChatInterface`` calls: ``history`` is Gradio's list of ``{"role",
-    "content"}`` messages (or the older ``[user, bot]`` pairs), the last three arguments come
+    "content"}`` messages, the last three arguments come
     from the settings panel. It yields the reply so far, so the page streams it. The app
     keeps no state of its own: the whole conversation comes in with every call.
     """
@@ -160,32 +155,17 @@ def build_app(
     )
 
 
-def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_model_arguments(parser)
-    parser.add_argument("--host", default=HOST, help=f"address to serve on (default {HOST})")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--share", action="store_true", help="make a public Gradio link")
-
-
-def make_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser for ``python -m phi2kit.commands.app``."""
-    parser = argparse.ArgumentParser(prog="phi2kit app", description=__doc__.split("\n")[0])
-    _add_arguments(parser)
-    return parser
-
-
 def add_app_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``phi2kit app``."""
     parser = subparsers.add_parser(
         "app", help="serve the Gradio chat app", description=__doc__.split("\n")[0]
     )
-    _add_arguments(parser)
+    add_model_arguments(parser)
+    parser.add_argument("--host", default=HOST, help=f"address to serve on (default {HOST})")
+    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    parser.add_argument("--share", action="store_true", help="make a public Gradio link")
     parser.set_defaults(func=run_app)
     return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    return run_app(make_parser().parse_args(argv))
 
 
 def run_app(args: argparse.Namespace) -> int:
@@ -220,7 +200,3 @@ def run_app(args: argparse.Namespace) -> int:
     # quiet: Gradio's own start-up lines speak of launch(share=True); the shell user has --share
     app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from phi2kit.chat import ChatSession, load_chat_model
+from phi2kit.chat import load_chat_model, stream_reply
 from phi2kit.commands import add_profile_argument
 
 EXIT_WORDS = ("exit", "quit")
@@ -118,9 +118,8 @@ def run_chat(
     model, tokenizer = load_chat_model(
         args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
     )
-    session = ChatSession(
-        model, tokenizer, max_new_tokens=args.max_new_tokens, temperature=args.temperature
-    )
+    settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    turns: list[tuple[str, str]] = []  # the whole conversation goes in with every message
     interactive = stdin.isatty()
     if interactive:
         print("Type a message; 'exit' or Ctrl-D quits.", file=stdout)
@@ -133,10 +132,12 @@ def run_chat(
         if not line.strip():
             continue
         print("assistant> ", end="", file=stdout, flush=True)
-        shown = ""
-        for reply in session.stream(line):
+        turns.append(("prompter", line.strip()))
+        reply = ""
+        for piece in stream_reply(model, tokenizer, turns, **settings):
             # each value extends the last one (text is only ever held back, never taken back)
-            print(reply[len(shown) :], end="", file=stdout, flush=True)
-            shown = reply
+            print(piece[len(reply) :], end="", file=stdout, flush=True)
+            reply = piece
         print(file=stdout, flush=True)
+        turns.append(("assistant", reply))
     return 0

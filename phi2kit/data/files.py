@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -61,14 +61,8 @@ class LoadResult(list):
         problems: One message per skipped row (or tree), naming file, line and field.
     """
 
-    def __init__(
-        self,
-        items: Iterable[Any] = (),
-        problems: list[str] | None = None,
-        *,
-        skip_bad: bool = False,
-    ) -> None:
-        super().__init__(items)
+    def __init__(self, problems: list[str] | None = None, *, skip_bad: bool = False) -> None:
+        super().__init__()
         self.problems: list[str] = list(problems or [])
         self.skip_bad = skip_bad
 

@@ -1,11 +1,10 @@
 """Financial news sentiment (notebooks 02 and 03): load, deduplicate, split, prompt.
 
-Two published forms are read (by :mod:`phi2kit.data.sentiment_files`), and the form is
-detected from the file's content:
+The two published forms are read, the form told by the file's first row:
 
 - the Kaggle ``all-data.csv``: no header, ``sentiment,headline``, Latin-1, CR/LF/CRLF;
 - the HF ``financial_phrasebank`` layout: columns ``sentence`` and ``label`` (0 = negative,
-  1 = neutral, 2 = positive), as CSV, JSON lines or parquet, or from the hub.
+  1 = neutral, 2 = positive), from the hub, or as a CSV file with that header.
 
 Both give a data frame with columns ``text`` and ``label`` (the label word).
 

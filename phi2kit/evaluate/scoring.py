@@ -47,22 +47,6 @@ def label_logprobs(model, tokenizer, prompts, labels, batch_size=32):
     return scores.numpy()
 
 
-def _pad(rows: Sequence[Sequence[int]], pad_id: int, left: bool):
-    """Pad token-id lists into ``(input_ids, attention_mask)`` tensors, by hand.
-
-    Built from the true lengths, so the result does not depend on the tokenizer's padding
-    side, nor on the pad token being eos.
-    """
-    width = max(len(ids) for ids in rows)
-    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for b, ids in enumerate(rows):
-        cols = slice(width - len(ids), width) if left else slice(0, len(ids))
-        input_ids[b, cols] = torch.tensor(list(ids))
-        attention_mask[b, cols] = 1
-    return input_ids, attention_mask
-
-
 def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     """How many leading token ids every row shares, leaving each row at least one of its own.
 
@@ -80,18 +64,19 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def _forward_rows(
-    model: Any, rows: Sequence[Sequence[int]], n_shared: int, pad_id: int, left: bool, **kw: Any
-):
+def _forward_rows(model: Any, rows: Sequence[Sequence[int]], n_shared: int, pad_id: int, **kw: Any):
     """Logits for token-id rows that all start with the same ``n_shared`` tokens.
 
     The shared prefix runs once, for one row; its keys and values are repeated across the
-    batch (``past_key_values``), so each row runs only its own tokens. The rest is padded by
-    :func:`_pad`, and explicit position ids give every row the positions it would see alone.
-    The logits cover the rows' own tokens only: position ``t`` of a row is ``t - n_shared``.
+    batch (``past_key_values``), so each row runs only its own tokens. Those are left-padded
+    by hand (the mask comes from the true lengths, whatever the tokenizer's padding side or
+    pad token), and explicit position ids give every row the positions it would see alone.
     """
     device = device_of(model)
-    input_ids, attention_mask = _pad([ids[n_shared:] for ids in rows], pad_id, left)
+    own = [list(ids[n_shared:]) for ids in rows]
+    width = max(len(ids) for ids in own)
+    input_ids = torch.tensor([[pad_id] * (width - len(ids)) + ids for ids in own])
+    attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in own])
     position_ids = n_shared + (attention_mask.cumsum(-1) - 1).clamp(min=0)
     if n_shared:
         prefix = torch.tensor([list(rows[0][:n_shared])], device=device)
@@ -119,14 +104,15 @@ def score_labels(
     """Summed log-likelihood of each completion ``" " + label`` after each prompt.
 
     The prompt is tokenized as in training (the tokenizer's special tokens included) and the
-    completion separately, without special tokens, so the positions of the completion are
-    known exactly. Padding is done here, by hand, with an attention mask built from the
-    lengths: the result does not depend on the tokenizer's padding side, nor on the pad
-    token being eos. What keeps it fast, none of it changing the scores beyond float rounding:
+    completion separately, without special tokens. Padding is done by hand, with an attention
+    mask built from the lengths: the result does not depend on the tokenizer's padding side,
+    nor on the pad token being eos. What keeps it fast, none of it changing the scores beyond
+    float rounding:
 
-    - **One row per prompt** when every label is a single token (as in the tiny tokenizer):
-      the labels are entries of one next-token distribution (:func:`_score_single_tokens`).
-      Otherwise every (prompt, label) pair is a row.
+    - **One row per prompt** when every label is a single token (as in the tiny tokenizer
+      and Phi-2's, for the default labels): the labels are entries of one next-token
+      distribution, read at the last column of left-padded rows (``logits_to_keep=1``).
+      Otherwise every (prompt, label) pair is a row, as in :func:`label_logprobs`.
     - **The shared prefix once per batch.** Every prompt starts with the same instruction;
       it runs for one row and its keys and values are reused by all (``share_prefix``).
     - **Batches of similar length**: prompts are sorted by length, so there is little
@@ -149,61 +135,20 @@ def score_labels(
     empty = [i for i, ids in enumerate(encoded) if not ids]
     if empty:
         raise ValueError(f"prompt {empty[0]} is empty after tokenization: nothing to condition on")
+    label_ids = [tokenizer(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
+    if any(len(ids) != 1 for ids in label_ids):  # the lesson's way: a row per (prompt, label)
+        with inference(model):
+            return label_logprobs(model, tokenizer, prompts, labels, batch_size).astype(np.float64)
     n_shared = shared_prefix_length(encoded) if share_prefix else 0
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
-    label_ids = [tokenizer(" " + label, add_special_tokens=False)["input_ids"] for label in labels]
-    pad_id = pad_id_of(tokenizer)
-    if all(len(ids) == 1 for ids in label_ids):
-        return _score_single_tokens(
-            model, encoded, order, [i[0] for i in label_ids], n_shared, pad_id, batch_size
-        )
-
-    rows = [(i, j, encoded[i] + list(ids)) for i in order for j, ids in enumerate(label_ids)]
-    scores = np.zeros((len(prompts), len(labels)), dtype=np.float64)
-    starts = range(0, len(rows), batch_size)
+    scores = np.zeros((len(encoded), len(labels)), dtype=np.float64)
     with inference(model):
-        for start in progress(starts, desc="label scoring", show=on_gpu(model)):
-            batch = rows[start : start + batch_size]
-            logits = _forward_rows(model, [ids for *_, ids in batch], n_shared, pad_id, False)
-            # Token t of a row is predicted by the logits at position t - 1 - n_shared.
-            row_idx, pos_idx, targets = [], [], []
-            for b, (i, _, ids) in enumerate(batch):
-                for t in range(len(encoded[i]), len(ids)):
-                    row_idx.append(b)
-                    pos_idx.append(t - 1 - n_shared)
-                    targets.append(ids[t])
-            picked = logits[torch.tensor(row_idx), torch.tensor(pos_idx)].float()
-            logp = torch.log_softmax(picked, dim=-1)
-            token_logp = logp[torch.arange(len(targets)), torch.tensor(targets)].cpu()
-            per_row = torch.zeros(len(batch), dtype=torch.float64)
-            per_row.index_add_(0, torch.tensor(row_idx), token_logp.double())
-            for b, (i, j, _) in enumerate(batch):
-                scores[i, j] = per_row[b].item()
-    return scores
-
-
-def _score_single_tokens(
-    model: Any,
-    encoded: list[list[int]],
-    order: list[int],
-    label_ids: list[int],
-    n_shared: int,
-    pad_id: int,
-    batch_size: int,
-) -> np.ndarray:
-    """The one-row-per-prompt path of :func:`score_labels`, for single-token labels.
-
-    Left padding puts every prompt's last token in the last column, so only that
-    position's logits are computed (``logits_to_keep=1``).
-    """
-    scores = np.zeros((len(encoded), len(label_ids)), dtype=np.float64)
-    starts = range(0, len(order), batch_size)
-    with inference(model):
+        starts = range(0, len(order), batch_size)
         for start in progress(starts, desc="label scoring", show=on_gpu(model)):
             idx = order[start : start + batch_size]
-            rows = [encoded[i] for i in idx]
-            logits = _forward_rows(model, rows, n_shared, pad_id, True, logits_to_keep=1)
-            logp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, label_ids]
+            rows = [encoded[i] for i in idx]  # left-padded: every prompt ends in the last column
+            logits = _forward_rows(model, rows, n_shared, pad_id_of(tokenizer), logits_to_keep=1)
+            logp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, [i[0] for i in label_ids]]
             scores[idx] = logp.double().cpu().numpy()
     return scores
 
