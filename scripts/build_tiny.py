@@ -3,7 +3,7 @@
     python scripts/build_tiny.py            # about 5 minutes on 2 CPU cores
     python scripts/build_tiny.py --out /tmp/tiny --steps 50   # a quick smoke build
 
-The corpus is written by ``phi2kit.tiny.synth`` (made up by this project). Seeds are fixed
+The corpus is written by ``scripts/synth.py`` (made up by this project). Seeds are fixed
 and torch runs deterministically, so the same command gives the same weights on a CPU.
 """
 
@@ -122,9 +122,8 @@ def build(
 ) -> dict:
     """Build tokenizer and model into ``out_dir``; return the build report."""
     import torch
+    from synth import corpus  # scripts/synth.py, beside this script
     from transformers import PhiForCausalLM
-
-    from phi2kit.tiny.synth import corpus
 
     t0 = time.time()
     torch.manual_seed(seed)
