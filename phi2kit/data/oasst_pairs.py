@@ -41,11 +41,13 @@ class Pairs(LoadResult):
         self.dropped: Counter[str] = Counter({r: 0 for r in REASONS})
         self.n_prompts = 0  # prompts with at least one pair
         self.n_ranked = 0  # ranked assistant replies seen
+        self.n_unranked = 0  # assistant replies to a human turn that nobody ranked (rank null)
 
     def summary(self, what: str = "rows") -> str:
         drops = ", ".join(f"{r}: {n}" for r, n in self.dropped.items())
         return (f"{self.n_prompts} prompts, {len(self)} pairs from {self.n_ranked} ranked "
-                f"replies; left out: {drops}; {super().summary(what)}")  # fmt: skip
+                f"replies ({self.n_unranked} unranked not used); left out: {drops}; "
+                f"{super().summary(what)}")  # fmt: skip
 
 
 def read_messages(path: str | os.PathLike[str] | None = None, *, split: str = "train",
@@ -105,8 +107,10 @@ def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: in
             visit(reply, history, ok, lang_ok)
 
     def _pairs_of(node: dict, history: list[str], ok: bool, lang_ok: bool) -> None:
-        ranked = [r for r in node["replies"] if r["role"] == "assistant" and r["rank"] is not None]
+        answers = [r for r in node["replies"] if r["role"] == "assistant"]
+        ranked = [r for r in answers if r["rank"] is not None]
         pairs.n_ranked += len(ranked)
+        pairs.n_unranked += len(answers) - len(ranked)
         keep = []
         for r in ranked:
             if not (ok and _usable(r)):
