@@ -256,9 +256,6 @@ def get_dpo_recipe(profile: Profile | str = "auto", **overrides: object) -> DPOR
 
 # --- GRPO (notebook 09): reinforcement learning on 04's checks, from 04's adapter ------------
 
-#: Reinforcement-learning tasks: their own recipe class, like PREFERENCE_TASKS.
-RL_TASKS: tuple[str, ...] = ("grpo",)
-
 
 @dataclass(frozen=True)
 class GrpoRecipe(Recipe):

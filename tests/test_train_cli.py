@@ -386,7 +386,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
 def test_every_recipe_is_a_task_of_the_command():
     from phi2kit.commands.train_args import TASK_NAMES
     from phi2kit.commands.train_tasks import TASKS
-    from phi2kit.recipes import PREFERENCE_TASKS, RL_TASKS
+    from phi2kit.recipes import PREFERENCE_TASKS
     from phi2kit.recipes import TASKS as SFT_TASKS
 
-    assert tuple(TASKS) == TASK_NAMES == SFT_TASKS + PREFERENCE_TASKS + RL_TASKS
+    assert tuple(TASKS) == TASK_NAMES == SFT_TASKS + PREFERENCE_TASKS + ("grpo",)
