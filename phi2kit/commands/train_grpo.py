@@ -36,9 +36,8 @@ def read_prompts(path: Path | None, setup: Setup, tokenizer):
             rows.append({"prompt": build_qa_prompt(e["question"], refs), "references": refs})
     if len(rows) < recipe.num_generations:
         raise DataError(f"{len(rows)} prompt(s) fit max_length - max_completion_length = {budget} "
-                        "tokens with a reference: need more (raise max_length)", path=path or "hub")
+                        "tokens with a reference: need more (raise max_length)", path=path or "hub")  # fmt: skip
     return Dataset.from_list(rows), None
-
 
 
 def grpo(setup: Setup, data: Data, output_dir, **args):
