@@ -35,8 +35,11 @@ def read_prompts(path: Path | None, setup: Setup, tokenizer):
         if refs:  # a question alone over the budget has nothing to cite: left out
             rows.append({"prompt": build_qa_prompt(e["question"], refs), "references": refs})
     if len(rows) < recipe.num_generations:
-        raise DataError(f"{len(rows)} prompt(s) fit max_length - max_completion_length = {budget} "
-                        "tokens with a reference: need more (raise max_length)", path=path or "hub")  # fmt: skip
+        raise DataError(
+            f"{len(rows)} prompt(s) fit max_length - max_completion_length = {budget} "
+            "tokens with a reference: need more (raise max_length)",
+            path=path or "hub",
+        )
     return Dataset.from_list(rows), None
 
 
