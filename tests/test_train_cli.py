@@ -389,4 +389,4 @@ def test_every_recipe_is_a_task_of_the_command():
     from phi2kit.recipes import PREFERENCE_TASKS
     from phi2kit.recipes import TASKS as SFT_TASKS
 
-    assert tuple(TASKS) == TASK_NAMES == SFT_TASKS + PREFERENCE_TASKS
+    assert tuple(TASKS) == TASK_NAMES == SFT_TASKS + PREFERENCE_TASKS + ("grpo",)

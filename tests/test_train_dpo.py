@@ -39,10 +39,10 @@ def test_dpo_without_a_chat_adapter_says_how_to_make_one(adapter, tmp_path, caps
 
 def test_dpo_settings_only_for_dpo(tmp_path, capsys):
     assert main(["chat", *TINY, "--set", "beta=0.2", "--output-dir", str(tmp_path / "r")]) == 2
-    assert "'beta' is a setting of dpo only" in capsys.readouterr().err
+    assert "'beta' is a setting of dpo and grpo only" in capsys.readouterr().err
     out = ["--output-dir", str(tmp_path / "r")]
     assert main(["chat", *TINY, "--adapter", str(tmp_path), *out]) == 2
-    assert "--adapter: only dpo starts from an adapter" in capsys.readouterr().err
+    assert "--adapter: only dpo and grpo start from an adapter" in capsys.readouterr().err
 
 
 def _losses(folder: Path) -> dict[int, float]:

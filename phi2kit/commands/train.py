@@ -3,6 +3,7 @@
     phi2kit train sentiment --profile t4 --output-dir runs/sentiment --save-every 25
     phi2kit train sentiment --profile t4 --output-dir runs/sentiment --resume   # after a crash
     phi2kit train dpo --adapter runs/chat/adapter --output-dir runs/dpo
+    phi2kit train grpo --adapter outputs/04_webglm/adapter --output-dir runs/grpo
     accelerate launch --multi_gpu --num_processes 2 -m phi2kit.commands.train chat \
         --output-dir runs/chat
 
@@ -17,7 +18,8 @@ folder is made) and builds its trainer; the rest is the same for all. ``OUTPUT_D
 - ``checkpoints/checkpoint-N/``: HF Trainer checkpoints every ``--save-every`` steps with a
   ``COMPLETE`` marker, and ``settings.json`` (:mod:`phi2kit.checkpoints`' one resume policy:
   ``--resume`` under other settings is refused; a finished run loads, it does not train);
-- ``loss_log.jsonl``: one JSON object per logged step; ``run.json``: the arguments;
+- ``loss_log.jsonl``: one JSON object per logged step (grpo: with its mean ``reward`` where
+  it generated); ``run.json``: the arguments;
 - ``adapter/``: the final adapter, tokenizer and ``metrics.json``, written into a temporary
   folder and renamed into place: complete or absent. Only rank 0 writes final outputs.
 """
@@ -76,7 +78,7 @@ def loss_log(path: Path):
     class LossLog(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             if state.is_world_process_zero and logs and "loss" in logs:
-                keys = ("loss", "learning_rate", "grad_norm", "epoch")
+                keys = ("loss", "learning_rate", "grad_norm", "epoch", "reward")  # grpo: reward
                 row = {"step": state.global_step, **{k: logs[k] for k in keys if k in logs}}
                 with open(path, "a") as f:
                     f.write(json.dumps(row) + "\n")

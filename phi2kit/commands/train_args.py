@@ -13,20 +13,29 @@ from typing import Any
 
 from phi2kit.commands import add_profile_argument
 
-TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo")
+TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo", "grpo")
+FROM_ADAPTER = {"dpo": "chat", "grpo": "webglm"}  # tasks that go on training an SFT adapter: whose
 LABELLED = ("sentiment", "classifier")  # tasks whose data has label words (--labels)
 #: ``--set`` keys that are the command's, not a recipe's.
 COMMAND_KEYS = {"n_eval": "int"}
 
 
 def _recipe_fields(task: str | None = None) -> dict[str, str]:
-    """``--set`` keys and their types: the recipe's fields (dpo's own only for dpo)."""
+    """``--set`` keys and their types: the task's recipe fields (dpo's and grpo's own only for
+    them); every task's for ``None``."""
     from dataclasses import fields
 
-    from phi2kit.recipes import DPORecipe, Recipe
+    from phi2kit.recipes import DPORecipe, GrpoRecipe, Recipe
 
-    cls = Recipe if task not in (None, "dpo") else DPORecipe
-    return {f.name: str(f.type) for f in fields(cls) if f.name not in ("task", "task_type")}
+    classes = {"dpo": [DPORecipe], "grpo": [GrpoRecipe]}.get(task, [Recipe])
+    if task is None:
+        classes = [Recipe, DPORecipe, GrpoRecipe]
+    return {f.name: str(f.type) for cls in classes for f in fields(cls)
+            if f.name not in ("task", "task_type")}  # fmt: skip
+
+
+def _tasks_with(key: str) -> list[str]:
+    return [t for t in ("dpo", "grpo") if key in _recipe_fields(t)]
 
 
 def setting_keys() -> list[str]:
@@ -44,7 +53,7 @@ def parse_overrides(items: list[str], task: str | None = None) -> dict[str, Any]
         if not sep or key not in types:
             what = "expected KEY=VALUE" if not sep else f"{key!r} is not a setting"
             if sep and key in _recipe_fields():
-                what = f"{key!r} is a setting of dpo only"
+                what = f"{key!r} is a setting of {' and '.join(_tasks_with(key))} only"
             raise ValueError(f"--set {item}: {what}; the keys are {', '.join(setting_keys())} "
                              "(e.g. --set lora_r=32)")  # fmt: skip
         kind = types[key]
@@ -83,7 +92,7 @@ def make_setup(args: argparse.Namespace):
     from phi2kit.commands.train_tasks import Setup
     from phi2kit.data.sentiment import LABELS, check_labels
     from phi2kit.profiles import get_profile
-    from phi2kit.recipes import get_dpo_recipe, get_recipe
+    from phi2kit.recipes import get_dpo_recipe, get_grpo_recipe, get_recipe
 
     profile = get_profile(args.profile)
     labels = LABELS
@@ -105,26 +114,33 @@ def make_setup(args: argparse.Namespace):
         overrides["quantize_4bit"] = args.quantize
     if args.task == "dpo":
         recipe = get_dpo_recipe(profile, **overrides)
-        _check_adapter(args.adapter)
+        _check_adapter(args.adapter, args.task)
+    elif args.task == "grpo":
+        recipe = get_grpo_recipe(profile, **overrides)
+        if args.adapter is not None:  # optional: without it, a new LoRA on the base model
+            _check_adapter(args.adapter, args.task)
     else:
         if args.adapter is not None:
-            raise ValueError(f"--adapter: only dpo starts from an adapter, not {args.task}")
+            raise ValueError(f"--adapter: only dpo and grpo start from an adapter, not "
+                             f"{args.task}")  # fmt: skip
         recipe = get_recipe(args.task, profile, **overrides)
     if args.save_every <= 0 or args.keep <= 0:
         raise ValueError("--save-every and --keep must be positive")
     return Setup(args.task, profile, recipe, args.data, labels, n_eval, args.adapter)
 
 
-def _check_adapter(adapter: Path | None) -> None:
-    how = ("make one with: phi2kit train chat --output-dir runs/chat "
-           "(then --adapter runs/chat/adapter)")
+def _check_adapter(adapter: Path | None, task: str = "dpo") -> None:
+    sft = FROM_ADAPTER[task]  # the SFT task whose adapter this task goes on training
+    how = (f"make one with: phi2kit train {sft} --output-dir runs/{sft} "
+           f"(then --adapter runs/{sft}/adapter)")
     if adapter is None:
-        raise ValueError(f"dpo needs --adapter PATH, the chat (SFT) adapter it starts from; {how}")
+        raise ValueError(f"{task} needs --adapter PATH, the {sft} (SFT) adapter it starts from; "
+                         f"{how}")  # fmt: skip
     config = adapter / "adapter_config.json"
     if not config.is_file():
         raise ValueError(f"--adapter {adapter}: no adapter_config.json there; {how}")
     if json.loads(config.read_text()).get("task_type") != "CAUSAL_LM":
-        raise ValueError(f"--adapter {adapter}: not a chat adapter (it is not a causal LM "
+        raise ValueError(f"--adapter {adapter}: not a {sft} adapter (it is not a causal LM "
                          f"adapter); {how}")  # fmt: skip
 
 
@@ -147,7 +163,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "i-th word")  # fmt: skip
     p.add_argument("--adapter", type=Path, default=None, metavar="PATH",
                    help="dpo: the chat (SFT) adapter to start from, e.g. the adapter/ "
-                   "folder of phi2kit train chat")  # fmt: skip
+                   "folder of phi2kit train chat; grpo: 04's (webglm) adapter, e.g. "
+                   "outputs/04_webglm/adapter (default: a new LoRA on the profile's base "
+                   "model: the tiny Phi on tiny and t4-cpu, Phi-2 on a GPU)")  # fmt: skip
     p.add_argument("--output-dir", type=Path, default=None, help="default outputs/train_TASK")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe)")
     q = p.add_mutually_exclusive_group()
@@ -188,10 +206,18 @@ data formats (--data PATH):
   dpo                    OASST1 as for chat: each prompt's rank-0 reply (chosen) against
                          each lower-ranked sibling (rejected). Needs --adapter, the chat
                          adapter it goes on training (its LoRA settings are the adapter's).
+  grpo                   WebGLM as for webglm; only the prompts (question and references)
+                         are read: the model writes the answers, 09's rewards score them.
+                         No eval split. --adapter: 04's adapter to go on training (else a
+                         new LoRA on the base model: the tiny Phi on tiny and t4-cpu,
+                         Phi-2 on t4 and ampere). Resumed at a checkpoint where a
+                         generation starts (a multiple of steps_per_generation /
+                         grad_accum steps: 4 on tiny), it equals the uninterrupted run.
 
 --set keys:
 {keys}
-  beta, precompute_ref_log_probs: dpo only.
+  beta: dpo and grpo; precompute_ref_log_probs: dpo only; num_generations,
+  max_completion_length, temperature, steps_per_generation: grpo only.
   n_eval (sentiment, classifier): eval rows per class (default n_test; 0: no eval split).
 
 examples:
@@ -200,4 +226,5 @@ examples:
   phi2kit train sentiment --output-dir runs/s --resume    # after a crash
   phi2kit train chat --output-dir runs/chat && \\
     phi2kit train dpo --adapter runs/chat/adapter --output-dir runs/dpo
+  phi2kit train grpo --adapter outputs/04_webglm/adapter --output-dir runs/grpo
 """

@@ -12,6 +12,7 @@ classifier financial_news  HF ``Trainer``: a ``score`` head (03)
 webglm     webglm          trl ``SFTTrainer``, references fitted to ``max_length`` (04)
 chat       oasst1          trl ``SFTTrainer``, one example per assistant turn (06)
 dpo        oasst1          trl ``DPOTrainer`` on ranked replies, from a chat adapter (08)
+grpo       webglm          trl ``GRPOTrainer`` on 04's prompts, rewards of 09 (09)
 ========== =============== =============================================================
 
     data = load_data(setup)                  # read and checked: no model loaded yet
@@ -42,11 +43,11 @@ class Setup:
 
     task: str
     profile: Profile
-    recipe: Recipe  # a DPORecipe for dpo
+    recipe: Recipe  # a DPORecipe for dpo, a GrpoRecipe for grpo
     data: str | None = None  # --data: a file or folder; None/"auto": sample on a CPU, hub on a GPU
     labels: tuple[str, ...] = LABELS  # sentiment, classifier: the label words, in order
     n_eval: int | None = None  # sentiment, classifier: eval rows per class (None: n_test)
-    adapter: Path | None = None  # dpo: the SFT (chat) adapter to start from
+    adapter: Path | None = None  # dpo: the SFT (chat) adapter to start from; grpo: 04's, or None
 
 
 @dataclass
@@ -225,12 +226,27 @@ def dpo(setup: Setup, data: Data, output_dir, **args):
     return trainer
 
 
+def read_prompts(path: Path | None, setup: Setup, tokenizer):
+    """Notebook 09's prompts and the references each shows: :mod:`.train_grpo`."""
+    from phi2kit.commands.train_grpo import read_prompts
+
+    return read_prompts(path, setup, tokenizer)
+
+
+def grpo(setup: Setup, data: Data, output_dir, **args):
+    """Notebook 09's ``GRPOTrainer``: :mod:`.train_grpo`."""
+    from phi2kit.commands.train_grpo import grpo
+
+    return grpo(setup, data, output_dir, **args)
+
+
 TASKS: dict[str, Task] = {
     "sentiment": Task("financial_news", read_sentiment, sft),
     "classifier": Task("financial_news", read_headlines, head),
     "webglm": Task("webglm", read_webglm, sft),
     "chat": Task("oasst1", read_chat, sft),
     "dpo": Task("oasst1", read_pairs, dpo),
+    "grpo": Task("webglm", read_prompts, grpo),
 }
 
 
