@@ -52,11 +52,13 @@ def sft_adapter(tmp_path_factory) -> Path:
     return out / ADAPTER
 
 
-def test_grpo_adapter_is_optional_but_checked(tmp_path, capsys):
+def test_grpo_needs_04s_adapter_and_checks_it(tmp_path, capsys):
     out = ["--output-dir", str(tmp_path / "run")]
-    assert main(["grpo", *TINY, "--adapter", str(tmp_path / "missing"), *out]) == 2
-    err = capsys.readouterr().err
-    assert "phi2kit train webglm --output-dir" in err and len(err.strip().splitlines()) == 1, err
+    for adapter in ([], ["--adapter", str(tmp_path / "missing")]):
+        assert main(["grpo", *TINY, *adapter, *out]) == 2
+        err = capsys.readouterr().err
+        assert "phi2kit train webglm --output-dir" in err, err
+        assert len(err.strip().splitlines()) == 1, err
     assert main(["chat", *TINY, "--set", "num_generations=4", *out]) == 2
     assert "'num_generations' is a setting of grpo only" in capsys.readouterr().err
     assert main(["grpo", *TINY, "--set", "precompute_ref_log_probs=true", *out]) == 2
@@ -65,14 +67,15 @@ def test_grpo_adapter_is_optional_but_checked(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("data", ["oasst1/sample.trees.jsonl", "financial_news/all-data.csv"])
-def test_grpo_refuses_a_wrong_data_file_and_writes_nothing(data, tmp_path, capsys):
+def test_grpo_refuses_a_wrong_data_file_and_writes_nothing(data, sft_adapter, tmp_path, capsys):
     from phi2kit.data import sample_path
 
     sample = sample_path(data.split("/")[0])
     path = sample / data.split("/")[1] if sample.is_dir() else sample
     assert path.is_file(), path
     out = tmp_path / "run"
-    assert main(["grpo", *TINY, "--data", str(path), "--output-dir", str(out)]) == 2
+    assert main(["grpo", *TINY, "--adapter", str(sft_adapter), "--data", str(path),
+                 "--output-dir", str(out)]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(path.name) in err, err
     assert not out.exists()

@@ -112,13 +112,10 @@ def make_setup(args: argparse.Namespace):
         overrides["max_steps"] = args.steps
     if args.quantize is not None:
         overrides["quantize_4bit"] = args.quantize
-    if args.task == "dpo":
-        recipe = get_dpo_recipe(profile, **overrides)
+    if args.task in FROM_ADAPTER:
+        get = get_dpo_recipe if args.task == "dpo" else get_grpo_recipe
+        recipe = get(profile, **overrides)
         _check_adapter(args.adapter, args.task)
-    elif args.task == "grpo":
-        recipe = get_grpo_recipe(profile, **overrides)
-        if args.adapter is not None:  # optional: without it, a new LoRA on the base model
-            _check_adapter(args.adapter, args.task)
     else:
         if args.adapter is not None:
             raise ValueError(f"--adapter: only dpo and grpo start from an adapter, not "
@@ -164,8 +161,7 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--adapter", type=Path, default=None, metavar="PATH",
                    help="dpo: the chat (SFT) adapter to start from, e.g. the adapter/ "
                    "folder of phi2kit train chat; grpo: 04's (webglm) adapter, e.g. "
-                   "outputs/04_webglm/adapter (default: a new LoRA on the profile's base "
-                   "model: the tiny Phi on tiny and t4-cpu, Phi-2 on a GPU)")  # fmt: skip
+                   "the adapter/ folder of phi2kit train webglm")  # fmt: skip
     p.add_argument("--output-dir", type=Path, default=None, help="default outputs/train_TASK")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: recipe)")
     q = p.add_mutually_exclusive_group()
@@ -208,11 +204,11 @@ data formats (--data PATH):
                          adapter it goes on training (its LoRA settings are the adapter's).
   grpo                   WebGLM as for webglm; only the prompts (question and references)
                          are read: the model writes the answers, 09's rewards score them.
-                         No eval split. --adapter: 04's adapter to go on training (else a
-                         new LoRA on the base model: the tiny Phi on tiny and t4-cpu,
-                         Phi-2 on t4 and ampere). Resumed at a checkpoint where a
-                         generation starts (a multiple of steps_per_generation /
-                         grad_accum steps: 4 on tiny), it equals the uninterrupted run.
+                         No eval split. Needs --adapter, 04's (webglm) adapter: a new
+                         LoRA never cites, so every reward would be 0. Resumed at a
+                         checkpoint where a generation starts (a multiple of
+                         steps_per_generation / grad_accum steps: 4 on tiny), it equals
+                         the uninterrupted run.
 
 --set keys:
 {keys}
@@ -226,5 +222,6 @@ examples:
   phi2kit train sentiment --output-dir runs/s --resume    # after a crash
   phi2kit train chat --output-dir runs/chat && \\
     phi2kit train dpo --adapter runs/chat/adapter --output-dir runs/dpo
-  phi2kit train grpo --adapter outputs/04_webglm/adapter --output-dir runs/grpo
+  phi2kit train webglm --output-dir runs/webglm && \\
+    phi2kit train grpo --adapter runs/webglm/adapter --output-dir runs/grpo
 """

@@ -51,7 +51,7 @@ def grpo(setup: Setup, data: Data, output_dir, **args):
     from peft import PeftModel, prepare_model_for_kbit_training
     from trl import GRPOConfig, GRPOTrainer
 
-    from phi2kit.lora import add_lora, is_quantized
+    from phi2kit.lora import is_quantized
     from phi2kit.models import load_model
     from phi2kit.rewards import (
         citations_in_range,
@@ -78,14 +78,11 @@ def grpo(setup: Setup, data: Data, output_dir, **args):
     )  # fmt: skip
     base = load_model(profile, quantize_4bit=recipe.quantize_4bit)
     base.config.pad_token_id = base.generation_config.pad_token_id = data.tokenizer.pad_token_id
-    if setup.adapter is None:
-        model = add_lora(base, recipe, profile)
-    else:  # 09's cells: 04's LoRA weights, trainable, on the prepared nf4 base
-        if is_quantized(base):
-            base = prepare_model_for_kbit_training(
-                base, use_gradient_checkpointing=profile.gradient_checkpointing,
-                gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)  # fmt: skip
-        model = PeftModel.from_pretrained(base, str(setup.adapter), is_trainable=True)
+    if is_quantized(base):  # 09's cells: 04's LoRA weights, trainable, on the prepared nf4 base
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=profile.gradient_checkpointing,
+            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)  # fmt: skip
+    model = PeftModel.from_pretrained(base, str(setup.adapter), is_trainable=True)
     rewards = [citations_supported, citations_in_range,
                make_stops_on_eos(data.tokenizer.eos_token_id), guard]  # fmt: skip
     data.tokenizer.padding_side = "left"  # GRPO generates
