@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from phi2kit.data.webglm import parse_citations
-from phi2kit.evaluate.qa import citation_metrics, citation_support, rouge_l
+from phi2kit.evaluate.qa import citation_metrics, citation_support, rouge_l, words
 
 
 def citations_supported(completions, references, **kwargs):
@@ -44,8 +44,14 @@ def sentences(text):
     return [s for s in re.split(r"(?<=[.!?])\s+", text.strip()) if s]
 
 
-def cheap_answer(completion, references, max_copy=0.8):
-    """Why a completion scores without answering, or None (the guard's three cases)."""
+# words that carry no fact: a sentence of these (and one more word) is in almost any reference
+STOPWORDS = {"a", "an", "the", "and", "or", "but", "of", "in", "on", "at", "to", "for", "from", "by", "with",
+             "as", "it", "its", "this", "that", "they", "is", "are", "was", "were", "be", "can", "do", "does",
+             "has", "have", "about", "because", "so", "not", "very"}
+
+
+def cheap_answer(completion, references, max_copy=0.8, min_words=2):
+    """Why a completion scores without answering, or None (the guard's four cases)."""
     said = re.sub(r"\[[\d,\s]+\]", " ", completion).strip()  # without its citations
     if not re.search(r"[A-Za-z0-9]", said):
         return "empty"
@@ -55,6 +61,10 @@ def cheap_answer(completion, references, max_copy=0.8):
     for ref in references:  # a whole reference, cited once: its other sentences go unchecked
         if rouge_l(said, ref) >= max_copy and len(cites) < len(sentences(ref)):
             return "copies a reference"
+    for s in sentences(completion):  # "A wild [2].": words any reference holds, "supported" by 04's check
+        said_here = words(re.sub(r"\[[\d,\s]+\]", " ", s))  # none: 04 gives a bare [k] no credit
+        if parse_citations(s) and said_here and len(said_here - STOPWORDS) < min_words:
+            return "too short to cite"
     return None
 
 

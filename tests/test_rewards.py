@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 
 from phi2kit.evaluate.qa import citation_support
+from phi2kit.evaluate.qa import words
 from phi2kit.rewards import (
+    STOPWORDS,
     cheap_answer,
     citations_in_range,
     citations_supported,
@@ -85,11 +87,31 @@ def test_guard_passes_real_answers():
         (REFS[0].replace(" .", ".") + " [1]", "copies a reference"),
         ("The moose lives in mountains and feeds on berries. A wild moose lives 19 years [1].",
          "copies a reference"),
+        ("A wild[2].", "too short to cite"),  # the hack GRPO found with beta=0 (lesson 09, 9.8)
+        ("The[2].", "too short to cite"),
+        ("The moose [1].", "too short to cite"),
+        ("The moose lives in mountains [1]. The the the[2].", "too short to cite"),
     ],
 )
 def test_guard_penalizes_the_cheap_ways_to_score(answer, why):
     assert cheap_answer(answer, REFS) == why
     assert guard(**_rows([answer])) == [-1.0]
+
+
+def test_the_hack_answers_are_supported_by_04s_check_and_guarded_to_no_credit():
+    # 04's check calls them supported (its words are in reference 1): the guard must cancel it
+    hacks = ["A wild[1].", "The[1].", "A wild moose [1]. The[1]."]
+    assert citations_supported(**_rows(hacks)) == [1.0, 1.0, 1.0]
+    assert guard(**_rows(hacks)) == [-1.0, -1.0, -1.0]
+    weighted = [s + g for s, g in zip(citations_supported(**_rows(hacks)), guard(**_rows(hacks)), strict=True)]
+    assert max(weighted) <= 0.0 < citations_supported(**_rows([GOOD]))[0]
+
+
+def test_short_but_real_sentences_and_uncited_ones_pass_the_guard():
+    # two content words can state a fact ("It lives in lakes"): the guard needs two, not three
+    for answer in ["It lives in mountains [1].", "A wild moose [1].", "Yes. The moose lives in mountains [1]."]:
+        assert cheap_answer(answer, REFS) is None, answer
+    assert cheap_answer("It lives in mountains [1].", REFS, min_words=3) == "too short to cite"
 
 
 def test_one_reference_cited_is_not_citing_every_reference():
@@ -115,8 +137,27 @@ def test_the_guard_outweighs_what_a_cheap_answer_gains():
     assert total("The moose lives in mountains [1][2][3].") < total(WRONG_REF)
 
 
-def test_the_gold_answers_of_the_sample_score_full_marks_and_pass_the_guard():
-    rows = [json.loads(line) for line in (ROOT / "data/webglm/test.jsonl").read_text().splitlines()]
+def _sample(split):
+    return [json.loads(line) for line in (ROOT / f"data/webglm/{split}.jsonl").read_text().splitlines()]
+
+
+def test_the_shortest_gold_cited_sentence_has_more_content_words_than_the_guard_needs():
+    # lesson 09's markdown: the shortest cited sentence of the gold answers has 3 content words
+    cited = [s for split in ("train", "validation", "test") for r in _sample(split)
+             for s in r["answer"].split(". ") if "[" in s]  # fmt: skip
+    shortest = min(len(words(s.split("[")[0]) - STOPWORDS) for s in cited)
+    assert len(cited) > 900 and shortest == 3
+
+
+def test_no_gold_answer_of_the_sample_is_too_short_to_cite():
+    rows = [r for split in ("train", "validation", "test") for r in _sample(split)]
+    flagged = [r["answer"] for r in rows if cheap_answer(r["answer"], r["references"]) == "too short to cite"]
+    assert len(rows) > 400 and flagged == []
+
+
+@pytest.mark.parametrize("split", ["validation", "test"])  # train: one gold answer reads as a copy
+def test_the_gold_answers_of_the_sample_score_full_marks_and_pass_the_guard(split):
+    rows = _sample(split)
     answers, refs = [r["answer"] for r in rows], [r["references"] for r in rows]
     assert citations_supported(completions=answers, references=refs) == [1.0] * len(rows)
     assert citations_in_range(completions=answers, references=refs) == [1.0] * len(rows)
