@@ -84,6 +84,7 @@ _CHEAP = {
     "every reference": "The moose lives in mountains [1][2][3].",
     "one citation repeated": "The moose lives in mountains [2][2][2][2].",
     "a reference copied, cited once": _REFS[0] + " [1]",
+    "too short to state a fact": "The moose [2].",  # 04's check: supported (both words in [2])
     "wrong reference": "The moose lives in mountains [3].",
     "no citation": "The moose lives in mountains.",
 }
