@@ -45,9 +45,9 @@ def sentences(text):
 
 
 # words that carry no fact: a sentence of these (and one more word) is in almost any reference
-STOPWORDS = {"a", "an", "the", "and", "or", "but", "of", "in", "on", "at", "to", "for", "from", "by", "with",
-             "as", "it", "its", "this", "that", "they", "is", "are", "was", "were", "be", "can", "do", "does",
-             "has", "have", "about", "because", "so", "not", "very"}
+STOPWORDS = {"a", "an", "the", "and", "or", "but", "of", "in", "on", "at", "to", "for", "from", "by",
+             "with", "as", "it", "its", "this", "that", "they", "is", "are", "was", "were", "be", "can",
+             "do", "does", "has", "have", "about", "because", "so", "not", "very"}
 
 
 def cheap_answer(completion, references, max_copy=0.8, min_words=2):
@@ -61,7 +61,7 @@ def cheap_answer(completion, references, max_copy=0.8, min_words=2):
     for ref in references:  # a whole reference, cited once: its other sentences go unchecked
         if rouge_l(said, ref) >= max_copy and len(cites) < len(sentences(ref)):
             return "copies a reference"
-    for s in sentences(completion):  # "A wild [2].": words any reference holds, "supported" by 04's check
+    for s in sentences(completion):  # "A wild[2].": words any reference holds, "supported" by 04
         said_here = words(re.sub(r"\[[\d,\s]+\]", " ", s))  # none: 04 gives a bare [k] no credit
         if parse_citations(s) and said_here and len(said_here - STOPWORDS) < min_words:
             return "too short to cite"

@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from phi2kit.evaluate.qa import citation_support
-from phi2kit.evaluate.qa import words
+from phi2kit.evaluate.qa import citation_support, words
 from phi2kit.rewards import (
     STOPWORDS,
     cheap_answer,
@@ -103,13 +102,15 @@ def test_the_hack_answers_are_supported_by_04s_check_and_guarded_to_no_credit():
     hacks = ["A wild[1].", "The[1].", "A wild moose [1]. The[1]."]
     assert citations_supported(**_rows(hacks)) == [1.0, 1.0, 1.0]
     assert guard(**_rows(hacks)) == [-1.0, -1.0, -1.0]
-    weighted = [s + g for s, g in zip(citations_supported(**_rows(hacks)), guard(**_rows(hacks)), strict=True)]
+    weighted = [s + g for s, g in zip(citations_supported(**_rows(hacks)), guard(**_rows(hacks)),
+                                      strict=True)]
     assert max(weighted) <= 0.0 < citations_supported(**_rows([GOOD]))[0]
 
 
 def test_short_but_real_sentences_and_uncited_ones_pass_the_guard():
     # two content words can state a fact ("It lives in lakes"): the guard needs two, not three
-    for answer in ["It lives in mountains [1].", "A wild moose [1].", "Yes. The moose lives in mountains [1]."]:
+    real = ["It lives in mountains [1].", "A wild moose [1].", "Yes. The moose lives in mountains [1]."]
+    for answer in real:
         assert cheap_answer(answer, REFS) is None, answer
     assert cheap_answer("It lives in mountains [1].", REFS, min_words=3) == "too short to cite"
 
@@ -138,7 +139,8 @@ def test_the_guard_outweighs_what_a_cheap_answer_gains():
 
 
 def _sample(split):
-    return [json.loads(line) for line in (ROOT / f"data/webglm/{split}.jsonl").read_text().splitlines()]
+    lines = (ROOT / f"data/webglm/{split}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
 
 
 def test_the_shortest_gold_cited_sentence_has_more_content_words_than_the_guard_needs():
@@ -151,7 +153,8 @@ def test_the_shortest_gold_cited_sentence_has_more_content_words_than_the_guard_
 
 def test_no_gold_answer_of_the_sample_is_too_short_to_cite():
     rows = [r for split in ("train", "validation", "test") for r in _sample(split)]
-    flagged = [r["answer"] for r in rows if cheap_answer(r["answer"], r["references"]) == "too short to cite"]
+    why = [cheap_answer(r["answer"], r["references"]) for r in rows]
+    flagged = [r["answer"] for r, w in zip(rows, why, strict=True) if w == "too short to cite"]
     assert len(rows) > 400 and flagged == []
 
 
