@@ -45,9 +45,9 @@ def sentences(text):
 
 
 # words that carry no fact: a sentence of these (and one more word) is in almost any reference
-STOPWORDS = {"a", "an", "the", "and", "or", "but", "of", "in", "on", "at", "to", "for", "from", "by",
-             "with", "as", "it", "its", "this", "that", "they", "is", "are", "was", "were", "be", "can",
-             "do", "does", "has", "have", "about", "because", "so", "not", "very"}
+STOPWORDS = {"a", "an", "the", "and", "or", "but", "of", "in", "on", "at", "to", "for", "from",
+             "by", "with", "as", "it", "its", "this", "that", "they", "is", "are", "was", "were",
+             "be", "can", "do", "does", "has", "have", "about", "because", "so", "not", "very"}
 
 
 def cheap_answer(completion, references, max_copy=0.8, min_words=2):

@@ -109,7 +109,8 @@ def test_the_hack_answers_are_supported_by_04s_check_and_guarded_to_no_credit():
 
 def test_short_but_real_sentences_and_uncited_ones_pass_the_guard():
     # two content words can state a fact ("It lives in lakes"): the guard needs two, not three
-    real = ["It lives in mountains [1].", "A wild moose [1].", "Yes. The moose lives in mountains [1]."]
+    real = ["It lives in mountains [1].", "A wild moose [1].",
+            "Yes. The moose lives in mountains [1]."]  # fmt: skip
     for answer in real:
         assert cheap_answer(answer, REFS) is None, answer
     assert cheap_answer("It lives in mountains [1].", REFS, min_words=3) == "too short to cite"
