@@ -58,8 +58,9 @@ def cheap_answer(completion, references, max_copy=0.8, min_words=2):
     every, cites = set(range(1, len(references) + 1)), parse_citations(completion)
     if len(every) > 1 and any(set(parse_citations(s)) >= every for s in sentences(completion)):
         return "cites every reference"  # in one sentence: in range, and one of them supports it
+    unchecked = any(not parse_citations(s) for s in sentences(completion))  # 04 skips these
     for ref in references:  # a whole reference, cited once: its other sentences go unchecked
-        if rouge_l(said, ref) >= max_copy and len(cites) < len(sentences(ref)):
+        if unchecked and rouge_l(said, ref) >= max_copy and len(cites) < len(sentences(ref)):
             return "copies a reference"
     for s in sentences(completion):  # "A wild[2].": words any reference holds, "supported" by 04
         said_here = words(re.sub(r"\[[\d,\s]+\]", " ", s))  # none: 04 gives a bare [k] no credit

@@ -125,6 +125,12 @@ def test_copying_is_cheap_only_where_it_leaves_sentences_unchecked():
     assert cheap_answer(REFS[1] + " [2]", REFS) is None
     each = "The moose lives in mountains and feeds on berries [1]. A wild moose lives 19 years [1]."
     assert cheap_answer(each, REFS) is None
+    # two sentences, each cited, that a third reference happens to hold too (a gold answer of train)
+    sleeps = "sleeps through the winter because food is scarce in the cold months"
+    refs = [f"The moose {sleeps} .", f"A wild heron can live for about 12 years . The heron {sleeps} "
+            ". A wild moose can live for about 19 years ."]  # fmt: skip
+    both_cited = f"The moose {sleeps} [1]. A wild moose can live for about 19 years [2]."
+    assert cheap_answer(both_cited, refs) is None
 
 
 def test_the_guard_outweighs_what_a_cheap_answer_gains():
@@ -159,7 +165,7 @@ def test_no_gold_answer_of_the_sample_is_too_short_to_cite():
     assert len(rows) > 400 and flagged == []
 
 
-@pytest.mark.parametrize("split", ["validation", "test"])  # train: one gold answer reads as a copy
+@pytest.mark.parametrize("split", ["train", "validation", "test"])
 def test_the_gold_answers_of_the_sample_score_full_marks_and_pass_the_guard(split):
     rows = _sample(split)
     answers, refs = [r["answer"] for r in rows], [r["references"] for r in rows]
