@@ -127,8 +127,9 @@ def test_copying_is_cheap_only_where_it_leaves_sentences_unchecked():
     assert cheap_answer(each, REFS) is None
     # two sentences, each cited, that a third reference happens to hold too (a gold answer of train)
     sleeps = "sleeps through the winter because food is scarce in the cold months"
-    refs = [f"The moose {sleeps} .", f"A wild heron can live for about 12 years . The heron {sleeps} "
-            ". A wild moose can live for about 19 years ."]  # fmt: skip
+    refs = [f"The moose {sleeps} .",  # fmt: skip
+            f"A wild heron can live for about 12 years . The heron {sleeps} . A wild moose can "
+            "live for about 19 years ."]
     both_cited = f"The moose {sleeps} [1]. A wild moose can live for about 19 years [2]."
     assert cheap_answer(both_cited, refs) is None
 
