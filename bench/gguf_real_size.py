@@ -17,11 +17,11 @@ What it does, in order (each model is freed before the next is loaded):
 3. **Against the planner** (``phi2kit.plan.gguf``): every tensor's type read back from each file
    (``gguf.GGUFReader``) must be the one ``gguf_tensor_types`` predicts (exact: the Q4_K_M
    rule of which tensors get Q6_K, Q8_0 or Q5_0), the tensor bytes must equal ``tensors_gb``
-   (exact), and the file size must be within 0.1 % of ``disk_gb``. The file also holds the
-   tokenizer and alignment padding, which the planner counts as 32 bytes per vocabulary entry;
-   this snapshot's tokenizer (2,048 tokens, the rest padded as ``[PADn]``) is not Phi-2's, whose
-   50,295 tokens and 50,000 merges take about 2 MB: 0.1 % of the smallest file (Q4_K_M) is
-   1.7 MB, so the tolerance is about the size of the metadata the planner estimates.
+   (exact), and the file size must be within 2 MB of ``disk_gb`` (0.12 % of the smallest file,
+   Q4_K_M). The file also holds the tokenizer and alignment padding, which the planner counts as
+   32 bytes per vocabulary entry (1.6 MB); this snapshot's tokenizer (2,048 tokens, the rest
+   padded as ``[PADn]``) is not Phi-2's, whose 50,295 tokens and 50,000 merges take about 2 MB,
+   so the tolerance is the size of the metadata the planner estimates.
 4. **Speed.** The same merged model in transformers (fp32, ``generate`` greedy, KV cache) and
    in llama.cpp (``llama_cpp.Llama``, Q4_K_M and Q8_0, greedy: ``top_k=1``), same prompt token
    ids, ``--new-tokens`` new tokens each (EOS ignored: random weights), the same thread count
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
@@ -59,7 +58,8 @@ from phi2_real_size import (  # noqa: E402
 )
 
 TYPES = ("F16", "Q8_0", "Q4_K_M")
-TOL_DISK = 1e-3
+#: the file size may differ from the planner's by the tokenizer's metadata: about 2 MB for Phi-2's
+TOL_DISK_BYTES = 2e6
 PROMPT = "### Human: How do I keep my tomato plants healthy in a hot summer?\n### Assistant:"
 
 
@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += [
                 Row(f"{q}: tensors whose type differs", len(wrong), 0, "count", 0),
                 Row(f"{q}: tensor bytes", tensor_bytes, plan["tensors_gb"] * GB, "GB", 0),
-                Row(f"{q}: file size", disk, plan["disk_gb"] * GB, "GB", TOL_DISK),
+                Row(f"{q}: file size", disk, plan["disk_gb"] * GB, "GB",
+                    TOL_DISK_BYTES / (plan["disk_gb"] * GB)),
             ]
             results["files"][q] = {"bytes": disk, "tensor_bytes": tensor_bytes, "planner": plan,
                                    "wrong_types": wrong[:10], "write_s": seconds[q]}  # fmt: skip
@@ -226,9 +227,7 @@ def main(argv: list[str] | None = None) -> int:
             if s["tokens"] != args.new_tokens:
                 failures.append(f"{name}: {s['tokens']} tokens, not {args.new_tokens}")
     finally:
-        if args.out is None or args.snapshot is None:
-            shutil.rmtree(out, ignore_errors=True) if args.out is None else None
-        tmp.cleanup()
+        tmp.cleanup()  # the snapshot and the files, unless --snapshot / --out put them elsewhere
     results["failures"] = failures
     results["wall_s"] = time.perf_counter() - t0
     print(f"\ntotal: {results['wall_s']:.0f} s wall")

@@ -112,6 +112,7 @@ QUICK = {"num_hidden_layers": 2, "hidden_size": 640, "intermediate_size": 2560,
 DEFAULT_RECIPES = ("sentiment", "classifier", "merge")
 ALL_RECIPES = ("sentiment", "classifier", "webglm", "chat", "merge", "dpo", "grpo")
 PREFERENCE = ("dpo", "grpo")  # notebooks 08 and 09: their own recipes and trainers
+QUICK_RECIPES = ("sentiment", "classifier", "merge", *PREFERENCE)  # --quick (CI): about 90 s
 SNAPSHOT_NOTE = "phi2kit_random_snapshot.json"
 GB = 1e9
 
@@ -919,9 +920,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--recipes",
-        default=",".join(DEFAULT_RECIPES),
+        default=None,
         help=f"comma-separated, from {','.join(ALL_RECIPES)}, or 'all' "
-        f"(default: {','.join(DEFAULT_RECIPES)}; merge needs sentiment)",
+        f"(default: {','.join(DEFAULT_RECIPES)}; with --quick: {','.join(QUICK_RECIPES)}; "
+        "merge needs sentiment)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument(
@@ -974,6 +976,8 @@ def report_merge(profile, held: dict, results: dict, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0, c0 = time.perf_counter(), time.process_time()
+    if args.recipes is None:
+        args.recipes = ",".join(QUICK_RECIPES if args.quick else DEFAULT_RECIPES)
     wanted = ALL_RECIPES if args.recipes == "all" else tuple(args.recipes.split(","))
     recipes = tuple(r for r in ALL_RECIPES if r in wanted)  # sentiment first: merge uses it
     args.recipe_list = recipes
