@@ -129,13 +129,16 @@ TOL_PREF_STEP = None  # DPO/GRPO step: see the docstring
 # --- the random snapshot -----------------------------------------------------------------------
 
 
-def phi2_config(quick: bool = False):
-    """Phi-2's published config, the skeleton's; ``quick`` shrinks it (see :data:`QUICK`)."""
+def phi2_config(quick: bool = False, layers: int | None = None):
+    """Phi-2's published config, the skeleton's; ``quick`` shrinks it (see :data:`QUICK`),
+    ``layers`` keeps that many of its decoder layers at full width (``--layers``)."""
     from phi2kit.meta_phi2 import phi2_on_meta
 
     cfg = phi2_on_meta().config  # one source: phi2kit.footprint.phi2_config via the skeleton
     for key, value in (QUICK if quick else {}).items():
         setattr(cfg, key, value)
+    if layers:
+        cfg.num_hidden_layers = layers
     return cfg
 
 
@@ -248,6 +251,63 @@ def free() -> None:
     libc = ctypes.util.find_library("c")
     if sys.platform.startswith("linux") and libc:
         ctypes.CDLL(libc).malloc_trim(0)
+
+
+@contextlib.contextmanager
+def column_major_4bit_backward(on: bool) -> Iterator[None]:
+    """CPU only: bitsandbytes' 4-bit backward with its dequantized weight laid out column-major.
+
+    ``MatMul4Bit.backward`` computes ``grad_A = grad_output @ dequantize_4bit(W)``, in fp16 under
+    the twin's fp16 autocast. torch's CPU fp16 GEMM with a row-major right operand is a slow
+    fallback: Phi-2's fc2 shape at 77 tokens (77 x 10240 @ 10240 x 2560) took 11.2 s of CPU,
+    and 0.22 s with the operand copied column-major (torch 2.13.0+cpu and 2.14.1+cu130 alike,
+    1 thread; fp32: 0.11 s). The copy is the same numbers (the product differs in rounding
+    only) and holds one more dequantized weight while the matmul runs, at most 52 MB
+    (fc1/fc2 in fp16): it is made outside the live-tensor tracker, which therefore counts
+    what the stock backward holds. A T4 runs this matmul in cuBLAS: nothing to patch there.
+    """
+    if not on:
+        yield
+        return
+    import bitsandbytes.functional as F
+    import torch
+    from bitsandbytes.autograd._functions import MatMul4Bit
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    stock = MatMul4Bit.__dict__["backward"]
+
+    def backward(ctx, grad_output):
+        if ctx.is_empty or grad_output.device.type != "cpu" or not ctx.needs_input_grad[0]:
+            return stock.__func__(ctx, grad_output)
+        _, B = ctx.tensors
+        grad_bias = None
+        if ctx.needs_input_grad[3]:
+            grad_bias = grad_output.sum(0, dtype=ctx.dtype_bias)
+        weight = F.dequantize_4bit(B, ctx.state).to(grad_output.dtype)
+        with _disable_current_modes():  # the bench's copy: not the T4's, not counted
+            weight = weight.t().contiguous().t()  # column-major
+        grad_A = torch.matmul(grad_output, weight)
+        return grad_A, None, None, grad_bias, None
+
+    MatMul4Bit.backward = staticmethod(backward)
+    try:
+        yield
+    finally:
+        MatMul4Bit.backward = stock
+
+
+@contextlib.contextmanager
+def profiled(on: bool) -> Iterator[None]:
+    """``--profile``: torch.profiler over the block, the top operators by self CPU time."""
+    if not on:
+        yield
+        return
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        yield
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=int(on) * 15))
+    sys.stdout.flush()
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -487,7 +547,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     planned_adapted = (p["base weights"] + p["LoRA weights (fp32)"]) * GB
     if seq_cls:  # PEFT keeps the original (frozen) score head next to its trainable copy
         planned_adapted += 4 * cfg.hidden_size * 3
-    with phase() as train:
+    with phase() as train, profiled(args.profile), column_major_4bit_backward(args.fast_backward):
         trainer.train()
     loss = trainer.state.log_history[-1].get("train_loss")
     info["steps"] = trainer.state.global_step
@@ -683,7 +743,7 @@ def run_dpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
     ]  # fmt: skip
     step_planned = (p["activations"] + p["logits + grads"] + p["reference pass"]
                     + p["LoRA gradients (fp32)"]) * GB  # fmt: skip
-    with phase() as train:
+    with phase() as train, column_major_4bit_backward(args.fast_backward):
         trainer.train()
     rows += _step_rows(probe, model, p, step_planned, TOL_PREF_STEP, load, train)
     log = [h for h in trainer.state.log_history if "loss" in h]
@@ -776,7 +836,8 @@ def run_grpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
     ]  # fmt: skip
     step_planned = (p["training step"] + p["generation (extra)"] + p["ref pass (extra)"]
                     + p["LoRA gradients (fp32)"]) * GB  # fmt: skip
-    with phase() as train, warnings.catch_warnings():
+    with (phase() as train, warnings.catch_warnings(),
+          column_major_4bit_backward(args.fast_backward)):  # fmt: skip
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing_(en|dis)able")
         trainer.train()
     rows += _step_rows(probe, model, p, step_planned, TOL_PREF_STEP, load, train)
@@ -933,6 +994,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder for the random snapshot, kept and reused (default: a temporary "
         "folder, removed at the end)",
     )
+    p.add_argument("--layers", type=int, default=None,
+                   help="full width with this many of the 32 layers (a cheaper real-width run)")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler over each SFT/classifier step: the top operators")
+    p.add_argument("--stock-4bit-backward", dest="fast_backward", action="store_false",
+                   help="on the CPU, keep bitsandbytes' own 4-bit backward: its fp16 matmul "
+                   "hits torch's slow CPU fallback (about 50x; see column_major_4bit_backward)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--steps",
@@ -993,7 +1061,7 @@ def main(argv: list[str] | None = None) -> int:
     from phi2kit.logs import quiet
 
     quiet()
-    cfg = phi2_config(args.quick)
+    cfg = phi2_config(args.quick, args.layers)
     tmp = None
     folder = args.snapshot
     if folder is None:
@@ -1005,10 +1073,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         n_params = count_parameters(cfg)
         size = "quick: 1/4 width, 2 of 32 layers" if args.quick else "full size"
+        if args.layers:
+            size = f"{'1/4' if args.quick else 'full'} width, {args.layers} of 32 layers"
         print(f"Phi-2 ({size}): {n_params:,} parameters (published config; Phi-2 has "
               f"{PHI2_PARAMETERS:,}); torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, device {args.device}")  # fmt: skip
-        if not args.quick and n_params != PHI2_PARAMETERS:
+        if not args.quick and not args.layers and n_params != PHI2_PARAMETERS:
             failures.append(f"parameter count {n_params:,} != {PHI2_PARAMETERS:,}")
         if snapshot_matches(folder, cfg, args.seed):
             print(f"snapshot: reusing {folder}")
