@@ -1,8 +1,11 @@
 """Phi-2 at its real size, without a GPU: the T4 recipes' code path, measured against the planner.
 
     nice -n 10 python bench/phi2_real_size.py            # sentiment, merge routes, classifier
-    python bench/phi2_real_size.py --recipes all         # also webglm and chat (longer)
-    python bench/phi2_real_size.py --quick               # 1/4 width, 2 layers: about 40 s CPU
+    python bench/phi2_real_size.py --recipes all         # also webglm, chat, dpo, grpo (longer)
+    python bench/phi2_real_size.py --recipes dpo,grpo    # notebooks 08 and 09
+    python bench/phi2_real_size.py --layers 2            # full width, 2 of 32 layers: minutes
+    python bench/phi2_real_size.py --quick               # 1/4 width, 2 layers, all recipes but
+                                                         # webglm/chat: about 90 s CPU (CI)
     python bench/phi2_real_size.py --device cuda         # on a GPU: fp16 AMP, paged 8-bit AdamW
 
 What it does, in order:
@@ -84,6 +87,48 @@ The planner is evaluated at the length actually trained.
 
 On ``--device cuda`` the same checks run against the planner's GPU settings, and peak GPU
 memory (``torch.cuda.max_memory_allocated``) is shown next to the planner's total.
+
+**DPO (notebook 08) and GRPO (notebook 09)**, ``--recipes dpo,grpo`` (in ``--quick`` by default).
+Their recipes are ``get_dpo_recipe`` / ``get_grpo_recipe`` on the t4 profile with the CPU
+settings above; each starts, as the lessons do, from an SFT adapter loaded trainable onto the
+nf4 base (``PeftModel.from_pretrained(..., is_trainable=True)``): a seeded random adapter of the
+recipe's shape stands in for 06's (DPO, r=64) and 04's (GRPO, r=16), written as
+``save_pretrained`` writes one. trl 1.16 then adds a frozen copy of it, ``ref``, the
+reference. DPO runs ``phi2kit train dpo``'s own trainer
+(``phi2kit.commands.train_tasks.dpo``) on one pair (``--dpo-tokens``: prompt + the longer
+reply, 128 by default: chosen and rejected in one batch of two) and is checked against
+``phi2kit.plan.dpo.estimate_dpo(reference="adapter", precompute=False)``; GRPO runs notebook
+09's ``GRPOConfig`` / ``GRPOTrainer`` (no vLLM, 04's checks as rewards) on one prompt
+(``--grpo-prompt-tokens``): one step generates ``num_generations`` (4) completions of
+``--grpo-tokens`` (8), runs the ``ref`` adapter (beta 0.04 > 0) and trains on them, checked
+against ``phi2kit.plan.grpo.estimate_grpo``. Checked: trainable parameters (exact, against the
+meta report and the planner), the ``ref`` adapter's bytes against the planner's reference
+term and the model's bytes (0.1 %), gradients (0.1 %), optimizer state (1 %), peak RSS of the
+step at least the planner's CPU total (-10 %). The step's live tensors are shown, not
+checked, for the reason given above for the SFT recipes: both trainers score with trl's fused
+LM head (every position on a CPU, in tiles; only the completion's on a CUDA device with
+Triton), which the planner's ``logits + grads`` term (transformers' unfused loss, 12 bytes per
+position and vocabulary entry) does not model; measured at full width (2 layers) the fused
+head's CPU buffers put the step 84 % above the planner's term (DPO), as they do for SFT.
+One finding for the planner: notebook 08 and ``phi2kit train dpo`` load the SFT adapter
+without ``prepare_model_for_kbit_training``, so nothing is upcast to fp32, while
+``estimate_dpo`` counts the base weights with the fp32 upcasts of ``estimate`` (1.130 GB
+instead of 0.606 GB at 2 layers; at full size 2.351 GB instead of 1.825 GB, an overestimate
+of 0.53 GB). The model-bytes check therefore uses the base weights without upcasts, and the
+planner's term is shown beside it.
+
+**Time, and the torch a user gets.** On a CPU the twin's fp16 autocast makes bitsandbytes'
+4-bit backward an fp16 matmul with a row-major right operand, which torch's CPU fp16 GEMM
+runs through a slow fallback: 11.2 s of CPU for one fc2-shaped product at 77 tokens against
+0.22 s column-major, the same on torch 2.13.0+cpu and 2.14.1 (the default build, +cu130).
+Measured (1 thread, full width, 2 of 32 layers, sentiment): the step took 53 s of CPU
+(2.13.0) and 54 s (2.14.1) with bitsandbytes' own backward, of which its 12 backward matmuls
+were about 90 %, and 7 s / 8 s with :func:`column_major_4bit_backward`, which this script
+therefore applies on the CPU (``--stock-4bit-backward`` turns it off). With the stock
+backward the full-size sentiment step is about 13 minutes of CPU on either torch, which is
+why the default run did not finish in 29 minutes; the torch version is not the cause. A
+shared machine: run with ``OMP_NUM_THREADS=1`` (two threads on two cores with one busy ran
+3.3x slower). The default run's budget and the figures are in ``docs/performance.md``.
 """
 
 from __future__ import annotations
