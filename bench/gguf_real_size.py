@@ -203,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 Row(f"{q}: tensors whose type differs", len(wrong), 0, "count", 0),
                 Row(f"{q}: tensor bytes", tensor_bytes, plan["tensors_gb"] * GB, "GB", 0),
                 Row(f"{q}: file size", disk, plan["disk_gb"] * GB, "GB",
-                    TOL_DISK_BYTES / (plan["disk_gb"] * GB)),
+                    round(TOL_DISK_BYTES / (plan["disk_gb"] * GB), 5)),
             ]
             results["files"][q] = {"bytes": disk, "tensor_bytes": tensor_bytes, "planner": plan,
                                    "wrong_types": wrong[:10], "write_s": seconds[q]}  # fmt: skip

@@ -131,3 +131,4 @@ def test_a_wrong_dpo_reference_term_fails(snapshot, monkeypatch, capsys):
     out = capsys.readouterr().out
     assert code == 1
     assert "dpo: reference: trl's `ref` adapter" in out.split("FAILED:")[1]
+    assert "snapshot: reusing" in out  # the quick run's snapshot, from another process
