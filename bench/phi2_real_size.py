@@ -1114,7 +1114,9 @@ def main(argv: list[str] | None = None) -> int:
     if folder is None:
         tmp = tempfile.TemporaryDirectory(prefix="phi2_real_size_")
         folder = Path(tmp.name) / "snapshot"
-    out = folder.parent / f"{folder.name}_runs"
+    # one folder per run for adapters and trainers: two runs may share a snapshot
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f"{folder.name}_runs_", dir=folder.parent))
     results: dict = {"quick": args.quick, "device": args.device, "recipes": {}}
     failures: list[str] = []
     try:
