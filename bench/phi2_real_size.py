@@ -108,8 +108,9 @@ step at least the planner's CPU total (-10 %). The step's live tensors are shown
 checked, for the reason given above for the SFT recipes: both trainers score with trl's fused
 LM head (every position on a CPU, in tiles; only the completion's on a CUDA device with
 Triton), which the planner's ``logits + grads`` term (transformers' unfused loss, 12 bytes per
-position and vocabulary entry) does not model; measured at full width (2 layers) the fused
-head's CPU buffers put the step 84 % above the planner's term (DPO), as they do for SFT.
+position and vocabulary entry) does not model. Measured (DPO, 152 tokens per sequence): 84 %
+above the planner's term at full width with 2 layers, where the head dominates, and 27 % below
+it at full size, where the planner's activation terms dominate.
 One finding for the planner: notebook 08 and ``phi2kit train dpo`` load the SFT adapter
 without ``prepare_model_for_kbit_training``, so nothing is upcast to fp32, while
 ``estimate_dpo`` counts the base weights with the fp32 upcasts of ``estimate`` (1.130 GB
@@ -126,7 +127,8 @@ Measured (1 thread, full width, 2 of 32 layers, sentiment): the step took 53 s o
 were about 90 %, and 7 s / 8 s with :func:`column_major_4bit_backward`, which this script
 therefore applies on the CPU (``--stock-4bit-backward`` turns it off). With the stock
 backward the full-size sentiment step is about 13 minutes of CPU on either torch, which is
-why the default run did not finish in 29 minutes; the torch version is not the cause. A
+why the default run did not finish in 29 minutes; the torch version is not the cause. With
+the copy it took 62 s of CPU at full size, and the default run is about 12 minutes of CPU. A
 shared machine: run with ``OMP_NUM_THREADS=1`` (two threads on two cores with one busy ran
 3.3x slower). The default run's budget and the figures are in ``docs/performance.md``.
 """
