@@ -19,7 +19,10 @@ import torch
 
 from phi2kit.meta_phi2 import phi2_on_meta
 from phi2kit.profiles import Profile, get_profile
-from phi2kit.recipes import TASKS, get_recipe
+from phi2kit.recipes import TASKS, get_dpo_recipe, get_grpo_recipe, get_recipe
+
+#: Notebooks 08 (DPO) and 09 (GRPO): their recipes have their own getters, not ``TASKS``.
+EXTRA_TASKS = ("dpo", "grpo")
 
 BYTES_FP32 = 4  # LoRA weights are trained and saved in fp32 (phi2kit.training.upcast_trainable)
 MB = 1e6  # decimal megabytes, like the planner's decimal GB
@@ -69,6 +72,15 @@ class RecipeReport:
         return 100 * self.trainable / self.base
 
 
+def any_recipe(task: str, profile: Profile, **overrides: object):
+    """``task``'s recipe on ``profile``: :func:`get_recipe`, or the DPO/GRPO recipe's getter."""
+    if task == "dpo":
+        return get_dpo_recipe(profile, **overrides)
+    if task == "grpo":
+        return get_grpo_recipe(profile, **overrides)
+    return get_recipe(task, profile, **overrides)
+
+
 def recipe_report(
     task: str,
     profile: Profile | str = "t4",
@@ -91,7 +103,7 @@ def recipe_report(
     from phi2kit.lora import check_targets, lora_config
 
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
-    recipe = get_recipe(task, profile, **overrides)
+    recipe = any_recipe(task, profile, **overrides)
     seq_cls = recipe.task_type == "SEQ_CLS"
     model = phi2_on_meta(num_labels if seq_cls else None, profile, config)
     base = sum(p.numel() for p in model.parameters())
@@ -138,8 +150,8 @@ def recipe_report(
 
 
 def all_reports(profile: Profile | str = "t4") -> list[RecipeReport]:
-    """One :class:`RecipeReport` per notebook task."""
-    return [recipe_report(task, profile) for task in TASKS]
+    """One :class:`RecipeReport` per notebook task, DPO (08) and GRPO (09) included."""
+    return [recipe_report(task, profile) for task in (*TASKS, *EXTRA_TASKS)]
 
 
 def report_table(reports: list[RecipeReport]) -> str:

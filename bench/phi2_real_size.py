@@ -1,8 +1,11 @@
 """Phi-2 at its real size, without a GPU: the T4 recipes' code path, measured against the planner.
 
     nice -n 10 python bench/phi2_real_size.py            # sentiment, merge routes, classifier
-    python bench/phi2_real_size.py --recipes all         # also webglm and chat (longer)
-    python bench/phi2_real_size.py --quick               # 1/4 width, 2 layers: about 40 s CPU
+    python bench/phi2_real_size.py --recipes all         # also webglm, chat, dpo, grpo (longer)
+    python bench/phi2_real_size.py --recipes dpo,grpo    # notebooks 08 and 09
+    python bench/phi2_real_size.py --layers 2            # full width, 2 of 32 layers: minutes
+    python bench/phi2_real_size.py --quick               # 1/4 width, 2 layers, all recipes but
+                                                         # webglm/chat: about 90 s CPU (CI)
     python bench/phi2_real_size.py --device cuda         # on a GPU: fp16 AMP, paged 8-bit AdamW
 
 What it does, in order:
@@ -84,6 +87,50 @@ The planner is evaluated at the length actually trained.
 
 On ``--device cuda`` the same checks run against the planner's GPU settings, and peak GPU
 memory (``torch.cuda.max_memory_allocated``) is shown next to the planner's total.
+
+**DPO (notebook 08) and GRPO (notebook 09)**, ``--recipes dpo,grpo`` (in ``--quick`` by default).
+Their recipes are ``get_dpo_recipe`` / ``get_grpo_recipe`` on the t4 profile with the CPU
+settings above; each starts, as the lessons do, from an SFT adapter loaded trainable onto the
+nf4 base (``PeftModel.from_pretrained(..., is_trainable=True)``): a seeded random adapter of the
+recipe's shape stands in for 06's (DPO, r=64) and 04's (GRPO, r=16), written as
+``save_pretrained`` writes one. trl 1.16 then adds a frozen copy of it, ``ref``, the
+reference. DPO runs ``phi2kit train dpo``'s own trainer
+(``phi2kit.commands.train_tasks.dpo``) on one pair (``--dpo-tokens``: prompt + the longer
+reply, 128 by default: chosen and rejected in one batch of two) and is checked against
+``phi2kit.plan.dpo.estimate_dpo(reference="adapter", precompute=False)``; GRPO runs notebook
+09's ``GRPOConfig`` / ``GRPOTrainer`` (no vLLM, 04's checks as rewards) on one prompt
+(``--grpo-prompt-tokens``): one step generates ``num_generations`` (4) completions of
+``--grpo-tokens`` (8), runs the ``ref`` adapter (beta 0.04 > 0) and trains on them, checked
+against ``phi2kit.plan.grpo.estimate_grpo``. Checked: trainable parameters (exact, against the
+meta report and the planner), the ``ref`` adapter's bytes against the planner's reference
+term and the model's bytes (0.1 %), gradients (0.1 %), optimizer state (1 %), peak RSS of the
+step at least the planner's CPU total (-10 %). The step's live tensors are shown, not
+checked, for the reason given above for the SFT recipes: both trainers score with trl's fused
+LM head (every position on a CPU, in tiles; only the completion's on a CUDA device with
+Triton), which the planner's ``logits + grads`` term (transformers' unfused loss, 12 bytes per
+position and vocabulary entry) does not model. Measured (DPO, 152 tokens per sequence): 84 %
+above the planner's term at full width with 2 layers, where the head dominates, and 27 % below
+it at full size, where the planner's activation terms dominate.
+One finding for the planner: notebook 08 and ``phi2kit train dpo`` load the SFT adapter
+without ``prepare_model_for_kbit_training``, so nothing is upcast to fp32, while
+``estimate_dpo`` counts the base weights with the fp32 upcasts of ``estimate`` (1.130 GB
+instead of 0.606 GB at 2 layers; at full size 2.351 GB instead of 1.825 GB, an overestimate
+of 0.53 GB). The model-bytes check therefore uses the base weights without upcasts, and the
+planner's term is shown beside it.
+
+**Time, and the torch a user gets.** On a CPU the twin's fp16 autocast makes bitsandbytes'
+4-bit backward an fp16 matmul with a row-major right operand, which torch's CPU fp16 GEMM
+runs through a slow fallback: 11.2 s of CPU for one fc2-shaped product at 77 tokens against
+0.22 s column-major, the same on torch 2.13.0+cpu and 2.14.1 (the default build, +cu130).
+Measured (1 thread, full width, 2 of 32 layers, sentiment): the step took 53 s of CPU
+(2.13.0) and 54 s (2.14.1) with bitsandbytes' own backward, of which its 12 backward matmuls
+were about 90 %, and 7 s / 8 s with :func:`column_major_4bit_backward`, which this script
+therefore applies on the CPU (``--stock-4bit-backward`` turns it off). With the stock
+backward the full-size sentiment step is about 13 minutes of CPU on either torch, which is
+why the default run did not finish in 29 minutes; the torch version is not the cause. With
+the copy it took 62 s of CPU at full size, and the default run is about 12 minutes of CPU. A
+shared machine: run with ``OMP_NUM_THREADS=1`` (two threads on two cores with one busy ran
+3.3x slower). The default run's budget and the figures are in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -110,7 +157,9 @@ PHI2_PARAMETERS = 2_779_683_840
 QUICK = {"num_hidden_layers": 2, "hidden_size": 640, "intermediate_size": 2560,
          "num_attention_heads": 8, "num_key_value_heads": 8}  # fmt: skip
 DEFAULT_RECIPES = ("sentiment", "classifier", "merge")
-ALL_RECIPES = ("sentiment", "classifier", "webglm", "chat", "merge")
+ALL_RECIPES = ("sentiment", "classifier", "webglm", "chat", "merge", "dpo", "grpo")
+PREFERENCE = ("dpo", "grpo")  # notebooks 08 and 09: their own recipes and trainers
+QUICK_RECIPES = ("sentiment", "classifier", "merge", *PREFERENCE)  # --quick (CI): about 90 s
 SNAPSHOT_NOTE = "phi2kit_random_snapshot.json"
 GB = 1e9
 
@@ -121,18 +170,22 @@ TOL_ADAM8BIT = 0.05
 TOL_ADAPTER_FILE = 0.01
 TOL_STEP_LIVE = 0.25
 TOL_RSS_BELOW = 0.10
+TOL_PREF_STEP = None  # DPO/GRPO step: see the docstring
 
 
 # --- the random snapshot -----------------------------------------------------------------------
 
 
-def phi2_config(quick: bool = False):
-    """Phi-2's published config, the skeleton's; ``quick`` shrinks it (see :data:`QUICK`)."""
+def phi2_config(quick: bool = False, layers: int | None = None):
+    """Phi-2's published config, the skeleton's; ``quick`` shrinks it (see :data:`QUICK`),
+    ``layers`` keeps that many of its decoder layers at full width (``--layers``)."""
     from phi2kit.meta_phi2 import phi2_on_meta
 
     cfg = phi2_on_meta().config  # one source: phi2kit.footprint.phi2_config via the skeleton
     for key, value in (QUICK if quick else {}).items():
         setattr(cfg, key, value)
+    if layers:
+        cfg.num_hidden_layers = layers
     return cfg
 
 
@@ -177,7 +230,9 @@ def snapshot_matches(folder: Path, cfg, seed: int) -> bool:
     if not note.is_file() or not (folder / "model.safetensors.index.json").is_file():
         return False
     info = json.loads(note.read_text())
-    return info.get("seed") == seed and info.get("config") == cfg.to_diff_dict()
+    # building and saving a model writes these two into its config: not part of the shape
+    drop = lambda c: {k: v for k, v in c.items() if k not in ("dtype", "architectures")}  # noqa: E731
+    return info.get("seed") == seed and drop(info.get("config", {})) == drop(cfg.to_diff_dict())
 
 
 # --- memory -------------------------------------------------------------------------------------
@@ -245,6 +300,63 @@ def free() -> None:
     libc = ctypes.util.find_library("c")
     if sys.platform.startswith("linux") and libc:
         ctypes.CDLL(libc).malloc_trim(0)
+
+
+@contextlib.contextmanager
+def column_major_4bit_backward(on: bool) -> Iterator[None]:
+    """CPU only: bitsandbytes' 4-bit backward with its dequantized weight laid out column-major.
+
+    ``MatMul4Bit.backward`` computes ``grad_A = grad_output @ dequantize_4bit(W)``, in fp16 under
+    the twin's fp16 autocast. torch's CPU fp16 GEMM with a row-major right operand is a slow
+    fallback: Phi-2's fc2 shape at 77 tokens (77 x 10240 @ 10240 x 2560) took 11.2 s of CPU,
+    and 0.22 s with the operand copied column-major (torch 2.13.0+cpu and 2.14.1+cu130 alike,
+    1 thread; fp32: 0.11 s). The copy is the same numbers (the product differs in rounding
+    only) and holds one more dequantized weight while the matmul runs, at most 52 MB
+    (fc1/fc2 in fp16): it is made outside the live-tensor tracker, which therefore counts
+    what the stock backward holds. A T4 runs this matmul in cuBLAS: nothing to patch there.
+    """
+    if not on:
+        yield
+        return
+    import bitsandbytes.functional as F
+    import torch
+    from bitsandbytes.autograd._functions import MatMul4Bit
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    stock = MatMul4Bit.__dict__["backward"]
+
+    def backward(ctx, grad_output):
+        if ctx.is_empty or grad_output.device.type != "cpu" or not ctx.needs_input_grad[0]:
+            return stock.__func__(ctx, grad_output)
+        _, B = ctx.tensors
+        grad_bias = None
+        if ctx.needs_input_grad[3]:
+            grad_bias = grad_output.sum(0, dtype=ctx.dtype_bias)
+        weight = F.dequantize_4bit(B, ctx.state).to(grad_output.dtype)
+        with _disable_current_modes():  # the bench's copy: not the T4's, not counted
+            weight = weight.t().contiguous().t()  # column-major
+        grad_A = torch.matmul(grad_output, weight)
+        return grad_A, None, None, grad_bias, None
+
+    MatMul4Bit.backward = staticmethod(backward)
+    try:
+        yield
+    finally:
+        MatMul4Bit.backward = stock
+
+
+@contextlib.contextmanager
+def profiled(on: bool) -> Iterator[None]:
+    """``--profile``: torch.profiler over the block, the top operators by self CPU time."""
+    if not on:
+        yield
+        return
+    import torch
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        yield
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=int(on) * 15))
+    sys.stdout.flush()
 
 
 # --- checks -------------------------------------------------------------------------------------
@@ -484,7 +596,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     planned_adapted = (p["base weights"] + p["LoRA weights (fp32)"]) * GB
     if seq_cls:  # PEFT keeps the original (frozen) score head next to its trainable copy
         planned_adapted += 4 * cfg.hidden_size * 3
-    with phase() as train:
+    with phase() as train, profiled(args.profile), column_major_4bit_backward(args.fast_backward):
         trainer.train()
     loss = trainer.state.log_history[-1].get("train_loss")
     info["steps"] = trainer.state.global_step
@@ -544,6 +656,283 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     del model, trainer
     free()
     return rows, info
+
+
+# --- notebooks 08 (DPO) and 09 (GRPO) ------------------------------------------------------------
+
+
+def write_adapter(cfg, recipe, profile, folder: Path, base: str, seed: int) -> Path:
+    """A LoRA adapter of ``recipe``'s shape, as ``save_pretrained`` writes one, with seeded
+    random A and B: the stand-in for the adapter DPO (06's) or GRPO (04's) starts from.
+
+    Built on the meta-device skeleton (names and shapes of PEFT's own ``state_dict``), so no
+    model is loaded for it; B is not zero, as after SFT.
+    """
+    import torch
+    from peft import get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from phi2kit.lora import lora_config
+    from phi2kit.meta_phi2 import phi2_on_meta
+
+    with torch.device("meta"):
+        peft_model = get_peft_model(phi2_on_meta(None, profile, cfg), lora_config(recipe))
+    gen = torch.Generator().manual_seed(seed)
+    state = {name: torch.randn(tuple(t.shape), generator=gen) * 0.01 for name, t in
+             get_peft_model_state_dict(peft_model).items()}  # fmt: skip
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = peft_model.peft_config["default"]
+    config.base_model_name_or_path = base
+    config.save_pretrained(str(folder))
+    return folder
+
+
+def dpo_example(tokenizer, target: int) -> dict:
+    """One preference pair of the sample's kind, its prompt a conversation of ``target`` tokens.
+
+    The prompt and the chosen reply are :func:`train_example`'s chat example (sample threads
+    joined until prompt + reply reach ``target``); the rejected reply is the sample's first
+    lower-ranked one (``phi2kit.data.oasst_pairs.load_pairs``, notebook 08's loader).
+    """
+    from phi2kit.data import sample_path
+    from phi2kit.data.oasst_pairs import load_pairs
+
+    chat = train_example("chat", tokenizer, target)
+    rejected = load_pairs(sample_path("oasst1"), lang="en")[0]["rejected"]
+    return {"prompt": chat["prompt"], "chosen": chat["completion"], "rejected": rejected}
+
+
+def grpo_example(tokenizer, target: int) -> dict:
+    """A WebGLM prompt (notebook 09's: references, question, "Answer:") of about ``target``
+    tokens, with its references for the rewards."""
+    from phi2kit.data import sample_path
+    from phi2kit.data.webglm import build_qa_prompt, load_webglm
+
+    rows = load_webglm(sample_path("webglm"), split="train")
+    refs, question = [], rows[0]["question"]
+    for ref in (r for row in rows[:50] for r in row["references"]):
+        refs.append(ref)
+        if _n_tokens(tokenizer, build_qa_prompt(question, refs)) >= target:
+            break
+    return {"prompt": build_qa_prompt(question, refs), "references": refs}
+
+
+def _lora_bytes(model, adapter: str) -> int:
+    return sum(p.numel() * p.element_size() for n, p in model.named_parameters()
+               if f".{adapter}." in n)  # fmt: skip
+
+
+def _step_rows(probe, model, p: dict, step_planned: float, tol: float | None,
+               load, train) -> list[Row]:  # fmt: skip
+    """Rows common to DPO and GRPO: gradients, optimizer state, the step's live tensors, RSS."""
+    rows = [
+        Row("LoRA gradients", probe.grad_bytes, p["LoRA gradients (fp32)"] * GB, "GB", TOL_GRADS),
+        Row("optimizer state (adamw_torch)", probe.opt_bytes, p["optimizer state"] * GB, "GB",
+            TOL_ADAMW),
+        Row("step: live tensors (see docstring)", probe.live_peak, step_planned, "GB", tol),
+        Row("peak RSS, loading + trainer", load.peak_rss, None, "GB"),
+    ]  # fmt: skip
+    cpu_total = sum(v for k, v in p.items() if k != "overhead") * GB
+    if train.peak_gpu is not None:
+        rows.append(Row("peak GPU memory, step", train.peak_gpu, cpu_total, "GB"))
+    else:
+        rows.append(Row("peak RSS, step (>= planner CPU total)", train.peak_rss, cpu_total, "GB",
+                        TOL_RSS_BELOW, lower_bound=True))  # fmt: skip
+    return rows
+
+
+def run_dpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
+    """Notebook 08 / ``phi2kit train dpo`` at batch 1 pair: the SFT adapter loaded trainable
+    on the nf4 base, trl's frozen ``ref`` copy of it as the reference, one DPO step."""
+    from datasets import Dataset
+    from measure_memory import model_bytes
+    from meta_report import recipe_report
+
+    from phi2kit import footprint
+    from phi2kit.commands.train_tasks import Data, Setup, dpo
+    from phi2kit.models import load_tokenizer
+    from phi2kit.plan.dpo import estimate_dpo
+    from phi2kit.recipes import get_dpo_recipe
+
+    recipe = get_dpo_recipe(profile)  # the T4 recipe: the profile is t4 with CPU settings
+    step = dataclasses.replace(recipe, max_steps=args.steps, batch_size=1, grad_accum=1)
+    tokenizer = load_tokenizer(profile, padding_side="right")
+    pair = dpo_example(tokenizer, args.dpo_tokens)
+    adapter = write_adapter(cfg, recipe, profile, out / "dpo_sft_adapter", profile.model_id,
+                            args.seed)  # fmt: skip
+    setup = Setup("dpo", profile, step, adapter=adapter)
+    probe = StepProbe()
+    with phase() as load:  # phi2kit train dpo's trainer: nf4 base, PeftModel, DPOTrainer
+        trainer = dpo(setup, Data(None, tokenizer, Dataset.from_list([pair]), None),
+                      out / "dpo_trainer", save_strategy="no", logging_steps=1,
+                      seed=args.seed)  # fmt: skip
+    model = trainer.model
+    trainer.add_callback(probe.callback)
+    probe.trainer = trainer
+    row = trainer.train_dataset[0]
+    seq = len(row["prompt_ids"]) + max(len(row["chosen_ids"]), len(row["rejected_ids"]))
+    est = estimate_dpo(profile, dataclasses.replace(step, max_length=seq), reference="adapter",
+                       precompute=False, config=cfg, overhead_gb=0.0, device_gb=1e6)  # fmt: skip
+    p = est.parts
+    no_upcast = footprint.weight_bytes(cfg, profile.dtype, quantize_4bit=True, upcast_fp32=False)
+    trainable = model.get_nb_trainable_parameters()[0]
+    rows = [
+        Row("trainable parameters vs meta skeleton", trainable,
+            recipe_report("dpo", profile, config=cfg).trainable, "count", 0),
+        Row("trainable parameters vs planner", trainable, footprint.lora_parameters(cfg, recipe),
+            "count", 0),
+        Row("reference: trl's `ref` adapter", _lora_bytes(model, "ref"), p["reference"] * GB,
+            "GB", TOL_WEIGHTS),
+        # notebook 08 and `phi2kit train dpo` load the adapter onto the nf4 base without
+        # prepare_model_for_kbit_training: nothing is upcast to fp32 (docstring: DPO)
+        Row("model bytes (nf4 + SFT adapter + ref)", model_bytes(model),
+            no_upcast + (p["LoRA weights (fp32)"] + p["reference"]) * GB, "GB", TOL_WEIGHTS),
+        Row("  planner's base-weights term vs no upcast", p["base weights"] * GB, no_upcast, "GB"),
+    ]  # fmt: skip
+    step_planned = (p["activations"] + p["logits + grads"] + p["reference pass"]
+                    + p["LoRA gradients (fp32)"]) * GB  # fmt: skip
+    with phase() as train, column_major_4bit_backward(args.fast_backward):
+        trainer.train()
+    rows += _step_rows(probe, model, p, step_planned, TOL_PREF_STEP, load, train)
+    log = [h for h in trainer.state.log_history if "loss" in h]
+    skipped = bool(getattr(trainer.accelerator, "optimizer_step_was_skipped", False))
+    info = {"task": "dpo", "task_type": "DPO", "lora_r": recipe.lora_r, "seq": seq,
+            "steps": trainer.state.global_step, "skipped": skipped,
+            "loss": log[-1]["loss"] if log else None, "adapters": list(model.peft_config),
+            "ref_frozen": not any(p.requires_grad for n, p in model.named_parameters()
+                                  if ".ref." in n),
+            "load_s": load.seconds, "step_s": train.seconds,
+            "cpu_s": {"load": load.cpu_seconds, "step": train.cpu_seconds},
+            "planner_total_gb": est.total_gb}  # fmt: skip
+    del model, trainer
+    free()
+    return rows, info
+
+
+def run_grpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
+    """Notebook 09's calls at one prompt: 04's adapter loaded trainable on the nf4 base,
+    ``GRPOTrainer`` (no vLLM) with 04's checks as rewards; one step generates
+    ``num_generations`` completions of ``--grpo-tokens``, runs the ``ref`` adapter (beta > 0)
+    and trains on them."""
+    import warnings
+
+    from datasets import Dataset
+    from measure_memory import model_bytes
+    from meta_report import recipe_report
+    from peft import PeftModel, prepare_model_for_kbit_training
+    from trl import GRPOConfig, GRPOTrainer
+
+    from phi2kit import footprint
+    from phi2kit.models import load_model, load_tokenizer
+    from phi2kit.plan.grpo import estimate_grpo
+    from phi2kit.recipes import get_grpo_recipe
+    from phi2kit.rewards import citations_in_range, citations_supported, guard, make_stops_on_eos
+    from phi2kit.training import finish_trainer
+
+    recipe = get_grpo_recipe(profile)
+    n = recipe.num_generations
+    tokenizer = load_tokenizer(profile, padding_side="left")
+    example = grpo_example(tokenizer, args.grpo_prompt_tokens)
+    prompt_len = len(tokenizer(example["prompt"])["input_ids"])
+    step = dataclasses.replace(recipe, max_steps=args.steps, batch_size=n, grad_accum=1,
+                               steps_per_generation=1, max_completion_length=args.grpo_tokens,
+                               max_length=prompt_len + args.grpo_tokens)  # fmt: skip
+    adapter = write_adapter(cfg, recipe, profile, out / "grpo_sft_adapter", profile.model_id,
+                            args.seed)  # fmt: skip
+    probe = StepProbe()
+    with phase() as load, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing_(en|dis)able")
+        model = load_model(profile, quantize_4bit=True)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=profile.gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})  # fmt: skip
+        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=True)
+        config = GRPOConfig(
+            output_dir=str(out / "grpo_trainer"), use_vllm=False, num_generations=n,
+            per_device_train_batch_size=step.batch_size, gradient_accumulation_steps=1,
+            max_completion_length=step.max_completion_length, beta=step.beta,
+            temperature=step.temperature, steps_per_generation=1,
+            reward_weights=[1.0, 0.0, 0.0, 1.0], learning_rate=step.learning_rate,
+            warmup_steps=0, max_steps=step.max_steps, fp16=profile.fp16, bf16=profile.bf16,
+            optim=profile.optim, activation_checkpointing=profile.gradient_checkpointing,
+            activation_checkpointing_kwargs={"use_reentrant": False}, logging_steps=1,
+            save_strategy="no", report_to="none", seed=args.seed,
+            use_cpu=not profile.requires_cuda, disable_tqdm=True,
+        )  # fmt: skip
+        rewards = [citations_supported, citations_in_range,
+                   make_stops_on_eos(tokenizer.eos_token_id), guard]  # fmt: skip
+        trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config,
+                              train_dataset=Dataset.from_list([example] * n),
+                              processing_class=tokenizer)  # fmt: skip
+        trainer = finish_trainer(trainer, seeded_sampler=False)
+    model = trainer.model
+    trainer.add_callback(probe.callback)
+    probe.trainer = trainer
+    est = estimate_grpo(profile, step, config=cfg, device_gb=1e6)
+    p = est.parts
+    trainable = model.get_nb_trainable_parameters()[0]
+    rows = [
+        Row("trainable parameters vs meta skeleton", trainable,
+            recipe_report("grpo", profile, config=cfg).trainable, "count", 0),
+        Row("trainable parameters vs planner", trainable, footprint.lora_parameters(cfg, recipe),
+            "count", 0),
+        Row("reference: trl's `ref` adapter", _lora_bytes(model, "ref"),
+            p["ref adapter (beta>0)"] * GB, "GB", TOL_WEIGHTS),
+        Row("model bytes (nf4 + 04's adapter + ref)", model_bytes(model),
+            (p["base weights"] + p["LoRA weights (fp32)"] + p["ref adapter (beta>0)"]) * GB,
+            "GB", TOL_WEIGHTS),
+    ]  # fmt: skip
+    step_planned = (p["training step"] + p["generation (extra)"] + p["ref pass (extra)"]
+                    + p["LoRA gradients (fp32)"]) * GB  # fmt: skip
+    with (phase() as train, warnings.catch_warnings(),
+          column_major_4bit_backward(args.fast_backward)):  # fmt: skip
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing_(en|dis)able")
+        trainer.train()
+    rows += _step_rows(probe, model, p, step_planned, TOL_PREF_STEP, load, train)
+    log = [h for h in trainer.state.log_history if "reward" in h]
+    skipped = bool(getattr(trainer.accelerator, "optimizer_step_was_skipped", False))
+    info = {"task": "grpo", "task_type": "GRPO", "lora_r": recipe.lora_r,
+            "seq": step.max_length, "prompt_tokens": prompt_len,
+            "completion_tokens": step.max_completion_length, "num_generations": n,
+            "beta": step.beta, "steps": trainer.state.global_step, "skipped": skipped,
+            "loss": log[-1].get("loss") if log else None,
+            "reward": log[-1].get("reward") if log else None, "adapters": list(model.peft_config),
+            "ref_frozen": not any(p.requires_grad for n, p in model.named_parameters()
+                                  if ".ref." in n),
+            "load_s": load.seconds, "step_s": train.seconds,
+            "cpu_s": {"load": load.cpu_seconds, "step": train.cpu_seconds},
+            "planner_total_gb": est.total_gb}  # fmt: skip
+    del model, trainer
+    free()
+    return rows, info
+
+
+def report_preference(task: str, profile, cfg, out: Path, args, results: dict) -> list[str]:
+    """Run DPO or GRPO, print its table; return failures."""
+    rows, info = (run_dpo if task == "dpo" else run_grpo)(profile, cfg, out, args)
+    what = (f"{info['seq']} tokens per sequence, chosen + rejected" if task == "dpo" else
+            f"{info['num_generations']} completions of {info['completion_tokens']} tokens "
+            f"after a {info['prompt_tokens']}-token prompt, beta {info['beta']}")  # fmt: skip
+    unit = "pair" if task == "dpo" else "prompt"
+    print_table(f"{task}: T4 recipe (QLoRA nf4, r={info['lora_r']}, reference: trl's `ref` "
+                f"adapter), {info['steps']} step(s) at batch 1 {unit} ({what})", rows)  # fmt: skip
+    cpu = info["cpu_s"]
+    print(f"  times (wall / CPU): load {info['load_s']:.0f} / {cpu['load']:.0f} s, step "
+          f"{info['step_s']:.0f} / {cpu['step']:.0f} s | loss {info['loss']} | adapters "
+          f"{info['adapters']}, ref frozen: {info['ref_frozen']} | planner total "
+          f"{info['planner_total_gb']:.3f} GB"
+          + (f" | reward {info['reward']}" if task == "grpo" else ""))  # fmt: skip
+    failures = [f"{task}: {r.name}" for r in rows if not r.ok]
+    if info["skipped"]:
+        failures.append(f"{task}: the grad scaler skipped every step (raise --steps)")
+    if info["adapters"] != ["default", "ref"] or not info["ref_frozen"]:
+        failures.append(f"{task}: adapters {info['adapters']}, ref frozen {info['ref_frozen']}")
+    if info["loss"] is None or info["loss"] != info["loss"]:
+        failures.append(f"{task}: no finite loss logged")
+    results["recipes"][task] = {"rows": [dataclasses.asdict(r) | {"ok": r.ok} for r in rows],
+                                **info}  # fmt: skip
+    return failures
 
 
 # --- notebook 05's routes ----------------------------------------------------------------------
@@ -641,9 +1030,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--recipes",
-        default=",".join(DEFAULT_RECIPES),
+        default=None,
         help=f"comma-separated, from {','.join(ALL_RECIPES)}, or 'all' "
-        f"(default: {','.join(DEFAULT_RECIPES)}; merge needs sentiment)",
+        f"(default: {','.join(DEFAULT_RECIPES)}; with --quick: {','.join(QUICK_RECIPES)}; "
+        "merge needs sentiment)",
     )
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument(
@@ -653,6 +1043,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="folder for the random snapshot, kept and reused (default: a temporary "
         "folder, removed at the end)",
     )
+    p.add_argument("--layers", type=int, default=None,
+                   help="full width with this many of the 32 layers (a cheaper real-width run)")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler over each SFT/classifier step: the top operators")
+    p.add_argument("--stock-4bit-backward", dest="fast_backward", action="store_false",
+                   help="on the CPU, keep bitsandbytes' own 4-bit backward: its fp16 matmul "
+                   "hits torch's slow CPU fallback (about 50x; see column_major_4bit_backward)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--steps",
@@ -663,6 +1060,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "overflow, halving its scale each time), and that step is measured",
     )
     p.add_argument("--new-tokens", type=int, default=4, help="tokens to generate")
+    p.add_argument("--dpo-tokens", type=int, default=128,
+                   help="dpo: tokens of prompt + chosen reply (the longer sequence of the pair)")
+    p.add_argument("--grpo-prompt-tokens", type=int, default=96, help="grpo: prompt tokens")
+    p.add_argument("--grpo-tokens", type=int, default=8,
+                   help="grpo: max_completion_length of the step's completions")
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args(argv)  # fmt: skip
 
@@ -691,6 +1093,8 @@ def report_merge(profile, held: dict, results: dict, out: Path) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     t0, c0 = time.perf_counter(), time.process_time()
+    if args.recipes is None:
+        args.recipes = ",".join(QUICK_RECIPES if args.quick else DEFAULT_RECIPES)
     wanted = ALL_RECIPES if args.recipes == "all" else tuple(args.recipes.split(","))
     recipes = tuple(r for r in ALL_RECIPES if r in wanted)  # sentiment first: merge uses it
     args.recipe_list = recipes
@@ -706,22 +1110,26 @@ def main(argv: list[str] | None = None) -> int:
     from phi2kit.logs import quiet
 
     quiet()
-    cfg = phi2_config(args.quick)
+    cfg = phi2_config(args.quick, args.layers)
     tmp = None
     folder = args.snapshot
     if folder is None:
         tmp = tempfile.TemporaryDirectory(prefix="phi2_real_size_")
         folder = Path(tmp.name) / "snapshot"
-    out = folder.parent / f"{folder.name}_runs"
+    # one folder per run for adapters and trainers: two runs may share a snapshot
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix=f"{folder.name}_runs_", dir=folder.parent))
     results: dict = {"quick": args.quick, "device": args.device, "recipes": {}}
     failures: list[str] = []
     try:
         n_params = count_parameters(cfg)
         size = "quick: 1/4 width, 2 of 32 layers" if args.quick else "full size"
+        if args.layers:
+            size = f"{'1/4' if args.quick else 'full'} width, {args.layers} of 32 layers"
         print(f"Phi-2 ({size}): {n_params:,} parameters (published config; Phi-2 has "
               f"{PHI2_PARAMETERS:,}); torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads, device {args.device}")  # fmt: skip
-        if not args.quick and n_params != PHI2_PARAMETERS:
+        if not args.quick and not args.layers and n_params != PHI2_PARAMETERS:
             failures.append(f"parameter count {n_params:,} != {PHI2_PARAMETERS:,}")
         if snapshot_matches(folder, cfg, args.seed):
             print(f"snapshot: reusing {folder}")
@@ -741,6 +1149,10 @@ def main(argv: list[str] | None = None) -> int:
         profile, note = run_profile(args.device, folder)
         print("profile:", note)
         for task in (r for r in recipes if r != "merge"):
+            if task in PREFERENCE:
+                failures += report_preference(task, profile, cfg, out, args, results)
+                free()
+                continue
             rows, info = run_recipe(task, profile, cfg, out, args)
             held = {"model": info.pop("model", None), "tokenizer": info.pop("tokenizer", None)}
             title = (f"{task}: T4 recipe ({info['task_type']}, QLoRA nf4, r={info['lora_r']}), "

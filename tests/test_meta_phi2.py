@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-from meta_report import recipe_report, report_table, t4_recipes_markdown  # bench/
+from meta_report import EXTRA_TASKS, recipe_report, report_table, t4_recipes_markdown  # bench/
 
 from phi2kit.lora import check_targets
 from phi2kit.meta_phi2 import phi2_on_meta
@@ -141,6 +141,9 @@ def test_markdown_table(t4_reports):
     table = report_table(list(t4_reports.values()))
     lines = table.splitlines()
     assert len(lines) == 2 + len(TASKS)
+    full = t4_recipes_markdown()
+    assert len([r for r in full.splitlines() if r.startswith("| ")]) == 1 + len(TASKS) + 2
+    assert "| dpo | CAUSAL_LM | 64 / 16 |" in full and "| grpo | CAUSAL_LM | 16 / 32 |" in full
     assert "| chat | CAUSAL_LM | 64 / 16 |" in table and "94,371,840" in table
     assert "2560→3" in table
     assert "2,779,683,840" in t4_recipes_markdown()
@@ -411,3 +414,13 @@ def test_no_deprecated_trainer_fields():
         assert "gradient_checkpointing" in deprecated
     used = (_collected()["SFTConfig"] | _collected()["TrainingArguments"]) & set(deprecated)
     assert not used, {k: deprecated[k] for k in used}
+
+
+def test_dpo_and_grpo_recipes_count_like_the_adapters_they_continue():
+    """DPO trains 06's chat adapter (r=64), GRPO 04's (r=16): the same counts, by hand."""
+    assert EXTRA_TASKS == ("dpo", "grpo")
+    dpo, grpo = recipe_report("dpo", "t4"), recipe_report("grpo", "t4")
+    assert dpo.trainable == 64 * 46080 * 32 == 94_371_840
+    assert grpo.trainable == 16 * 46080 * 32 == 23_592_960
+    assert dpo.matched == grpo.matched == {t: LAYERS for t in PHI_LORA_TARGETS}
+    assert dpo.allocated_bytes == grpo.allocated_bytes == 0

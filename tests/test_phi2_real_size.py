@@ -42,7 +42,7 @@ def test_quick_run_passes(quick):
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert result["failures"] == [] and "all checks passed" in proc.stdout
     assert "2,779,683,840" in proc.stdout  # Phi-2's parameter count is named, even in quick mode
-    assert set(result["recipes"]) == {"sentiment", "classifier", "merge"}
+    assert set(result["recipes"]) == {"sentiment", "classifier", "merge", "dpo", "grpo"}
 
 
 def test_snapshot_is_laid_out_like_a_hub_download(quick, snapshot):
@@ -59,8 +59,11 @@ def test_trainable_counts_by_hand(quick):
     _, result = quick
     # r x (in + out) per adapted Linear: q, k, v, dense (640 -> 640), fc1, fc2 (640 <-> 2560)
     per_layer = R * (4 * (HIDDEN + HIDDEN) + 2 * (HIDDEN + INTER))
-    expected = {"sentiment": LAYERS * per_layer, "classifier": LAYERS * per_layer + HIDDEN * LABELS}
-    assert expected == {"sentiment": 368_640, "classifier": 370_560}
+    expected = {"sentiment": LAYERS * per_layer, "classifier": LAYERS * per_layer + HIDDEN * LABELS,
+                "dpo": 4 * LAYERS * per_layer,  # 06's chat adapter: r=64
+                "grpo": LAYERS * per_layer}  # 04's shape: r=16
+    assert expected == {"sentiment": 368_640, "classifier": 370_560, "dpo": 1_474_560,
+                        "grpo": 368_640}
     for task, n in expected.items():
         rows = _rows(result, task)
         for name in ("trainable parameters vs meta skeleton", "trainable parameters vs planner"):
@@ -92,3 +95,40 @@ def test_a_wrong_count_or_term_fails(snapshot, monkeypatch, capsys):
     assert "sentiment: trainable parameters vs planner" in out
     assert "sentiment: model bytes, after add_lora" in out
     assert "trainable parameters vs meta skeleton" not in out.split("FAILED:")[1]
+
+
+def test_dpo_and_grpo_train_against_the_reference_adapter(quick):
+    """trl's frozen `ref` copy of the starting adapter is the reference, its bytes the planner's."""
+    _, result = quick
+    for task in ("dpo", "grpo"):
+        info, rows = result["recipes"][task], _rows(result, task)
+        assert info["adapters"] == ["default", "ref"] and info["ref_frozen"], task
+        assert info["steps"] >= 1 and not info["skipped"] and info["loss"] is not None, task
+        ref = rows["reference: trl's `ref` adapter"]
+        trainable = rows["trainable parameters vs planner"]["measured"]
+        assert ref["measured"] == 4 * trainable and ref["ok"], task  # fp32, like the trained copy
+        assert rows["LoRA gradients"]["ok"] and rows["optimizer state (adamw_torch)"]["ok"], task
+        assert all(row["ok"] for row in info["rows"]), task
+    dpo, grpo = result["recipes"]["dpo"], result["recipes"]["grpo"]
+    assert 100 <= dpo["seq"] <= 200, dpo["seq"]  # --dpo-tokens 128: prompt + the longer reply
+    assert grpo["num_generations"] == 4 and grpo["completion_tokens"] == 8
+
+
+def test_a_wrong_dpo_reference_term_fails(snapshot, monkeypatch, capsys):
+    """The planner counting the reference adapter twice: the DPO check names it, exit code 1."""
+    from phi2kit.plan import dpo
+
+    bench = load_script("phi2_real_size")
+    original = dpo.estimate_dpo
+
+    def doubled(*args, **kwargs):
+        est = original(*args, **kwargs)
+        est.parts["reference"] *= 2
+        return est
+
+    monkeypatch.setattr(dpo, "estimate_dpo", doubled)
+    code = bench.main(["--quick", "--snapshot", str(snapshot), "--recipes", "dpo"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "dpo: reference: trl's `ref` adapter" in out.split("FAILED:")[1]
+    assert "snapshot: reusing" in out  # the quick run's snapshot, from another process
