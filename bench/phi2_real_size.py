@@ -111,12 +111,11 @@ Triton), which the planner's ``logits + grads`` term (transformers' unfused loss
 position and vocabulary entry) does not model. Measured (DPO, 152 tokens per sequence): 84 %
 above the planner's term at full width with 2 layers, where the head dominates, and 27 % below
 it at full size, where the planner's activation terms dominate.
-One finding for the planner: notebook 08 and ``phi2kit train dpo`` load the SFT adapter
-without ``prepare_model_for_kbit_training``, so nothing is upcast to fp32, while
-``estimate_dpo`` counts the base weights with the fp32 upcasts of ``estimate`` (1.130 GB
-instead of 0.606 GB at 2 layers; at full size 2.351 GB instead of 1.825 GB, an overestimate
-of 0.53 GB). The model-bytes check therefore uses the base weights without upcasts, and the
-planner's term is shown beside it.
+Notebook 08 and ``phi2kit train dpo`` load the SFT adapter without
+``prepare_model_for_kbit_training``, so nothing is upcast to fp32; ``estimate_dpo`` counts
+the base weights so (it counted the fp32 upcasts of ``estimate`` until this check found it:
+2.351 GB instead of 1.825 GB at full size, 0.53 GB high), and model bytes are checked
+against its own term.
 
 **Time, and the torch a user gets.** On a CPU the twin's fp16 autocast makes bitsandbytes'
 4-bit backward an fp16 matmul with a row-major right operand, which torch's CPU fp16 GEMM
@@ -787,8 +786,10 @@ def run_dpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
         # notebook 08 and `phi2kit train dpo` load the adapter onto the nf4 base without
         # prepare_model_for_kbit_training: nothing is upcast to fp32 (docstring: DPO)
         Row("model bytes (nf4 + SFT adapter + ref)", model_bytes(model),
-            no_upcast + (p["LoRA weights (fp32)"] + p["reference"]) * GB, "GB", TOL_WEIGHTS),
-        Row("  planner's base-weights term vs no upcast", p["base weights"] * GB, no_upcast, "GB"),
+            (p["base weights"] + p["LoRA weights (fp32)"] + p["reference"]) * GB, "GB",
+            TOL_WEIGHTS),
+        Row("planner's base weights: nothing upcast", p["base weights"] * GB, no_upcast, "GB",
+            TOL_WEIGHTS),
     ]  # fmt: skip
     step_planned = (p["activations"] + p["logits + grads"] + p["reference pass"]
                     + p["LoRA gradients (fp32)"]) * GB  # fmt: skip

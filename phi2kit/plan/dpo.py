@@ -22,7 +22,10 @@ def estimate_dpo(model: Any, recipe: Any, reference: str = "adapter", precompute
     policy's logits buffers (nothing with ``precompute``: it runs before training)."""
     est = estimate(model, replace(recipe, batch_size=2 * recipe.batch_size), _levers=False, **kw)
     cfg, p, s = kw.get("config") or _resolve(model)[0], est.parts, est.settings
-    base2 = 0 if precompute else weight_bytes(cfg, s["dtype"], quantize_4bit=s["4-bit"]) / GB
+    base = weight_bytes(cfg, s["dtype"], quantize_4bit=s["4-bit"]) / GB  # 08 never upcasts:
+    p["overhead"] += ALLOCATOR_SLACK * (base - p["base weights"]) * (p["overhead"] > 0)
+    p["base weights"] = base  # the SFT adapter is loaded onto the nf4 base as it is
+    base2 = 0 if precompute else base
     p["reference"] = {"adapter": 4 * lora_parameters(cfg, recipe) / GB, "model": base2}.get(
         reference, 0.0)
     ref_pass = 2 * recipe.batch_size * recipe.max_length * cfg.vocab_size * 8 / GB
