@@ -1,6 +1,6 @@
 """Prove the T4 recipes on a full-size Phi-2 without a GPU, weights or a download.
 
-:func:`phi2kit.meta_phi2.phi2_on_meta` builds Phi-2 on the meta device; here each notebook's
+:func:`phi2_on_meta` builds Phi-2 on the meta device; here each notebook's
 default recipe is applied to it with the same ``LoraConfig`` as training, and the adapter's
 modules and parameters are counted::
 
@@ -12,12 +12,13 @@ use it, with ``bench/`` on ``sys.path``).
 
 from __future__ import annotations
 
+import copy
 import warnings
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
-from phi2kit.meta_phi2 import phi2_on_meta
 from phi2kit.profiles import Profile, get_profile
 from phi2kit.recipes import TASKS, get_dpo_recipe, get_grpo_recipe, get_recipe
 
@@ -27,6 +28,36 @@ EXTRA_TASKS = ("dpo", "grpo")
 BYTES_FP32 = 4  # LoRA weights are trained and saved in fp32 (phi2kit.training.upcast_trainable)
 MB = 1e6  # decimal megabytes, like the planner's decimal GB
 
+
+
+def phi2_on_meta(
+    num_labels: int | None = None, profile: Profile | str = "t4", config=None
+) -> nn.Module:
+    """Phi-2 (``PhiForCausalLM``) on the meta device: real shapes, no storage, no download.
+
+    Args:
+        num_labels: Build ``PhiForSequenceClassification`` with a ``num_labels``-way
+            ``score`` head (no bias) instead of the causal LM.
+        profile: ``t4``/``ampere`` give Phi-2; ``tiny`` gives the shipped tiny Phi's shapes.
+        config: Another ``PhiConfig`` to build (e.g. Phi-2 with fewer layers); by default
+            the profile's.
+    """
+    from transformers import PhiForCausalLM, PhiForSequenceClassification
+
+    from phi2kit.footprint import phi2_config
+    from phi2kit.tiny import tiny_config
+
+    profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
+    if config is not None:
+        cfg = copy.deepcopy(config)  # the caller's config is left as it was
+    else:
+        cfg = tiny_config() if profile.is_tiny else phi2_config()
+    if num_labels is not None:
+        cfg.num_labels = num_labels
+    cls = PhiForCausalLM if num_labels is None else PhiForSequenceClassification
+    with torch.device("meta"):
+        model = cls(cfg)
+    return model
 
 @dataclass(frozen=True)
 class RecipeReport:
@@ -178,7 +209,7 @@ def t4_recipes_markdown() -> str:
     n = sum(p.numel() for p in base.parameters())
     return (
         f"Counted on Phi-2 built from its published config on the meta device "
-        f"({n:,} parameters; `phi2kit.meta_phi2`). The adapter size is what "
+        f"({n:,} parameters; `bench/meta_report.py`). The adapter size is what "
         "`save_pretrained` writes: trainable parameters × 4 bytes (fp32).\n\n"
         + report_table(reports)
     )

@@ -11,7 +11,7 @@
 What it does, in order:
 
 1. **A random Phi-2.** The model is built from Phi-2's published configuration, the one the
-   planner and the meta-device model count (:func:`phi2kit.meta_phi2.phi2_on_meta`,
+   planner and the meta-device model count (:func:`meta_report.phi2_on_meta`,
    2,779,683,840 parameters), with seeded random weights (normal, std
    ``initializer_range``; LayerNorms at 1 and 0), in fp16 like the published checkpoint.
    It is saved as a local snapshot laid out like a hub download: ``config.json``,
@@ -178,7 +178,7 @@ TOL_PREF_STEP = None  # DPO/GRPO step: see the docstring
 def phi2_config(quick: bool = False, layers: int | None = None):
     """Phi-2's published config, the skeleton's; ``quick`` shrinks it (see :data:`QUICK`),
     ``layers`` keeps that many of its decoder layers at full width (``--layers``)."""
-    from phi2kit.meta_phi2 import phi2_on_meta
+    from meta_report import phi2_on_meta
 
     cfg = phi2_on_meta().config  # one source: phi2kit.footprint.phi2_config via the skeleton
     for key, value in (QUICK if quick else {}).items():
@@ -668,11 +668,11 @@ def write_adapter(cfg, recipe, profile, folder: Path, base: str, seed: int) -> P
     model is loaded for it; B is not zero, as after SFT.
     """
     import torch
+    from meta_report import phi2_on_meta
     from peft import get_peft_model, get_peft_model_state_dict
     from safetensors.torch import save_file
 
     from phi2kit.lora import lora_config
-    from phi2kit.meta_phi2 import phi2_on_meta
 
     with torch.device("meta"):
         peft_model = get_peft_model(phi2_on_meta(None, profile, cfg), lora_config(recipe))

@@ -181,9 +181,9 @@ def test_the_checks_can_fail():
     assert _imports(tree) >= {"phi2kit.commands.train", "phi2kit.merging"}
     assert _owner_of("phi2kit.merging", table) == 5
     assert _owner_of("phi2kit.data.sentiment", table) == "plumbing"
-    bad = _disallowed({"phi2kit.merging", "phi2kit.lora", "phi2kit.meta_phi2",
+    bad = _disallowed({"phi2kit.merging", "phi2kit.lora", "phi2kit.footprint",
                        "phi2kit.profiles", "phi2kit.models"}, 5, table)
-    assert set(bad) == {"phi2kit.merging", "phi2kit.meta_phi2"}
+    assert set(bad) == {"phi2kit.merging", "phi2kit.footprint"}
     one = ast.parse('def f(x):\n    """doc"""\n    return x + 1\n').body[0]
     other_doc = ast.parse('def f(x):\n    """other"""\n    return x + 1\n').body[0]
     other_body = ast.parse('def f(x):\n    """doc"""\n    return x + 2\n').body[0]

@@ -12,10 +12,15 @@ import warnings
 from pathlib import Path
 
 import pytest
-from meta_report import EXTRA_TASKS, recipe_report, report_table, t4_recipes_markdown  # bench/
+from meta_report import (  # bench/
+    EXTRA_TASKS,
+    phi2_on_meta,
+    recipe_report,
+    report_table,
+    t4_recipes_markdown,
+)
 
 from phi2kit.lora import check_targets
-from phi2kit.meta_phi2 import phi2_on_meta
 from phi2kit.profiles import get_profile
 from phi2kit.recipes import PHI_LORA_TARGETS, TASKS, get_recipe
 
