@@ -14,6 +14,7 @@ The other way, generation and parsing, is in :mod:`phi2kit.evaluate.classificati
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -64,10 +65,20 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     return max(n, 0)
 
 
-def _forward_rows(model: Any, rows: Sequence[Sequence[int]], n_shared: int, pad_id: int, **kw: Any):
+def _prefix_cache(model: Any, ids: Sequence[int]) -> Any:
+    """The keys and values of ``ids`` run once, for one row (``None`` for no prefix)."""
+    if not ids:
+        return None
+    return model(input_ids=torch.tensor([list(ids)], device=device_of(model)),
+                 use_cache=True).past_key_values  # fmt: skip
+
+
+def _forward_rows(model: Any, rows: Sequence[Sequence[int]], n_shared: int, pad_id: int,
+                  prefix: Any = None, **kw: Any):  # fmt: skip
     """Logits for token-id rows that all start with the same ``n_shared`` tokens.
 
-    The shared prefix runs once, for one row; its keys and values are repeated across the
+    The shared prefix runs once, for one row (or comes in ``prefix``, from
+    :func:`_prefix_cache`, left as it was); its keys and values are repeated across the
     batch (``past_key_values``), so each row runs only its own tokens. Those are left-padded
     by hand (the mask comes from the true lengths, whatever the tokenizer's padding side or
     pad token), and explicit position ids give every row the positions it would see alone.
@@ -79,8 +90,8 @@ def _forward_rows(model: Any, rows: Sequence[Sequence[int]], n_shared: int, pad_
     attention_mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids in own])
     position_ids = n_shared + (attention_mask.cumsum(-1) - 1).clamp(min=0)
     if n_shared:
-        prefix = torch.tensor([list(rows[0][:n_shared])], device=device)
-        cache = model(input_ids=prefix, use_cache=True).past_key_values
+        cache = copy.deepcopy(prefix) if prefix is not None else _prefix_cache(
+            model, rows[0][:n_shared])  # the forward below appends to it
         cache.batch_repeat_interleave(len(rows))
         ones = torch.ones((len(rows), n_shared), dtype=attention_mask.dtype)
         attention_mask = torch.cat([ones, attention_mask], dim=1)
@@ -113,8 +124,9 @@ def score_labels(
       and Phi-2's, for the default labels): the labels are entries of one next-token
       distribution, read at the last column of left-padded rows (``logits_to_keep=1``).
       Otherwise every (prompt, label) pair is a row, as in :func:`label_logprobs`.
-    - **The shared prefix once per batch.** Every prompt starts with the same instruction;
-      it runs for one row and its keys and values are reused by all (``share_prefix``).
+    - **The shared prefix once.** Every prompt starts with the same instruction; it runs
+      once, for one row, and its keys and values are reused by every row of every batch
+      (``share_prefix``).
     - **Batches of similar length**: prompts are sorted by length, so there is little
       padding; scores come back in the input order.
 
@@ -124,7 +136,7 @@ def score_labels(
         prompts: Prompts ending where the label should begin (``"...Sentiment:"``).
         labels: Candidate label words.
         batch_size: Rows per forward pass.
-        share_prefix: Run the prompts' common token prefix once per batch.
+        share_prefix: Run the prompts' common token prefix once.
 
     Returns:
         Array of shape ``(len(prompts), len(labels))``; the higher, the more likely.
@@ -143,11 +155,13 @@ def score_labels(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     scores = np.zeros((len(encoded), len(labels)), dtype=np.float64)
     with inference(model):
+        prefix = _prefix_cache(model, encoded[0][:n_shared])
         starts = range(0, len(order), batch_size)
         for start in progress(starts, desc="label scoring", show=on_gpu(model)):
             idx = order[start : start + batch_size]
             rows = [encoded[i] for i in idx]  # left-padded: every prompt ends in the last column
-            logits = _forward_rows(model, rows, n_shared, pad_id_of(tokenizer), logits_to_keep=1)
+            logits = _forward_rows(model, rows, n_shared, pad_id_of(tokenizer), prefix,
+                                   logits_to_keep=1)  # fmt: skip
             logp = torch.log_softmax(logits[:, -1].float(), dim=-1)[:, [i[0] for i in label_ids]]
             scores[idx] = logp.double().cpu().numpy()
     return scores
