@@ -741,6 +741,18 @@ def _step_rows(probe, model, p: dict, step_planned: float, tol: float | None,
     return rows
 
 
+def _preference_step_info(trainer, model, load, train, est) -> dict:
+    """What the DPO and GRPO steps both report: steps, skip, adapters, times, planner total."""
+    return {"steps": trainer.state.global_step,
+            "skipped": bool(getattr(trainer.accelerator, "optimizer_step_was_skipped", False)),
+            "adapters": list(model.peft_config),
+            "ref_frozen": not any(p.requires_grad for n, p in model.named_parameters()
+                                  if ".ref." in n),
+            "load_s": load.seconds, "step_s": train.seconds,
+            "cpu_s": {"load": load.cpu_seconds, "step": train.cpu_seconds},
+            "planner_total_gb": est.total_gb}  # fmt: skip
+
+
 def run_dpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
     """Notebook 08 / ``phi2kit train dpo`` at batch 1 pair: the SFT adapter loaded trainable
     on the nf4 base, trl's frozen ``ref`` copy of it as the reference, one DPO step."""
@@ -797,15 +809,9 @@ def run_dpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
         trainer.train()
     rows += _step_rows(probe, model, p, step_planned, TOL_PREF_STEP, load, train)
     log = [h for h in trainer.state.log_history if "loss" in h]
-    skipped = bool(getattr(trainer.accelerator, "optimizer_step_was_skipped", False))
     info = {"task": "dpo", "task_type": "DPO", "lora_r": recipe.lora_r, "seq": seq,
-            "steps": trainer.state.global_step, "skipped": skipped,
-            "loss": log[-1]["loss"] if log else None, "adapters": list(model.peft_config),
-            "ref_frozen": not any(p.requires_grad for n, p in model.named_parameters()
-                                  if ".ref." in n),
-            "load_s": load.seconds, "step_s": train.seconds,
-            "cpu_s": {"load": load.cpu_seconds, "step": train.cpu_seconds},
-            "planner_total_gb": est.total_gb}  # fmt: skip
+            "loss": log[-1]["loss"] if log else None,
+            **_preference_step_info(trainer, model, load, train, est)}  # fmt: skip
     del model, trainer
     free()
     return rows, info
@@ -892,18 +898,12 @@ def run_grpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
         trainer.train()
     rows += _step_rows(probe, model, p, step_planned, TOL_PREF_STEP, load, train)
     log = [h for h in trainer.state.log_history if "reward" in h]
-    skipped = bool(getattr(trainer.accelerator, "optimizer_step_was_skipped", False))
     info = {"task": "grpo", "task_type": "GRPO", "lora_r": recipe.lora_r,
             "seq": step.max_length, "prompt_tokens": prompt_len,
             "completion_tokens": step.max_completion_length, "num_generations": n,
-            "beta": step.beta, "steps": trainer.state.global_step, "skipped": skipped,
-            "loss": log[-1].get("loss") if log else None,
-            "reward": log[-1].get("reward") if log else None, "adapters": list(model.peft_config),
-            "ref_frozen": not any(p.requires_grad for n, p in model.named_parameters()
-                                  if ".ref." in n),
-            "load_s": load.seconds, "step_s": train.seconds,
-            "cpu_s": {"load": load.cpu_seconds, "step": train.cpu_seconds},
-            "planner_total_gb": est.total_gb}  # fmt: skip
+            "beta": step.beta, "loss": log[-1].get("loss") if log else None,
+            "reward": log[-1].get("reward") if log else None,
+            **_preference_step_info(trainer, model, load, train, est)}  # fmt: skip
     del model, trainer
     free()
     return rows, info
