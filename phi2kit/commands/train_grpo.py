@@ -7,9 +7,12 @@ The trainer is the lesson's: trl's ``GRPOTrainer`` with the rewards lesson 09 wr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from phi2kit.commands.train_tasks import Data, Setup
 from phi2kit.data.files import DataError
+
+if TYPE_CHECKING:  # train_tasks imports this module: its names only for the annotations
+    from phi2kit.commands.train_tasks import Data, Setup
 
 
 def read_prompts(path: Path | None, setup: Setup, tokenizer):

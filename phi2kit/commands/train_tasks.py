@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from phi2kit.commands.train_grpo import grpo, read_prompts
 from phi2kit.data.files import DataError
 from phi2kit.data.sentiment import LABELS
 from phi2kit.profiles import Profile
@@ -224,20 +225,6 @@ def dpo(setup: Setup, data: Data, output_dir, **args):
             if ".default." in name:
                 p.copy_(model.get_parameter(name.replace(".default.", ".ref.")))
     return trainer
-
-
-def read_prompts(path: Path | None, setup: Setup, tokenizer):
-    """Notebook 09's prompts and the references each shows: :mod:`.train_grpo`."""
-    from phi2kit.commands.train_grpo import read_prompts
-
-    return read_prompts(path, setup, tokenizer)
-
-
-def grpo(setup: Setup, data: Data, output_dir, **args):
-    """Notebook 09's ``GRPOTrainer``: :mod:`.train_grpo`."""
-    from phi2kit.commands.train_grpo import grpo
-
-    return grpo(setup, data, output_dir, **args)
 
 
 TASKS: dict[str, Task] = {
