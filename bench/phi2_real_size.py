@@ -127,9 +127,10 @@ were about 90 %, and 7 s / 8 s with :func:`column_major_4bit_backward`, which th
 therefore applies on the CPU (``--stock-4bit-backward`` turns it off). With the stock
 backward the full-size sentiment step is about 13 minutes of CPU on either torch, which is
 why the default run did not finish in 29 minutes; the torch version is not the cause. With
-the copy it took 62 s of CPU at full size, and the default run is about 12 minutes of CPU. A
-shared machine: run with ``OMP_NUM_THREADS=1`` (two threads on two cores with one busy ran
-3.3x slower). The default run's budget and the figures are in ``docs/performance.md``.
+the copy it took 62 s of CPU at full size, and the whole default run took 6 min 29 s of wall
+time (675 s of CPU) on 2 quiet cores with torch 2.14.1, at a peak RSS of 14.8 GB. A shared
+machine: run with ``OMP_NUM_THREADS=1`` (two threads on two cores with one busy ran 3.3x
+slower). The default run's budget and the figures are in ``docs/performance.md``.
 """
 
 from __future__ import annotations
