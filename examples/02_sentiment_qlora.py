@@ -25,7 +25,7 @@ from pathlib import Path
 def read_rows(path, labels, text_col="text", label_col="label"):
     """(text, label) pairs; a bad file or row exits with its file, row and field (code 2)."""
     def fail(where, why):
-        sys.exit(print(f"{path}{where}: {why}", file=sys.stderr) or 2)
+        sys.exit(print(f"error: {path}{where}: {why}", file=sys.stderr) or 2)
 
     if not Path(path).is_file():
         fail("", "no such file")
@@ -166,13 +166,14 @@ def main(argv=None):
     rows = read_rows(args.data, args.labels, args.text_column, args.label_column)
     parts = split(rows, args.n_train, args.n_test, args.n_eval)  # checked before any model loads
     counts = {name: Counter(y for _, y in part) for name, part in parts.items()}
-    for label in args.labels:
-        if min(counts[name][label] for name in parts) == 0:
-            n = sum(counts[name][label] for name in parts)
-            sys.exit(print(f"{args.data}: label {label!r} has {n} usable rows, too few for "
-                           f"--n-test {args.n_test} + --n-eval {args.n_eval} + a train split: "
-                           f"lower them (e.g. --n-test {max(1, n // 5)} --n-eval "
-                           f"{max(1, n // 10)})", file=sys.stderr) or 2)
+    for label in args.labels:  # every split full, or the flags to lower
+        n = sum(counts[name][label] for name in parts)
+        if n < args.n_test + args.n_eval + args.n_train:
+            n_test, n_eval = max(1, n // 5), max(1, n // 10)
+            sys.exit(print(f"error: {args.data}: label {label!r} has {n} usable headlines, too few "
+                           f"for --n-test {args.n_test} + --n-eval {args.n_eval} + --n-train "
+                           f"{args.n_train}: lower them (e.g. --n-test {n_test} --n-eval {n_eval} "
+                           f"--n-train {max(1, n - n_test - n_eval)})", file=sys.stderr) or 2)
     print({name: dict(c) for name, c in counts.items()})
 
     import torch

@@ -14,6 +14,7 @@ Writes the adapter of the checkpoint with the lowest eval loss to OUTPUT_DIR/ada
 
 import argparse
 import json
+import os
 import re
 import sys
 
@@ -27,6 +28,8 @@ def fail(message):
 
 def read_rows(path):
     """The file's rows; a bad one ends the run with file, line and field (exit 2)."""
+    if not os.path.isfile(path):
+        fail(f"{path}: no such file")
     rows = []
     for n, line in enumerate(open(path, encoding="utf-8"), start=1):
         try:

@@ -10,6 +10,7 @@ shipped tiny model: --model phi2kit/tiny/model --no-4bit --max-steps 30 --learni
 
 import argparse
 import json
+import os
 import sys
 from collections import defaultdict
 
@@ -45,6 +46,8 @@ def read_messages(path):
             rows += flatten(reply, line, node["message_id"])
         return rows
 
+    if not os.path.isfile(path):
+        sys.exit(print(f"error: {path}: no such file", file=sys.stderr) or 2)
     messages = []
     with open(path, encoding="utf-8") as f:
         for line, text in enumerate(f, start=1):

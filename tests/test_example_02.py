@@ -100,14 +100,19 @@ def test_it_learns_on_the_tiny_model(tmp_path):
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
 
 
-def test_a_file_too_small_for_the_split_is_refused_before_the_model_loads(tmp_path):
+@pytest.mark.parametrize("flags", [[], ["--n-test", "10", "--n-eval", "5"]])
+def test_a_file_too_small_for_the_split_is_refused_before_the_model_loads(tmp_path, flags):
     """The defaults are the seed's split on Phi-2 (300 test headlines per class): a small file
-    of your own is told which flags to lower, in one line, before any model loads."""
+    of your own is told which flags to lower, in one line, before any model loads; also when
+    only the train split would come out short (40 = 10 + 5 + 25 of --n-train's 300)."""
     small = tmp_path / "small.csv"
     rows = [f"goal in match {i},sport\nrain on day {i},weather" for i in range(40)]
     small.write_text("text,label\n" + "\n".join(rows) + "\n")
     out = run("--model", str(tmp_path / "no-model"), "--data", str(small), "--labels",
-              "sport,weather", "--output-dir", str(tmp_path / "out"), timeout=60)
+              "sport,weather", "--output-dir", str(tmp_path / "out"), *flags, timeout=60)
     assert out.returncode == 2, out.stderr
-    assert "label 'sport' has 40 usable rows" in out.stderr and "--n-test" in out.stderr
+    assert out.stderr.startswith("error: "), out.stderr
+    assert "label 'sport' has 40 usable headlines" in out.stderr
+    assert "--n-test 8 --n-eval 4 --n-train 28" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert not (tmp_path / "out").exists()

@@ -71,6 +71,14 @@ def test_a_bad_file_is_refused_before_any_model_loads(tmp_path, line, message):
     assert not (tmp_path / "out").exists()
 
 
+def test_a_missing_file_is_one_line(tmp_path):
+    missing = str(tmp_path / "nope.jsonl")
+    proc = run("--model", "no/such-model", "--data", missing, tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == f"error: {tmp_path / 'nope.jsonl'}: no such file", proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_configs_equal_the_notebooks_for_the_t4_profile(tmp_path):
     ns = notebook_recipe("04_webglm_qlora.ipynb", "webglm", tmp_path, SAVE_EVERY=None)
     module = load_script(NAME)

@@ -68,6 +68,15 @@ def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, e
     assert "\n" not in err and err.startswith(f"error: {data}, ") and expect in err, err
 
 
+def test_a_missing_file_is_one_line(tmp_path, capsys):
+    argv = ["--model", str(tmp_path / "no-model"), "--data", str(tmp_path / "nope.jsonl")]
+    with pytest.raises(SystemExit) as exit_:
+        load_script(NAME).main([*argv, "--output-dir", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.jsonl'}: no such file"
+    assert not (tmp_path / "out").exists()
+
+
 def test_configs_equal_the_notebooks_for_t4(tmp_path):
     ns = notebook_recipe("06_chat_oasst1.ipynb", "chat", tmp_path, EVAL_EVERY=None)
     script = load_script(NAME)
