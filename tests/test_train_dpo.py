@@ -21,13 +21,19 @@ from phi2kit.commands.train import ADAPTER, main
 TINY = ["--profile", "tiny", "--threads", "1"]
 
 
-@pytest.mark.parametrize("adapter", [None, "missing", "classifier"])
+@pytest.mark.parametrize("adapter", [None, "missing", "classifier", "sentiment run"])
 def test_dpo_without_a_chat_adapter_says_how_to_make_one(adapter, tmp_path, capsys):
     argv = ["dpo", *TINY, "--output-dir", str(tmp_path / "run")]
     if adapter == "classifier":  # 03's adapter: a score head, not a chat model
         folder = tmp_path / "cls"
         folder.mkdir()
         (folder / "adapter_config.json").write_text(json.dumps({"task_type": "SEQ_CLS"}))
+        argv += ["--adapter", str(folder)]
+    elif adapter == "sentiment run":  # a causal LM adapter, but `phi2kit train sentiment` made it
+        folder = tmp_path / "sentiment" / ADAPTER
+        folder.mkdir(parents=True)
+        (folder / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+        (folder.parent / "run.json").write_text(json.dumps({"task": "sentiment"}))
         argv += ["--adapter", str(folder)]
     elif adapter:
         argv += ["--adapter", str(tmp_path / adapter)]

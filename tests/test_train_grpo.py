@@ -66,6 +66,39 @@ def test_grpo_needs_04s_adapter_and_checks_it(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
+def test_grpo_refuses_an_adapter_phi2kit_train_made_for_another_task(tmp_path, capsys):
+    made = tmp_path / "sentiment"  # a `phi2kit train sentiment` run: run.json beside its adapter
+    (made / ADAPTER).mkdir(parents=True)
+    (made / ADAPTER / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+    (made / "run.json").write_text(json.dumps({"command": "train", "task": "sentiment"}))
+    out = ["--output-dir", str(tmp_path / "run")]
+    assert main(["grpo", *TINY, "--adapter", str(made / ADAPTER), *out]) == 2
+    err = capsys.readouterr().err
+    assert "a sentiment adapter" in err and "phi2kit train webglm --output-dir" in err, err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_grpo_from_an_adapter_that_never_cites_warns(tmp_path, sft_adapter, capsys):
+    """A LoRA that writes no citation (a fresh one: the base model's answers) never earns the
+    supported reward: GRPO has nothing to reinforce, and the run says so. 04's adapter cites:
+    no warning."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from phi2kit.tiny import tiny_path
+
+    fresh = tmp_path / "fresh"
+    model = AutoModelForCausalLM.from_pretrained(tiny_path())
+    lora = LoraConfig(r=4, target_modules=["fc1"], task_type="CAUSAL_LM")
+    get_peft_model(model, lora).save_pretrained(fresh)
+    for adapter, warned in ((fresh, True), (sft_adapter, False)):
+        run = tmp_path / f"run-{warned}"
+        assert main(["grpo", *TINY, *SMALL, "--adapter", str(adapter), "--steps", "2",
+                     "--log-every", "1", "--output-dir", str(run)]) == 0  # fmt: skip
+        out = capsys.readouterr().out
+        assert ("warning: no completion had a supported citation" in out) is warned, out
+
+
 @pytest.mark.parametrize("data", ["oasst1/sample.trees.jsonl", "financial_news/all-data.csv"])
 def test_grpo_refuses_a_wrong_data_file_and_writes_nothing(data, sft_adapter, tmp_path, capsys):
     from phi2kit.data import sample_path

@@ -139,6 +139,11 @@ def _check_adapter(adapter: Path | None, task: str = "dpo") -> None:
     if json.loads(config.read_text()).get("task_type") != "CAUSAL_LM":
         raise ValueError(f"--adapter {adapter}: not a {sft} adapter (it is not a causal LM "
                          f"adapter); {how}")  # fmt: skip
+    run = adapter.parent / "run.json"  # written by `phi2kit train` beside its adapter
+    made_by = json.loads(run.read_text()).get("task") if run.is_file() else None
+    if made_by not in (None, sft, task):
+        raise ValueError(f"--adapter {adapter}: a {made_by} adapter ({run} says so), not a {sft} "
+                         f"adapter; {how}")  # fmt: skip
 
 
 def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
