@@ -204,6 +204,20 @@ def test_cli_stops_at_end_of_input(tmp_path):
     assert stdout.getvalue().count("assistant> ") == 1
 
 
+def test_the_command_prints_no_library_notes(tmp_path):
+    """From a shell, in 4-bit (bitsandbytes loads): the reply on stdout, nothing on stderr (no
+    note about bitsandbytes' optional ``kernels``, no transformers deprecation warning)."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-m", "phi2kit.commands.main", "chat", "--profile",
+                           "tiny", "--4bit"],
+                          input=QUESTION, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("assistant> ") and len(proc.stdout.strip()) > 11, proc.stdout
+    assert proc.stderr.strip() == "", proc.stderr[-2000:]
+
+
 def test_cli_in_a_pseudo_terminal(tiny_model, tiny_tokenizer):
     # `phi2kit chat` as a person uses it: a real terminal, a prompt, a typed line, the reply
     pexpect = pytest.importorskip("pexpect")

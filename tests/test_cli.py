@@ -142,7 +142,9 @@ def test_exercises_check_refuses_a_file_that_is_not_a_notebook(tmp_path, capsys)
     assert "pass the .ipynb you worked in" in said and len(said.splitlines()) == 1
 
 
-@pytest.mark.parametrize("command", ["phi2kit", "course", "plan", "train", "bench", "exercises"])
+@pytest.mark.parametrize(
+    "command", ["phi2kit", "course", "plan", "train", "bench", "exercises", "chat", "app"]
+)
 def test_help_has_no_raw_markup(command, capsys):
     with pytest.raises(SystemExit):
         main(["--help"] if command == "phi2kit" else [command, "--help"])

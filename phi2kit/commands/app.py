@@ -158,8 +158,10 @@ def build_app(
 def add_app_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``phi2kit app``."""
     parser = subparsers.add_parser(
-        "app", help="serve the Gradio chat app", description=__doc__.split("\n")[0]
-    )
+        "app", help="serve the Gradio chat app",
+        description="A Gradio chat app over a base model and an optional chat adapter (lesson "
+        "06's), in the spirit of a Hugging Face Space.",
+    )  # fmt: skip
     add_model_arguments(parser)
     parser.add_argument("--host", default=HOST, help=f"address to serve on (default {HOST})")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -180,6 +182,9 @@ def run_app(args: argparse.Namespace) -> int:
         problem = problem or 'Gradio is not installed: pip install "phi2kit[app]" (or gradio)'
     if problem:
         return fail("app", problem)
+    from phi2kit.logs import quiet_command
+
+    quiet_command()  # the libraries' notes are nothing a shell user can act on
     profile = get_profile(args.profile)
     model, tokenizer = load_chat_model(
         args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit

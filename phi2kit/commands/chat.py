@@ -115,6 +115,9 @@ def run_chat(
     problem = model_error(args) or profile_error(args)
     if problem:
         return fail("chat", problem)
+    from phi2kit.logs import quiet_command
+
+    quiet_command()  # the libraries' notes are nothing a shell user can act on
     model, tokenizer = load_chat_model(
         args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
     )
