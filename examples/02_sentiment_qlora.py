@@ -50,7 +50,10 @@ def read_rows(path, labels, text_col="text", label_col="label"):
         label = labels[int(label)] if label.isdigit() and int(label) < len(labels) else label
         where = f", row {reader.line_num}, field "
         if label.lower() not in known:
-            fail(where + repr(l_field), f"unknown label {label!r} (expected {', '.join(labels)})")
+            hint = "" if headed or reader.line_num > 1 else (
+                f"; a header row needs the columns {text_col!r} and {label_col!r}")
+            fail(where + repr(l_field),
+                 f"unknown label {label!r} (expected {', '.join(labels)}){hint}")
         if not body.strip():
             fail(where + repr(t_field), "empty text")
         rows.append((" ".join(body.split()), known[label.lower()]))

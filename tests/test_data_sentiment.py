@@ -102,6 +102,19 @@ def test_bad_label_names_file_row_and_field(tmp_path):
     assert info.value.path == str(path)
 
 
+def test_a_header_with_other_column_names_is_named_as_a_header(tmp_path):
+    """``headline,sentiment`` names neither ``text`` nor ``label``: read as the no-header form,
+    row 1 fails, and the message says what a header needs (a bad label later does not)."""
+    path = tmp_path / "mine.csv"
+    path.write_text("headline,sentiment\nSales rose,positive\n")
+    with pytest.raises(DataError, match=r"row 1, .*a header row needs the columns 'label' and"):
+        load_financial_news(path)
+    path.write_text("positive,Sales rose\nheadline,Profit fell\n")
+    with pytest.raises(DataError, match=r"row 2, .*unknown label 'headline'") as info:
+        load_financial_news(path)
+    assert "header row" not in str(info.value)
+
+
 def test_skip_bad_counts_rows(tmp_path):
     rows = KAGGLE_ROWS + [("positve", "Margin improved"), ("neutral", "")]
     path = write_kaggle(tmp_path / "all-data.csv", rows)

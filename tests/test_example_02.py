@@ -62,6 +62,8 @@ def test_configs_equal_the_notebook_for_t4(tmp_path):
         (b"text,sentiment\nSales rose,positive\n", r"row 1, field 'label': missing column"),
         (b"text,label\nSales rose,positive\n,negative\n", r"row 3, field 'text': empty text"),
         (b"label,text\n0,Sales fell\n7,Sales rose\n", r"row 3, field 'label': unknown label '7'"),
+        (b"headline,sentiment\nSales rose,positive\n",
+         r"row 1, .*a header row needs the columns 'text' and 'label'"),
     ],
 )
 def test_a_wrong_file_is_refused_before_the_model_loads(tmp_path, content, expected):

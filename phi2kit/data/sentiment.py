@@ -119,7 +119,10 @@ def _label_word(value: Any, labels: Sequence[str] = LABELS, **where: Any) -> str
             return lower[word]
     ints = ", ".join(str(i) for i in range(len(labels)))
     expected = ", ".join(labels) + (f", or {ints}" if where.get("field") == "label" else "")
-    raise DataError(f"unknown label {value!r} (expected one of {expected})", **where)
+    hint = ""  # a first row of the no-header form may be a header with other column names
+    if where.get("field") == "sentiment" and where.get("row") == 1:
+        hint = "; a header row needs the columns 'label' and 'text' (or 'sentence')"
+    raise DataError(f"unknown label {value!r} (expected one of {expected}){hint}", **where)
 
 
 def _collect(
