@@ -178,3 +178,19 @@ def test_plan_cli_prints_verdict(capsys):
     code = main(["plan", "--profile", "t4", "--task", "webglm"])
     out = capsys.readouterr().out
     assert code == 0 and "fits" in out and "total" in out
+
+
+def test_plan_no_4bit_gives_lesson_03s_peak_in_the_course_table(capsys):
+    """The README's 7.8 GB for 03 is its LoRA run on the fp16 base: ``--no-4bit`` shows it;
+    the classifier recipe's default (QLoRA) is lower."""
+    import re
+
+    from phi2kit.plan.course import course_rows
+
+    def total(*flags: str) -> float:
+        assert main(["plan", "--task", "classifier", *flags]) == 0
+        return float(re.search(r"^total\s+([\d.]+)", capsys.readouterr().out, re.M)[1])
+
+    peak_03 = dict((row[0], row[3]) for row in course_rows())["03_classification_head"]
+    assert f"{total('--no-4bit'):.1f}" == peak_03
+    assert total() < total("--no-4bit") - 2

@@ -103,9 +103,10 @@ def run_course(
 
     Each kernel runs in its notebook's folder, so that the lessons' ``outputs/`` (adapters,
     checkpoints, which later lessons read) are where a learner's Jupyter puts them, and a
-    second run resumes 04's and 06's training from their checkpoints. ``workdir`` runs the kernels there instead (its
-    ``outputs/``, with a ``../data`` link to the samples): a second course on another profile
-    then shares nothing with the first (CI runs ``tiny`` and ``t4-cpu`` side by side).
+    second run resumes 04's and 06's training from their checkpoints. ``workdir`` runs the
+    kernels there instead (its ``outputs/``, with a ``../data`` link to the samples): a second
+    course on another profile then shares nothing with the first (CI runs ``tiny`` and
+    ``t4-cpu`` side by side).
     ``out``, ``notebooks`` and ``workdir`` are made absolute first: a relative path means
     what it meant where the command was run.
     """

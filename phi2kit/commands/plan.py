@@ -22,6 +22,9 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--batch", type=int, default=None, help="per-device micro-batch")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
                    help="gradient checkpointing (default: the profile's)")  # fmt: skip
+    p.add_argument("--4bit", dest="quantize_4bit", action=argparse.BooleanOptionalAction,
+                   default=None, help="QLoRA on an nf4 base, or (--no-4bit) LoRA on the fp16 "
+                   "base as lesson 03's first run (default: the recipe's)")  # fmt: skip
     p.add_argument("--device-gb", type=float, default=15.0, help="GPU memory in GB")
     p.add_argument("--reference", choices=("adapter", "base", "model"), default="adapter",
                    help="dpo: the reference is a frozen copy of the SFT adapter (default), "
@@ -55,8 +58,9 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"phi2kit plan: error: {problem}", file=sys.stderr)
         return 2
 
-    overrides = {k: v for k, v in (("max_length", args.max_length), ("batch_size", args.batch))
-                 if v is not None}  # fmt: skip
+    flags = {"max_length": args.max_length, "batch_size": args.batch,
+             "quantize_4bit": args.quantize_4bit}  # fmt: skip
+    overrides = {k: v for k, v in flags.items() if v is not None}
     if args.task == "dpo":
         from phi2kit.plan.dpo import estimate_dpo
         from phi2kit.recipes import get_dpo_recipe
