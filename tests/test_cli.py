@@ -133,6 +133,13 @@ def test_unknown_profile_in_the_environment(command, monkeypatch, capsys, tmp_pa
     )
 
 
+def test_exercises_alone_lists_them(capsys):
+    assert main(["exercises"]) == 0
+    listed = capsys.readouterr().out
+    assert main(["exercises", "list"]) == 0
+    assert listed == capsys.readouterr().out and "02_b" in listed
+
+
 def test_exercises_check_refuses_a_file_that_is_not_a_notebook(tmp_path, capsys):
     bad = tmp_path / "notes.ipynb"
     bad.write_text("my answers\n")

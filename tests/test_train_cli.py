@@ -124,6 +124,7 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
         (["--set", "quantize_4bit=maybe"], "quantize_4bit takes true or false"),
         (["--set", "n_eval=-1"], "--set n_eval=-1: a count (0 or more)"),
         (["--labels", "good"], "--labels good: labels must be two or more distinct words"),
+        (["--steps", "0"], "--steps 0: must be at least 1, e.g. --steps 20"),
         (["--profile", "t4"], "pass --profile tiny"),  # no CUDA here, as `course` says it
     ],
 )

@@ -24,7 +24,8 @@ def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
         epilog="examples: phi2kit exercises list; phi2kit exercises check 02_b; "
         "phi2kit exercises check 02_b my_copy.ipynb",
     )
-    sub = p.add_subparsers(dest="action", required=True)
+    p.set_defaults(func=run_list)  # `phi2kit exercises` alone lists them
+    sub = p.add_subparsers(dest="action")
     sub.add_parser("list", help="every exercise: id, kind, lesson section").set_defaults(
         func=run_list
     )

@@ -109,6 +109,8 @@ def make_setup(args: argparse.Namespace):
     if n_eval is not None and (n_eval < 0 or args.task not in LABELLED):
         raise ValueError(f"--set n_eval={n_eval}: a count (0 or more) for sentiment and classifier")
     if args.steps is not None:
+        if args.steps < 1:
+            raise ValueError(f"--steps {args.steps}: must be at least 1, e.g. --steps 20")
         overrides["max_steps"] = args.steps
     if args.quantize is not None:
         overrides["quantize_4bit"] = args.quantize
