@@ -18,8 +18,14 @@ import argparse
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-from phi2kit.chat import STOP_STRINGS, Thread, load_chat_model, stream_reply
-from phi2kit.commands.chat import add_model_arguments, fail, model_error, profile_error
+from phi2kit.chat import STOP_STRINGS, Thread, stream_reply
+from phi2kit.commands.chat import (
+    add_model_arguments,
+    fail,
+    load_for_command,
+    model_error,
+    profile_error,
+)
 
 ChatFn = Callable[..., Iterator[str]]
 HOST = "127.0.0.1"
@@ -182,13 +188,8 @@ def run_app(args: argparse.Namespace) -> int:
         problem = problem or 'Gradio is not installed: pip install "phi2kit[app]" (or gradio)'
     if problem:
         return fail("app", problem)
-    from phi2kit.logs import quiet_command
-
-    quiet_command()  # the libraries' notes are nothing a shell user can act on
     profile = get_profile(args.profile)
-    model, tokenizer = load_chat_model(
-        args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
-    )
+    model, tokenizer = load_for_command(args)
     base = args.model or (model_source(profile) if profile.model_id else None)
     description = describe_model(
         profile.name, base=base, adapter=args.adapter, quantize_4bit=args.quantize_4bit

@@ -87,6 +87,17 @@ def profile_error(args: argparse.Namespace) -> str | None:
     return None
 
 
+def load_for_command(args: argparse.Namespace):
+    """The model and tokenizer the flags name (``chat`` and ``app``), without the libraries'
+    start-up notes: nothing a shell user can act on."""
+    from phi2kit.logs import quiet_command
+
+    quiet_command()
+    return load_chat_model(
+        args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
+    )
+
+
 def fail(command: str, message: str) -> int:
     """Print ``phi2kit COMMAND: error: MESSAGE`` on stderr; return exit code 2."""
     print(f"phi2kit {command}: error: {message}", file=sys.stderr)
@@ -115,12 +126,7 @@ def run_chat(
     problem = model_error(args) or profile_error(args)
     if problem:
         return fail("chat", problem)
-    from phi2kit.logs import quiet_command
-
-    quiet_command()  # the libraries' notes are nothing a shell user can act on
-    model, tokenizer = load_chat_model(
-        args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
-    )
+    model, tokenizer = load_for_command(args)
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     turns: list[tuple[str, str]] = []  # the whole conversation goes in with every message
     interactive = stdin.isatty()

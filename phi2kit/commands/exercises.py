@@ -26,9 +26,7 @@ def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.set_defaults(func=run_list)  # `phi2kit exercises` alone lists them
     sub = p.add_subparsers(dest="action")
-    sub.add_parser("list", help="every exercise: id, kind, lesson section").set_defaults(
-        func=run_list
-    )
+    sub.add_parser("list", help="every exercise: id, kind, lesson section")  # func: run_list
     c = sub.add_parser("check", help="run a notebook and grade it")
     c.add_argument("id", help="exercise id, e.g. 02_b")
     c.add_argument("path", nargs="?", type=Path, default=None,

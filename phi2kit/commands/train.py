@@ -245,11 +245,6 @@ def _run(args: argparse.Namespace) -> int:
     shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_loss", "eval_loss") if k in metrics)
     _say(f"adapter written to {out / ADAPTER} ({result.global_step} steps"
          + (f"; {shown})" if shown else ")"))  # fmt: skip
-    key = "rewards/citations_supported/mean"  # grpo: what the run is for
-    supported = [h[key] for h in trainer.state.log_history if key in h]
-    if supported and max(supported) == 0:
-        _say("warning: no completion had a supported citation at any logged step, so GRPO had "
-             "nothing to reinforce; start from a webglm adapter (phi2kit train webglm)")
     if args.push_to_hub:
         try:
             url = push_adapter(out / ADAPTER, args.push_to_hub, token=token,

@@ -91,6 +91,7 @@ def grpo(setup: Setup, data: Data, output_dir, **args):
     data.tokenizer.padding_side = "left"  # GRPO generates
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config,
                           train_dataset=data.train, processing_class=data.tokenizer)  # fmt: skip
+    trainer.add_callback(_warn_if_never_supported(citations_supported.__name__))
     finish_trainer(trainer, seeded_sampler=False)  # as 09: fp32 trainables, fp16 AMP on t4-cpu
     if "ref" in model.peft_config:  # as dpo: trl rounded the adapter to bf16 on a 4-bit base;
         with torch.no_grad():  # take back 04's exact fp32 weights from its first copy, `ref`
@@ -102,3 +103,21 @@ def grpo(setup: Setup, data: Data, output_dir, **args):
 
 #: Notebook 09's ``reward_weights``: supported and the guard; in range and EOS logged only.
 GRPO_REWARD_WEIGHTS = (1.0, 0.0, 0.0, 1.0)
+
+
+def _warn_if_never_supported(reward_name: str):
+    """A callback: at the end, a warning when no logged step had a supported citation (an
+    adapter that never cites, e.g. not 04's: every group scores alike, nothing is learned)."""
+    from transformers import TrainerCallback
+
+    key = f"rewards/{reward_name}/mean"  # trl's log of each reward's mean
+
+    class WarnIfNeverSupported(TrainerCallback):
+        def on_train_end(self, args, state, control, **kwargs):
+            supported = [h[key] for h in state.log_history if key in h]
+            if state.is_world_process_zero and supported and max(supported) == 0:
+                print("phi2kit train: warning: no completion had a supported citation at any "
+                      "logged step, so GRPO had nothing to reinforce; start from a webglm "
+                      "adapter (phi2kit train webglm)")  # fmt: skip
+
+    return WarnIfNeverSupported()
