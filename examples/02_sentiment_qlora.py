@@ -50,7 +50,7 @@ def read_rows(path, labels, text_col="text", label_col="label"):
         label = labels[int(label)] if label.isdigit() and int(label) < len(labels) else label
         where = f", row {reader.line_num}, field "
         if label.lower() not in known:
-            hint = "" if headed or reader.line_num > 1 else (
+            hint = "" if headed or rows else (  # the first row: a header with other names?
                 f"; a header row needs the columns {text_col!r} and {label_col!r}")
             fail(where + repr(l_field),
                  f"unknown label {label!r} (expected {', '.join(labels)}){hint}")
@@ -192,7 +192,11 @@ def main(argv=None):
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()  # a T4 has none: fp16
     quant, lora, sft, dtype = build_configs(args, cuda, bf16)
-    tok = AutoTokenizer.from_pretrained(args.model)
+    try:  # a mistyped folder: one line, not a traceback from inside transformers
+        tok = AutoTokenizer.from_pretrained(args.model)
+    except OSError as err:
+        sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
+                       .splitlines()[0], file=sys.stderr) or 2)
     tok.pad_token, tok.padding_side = tok.pad_token or tok.eos_token, "right"  # Phi-2: pad = eos
     model = AutoModelForCausalLM.from_pretrained(  # safetensors only, no trust_remote_code
         args.model, dtype=dtype, quantization_config=quant, use_safetensors=True,

@@ -162,7 +162,11 @@ def main(argv=None):
     dtype, quant, lora, train_args = build_configs(args, cuda, bf16)
     AttentionInterface.register("fp32_eager", fp32_attention)
     AttentionMaskInterface.register("fp32_eager", eager_mask)
-    tok = AutoTokenizer.from_pretrained(args.model)
+    try:  # a mistyped folder: one line, not a traceback from inside transformers
+        tok = AutoTokenizer.from_pretrained(args.model)
+    except OSError as err:
+        sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
+                       .splitlines()[0], file=sys.stderr) or 2)
     tok.pad_token = tok.pad_token or tok.eos_token  # Phi-2 has no pad token
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model, num_labels=len(labels), id2label=dict(enumerate(labels)),

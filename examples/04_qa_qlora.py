@@ -145,7 +145,11 @@ def main(argv=None):
     if eval_rows is None:  # hold out a fifth of the training rows
         n = min(200, max(1, len(train_rows) // 5))
         train_rows, eval_rows = train_rows[:-n], train_rows[-n:]
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    try:  # a mistyped folder: one line, not a traceback from inside transformers
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except OSError as err:
+        sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
+                       .splitlines()[0], file=sys.stderr) or 2)
     tokenizer.pad_token = tokenizer.eos_token  # Phi-2 has no pad token
     fitted = {name: [r for r in (fit_example(e, tokenizer, args.max_length) for e in rows) if r]
               for name, rows in (("train", train_rows), ("eval", eval_rows))}

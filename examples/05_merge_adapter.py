@@ -104,7 +104,11 @@ def main(argv=None) -> None:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     load = dict(dtype=getattr(torch, args.dtype), device_map=device, use_safetensors=True)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    try:  # a mistyped folder: one line, not a traceback from inside transformers
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except OSError as err:
+        sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
+                       .splitlines()[0], file=sys.stderr) or 2)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     tokenizer.padding_side = "left"
     base = AutoModelForCausalLM.from_pretrained(args.model, **load).eval()

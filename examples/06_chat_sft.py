@@ -174,7 +174,11 @@ def main(argv=None):
     gpu = None if not torch.cuda.is_available() else (
         "ampere" if torch.cuda.is_bf16_supported() else "t4")
     quant, lora, sft = build_configs(args, gpu)
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    try:  # a mistyped folder: one line, not a traceback from inside transformers
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except OSError as err:
+        sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
+                       .splitlines()[0], file=sys.stderr) or 2)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
     splits = {"train": threads[:-args.n_eval], "eval": threads[-args.n_eval:]}
     data = {name: Dataset.from_list([ex for t in part for ex in to_examples(t, tokenizer,

@@ -28,7 +28,6 @@ class Recipe:
         lora_alpha: LoRA scaling numerator.
         lora_dropout: Dropout on the LoRA input.
         target_modules: Module names to adapt; every one must match a module.
-        task_type: PEFT task type: ``CAUSAL_LM`` or ``SEQ_CLS`` (saves the ``score`` head).
         learning_rate: Peak learning rate (linear decay, warmup ``warmup_ratio``).
         max_steps: Optimizer steps.
         batch_size: Per-device micro-batch.
@@ -45,7 +44,6 @@ class Recipe:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     target_modules: tuple[str, ...] = PHI_LORA_TARGETS
-    task_type: Literal["CAUSAL_LM", "SEQ_CLS"] = "CAUSAL_LM"
     learning_rate: float = 2e-4
     warmup_ratio: float = 0.03
     max_steps: int = 100
@@ -68,6 +66,12 @@ class Recipe:
     def effective_batch(self) -> int:
         return self.batch_size * self.grad_accum
 
+    @property
+    def task_type(self) -> Literal["CAUSAL_LM", "SEQ_CLS"]:
+        """PEFT's task type: ``SEQ_CLS`` for the classifier (PEFT then saves its ``score``
+        head), ``CAUSAL_LM`` for the rest."""
+        return "SEQ_CLS" if self.task == "classifier" else "CAUSAL_LM"
+
 
 # T4 recipes: the defaults a learner runs on a free Colab T4 (15 GB). Each is predicted to
 # fit by phi2kit.plan; the README's planner table shows the numbers.
@@ -85,7 +89,6 @@ _T4: dict[str, Recipe] = {
     "classifier": Recipe(
         "classifier",
         quantize_4bit=True,
-        task_type="SEQ_CLS",
         max_length=256,
         max_steps=150,
         batch_size=8,
@@ -133,8 +136,7 @@ _TINY_LORA = {
 _TINY: dict[str, Recipe] = {
     "sentiment": Recipe("sentiment", quantize_4bit=False, max_length=96, max_steps=120,
                         batch_size=16, n_train=120, n_test=40, **_TINY_LORA),
-    "classifier": Recipe("classifier", quantize_4bit=False, task_type="SEQ_CLS",
-                         max_length=96,
+    "classifier": Recipe("classifier", quantize_4bit=False, max_length=96,
                          max_steps=40,  # a fresh 3-way head learns fast; LoRA and QLoRA both run
                          batch_size=16, n_train=120, n_test=40, **_TINY_LORA),
     "webglm": Recipe("webglm", quantize_4bit=True, max_length=256, max_steps=120, batch_size=8,

@@ -109,6 +109,9 @@ def test_a_header_with_other_column_names_is_named_as_a_header(tmp_path):
     path.write_text("headline,sentiment\nSales rose,positive\n")
     with pytest.raises(DataError, match=r"row 1, .*a header row needs the columns 'label' and"):
         load_financial_news(path)
+    path.write_text("\n\nheadline,sentiment\nSales rose,positive\n")  # blank lines first
+    with pytest.raises(DataError, match=r"row 3, .*a header row needs the columns 'label' and"):
+        load_financial_news(path)
     path.write_text("positive,Sales rose\nheadline,Profit fell\n")
     with pytest.raises(DataError, match=r"row 2, .*unknown label 'headline'") as info:
         load_financial_news(path)

@@ -30,7 +30,7 @@ def run(*args: str, tmp_path: Path):
 def test_script_imports_no_phi2kit():
     text = script_path(NAME).read_text()
     assert "phi2kit" not in text.replace("phi2kit/tiny/model", "")  # not even importlib's
-    assert len(text.splitlines()) < 180
+    assert len(text.splitlines()) < 185
 
 
 def test_learns_on_the_tiny_model(tmp_path):

@@ -250,6 +250,8 @@ def test_cli_prints_table_and_verdict(capsys):
         (["--batch", "0"], "--batch 0: must be a whole number of at least 1, e.g. --batch 2"),
         (["--max-length", "-5"], "--max-length -5: must be a whole number of at least 1"),
         (["--device-gb", "0"], "--device-gb 0: must be positive, e.g. --device-gb 15"),
+        (["--reference", "base"], "--reference is a setting of dpo only: add --task dpo"),
+        (["--task", "chat", "--no-precompute-ref"], "--precompute-ref is a setting of dpo only"),
     ],
 )
 def test_cli_refuses_nonsense_in_one_line(argv, said, capsys):
@@ -258,6 +260,17 @@ def test_cli_refuses_nonsense_in_one_line(argv, said, capsys):
     captured = capsys.readouterr()
     assert captured.out == "" and said in captured.err
     assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_cpu_profile_says_the_device_is_the_flag(capsys):
+    """On a CPU profile the table's device row is --device-gb, not a device the run uses."""
+    for profile, note in (("tiny", True), ("t4-cpu", True), ("t4", False)):
+        args = _parser().parse_args(["plan", "--profile", profile, "--device-gb", "9"])
+        assert run_plan(args) == 0
+        out = capsys.readouterr().out
+        assert out.startswith(f"webglm on {profile}\n")
+        assert (f"({profile} trains on the CPU" in out) is note
+        assert ("the device is --device-gb, 9 GB" in out) is note
 
 
 def test_a_device_smaller_than_the_weights_fits_at_no_setting(capsys):

@@ -53,7 +53,8 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def _losses(folder: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (folder / "loss_log.jsonl").read_text().splitlines()]
+    rows = [r for r in json.loads((folder / "trainer_state.json").read_text())["log_history"]
+            if "loss" in r]  # fmt: skip
     steps = [r["step"] for r in rows]
     assert len(steps) == len(set(steps)), f"a step was logged twice: {steps}"
     return {r["step"]: r["loss"] for r in rows}
@@ -380,7 +381,7 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
     assert diff <= 1e-4
     # Only rank 0 wrote the final outputs: one adapter folder, no temp folders.
     assert sorted(p.name for p in two.iterdir()) == sorted(
-        ["adapter", "checkpoints", "loss_log.jsonl", "run.json"]
+        ["adapter", "checkpoints", "run.json", "trainer_state.json"]
     )
 
 

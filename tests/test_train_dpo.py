@@ -52,7 +52,8 @@ def test_dpo_settings_only_for_dpo(tmp_path, capsys):
 
 
 def _losses(folder: Path) -> dict[int, float]:
-    rows = [json.loads(line) for line in (folder / "loss_log.jsonl").read_text().splitlines()]
+    rows = [r for r in json.loads((folder / "trainer_state.json").read_text())["log_history"]
+            if "loss" in r]  # fmt: skip
     return {r["step"]: r["loss"] for r in rows}
 
 

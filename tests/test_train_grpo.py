@@ -39,7 +39,8 @@ def _max_diff(a: dict, b: dict) -> float:
 
 
 def _log(folder: Path) -> dict[int, dict]:
-    rows = [json.loads(line) for line in (folder / "loss_log.jsonl").read_text().splitlines()]
+    rows = [r for r in json.loads((folder / "trainer_state.json").read_text())["log_history"]
+            if "loss" in r]  # fmt: skip
     return {r["step"]: r for r in rows}
 
 

@@ -26,7 +26,7 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
                    default=None, help="QLoRA on an nf4 base, or (--no-4bit) LoRA on the fp16 "
                    "base as lesson 03's first run (default: the recipe's)")  # fmt: skip
     p.add_argument("--device-gb", type=float, default=15.0, help="GPU memory in GB")
-    p.add_argument("--reference", choices=("adapter", "base", "model"), default="adapter",
+    p.add_argument("--reference", choices=("adapter", "base", "model"), default=None,
                    help="dpo: the reference is a frozen copy of the SFT adapter (default), "
                         "the base with adapters off, or a second model")
     p.add_argument("--precompute-ref", action=argparse.BooleanOptionalAction, default=None,
@@ -43,6 +43,9 @@ def _bad_value(args: argparse.Namespace) -> str | None:
             return f"{flag} {value}: must be a whole number of at least 1, e.g. {flag} {e_g}"
     if args.device_gb <= 0:
         return f"--device-gb {args.device_gb:g}: must be positive, e.g. --device-gb 15 (a T4)"
+    for flag, value in (("--reference", args.reference), ("--precompute-ref", args.precompute_ref)):
+        if value is not None and args.task != "dpo":
+            return f"{flag} is a setting of dpo only: add --task dpo, or leave {flag} out"
     return None
 
 
@@ -69,7 +72,8 @@ def run_plan(args: argparse.Namespace) -> int:
         pre = recipe.precompute_ref_log_probs
         if args.precompute_ref is not None:
             pre = args.precompute_ref
-        est = estimate_dpo(args.profile, recipe, reference=args.reference, precompute=pre,
+        est = estimate_dpo(args.profile, recipe, reference=args.reference or "adapter",
+                           precompute=pre,
                            device_gb=args.device_gb, gradient_checkpointing=args.grad_ckpt)
     elif args.task == "grpo":  # notebook 09: generation batch, reference pass, training step
         from phi2kit.plan.grpo import estimate_grpo
@@ -90,6 +94,12 @@ def run_plan(args: argparse.Namespace) -> int:
         print(f"phi2kit plan: error: --device-gb {args.device_gb:g}: {est.verdict} "
               "(a T4 has 15: --device-gb 15)", file=sys.stderr)  # fmt: skip
         return 2
-    print(f"{args.task} on {args.profile}")
+    from phi2kit.profiles import get_profile
+
+    profile = get_profile(args.profile, check=False)
+    print(f"{args.task} on {profile.name}")
     print(format_table(est))
+    if not profile.requires_cuda:
+        print(f"({profile.name} trains on the CPU: this is the GPU memory the same step would "
+              f"take; the device is --device-gb, {args.device_gb:g} GB)")
     return 0 if est.fits else 1

@@ -18,8 +18,9 @@ folder is made) and builds its trainer; the rest is the same for all. ``OUTPUT_D
 - ``checkpoints/checkpoint-N/``: HF Trainer checkpoints every ``--save-every`` steps with a
   ``COMPLETE`` marker, and ``settings.json`` (:mod:`phi2kit.checkpoints`' one resume policy:
   ``--resume`` under other settings is refused; a finished run loads, it does not train);
-- ``loss_log.jsonl``: one JSON object per logged step (grpo: with its mean ``reward`` where
-  it generated); ``run.json``: the arguments;
+- ``trainer_state.json``: the trainer's own state at the end, whose ``log_history`` holds one
+  entry per logged step (grpo: with its mean ``reward`` where it generated; a resumed run's
+  history is the checkpoint's, then the new steps); ``run.json``: the arguments;
 - ``adapter/``: the final adapter, tokenizer and ``metrics.json``, written into a temporary
   folder and renamed into place: complete or absent. Only rank 0 writes final outputs.
 """
@@ -28,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shutil
 import sys
@@ -42,7 +42,7 @@ from phi2kit.commands.train_args import add_arguments
 
 __all__ = ["COMPLETE", "atomic_dir", "latest_checkpoint", "main", "write_json_atomic"]
 
-CHECKPOINTS, ADAPTER, LOSS_LOG = "checkpoints", "adapter", "loss_log.jsonl"
+CHECKPOINTS, ADAPTER, TRAINER_STATE = "checkpoints", "adapter", "trainer_state.json"
 
 
 @contextlib.contextmanager
@@ -67,30 +67,6 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-
-
-def loss_log(path: Path):
-    """A Trainer callback appending ``{"step", "loss", ...}`` to ``path`` on rank 0."""
-    from transformers import TrainerCallback
-
-    class LossLog(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if state.is_world_process_zero and logs and "loss" in logs:
-                keys = ("loss", "learning_rate", "grad_norm", "epoch", "reward")  # grpo: reward
-                row = {"step": state.global_step, **{k: logs[k] for k in keys if k in logs}}
-                with open(path, "a") as f:
-                    f.write(json.dumps(row) + "\n")
-
-    return LossLog()
-
-
-def _trim_loss_log(path: Path, last_step: int) -> None:
-    """Drop log rows after ``last_step``: the resumed run logs those steps again."""
-    if path.is_file():
-        rows = [r for r in path.read_text().splitlines() if r.strip()]
-        path.write_text("".join(r + "\n" for r in rows if json.loads(r)["step"] <= last_step))
 
 
 def _fail(message: str) -> int:
@@ -206,7 +182,6 @@ def _run(args: argparse.Namespace) -> int:
     state.wait_for_everyone()  # every rank has looked (and loaded the data): now rank 0 writes
     if state.is_main_process:
         save_settings(ckpt_dir, settings)
-        _trim_loss_log(out / LOSS_LOG, checkpoint_step(resume_from) if resume_from else 0)
         record = {k: v for k, v in vars(args).items() if k != "func"}
         write_json_atomic(out / "run.json", record | settings | {
             "threads": torch.get_num_threads(), "recipe": asdict(setup.recipe)})  # fmt: skip
@@ -220,7 +195,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.sampler:
         trainer_args["train_sampling_strategy"] = args.sampler
     trainer = build_trainer(setup, data, ckpt_dir, **trainer_args)
-    trainer.add_callback(loss_log(out / LOSS_LOG))
     trainer.add_callback(mark_complete())
     one_progress_line(trainer)
     if finished:  # the run ended but its adapter was not written: load, write it
@@ -232,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         metrics |= trainer.evaluate()
     if not trainer.is_world_process_zero():
         return 0
+    trainer.state.save_to_json(str(out / TRAINER_STATE))  # the losses: its log_history
     model = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(model, "peft_config", {}):  # dpo: the reference copy stays out
         model.delete_adapter("ref")

@@ -31,7 +31,7 @@ def _recipe_fields(task: str | None = None) -> dict[str, str]:
     if task is None:
         classes = [Recipe, DPORecipe, GrpoRecipe]
     return {f.name: str(f.type) for cls in classes for f in fields(cls)
-            if f.name not in ("task", "task_type")}  # fmt: skip
+            if f.name != "task"}  # fmt: skip
 
 
 def _tasks_with(key: str) -> list[str]:

@@ -101,11 +101,12 @@ def csv_records(text: str, path: Any) -> Iterator[Record]:
             yield row, cells[0], headline, "sentiment", "headline"
 
 
-def _label_word(value: Any, labels: Sequence[str] = LABELS, **where: Any) -> str:
+def _label_word(value: Any, labels: Sequence[str] = LABELS, *, first: bool = False,
+                **where: Any) -> str:
     """Map a label (a word of ``labels``, or an int indexing them) to its word, or raise.
 
     Words match case-insensitively. ``where`` holds the ``path``, ``row`` and ``field`` for
-    the :class:`DataError` message.
+    the :class:`DataError` message; ``first``: the file's first row (blank lines aside).
     """
     lower = {label.lower(): label for label in labels}
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -120,7 +121,7 @@ def _label_word(value: Any, labels: Sequence[str] = LABELS, **where: Any) -> str
     ints = ", ".join(str(i) for i in range(len(labels)))
     expected = ", ".join(labels) + (f", or {ints}" if where.get("field") == "label" else "")
     hint = ""  # a first row of the no-header form may be a header with other column names
-    if where.get("field") == "sentiment" and where.get("row") == 1:
+    if where.get("field") == "sentiment" and first:
         hint = "; a header row needs the columns 'label' and 'text' (or 'sentence')"
     raise DataError(f"unknown label {value!r} (expected one of {expected}){hint}", **where)
 
@@ -145,7 +146,8 @@ def _collect(
             rows.append(
                 (
                     str(text).strip(),
-                    _label_word(label, label_set, path=path, row=row, field=label_field),
+                    _label_word(label, label_set, first=not rows and not rows.n_skipped,
+                                path=path, row=row, field=label_field),
                 )
             )
     if not rows:

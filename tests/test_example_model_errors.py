@@ -1,0 +1,42 @@
+"""Every example, given a ``--model`` folder that does not exist (a typo), stops with one line
+naming the flag, exit 2, after its data was read and before anything is written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from example_scripts import ROOT, TINY, load_script
+
+from phi2kit.data import sample_path
+
+NEWS = str(ROOT / "data" / "financial_news" / "all-data.csv")
+
+
+def _argv(name: str, model: str, out: Path) -> list[str]:
+    small = ["--n-train", "20", "--n-test", "5", "--n-eval", "5"]
+    return {
+        "02_sentiment_qlora.py": ["--data", NEWS, "--output-dir", str(out), *small],
+        "03_classifier.py": ["--data", NEWS, "--output-dir", str(out)],
+        "04_qa_qlora.py": ["--data", str(sample_path("webglm") / "train.jsonl"),
+                           "--output-dir", str(out), "--no-4bit"],
+        "05_merge_adapter.py": ["--adapter", str(out), "--output-dir", str(out / "merged"),
+                                "--trained-on", "full"],
+        "06_chat_sft.py": ["--data", str(sample_path("oasst1")), "--output-dir", str(out)],
+    }[name] + ["--model", model]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["02_sentiment_qlora.py", "03_classifier.py", "04_qa_qlora.py",
+                                  "05_merge_adapter.py", "06_chat_sft.py"])  # fmt: skip
+def test_a_mistyped_model_folder_is_one_line(name, tmp_path, capsys):
+    model = str(TINY.parent / "modle")  # phi2kit/tiny/modle
+    out = tmp_path / "out"
+    if name == "05_merge_adapter.py":
+        out.mkdir()  # 05's adapter folder: only its config is read before the model
+        (out / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    with pytest.raises(SystemExit) as exit_:
+        load_script(name).main(_argv(name, model, out))
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: --model {model}: no such folder") and "\n" not in err, err
+    assert not (out / "adapter").exists() and not (out / "merged").exists()
