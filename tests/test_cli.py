@@ -181,6 +181,13 @@ def test_summary_keeps_significant_figures(tmp_path, monkeypatch):
     assert "merge_max_abs=7.012e-06, other=1.5e-05, acc=0.8123" in row
 
 
+def test_summary_says_its_timings_depend_on_the_machines_load():
+    from phi2kit.commands.course import NotebookRun, summary_markdown
+
+    text = summary_markdown([NotebookRun("01_x", "passed", 3.0, {"batch_speedup": 2.9})], "tiny")
+    assert text.index("batch_speedup=2.9") < text.index("this machine's at its load")
+
+
 def test_plan_cli_prints_verdict(capsys):
     code = main(["plan", "--profile", "t4", "--task", "webglm"])
     out = capsys.readouterr().out

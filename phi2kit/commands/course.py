@@ -241,7 +241,9 @@ def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
         shown = ", ".join(f"{k}={_figure(v)}" for k, v in r.metrics.items()) or r.error
         lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} s | {shown.replace('|', '/')} |")
     passed = sum(r.status == "passed" for r in runs)
-    lines += ["", f"{passed} passed, {len(runs) - passed} failed", ""]
+    lines += ["", f"{passed} passed, {len(runs) - passed} failed", "",
+              "Wall times and speedups (01's `batch_speedup`) are this machine's at its load "
+              "during the run: another busy process on the same cores lowers them.", ""]
     return "\n".join(lines)
 
 
