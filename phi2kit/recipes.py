@@ -68,8 +68,7 @@ class Recipe:
 
     @property
     def task_type(self) -> Literal["CAUSAL_LM", "SEQ_CLS"]:
-        """PEFT's task type: ``SEQ_CLS`` for the classifier (PEFT then saves its ``score``
-        head), ``CAUSAL_LM`` for the rest."""
+        """PEFT's: ``SEQ_CLS`` (PEFT then saves the ``score`` head) for the classifier."""
         return "SEQ_CLS" if self.task == "classifier" else "CAUSAL_LM"
 
 
