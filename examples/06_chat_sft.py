@@ -57,6 +57,8 @@ def read_messages(path):
                 bad(path, line, "-", f"not JSON ({err.msg})")
             if not isinstance(obj, dict):
                 bad(path, line, "-", "not a JSON object")
+            elif obj.get("tree_state") not in (None, "ready_for_export"):
+                continue  # a tree still growing or aborted (the export's *_all files)
             elif "prompt" in obj:  # the *.trees.jsonl export: one tree per line
                 if not isinstance(obj["prompt"], dict):
                     bad(path, line, "prompt", "not a message object")

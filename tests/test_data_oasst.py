@@ -9,7 +9,7 @@ import pytest
 
 from phi2kit.chat import ASSISTANT, HUMAN, format_chat
 from phi2kit.data.files import DataError
-from phi2kit.data.oasst import build_threads, load_oasst, thread_to_examples
+from phi2kit.data.oasst import READY, build_threads, load_oasst, thread_to_examples
 
 
 def msg(mid, role, text, rank=None, lang="en", replies=(), **extra):
@@ -234,7 +234,7 @@ def test_bad_tree_is_skipped_in_trees_form(tmp_path):
     path = write_jsonl(tmp_path / "t.trees.jsonl", [trees[0], bad])
     with pytest.raises(DataError, match="row 2.*do not alternate"):
         load_oasst(path)
-    path = write_jsonl(tmp_path / "t.trees.jsonl", [trees[0], bad, {"tree_state": "x"}])
+    path = write_jsonl(tmp_path / "t.trees.jsonl", [trees[0], bad, {"tree_state": READY}])
     with pytest.raises(DataError, match="row 3, field 'prompt'"):
         load_oasst(path)
     loaded = load_oasst(path, skip_bad=True)
@@ -340,3 +340,41 @@ def test_lesson_cells_equal_phi2kit_chat():
     for name in names:
         kept = ast.parse(inspect.getsource(getattr(chat, name))).body[0]
         assert written.get(name) == ast.dump(kept), f"{name}: notebook 06 and phi2kit.chat differ"
+
+
+# --- unfinished trees (the export's *_all files) -----------------------------------------
+
+
+@pytest.mark.parametrize("form", ["trees", "rows", "parquet"])
+def test_trees_not_ready_for_export_are_left_out_and_counted(tmp_path, form):
+    """The ``*_all`` export also holds trees still growing or aborted: their threads are not
+    trained on (as OpenAssistant's own loaders do); a missing ``tree_state`` counts as ready."""
+    trees = make_trees()
+    trees[1]["tree_state"] = "aborted_low_grade"
+    growing = copy.deepcopy(trees[0])
+    growing["message_tree_id"] = "g1"
+    growing["tree_state"] = "growing"
+    for m in [growing["prompt"], *growing["prompt"]["replies"]]:
+        m["message_id"] = "g-" + m["message_id"]
+    no_state = {k: v for k, v in copy.deepcopy(trees[0]).items() if k != "tree_state"}
+    no_state["message_tree_id"] = "n1"
+    stack = [no_state["prompt"]]
+    while stack:  # new ids, the same conversation
+        node = stack.pop()
+        node["message_id"] = "n-" + node["message_id"]
+        stack.extend(node["replies"])
+    all_trees = [trees[0], trees[1], growing, no_state]
+    if form == "trees":
+        path = write_jsonl(tmp_path / "all.trees.jsonl", all_trees)
+    else:
+        rows = to_rows(all_trees)
+        for row in rows:  # each row carries its tree's state, as the hub's rows do
+            row["tree_state"] = next(t.get("tree_state") for t in all_trees
+                                     if t["message_tree_id"] == row["message_tree_id"])
+        path = write_jsonl(tmp_path / "all.jsonl", rows)
+        if form == "parquet":
+            path = tmp_path / "all.parquet"
+            pd.DataFrame(rows).to_parquet(path)
+    threads = load_oasst(path)
+    assert threads == [EXPECTED_EN, EXPECTED_EN], threads  # p1 and the tree without a state
+    assert threads.not_ready == 2  # q1 (aborted) and g1 (growing)

@@ -171,3 +171,29 @@ def test_the_lessons_pair_building_gives_the_loaders_pairs():
     key = lambda p: (p["prompt"], p["chosen"], p["rejected"])  # noqa: E731
     assert sorted(map(key, in_cell)) == sorted(map(key, loader))
     assert len(in_cell) == len(loader) > 1000
+
+
+def test_the_lessons_pair_building_leaves_out_unfinished_trees_as_the_loader(tmp_path):
+    ns: dict = {}
+    exec(_notebook_cell("pairs"), ns)
+    trees = [json.loads(line) for line in sample_path("oasst1").read_text().splitlines()[:40]]
+    for tree in trees[::2]:
+        tree["tree_state"] = "aborted_low_grade"
+    path = _write_trees(tmp_path / "all.trees.jsonl", trees)
+    in_cell, loader = ns["pairs_from_trees"](path, lang=None), load_pairs(path, lang=None)
+    key = lambda p: (p["prompt"], p["chosen"], p["rejected"])  # noqa: E731
+    assert sorted(map(key, in_cell)) == sorted(map(key, loader)) and loader.not_ready == 20
+    assert 0 < len(loader) < len(load_pairs(sample_path("oasst1"), lang=None))
+
+
+def test_an_unfinished_tree_gives_no_pairs_and_is_counted(tmp_path):
+    ranked = [_msg("a1", "assistant", "Best.", rank=0), _msg("a2", "assistant", "Worse.", rank=1)]
+    tree = {"message_tree_id": "p1", "tree_state": "ready_for_export",
+            "prompt": _msg("p1", "prompter", "Hi?", replies=ranked)}  # fmt: skip
+    halted = json.loads(json.dumps(tree).replace('"p1"', '"h1"').replace('"a', '"h'))
+    halted["tree_state"] = "halted_by_moderator"
+    pairs = load_pairs(_write_trees(tmp_path / "t.trees.jsonl", [tree, halted]))
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [(" Best.", " Worse.")]
+    assert pairs.not_ready == 1 and "1 unfinished trees (not ready_for_export)" in pairs.summary()
+    ready_only = load_pairs(_write_trees(tmp_path / "r.trees.jsonl", [tree]))
+    assert "unfinished" not in ready_only.summary()

@@ -86,3 +86,17 @@ def test_configs_equal_the_notebooks_for_t4(tmp_path):
     assert not (diff := mismatch(lora, ns["peft_config"])), diff
     assert not (diff := mismatch(sft, ns["sft_args"])), diff
     assert sft.fp16 and not sft.bf16 and sft.optim == "paged_adamw_8bit"
+
+
+def test_unfinished_trees_are_left_out(tmp_path):
+    """The export's ``*_all`` files hold trees still growing or aborted: not trained on."""
+    lines = sample_path("oasst1").read_text().splitlines()[:6]
+    trees = [json.loads(line) for line in lines]
+    for tree in trees[:3]:
+        tree["tree_state"] = "growing"
+    data = tmp_path / "all.trees.jsonl"
+    data.write_text("".join(json.dumps(t) + "\n" for t in trees))
+    script = load_script(NAME)
+    kept = {m["message_id"] for m in script.read_messages(str(data))}
+    assert {t["prompt"]["message_id"] for t in trees} & kept == {
+        t["prompt"]["message_id"] for t in trees[3:]}

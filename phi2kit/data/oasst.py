@@ -25,6 +25,9 @@ from phi2kit.data.files import DataError, LoadResult, read_jsonl
 
 HUB_ID = "OpenAssistant/oasst1"
 ROLES = ("prompter", "assistant")
+#: A finished tree. The export's ``*_all`` files also hold trees still growing, aborted for
+#: low quality or halted by a moderator; OpenAssistant's own training code skips them too.
+READY = "ready_for_export"
 Thread = list[tuple[str, str]]
 #: The message fields the loader reads (the published rows have more).
 _FIELDS = (
@@ -38,6 +41,7 @@ _FIELDS = (
     "review_result",
     "message_tree_id",
     "created_date",
+    "tree_state",
 )
 
 
@@ -100,6 +104,11 @@ def _flatten_tree(tree: Any, path: str, line: int) -> list[dict]:
             raise DataError("expected a list", path=path, row=line, field="replies")
         stack.extend((reply, msg["message_id"]) for reply in reversed(replies))
     return out
+
+
+def _ready(obj: Any) -> bool:
+    """Whether a row or tree belongs to a finished tree (no ``tree_state``: assumed so)."""
+    return not isinstance(obj, dict) or _none_if_nan(obj.get("tree_state")) in (None, READY)
 
 
 def _read_rows(path: Path) -> list[tuple[int, Any]]:
@@ -223,6 +232,8 @@ def load_messages(
     ``.parquet`` and ``.csv`` files are read as rows. In a ``.jsonl`` (or ``.jsonl.gz``)
     file, a first object with a ``prompt`` key means the trees export, one with a
     ``message_id`` the rows form. With ``skip_bad`` a bad line is skipped and counted.
+    Trees whose ``tree_state`` is not ``ready_for_export`` are left out; the result's
+    ``not_ready`` counts them.
     """
     if path is None:
         try:
@@ -250,8 +261,11 @@ def load_messages(
     if not rows:
         raise DataError("empty file: no messages", path=source)
 
-    result = LoadResult(skip_bad=skip_bad)
+    result, not_ready = LoadResult(skip_bad=skip_bad), set()
     for row_no, obj in rows:
+        if not _ready(obj):  # a tree (or a message of one) that was never finished
+            not_ready.add(obj.get("message_tree_id") or row_no)
+            continue
         with result.row():
             if isinstance(obj, DataError):
                 raise obj
@@ -259,6 +273,7 @@ def load_messages(
                 result.extend(_flatten_tree(obj, source, row_no))
             else:
                 result.append(_normalize(obj, source, row_no))
+    result.not_ready = len(not_ready)
     return result
 
 
@@ -274,9 +289,11 @@ def load_oasst(
 
     Returns a ``LoadResult`` (list of threads, each a list of ``(role, text)`` with roles
     ``prompter``/``assistant``); ``n_skipped`` counts bad lines and trees left out with
-    ``skip_bad=True``. See ``build_threads`` for how a thread is chosen.
+    ``skip_bad=True``, ``not_ready`` the unfinished trees left out. See ``build_threads`` for
+    how a thread is chosen.
     """
     messages = load_messages(path, split=split, hub_id=hub_id, skip_bad=skip_bad)
     threads = build_threads(messages, lang, skip_bad=skip_bad)
     threads.problems[:0] = messages.problems
+    threads.not_ready = messages.not_ready
     return threads

@@ -42,12 +42,15 @@ class Pairs(LoadResult):
         self.n_prompts = 0  # prompts with at least one pair
         self.n_ranked = 0  # ranked assistant replies seen
         self.n_unranked = 0  # assistant replies to a human turn that nobody ranked (rank null)
+        self.not_ready = 0  # trees not ready_for_export, left out by the loader
 
     def summary(self, what: str = "rows") -> str:
         drops = ", ".join(f"{r}: {n}" for r, n in self.dropped.items())
+        unfinished = f"{self.not_ready} unfinished trees (not ready_for_export); " * bool(
+            self.not_ready)
         return (f"{self.n_prompts} prompts, {len(self)} pairs from {self.n_ranked} ranked "
                 f"replies ({self.n_unranked} unranked not used); left out: {drops}; "
-                f"{super().summary(what)}")  # fmt: skip
+                f"{unfinished}{super().summary(what)}")  # fmt: skip
 
 
 def read_messages(path: str | os.PathLike[str] | None = None, *, split: str = "train",
@@ -57,6 +60,7 @@ def read_messages(path: str | os.PathLike[str] | None = None, *, split: str = "t
     spoke. With ``skip_bad`` a bad row or tree, or a message of another role, is counted."""
     messages = load_messages(path, split=split, skip_bad=skip_bad, hub_id=hub_id)
     result = LoadResult(problems=messages.problems, skip_bad=skip_bad)
+    result.not_ready = messages.not_ready
     for msg in messages:
         with result.row():
             if msg["role"] not in ROLES:
@@ -88,6 +92,7 @@ def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: in
     if max_length is not None and count_tokens is None:
         raise ValueError("max_length needs count_tokens (e.g. a tokenizer's token count)")
     pairs = Pairs(problems=getattr(messages, "problems", []))
+    pairs.not_ready = getattr(messages, "not_ready", 0)
     by_id = {m["message_id"]: dict(m, replies=[]) for m in messages}
     for msg in by_id.values():
         if msg["parent_id"] in by_id:
