@@ -58,9 +58,7 @@ class Recipe:
             raise ValueError(f"task={self.task!r} is not one of {TASKS}")
         if not self.target_modules:
             raise ValueError("target_modules is empty: LoRA would train nothing")
-        for name in ("lora_r", "max_steps", "batch_size", "max_length"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be positive")
+        _check_numbers(self)
 
     @property
     def effective_batch(self) -> int:
@@ -70,6 +68,15 @@ class Recipe:
     def task_type(self) -> Literal["CAUSAL_LM", "SEQ_CLS"]:
         """PEFT's: ``SEQ_CLS`` (PEFT then saves the ``score`` head) for the classifier."""
         return "SEQ_CLS" if self.task == "classifier" else "CAUSAL_LM"
+
+
+def _check_numbers(r: Recipe) -> None:
+    """A ``ValueError`` naming the first number out of range (``--set`` can give any)."""
+    for name in ("lora_r", "max_steps", "batch_size", "grad_accum", "max_length", "learning_rate"):
+        if getattr(r, name) <= 0:
+            raise ValueError(f"{name} ({getattr(r, name)}) must be positive")
+    if not 0 <= r.lora_dropout < 1:
+        raise ValueError(f"lora_dropout ({r.lora_dropout}) must be at least 0 and below 1")
 
 
 # T4 recipes: the defaults a learner runs on a free Colab T4 (15 GB). Each is predicted to
@@ -125,13 +132,7 @@ _T4: dict[str, Recipe] = {
 # Tiny recipes: the same code on a 1.3M-parameter Phi on 2 CPU cores, about a minute each.
 # Small models want larger learning rates and ranks relative to their width; no dropout and
 # no accumulation keep the short runs deterministic and quick.
-_TINY_LORA = {
-    "lora_r": 16,
-    "lora_alpha": 32,
-    "lora_dropout": 0.0,
-    "learning_rate": 3e-3,
-    "grad_accum": 1,
-}
+_TINY_LORA = dict(lora_r=16, lora_alpha=32, lora_dropout=0.0, learning_rate=3e-3, grad_accum=1)
 _TINY: dict[str, Recipe] = {
     "sentiment": Recipe("sentiment", quantize_4bit=False, max_length=96, max_steps=120,
                         batch_size=16, n_train=120, n_test=40, **_TINY_LORA),
@@ -282,13 +283,12 @@ class GrpoRecipe(Recipe):
     def __post_init__(self) -> None:
         if self.task != "grpo" or self.num_generations < 2:
             raise ValueError("a GrpoRecipe is for task 'grpo', with num_generations at least 2")
+        _check_numbers(self)
         if self.generation_batch % self.num_generations:
             raise ValueError(f"the generation batch ({self.generation_batch} completions) must "
                              f"be a multiple of num_generations={self.num_generations}")
         if not 0 < self.max_completion_length < self.max_length:
             raise ValueError("max_completion_length must be positive and below max_length")
-        if min(self.lora_r, self.max_steps, self.batch_size) <= 0:
-            raise ValueError("lora_r, max_steps and batch_size must be positive")
 
     @property
     def generation_batch(self) -> int:  # completions per generate call

@@ -127,6 +127,11 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
         (["--labels", "good"], "--labels good: labels must be two or more distinct words"),
         (["--steps", "0"], "--steps 0: must be at least 1, e.g. --steps 20"),
         (["--profile", "t4"], "pass --profile tiny"),  # no CUDA here, as `course` says it
+        (["--set", "learning_rate=-1"], "learning_rate (-1.0) must be positive"),
+        (["--set", "learning_rate=0"], "learning_rate (0.0) must be positive"),
+        (["--set", "lora_dropout=2"], "lora_dropout (2.0) must be at least 0 and below 1"),
+        # found only when the model is built: still one line, and no run folder left behind
+        (["--set", "target_modules=foo", "--profile", "tiny"], "LoRA target(s) ['foo'] match no"),
     ],
 )
 def test_bad_settings_get_one_line_and_exit_2(argv, said, tmp_path, capsys):

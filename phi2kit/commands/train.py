@@ -179,12 +179,6 @@ def _run(args: argparse.Namespace) -> int:
                          "--labels WORD,WORD,...")  # fmt: skip
         return _fail(shell_words(str(err)))  # the loaders' advice names notebook parameters
 
-    state.wait_for_everyone()  # every rank has looked (and loaded the data): now rank 0 writes
-    if state.is_main_process:
-        save_settings(ckpt_dir, settings)
-        record = {k: v for k, v in vars(args).items() if k != "func"}
-        write_json_atomic(out / "run.json", record | settings | {
-            "threads": torch.get_num_threads(), "recipe": asdict(setup.recipe)})  # fmt: skip
     trainer_args = {
         **checkpoint_args(args.save_every, args.keep),
         "logging_steps": args.log_every,
@@ -194,7 +188,16 @@ def _run(args: argparse.Namespace) -> int:
     }
     if args.sampler:
         trainer_args["train_sampling_strategy"] = args.sampler
-    trainer = build_trainer(setup, data, ckpt_dir, **trainer_args)
+    try:  # the model and trainer before any file: a bad --set target_modules leaves nothing
+        trainer = build_trainer(setup, data, ckpt_dir, **trainer_args)
+    except ValueError as err:
+        return _fail(f"{err} (check --set)")
+    state.wait_for_everyone()  # every rank has looked (and built its trainer): rank 0 writes
+    if state.is_main_process:
+        save_settings(ckpt_dir, settings)
+        record = {k: v for k, v in vars(args).items() if k != "func"}
+        write_json_atomic(out / "run.json", record | settings | {
+            "threads": torch.get_num_threads(), "recipe": asdict(setup.recipe)})  # fmt: skip
     trainer.add_callback(mark_complete())
     one_progress_line(trainer)
     if finished:  # the run ended but its adapter was not written: load, write it
