@@ -378,3 +378,10 @@ def test_trees_not_ready_for_export_are_left_out_and_counted(tmp_path, form):
     threads = load_oasst(path)
     assert threads == [EXPECTED_EN, EXPECTED_EN], threads  # p1 and the tree without a state
     assert threads.not_ready == 2  # q1 (aborted) and g1 (growing)
+
+
+def test_a_folder_is_named_as_a_folder(tmp_path):
+    with pytest.raises(DataError, match="a folder, not a file: pass the .jsonl"):
+        load_oasst(tmp_path)
+    with pytest.raises(DataError, match="no such file"):
+        load_oasst(tmp_path / "missing.jsonl")

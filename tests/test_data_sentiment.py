@@ -305,3 +305,23 @@ def test_train_and_test_do_not_depend_on_n_eval():
     assert set(a.train.text) == set(b.train.text)
     assert set(a.test.text) == set(b.test.text)
     assert any("with replacement" in n for n in b.notes)
+
+
+@pytest.mark.parametrize(
+    "make, said",
+    [
+        (lambda p: p.mkdir(), "a folder, not a file: pass the CSV file itself"),
+        (lambda p: p.write_bytes("label,text\nup,Sales rose\n".encode("utf-16")),
+         "a UTF-16 file; save it as UTF-8"),
+        (lambda p: p.write_text("label;text\nup;Sales rose\ndown;Sales fell\n"),
+         "row 1: one column with ';' in it: the file must be separated by commas"),
+        (lambda p: p.write_text("positive\tSales rose\nnegative\tSales fell\n"),
+         "one column with '\\t' in it"),
+    ],
+)  # fmt: skip
+def test_a_file_in_another_shape_says_what_to_do(tmp_path, make, said):
+    path = tmp_path / "mine.csv"
+    make(path)
+    with pytest.raises(DataError) as info:
+        load_financial_news(path, labels=("down", "up"))
+    assert said in str(info.value) and "\n" not in str(info.value), str(info.value)

@@ -103,6 +103,8 @@ def decode_utf8(
     Latin-1 text with accents is almost never valid UTF-8. Without ``fallback`` the error
     names the line of the first bad byte.
     """
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte order mark (Excel's "Unicode text")
+        raise DataError("a UTF-16 file; save it as UTF-8", path=path, row=1)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -254,7 +254,8 @@ def load_messages(
     else:
         file, source = Path(path), str(path)
         if not file.is_file():
-            raise DataError("no such file", path=source)
+            raise DataError("a folder, not a file: pass the .jsonl (or .parquet) file"
+                            if file.is_dir() else "no such file", path=source)  # fmt: skip
         rows = _read_rows(file) if file.suffix in (".parquet", ".csv") else read_jsonl(file)
         first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
         form = "trees" if "prompt" in first else "rows"

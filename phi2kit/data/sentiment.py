@@ -79,6 +79,10 @@ def csv_records(text: str, path: Any) -> Iterator[Record]:
         if not "".join(cells).strip():
             continue  # blank line
         if header is None:
+            sep = next((c for c in ";\t" if len(cells) == 1 and c in cells[0]), None)
+            if sep:  # Excel in many locales saves "CSV" with semicolons
+                raise DataError(f"one column with {sep!r} in it: the file must be separated by "
+                                "commas (save it as CSV with commas)", path=path, row=row)
             names = [c.strip().lower() for c in cells]
             header = names if {"sentence", "text", "label"} & set(names) else []
             if header:
@@ -238,6 +242,8 @@ def load_financial_news(
         records = (_hub_record(i, x, y) for i, (x, y) in enumerate(pairs, start=1))
         return _collect(records, hub_id, skip_bad, labels)
 
+    if Path(path).is_dir():
+        raise DataError("a folder, not a file: pass the CSV file itself", path=path)
     raw = Path(path).read_bytes()
     if not raw.strip():
         raise DataError("empty file", path=path)
