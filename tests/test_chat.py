@@ -279,6 +279,22 @@ def test_missing_adapter_folder_is_one_line_exit_2(tmp_path, capsys, command):
     assert f"--adapter {missing}: no such folder" in err and "outputs/06_chat/adapter" in err
 
 
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["--model", "MISSING"], "--model MISSING: no such folder; pass a merged model folder"),
+        (["--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
+        (["--temperature", "-1"], "--temperature -1: must be 0 (greedy) or more"),
+    ],
+)
+def test_bad_model_flags_are_one_line_exit_2(tmp_path, capsys, argv, said):
+    argv = [str(tmp_path / "nope") if a == "MISSING" else a for a in argv]
+    said = said.replace("MISSING", str(tmp_path / "nope"))
+    assert run_chat(_chat_args(*argv), stdin=io.StringIO(QUESTION)) == 2
+    err = _one_error_line(capsys, "chat")
+    assert said in err and "06_chat/adapter" not in err, err
+
+
 def test_chat_refuses_a_classification_adapter(tmp_path, capsys):
     # notebook 03's adapter: PEFT writes task_type SEQ_CLS; chatting with it is nonsense
     adapter = tmp_path / "03_adapter"

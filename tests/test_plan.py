@@ -251,6 +251,8 @@ def test_cli_prints_table_and_verdict(capsys):
         (["--max-length", "-5"], "--max-length -5: must be a whole number of at least 1"),
         (["--device-gb", "0"], "--device-gb 0: must be positive, e.g. --device-gb 15"),
         (["--reference", "base"], "--reference is a setting of dpo only: add --task dpo"),
+        (["--max-length", "4096"], "--max-length 4096: Phi-2 reads at most 2,048 tokens"),
+        (["--profile", "tiny", "--max-length", "600"], "the tiny Phi reads at most 512 tokens"),
         (["--task", "chat", "--no-precompute-ref"], "--precompute-ref is a setting of dpo only"),
     ],
 )

@@ -48,6 +48,13 @@ def model_error(args: argparse.Namespace) -> str | None:
     adapter, and a classification adapter (notebook 03's, ``task_type`` ``SEQ_CLS``), which
     scores labels and would only talk nonsense.
     """
+    if args.max_new_tokens < 1:
+        return f"--max-new-tokens {args.max_new_tokens}: must be at least 1, e.g. 128"
+    if args.temperature < 0:
+        return f"--temperature {args.temperature:g}: must be 0 (greedy) or more, e.g. 0.7"
+    saved = {"--adapter": "the adapter notebook 06 saved (outputs/06_chat/adapter under the "
+                          "folder it ran in)",
+             "--model": "a merged model folder (notebook 05 saves one: outputs/05_merging/merged)"}
     for flag, value, marker in (
         ("--adapter", args.adapter, "adapter_config.json"),
         ("--model", args.model, "config.json"),
@@ -56,11 +63,8 @@ def model_error(args: argparse.Namespace) -> str | None:
             continue
         folder = Path(value)
         if not folder.is_dir():
-            return (
-                f"{flag} {value}: no such folder; pass the folder notebook 06 saved "
-                "(outputs/06_chat/adapter under the folder it ran in), or leave "
-                f"{flag} out to chat with the base model"
-            )
+            return (f"{flag} {value}: no such folder; pass {saved[flag]}, or leave {flag} out "
+                    "to chat with the base model")  # fmt: skip
         if not (folder / marker).is_file():
             return f"{flag} {value}: no {marker} in it; pass a folder saved by save_pretrained"
     if args.adapter is not None:

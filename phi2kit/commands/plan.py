@@ -49,6 +49,26 @@ def _bad_value(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _past_context(args: argparse.Namespace) -> str | None:
+    """``--max-length`` beyond what the profile's model reads (Phi-2: 2,048), or None."""
+    from phi2kit.profiles import get_profile
+
+    if args.max_length is None:
+        return None
+    if get_profile(args.profile, check=False).is_tiny:
+        from phi2kit.tiny import tiny_config
+
+        name, context = "the tiny Phi", tiny_config().max_position_embeddings
+    else:
+        from phi2kit.footprint import phi2_config
+
+        name, context = "Phi-2", phi2_config().max_position_embeddings
+    if args.max_length <= context:
+        return None
+    return (f"--max-length {args.max_length}: {name} reads at most {context:,} tokens "
+            f"(max_position_embeddings); e.g. --max-length {context}")
+
+
 def run_plan(args: argparse.Namespace) -> int:
     """Print the planner table and verdict; return 0 if it fits, 1 if not, 2 on a bad flag
     or a device too small for any setting."""
@@ -56,7 +76,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
     from phi2kit.recipes import get_recipe
 
-    problem = _bad_value(args)
+    problem = _bad_value(args) or _past_context(args)
     if problem:
         print(f"phi2kit plan: error: {problem}", file=sys.stderr)
         return 2
