@@ -119,9 +119,10 @@ def _plain(settings: dict[str, Any]) -> dict[str, Any]:
 
 
 class ResumeError(ValueError):
-    """Checkpoints in the output folder belong to a run with other settings (``changed``)."""
+    """Checkpoints in the output folder belong to a run with other settings: ``changed``
+    maps each to its (stored, asked) values."""
 
-    def __init__(self, message: str, changed: list[str]):
+    def __init__(self, message: str, changed: dict[str, tuple[Any, Any]]):
         super().__init__(message)
         self.changed = changed
 
@@ -151,7 +152,8 @@ def resume_point(
     before = json.loads(old.read_text()) if old.is_file() else None
     now = _plain(settings)
     if before is not None and before != now and list(folder.glob("checkpoint-*")):
-        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        changed = {k: (before.get(k), now.get(k)) for k in sorted(before.keys() | now.keys())
+                   if before.get(k) != now.get(k)}  # fmt: skip
         raise ResumeError(
             f"{folder} holds checkpoints of a run with other {', '.join(changed)}: "
             "resume=False (RESUME = False in a notebook) deletes them and trains from step 0, "

@@ -130,6 +130,7 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
         (["--set", "learning_rate=-1"], "learning_rate (-1.0) must be positive"),
         (["--set", "learning_rate=0"], "learning_rate (0.0) must be positive"),
         (["--set", "lora_dropout=2"], "lora_dropout (2.0) must be at least 0 and below 1"),
+        (["--public"], "--public makes the hub repo of --push-to-hub public: add --push-to-hub"),
         # found only when the model is built: still one line, and no run folder left behind
         (["--set", "target_modules=foo", "--profile", "tiny"], "LoRA target(s) ['foo'] match no"),
     ],
@@ -143,6 +144,14 @@ def test_bad_settings_get_one_line_and_exit_2(argv, said, tmp_path, capsys):
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1, err
     assert "Use PROFILE=" not in err and not (tmp_path / "run").exists()
+
+
+def test_an_output_dir_that_cannot_be_written_is_one_line(capsys):
+    out = "/proc/phi2kit-run"  # /proc takes no new folders, even for root
+    argv = ["sentiment", "--profile", "tiny", "--steps", "1", "--set", "n_train=8"]
+    assert main([*argv, "--output-dir", out]) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {out}: cannot write there" in err and len(err.strip().splitlines()) == 1
 
 
 def test_labels_only_for_labelled_tasks(tmp_path, capsys):
@@ -287,6 +296,9 @@ def test_a_finished_run_loads_it_does_not_train(tmp_path, capsys):
     assert main([*args, "--resume"]) == 0
     said = capsys.readouterr().out
     assert "holds a finished run (4 of 4 steps): nothing to train" in said
+    assert main([*args, "--steps", "3", "--resume"]) == 0  # fewer steps than done: loads too
+    assert "holds a finished run (4 steps, past --steps 3): nothing to train" in (
+        capsys.readouterr().out)
     shutil.rmtree(out / ADAPTER)  # killed after the last checkpoint, before the adapter
     assert main([*args, "--resume"]) == 0
     assert sorted(p.name for p in (out / "checkpoints").glob("checkpoint-*")) == [

@@ -86,4 +86,5 @@ def test_chat_then_dpo_learns_and_a_finished_run_loads(tmp_path, capsys):
 
     assert main([*args, "--resume", "--set", "beta=0.5"]) == 2  # one resume policy
     err = capsys.readouterr().err
-    assert "--resume with other beta than the run in" in err, err
+    assert "--resume with other settings than the run in" in err, err
+    assert "beta (the run's 0.1, now 0.5)" in err, err

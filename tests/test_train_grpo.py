@@ -98,6 +98,7 @@ def test_grpo_from_an_adapter_that_never_cites_warns(tmp_path, sft_adapter, caps
                      "--log-every", "1", "--output-dir", str(run)]) == 0  # fmt: skip
         out = capsys.readouterr().out
         assert ("warning: no completion had a supported citation" in out) is warned, out
+        assert ("the --adapter does not cite yet; train it longer" in out) is warned, out
 
 
 @pytest.mark.parametrize("data", ["oasst1/sample.trees.jsonl", "financial_news/all-data.csv"])
@@ -151,5 +152,6 @@ def test_grpo_trains_resumes_to_the_same_adapter_and_refuses_other_settings(
     argv = [*args, "--set", "temperature=0.5", "--steps", "6", "--output-dir", str(whole)]
     assert main([*argv, "--resume"]) == 2
     err = capsys.readouterr().err
-    assert "--resume with other temperature than the run in" in err, err
+    assert "--resume with other settings than the run in" in err, err
+    assert "temperature (the run's 1.0, now 0.5)" in err, err
     assert len(err.strip().splitlines()) == 1

@@ -152,13 +152,18 @@ def _run(args: argparse.Namespace) -> int:
         try:
             resume_from = resume_point(ckpt_dir, settings, log=_say)
         except ResumeError as err:
-            return _fail(f"--resume with other {', '.join(err.changed)} than the run in {out}: "
+            diff = ", ".join(f"{k} (the run's {was!r}, now {now!r})"
+                             for k, (was, now) in err.changed.items())  # fmt: skip
+            return _fail(f"--resume with other settings than the run in {out}: {diff}; "
                          "pass the same settings, or another --output-dir")  # fmt: skip
     max_steps = setup.recipe.max_steps
     finished = resume_from is not None and is_finished(resume_from, max_steps)
     if finished and (out / ADAPTER).is_dir():  # a finished run loads; it does not train again
-        _say(f"{out} holds a finished run ({checkpoint_step(resume_from)} of {max_steps} "
-             f"steps): nothing to train; its adapter is {out / ADAPTER}")  # fmt: skip
+        done = checkpoint_step(resume_from)
+        steps = f"{done} of {max_steps} steps" if done == max_steps else \
+            f"{done} steps, past --steps {max_steps}"  # fmt: skip
+        _say(f"{out} holds a finished run ({steps}): nothing to train; its adapter is "
+             f"{out / ADAPTER}")  # fmt: skip
         return 0
 
     # Bitwise-equal CPU runs need the same thread count (run.json records it) and
@@ -192,6 +197,8 @@ def _run(args: argparse.Namespace) -> int:
         trainer = build_trainer(setup, data, ckpt_dir, **trainer_args)
     except ValueError as err:
         return _fail(f"{err} (check --set)")
+    except OSError as err:  # the trainer makes its output folder: a read-only place fails here
+        return _fail(f"--output-dir {out}: cannot write there ({err.strerror})")
     state.wait_for_everyone()  # every rank has looked (and built its trainer): rank 0 writes
     if state.is_main_process:
         save_settings(ckpt_dir, settings)

@@ -125,6 +125,9 @@ def make_setup(args: argparse.Namespace):
         recipe = get_recipe(args.task, profile, **overrides)
     if args.save_every <= 0 or args.keep <= 0:
         raise ValueError("--save-every and --keep must be positive")
+    if args.public and not args.push_to_hub:
+        raise ValueError("--public makes the hub repo of --push-to-hub public: add "
+                         "--push-to-hub USER/REPO, or leave --public out")  # fmt: skip
     return Setup(args.task, profile, recipe, args.data, labels, n_eval, args.adapter)
 
 

@@ -117,7 +117,8 @@ def _warn_if_never_supported(reward_name: str):
             supported = [h[key] for h in state.log_history if key in h]
             if state.is_world_process_zero and supported and max(supported) == 0:
                 print("phi2kit train: warning: no completion had a supported citation at any "
-                      "logged step, so GRPO had nothing to reinforce; start from a webglm "
-                      "adapter (phi2kit train webglm)")  # fmt: skip
+                      "logged step, so GRPO had nothing to reinforce: the --adapter does not "
+                      "cite yet; train it longer (phi2kit train webglm with more --steps, or "
+                      "lesson 04), then run grpo from it")  # fmt: skip
 
     return WarnIfNeverSupported()
