@@ -271,6 +271,27 @@ def test_split_short_class_errors():
     assert len(split_sentiment(df, n_train=10, n_test=10, n_eval=0).eval) == 0
 
 
+def test_a_short_split_suggests_numbers_that_fit_and_names_the_file(tmp_path):
+    path = tmp_path / "mine.csv"
+    rows = [("up", f"Rose {i}") for i in range(9)] + [("down", f"Fell {i}") for i in range(12)]
+    path.write_text("label,text\n" + "".join(f"{y},{x}\n" for y, x in rows))
+    df = load_financial_news(path, labels=("down", "up"))
+    with pytest.raises(DataError) as info:
+        split_sentiment(df, n_train=120, n_test=40, n_eval=40, labels=("down", "up"))
+    assert str(info.value).startswith(f"{path}: class 'down' has 12")
+    assert "for example n_train=7 n_test=1 n_eval=1" in str(info.value)  # from the smallest: 9 'up'
+    assert split_sentiment(df, n_train=7, n_test=1, n_eval=1, labels=("down", "up")).notes
+    tiny = load_financial_news(_write(tmp_path, "label,text\nup,A\ndown,B\nup,C\n"),
+                               labels=("down", "up"))  # fmt: skip
+    with pytest.raises(DataError, match=r"the smallest class has 1: each needs 3"):
+        split_sentiment(tiny, n_train=5, n_test=1, n_eval=1, labels=("down", "up"))
+
+
+def _write(tmp_path, text):
+    (tmp_path / "t.csv").write_text(text)
+    return tmp_path / "t.csv"
+
+
 def test_prompt_and_completion():
     prompt = build_prompt("Orders  grew\n15 %")
     assert prompt.endswith("Headline: Orders grew 15 %\nSentiment:")

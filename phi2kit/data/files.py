@@ -135,6 +135,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:
                 out.append((line_no, json.loads(line)))
             except json.JSONDecodeError as exc:
                 out.append(
-                    (line_no, DataError(f"malformed JSON ({exc.msg})", path=path, row=line_no))
+                    (line_no, DataError(f"malformed JSON ({exc.msg} at column {exc.colno})",
+                                        path=path, row=line_no))
                 )
     return out

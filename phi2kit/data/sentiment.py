@@ -163,6 +163,7 @@ def _collect(
             f"only one class ({classes[0]!r}) in {len(df)} rows: nothing to classify", path=path
         )
     df.attrs["skipped"] = rows.n_skipped
+    df.attrs["path"] = str(path)  # for the split's messages
     df.attrs["problems"] = rows.problems
     return df
 

@@ -139,12 +139,17 @@ def split_sentiment(
     unknown = sorted(set(df["label"]) - set(labels))
     if unknown:
         raise DataError(f"labels {unknown} are not in the label set {list(labels)}")
+    where = {"path": df.attrs.get("path")}  # the file, for the messages below
     df, report = deduplicate(df)
     notes = [f"deduplicated: {report}"]
     # One generator per class, and another for eval draws and shuffles: train and test then
     # depend only on (seed, n_train, n_test), never on n_eval or on the other classes.
     rng = np.random.default_rng([seed, len(labels)])
     parts: dict[str, list[pd.DataFrame]] = {"train": [], "test": [], "eval": []}
+    smallest = min(int((df["label"] == label).sum()) for label in labels)
+    test = max(1, smallest // 5)  # a split every class can give, for the messages below
+    fits = (f", for example n_train={smallest - test - 1} n_test={test} n_eval=1" if smallest >= 3
+            else f" (the smallest class has {smallest}: each needs 3, for train, test and eval)")
     for k, label in enumerate(labels):
         rows = df[df["label"] == label]
         rows = rows.iloc[np.random.default_rng([seed, k]).permutation(len(rows))]
@@ -153,7 +158,7 @@ def split_sentiment(
             raise DataError(
                 f"class {label!r} has {len(rows)} headlines after deduplication; the split "
                 f"needs n_train + n_test = {n_train} + {n_test} = {needed}. "
-                "Lower n_train or n_test."
+                f"Lower n_train or n_test{fits}.", **where
             )
         parts["train"].append(rows.iloc[:n_train])
         parts["test"].append(rows.iloc[n_train:needed])
@@ -164,7 +169,7 @@ def split_sentiment(
             raise DataError(
                 f"class {label!r} has {len(rows)} headlines after deduplication, and train + "
                 f"test take all of them: none is left for n_eval = {n_eval}. Lower n_test "
-                "(or n_train), or pass n_eval=0."
+                f"(or n_train){fits}, or pass n_eval=0.", **where
             )
         else:
             parts["eval"].append(left.iloc[rng.integers(0, len(left), size=n_eval)])
