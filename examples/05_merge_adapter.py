@@ -8,7 +8,8 @@
   full-precision copy whose Linear weights are dequant(nf4(W)) ("dequantize, then merge");
   merging it into W instead ships a model you never trained.
 - Which one: ``--trained-on 4bit|full``; ``auto`` (the default) reads the ``base_4bit`` note
-  that phi2kit's ``save_adapter`` writes next to the adapter (``phi2kit_adapter.json``).
+  that examples 02, 04, 06 and phi2kit's ``save_adapter`` write next to the adapter
+  (``phi2kit_adapter.json``). A classifier adapter (03's, SEQ_CLS) is refused: no causal LM.
 - Printed: max |delta logit| of the merged model against the unmerged adapter model (on the
   base it was trained on), on a few prompts. ``--model`` takes a hub id or a local folder
   (e.g. ``phi2kit/tiny/model``).
