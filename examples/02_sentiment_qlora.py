@@ -16,6 +16,7 @@ Prints zero-shot and tuned accuracy (label scoring) on a held-out test split; sa
 import argparse
 import csv
 import io
+import json
 import random
 import sys
 from collections import Counter, defaultdict
@@ -27,6 +28,8 @@ def read_rows(path, labels, text_col="text", label_col="label"):
     def fail(where, why):
         sys.exit(print(f"error: {path}{where}: {why}", file=sys.stderr) or 2)
 
+    if Path(path).is_dir():
+        fail("", "a folder, not a file: pass the .csv file")
     if not Path(path).is_file():
         fail("", "no such file")
     raw = Path(path).read_bytes()
@@ -169,14 +172,15 @@ def main(argv=None):
     rows = read_rows(args.data, args.labels, args.text_column, args.label_column)
     parts = split(rows, args.n_train, args.n_test, args.n_eval)  # checked before any model loads
     counts = {name: Counter(y for _, y in part) for name, part in parts.items()}
-    for label in args.labels:  # every split full, or the flags to lower
-        n = sum(counts[name][label] for name in parts)
-        if n < args.n_test + args.n_eval + args.n_train:
-            n_test, n_eval = max(1, n // 5), max(1, n // 10)
-            sys.exit(print(f"error: {args.data}: label {label!r} has {n} usable headlines, too few "
-                           f"for --n-test {args.n_test} + --n-eval {args.n_eval} + --n-train "
-                           f"{args.n_train}: lower them (e.g. --n-test {n_test} --n-eval {n_eval} "
-                           f"--n-train {max(1, n - n_test - n_eval)})", file=sys.stderr) or 2)
+    n, label = min((sum(counts[name][w] for name in parts), w) for w in args.labels)
+    if n < args.n_test + args.n_eval + args.n_train:  # every split full, or the flags to lower
+        n_test, n_eval = max(1, n // 5), max(1, n // 10)  # fits every label: n is the fewest
+        fix = (f"lower them (e.g. --n-test {n_test} --n-eval {n_eval} --n-train "
+               f"{n - n_test - n_eval})" if n >= 3 else
+               "each label needs at least 3 (one for each of test, eval and train)")
+        sys.exit(print(f"error: {args.data}: label {label!r} has {n} usable headlines, too few for "
+                       f"--n-test {args.n_test} + --n-eval {args.n_eval} + --n-train "
+                       f"{args.n_train}: {fix}", file=sys.stderr) or 2)
     print({name: dict(c) for name, c in counts.items()})
 
     import torch
@@ -224,7 +228,8 @@ def main(argv=None):
     tuned = accuracy(model, tok, parts["test"], args.labels)
     print(f"test accuracy ({len(parts['test'])} headlines): "
           f"zero-shot {zero_shot:.3f}, tuned {tuned:.3f}")
-    model.save_pretrained(f"{args.output_dir}/adapter")
+    model.save_pretrained(adapter := f"{args.output_dir}/adapter")  # + its base, for example 05
+    Path(adapter, "phi2kit_adapter.json").write_text(json.dumps({"base_4bit": quant is not None}))
     return 0
 
 

@@ -41,8 +41,11 @@ class BadData(ValueError):  # a bad input file: one line naming file, row and fi
     pass
 
 
-def read_rows(path, text_column="text", label_column="label"):
-    """[(text, label)] from the Kaggle form (no header: label, text) or a headed CSV."""
+def read_rows(path, text_column="text", label_column="label", first_row=None):
+    """[(text, label)] from the Kaggle form (no header: label, text) or a headed CSV;
+    first_row (a dict, if given) gets each label's first row number, for split's errors."""
+    if Path(path).is_dir():
+        raise BadData(f"{path}: a folder, not a file: pass the .csv file")
     try:
         raw = Path(path).read_bytes()
     except OSError as err:
@@ -74,10 +77,12 @@ def read_rows(path, text_column="text", label_column="label"):
         if len(label) > 40 or not label.replace("_", "").replace("-", "").isalnum():
             raise BadData(f"{path}: row {n}, field 'label': {label[:40]!r} is not a label word")
         rows.append((text, label))
+        if first_row is not None:
+            first_row.setdefault(label, n)
     return rows
 
 
-def split(rows, path, eval_fraction=0.1, test_fraction=0.1, seed=0):
+def split(rows, path, eval_fraction=0.1, test_fraction=0.1, seed=0, first_row=None):
     """Per label: test, eval, the rest train. A repeated text is kept once (in one split)."""
     by_label = {}
     for text, label in dict(reversed(rows)).items():  # a repeated text: its first label
@@ -86,8 +91,10 @@ def split(rows, path, eval_fraction=0.1, test_fraction=0.1, seed=0):
         raise BadData(f"{path}: field 'label': one label only ({list(by_label)}); need two or more")
     parts = {"train": [], "eval": [], "test": []}
     for label, texts in sorted(by_label.items()):
-        if len(texts) < 3:
-            raise BadData(f"{path}: field 'label': '{label}' has {len(texts)} texts; need 3")
+        if len(texts) < 3:  # a typo'd label, often: name where it first appears
+            row = f"row {first_row[label]}, " if first_row else ""
+            raise BadData(f"{path}: {row}field 'label': '{label}' has {len(texts)} texts; each "
+                          "label needs 3 (one for each of test, eval and train)")
         random.Random(seed).shuffle(texts)
         n_test, n_eval = (max(1, round(f * len(texts))) for f in (test_fraction, eval_fraction))
         parts["test"] += [(x, label) for x in texts[:n_test]]
@@ -139,8 +146,8 @@ def fp32_attention(module, query, key, value, attention_mask, scaling, dropout=0
 def main(argv=None):
     args = parse_args(argv)
     try:  # the data is checked before any model loads
-        rows = read_rows(args.data, args.text_column, args.label_column)
-        labels, parts = split(rows, args.data)
+        rows = read_rows(args.data, args.text_column, args.label_column, first := {})
+        labels, parts = split(rows, args.data, first_row=first)
     except BadData as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -28,14 +28,16 @@ def fail(message):
 
 def read_rows(path):
     """The file's rows; a bad one ends the run with file, line and field (exit 2)."""
+    if os.path.isdir(path):
+        fail(f"{path}: a folder, not a file: pass the .jsonl file")
     if not os.path.isfile(path):
         fail(f"{path}: no such file")
     rows = []
     for n, line in enumerate(open(path, encoding="utf-8"), start=1):
         try:
-            row = json.loads(line) if line.strip() else {"blank": True}
-        except json.JSONDecodeError as err:
-            fail(f"{path}, line {n}: not JSON ({err.msg})")
+            row = json.loads(line.rstrip()) if line.strip() else {"blank": True}
+        except json.JSONDecodeError as e:  # its msg may end in "at": the column follows
+            fail(f"{path}, line {n}: not JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
         if not isinstance(row, dict):
             fail(f"{path}, line {n}: not a JSON object")
         for field, kind in (("question", str), ("answer", str), ("references", list)):
@@ -171,7 +173,9 @@ def main(argv=None):
     trainer.train()
     print(f"eval loss {before:.3f} -> {trainer.state.best_metric:.3f} (best checkpoint, step "
           f"{trainer.state.best_global_step})")
-    trainer.model.save_pretrained(f"{args.output_dir}/adapter")
+    trainer.model.save_pretrained(adapter := f"{args.output_dir}/adapter")  # + its base, for 05
+    with open(f"{adapter}/phi2kit_adapter.json", "w") as f:
+        json.dump({"base_4bit": quant is not None}, f)
     with open(f"{args.output_dir}/metrics.json", "w") as f:
         json.dump({"eval_loss_before": before, "eval_loss_best": trainer.state.best_metric}, f)
 

@@ -8,7 +8,8 @@
   full-precision copy whose Linear weights are dequant(nf4(W)) ("dequantize, then merge");
   merging it into W instead ships a model you never trained.
 - Which one: ``--trained-on 4bit|full``; ``auto`` (the default) reads the ``base_4bit`` note
-  that phi2kit's ``save_adapter`` writes next to the adapter (``phi2kit_adapter.json``).
+  that examples 02, 04, 06 and phi2kit's ``save_adapter`` write next to the adapter
+  (``phi2kit_adapter.json``). A classifier adapter (03's, SEQ_CLS) is refused: no causal LM.
 - Printed: max |delta logit| of the merged model against the unmerged adapter model (on the
   base it was trained on), on a few prompts. ``--model`` takes a hub id or a local folder
   (e.g. ``phi2kit/tiny/model``).
@@ -56,18 +57,27 @@ def check_adapter(args) -> bool:
     if not config.is_file():
         fail(f"--adapter {folder}: no adapter_config.json, so it is not a PEFT adapter folder")
     try:
-        peft_type = json.loads(config.read_text()).get("peft_type")
+        fields = json.loads(config.read_text())
     except json.JSONDecodeError as e:
-        fail(f"{config}: not valid JSON ({e})")
-    if peft_type != "LORA":
-        fail(f"{config}: field peft_type is {peft_type!r}; this script merges LoRA adapters")
+        fail(f"{config}: not valid JSON ({e.msg.removesuffix(' at')} at line {e.lineno} "
+             f"column {e.colno})")
+    fields = fields if isinstance(fields, dict) else {}
+    if fields.get("peft_type") != "LORA":
+        fail(f"{config}: field peft_type is {fields.get('peft_type')!r}; this script merges LoRA")
+    if fields.get("task_type") == "SEQ_CLS":  # a classifier (03): a causal LM would drop `score`
+        fail(f"{config}: task_type SEQ_CLS is a sequence-classification adapter; this script "
+             "merges causal-LM adapters: load it on AutoModelForSequenceClassification and "
+             "call merge_and_unload() there")
     if args.trained_on != "auto":
         return args.trained_on == "4bit"
     note = folder / "phi2kit_adapter.json"
     if not note.is_file():
         fail(f"{folder}: no phi2kit_adapter.json saying which base it was trained on; "
              "pass --trained-on 4bit (QLoRA) or --trained-on full (LoRA)")
-    return bool(json.loads(note.read_text())["base_4bit"])
+    try:
+        return bool(json.loads(note.read_text())["base_4bit"])
+    except (json.JSONDecodeError, KeyError, TypeError):
+        fail(f'{note}: not {{"base_4bit": true|false}}; fix it, or pass --trained-on 4bit|full')
 
 
 def quant_config(args):
@@ -96,6 +106,9 @@ def logits(model, tokenizer, device):
 def main(argv=None) -> None:
     args = make_parser().parse_args(argv)
     base_4bit = check_adapter(args)  # before loading anything
+    out = Path(args.output_dir)
+    if out.is_file() or (out.is_dir() and any(out.iterdir())):
+        fail(f"--output-dir {out} is not empty: pass another, or remove it")
     import bitsandbytes as bnb
     import torch
     from bitsandbytes.functional import dequantize_4bit

@@ -26,7 +26,9 @@ KEEP = ("message_id", "text", "role", "lang", "rank", "created_date", "deleted",
 
 
 def bad(path, line, field, problem):
-    print(f"error: {path}, line {line}, field '{field}': {problem}", file=sys.stderr)
+    """One line: file, then the line and field where there is one, then the problem; exit 2."""
+    where = (f", line {line}" if line else "") + (f", field '{field}'" if field else "")
+    print(f"error: {path}{where}: {problem}", file=sys.stderr)
     sys.exit(2)
 
 
@@ -47,16 +49,17 @@ def read_messages(path):
         return rows
 
     if not os.path.isfile(path):
-        sys.exit(print(f"error: {path}: no such file", file=sys.stderr) or 2)
+        bad(path, None, None, "a folder, not a file: pass the .jsonl file" if os.path.isdir(path)
+            else "no such file")
     messages = []
     with open(path, encoding="utf-8") as f:
         for line, text in enumerate(f, start=1):
             try:
-                obj = json.loads(text) if text.strip() else {"skip": True}
-            except json.JSONDecodeError as err:
-                bad(path, line, "-", f"not JSON ({err.msg})")
+                obj = json.loads(text.rstrip()) if text.strip() else {"skip": True}
+            except json.JSONDecodeError as e:  # its msg may end in "at": the column follows
+                bad(path, line, None, f"not JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
             if not isinstance(obj, dict):
-                bad(path, line, "-", "not a JSON object")
+                bad(path, line, None, "not a JSON object")
             elif obj.get("tree_state") not in (None, "ready_for_export"):
                 continue  # a tree still growing or aborted (the export's *_all files)
             elif "prompt" in obj:  # the *.trees.jsonl export: one tree per line
@@ -172,7 +175,7 @@ def main(argv=None):
     args = parse_args(argv)
     threads = build_threads(read_messages(args.data), args.lang or None)  # before any model loads
     if len(threads) <= args.n_eval:
-        bad(args.data, "-", "-", f"{len(threads)} threads in {args.lang!r}, need > --n-eval")
+        bad(args.data, None, None, f"{len(threads)} threads in {args.lang!r}, need > --n-eval")
     gpu = None if not torch.cuda.is_available() else (
         "ampere" if torch.cuda.is_bf16_supported() else "t4")
     quant, lora, sft = build_configs(args, gpu)
@@ -208,6 +211,8 @@ def main(argv=None):
     print(json.dumps(metrics))
     model.save_pretrained(f"{args.output_dir}/adapter")
     tokenizer.save_pretrained(f"{args.output_dir}/adapter")
+    with open(f"{args.output_dir}/adapter/phi2kit_adapter.json", "w") as f:  # its base, for 05
+        json.dump({"base_4bit": quant is not None}, f)
     with open(f"{args.output_dir}/metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
 

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -36,7 +37,8 @@ def run(*args: str, timeout: int = 300):
 
 def test_script_imports_no_phi2kit_and_stays_short():
     assert "phi2kit" not in imported_packages(NAME)
-    assert len(script_path(NAME).read_text().splitlines()) < 235
+    # 240 (was 235): the folder and too-few-per-label errors, and the note example 05 reads
+    assert len(script_path(NAME).read_text().splitlines()) < 240
 
 
 def test_configs_equal_the_notebook_for_t4(tmp_path):
@@ -102,6 +104,8 @@ def test_it_learns_on_the_tiny_model(tmp_path):
     zero_shot, tuned = map(float, found.groups())
     assert tuned >= zero_shot + 0.15, (zero_shot, tuned)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    note = tmp_path / "adapter" / "phi2kit_adapter.json"  # example 05 reads it
+    assert json.loads(note.read_text()) == {"base_4bit": False}
 
 
 @pytest.mark.parametrize("flags", [[], ["--n-test", "10", "--n-eval", "5"]])
@@ -120,3 +124,38 @@ def test_a_file_too_small_for_the_split_is_refused_before_the_model_loads(tmp_pa
     assert "--n-test 8 --n-eval 4 --n-train 28" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_label_with_under_3_headlines_needs_more_rows_not_other_flags(tmp_path):
+    """1 headline per label: no flags can split it; say each label needs 3, not '--n-test 1'."""
+    tiny = tmp_path / "tiny.csv"
+    tiny.write_text("text,label\nSales rose,positive\nSales fell,negative\nBoard met,neutral\n")
+    out = run("--model", str(tmp_path / "no-model"), "--data", str(tiny), "--output-dir",
+              str(tmp_path / "out"), timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "has 1 usable headlines" in out.stderr, out.stderr
+    assert "each label needs at least 3 (one for each of test, eval and train)" in out.stderr
+    assert "--n-test 1" not in out.stderr and not (tmp_path / "out").exists()
+
+
+def test_the_suggested_flags_pass_the_split_check(tmp_path, capsys):
+    """The flags it suggests fit the label with the fewest headlines (here weather's 12, not
+    sport's 40): rerun with them, the split check passes and the run goes on to the model."""
+    small = tmp_path / "small.csv"
+    rows = [f"goal {i},sport" for i in range(40)] + [f"rain {i},weather" for i in range(12)]
+    small.write_text("text,label\n" + "\n".join(rows) + "\n")
+    argv = ["--model", str(tmp_path / "no-model"), "--data", str(small), "--labels",
+            "sport,weather", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    with pytest.raises(SystemExit):
+        load_script(NAME).main(argv)
+    err = capsys.readouterr().err
+    assert "label 'weather' has 12 usable headlines" in err, err
+    flags = re.search(r"\(e\.g\. (--n-test \d+ --n-eval \d+ --n-train \d+)\)", err).group(1)
+    assert flags == "--n-test 2 --n-eval 1 --n-train 9", err
+    with pytest.raises(SystemExit) as exit_:
+        load_script(NAME).main([*argv, *flags.split()])
+    assert exit_.value.code == 2
+    out = capsys.readouterr()
+    assert "{'train': {'sport': 9, 'weather': 9}" in out.out, out  # every split full
+    assert out.err.startswith("error: --model "), out.err  # past the split check: the model

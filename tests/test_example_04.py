@@ -29,7 +29,8 @@ def run(*args: str, tmp_path: Path):
 
 def test_script_imports_no_phi2kit():
     text = script_path(NAME).read_text()
-    assert "phi2kit" not in text.replace("phi2kit/tiny/model", "")  # not even importlib's
+    text = text.replace("phi2kit/tiny/model", "").replace("phi2kit_adapter.json", "")  # 05's note
+    assert "phi2kit" not in text  # not even importlib's
     assert len(text.splitlines()) < 185
 
 
@@ -44,13 +45,21 @@ def test_learns_on_the_tiny_model(tmp_path):
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     # measured: 3.59 -> 0.63 after 30 steps; after 10, well under half
     assert metrics["eval_loss_best"] < 0.5 * metrics["eval_loss_before"], metrics
-    assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+    adapter = tmp_path / "out" / "adapter"
+    assert json.loads((adapter / "phi2kit_adapter.json").read_text()) == {"base_4bit": False}
+    # the adapter goes straight into example 05: its note says the base, no --trained-on
+    merged = run_script("05_merge_adapter.py", "--model", str(TINY), "--adapter", str(adapter),
+                        "--output-dir", str(tmp_path / "merged"))  # fmt: skip
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    assert (tmp_path / "merged" / "model.safetensors").is_file()
 
 
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("{not json", r"bad\.jsonl, line 2: not JSON"),
+        ("{not json", r"bad\.jsonl, line 2: not JSON \(Expecting property name enclosed in "
+                      r"double quotes at column 2\)$"),
+        ('{"question": "Q?', r"line 2: not JSON \(Unterminated string starting at column 14\)$"),
         ('["a list"]', r"bad\.jsonl, line 2: not a JSON object"),
         ('{"question": "Q?", "answer": "A [1].", "references": []}',
          r"bad\.jsonl, line 2, field 'references': missing, empty or not a list"),

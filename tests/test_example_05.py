@@ -91,6 +91,45 @@ def test_bad_adapter_is_refused_before_loading(tmp_path, make, message):
     assert str(folder) in out.stderr
 
 
+def test_a_classifier_adapter_is_refused_before_loading(tmp_path):
+    """03's adapter (task_type SEQ_CLS) carries a `score` head a causal LM would drop."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    adapter = tmp_path / "clf"  # as 03 saves it: LoRA + the score head, on the fp32 base
+    base = AutoModelForSequenceClassification.from_pretrained(TINY, num_labels=3)
+    lora = LoraConfig(r=8, target_modules=["q_proj", "fc1"], task_type="SEQ_CLS")
+    get_peft_model(base, lora).save_pretrained(adapter)
+    (adapter / "phi2kit_adapter.json").write_text(json.dumps({"base_4bit": False}))
+    out = _run("--model", str(TINY), "--adapter", str(adapter),
+               "--output-dir", str(tmp_path / "m"))  # fmt: skip
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    err = out.stderr.strip()
+    assert "\n" not in err and err.startswith("error: ") and "sequence-classification" in err, err
+    assert "causal-LM" in err and "AutoModelForSequenceClassification" in err, err
+    assert not (tmp_path / "m").exists() and "saved" not in out.stdout
+
+
+def test_a_non_empty_output_dir_is_refused_before_loading(tmp_path):
+    adapter = _adapter(tmp_path / "lora", base_4bit=False)
+    taken = tmp_path / "merged"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    out = _run("--model", "no/such-model", "--adapter", str(adapter), "--output-dir", str(taken))
+    assert out.returncode == 2, (out.stdout, out.stderr)
+    want = f"error: --output-dir {taken} is not empty: pass another, or remove it"
+    assert out.stderr.strip() == want, out.stderr
+    assert [f.name for f in taken.iterdir()] == ["keep.txt"]
+
+
+def test_a_bad_adapter_config_names_line_and_column(tmp_path):
+    folder = _bad_json(tmp_path)
+    out = _run("--model", "no/such-model", "--adapter", str(folder), "--output-dir", "m")
+    assert out.returncode == 2
+    assert out.stderr.strip().endswith("not valid JSON (Expecting property name enclosed in "
+                                       "double quotes at line 1 column 2)"), out.stderr
+
+
 def _bad_json(p: Path) -> Path:
     (p / "bad").mkdir()
     (p / "bad" / "adapter_config.json").write_text("{not json")

@@ -41,6 +41,8 @@ def test_learns_on_the_tiny_model(tmp_path):
     # measured 2026-12-04: about 0.21 -> 0.03; the check leaves a wide margin
     assert metrics["eval_loss_best"] < 0.5 * metrics["eval_loss_before"], metrics
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
+    note = tmp_path / "out" / "adapter" / "phi2kit_adapter.json"  # example 05 reads it
+    assert json.loads(note.read_text()) == {"base_4bit": False}
 
 
 @pytest.mark.parametrize(
@@ -48,7 +50,10 @@ def test_learns_on_the_tiny_model(tmp_path):
     [
         ('{"message_id": "m1", "role": "prompter"}', "line 2, field 'text'"),
         ('{"message_id": "m1", "text": "hi", "role": "user"}', "line 2, field 'role'"),
-        ("not json", "line 2, field '-': not JSON"),
+        ("not json", "line 2: not JSON (Expecting value at column 1)"),
+        ('{"message_id": "m1", "text": "hi', "line 2: not JSON (Unterminated string starting at "
+                                              "column 30)"),
+        ("[1, 2]", "line 2: not a JSON object"),
         ('{"message_id": "m1", "text": "hi", "role": "prompter", "parent_id": "x"}',
          "line 2, field 'parent_id'"),
         ('{"message_tree_id": "t", "prompt": {"message_id": "p", "text": "hi", "role": "prompter",'
@@ -66,6 +71,7 @@ def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, e
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith(f"error: {data}, ") and expect in err, err
+    assert "field '-'" not in err and not err.endswith(" at)"), err  # no stubs, no cut sentence
 
 
 def test_a_missing_file_is_one_line(tmp_path, capsys):
@@ -75,6 +81,16 @@ def test_a_missing_file_is_one_line(tmp_path, capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nope.jsonl'}: no such file"
     assert not (tmp_path / "out").exists()
+
+
+def test_too_few_threads_is_one_line_without_stubs(tmp_path, capsys):
+    argv = ["--model", str(tmp_path / "no-model"), "--data", str(sample_path("oasst1"))]
+    with pytest.raises(SystemExit) as exit_:
+        load_script(NAME).main([*argv, "--n-eval", "100000", "--output-dir", str(tmp_path / "o")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {sample_path('oasst1')}: ") and "need > --n-eval" in err, err
+    assert "line -" not in err and "field" not in err, err
 
 
 def test_configs_equal_the_notebooks_for_t4(tmp_path):

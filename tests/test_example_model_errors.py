@@ -1,5 +1,6 @@
 """Every example, given a ``--model`` folder that does not exist (a typo), stops with one line
-naming the flag, exit 2, after its data was read and before anything is written."""
+naming the flag, exit 2, after its data was read and before anything is written; a --data
+that is a folder is named a folder."""
 
 from __future__ import annotations
 
@@ -40,3 +41,24 @@ def test_a_mistyped_model_folder_is_one_line(name, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --model {model}: no such folder") and "\n" not in err, err
     assert not (out / "adapter").exists() and not (out / "merged").exists()
+
+
+@pytest.mark.parametrize(("name", "kind"), [("02_sentiment_qlora.py", ".csv"),
+                                            ("03_classifier.py", ".csv"),
+                                            ("04_qa_qlora.py", ".jsonl"),
+                                            ("06_chat_sft.py", ".jsonl")])  # fmt: skip
+def test_a_data_folder_is_named_a_folder(name, kind, tmp_path, capsys):
+    """--data given a folder: one line saying so and which file to pass; a missing path says
+    'no such file' (each script's own tests). Nothing is written."""
+    folder, out = tmp_path / "data", tmp_path / "out"
+    folder.mkdir()
+    argv = _argv(name, "no/such-model", out)
+    argv[argv.index("--data") + 1] = str(folder)
+    try:
+        code = load_script(name).main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {folder}: a folder, not a file: pass the {kind} file", err
+    assert not out.exists()
