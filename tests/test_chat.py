@@ -310,6 +310,11 @@ def test_chat_refuses_a_classification_adapter(tmp_path, capsys):
 def test_folder_without_adapter_config_is_refused(tmp_path, capsys):
     assert run_chat(_chat_args("--adapter", str(tmp_path)), stdin=io.StringIO(QUESTION)) == 2
     assert "no adapter_config.json" in _one_error_line(capsys, "chat")
+    (tmp_path / "adapter").mkdir()  # a `phi2kit train` run folder: its adapter is inside
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"task_type": "CAUSAL_LM"}')
+    assert run_chat(_chat_args("--adapter", str(tmp_path)), stdin=io.StringIO(QUESTION)) == 2
+    assert f"a run folder; pass its adapter, --adapter {tmp_path / 'adapter'}" in _one_error_line(
+        capsys, "chat")
 
 
 def test_app_on_a_port_in_use_is_one_line_exit_2(capsys):

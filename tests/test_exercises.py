@@ -178,6 +178,14 @@ def test_cli_grades_a_solved_and_an_unsolved_copy(tmp_path):
     assert missing.returncode == 2 and "no such notebook" in missing.stdout
 
 
+def test_cli_names_the_exercises_for_an_unknown_one(capsys):
+    from phi2kit.commands.main import main
+
+    assert main(["exercises", "check", "99_z"]) == 2
+    out = capsys.readouterr().out
+    assert "unknown exercise '99_z'; choose one of 01_a, 01_b, 02_a" in out and "[" not in out
+
+
 def test_cli_lists_every_exercise(capsys):
     from phi2kit.commands.main import main
 

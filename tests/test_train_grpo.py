@@ -77,6 +77,10 @@ def test_grpo_refuses_an_adapter_phi2kit_train_made_for_another_task(tmp_path, c
     err = capsys.readouterr().err
     assert "a sentiment adapter" in err and "phi2kit train webglm --output-dir" in err, err
     assert len(err.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    (made / "run.json").write_text(json.dumps({"command": "train", "task": "webglm"}))
+    assert main(["grpo", *TINY, "--adapter", str(made), *out]) == 2  # the run, not its adapter
+    err = capsys.readouterr().err
+    assert f"--adapter {made}: a run folder; pass its adapter, --adapter {made / ADAPTER}" in err
 
 
 def test_grpo_from_an_adapter_that_never_cites_warns(tmp_path, sft_adapter, capsys):

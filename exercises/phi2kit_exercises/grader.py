@@ -189,7 +189,7 @@ def get_exercise(id: str) -> Exercise:
     _load_checks()
     key = id[:4]
     if key not in EXERCISES:
-        raise KeyError(f"unknown exercise {id!r}; choose one of {sorted(EXERCISES)}")
+        raise KeyError(f"unknown exercise {id!r}; choose one of {', '.join(sorted(EXERCISES))}")
     return EXERCISES[key]
 
 

@@ -66,6 +66,9 @@ def model_error(args: argparse.Namespace) -> str | None:
             return (f"{flag} {value}: no such folder; pass {saved[flag]}, or leave {flag} out "
                     "to chat with the base model")  # fmt: skip
         if not (folder / marker).is_file():
+            inner = folder / "adapter"  # a `phi2kit train` run folder holds its adapter there
+            if flag == "--adapter" and (inner / marker).is_file():
+                return f"{flag} {value}: a run folder; pass its adapter, {flag} {inner}"
             return f"{flag} {value}: no {marker} in it; pass a folder saved by save_pretrained"
     if args.adapter is not None:
         config = json.loads((Path(args.adapter) / "adapter_config.json").read_text())

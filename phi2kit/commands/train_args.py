@@ -139,6 +139,9 @@ def _check_adapter(adapter: Path | None, task: str = "dpo") -> None:
         raise ValueError(f"{task} needs --adapter PATH, the {sft} (SFT) adapter it starts from; "
                          f"{how}")  # fmt: skip
     config = adapter / "adapter_config.json"
+    if (adapter / "adapter" / "adapter_config.json").is_file() and not config.is_file():
+        raise ValueError(f"--adapter {adapter}: a run folder; pass its adapter, "
+                         f"--adapter {adapter / 'adapter'}")  # fmt: skip
     if not config.is_file():
         raise ValueError(f"--adapter {adapter}: no adapter_config.json there; {how}")
     if json.loads(config.read_text()).get("task_type") != "CAUSAL_LM":
