@@ -109,6 +109,7 @@ def test_latest_checkpoint_skips_incomplete(tmp_path):
 def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "settings.json").write_text("{}")  # a run started here
     assert main(["sentiment", "--profile", "tiny", "--output-dir", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["sentiment", "--set", "lora_rank=4", "--output-dir", str(out)]) == 2
@@ -116,6 +117,16 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
     assert "--set lora_rank=4: 'lora_rank' is not a setting; the keys are" in err
     assert "lora_r, " in err and "n_eval" in err and len(err.strip().splitlines()) == 1
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+    capsys.readouterr()
+    # an empty checkpoints/ (transformers' Trainer makes it; a build that failed after that
+    # leaves it) is no run: the same command goes on to the next check
+    empty = tmp_path / "failed"
+    (empty / "checkpoints").mkdir(parents=True)
+    missing = str(tmp_path / "missing.csv")
+    assert main(["sentiment", "--profile", "tiny", "--data", missing, "--output-dir",
+                 str(empty)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "already holds a run" not in err and "no such file" in err, err
 
 
 @pytest.mark.parametrize(

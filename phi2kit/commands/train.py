@@ -140,7 +140,8 @@ def _run(args: argparse.Namespace) -> int:
 
     # under `accelerate launch` every rank looks for an earlier run before rank 0 writes
     state = PartialState(cpu=not setup.profile.requires_cuda)
-    if not args.resume and (ckpt_dir.exists() or (out / ADAPTER).exists()):
+    started = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())  # empty: a build that failed
+    if not args.resume and (started or (out / ADAPTER).exists()):
         return _fail(f"{out} already holds a run: pass --resume, or another --output-dir")
     # what decides the run; --resume under other settings is refused (more steps are allowed)
     settings = {"task": setup.task, "profile": setup.profile.name, "seed": args.seed,
