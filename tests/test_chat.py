@@ -315,6 +315,10 @@ def test_folder_without_adapter_config_is_refused(tmp_path, capsys):
     assert run_chat(_chat_args("--adapter", str(tmp_path)), stdin=io.StringIO(QUESTION)) == 2
     assert f"a run folder; pass its adapter, --adapter {tmp_path / 'adapter'}" in _one_error_line(
         capsys, "chat")
+    config = str(tmp_path / "adapter" / "adapter_config.json")  # the file, not its folder
+    assert run_chat(_chat_args("--adapter", config), stdin=io.StringIO(QUESTION)) == 2
+    assert f"a file; pass the folder that holds it, --adapter {tmp_path / 'adapter'}" in (
+        _one_error_line(capsys, "chat"))
 
 
 def test_app_on_a_port_in_use_is_one_line_exit_2(capsys):

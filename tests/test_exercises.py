@@ -183,7 +183,8 @@ def test_cli_names_the_exercises_for_an_unknown_one(capsys):
 
     assert main(["exercises", "check", "99_z"]) == 2
     out = capsys.readouterr().out
-    assert "unknown exercise '99_z'; choose one of 01_a, 01_b, 02_a" in out and "[" not in out
+    assert "error: unknown exercise '99_z'; choose one of 01_a, 01_b, 02_a" in out
+    assert "[" not in out and '"' not in out
 
 
 def test_cli_lists_every_exercise(capsys):

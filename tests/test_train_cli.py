@@ -420,3 +420,26 @@ def test_every_recipe_is_a_task_of_the_command():
     from phi2kit.recipes import TASKS as SFT_TASKS
 
     assert tuple(TASKS) == TASK_NAMES == SFT_TASKS + PREFERENCE_TASKS + ("grpo",)
+
+
+def test_chat_data_in_another_language_names_lang_and_trains_with_it(tmp_path, capsys):
+    """Threads are kept in English by default (Phi-2 was trained on English); a file in another
+    language is refused with the flag that changes it, and trains with it."""
+    from phi2kit.data import sample_path
+
+    text = sample_path("oasst1").read_text().replace('"lang": "en"', '"lang": "xx"')
+    text = text.replace('"ready_for_export"', '"growing"', 1)  # one unfinished tree, said
+    data = tmp_path / "xx.trees.jsonl"
+    data.write_text(text)
+    argv = ["chat", "--profile", "tiny", "--data", str(data), "--steps", "2", "--no-eval"]
+    assert main([*argv, "--output-dir", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err
+    assert "in language 'en': need at least 2; pass --lang with your data's language" in err, err
+    assert not (tmp_path / "a").exists()
+    assert main([*argv, "--lang", "xx", "--output-dir", str(tmp_path / "b")]) == 0
+    assert "1 unfinished trees (tree_state not ready_for_export) left out" in (
+        capsys.readouterr().out)
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["lang"] == "xx"
+    assert main([*argv, "--lang", "all", "--output-dir", str(tmp_path / "c")]) == 0
+    assert main(["sentiment", "--lang", "de", "--output-dir", str(tmp_path / "d")]) == 2
+    assert "--lang: only chat and dpo" in capsys.readouterr().err

@@ -165,7 +165,7 @@ class Report:
         ex = self.exercise
         lines = [f"Exercise {ex.id} · {ex.title} ({ex.kind}; lesson {ex.lesson})"]
         if self.cell_error is not None:
-            lines.append(f"  note  the notebook ran until {self.cell_error}")
+            lines.append(f"  note  the notebook stopped there: {self.cell_error}")
         for r in self.results:
             lines.append(f"  {'PASS' if r.passed else 'FAIL'}  {r.what}")
             if r.detail:

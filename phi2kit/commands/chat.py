@@ -62,6 +62,8 @@ def model_error(args: argparse.Namespace) -> str | None:
         if value is None:
             continue
         folder = Path(value)
+        if folder.is_file():
+            return f"{flag} {value}: a file; pass the folder that holds it, {flag} {folder.parent}"
         if not folder.is_dir():
             return (f"{flag} {value}: no such folder; pass {saved[flag]}, or leave {flag} out "
                     "to chat with the base model")  # fmt: skip

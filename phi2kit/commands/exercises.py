@@ -75,7 +75,7 @@ def run_check(args: argparse.Namespace) -> int:
             )
     except (KeyError, FileNotFoundError) as err:
         # on stdout, where tests/test_exercises.py reads it
-        print(f"phi2kit exercises: error: {str(err).strip(chr(39))}")
+        print(f"phi2kit exercises: error: {err.args[0] if err.args else err}")
         return 2
     print(f"running {path} ...")
     report = grade_notebook(path, args.id, quiet=not args.verbose)

@@ -147,6 +147,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = {"task": setup.task, "profile": setup.profile.name, "seed": args.seed,
                 "data": setup.data, "labels": setup.labels, "n_eval": setup.n_eval,
                 "adapter": setup.adapter and str(setup.adapter)}  # fmt: skip
+    if setup.task in ("chat", "dpo"):  # the threads' language decides which data trains
+        settings["lang"] = setup.lang
     settings |= {k: v for k, v in asdict(setup.recipe).items() if k != "max_steps"}
     resume_from = None
     if args.resume:

@@ -128,7 +128,11 @@ def make_setup(args: argparse.Namespace):
     if args.public and not args.push_to_hub:
         raise ValueError("--public makes the hub repo of --push-to-hub public: add "
                          "--push-to-hub USER/REPO, or leave --public out")  # fmt: skip
-    return Setup(args.task, profile, recipe, args.data, labels, n_eval, args.adapter)
+    lang = None if args.lang == "all" else args.lang
+    if args.lang is not None and args.task not in ("chat", "dpo"):
+        raise ValueError(f"--lang: only chat and dpo read threads in a language, not {args.task}")
+    return Setup(args.task, profile, recipe, args.data, labels, n_eval, args.adapter,
+                 **({"lang": lang} if args.lang is not None else {}))
 
 
 def _check_adapter(adapter: Path | None, task: str = "dpo") -> None:
@@ -192,6 +196,8 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    help="override a setting, e.g. --set lora_r=32 (repeatable); "
                    "keys below")  # fmt: skip
     p.add_argument("--no-eval", action="store_true", help="skip the final eval loss")
+    p.add_argument("--lang", default=None, help="chat, dpo: the threads' language, e.g. de, or "
+                   "all (default en: Phi-2 was trained on English)")  # fmt: skip
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload adapter (opt-in)")
     p.add_argument("--public", action="store_true", help="make the hub repo public")
     return p

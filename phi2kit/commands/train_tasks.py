@@ -32,7 +32,7 @@ from phi2kit.data.sentiment import LABELS
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe
 
-#: Phi-2 was trained on English text; the chat and dpo tasks keep English threads.
+#: Phi-2 was trained on English text; the chat and dpo tasks keep English threads by default.
 CHAT_LANG = "en"
 #: Seed of the sentiment split (the notebooks' default of ``split_sentiment``).
 SPLIT_SEED = 42
@@ -49,6 +49,7 @@ class Setup:
     labels: tuple[str, ...] = LABELS  # sentiment, classifier: the label words, in order
     n_eval: int | None = None  # sentiment, classifier: eval rows per class (None: n_test)
     adapter: Path | None = None  # dpo: the SFT (chat) adapter to start from; grpo: 04's, or None
+    lang: str | None = CHAT_LANG  # chat, dpo: the threads' language (--lang); None: all
 
 
 @dataclass
@@ -127,16 +128,25 @@ def read_webglm(path: Path | None, setup: Setup, tokenizer):
         raise DataError(where + err.detail, path=path or "hub", field=err.field) from err
 
 
+def _say_not_ready(n: int) -> None:
+    if n:  # the export's *_all files: trees still growing, or aborted
+        print(f"phi2kit train: {n} unfinished trees (tree_state not ready_for_export) left out")
+
+
 def read_chat(path: Path | None, setup: Setup, tokenizer):
     """One prompt/completion per assistant turn; threads (not turns) split train/eval."""
     from datasets import Dataset
 
     from phi2kit.data.oasst import load_oasst, thread_to_examples
 
-    threads = list(load_oasst(path, lang=CHAT_LANG))
+    loaded = load_oasst(path, lang=setup.lang)
+    _say_not_ready(loaded.not_ready)
+    threads = list(loaded)
     if len(threads) < 2:
-        raise DataError(f"{len(threads)} usable thread(s) in language {CHAT_LANG!r}: need at "
-                        "least 2", path=path)  # fmt: skip
+        other = "" if setup.lang is None else (
+            "; pass --lang with your data's language (e.g. --lang de), or --lang all")
+        raise DataError(f"{len(threads)} usable thread(s) in language {setup.lang or 'any'!r}: "
+                        f"need at least 2{other}", path=path)  # fmt: skip
     n_eval = min(setup.recipe.n_test, max(1, len(threads) // 5))
 
     def to_ds(part: list, limit: int) -> Dataset:
@@ -154,8 +164,9 @@ def read_pairs(path: Path | None, setup: Setup, tokenizer):
     from phi2kit.data.oasst_pairs import load_pairs, split_by_tree
 
     recipe = setup.recipe
-    pairs = load_pairs(path, lang=CHAT_LANG, skip_bad=path is None, max_length=recipe.max_length,
+    pairs = load_pairs(path, lang=setup.lang, skip_bad=path is None, max_length=recipe.max_length,
                        count_tokens=lambda text: len(tokenizer(text)["input_ids"]))  # fmt: skip
+    _say_not_ready(pairs.not_ready)
     if len(pairs) < 2:
         raise DataError(f"{len(pairs)} preference pair(s): need at least 2; {pairs.summary()}",
                         path=path)  # fmt: skip
