@@ -51,18 +51,13 @@ def _bad_value(args: argparse.Namespace) -> str | None:
 
 def _past_context(args: argparse.Namespace) -> str | None:
     """``--max-length`` beyond what the profile's model reads (Phi-2: 2,048), or None."""
-    from phi2kit.profiles import get_profile
+    from phi2kit.plan import _resolve  # the planner's own profile -> model config
 
     if args.max_length is None:
         return None
-    if get_profile(args.profile, check=False).is_tiny:
-        from phi2kit.tiny import tiny_config
-
-        name, context = "the tiny Phi", tiny_config().max_position_embeddings
-    else:
-        from phi2kit.footprint import phi2_config
-
-        name, context = "Phi-2", phi2_config().max_position_embeddings
+    config, profile = _resolve(args.profile)
+    name = "the tiny Phi" if profile.is_tiny else "Phi-2"
+    context = config.max_position_embeddings
     if args.max_length <= context:
         return None
     return (f"--max-length {args.max_length}: {name} reads at most {context:,} tokens "

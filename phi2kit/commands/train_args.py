@@ -89,7 +89,7 @@ def shell_words(message: str) -> str:
 def make_setup(args: argparse.Namespace):
     """The shell's arguments as a checked ``Setup``; ``ValueError`` (or ``ProfileError``) with
     a message for the shell. Loads nothing heavy."""
-    from phi2kit.commands.train_tasks import Setup
+    from phi2kit.commands.train_tasks import CHAT_LANG, Setup
     from phi2kit.data.sentiment import LABELS, check_labels
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_dpo_recipe, get_grpo_recipe, get_recipe
@@ -128,11 +128,10 @@ def make_setup(args: argparse.Namespace):
     if args.public and not args.push_to_hub:
         raise ValueError("--public makes the hub repo of --push-to-hub public: add "
                          "--push-to-hub USER/REPO, or leave --public out")  # fmt: skip
-    lang = None if args.lang == "all" else args.lang
     if args.lang is not None and args.task not in ("chat", "dpo"):
         raise ValueError(f"--lang: only chat and dpo read threads in a language, not {args.task}")
-    return Setup(args.task, profile, recipe, args.data, labels, n_eval, args.adapter,
-                 **({"lang": lang} if args.lang is not None else {}))
+    lang = {None: CHAT_LANG, "all": None}.get(args.lang, args.lang)
+    return Setup(args.task, profile, recipe, args.data, labels, n_eval, args.adapter, lang)
 
 
 def _check_adapter(adapter: Path | None, task: str = "dpo") -> None:
