@@ -3,7 +3,6 @@
 - :func:`token_counts` (notebook 04's cell): real tokens, cells computed, supervised tokens
   and supervised padding (a bug if > 0) of collated batches. Padding is found through the
   attention mask: Phi-2's pad token *is* its eos token.
-- :func:`masked_loss`: the mean cross-entropy over supervised tokens only (exercise 04_b).
 - :func:`length_grouped_indices` / :class:`SeededLengthGroupedSampler`: batches of similar
   length in random order, seeded for an exact resume; :func:`group_by_length` makes a
   trainer use them (``finish_trainer`` does).
@@ -11,15 +10,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from phi2kit.generation import inference
-
-IGNORE_INDEX = -100  # label value that the loss skips (PyTorch's and transformers' default)
 #: Batches per mega-batch: examples are sorted by length within a mega-batch of this many
 #: batches (transformers' cap too, but it also shrinks the mega-batch to a quarter of the data).
 MEGA_BATCHES = 50
@@ -33,31 +28,6 @@ def token_counts(batches):  # (real tokens, tokens computed, supervised tokens, 
         real, computed = real + int(mask.sum()), computed + mask.numel()
         supervised, on_pad = supervised + int(sup.sum()), on_pad + int((sup & (mask == 0)).sum())
     return real, computed, supervised, on_pad
-
-
-def masked_loss(model: torch.nn.Module, batches: Iterable[Mapping[str, Any]]) -> float:
-    """Mean next-token cross-entropy over supervised positions (``labels != -100``).
-
-    Every supervised token weighs the same, whatever its batch (the Trainer's eval loss
-    averages per batch instead).
-    """
-    total, n = 0.0, 0
-    with inference(model):
-        for batch in batches:
-            inputs = {k: torch.as_tensor(v).to(model.device) for k, v in batch.items()}
-            labels = inputs.pop("labels")[:, 1:]
-            logits = model(**inputs, use_cache=False).logits[:, :-1].float()
-            loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]),
-                labels.reshape(-1),
-                ignore_index=IGNORE_INDEX,
-                reduction="sum",
-            )
-            total += float(loss)
-            n += int((labels != IGNORE_INDEX).sum())
-    if n == 0:
-        raise ValueError("no supervised tokens (all labels are -100)")
-    return total / n
 
 
 def length_grouped_indices(

@@ -200,17 +200,13 @@ def load_chat_model(
     a merged ``model`` folder; the base in nf4 with ``quantize_4bit`` (as QLoRA trained it)."""
     from phi2kit.models import load_model, load_tokenizer
     from phi2kit.profiles import get_profile
-    from phi2kit.twin import keep_nf4_layout_on_cpu
 
-    if adapter and model:
-        raise ValueError("pass either adapter= (base + adapter) or model= (merged), not both")
     prof = get_profile(profile)
     net = load_model(prof, quantize_4bit=quantize_4bit, source=model)
     if adapter:
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, adapter)
-    keep_nf4_layout_on_cpu(net)
     net.eval()
     tokenizer = load_tokenizer(prof, padding_side="left")
     return net, tokenizer

@@ -76,12 +76,8 @@ def tokenize_headlines(
     labels: Sequence[str] = LABELS,
     template: str = PROMPT_TEMPLATE,
 ) -> datasets.Dataset:
-    """``input_ids``, ``attention_mask`` and integer ``labels`` (indices into ``labels``).
-
-    With ``prompt`` the text is notebook 02's prompt (``template``), so the head reads the
-    position where 02's LM head predicts the label word. Nothing is padded here:
-    ``DataCollatorWithPadding`` pads per batch.
-    """
+    """``input_ids``, ``attention_mask`` and ``labels`` (indices into ``labels``), unpadded;
+    with ``prompt``, of notebook 02's prompt, so the head reads where 02 reads the label."""
     import datasets
 
     labels = list(labels)

@@ -7,7 +7,7 @@ tiny Phi, built with ``phi2kit.training.sft_trainer`` as notebook 04 builds it.
 import pytest
 import torch
 
-from phi2kit.batching import masked_loss, token_counts
+from phi2kit.batching import token_counts
 
 N_EXAMPLES = 8
 BATCH = 4
@@ -106,20 +106,6 @@ def test_token_counts_on_a_hand_built_batch():
     }
     assert token_counts([batch]) == (6, 8, 4, 1)
     assert token_counts([batch, batch]) == (12, 16, 8, 2)
-
-
-def test_masked_loss_matches_the_model_loss(sft, batches):
-    trainer, _, _ = sft
-    model = trainer.model
-    row = {k: v[:1] for k, v in batches[0].items()}
-    with torch.no_grad():
-        model.eval()
-        expected = model(**row).loss.item()  # transformers: mean over labels != -100
-    assert masked_loss(model, [row]) == pytest.approx(expected, rel=1e-5)
-    # token-weighted across batches: two copies of one batch give the same mean
-    assert masked_loss(model, [row, row]) == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match="no supervised tokens"):
-        masked_loss(model, [{**row, "labels": torch.full_like(row["labels"], -100)}])
 
 
 def test_padding_free_rows_keep_sequence_boundaries(tiny_model):

@@ -42,13 +42,7 @@ def label_logprobs(model, tokenizer, prompts, labels, batch_size=32):
 
 
 def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
-    """How many leading token ids every row shares, leaving each row at least one of its own.
-
-    >>> shared_prefix_length([[5, 6, 7, 8], [5, 6, 9], [5, 6, 7]])
-    2
-    >>> shared_prefix_length([[5, 6], [5, 6, 7]])  # the first row keeps its last token
-    1
-    """
+    """How many leading token ids every row shares, leaving each row at least one of its own."""
     if not rows:
         return 0
     n = min(len(ids) for ids in rows) - 1
