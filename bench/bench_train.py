@@ -87,14 +87,27 @@ def seed_dataset(examples, tokenizer, max_length: int):
     )
 
 
-def _train_timed(trainer) -> tuple[float, object]:
-    from phi2kit.batching import CountingCollator
+def _train_timed(trainer) -> tuple[float, dict]:
+    """Train; count every batch the collator builds with lesson 04's ``token_counts`` (a
+    padding-free batch has no attention mask: no padding)."""
+    import torch
 
-    counter = CountingCollator(trainer.data_collator)
-    trainer.data_collator = counter
+    from phi2kit.batching import token_counts
+
+    collate, counts = trainer.data_collator, [0, 0, 0, 0]
+
+    def counting_collator(features):
+        batch = collate(features)
+        mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"]))
+        counted = token_counts([{"attention_mask": mask, "labels": batch["labels"]}])
+        counts[:] = [a + b for a, b in zip(counts, counted, strict=True)]
+        return batch
+
+    trainer.data_collator = counting_collator
     start = time.perf_counter()
     trainer.train()
-    return time.perf_counter() - start, counter.counts
+    names = ("non_pad", "computed", "supervised", "supervised_pad")
+    return time.perf_counter() - start, dict(zip(names, counts, strict=True))
 
 
 def _lora_model(profile, recipe):
@@ -185,7 +198,7 @@ def run(
         rounds = [{name: _train_timed(builders[name]()) for name in SHORT_RUNS}
                   for _ in range(repeats)]  # fmt: skip
 
-    answer_tokens = rounds[0]["phi2kit"][1].supervised
+    answer_tokens = rounds[0]["phi2kit"][1]["supervised"]
     result = {"n_examples": len(examples), "steps": steps, "batch_size": batch_size,
               "p95_length": p95, "max_length": max_length, "repeats": repeats,
               "quantize_4bit": recipe.quantize_4bit}  # fmt: skip
@@ -195,12 +208,12 @@ def run(
     for name, (secs, c) in timed.items():
         result.update({
             f"{name}_wall_s": secs,
-            f"{name}_tokens_computed": c.computed,
-            f"{name}_useful_tokens": c.non_pad,
-            f"{name}_useful_fraction": c.useful_fraction,
-            f"{name}_useful_tokens_per_s": c.non_pad / secs,
+            f"{name}_tokens_computed": c["computed"],
+            f"{name}_useful_tokens": c["non_pad"],
+            f"{name}_useful_fraction": c["non_pad"] / c["computed"],
+            f"{name}_useful_tokens_per_s": c["non_pad"] / secs,
             f"{name}_answer_tokens_per_s": answer_tokens / secs,
-            f"{name}_loss_positions_on_pad": c.supervised_pad,
+            f"{name}_loss_positions_on_pad": c["supervised_pad"],
         })  # fmt: skip
     result["answer_tokens"] = answer_tokens
     ours = result["phi2kit_useful_tokens_per_s"]
@@ -209,7 +222,7 @@ def run(
     result["vs_padding_free"] = ours / result["padding_free_useful_tokens_per_s"]
     for peer in ("trl_default", "padding_free"):  # round by round: the noise
         ratios = [
-            (r["phi2kit"][1].non_pad / r["phi2kit"][0]) / (r[peer][1].non_pad / r[peer][0])
+            (r["phi2kit"][1]["non_pad"] / r["phi2kit"][0]) / (r[peer][1]["non_pad"] / r[peer][0])
             for r in rounds
         ]
         result[f"vs_{peer}_range"] = (min(ratios), max(ratios))

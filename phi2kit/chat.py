@@ -1,17 +1,7 @@
-"""Notebook 06's chat: OASST1 trees to threads, the ``### Human: … ### Assistant:`` format,
-and chatting with the tuned model.
-
-The first functions are the ones notebook 06 writes in its cells (kept identical, a test
-compares them): :func:`tree_to_rows` (the export's nested trees as the hub's message rows),
-:func:`build_threads` (the rank-0 walk), :func:`format_chat` and :func:`to_examples` (the
-oldest turns dropped when a conversation is too long). They are the course's only thread
-walk and chat format: the validating loader with bad-row reporting, for ``phi2kit train``,
-(:mod:`phi2kit.data.oasst`) checks each tree and then calls :func:`build_threads`.
-
-The rest drives ``phi2kit chat`` and ``phi2kit app`` (:mod:`phi2kit.commands.chat`,
-:mod:`phi2kit.commands.app`, which holds the Gradio half): the reply is generated (greedily,
-unless a temperature is set) and cut at the stop string ``"### Human:"``;
-:func:`stream_reply` yields it as it grows.
+"""Notebook 06's chat: :func:`tree_to_rows`, :func:`build_threads`, :func:`format_chat` and
+:func:`to_examples` are its cells (the course's only thread walk and chat format;
+:mod:`phi2kit.data.oasst` validates trees, then calls them). The rest drives ``phi2kit chat``
+and ``phi2kit app``.
 """
 
 from __future__ import annotations
@@ -98,12 +88,8 @@ STOP_STRINGS: tuple[str, ...] = (HUMAN,)
 
 
 def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
-    """Drop the oldest exchanges until the prompt fits in ``max_tokens`` tokens.
-
-    :func:`to_examples` does the fitting: the history is the context of an empty reply
-    (one token, ``" "``, and EOS). The last turn (the user's new message) is always kept,
-    even if it alone is too long.
-    """
+    """Drop the oldest exchanges until the prompt fits in ``max_tokens`` tokens (by
+    :func:`to_examples`, for an empty reply); the user's new message is always kept."""
     reply_tokens = len(tokenizer(" ")["input_ids"]) + 1
     examples = to_examples([*turns, ("assistant", "")], tokenizer, max_tokens + reply_tokens)
     last = [ex["dropped_turns"] for ex in examples
@@ -141,15 +127,12 @@ def stream_reply(
     stop_strings: Sequence[str] = STOP_STRINGS,
     temperature: float = 0.0,
 ) -> Iterator[str]:
-    """The assistant's next reply to ``turns`` (which end with the user's message), yielded
-    each time it grows; the last value is the whole reply.
+    """The assistant's reply to ``turns`` (ending with the user's message), yielded each time
+    it grows; the last value is the whole reply, cut at EOS or a stop string.
 
-    Greedy decoding unless ``temperature > 0``; the reply ends at EOS or at the first stop
-    string, and is stripped. Old exchanges are dropped if the prompt would not leave room for
-    ``max_new_tokens``. Generation runs in a thread behind a ``TextIteratorStreamer``. Text
-    that may be the start of a stop string is held back until it is clear, so ``"### Hu"``
-    never flashes on screen. Closing the generator early (a Stop button) stops the
-    generation too.
+    Generation runs in a thread behind a ``TextIteratorStreamer``. Text that may begin a stop
+    string is held back (``"### Hu"`` never flashes on screen); closing the generator (a Stop
+    button) stops the generation.
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
@@ -213,27 +196,17 @@ def load_chat_model(
     model: str | None = None,
     quantize_4bit: bool = False,
 ):
-    """``(model, tokenizer)`` for chatting: the base plus an adapter, or a merged model.
-
-    Args:
-        profile: Profile name (``tiny``, ``t4``, ``ampere`` or ``auto``).
-        adapter: Folder of a saved LoRA adapter, put on the profile's base model.
-        model: Folder of a merged model (notebook 05's ``save_merged``), used instead.
-        quantize_4bit: Load the base in nf4 (as QLoRA trained it) instead of full precision.
-    """
+    """``(model, tokenizer)`` for chatting: the profile's base plus an ``adapter`` folder, or
+    a merged ``model`` folder; the base in nf4 with ``quantize_4bit`` (as QLoRA trained it)."""
     from phi2kit.models import load_model, load_tokenizer
     from phi2kit.profiles import get_profile
-    from phi2kit.twin import keep_nf4_layout_on_cpu
 
-    if adapter and model:
-        raise ValueError("pass either adapter= (base + adapter) or model= (merged), not both")
     prof = get_profile(profile)
     net = load_model(prof, quantize_4bit=quantize_4bit, source=model)
     if adapter:
         from peft import PeftModel
 
         net = PeftModel.from_pretrained(net, adapter)
-    keep_nf4_layout_on_cpu(net)
     net.eval()
     tokenizer = load_tokenizer(prof, padding_side="left")
     return net, tokenizer

@@ -1,16 +1,9 @@
 """A classification head on Phi-2's backbone (notebook 03).
 
-A causal LM is a **backbone** (``model.model``: embeddings, decoder layers, final norm) and
-a **head** (``lm_head``: hidden -> vocabulary). A sequence classifier keeps the backbone and
-swaps the head for ``score`` (hidden -> ``num_labels``, no bias), read at the last real
-token of each sequence. Notebook 03 writes that by hand (:func:`last_token_index`,
-:func:`classify_by_hand`, the same source as its cells) and checks it against transformers'
-own ``AutoModelForSequenceClassification``, which is what it trains.
-
-For ``phi2kit train classifier``, the benchmark and the exercises, the same stock class and
-Trainer as one call each: :func:`load_classifier`, :func:`tokenize_headlines`,
-:func:`classifier_trainer` (HF ``Trainer``, dynamic padding, :func:`compute_metrics`),
-:func:`predict_logits` and :func:`adapter_keys`.
+Notebook 03 writes :func:`last_token_index`, :func:`classify_by_hand` and
+:func:`compute_metrics` in its cells and trains transformers' stock
+``AutoModelForSequenceClassification``; the rest is that same recipe as one call each, for
+``phi2kit train classifier``, the benchmark and the exercises.
 """
 
 from __future__ import annotations
@@ -24,7 +17,7 @@ import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from phi2kit.data.sentiment import LABELS, PROMPT_TEMPLATE, build_prompt
-from phi2kit.generation import device_of, inference
+from phi2kit.generation import inference
 from phi2kit.logs import on_gpu, progress
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe
@@ -83,12 +76,8 @@ def tokenize_headlines(
     labels: Sequence[str] = LABELS,
     template: str = PROMPT_TEMPLATE,
 ) -> datasets.Dataset:
-    """``input_ids``, ``attention_mask`` and integer ``labels`` (indices into ``labels``).
-
-    With ``prompt`` the text is notebook 02's prompt (``template``), so the head reads the
-    position where 02's LM head predicts the label word. Nothing is padded here:
-    ``DataCollatorWithPadding`` pads per batch.
-    """
+    """``input_ids``, ``attention_mask`` and ``labels`` (indices into ``labels``), unpadded;
+    with ``prompt``, of notebook 02's prompt, so the head reads where 02 reads the label."""
     import datasets
 
     labels = list(labels)
@@ -139,21 +128,19 @@ def classifier_trainer(
 
 def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
     """Classifier logits ``(len(texts), num_labels)`` for already-formatted texts."""
-    device = device_of(model)
     out = []
     with inference(model):  # eval mode, no autograd graph; the mode is restored after
         starts = range(0, len(texts), batch_size)
         for start in progress(starts, desc="classifying", show=on_gpu(model)):
             enc = tokenizer(
                 list(texts[start : start + batch_size]), return_tensors="pt", padding=True
-            ).to(device)
+            ).to(model.device)
             out.append(model(**enc).logits.float().cpu().numpy())
     return np.concatenate(out)
 
 
 def adapter_keys(path: str | Path) -> list[str]:
     """Tensor names in a saved adapter's ``adapter_model.safetensors``."""
-    from safetensors import safe_open
+    from safetensors.torch import load_file
 
-    with safe_open(str(Path(path) / "adapter_model.safetensors"), framework="pt") as f:
-        return list(f.keys())
+    return list(load_file(Path(path) / "adapter_model.safetensors"))

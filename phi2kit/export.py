@@ -1,16 +1,6 @@
-"""Lesson 07: a tuned Phi-2 as a GGUF file for llama.cpp and Ollama.
-
-What notebook 07 writes in its cells, kept here for ``phi2kit export``, ``phi2kit chat --gguf``
-and later lessons (a test checks that the two copies are the same source)::
-
-    write_gguf(merged_model, tokenizer, "outputs/07_export/model-f16.gguf", qtype="F16")
-    quantize_gguf("outputs/07_export/model-f16.gguf", "outputs/07_export/model-q4_k_m.gguf")
-    write_modelfile("outputs/07_export/Modelfile", "model-q4_k_m.gguf")
-
-The file layout is the one llama.cpp's own converter (``convert_hf_to_gguf.py``) writes for
-``microsoft/phi-2``: architecture ``phi2``, the tensor names of :data:`GGUF_NAMES`, 1-D
-tensors and norms in F32, a GPT-2 byte-level BPE tokenizer tagged ``phi-2``, no BOS added.
-Needs the ``export`` extra (``pip install -e ".[export]"``: ``gguf`` and ``llama-cpp-python``).
+"""Lesson 07: a tuned Phi-2 as a GGUF file for llama.cpp and Ollama (its cells, kept for the
+exercises and ``bench/gguf_real_size.py``). The layout is llama.cpp's own converter's for
+``microsoft/phi-2``. Needs the ``export`` extra (``gguf`` and ``llama-cpp-python``).
 """
 
 from __future__ import annotations

@@ -1,18 +1,5 @@
-"""Batched generation that stops cleanly.
-
-Two things make batched generation with a decoder-only model correct:
-
-- **Left padding.** New tokens are appended on the right, so every prompt's last real
-  token must sit in the last column. With right padding the model would continue from pad.
-- **The attention mask.** It hides the pads, and transformers derives position ids from it,
-  so a padded prompt sees the same positions as the prompt alone.
-
-A base model does not know when to stop: it rambles into an invented next turn. Stopping on
-EOS and on stop strings (such as ``"### Human:"``) ends each sequence where we want.
-
-Notebook 01 writes :func:`cut_at_stop`, :func:`inference`, :class:`Generation` and
-:func:`generate` in its cells (a test checks they are identical); :func:`device_of` and
-:func:`pad_id_of` are for the scoring code of later lessons.
+"""Batched generation that stops cleanly: notebook 01's :func:`cut_at_stop`,
+:func:`inference`, :class:`Generation` and :func:`generate` (the same source as its cells).
 """
 
 from __future__ import annotations
@@ -40,20 +27,6 @@ class Generation:
     @property
     def tokens_per_second(self) -> float:
         return sum(self.new_tokens) / max(self.seconds, 1e-9)
-
-
-def device_of(model: Any):
-    """The device of the model's inputs: ``model.device``, else its first parameter's."""
-    device = getattr(model, "device", None)
-    return device if device is not None else next(model.parameters()).device
-
-
-def pad_id_of(tokenizer: Any) -> int:
-    """The tokenizer's pad id, else its eos id (Phi-2 has no pad token), else 0."""
-    for token_id in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if token_id is not None:
-            return token_id
-    return 0
 
 
 @contextmanager

@@ -1,14 +1,6 @@
-"""LoRA on Phi-2's linear layers (notebook 02): the config, the adapter, and saving it.
-
-Notebook 02 writes these calls in its cells; this module is the same recipe for the
-notebooks after it and for ``phi2kit train`` (``tests/test_notebook_recipe.py`` checks that
-the two build the same configuration).
-
-- :func:`check_targets` fails loudly when a LoRA target matches no module (a typo there
-  otherwise trains nothing, or far less than you think).
-- :func:`lora_config` is PEFT's ``LoraConfig`` for a recipe; :func:`add_lora` prepares a
-  4-bit base for training (QLoRA) and adds the adapter.
-- :func:`save_adapter` writes the adapter and notes whether its base was 4-bit.
+"""LoRA on Phi-2's linear layers: notebook 02's recipe, for the later notebooks and
+``phi2kit train`` (``tests/test_notebook_recipe.py`` checks the two agree), with a loud
+:func:`check_targets` and a note beside each saved adapter saying whether its base was 4-bit.
 """
 
 from __future__ import annotations
@@ -46,11 +38,7 @@ def check_targets(model: nn.Module, targets: tuple[str, ...] | list[str]) -> dic
 
 
 def lora_config(recipe: Recipe):
-    """The PEFT ``LoraConfig`` for a recipe.
-
-    With ``task_type="SEQ_CLS"`` PEFT also trains and saves the new ``score`` head
-    (``modules_to_save``), so the head travels with the adapter.
-    """
+    """The PEFT ``LoraConfig`` for a recipe (``SEQ_CLS`` also saves the ``score`` head)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -92,12 +80,8 @@ ADAPTER_NOTE = "phi2kit_adapter.json"
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> Path:
-    """``model.save_pretrained(path)`` (the adapter only, as safetensors), plus a note.
-
-    The note (:data:`ADAPTER_NOTE`) records whether the base was 4-bit during training:
-    ``adapter_config.json`` does not, and it decides how the adapter may be merged (a QLoRA
-    adapter belongs to the dequantized nf4 weights, notebook 05). Returns ``path``.
-    """
+    """``model.save_pretrained(path)`` plus :data:`ADAPTER_NOTE`: whether the base was 4-bit,
+    which ``adapter_config.json`` does not say and merging needs (notebook 05)."""
     path = Path(path)
     model.save_pretrained(str(path))
     note = {"base_4bit": is_quantized(model)}

@@ -1,16 +1,6 @@
-"""Merge LoRA/QLoRA adapters into a full-precision base, and measure what merging costs.
-
-Notebook 05 writes these in its cells (a test checks they are identical); later code, the
-exercises and ``bench/phi2_real_size.py`` import them from here:
-
-- :func:`probe_logits` and :func:`merge_error` compare two models on the same inputs: max
-  and mean ``|Δ logit|`` and how often the greedy (argmax) token agrees.
-- :func:`dequantize_into` copies ``dequant(nf4(W))`` into a full-precision copy of the
-  model: merging a QLoRA adapter into *that* base reproduces the adapter-on-4-bit model
-  that was trained.
-
-The rest of notebook 05 is peft and transformers calls (``PeftModel.from_pretrained``,
-``merge_and_unload``, ``load_adapter``, ``set_adapter``, ``save_pretrained``).
+"""Notebook 05's cells, for the exercises and ``bench/phi2_real_size.py``: compare two models'
+logits (:func:`probe_logits`, :func:`merge_error`) and :func:`dequantize_into`, the base a
+QLoRA adapter must be merged into.
 """
 
 from __future__ import annotations

@@ -1,19 +1,7 @@
-"""Load Phi-2 (or the tiny Phi) for a profile, safely.
-
-What this module takes care of:
-
-- **No remote code.** Phi is native in transformers; ``trust_remote_code`` is never passed,
-  and weights load from safetensors only (``use_safetensors=True``).
-- **A pad token.** Phi-2's tokenizer has none. We set ``pad = eos`` (``<|endoftext|>``), the
-  usual choice, and so loss masking must go by the attention mask, never by token id:
-  masking id ``eos`` would also hide the real end-of-text the model must learn.
-- **Padding side by use.** Left for generation (new tokens follow the last real token),
-  right for training.
-- **fp16 attention on a T4.** Phi-2's ``Q @ K^T`` overflows fp16 (max 65,504) and the loss
-  turns into NaN. The ``phi2kit_fp32`` attention keeps scores and softmax in fp32; it is
-  registered by :func:`register_fp32_attention` (which :func:`load_model` calls), never on
-  import, as notebook 01 registers it in a cell.
-- **nf4 4-bit** with double quantization for QLoRA, through ``BitsAndBytesConfig``.
+"""Load Phi-2 (or the tiny Phi) for a profile: safetensors only, no remote code, ``pad = eos``
+(so padding is masked by the attention mask, never by id), nf4 for QLoRA, and notebook 01's
+fp32 attention (:func:`fp32_attention_forward`, registered by :func:`load_model`, never on
+import), since Phi-2's ``Q @ K^T`` overflows fp16 on a T4.
 """
 
 from __future__ import annotations
@@ -70,11 +58,8 @@ def fp32_attention_forward(
 
 
 def register_fp32_attention() -> str:
-    """Register :func:`fp32_attention_forward` as ``attn_implementation="phi2kit_fp32"``.
-
-    Notebook 01 makes the same two calls in a cell. Importing this module registers
-    nothing; :func:`load_model` calls this before loading. Returns the name.
-    """
+    """Register :func:`fp32_attention_forward` as ``attn_implementation="phi2kit_fp32"``
+    (notebook 01's two calls); returns the name."""
     AttentionInterface.register(FP32_ATTENTION, fp32_attention_forward)
     # A custom attention also needs a mask builder, or transformers passes no padding mask
     # at all. Ours takes eager's additive mask.
@@ -105,10 +90,7 @@ def model_source(profile: Profile) -> str:
 def load_tokenizer(
     profile: Profile | str = "auto", padding_side: Literal["left", "right"] = "right"
 ):
-    """The profile's tokenizer with ``pad = eos`` and the padding side for the job.
-
-    Use ``padding_side="left"`` for batched generation and ``"right"`` for training.
-    """
+    """The profile's tokenizer with ``pad = eos``; padding left to generate, right to train."""
     from transformers import AutoTokenizer
 
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
@@ -134,8 +116,7 @@ def bnb_config(profile: Profile):
 
 
 def load_kwargs(profile: Profile, quantize_4bit: bool) -> dict:
-    """The ``from_pretrained`` arguments notebook 02 writes out: dtype, attention, nf4 or
-    not, safetensors only, and where the weights go."""
+    """The ``from_pretrained`` arguments notebook 02 writes out."""
     return {
         "dtype": getattr(torch, profile.dtype),
         "attn_implementation": profile.attn_implementation,
@@ -152,14 +133,9 @@ def load_model(
     num_labels: int | None = None,
     source: str | None = None,
 ):
-    """Load the profile's causal LM (or a sequence classifier when ``num_labels`` is set).
-
-    Args:
-        profile: A :class:`Profile` or its name.
-        quantize_4bit: Load the base in nf4 (QLoRA). ``None`` takes the profile's default.
-        num_labels: Build ``PhiForSequenceClassification`` with a fresh ``score`` head.
-        source: Load another folder or hub id (e.g. a merged model) with the same settings.
-    """
+    """The profile's causal LM, or a sequence classifier with a fresh head of ``num_labels``;
+    nf4 by the profile unless ``quantize_4bit`` says; ``source``: another folder (a merged
+    model) with the same settings."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     profile = get_profile(profile) if isinstance(profile, str) else profile

@@ -1,14 +1,7 @@
-"""Rewards a program can check, for GRPO on cited answers (notebook 09 writes these in its cells).
-
-Each reward is built on lesson 04's checks (:mod:`phi2kit.evaluate.qa`), the same functions
-that score the answers, so the reward and the metric cannot drift apart. trl's
-``GRPOTrainer`` calls each with ``prompts``, ``completions``, ``completion_ids`` and the
-dataset's other columns as keyword arguments (here ``references``: the references the prompt
-showed) and takes one float per completion.
-
-    stops_on_eos = make_stops_on_eos(tokenizer.eos_token_id)
-    rewards = [citations_supported, citations_in_range, stops_on_eos, guard]
-    GRPOTrainer(model=model, reward_funcs=rewards, args=grpo_args, train_dataset=train_ds)
+"""Rewards a program can check, for GRPO on cited answers (notebook 09's cells), built on
+lesson 04's checks (:mod:`phi2kit.evaluate.qa`) so the reward and the metric cannot drift.
+trl's ``GRPOTrainer`` calls each with ``completions`` and the dataset's columns (here
+``references``) and takes one float per completion.
 """
 
 from __future__ import annotations

@@ -1,16 +1,6 @@
-"""Trainers that are safe on a T4 (notebook 02 writes the calls; later notebooks use these).
-
-- :func:`sft_config` / :func:`training_args` set fp16/bf16 **explicitly** from the profile:
-  trl's ``SFTConfig`` defaults to bf16, which a T4 cannot run.
-- :func:`sft_trainer` is trl's ``SFTTrainer`` on prompt/completion data (loss on the
-  completion only, EOS appended), passed through :func:`finish_trainer`.
-- :func:`finish_trainer` is what trl and transformers leave to us, for every trainer (also
-  03's classifier): trainable weights back to fp32 (trl casts QLoRA adapters to bf16, which
-  breaks fp16 AMP's gradient scaler), fp16 mixed precision that really runs on a CPU too
-  (the ``t4-cpu`` twin), the seeded length-grouped sampler (:mod:`phi2kit.batching`) and no
-  log dict printed at every step.
-- :func:`plot_losses` draws train and eval loss from ``trainer.state.log_history`` (written
-  in notebook 02's cells; later lessons import it).
+"""Trainers that are safe on a T4: notebook 02's calls (and its cell :func:`plot_losses`),
+kept for the later lessons and ``phi2kit train``. fp16/bf16 come from the profile, never from
+a library default (trl's ``SFTConfig`` defaults to bf16, which a T4 cannot run).
 """
 
 from __future__ import annotations
@@ -28,12 +18,8 @@ from phi2kit.twin import cpu_fp16_amp
 
 
 def upcast_trainable(model: nn.Module) -> int:
-    """Cast every trainable parameter to fp32; return how many were cast.
-
-    fp16 AMP keeps fp32 master weights only if the trainable weights *are* fp32; an fp16
-    or bf16 trainable weight makes the gradient scaler fail ("Attempting to unscale FP16
-    gradients") or silently loses small updates.
-    """
+    """Cast every trainable parameter to fp32 (fp16 AMP's gradient scaler needs fp32 master
+    weights); return how many were cast."""
     n = 0
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
@@ -91,11 +77,8 @@ def sft_config(
     eval_steps: int | None = None,
     **overrides,
 ):
-    """trl ``SFTConfig`` for prompt/completion data: loss on the completion only.
-
-    With ``eval_steps``, evaluate and checkpoint every ``eval_steps`` and load the best
-    checkpoint on eval loss at the end, as notebook 02 does.
-    """
+    """trl ``SFTConfig`` for prompt/completion data: loss on the completion only. With
+    ``eval_steps``, evaluate and checkpoint that often and load the best at the end (02)."""
     from trl import SFTConfig
 
     args = _common_args(profile, recipe, output_dir, eval_steps)
@@ -116,10 +99,7 @@ def training_args(
     eval_steps: int | None = None,
     **overrides,
 ):
-    """``transformers.TrainingArguments`` for the HF ``Trainer`` (the classifier, 03).
-
-    ``eval_steps`` as in :func:`sft_config`.
-    """
+    """``transformers.TrainingArguments`` for the HF ``Trainer`` (03's classifier)."""
     from transformers import TrainingArguments
 
     args = _common_args(profile, recipe, output_dir, eval_steps)
@@ -137,12 +117,8 @@ def sft_trainer(
     eval_dataset=None,
     **overrides,
 ):
-    """trl ``SFTTrainer`` over a LoRA model, with trainable weights kept in fp32.
-
-    Pass ``eval_steps`` (say ``max(1, recipe.max_steps // 5)``) with an ``eval_dataset`` to
-    evaluate during training and load the best checkpoint on eval loss at the end, as
-    notebook 02 does.
-    """
+    """trl ``SFTTrainer`` over a LoRA model, through :func:`finish_trainer`; ``overrides``
+    (``eval_steps`` with an ``eval_dataset``, say) go to :func:`sft_config`."""
     from trl import SFTTrainer
 
     trainer = SFTTrainer(
@@ -156,15 +132,10 @@ def sft_trainer(
 
 
 def finish_trainer(trainer, *, seeded_sampler: bool = True):
-    """The last step for every trainer phi2kit builds; returns it.
-
-    - Trainable weights to fp32: trl casts QLoRA adapters to bf16, and fp16 AMP's grad
-      scaler needs fp32 master weights.
-    - fp16 mixed precision on a CPU (profile ``t4-cpu``): :func:`cpu_fp16_amp`.
-    - Where the arguments group by length, the seeded sampler
-      :func:`phi2kit.batching.group_by_length` (tighter groups, exact resume), unless
-      ``seeded_sampler=False`` (transformers' own, for the benchmark's peer).
-    - No log dict printed at every logging step (the loss plot shows the same numbers).
+    """The last step for every trainer phi2kit builds; returns it: trainable weights to fp32
+    (trl casts QLoRA adapters to bf16), fp16 AMP on a CPU (``t4-cpu``), the seeded sampler
+    of :func:`phi2kit.batching.group_by_length` (unless ``seeded_sampler=False``: the
+    benchmark's peer) and no log dict printed at every step.
     """
     from transformers.trainer_callback import PrinterCallback
 

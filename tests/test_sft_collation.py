@@ -7,12 +7,7 @@ tiny Phi, built with ``phi2kit.training.sft_trainer`` as notebook 04 builds it.
 import pytest
 import torch
 
-from phi2kit.batching import (
-    CountingCollator,
-    TokenCounts,
-    count_tokens,
-    masked_loss,
-)
+from phi2kit.batching import token_counts
 
 N_EXAMPLES = 8
 BATCH = 4
@@ -97,56 +92,20 @@ def test_sampler_groups_by_length(sft):
     assert isinstance(sampler, LengthGroupedSampler)
 
 
-def _count(batches) -> TokenCounts:
-    return sum(map(count_tokens, batches), TokenCounts())
+def test_token_counts_of_the_trainers_batches(batches):
+    real, computed, _, on_pad = token_counts(batches)
+    assert on_pad == 0
+    assert 0.5 < real / computed < 1.0  # padded, but not mostly padding
 
 
-def test_counting_collator_sees_what_the_dataloader_yields(sft, batches):
-    trainer, _, _ = sft
-    expected = _count(batches)
-    counter = CountingCollator(trainer.data_collator)
-    trainer.data_collator = counter
-    try:
-        assert _count(trainer.get_train_dataloader()) == counter.counts == expected
-    finally:
-        trainer.data_collator = counter.collator
-    assert expected.supervised_pad == 0
-    assert 0.5 < expected.useful_fraction < 1.0  # padded, but not mostly padding
-
-
-def test_count_tokens_on_a_hand_built_batch():
+def test_token_counts_on_a_hand_built_batch():
     batch = {
         "input_ids": torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]]),
         "attention_mask": torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0]]),
         "labels": torch.tensor([[-100, -100, 7, 8], [-100, 6, 0, -100]]),
     }
-    c = count_tokens(batch)
-    assert (c.computed, c.non_pad, c.supervised, c.supervised_pad) == (8, 6, 4, 1)
-    assert c.useful_fraction == pytest.approx(6 / 8)
-    assert (c + c).batches == 2 and (c + c).useful_fraction == pytest.approx(6 / 8)
-    # padding-free batch: one row, no attention mask, nothing wasted
-    flat = {
-        "input_ids": torch.tensor([[5, 6, 7, 5, 6]]),
-        "position_ids": torch.tensor([[0, 1, 2, 0, 1]]),
-    }
-    assert count_tokens(flat).useful_fraction == 1.0
-    assert TokenCounts().useful_fraction == 0.0
-    with pytest.raises(ValueError, match="attention_mask shape"):
-        count_tokens({"input_ids": torch.zeros(2, 3), "attention_mask": torch.ones(2, 4)})
-
-
-def test_masked_loss_matches_the_model_loss(sft, batches):
-    trainer, _, _ = sft
-    model = trainer.model
-    row = {k: v[:1] for k, v in batches[0].items()}
-    with torch.no_grad():
-        model.eval()
-        expected = model(**row).loss.item()  # transformers: mean over labels != -100
-    assert masked_loss(model, [row]) == pytest.approx(expected, rel=1e-5)
-    # token-weighted across batches: two copies of one batch give the same mean
-    assert masked_loss(model, [row, row]) == pytest.approx(expected, rel=1e-5)
-    with pytest.raises(ValueError, match="no supervised tokens"):
-        masked_loss(model, [{**row, "labels": torch.full_like(row["labels"], -100)}])
+    assert token_counts([batch]) == (6, 8, 4, 1)
+    assert token_counts([batch, batch]) == (12, 16, 8, 2)
 
 
 def test_padding_free_rows_keep_sequence_boundaries(tiny_model):

@@ -188,16 +188,17 @@ exercise("04_b", "labels = input_ids over padded batches", "Break and fix", "04 
 @criterion(
     "04_b",
     "the seed's batch is measured: loss positions on padding, useful fraction",
-    "count_tokens(seed_batch) gives supervised_pad and useful_fraction",
+    "token_counts([seed_batch]) gives (real, computed, supervised, supervised padding)",
 )
 def _04b_broken(ns):
-    from phi2kit.batching import count_tokens
+    from phi2kit.batching import token_counts
 
-    counts = count_tokens(need(ns, "seed_batch"))
-    expect(counts.supervised_pad > 0, "the seed batch should supervise padding: it does not")
-    expect(need(ns, "seed_counts") == counts, "seed_counts is not count_tokens(seed_batch)")
-    pads, useful = counts.supervised_pad, counts.useful_fraction
-    return f"{pads:,} loss positions on padding, useful-token fraction {useful:.0%}"
+    real, computed, _, pads = counts = token_counts([need(ns, "seed_batch")])
+    expect(pads > 0, "the seed batch should supervise padding: it does not")
+    expect(
+        tuple(need(ns, "seed_counts")) == counts, "seed_counts is not token_counts([seed_batch])"
+    )
+    return f"{pads:,} loss positions on padding, useful-token fraction {real / computed:.0%}"
 
 
 @criterion(
@@ -223,12 +224,12 @@ def _04b_fix(ns):
 @criterion(
     "04_b",
     "the fixed batch has no loss on padding and the same real tokens",
-    "fixed_counts = count_tokens(fixed_batch), with fixed_batch's labels from fix_labels",
+    "fixed_counts = token_counts([fixed_batch]), with fixed_batch's labels from fix_labels",
 )
 def _04b_counts(ns):
-    from phi2kit.batching import count_tokens
+    from phi2kit.batching import token_counts
 
-    fixed, seed = count_tokens(need(ns, "fixed_batch")), need(ns, "seed_counts")
-    expect(fixed.supervised_pad == 0, f"{fixed.supervised_pad} loss positions still on padding")
-    expect(fixed.non_pad == seed.non_pad, "the fixed batch lost or gained real tokens")
-    expect(0 < fixed.supervised < seed.supervised, "the fixed batch supervises nothing, or all")
+    fixed, seed = token_counts([need(ns, "fixed_batch")]), need(ns, "seed_counts")
+    expect(fixed[3] == 0, f"{fixed[3]} loss positions still on padding")
+    expect(fixed[0] == seed[0], "the fixed batch lost or gained real tokens")
+    expect(0 < fixed[2] < seed[2], "the fixed batch supervises nothing, or all")

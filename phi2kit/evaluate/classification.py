@@ -1,14 +1,6 @@
-"""Evaluate a causal LM as a classifier (notebooks 02 and 03).
-
-Notebook 02 writes :func:`parse_label` in a cell (the two are kept identical); the metrics
-here serve notebook 03, the exercises and the benchmark. Two ways to get a label
-out of a causal LM:
-
-- **Label scoring** (:func:`phi2kit.evaluate.scoring.score_labels`): for each prompt, the
-  log-likelihood of every candidate completion ``" " + label``; the prediction is the best
-  one. It cannot produce an invalid label.
-- **Generation** (:func:`predict_by_generation`): greedy decoding, then
-  :func:`parse_label`. Outputs that name no label stay ``None`` and count as wrong.
+"""A causal LM as a classifier by generation: notebook 02's :func:`parse_label`, and the
+metrics for notebooks 02-03, the exercises and the benchmark. Label scoring is in
+:mod:`phi2kit.evaluate.scoring`.
 """
 
 from __future__ import annotations
@@ -50,12 +42,19 @@ def predict_by_generation(
     out = generate(
         model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size
     )
-    texts = out.texts
-    return [parse_label(text, labels) for text in texts]
+    return [parse_label(text, labels) for text in out.texts]
 
 
-def _with_unparsed(y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str]):
-    """Check the inputs; map ``None`` predictions to ``"unparsed"``."""
+def classification_metrics(
+    y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str] = LABELS
+) -> dict[str, Any]:
+    """Accuracy, per-class accuracy (recall, ``nan`` if absent), macro F1, ``n``, sklearn's
+    ``report`` and the ``confusion`` matrix (rows: true, columns: predicted, in ``labels``
+    order). ``None`` predictions (unparsed) count as wrong, in ``n_unparsed`` and in
+    ``report`` as ``"unparsed"``.
+    """
+    from sklearn.metrics import classification_report, confusion_matrix, f1_score
+
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
     if len(y_true) == 0:
@@ -63,26 +62,7 @@ def _with_unparsed(y_true: Sequence[str], y_pred: Sequence[str | None], labels: 
     unknown = sorted(set(y_true) - set(labels))
     if unknown:
         raise ValueError(f"y_true has labels {unknown} that are not in {list(labels)}")
-    return list(y_true), [UNPARSED if p is None else p for p in y_pred]
-
-
-def classification_metrics(
-    y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str] = LABELS
-) -> dict[str, Any]:
-    """Accuracy, per-class accuracy (recall), macro F1 and a confusion matrix.
-
-    ``None`` predictions (unparsed generations) count as wrong and are counted in
-    ``n_unparsed``; in ``report`` they appear as ``"unparsed"``.
-
-    Returns:
-        ``accuracy``, ``per_class_accuracy`` (label -> recall, ``nan`` if absent),
-        ``macro_f1`` (over ``labels``), ``n_unparsed``, ``n``, ``report`` (sklearn text
-        report) and ``confusion`` (rows: true label, columns: predicted label, both in
-        ``labels`` order; unparsed predictions are in no column).
-    """
-    from sklearn.metrics import classification_report, confusion_matrix, f1_score
-
-    y_true, y_pred = _with_unparsed(y_true, y_pred, labels)
+    y_true, y_pred = list(y_true), [UNPARSED if p is None else p for p in y_pred]
     correct = np.array([t == p for t, p in zip(y_true, y_pred, strict=True)])
     per_class = {}
     for label in labels:

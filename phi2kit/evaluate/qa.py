@@ -1,10 +1,5 @@
-"""Scoring cited answers (notebook 04 writes these in its cells; kept identical here).
-
-ROUGE-L against the reference answer, how often answers cite and whether the citations
-exist, and whether the cited reference supports the sentence (a lexical check).
-
-    rouge_l(generated_answer, reference_answer)
-    citation_metrics(answers, [references_shown(p) for p in prompts])
+"""Scoring cited answers (notebook 04's cells): ROUGE-L, citation rate and range, and
+whether the cited reference supports the sentence (a lexical check).
 """
 
 from __future__ import annotations
