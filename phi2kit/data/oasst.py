@@ -1,15 +1,9 @@
 """OpenAssistant OASST1 (notebook 06): message trees -> chat threads -> training examples.
 
-Reads both published forms: the Hugging Face rows (one message per row, linked by
-``parent_id``) and the official export ``*.trees.jsonl`` (one tree per line, nested
-``replies``). The form is detected from the content.
-
-    threads = load_oasst("oasst1/train.jsonl", lang="en")
-    examples = [ex for thread in threads for ex in thread_to_examples(thread)]
-
-The walk from a tree to its main thread and the ``### Human:`` format are notebook 06's
-(:func:`phi2kit.chat.build_threads`, :func:`phi2kit.chat.format_chat`); this module reads
-the files, reports bad rows, and checks each tree before the walk.
+Reads both published forms, told by the content: the HF rows (one message per row, linked
+by ``parent_id``) and the export ``*.trees.jsonl`` (one tree per line, nested ``replies``).
+It reports bad rows and checks each tree; the walk to a thread and the ``### Human:`` format
+are notebook 06's (:mod:`phi2kit.chat`).
 """
 
 from __future__ import annotations
@@ -154,28 +148,11 @@ def _check_tree(messages: list[dict], by_id: dict[str, dict], duplicates: list[d
 def build_threads(
     messages: list[dict], lang: str | None = None, *, skip_bad: bool = False
 ) -> LoadResult:
-    """Build the main thread of every conversation tree.
+    """The main thread (a list of ``(role, text)``) of every tree, walked as notebook 06's
+    :func:`phi2kit.chat.build_threads` walks it, after checking the tree.
 
-    Each tree starts at a root prompt (``parent_id`` null). At each step the best usable
-    reply is followed: the lowest ``rank`` (0 is best); replies without a rank come after
-    ranked ones, so when no reply is ranked the first one wins: the earliest
-    ``created_date`` if the data has it, else the first in input order. Messages
-    with ``deleted=True`` or ``review_result`` false, or (with ``lang``) in another
-    language, are skipped together with their subtrees. Trailing prompter turns are
-    removed; threads without an assistant turn are left out.
-
-    Args:
-        messages: Message dicts with at least ``message_id``, ``parent_id``, ``text`` and
-            ``role`` (``prompter`` or ``assistant``).
-        lang: Keep only messages in this language, e.g. ``"en"``.
-        skip_bad: Skip (and count in ``n_skipped``) a bad tree instead of raising.
-
-    Returns:
-        A ``LoadResult``: a list of threads, each a list of ``(role, text)``.
-
-    Raises:
-        DataError: A missing parent, a cycle, roles that do not alternate (or unknown, or
-            an assistant message at the root), a duplicate ``message_id``.
+    A duplicate id, a missing parent, a cycle or a bad role raises :class:`DataError`, or
+    with ``skip_bad`` leaves the tree out and names it in ``problems``.
     """
     result = LoadResult(skip_bad=skip_bad)
     norm, by_id, duplicates = [], {}, []
@@ -203,10 +180,8 @@ def build_threads(
 
 
 def thread_to_examples(thread: Thread) -> list[dict]:
-    """One ``{"prompt", "completion"}`` per assistant turn, all earlier turns as context.
-
-    Nothing is cut (notebook 06's :func:`phi2kit.chat.to_examples` fits a token budget).
-    """
+    """One ``{"prompt", "completion"}`` per assistant turn, all earlier turns as context
+    (nothing cut: notebook 06's :func:`phi2kit.chat.to_examples` fits a token budget)."""
     return [{"prompt": chat.format_chat(thread[:i]), "completion": " " + text.strip()}
             for i, (role, text) in enumerate(thread) if role == "assistant"]
 
@@ -227,13 +202,8 @@ def load_messages(
     hub_id: str = HUB_ID,
     skip_bad: bool = False,
 ) -> LoadResult:
-    """Read OASST1 messages from either published form (or the Hub) as normalized dicts.
-
-    ``.parquet`` and ``.csv`` files are read as rows. In a ``.jsonl`` (or ``.jsonl.gz``)
-    file, a first object with a ``prompt`` key means the trees export, one with a
-    ``message_id`` the rows form. With ``skip_bad`` a bad line is skipped and counted.
-    Trees whose ``tree_state`` is not ``ready_for_export`` are left out; the result's
-    ``not_ready`` counts them.
+    """OASST1 messages as plain dicts, from either form (``.jsonl``, ``.jsonl.gz``, ``.parquet``,
+    ``.csv``) or with no ``path`` the hub; ``not_ready`` counts the unfinished trees left out.
     """
     if path is None:
         try:
@@ -286,13 +256,8 @@ def load_oasst(
     split: str = "train",
     hub_id: str = HUB_ID,
 ) -> LoadResult:
-    """Load OASST1 (rows or trees form, or the Hub when ``path`` is None) as main threads.
-
-    Returns a ``LoadResult`` (list of threads, each a list of ``(role, text)`` with roles
-    ``prompter``/``assistant``); ``n_skipped`` counts bad lines and trees left out with
-    ``skip_bad=True``, ``not_ready`` the unfinished trees left out. See ``build_threads`` for
-    how a thread is chosen.
-    """
+    """:func:`load_messages` then :func:`build_threads`: OASST1's main threads, with the bad
+    rows and trees (``problems``) and the unfinished trees (``not_ready``) left out."""
     messages = load_messages(path, split=split, hub_id=hub_id, skip_bad=skip_bad)
     threads = build_threads(messages, lang, skip_bad=skip_bad)
     threads.problems[:0] = messages.problems
