@@ -211,10 +211,3 @@ def format_table(est: Estimate) -> str:
     lines += [f"{'total':<24}{est.total_gb:>8.2f}", f"{'device':<24}{est.device_gb:>8.2f}",
               est.verdict]  # fmt: skip
     return "\n".join(lines)
-
-
-def plan_all_t4(device_gb: float = 15.0) -> list[tuple[str, Estimate]]:
-    """Estimate every task's default T4 recipe."""
-    from phi2kit.recipes import TASKS, get_recipe
-
-    return [(t, estimate("t4", get_recipe(t, "t4"), device_gb=device_gb)) for t in TASKS]
