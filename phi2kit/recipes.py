@@ -62,52 +62,20 @@ def _check_numbers(r: Recipe) -> None:
 # T4 recipes: the defaults a learner runs on a free Colab T4 (15 GB). Each is predicted to
 # fit by phi2kit.plan; the README's planner table shows the numbers.
 _T4: dict[str, Recipe] = {
-    "sentiment": Recipe(
-        "sentiment",
-        quantize_4bit=True,
-        max_length=256,
-        max_steps=150,
-        batch_size=4,
-        grad_accum=4,
-        n_train=300,
-        n_test=300,  # the seed's test split: 300 per class
-    ),
-    "classifier": Recipe(
-        "classifier",
-        quantize_4bit=True,
-        max_length=256,
-        max_steps=150,
-        batch_size=8,
-        grad_accum=2,
-        learning_rate=1e-4,
-        n_train=300,
-        n_test=300,  # the seed's test split: 300 per class
-    ),
-    "webglm": Recipe(
-        "webglm",
-        quantize_4bit=True,
-        max_length=1024,
-        max_steps=100,  # 1,600 examples: ~112 minutes on a T4 (plan.train_minutes; 56 at 2,048)
-        batch_size=2,
-        grad_accum=8,
-        n_train=5000,
-        n_test=200,
-    ),
-    # r=64, alpha=16 on all six projections: the QLoRA paper's Guanaco setting on OASST1.
-    "chat": Recipe(
-        "chat",
-        quantize_4bit=True,
-        lora_r=64,
-        lora_alpha=16,
-        lora_dropout=0.1,
-        max_length=1024,
-        max_steps=120,  # about 79 minutes on a T4 (plan.train_minutes; 39 at 2,048)
-        batch_size=2,
-        grad_accum=8,
-        n_train=5000,
-        n_test=200,
-    ),
-}
+    # n_test: the seed's test split, 300 per class
+    "sentiment": Recipe("sentiment", quantize_4bit=True, max_length=256, max_steps=150,
+                        n_test=300),
+    "classifier": Recipe("classifier", quantize_4bit=True, max_length=256, max_steps=150,
+                         batch_size=8, grad_accum=2, learning_rate=1e-4, n_test=300),
+    # 1,600 examples: ~112 minutes on a T4 (plan.train_minutes; 56 at 2,048)
+    "webglm": Recipe("webglm", quantize_4bit=True, max_length=1024, max_steps=100, batch_size=2,
+                     grad_accum=8, n_train=5000, n_test=200),
+    # r=64, alpha=16 on all six projections: the QLoRA paper's Guanaco setting on OASST1;
+    # about 79 minutes on a T4 (plan.train_minutes; 39 at 2,048)
+    "chat": Recipe("chat", quantize_4bit=True, lora_r=64, lora_alpha=16, lora_dropout=0.1,
+                   max_length=1024, max_steps=120, batch_size=2, grad_accum=8, n_train=5000,
+                   n_test=200),
+}  # fmt: skip
 
 # Tiny recipes: the same code on a 1.3M-parameter Phi on 2 CPU cores, about a minute each.
 # Small models want larger learning rates and ranks relative to their width; no dropout and
@@ -134,18 +102,11 @@ _TINY: dict[str, Recipe] = {
 _T4_CPU_ACCUM = 2
 _T4_CPU_STEPS = {"sentiment": (120, 4), "classifier": (20, 4), "webglm": (40, 2), "chat": (40, 2)}
 _T4_CPU: dict[str, Recipe] = {
-    name: replace(
-        _T4[name],
-        max_length=tiny.max_length,
-        max_steps=_T4_CPU_STEPS[name][0],
-        batch_size=_T4_CPU_STEPS[name][1],
-        grad_accum=_T4_CPU_ACCUM,
-        n_train=tiny.n_train,
-        n_test=tiny.n_test,
-        learning_rate=tiny.learning_rate,
-    )
+    name: replace(_T4[name], max_length=tiny.max_length, max_steps=_T4_CPU_STEPS[name][0],
+                  batch_size=_T4_CPU_STEPS[name][1], grad_accum=_T4_CPU_ACCUM,
+                  n_train=tiny.n_train, n_test=tiny.n_test, learning_rate=tiny.learning_rate)
     for name, tiny in _TINY.items()
-}
+}  # fmt: skip
 
 _AMPERE: dict[str, Recipe] = {
     name: replace(r, batch_size=r.batch_size * 2, grad_accum=max(1, r.grad_accum // 2))

@@ -118,3 +118,21 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:
                                         path=path, row=line_no))
                 )
     return out
+
+
+def hub_rows(hub_id: str, split: str, advice: str, columns: tuple[str, ...] = ()) -> Iterator:
+    """``(row, dict)`` pairs of a hub split (only ``columns`` of it, when given), or a
+    :class:`DataError` that says what to pass offline (``advice``)."""
+    try:
+        from datasets import load_dataset
+
+        table = load_dataset(hub_id, split=split)
+        if columns:
+            table = table.select_columns([c for c in columns if c in table.column_names])
+    except Exception as exc:  # offline, unknown split, missing package, ...
+        raise DataError(
+            f"could not load split {split!r} from the Hub ({type(exc).__name__}: {exc}). "
+            f"Offline? {advice}",
+            path=hub_id,
+        ) from exc
+    return enumerate(table, start=1)

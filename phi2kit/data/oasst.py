@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phi2kit import chat
-from phi2kit.data.files import DataError, LoadResult, read_jsonl
+from phi2kit.data.files import DataError, LoadResult, hub_rows, read_jsonl
 
 HUB_ID = "OpenAssistant/oasst1"
 ROLES = ("prompter", "assistant")
@@ -23,20 +23,10 @@ ROLES = ("prompter", "assistant")
 #: low quality or halted by a moderator; OpenAssistant's own training code skips them too.
 READY = "ready_for_export"
 Thread = list[tuple[str, str]]
-#: The message fields the loader reads (the published rows have more).
-_FIELDS = (
-    "message_id",
-    "parent_id",
-    "text",
-    "role",
-    "lang",
-    "rank",
-    "deleted",
-    "review_result",
-    "message_tree_id",
-    "created_date",
-    "tree_state",
-)
+#: The message fields the loader reads: the others (detoxify, emojis, labels) would be made
+#: Python objects for every one of the hub's ~85,000 messages.
+_FIELDS = ("message_id", "parent_id", "text", "role", "lang", "rank", "deleted", "review_result",
+           "message_tree_id", "created_date", "tree_state")
 
 
 def _none_if_nan(value: Any) -> Any:
@@ -206,20 +196,7 @@ def load_messages(
     ``.csv``) or with no ``path`` the hub; ``not_ready`` counts the unfinished trees left out.
     """
     if path is None:
-        try:
-            from datasets import load_dataset
-
-            table = load_dataset(hub_id, split=split)
-            # Only the fields a thread needs: the others (detoxify, emojis, labels) would
-            # be turned into Python objects for every one of the ~85,000 messages.
-            table = table.select_columns([c for c in _FIELDS if c in table.column_names])
-            rows = list(enumerate(table, start=1))
-        except Exception as exc:
-            raise DataError(
-                f"could not load split {split!r} from the Hub ({type(exc).__name__}:"
-                f" {exc}). Offline? Pass path= a local file",
-                path=hub_id,
-            ) from exc
+        rows = list(hub_rows(hub_id, split, "Pass path= a local file", _FIELDS))
         source, form = hub_id, "rows"
     else:
         file, source = Path(path), str(path)

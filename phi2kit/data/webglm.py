@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.files import DataError, LoadResult, read_jsonl
+from phi2kit.data.files import DataError, LoadResult, hub_rows, read_jsonl
 
 HUB_ID = "THUDM/webglm-qa"
 
@@ -60,21 +60,6 @@ def _check_example(row: Any, path: str, line: int) -> dict:
     return {"question": row["question"], "answer": row["answer"], "references": list(refs)}
 
 
-def _hub_rows(hub_id: str, split: str):
-    """Yield (row number, row) from the Hugging Face Hub (needs network or the HF cache)."""
-    try:
-        from datasets import load_dataset
-
-        ds = load_dataset(hub_id, split=split)
-    except Exception as exc:  # offline, unknown split, missing package, ...
-        msg = (
-            f"could not load split {split!r} from the Hub ({type(exc).__name__}: {exc}). "
-            f"Offline? Download the JSON-lines files and pass path='folder/with/{split}.jsonl'"
-        )
-        raise DataError(msg, path=hub_id) from exc
-    yield from enumerate(ds, start=1)
-
-
 def load_webglm(
     path: str | os.PathLike[str] | None = None,
     split: str = "train",
@@ -91,7 +76,8 @@ def load_webglm(
     is skipped and named in ``problems``.
     """
     if path is None:
-        source, rows = hub_id, _hub_rows(hub_id, split)
+        advice = f"Download the JSON-lines files and pass path='folder/with/{split}.jsonl'"
+        source, rows = hub_id, hub_rows(hub_id, split, advice)
     else:
         file = Path(path)
         if file.is_dir():
