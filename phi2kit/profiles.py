@@ -8,7 +8,7 @@ paged 8-bit AdamW). ``PHI2KIT_PROFILE`` overrides ``auto``; an explicit name ove
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 ProfileName = Literal["tiny", "t4-cpu", "t4", "ampere"]
@@ -78,44 +78,18 @@ class Profile:
         return self.model_id is None
 
 
+_T4 = Profile("t4", model_id=PHI2_ID, dtype="float16", quantize_4bit=True,
+              optim="paged_adamw_8bit", gradient_checkpointing=True)
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile(
-        name="tiny",
-        model_id=None,  # the shipped tiny Phi: loads offline in seconds
-        dtype="float32",  # CPUs have no fast fp16 matmul, and fp32 keeps results reproducible
-        quantize_4bit=False,  # QLoRA still runs: bitsandbytes nf4 works on the CPU
-        optim="adamw_torch",  # paged 8-bit AdamW needs CUDA
-        gradient_checkpointing=False,  # a 1.5M-parameter model has no activation problem
-    ),
-    # The T4's twin: every setting of "t4" that a CPU can run, on the tiny model. Only the
-    # numbers that must shrink for a CPU shrink (model, steps, lengths, counts: recipes.py).
-    "t4-cpu": Profile(
-        name="t4-cpu",
-        model_id=None,  # the shipped tiny Phi: Phi-2 at full size is bench/phi2_real_size.py
-        dtype="float16",  # fp16 AMP + grad scaler (phi2kit.training turns them on for the CPU)
-        quantize_4bit=True,  # nf4 + double quant, compute in fp16, as on the T4
-        attn_implementation="phi2kit_fp32",
-        optim="adamw_torch",  # paged 8-bit AdamW needs CUDA: plain AdamW stands in
-        gradient_checkpointing=True,  # non-reentrant, as on the T4
-    ),
-    "t4": Profile(
-        name="t4",
-        model_id=PHI2_ID,
-        dtype="float16",
-        quantize_4bit=True,
-        attn_implementation="phi2kit_fp32",  # fp16 QK^T overflows in Phi-2 -> NaN loss
-        optim="paged_adamw_8bit",
-        gradient_checkpointing=True,
-    ),
-    "ampere": Profile(
-        name="ampere",
-        model_id=PHI2_ID,
-        dtype="bfloat16",
-        quantize_4bit=True,
-        attn_implementation="sdpa",  # bf16 has fp32's exponent range: no overflow
-        optim="paged_adamw_8bit",
-        gradient_checkpointing=True,
-    ),
+    # the shipped tiny Phi in fp32 (reproducible; CPUs have no fast fp16 matmul), AdamW
+    # (paged 8-bit AdamW needs CUDA), no checkpointing: 1.3M parameters need none
+    "tiny": Profile("tiny"),
+    # the T4's twin: every "t4" setting a CPU can run (fp16 AMP with a grad scaler, nf4 +
+    # double quant, checkpointing) on the tiny Phi; plain AdamW stands in for paged AdamW
+    "t4-cpu": replace(_T4, name="t4-cpu", model_id=None, optim="adamw_torch"),
+    "t4": _T4,  # fp32 attention: fp16 QK^T overflows in Phi-2 -> NaN loss
+    # bf16 has fp32's exponent range: sdpa does not overflow
+    "ampere": replace(_T4, name="ampere", dtype="bfloat16", attn_implementation="sdpa"),
 }
 
 
