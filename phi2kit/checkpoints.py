@@ -48,11 +48,7 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
 
 
 def is_finished(checkpoint: str | os.PathLike[str], max_steps: int) -> bool:
-    """Whether ``checkpoint``'s step reached ``max_steps`` (not positive, as in a run by
-    epochs: the checkpoint's own plan)."""
-    if max_steps <= 0:
-        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-        max_steps = state.get("max_steps") or 0
+    """Whether ``checkpoint``'s step reached ``max_steps`` (every caller trains by steps)."""
     return max_steps > 0 and checkpoint_step(checkpoint) >= max_steps
 
 
@@ -173,12 +169,13 @@ def train_resumable(
         resumed_from = None
         for checkpoint in folder.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)  # resume=False: start over, and leave no stale checkpoint
+    total = trainer.args.max_steps
+    finished = resumed_from is not None and is_finished(resumed_from, total)
     if resumed_from is not None:
-        step, total = checkpoint_step(resumed_from), trainer.args.max_steps
-        done = " (training had finished: loading its weights)" if step >= total else ""
-        log(f"resuming from {resumed_from}: step {step} of {total}{done}")
+        done = " (training had finished: loading its weights)" if finished else ""
+        log(f"resuming from {resumed_from}: step {checkpoint_step(resumed_from)} of {total}{done}")
     save_settings(folder, settings)
-    if resumed_from is not None and is_finished(resumed_from, trainer.args.max_steps):
+    if finished:
         return load_finished(trainer, resumed_from), resumed_from
     result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
     return result, resumed_from
