@@ -80,13 +80,9 @@ def csv_records(text: str, path: Any) -> Iterator[Record]:
                 text_column = "sentence" if "sentence" in header else "text"
                 for column in (text_column, "label"):
                     if column not in header:
-                        raise DataError(
-                            f"missing column {column!r}: a file with a header needs the columns "
-                            f"'label' and 'text' (or 'sentence') (found {header})",
-                            path=path,
-                            row=row,
-                            field=column,
-                        )
+                        raise DataError(f"missing column {column!r}: a file with a header needs "
+                                        f"the columns 'label' and 'text' (or 'sentence') (found "
+                                        f"{header})", path=path, row=row, field=column)
                 continue
         if header:
             values = dict(zip(header, cells, strict=False))
@@ -133,21 +129,16 @@ def _collect(
                                 field=text_field)
             if not str(text).strip():
                 raise DataError("empty value in this column", path=path, row=row, field=text_field)
-            rows.append(
-                (
-                    str(text).strip(),
-                    _label_word(label, label_set, first=not rows and not rows.n_skipped,
-                                path=path, row=row, field=label_field),
-                )
-            )
+            word = _label_word(label, label_set, first=not rows and not rows.n_skipped,
+                               path=path, row=row, field=label_field)
+            rows.append((str(text).strip(), word))
     if not rows:
         raise DataError(f"no usable rows ({rows.n_skipped} bad rows skipped)", path=path)
     df = pd.DataFrame(list(rows), columns=["text", "label"])
     classes = sorted(set(df["label"]))
     if len(classes) < 2:
-        raise DataError(
-            f"only one class ({classes[0]!r}) in {len(df)} rows: nothing to classify", path=path
-        )
+        raise DataError(f"only one class ({classes[0]!r}) in {len(df)} rows: nothing to classify",
+                        path=path)
     df.attrs["skipped"] = rows.n_skipped
     df.attrs["path"] = str(path)  # for the split's messages
     df.attrs["problems"] = rows.problems
@@ -162,20 +153,22 @@ def _hub_record(row: int, sentence: Any, label: Any) -> Record:
 
 
 def _hub_table(hub_id: str, hub_config: str) -> pd.DataFrame:
-    """The hub dataset's train split, else its Parquet export (``refs/convert/parquet``):
-    ``datasets`` 4 no longer runs phrasebank's loading script. Raises the first error."""
+    """The hub dataset's train split, else its Parquet export (``refs/convert/parquet``:
+    ``datasets`` 4 no longer runs phrasebank's loading script), else a :class:`DataError`."""
     import datasets
 
     try:
         return datasets.load_dataset(hub_id, hub_config, split="train").to_pandas()
     except Exception as first:
         try:
-            export = datasets.load_dataset(
-                hub_id, revision="refs/convert/parquet", data_dir=hub_config, split="train"
-            )
+            return datasets.load_dataset(hub_id, revision="refs/convert/parquet",
+                                         data_dir=hub_config, split="train").to_pandas()
         except Exception:
-            raise first from None
-        return export.to_pandas()
+            raise DataError(
+                f"could not load {hub_id!r} ({hub_config}) from the hub: {first}. Offline, "
+                "download the Kaggle all-data.csv or a phrasebank file and pass its path.",
+                path=hub_id,
+            ) from first
 
 
 def load_financial_news(
@@ -194,14 +187,7 @@ def load_financial_news(
     """
     labels = check_labels(labels)
     if path is None:
-        try:
-            table = _hub_table(hub_id, hub_config)
-        except Exception as err:
-            raise DataError(
-                f"could not load {hub_id!r} ({hub_config}) from the hub: {err}. Offline, "
-                "download the Kaggle all-data.csv or a phrasebank file and pass its path.",
-                path=hub_id,
-            ) from err
+        table = _hub_table(hub_id, hub_config)
         pairs = zip(table["sentence"], table["label"], strict=True)
         records = (_hub_record(i, x, y) for i, (x, y) in enumerate(pairs, start=1))
         return _collect(records, hub_id, skip_bad, labels)
