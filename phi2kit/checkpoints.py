@@ -138,13 +138,8 @@ def resume_point(
     return latest
 
 
-def train_resumable(
-    trainer,
-    settings: dict[str, Any],
-    *,
-    resume: bool = True,
-    log: Callable[[str], Any] = print,
-):
+def train_resumable(trainer, settings: dict[str, Any], *, resume: bool = True,
+                    log: Callable[[str], Any] = print):  # fmt: skip
     """``(trainer.train(), resumed_from)``, resumed from the latest complete checkpoint in
     ``trainer.args.output_dir`` when ``resume`` (:func:`resume_point`), else from step 0 with
     the old checkpoints deleted.

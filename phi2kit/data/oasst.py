@@ -185,13 +185,8 @@ def _top(msg: dict, by_id: dict[str, dict]) -> str:
     return node["message_id"] if node["message_id"] not in seen else min(seen)
 
 
-def load_messages(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    split: str = "train",
-    hub_id: str = HUB_ID,
-    skip_bad: bool = False,
-) -> LoadResult:
+def load_messages(path: str | os.PathLike[str] | None = None, *, split: str = "train",
+                  hub_id: str = HUB_ID, skip_bad: bool = False) -> LoadResult:  # fmt: skip
     """OASST1 messages as plain dicts, from either form (``.jsonl``, ``.jsonl.gz``, ``.parquet``,
     ``.csv``) or with no ``path`` the hub; ``not_ready`` counts the unfinished trees left out.
     """
@@ -225,14 +220,9 @@ def load_messages(
     return result
 
 
-def load_oasst(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    lang: str | None = None,
-    skip_bad: bool = False,
-    split: str = "train",
-    hub_id: str = HUB_ID,
-) -> LoadResult:
+def load_oasst(path: str | os.PathLike[str] | None = None, *, lang: str | None = None,
+               skip_bad: bool = False, split: str = "train",
+               hub_id: str = HUB_ID) -> LoadResult:  # fmt: skip
     """:func:`load_messages` then :func:`build_threads`: OASST1's main threads, with the bad
     rows and trees (``problems``) and the unfinished trees (``not_ready``) left out."""
     messages = load_messages(path, split=split, hub_id=hub_id, skip_bad=skip_bad)

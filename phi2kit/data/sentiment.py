@@ -171,14 +171,10 @@ def _hub_table(hub_id: str, hub_config: str) -> pd.DataFrame:
             ) from first
 
 
-def load_financial_news(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    hub_id: str = "takala/financial_phrasebank",
-    hub_config: str = "sentences_50agree",
-    skip_bad: bool = False,
-    labels: Sequence[str] = LABELS,
-) -> pd.DataFrame:
+def load_financial_news(path: str | os.PathLike[str] | None = None, *,
+                        hub_id: str = "takala/financial_phrasebank",
+                        hub_config: str = "sentences_50agree", skip_bad: bool = False,
+                        labels: Sequence[str] = LABELS) -> pd.DataFrame:  # fmt: skip
     """Headlines and their label word, from a CSV file (either form) or, with no ``path``,
     the hub (``sentences_50agree`` holds all 4,846 headlines, as the Kaggle file does).
 

@@ -83,14 +83,8 @@ class SentimentSplits:
     notes: list[str] = field(default_factory=list)
 
 
-def split_sentiment(
-    df: pd.DataFrame,
-    n_train: int = 300,
-    n_test: int = 300,
-    n_eval: int = 50,
-    seed: int = 42,
-    labels: Sequence[str] = LABELS,
-) -> SentimentSplits:
+def split_sentiment(df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_eval: int = 50,
+                    seed: int = 42, labels: Sequence[str] = LABELS) -> SentimentSplits:  # fmt: skip
     """Deduplicate, then draw per class ``n_train`` and ``n_test`` without replacement (no
     headline in both), then ``n_eval`` from what is left.
 

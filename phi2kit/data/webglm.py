@@ -60,14 +60,9 @@ def _check_example(row: Any, path: str, line: int) -> dict:
     return {"question": row["question"], "answer": row["answer"], "references": list(refs)}
 
 
-def load_webglm(
-    path: str | os.PathLike[str] | None = None,
-    split: str = "train",
-    *,
-    hub_id: str = HUB_ID,
-    skip_bad: bool = False,
-    limit: int | None = None,
-) -> LoadResult:
+def load_webglm(path: str | os.PathLike[str] | None = None, split: str = "train", *,
+                hub_id: str = HUB_ID, skip_bad: bool = False,
+                limit: int | None = None) -> LoadResult:  # fmt: skip
     """WebGLM-QA examples (``question``, ``answer``, ``references``) from a JSON-lines file,
     a folder holding ``{split}.jsonl``, or with no ``path`` the hub; at most ``limit``.
 
