@@ -1,9 +1,7 @@
 """Checkpoints that outlive a recycled runtime (Colab, Kaggle): resume from the latest.
 
-The HF Trainer saves and resumes checkpoints; this adds a ``COMPLETE`` marker (a runtime
-that died during a save falls back to the previous checkpoint), a refusal to resume under
-other settings (:class:`ResumeError`), and a finished run loaded instead of trained again.
-``phi2kit train`` and notebooks 04 and 06 use it.
+Around the HF Trainer's own resume: a ``COMPLETE`` marker (a save a crash cut short is
+skipped), a refusal under other settings (:class:`ResumeError`), a finished run loaded.
 """
 
 from __future__ import annotations

@@ -72,13 +72,8 @@ def course_minutes(task: str, calibration: int = T4_CALIBRATION_LENGTH) -> str:
 
 
 def course_rows() -> list[tuple[str, str, str, str]]:
-    """(notebook, teaches, T4 minutes, T4 peak GB) for the README's course table.
-
-    Training times use :data:`T4_CALIBRATION_LENGTH` (seed 003's run read at 1,024 tokens).
-
-    Inference notebooks count their weights: 01 and 05 hold fp16 Phi-2 and its nf4 copy side
-    by side (05 merges adapters into the fp16 base in place).
-    """
+    """(notebook, teaches, T4 minutes, T4 peak GB) for the README's course table; 01 and 05
+    hold fp16 Phi-2 and its nf4 copy side by side (05 merges into the fp16 base in place)."""
     fp16 = weight_bytes(phi2_config(), "float16") / GB
     nf4 = weight_bytes(phi2_config(), "float16", quantize_4bit=True) / GB
     rows = []
