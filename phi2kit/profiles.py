@@ -42,9 +42,11 @@ class UnknownProfileError(ValueError):
 class Profile:
     """Everything that differs between hardware targets.
 
-    ``model_id`` is the base model's hub id (``None``: the shipped tiny Phi); ``dtype`` is
-    the base weights' and AMP's; ``attn_implementation`` ``phi2kit_fp32`` keeps attention
-    scores in fp32 (fp16 on a T4 overflows); ``optim`` is the Trainer's optimizer name.
+    ``model_id`` is the base model's hub id or folder (``None``: the shipped tiny Phi);
+    ``dtype`` is the base weights' and AMP's; ``attn_implementation`` ``phi2kit_fp32`` keeps
+    attention scores in fp32 (fp16 on a T4 overflows); ``optim`` is the Trainer's optimizer;
+    ``requires_cuda`` fails early, clearly, without a GPU (bench/phi2_real_size.py clears it
+    to run Phi-2 on the CPU).
     """
 
     name: ProfileName
@@ -54,11 +56,19 @@ class Profile:
     attn_implementation: str = "phi2kit_fp32"
     optim: str = "adamw_torch"
     gradient_checkpointing: bool = False
+    requires_cuda: bool = False
 
-    @property
-    def requires_cuda(self) -> bool:
-        """Whether the profile runs Phi-2 (on a GPU; :func:`check_hardware` says so early)."""
-        return self.model_id is not None
+    def __post_init__(self) -> None:
+        if self.bf16 and not self.requires_cuda:
+            raise ValueError(
+                f"profile {self.name!r}: dtype='bfloat16' needs requires_cuda=True (a GPU with "
+                "native bf16); a GPU without it, such as a T4, is refused up front"
+            )
+        if self.optim.startswith("paged") and not self.requires_cuda:
+            raise ValueError(
+                f"profile {self.name!r}: optim={self.optim!r} pages optimizer state to CUDA "
+                "memory; use 'adamw_torch' for a CPU profile"
+            )
 
     @property
     def fp16(self) -> bool:
@@ -79,14 +89,14 @@ class Profile:
 
 
 _T4 = Profile("t4", model_id=PHI2_ID, dtype="float16", quantize_4bit=True,
-              optim="paged_adamw_8bit", gradient_checkpointing=True)
+              optim="paged_adamw_8bit", gradient_checkpointing=True, requires_cuda=True)
 PROFILES: dict[str, Profile] = {
     # the shipped tiny Phi in fp32 (reproducible; CPUs have no fast fp16 matmul), AdamW
     # (paged 8-bit AdamW needs CUDA), no checkpointing: 1.3M parameters need none
     "tiny": Profile("tiny"),
     # the T4's twin: every "t4" setting a CPU can run (fp16 AMP with a grad scaler, nf4 +
     # double quant, checkpointing) on the tiny Phi; plain AdamW stands in for paged AdamW
-    "t4-cpu": replace(_T4, name="t4-cpu", model_id=None, optim="adamw_torch"),
+    "t4-cpu": replace(_T4, name="t4-cpu", model_id=None, optim="adamw_torch", requires_cuda=False),
     "t4": _T4,  # fp32 attention: fp16 QK^T overflows in Phi-2 -> NaN loss
     # bf16 has fp32's exponent range: sdpa does not overflow
     "ampere": replace(_T4, name="ampere", dtype="bfloat16", attn_implementation="sdpa"),

@@ -1,8 +1,9 @@
+from dataclasses import replace
 from unittest import mock
 
 import pytest
 
-from phi2kit.profiles import ENV_VAR, PROFILES, ProfileError, get_profile
+from phi2kit.profiles import ENV_VAR, PROFILES, Profile, ProfileError, get_profile
 
 
 def _cuda(available: bool, bf16: bool = False):
@@ -85,3 +86,9 @@ def test_t4_recipe_is_fp16_never_bf16():
     assert PROFILES["ampere"].bf16 and not PROFILES["ampere"].fp16
     assert not PROFILES["tiny"].fp16 and not PROFILES["tiny"].bf16
 
+
+def test_cross_field_rules():
+    with pytest.raises(ValueError, match="dtype='bfloat16' needs requires_cuda=True"):
+        Profile(name="tiny", dtype="bfloat16")
+    with pytest.raises(ValueError, match="paged.*use 'adamw_torch'"):
+        replace(PROFILES["tiny"], optim="paged_adamw_8bit")
