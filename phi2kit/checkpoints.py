@@ -1,19 +1,7 @@
-"""Checkpoints that outlive a recycled runtime: save during training, resume from the latest.
+"""Checkpoints that outlive a recycled runtime (Colab, Kaggle): resume from the latest.
 
-Colab and Kaggle take a runtime back after a while; a long training cell then starts over.
-The HF Trainer saves checkpoints (adapter weights, optimizer, LR schedule, RNG states,
-``trainer_state.json`` with the loss history) and resumes from one; this module adds what
-makes that safe and what a notebook needs around it:
-
-- :func:`mark_complete` is a callback that writes a ``COMPLETE`` marker once a checkpoint
-  is fully saved (by every process), and :func:`latest_checkpoint` only picks marked ones,
-  so a runtime that died during a save falls back to the previous checkpoint;
-- :func:`checkpoint_args` are the Trainer arguments for saving every N steps, keeping a few;
-- :func:`train_resumable` is ``trainer.train()`` that resumes from the latest complete
-  checkpoint in ``trainer.args.output_dir`` when it was written with the same settings,
-  refuses (:class:`ResumeError`) when it was written with others, and says what it found.
-
-``phi2kit train`` (:mod:`phi2kit.commands.train`) and notebooks 04 and 06 use the same functions.
+Around the HF Trainer's own resume: a ``COMPLETE`` marker (a save a crash cut short is
+skipped), a refusal under other settings (:class:`ResumeError`), a finished run loaded.
 """
 
 from __future__ import annotations
@@ -49,11 +37,8 @@ def checkpoint_step(checkpoint: str | os.PathLike[str]) -> int:
 
 
 def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
-    """The complete ``checkpoint-N`` with the highest N in ``folder``; None if there is none.
-
-    A checkpoint a crash interrupted has no marker and is skipped. (transformers'
-    ``get_last_checkpoint`` would pick it: it looks at folder names only.)
-    """
+    """The marked ``checkpoint-N`` with the highest N in ``folder``, or None (transformers'
+    ``get_last_checkpoint`` looks at names only, and would pick one a crash cut short)."""
     from transformers.trainer_utils import sort_checkpoints
 
     complete = [c for c in sort_checkpoints(str(folder)) if (Path(c) / COMPLETE).is_file()]
@@ -61,18 +46,13 @@ def latest_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
 
 
 def is_finished(checkpoint: str | os.PathLike[str], max_steps: int) -> bool:
-    """Whether ``checkpoint`` ends the run: its step reached ``max_steps`` (the trainer's;
-    when that is not positive, as in a run by epochs, the step the checkpoint planned)."""
-    if max_steps <= 0:
-        state = json.loads((Path(checkpoint) / "trainer_state.json").read_text())
-        max_steps = state.get("max_steps") or 0
+    """Whether ``checkpoint``'s step reached ``max_steps`` (every caller trains by steps)."""
     return max_steps > 0 and checkpoint_step(checkpoint) >= max_steps
 
 
 def load_finished(trainer, checkpoint: str | os.PathLike[str]):
-    """Load a finished run instead of training it again (``trainer.train`` would run one
-    more step): the checkpoint's weights and state, then the best checkpoint's weights when
-    ``load_best_model_at_end``. Returns a ``TrainOutput`` as ``trainer.train()`` does."""
+    """Load a finished run instead of training it (``trainer.train`` would run one more
+    step), the best checkpoint's weights with ``load_best_model_at_end``: a ``TrainOutput``."""
     from transformers.trainer_callback import TrainerState
     from transformers.trainer_utils import TrainOutput
 
@@ -105,8 +85,7 @@ def mark_complete():
 
 
 def checkpoint_args(save_every: int, keep: int = 2) -> dict[str, Any]:
-    """Trainer arguments: a checkpoint every ``save_every`` steps (and at the end), ``keep``
-    of them on disk. Pass them when building the trainer (``sft_trainer(..., **args)``)."""
+    """Trainer arguments: a checkpoint every ``save_every`` steps, ``keep`` of them on disk."""
     if save_every <= 0 or keep <= 0:
         raise ValueError(f"save_every and keep must be positive, got {save_every}, {keep}")
     return {"save_strategy": "steps", "save_steps": save_every, "save_total_limit": keep}
@@ -136,17 +115,8 @@ def save_settings(folder: str | os.PathLike[str], settings: dict[str, Any]) -> N
 def resume_point(
     folder: str | os.PathLike[str], settings: dict[str, Any], log: Callable[[str], Any] = print
 ) -> Path | None:
-    """The checkpoint to resume from in ``folder``, after checking it has these ``settings``.
-
-    One resume policy for the notebooks and ``phi2kit train``: a run resumes only under the
-    settings it was written with (profile, recipe, data: whatever decides the run). Other
-    settings would resume a different run, so this refuses, naming what changed; starting
-    over is the caller's explicit choice (``resume=False``, which deletes the checkpoints).
-    Returns None when training must start from step 0 (no complete checkpoint).
-
-    Raises:
-        ResumeError: The checkpoints in ``folder`` were written with other settings.
-    """
+    """The checkpoint to resume from in ``folder`` (None: step 0), or :class:`ResumeError`
+    when its checkpoints were written with other ``settings``: that would be another run."""
     folder = Path(folder)
     old = folder / SETTINGS
     before = json.loads(old.read_text()) if old.is_file() else None
@@ -166,28 +136,15 @@ def resume_point(
     return latest
 
 
-def train_resumable(
-    trainer,
-    settings: dict[str, Any],
-    *,
-    resume: bool = True,
-    log: Callable[[str], Any] = print,
-):
-    """``trainer.train()``, resumed from the latest complete checkpoint when ``resume``.
+def train_resumable(trainer, settings: dict[str, Any], *, resume: bool = True,
+                    log: Callable[[str], Any] = print):  # fmt: skip
+    """``(trainer.train(), resumed_from)``, resumed from the latest complete checkpoint in
+    ``trainer.args.output_dir`` when ``resume`` (:func:`resume_point`), else from step 0 with
+    the old checkpoints deleted.
 
-    The trainer must save checkpoints (built with :func:`checkpoint_args`); they go to
-    ``trainer.args.output_dir``. ``settings`` (the profile, the recipe, the data: whatever
-    decides the run) are stored next to them, and a checkpoint is resumed only under the
-    same settings, and refused under others (:func:`resume_point`). Resuming restores the
-    adapter, the optimizer, the LR schedule, the data order
-    (:func:`phi2kit.batching.group_by_length`: seeded by ``(seed, epoch)``), the RNG states
-    and ``trainer.state.log_history`` (the loss plot). A checkpoint at the last step means the
-    training had finished: nothing is trained again, the weights are loaded
-    (:func:`load_finished`).
-
-    Returns:
-        ``(train_output, resumed_from)``: the Trainer's ``TrainOutput``, and the checkpoint
-        folder resumed from (None for a run from step 0).
+    ``settings`` (whatever decides the run: profile, recipe, data) are stored with the
+    checkpoints. The data order resumes too (:func:`phi2kit.batching.group_by_length` seeds by
+    ``(seed, epoch)``); a finished run is loaded (:func:`load_finished`), not trained again.
     """
     from transformers.trainer_utils import SaveStrategy
 
@@ -205,12 +162,13 @@ def train_resumable(
         resumed_from = None
         for checkpoint in folder.glob("checkpoint-*"):
             shutil.rmtree(checkpoint)  # resume=False: start over, and leave no stale checkpoint
+    total = trainer.args.max_steps
+    finished = resumed_from is not None and is_finished(resumed_from, total)
     if resumed_from is not None:
-        step, total = checkpoint_step(resumed_from), trainer.args.max_steps
-        done = " (training had finished: loading its weights)" if step >= total else ""
-        log(f"resuming from {resumed_from}: step {step} of {total}{done}")
+        done = " (training had finished: loading its weights)" if finished else ""
+        log(f"resuming from {resumed_from}: step {checkpoint_step(resumed_from)} of {total}{done}")
     save_settings(folder, settings)
-    if resumed_from is not None and is_finished(resumed_from, trainer.args.max_steps):
+    if finished:
         return load_finished(trainer, resumed_from), resumed_from
     result = trainer.train(resume_from_checkpoint=str(resumed_from) if resumed_from else None)
     return result, resumed_from

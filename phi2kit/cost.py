@@ -12,12 +12,8 @@ from dataclasses import dataclass
 
 @dataclass
 class Cost:
-    """Wall time and memory of a measured block.
-
-    ``peak_gpu_gb`` is ``torch.cuda.max_memory_allocated`` during the block (``None`` on a
-    CPU). ``peak_rss_gb`` is the process's high-water resident memory so far: on a CPU it
-    is the only memory figure there is, and it includes Python and the libraries.
-    """
+    """Wall time and memory of a measured block: ``peak_gpu_gb`` (``None`` on a CPU), and the
+    process's high-water resident memory so far, Python and the libraries included."""
 
     seconds: float = 0.0
     peak_gpu_gb: float | None = None

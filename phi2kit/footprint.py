@@ -1,13 +1,8 @@
-"""What a Phi model holds in memory: parameters, weight bytes, LoRA, activations.
+"""What a Phi model holds in memory, counted from shapes (no model built): the planner's base.
 
-The counting under the planner (:mod:`phi2kit.plan`), from shapes alone: no model is built.
-Every part is counted from Phi's forward in transformers 5.23 (``PhiDecoderLayer``:
-parallel attention and MLP on one layernorm output), with a frozen base and LoRA adapters.
-On the CPU in fp32 the weights, LoRA, optimizer state and activations agree with
-measurements (``tests/test_plan.py``, measured with ``bench/measure_memory.py``). The
-GPU-only assumptions are stated where they apply:
-fp16/bf16 autocast runs layer_norm and pow in fp32, CUDA dropout keeps a 1-byte mask, and
-``phi2kit_fp32`` attention is counted as eager attention computed in fp32.
+Counted from Phi's forward in transformers 5.23 with a frozen base and LoRA; on the CPU in
+fp32 it agrees with measurements (``tests/test_plan.py``, ``bench/measure_memory.py``). GPU
+assumptions are stated where they apply.
 """
 
 from __future__ import annotations
@@ -20,10 +15,7 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def phi2_config() -> Any:
-    """``transformers.PhiConfig`` of ``microsoft/phi-2``, from its published config.json.
-
-    In transformers 5 ``partial_rotary_factor`` lives in ``config.rope_parameters``.
-    """
+    """``transformers.PhiConfig`` of ``microsoft/phi-2``, from its published config.json."""
     from transformers import PhiConfig
 
     return PhiConfig(
@@ -70,12 +62,9 @@ def weight_bytes(config: Any, dtype: str = "float16", *, quantize_4bit: bool = F
                  head: bool = True) -> int:  # fmt: skip
     """Bytes of the base model's weights.
 
-    With ``quantize_4bit`` the decoder Linear weights are nf4, packed two per byte, with one
-    absmax per block of 64: fp32, or with ``double_quant`` uint8 plus one fp32 absmax per
-    256 blocks, an fp32 offset and a 256-entry fp32 code per Linear. Every Linear also keeps
-    its 16-entry fp32 nf4 code. bitsandbytes leaves lm_head, embeddings, biases and
-    layernorms in ``dtype``; ``upcast_fp32`` models ``prepare_model_for_kbit_training``,
-    which casts all of them to fp32. Rotary buffers (a few hundred bytes) are ignored.
+    With ``quantize_4bit`` the decoder Linears are nf4 (two per byte) with bitsandbytes'
+    absmax per 64-block (with ``double_quant``: uint8, nested per 256 blocks) and codes;
+    the rest stays in ``dtype``, or fp32 with ``upcast_fp32`` (``prepare_model_for_kbit_training``).
     """
     weights, n_lin, other = _split_params(config, head)
     size = 4 if upcast_fp32 else DTYPE_BYTES[dtype]
@@ -101,13 +90,8 @@ def lora_parameters(config: Any, recipe: Any, num_labels: int = 3) -> int:
 
 
 def dequant_bytes(config: Any, dtype: str = "float16", double_quant: bool = True) -> int:
-    """Transient bytes of one 4-bit weight dequantized for a training matmul.
-
-    bitsandbytes' 4-bit matmul (forward, and the input gradient in backward) dequantizes the
-    whole weight to the compute dtype and calls a dense matmul; with double quantization it
-    first dequantizes that weight's absmax to fp32. The largest Linear sets the size (fc1 /
-    fc2 on Phi-2: 2560 x 10240, 52 MB in fp16). One lives at a time.
-    """
+    """Transient bytes of the largest 4-bit weight dequantized for a matmul (bitsandbytes
+    dequantizes the whole weight, and first its absmax; one lives at a time)."""
     largest = max(i * o for i, o in _linears(config).values())
     absmax = -(-largest // NF4_BLOCK) * 4 if double_quant else 0
     return largest * DTYPE_BYTES[dtype] + absmax

@@ -1,23 +1,6 @@
-"""Quiet notebooks: library progress bars and known-harmless messages off.
+"""Quiet notebooks and commands: library progress bars and known-harmless messages off.
 
-``quiet()`` is the first thing every notebook calls. It hides:
-
-- transformers' and datasets' progress bars (weight loading, dataset mapping);
-- bitsandbytes' note that an optional hub kernel could not be loaded (harmless offline:
-  the built-in CPU kernel is used);
-- tqdm's warning that Jupyter widgets are missing;
-- deprecation warnings that libraries raise about *each other*, which a learner can do
-  nothing about: peft calling transformers' ``is_gradient_checkpointing``, and trl's
-  ``SFTConfig`` defaults still setting ``gradient_checkpointing`` (phi2kit's configs set its
-  new name, ``activation_checkpointing``).
-
-Errors and our own warnings still show. Long work still shows progress: the Trainer's own
-bar on GPU profiles (``phi2kit.training``), and :func:`progress` in phi2kit's batched
-evaluation loops when the model sits on a GPU.
-
-The ``phi2kit`` commands call :func:`quiet_command` instead: the same, plus the libraries'
-informational warnings (a shell user can act on none of them), and
-:func:`one_progress_line` replaces the Trainer's loss line per step by one progress line.
+Errors and our own warnings still show, and long work on a GPU still shows progress.
 """
 
 from __future__ import annotations
@@ -29,6 +12,8 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+#: Deprecations libraries raise about each other (peft about transformers, trl's defaults),
+#: and tqdm's note that Jupyter widgets are missing: nothing a learner can act on.
 HARMLESS = [
     r".*is_gradient_checkpointing.*is deprecated.*",
     r"`gradient_checkpointing` is deprecated .* Use `activation_checkpointing` instead.*",
@@ -37,7 +22,8 @@ HARMLESS = [
 
 
 def quiet() -> None:
-    """Turn off library progress bars and known-harmless warnings for this process."""
+    """Turn off library progress bars, :data:`HARMLESS` warnings and bitsandbytes' note that an
+    optional hub kernel is missing (the built-in one is used). Every notebook calls it first."""
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     for pattern in HARMLESS:
         warnings.filterwarnings("ignore", message=pattern)
@@ -59,11 +45,8 @@ def on_gpu(model: Any) -> bool:
 def progress(
     iterable: Iterable[T], *, total: int | None = None, desc: str = "", show: bool = True
 ) -> Iterator[T]:
-    """``iterable`` with a ``tqdm.auto`` bar (a widget in Jupyter) when ``show``, else as is.
-
-    phi2kit's batched loops pass ``show=on_gpu(model)``: on a T4 an evaluation takes
-    minutes, while on the tiny CPU profile (and in CI) it takes seconds and stays quiet.
-    """
+    """``iterable`` with a ``tqdm.auto`` bar when ``show`` (batched loops pass
+    ``on_gpu(model)``: minutes on a T4, seconds on the CPU), else as is."""
     if not show:
         yield from iterable
         return
@@ -74,13 +57,8 @@ def progress(
 
 
 def quiet_command() -> None:
-    """:func:`quiet`, plus what a ``phi2kit`` command's user can do nothing about.
-
-    Call it before the libraries are imported: bitsandbytes notes at import time that an
-    optional CPU kernel (the ``kernels`` package) is missing; transformers' warnings about
-    its own internals (e.g. file mtimes) go too. Errors still show.
-    """
-    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    """:func:`quiet`, plus the libraries' informational warnings (a shell user can act on
+    none); call it before they are imported (bitsandbytes notes at import time)."""
     quiet()
     import transformers
 

@@ -14,11 +14,8 @@ METRICS_ENV = "PHI2KIT_METRICS_DIR"
 
 
 def record_metrics(notebook: str, metrics: dict) -> dict:
-    """Store a notebook's key numbers for the course summary and return them.
-
-    Writes ``<PHI2KIT_METRICS_DIR>/<notebook>.json`` when ``phi2kit course`` runs the
-    notebook; otherwise it only returns the dict, so a notebook can show it.
-    """
+    """A notebook's key numbers, written to ``<PHI2KIT_METRICS_DIR>/<notebook>.json`` when
+    ``phi2kit course`` runs it, and returned."""
     # 4 significant figures, not 4 decimals: a merge error of 7e-6 must not read 0.0
     clean = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in metrics.items()}
     folder = os.environ.get(METRICS_ENV)

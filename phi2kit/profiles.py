@@ -1,24 +1,14 @@
-"""Hardware profiles: which model, precision and optimizer a run uses.
+"""Hardware profiles: which model, precision and optimizer a run uses (the README's table;
+docs/profiles.md). The code path is the same in every profile.
 
-The code path is the same in every profile; only the numbers differ.
-
-- ``tiny``: the shipped tiny Phi on the CPU, fp32. The default without a GPU, and in CI.
-- ``t4-cpu``: the T4's twin on the CPU. The shipped tiny Phi with every ``t4`` setting a CPU
-  can run: fp16 mixed precision with a grad scaler, nf4 + double quantization, gradient
-  checkpointing, fp32 attention. Only paged 8-bit AdamW (CUDA-only) is replaced, by AdamW.
-  CI runs every notebook under it as well as under ``tiny``.
-- ``t4``: ``microsoft/phi-2`` on a GPU without bf16 (Colab T4): fp16 compute, fp32
-  trainable weights, nf4 4-bit base, paged 8-bit AdamW.
-- ``ampere``: ``microsoft/phi-2`` on a GPU with bf16.
-
-Choose with ``get_profile("auto")``; ``PHI2KIT_PROFILE`` overrides ``auto``, and an explicit
-name (the notebook's ``PROFILE`` parameter) overrides both.
+``t4-cpu`` is the T4's twin: the tiny Phi with every ``t4`` setting a CPU can run (all but
+paged 8-bit AdamW). ``PHI2KIT_PROFILE`` overrides ``auto``; an explicit name overrides both.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Literal
 
 ProfileName = Literal["tiny", "t4-cpu", "t4", "ampere"]
@@ -52,22 +42,15 @@ class UnknownProfileError(ValueError):
 class Profile:
     """Everything that differs between hardware targets.
 
-    Args:
-        name: ``tiny``, ``t4-cpu``, ``t4`` or ``ampere``.
-        model_id: Hub id or local folder of the base causal LM. ``None`` means the
-            tiny model shipped inside the package.
-        dtype: Dtype of the (non-quantized) base weights and of AMP compute:
-            ``float32``, ``float16`` or ``bfloat16``.
-        quantize_4bit: Whether QLoRA recipes load the base in nf4 by default.
-        attn_implementation: ``phi2kit_fp32`` keeps attention scores in fp32 (safe for
-            fp16 on a T4); ``sdpa`` is fine for bf16.
-        optim: Trainer optimizer name (``adamw_torch`` or ``paged_adamw_8bit``).
-        gradient_checkpointing: Trade compute for activation memory (GPU profiles).
-        requires_cuda: Fail early, with a clear message, if CUDA is absent.
+    ``model_id`` is the base model's hub id or folder (``None``: the shipped tiny Phi);
+    ``dtype`` is the base weights' and AMP's; ``attn_implementation`` ``phi2kit_fp32`` keeps
+    attention scores in fp32 (fp16 on a T4 overflows); ``optim`` is the Trainer's optimizer;
+    ``requires_cuda`` fails early, clearly, without a GPU (bench/phi2_real_size.py clears it
+    to run Phi-2 on the CPU).
     """
 
     name: ProfileName
-    model_id: str | None = field(default=None, metadata={"help": "hub id or path; None = tiny"})
+    model_id: str | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     quantize_4bit: bool = False
     attn_implementation: str = "phi2kit_fp32"
@@ -105,56 +88,24 @@ class Profile:
         return self.model_id is None
 
 
+_T4 = Profile("t4", model_id=PHI2_ID, dtype="float16", quantize_4bit=True,
+              optim="paged_adamw_8bit", gradient_checkpointing=True, requires_cuda=True)
 PROFILES: dict[str, Profile] = {
-    "tiny": Profile(
-        name="tiny",
-        model_id=None,  # the shipped tiny Phi: loads offline in seconds
-        dtype="float32",  # CPUs have no fast fp16 matmul, and fp32 keeps results reproducible
-        quantize_4bit=False,  # QLoRA still runs: bitsandbytes nf4 works on the CPU
-        optim="adamw_torch",  # paged 8-bit AdamW needs CUDA
-        gradient_checkpointing=False,  # a 1.5M-parameter model has no activation problem
-    ),
-    # The T4's twin: every setting of "t4" that a CPU can run, on the tiny model. Only the
-    # numbers that must shrink for a CPU shrink (model, steps, lengths, counts: recipes.py).
-    "t4-cpu": Profile(
-        name="t4-cpu",
-        model_id=None,  # the shipped tiny Phi: Phi-2 at full size is bench/phi2_real_size.py
-        dtype="float16",  # fp16 AMP + grad scaler (phi2kit.training turns them on for the CPU)
-        quantize_4bit=True,  # nf4 + double quant, compute in fp16, as on the T4
-        attn_implementation="phi2kit_fp32",
-        optim="adamw_torch",  # paged 8-bit AdamW needs CUDA: plain AdamW stands in
-        gradient_checkpointing=True,  # non-reentrant, as on the T4
-    ),
-    "t4": Profile(
-        name="t4",
-        model_id=PHI2_ID,
-        dtype="float16",
-        quantize_4bit=True,
-        attn_implementation="phi2kit_fp32",  # fp16 QK^T overflows in Phi-2 -> NaN loss
-        optim="paged_adamw_8bit",
-        gradient_checkpointing=True,
-        requires_cuda=True,
-    ),
-    "ampere": Profile(
-        name="ampere",
-        model_id=PHI2_ID,
-        dtype="bfloat16",
-        quantize_4bit=True,
-        attn_implementation="sdpa",  # bf16 has fp32's exponent range: no overflow
-        optim="paged_adamw_8bit",
-        gradient_checkpointing=True,
-        requires_cuda=True,
-    ),
+    # the shipped tiny Phi in fp32 (reproducible; CPUs have no fast fp16 matmul), AdamW
+    # (paged 8-bit AdamW needs CUDA), no checkpointing: 1.3M parameters need none
+    "tiny": Profile("tiny"),
+    # the T4's twin: every "t4" setting a CPU can run (fp16 AMP with a grad scaler, nf4 +
+    # double quant, checkpointing) on the tiny Phi; plain AdamW stands in for paged AdamW
+    "t4-cpu": replace(_T4, name="t4-cpu", model_id=None, optim="adamw_torch", requires_cuda=False),
+    "t4": _T4,  # fp32 attention: fp16 QK^T overflows in Phi-2 -> NaN loss
+    # bf16 has fp32's exponent range: sdpa does not overflow
+    "ampere": replace(_T4, name="ampere", dtype="bfloat16", attn_implementation="sdpa"),
 }
 
 
 def native_bf16() -> bool:
-    """Whether the GPU computes in bfloat16 natively (compute capability 8.0+, Ampere on).
-
-    ``torch.cuda.is_bf16_supported()`` alone says True on a T4 (7.5): by default it counts
-    *emulated* bf16, which is slow there and not what a T4 recipe should use. So emulation is
-    excluded here.
-    """
+    """Whether the GPU computes in bfloat16 natively (Ampere on): by default
+    ``torch.cuda.is_bf16_supported()`` counts a T4's slow emulated bf16 too."""
     import torch
 
     return torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False)
@@ -190,17 +141,8 @@ def check_hardware(profile: Profile) -> None:
 
 
 def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
-    """Resolve a profile by name.
-
-    Args:
-        name: ``tiny``, ``t4-cpu``, ``t4``, ``ampere``, or ``auto``/``None``. ``auto`` reads
-            ``PHI2KIT_PROFILE`` first, then detects the hardware.
-        check: Verify that the hardware can run the profile.
-
-    Raises:
-        UnknownProfileError: (a ``ValueError``) the name is not a profile; it lists them.
-        ProfileError: ``check`` and this machine cannot run the profile.
-    """
+    """The profile called ``name``; ``auto`` (or ``None``) reads ``PHI2KIT_PROFILE``, then
+    detects the hardware. With ``check``, :func:`check_hardware` runs."""
     requested = (name or "auto").strip().lower()
     where = ""
     if requested == "auto":

@@ -1,8 +1,4 @@
-"""Training recipes: the LoRA/QLoRA and trainer numbers of each notebook, per profile.
-
-A recipe is the set of knobs a notebook's ``parameters`` cell starts from. The T4 recipe
-is what a learner runs on Colab; the tiny recipe is the same code with CPU-sized numbers.
-"""
+"""Training recipes: the LoRA/QLoRA and trainer numbers each notebook starts from, per profile."""
 
 from __future__ import annotations
 
@@ -19,24 +15,8 @@ PHI_LORA_TARGETS: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "dense", "fc1
 
 @dataclass(frozen=True)
 class Recipe:
-    """LoRA and trainer settings for one task on one profile.
-
-    Args:
-        task: ``sentiment`` (02), ``classifier`` (03), ``webglm`` (04) or ``chat`` (06).
-        quantize_4bit: QLoRA (nf4 base) when True, LoRA on the full-precision base when False.
-        lora_r: LoRA rank. ``lora_alpha / lora_r`` scales the update.
-        lora_alpha: LoRA scaling numerator.
-        lora_dropout: Dropout on the LoRA input.
-        target_modules: Module names to adapt; every one must match a module.
-        learning_rate: Peak learning rate (linear decay, warmup ``warmup_ratio``).
-        max_steps: Optimizer steps.
-        batch_size: Per-device micro-batch.
-        grad_accum: Micro-batches per optimizer step.
-        max_length: Longest tokenized example.
-        n_train: Training examples (per class for classification tasks).
-        n_test: Held-out examples scored at the end of the notebook: the test split (per
-            class for classification tasks).
-    """
+    """LoRA and trainer settings for one task on one profile; ``quantize_4bit``: QLoRA.
+    ``n_train`` and ``n_test`` (the test split) count per class for the classification tasks."""
 
     task: str
     quantize_4bit: bool
@@ -56,8 +36,6 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"task={self.task!r} is not one of {TASKS}")
-        if not self.target_modules:
-            raise ValueError("target_modules is empty: LoRA would train nothing")
         _check_numbers(self)
 
     @property
@@ -72,6 +50,8 @@ class Recipe:
 
 def _check_numbers(r: Recipe) -> None:
     """A ``ValueError`` naming the first number out of range (``--set`` can give any)."""
+    if not r.target_modules:
+        raise ValueError("target_modules is empty: LoRA would train nothing")
     for name in ("lora_r", "max_steps", "batch_size", "grad_accum", "max_length", "learning_rate"):
         if getattr(r, name) <= 0:
             raise ValueError(f"{name} ({getattr(r, name)}) must be positive")
@@ -82,52 +62,20 @@ def _check_numbers(r: Recipe) -> None:
 # T4 recipes: the defaults a learner runs on a free Colab T4 (15 GB). Each is predicted to
 # fit by phi2kit.plan; the README's planner table shows the numbers.
 _T4: dict[str, Recipe] = {
-    "sentiment": Recipe(
-        "sentiment",
-        quantize_4bit=True,
-        max_length=256,
-        max_steps=150,
-        batch_size=4,
-        grad_accum=4,
-        n_train=300,
-        n_test=300,  # the seed's test split: 300 per class
-    ),
-    "classifier": Recipe(
-        "classifier",
-        quantize_4bit=True,
-        max_length=256,
-        max_steps=150,
-        batch_size=8,
-        grad_accum=2,
-        learning_rate=1e-4,
-        n_train=300,
-        n_test=300,  # the seed's test split: 300 per class
-    ),
-    "webglm": Recipe(
-        "webglm",
-        quantize_4bit=True,
-        max_length=1024,
-        max_steps=100,  # 1,600 examples: ~112 minutes on a T4 (plan.train_minutes; 56 at 2,048)
-        batch_size=2,
-        grad_accum=8,
-        n_train=5000,
-        n_test=200,
-    ),
-    # r=64, alpha=16 on all six projections: the QLoRA paper's Guanaco setting on OASST1.
-    "chat": Recipe(
-        "chat",
-        quantize_4bit=True,
-        lora_r=64,
-        lora_alpha=16,
-        lora_dropout=0.1,
-        max_length=1024,
-        max_steps=120,  # about 79 minutes on a T4 (plan.train_minutes; 39 at 2,048)
-        batch_size=2,
-        grad_accum=8,
-        n_train=5000,
-        n_test=200,
-    ),
-}
+    # n_test: the seed's test split, 300 per class
+    "sentiment": Recipe("sentiment", quantize_4bit=True, max_length=256, max_steps=150,
+                        n_test=300),
+    "classifier": Recipe("classifier", quantize_4bit=True, max_length=256, max_steps=150,
+                         batch_size=8, grad_accum=2, learning_rate=1e-4, n_test=300),
+    # 1,600 examples: ~112 minutes on a T4 (plan.train_minutes; 56 at 2,048)
+    "webglm": Recipe("webglm", quantize_4bit=True, max_length=1024, max_steps=100, batch_size=2,
+                     grad_accum=8, n_train=5000, n_test=200),
+    # r=64, alpha=16 on all six projections: the QLoRA paper's Guanaco setting on OASST1;
+    # about 79 minutes on a T4 (plan.train_minutes; 39 at 2,048)
+    "chat": Recipe("chat", quantize_4bit=True, lora_r=64, lora_alpha=16, lora_dropout=0.1,
+                   max_length=1024, max_steps=120, batch_size=2, grad_accum=8, n_train=5000,
+                   n_test=200),
+}  # fmt: skip
 
 # Tiny recipes: the same code on a 1.3M-parameter Phi on 2 CPU cores, about a minute each.
 # Small models want larger learning rates and ranks relative to their width; no dropout and
@@ -154,18 +102,11 @@ _TINY: dict[str, Recipe] = {
 _T4_CPU_ACCUM = 2
 _T4_CPU_STEPS = {"sentiment": (120, 4), "classifier": (20, 4), "webglm": (40, 2), "chat": (40, 2)}
 _T4_CPU: dict[str, Recipe] = {
-    name: replace(
-        _T4[name],
-        max_length=tiny.max_length,
-        max_steps=_T4_CPU_STEPS[name][0],
-        batch_size=_T4_CPU_STEPS[name][1],
-        grad_accum=_T4_CPU_ACCUM,
-        n_train=tiny.n_train,
-        n_test=tiny.n_test,
-        learning_rate=tiny.learning_rate,
-    )
+    name: replace(_T4[name], max_length=tiny.max_length, max_steps=_T4_CPU_STEPS[name][0],
+                  batch_size=_T4_CPU_STEPS[name][1], grad_accum=_T4_CPU_ACCUM,
+                  n_train=tiny.n_train, n_test=tiny.n_test, learning_rate=tiny.learning_rate)
     for name, tiny in _TINY.items()
-}
+}  # fmt: skip
 
 _AMPERE: dict[str, Recipe] = {
     name: replace(r, batch_size=r.batch_size * 2, grad_accum=max(1, r.grad_accum // 2))
@@ -194,17 +135,9 @@ PREFERENCE_TASKS: tuple[str, ...] = ("dpo",)
 
 @dataclass(frozen=True)
 class DPORecipe(Recipe):
-    """A :class:`Recipe` for DPO on OASST1's ranked replies (notebook 08).
-
-    The LoRA numbers must be the SFT adapter's (06's ``chat`` recipe): DPO goes on training
-    that adapter. ``batch_size`` counts pairs: each holds a chosen and a rejected sequence.
-
-    Args:
-        beta: How far the policy may move from the reference: the implicit reward is
-            ``beta * (log pi(y|x) - log ref(y|x))``. Small beta: a weak pull to the reference.
-        precompute_ref_log_probs: Run the reference over the data once before training and
-            keep its log-probs, instead of a reference forward pass at every step.
-    """
+    """A :class:`Recipe` for DPO on OASST1's ranked replies (notebook 08), with trl's
+    ``beta`` and ``precompute_ref_log_probs``. The LoRA numbers are 06's ``chat`` adapter's
+    (DPO goes on training it); ``batch_size`` counts pairs."""
 
     beta: float = 0.1
     precompute_ref_log_probs: bool = False
@@ -224,11 +157,7 @@ class DPORecipe(Recipe):
             raise ValueError(f"task={self.task!r} is not one of {PREFERENCE_TASKS}")
         if self.beta <= 0:
             raise ValueError(f"beta={self.beta} must be positive")
-        object.__setattr__(self, "task", "chat")  # the SFT checks: targets, steps, batch
-        try:
-            super().__post_init__()
-        finally:
-            object.__setattr__(self, "task", "dpo")
+        _check_numbers(self)
 
 
 _DPO: dict[str, DPORecipe] = {
@@ -261,16 +190,9 @@ def get_dpo_recipe(profile: Profile | str = "auto", **overrides: object) -> DPOR
 
 @dataclass(frozen=True)
 class GrpoRecipe(Recipe):
-    """A :class:`Recipe` for trl's ``GRPOTrainer`` (notebook 09). ``batch_size`` counts
-    completions; ``max_length`` is the prompt's budget plus ``max_completion_length``.
-
-    Args:
-        num_generations: Completions per prompt: the group whose mean reward is the baseline.
-        max_completion_length: Most new tokens per completion.
-        beta: KL weight to the reference (a frozen copy of 04's adapter); > 0 costs a pass.
-        temperature: Sampling temperature of the generations.
-        steps_per_generation: Optimizer steps per ``generate`` call; None: ``grad_accum``.
-    """
+    """A :class:`Recipe` for trl's ``GRPOTrainer`` (notebook 09), with its knobs of the same
+    names. ``batch_size`` counts completions; ``max_length`` is the prompt's budget plus
+    ``max_completion_length``; ``beta`` > 0 costs a reference pass (a copy of 04's adapter)."""
 
     task: str = "grpo"
     quantize_4bit: bool = True

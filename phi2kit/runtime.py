@@ -1,14 +1,6 @@
-"""Where a notebook runs (Colab, Kaggle, elsewhere) and where its outputs go.
-
-Colab recycles runtimes: a session that idles or runs too long is taken back, with every
-file under ``/content``. With ``USE_DRIVE = True`` a notebook keeps its outputs (adapters,
-checkpoints, metrics) on Google Drive instead, in ``MyDrive/phi2kit/``; Drive is mounted
-only then (Colab asks for permission once per session). Relative paths in the notebooks'
-parameters (``outputs/02_sentiment``, ...) are then read and written under that folder,
-so notebooks 03 and 05 find what 02 and 04 saved there, in a later session too.
-
-On Kaggle the working folder ``/kaggle/working`` is kept when you save a version of the
-notebook; it has no Drive, and ``USE_DRIVE`` there is an error, not a silent local folder.
+"""Where a notebook's outputs go: ``.``, or with ``USE_DRIVE = True`` on Colab (which
+recycles runtimes and ``/content`` with them) Google Drive's ``MyDrive/phi2kit/``, so later
+notebooks and sessions find what earlier ones saved.
 """
 
 from __future__ import annotations
@@ -33,12 +25,8 @@ def on_kaggle() -> bool:
 
 
 def outputs_root(use_drive: bool = False) -> Path:
-    """The folder that relative output paths are taken from: ``.``, or Drive's when asked.
-
-    With ``use_drive`` on Colab, Google Drive is mounted (once per session) and
-    ``MyDrive/phi2kit`` is created and returned. Elsewhere ``use_drive`` raises, naming
-    what to do instead.
-    """
+    """The folder relative output paths start from: ``.``, or with ``use_drive`` Drive's
+    (mounted once per session); elsewhere than Colab ``use_drive`` raises, saying what to do."""
     if not use_drive:
         return Path(".")
     if not on_colab():

@@ -13,10 +13,8 @@ from torch import nn
 def keep_nf4_layout_on_cpu(model: nn.Module) -> int:
     """Stop bitsandbytes from repacking nf4 weights for CPU inference; return modules touched.
 
-    On CPUs with AVX512-BF16, bitsandbytes 0.50 repacks a ``Linear4bit``'s weight in place
-    the first time it runs a no-grad forward in eval mode. Training afterwards fails ("a view
-    of a leaf Variable that requires grad is being used in an in-place operation"). Keeping
-    the standard layout makes "evaluate the base, then train" work, as it does on a GPU.
+    On AVX512-BF16 CPUs bitsandbytes 0.50 repacks a ``Linear4bit`` weight in place at its first
+    no-grad eval forward, and training afterwards fails ("a view of a leaf Variable ...").
     """
     n = 0
     for module in model.modules():
@@ -29,11 +27,8 @@ def keep_nf4_layout_on_cpu(model: nn.Module) -> int:
 def cpu_fp16_amp(trainer) -> bool:
     """Make ``fp16=True`` on a CPU do what it does on a T4: fp16 autocast and a grad scaler.
 
-    accelerate (1.15) accepts ``mixed_precision="fp16"`` on a CPU and then silently trains
-    in fp32: no autocast, no scaler. The T4's twin must run what the T4 runs, and torch has
-    fp16 autocast and a grad scaler on the CPU, so this switches them on before
-    ``trainer.train()`` prepares the model. Returns whether it did; on a GPU it does nothing
-    (accelerate already does the same there).
+    accelerate 1.15 accepts fp16 on a CPU and silently trains in fp32. Call before
+    ``trainer.train()``; returns whether it switched them on (never on a GPU).
     """
     acc = trainer.accelerator
     if not trainer.args.fp16 or acc.device.type != "cpu" or acc.native_amp:

@@ -23,7 +23,7 @@ from phi2kit.footprint import (
     phi2_config,
     weight_bytes,
 )
-from phi2kit.plan import Estimate, estimate, format_table, plan_all_t4
+from phi2kit.plan import Estimate, estimate, format_table
 from phi2kit.plan.course import (
     T4_CALIBRATION_LENGTH,
     T4_CALIBRATIONS,
@@ -32,7 +32,7 @@ from phi2kit.plan.course import (
     course_rows,
     train_minutes,
 )
-from phi2kit.recipes import PHI_LORA_TARGETS, Recipe, get_recipe
+from phi2kit.recipes import PHI_LORA_TARGETS, TASKS, Recipe, get_recipe
 
 PHI2_PARAMS = 2_779_683_840  # Phi-2 model card config.json, summed by shape
 
@@ -206,7 +206,7 @@ def test_sdpa_has_no_quadratic_term():
 
 
 def test_default_t4_recipes_fit():
-    results = plan_all_t4()
+    results = [(t, estimate("t4", get_recipe(t, "t4"))) for t in TASKS]  # as `phi2kit plan`
     assert [task for task, _ in results] == ["sentiment", "classifier", "webglm", "chat"]
     for task, est in results:
         assert est.fits, f"{task}: {est.verdict}"

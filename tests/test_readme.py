@@ -17,10 +17,11 @@ def test_course_table_matches_planner():
 
 
 def test_planner_totals_match():
-    from phi2kit.plan import plan_all_t4
+    from phi2kit.plan import estimate
+    from phi2kit.recipes import TASKS, get_recipe
 
     total_row = next(line for line in MEMORY.splitlines() if line.startswith("| **total** |"))
-    for _, est in plan_all_t4():
+    for est in (estimate("t4", get_recipe(task, "t4")) for task in TASKS):
         assert f"**{est.total_gb:.2f}**" in total_row
         assert est.fits
 

@@ -1,13 +1,7 @@
-"""Dataset loaders in the published formats: financial-news sentiment, WebGLM-QA, OASST1.
+"""Loaders for the published forms of the course's data sets (one submodule each).
 
-Import the submodule for the task: ``phi2kit.data.sentiment``, ``phi2kit.data.webglm``,
-``phi2kit.data.oasst`` (threads, walked and formatted as notebook 06 does in
-``phi2kit.chat``). :func:`resolve_data` picks the file a notebook reads.
-
-Every loader reads the hub when given no path, and takes ``skip_bad=True`` to skip and
-count malformed rows instead of stopping at the first (``LoadResult.problems``, or the
-sentiment frame's ``attrs["problems"]``, names each one); the notebooks do that on the hub
-path.
+Each reads the hub when given no path, and with ``skip_bad=True`` skips malformed rows and
+names each one (``LoadResult.problems``, or the sentiment frame's ``attrs["problems"]``).
 """
 
 from __future__ import annotations
@@ -37,11 +31,8 @@ def sample_path(name: str) -> Path:
 
 
 def resolve_data(name: str, path: str | Path | None, profile) -> Path | None:
-    """The data a notebook reads: ``path`` if given, else the sample on the tiny profile,
-    else ``None`` (the loaders then download the real set from the hub).
-
-    ``path="sample"`` forces the sample on any profile.
-    """
+    """The data a notebook reads: ``path``; with none, the sample on the tiny profile, else
+    ``None`` (the hub). ``path="sample"`` forces the sample on any profile."""
     if path == "sample" or (path in (None, "auto") and profile.is_tiny):
         return sample_path(name)
     if path in (None, "auto"):

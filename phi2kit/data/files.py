@@ -12,18 +12,10 @@ from typing import Any
 
 
 class DataError(ValueError):
-    """A data file (or data frame) cannot be used as it is.
+    """A data file (or frame) cannot be used as it is; the message says where, e.g.
+    ``all-data.csv, row 17, field 'sentiment': unknown label 'positve' (...)``.
 
-    The message names where the problem is, for example
-    ``all-data.csv, row 17, field 'sentiment': unknown label 'positve' (expected one of
-    negative, neutral, positive)``.
-
-    Args:
-        message: What is wrong, and if possible how to fix it.
-        path: The file (or hub id) being read, or ``None``.
-        row: 1-based line (text files) or row (data frames) of the problem, or
-            ``None`` when it concerns the whole file.
-        field: The column or field concerned, or ``None``.
+    ``row`` is 1-based (a line of a text file, a row of a frame); ``None`` for the whole file.
     """
 
     def __init__(
@@ -47,18 +39,14 @@ class DataError(ValueError):
 
 
 class LoadResult(list):
-    """A plain list of records, plus what a ``skip_bad=True`` load left out.
+    """A list of records, plus ``problems``: one message per row a ``skip_bad`` load left out.
 
-    Every loader collects its rows the same way::
+    Every loader collects rows the same way::
 
         result = LoadResult(skip_bad=skip_bad)
         for line, raw in rows:
             with result.row():  # a DataError in here: raised, or recorded and the row skipped
                 result.append(check(raw, line))
-
-    Attributes:
-        skip_bad: Record a bad row's :class:`DataError` and go on, instead of raising it.
-        problems: One message per skipped row (or tree), naming file, line and field.
     """
 
     def __init__(self, problems: list[str] | None = None, *, skip_bad: bool = False) -> None:
@@ -73,11 +61,8 @@ class LoadResult(list):
 
     @contextmanager
     def row(self) -> Iterator[None]:
-        """Check one row: a :class:`DataError` is raised, or with ``skip_bad`` recorded.
-
-        After a recorded error the rest of the ``with`` block is skipped, so nothing of the
-        bad row is kept.
-        """
+        """A :class:`DataError` in the block is raised, or with ``skip_bad`` recorded (and the
+        rest of the block skipped, so nothing of the bad row is kept)."""
         try:
             yield
         except DataError as err:
@@ -95,13 +80,10 @@ class LoadResult(list):
 def decode_utf8(
     raw: bytes, path: str | os.PathLike[str] | None, fallback: str | None = None
 ) -> str:
-    """Decode a text file as UTF-8 (a leading BOM dropped), or raise :class:`DataError`.
+    """Decode UTF-8 (a leading BOM dropped), else ``fallback``, else raise :class:`DataError`.
 
-    With ``fallback`` (say ``"latin-1"``, for the Kaggle sentiment file), bytes that are not
-    valid UTF-8 are decoded with it instead. Trying strict UTF-8 first reads both kinds of
-    file correctly: decoding UTF-8 as Latin-1 would give mojibake ("Ã©" for "é"), while
-    Latin-1 text with accents is almost never valid UTF-8. Without ``fallback`` the error
-    names the line of the first bad byte.
+    Strict UTF-8 first reads both kinds of file: Latin-1 text with accents is almost never
+    valid UTF-8, while UTF-8 read as Latin-1 gives mojibake ("Ã©" for "é").
     """
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte order mark (Excel's "Unicode text")
         raise DataError("a UTF-16 file; save it as UTF-8", path=path, row=1)
@@ -120,11 +102,8 @@ def decode_utf8(
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:
-    """Non-blank lines of a (maybe gzipped) JSON-lines file as ``(line, object)`` pairs.
-
-    A line that is not valid JSON gives a :class:`DataError` in place of the object, so the
-    caller can raise it or count it as a skip.
-    """
+    """Non-blank lines of a (maybe gzipped) JSON-lines file as ``(line, object)`` pairs; a
+    line that is not JSON gives a :class:`DataError` in place of the object."""
     opener = gzip.open if Path(path).suffix == ".gz" else open
     with opener(path, "rb") as f:
         text = decode_utf8(f.read(), path)
@@ -139,3 +118,21 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:
                                         path=path, row=line_no))
                 )
     return out
+
+
+def hub_rows(hub_id: str, split: str, advice: str, columns: tuple[str, ...] = ()) -> Iterator:
+    """``(row, dict)`` pairs of a hub split (only ``columns`` of it, when given), or a
+    :class:`DataError` that says what to pass offline (``advice``)."""
+    try:
+        from datasets import load_dataset
+
+        table = load_dataset(hub_id, split=split)
+        if columns:
+            table = table.select_columns([c for c in columns if c in table.column_names])
+    except Exception as exc:  # offline, unknown split, missing package, ...
+        raise DataError(
+            f"could not load split {split!r} from the Hub ({type(exc).__name__}: {exc}). "
+            f"Offline? {advice}",
+            path=hub_id,
+        ) from exc
+    return enumerate(table, start=1)

@@ -1,15 +1,9 @@
 """OpenAssistant OASST1 (notebook 06): message trees -> chat threads -> training examples.
 
-Reads both published forms: the Hugging Face rows (one message per row, linked by
-``parent_id``) and the official export ``*.trees.jsonl`` (one tree per line, nested
-``replies``). The form is detected from the content.
-
-    threads = load_oasst("oasst1/train.jsonl", lang="en")
-    examples = [ex for thread in threads for ex in thread_to_examples(thread)]
-
-The walk from a tree to its main thread and the ``### Human:`` format are notebook 06's
-(:func:`phi2kit.chat.build_threads`, :func:`phi2kit.chat.format_chat`); this module reads
-the files, reports bad rows, and checks each tree before the walk.
+Reads both published forms, told by the content: the HF rows (one message per row, linked
+by ``parent_id``) and the export ``*.trees.jsonl`` (one tree per line, nested ``replies``).
+It reports bad rows and checks each tree; the walk to a thread and the ``### Human:`` format
+are notebook 06's (:mod:`phi2kit.chat`).
 """
 
 from __future__ import annotations
@@ -21,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from phi2kit import chat
-from phi2kit.data.files import DataError, LoadResult, read_jsonl
+from phi2kit.data.files import DataError, LoadResult, hub_rows, read_jsonl
 
 HUB_ID = "OpenAssistant/oasst1"
 ROLES = ("prompter", "assistant")
@@ -29,20 +23,10 @@ ROLES = ("prompter", "assistant")
 #: low quality or halted by a moderator; OpenAssistant's own training code skips them too.
 READY = "ready_for_export"
 Thread = list[tuple[str, str]]
-#: The message fields the loader reads (the published rows have more).
-_FIELDS = (
-    "message_id",
-    "parent_id",
-    "text",
-    "role",
-    "lang",
-    "rank",
-    "deleted",
-    "review_result",
-    "message_tree_id",
-    "created_date",
-    "tree_state",
-)
+#: The message fields the loader reads: the others (detoxify, emojis, labels) would be made
+#: Python objects for every one of the hub's ~85,000 messages.
+_FIELDS = ("message_id", "parent_id", "text", "role", "lang", "rank", "deleted", "review_result",
+           "message_tree_id", "created_date", "tree_state")
 
 
 def _none_if_nan(value: Any) -> Any:
@@ -154,28 +138,11 @@ def _check_tree(messages: list[dict], by_id: dict[str, dict], duplicates: list[d
 def build_threads(
     messages: list[dict], lang: str | None = None, *, skip_bad: bool = False
 ) -> LoadResult:
-    """Build the main thread of every conversation tree.
+    """The main thread (a list of ``(role, text)``) of every tree, walked as notebook 06's
+    :func:`phi2kit.chat.build_threads` walks it, after checking the tree.
 
-    Each tree starts at a root prompt (``parent_id`` null). At each step the best usable
-    reply is followed: the lowest ``rank`` (0 is best); replies without a rank come after
-    ranked ones, so when no reply is ranked the first one wins: the earliest
-    ``created_date`` if the data has it, else the first in input order. Messages
-    with ``deleted=True`` or ``review_result`` false, or (with ``lang``) in another
-    language, are skipped together with their subtrees. Trailing prompter turns are
-    removed; threads without an assistant turn are left out.
-
-    Args:
-        messages: Message dicts with at least ``message_id``, ``parent_id``, ``text`` and
-            ``role`` (``prompter`` or ``assistant``).
-        lang: Keep only messages in this language, e.g. ``"en"``.
-        skip_bad: Skip (and count in ``n_skipped``) a bad tree instead of raising.
-
-    Returns:
-        A ``LoadResult``: a list of threads, each a list of ``(role, text)``.
-
-    Raises:
-        DataError: A missing parent, a cycle, roles that do not alternate (or unknown, or
-            an assistant message at the root), a duplicate ``message_id``.
+    A duplicate id, a missing parent, a cycle or a bad role raises :class:`DataError`, or
+    with ``skip_bad`` leaves the tree out and names it in ``problems``.
     """
     result = LoadResult(skip_bad=skip_bad)
     norm, by_id, duplicates = [], {}, []
@@ -203,10 +170,8 @@ def build_threads(
 
 
 def thread_to_examples(thread: Thread) -> list[dict]:
-    """One ``{"prompt", "completion"}`` per assistant turn, all earlier turns as context.
-
-    Nothing is cut (notebook 06's :func:`phi2kit.chat.to_examples` fits a token budget).
-    """
+    """One ``{"prompt", "completion"}`` per assistant turn, all earlier turns as context
+    (nothing cut: notebook 06's :func:`phi2kit.chat.to_examples` fits a token budget)."""
     return [{"prompt": chat.format_chat(thread[:i]), "completion": " " + text.strip()}
             for i, (role, text) in enumerate(thread) if role == "assistant"]
 
@@ -220,36 +185,13 @@ def _top(msg: dict, by_id: dict[str, dict]) -> str:
     return node["message_id"] if node["message_id"] not in seen else min(seen)
 
 
-def load_messages(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    split: str = "train",
-    hub_id: str = HUB_ID,
-    skip_bad: bool = False,
-) -> LoadResult:
-    """Read OASST1 messages from either published form (or the Hub) as normalized dicts.
-
-    ``.parquet`` and ``.csv`` files are read as rows. In a ``.jsonl`` (or ``.jsonl.gz``)
-    file, a first object with a ``prompt`` key means the trees export, one with a
-    ``message_id`` the rows form. With ``skip_bad`` a bad line is skipped and counted.
-    Trees whose ``tree_state`` is not ``ready_for_export`` are left out; the result's
-    ``not_ready`` counts them.
+def load_messages(path: str | os.PathLike[str] | None = None, *, split: str = "train",
+                  hub_id: str = HUB_ID, skip_bad: bool = False) -> LoadResult:  # fmt: skip
+    """OASST1 messages as plain dicts, from either form (``.jsonl``, ``.jsonl.gz``, ``.parquet``,
+    ``.csv``) or with no ``path`` the hub; ``not_ready`` counts the unfinished trees left out.
     """
     if path is None:
-        try:
-            from datasets import load_dataset
-
-            table = load_dataset(hub_id, split=split)
-            # Only the fields a thread needs: the others (detoxify, emojis, labels) would
-            # be turned into Python objects for every one of the ~85,000 messages.
-            table = table.select_columns([c for c in _FIELDS if c in table.column_names])
-            rows = list(enumerate(table, start=1))
-        except Exception as exc:
-            raise DataError(
-                f"could not load split {split!r} from the Hub ({type(exc).__name__}:"
-                f" {exc}). Offline? Pass path= a local file",
-                path=hub_id,
-            ) from exc
+        rows = list(hub_rows(hub_id, split, "Pass path= a local file", _FIELDS))
         source, form = hub_id, "rows"
     else:
         file, source = Path(path), str(path)
@@ -278,21 +220,11 @@ def load_messages(
     return result
 
 
-def load_oasst(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    lang: str | None = None,
-    skip_bad: bool = False,
-    split: str = "train",
-    hub_id: str = HUB_ID,
-) -> LoadResult:
-    """Load OASST1 (rows or trees form, or the Hub when ``path`` is None) as main threads.
-
-    Returns a ``LoadResult`` (list of threads, each a list of ``(role, text)`` with roles
-    ``prompter``/``assistant``); ``n_skipped`` counts bad lines and trees left out with
-    ``skip_bad=True``, ``not_ready`` the unfinished trees left out. See ``build_threads`` for
-    how a thread is chosen.
-    """
+def load_oasst(path: str | os.PathLike[str] | None = None, *, lang: str | None = None,
+               skip_bad: bool = False, split: str = "train",
+               hub_id: str = HUB_ID) -> LoadResult:  # fmt: skip
+    """:func:`load_messages` then :func:`build_threads`: OASST1's main threads, with the bad
+    rows and trees (``problems``) and the unfinished trees (``not_ready``) left out."""
     messages = load_messages(path, split=split, hub_id=hub_id, skip_bad=skip_bad)
     threads = build_threads(messages, lang, skip_bad=skip_bad)
     threads.problems[:0] = messages.problems

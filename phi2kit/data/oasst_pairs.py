@@ -1,18 +1,9 @@
 """OASST1 preference pairs (notebook 08): ranked sibling replies -> prompt, chosen, rejected.
 
-OASST1 volunteers ranked the assistant replies to the same prompt against each other
-(``rank`` 0 is the best; null where no ranking was made). A **prompt** is a conversation
-up to a human turn; its **chosen** reply is the best-ranked usable one and every other
-ranked usable reply gives one pair with it as **rejected**. Both published forms are read:
-the hub's rows (one message per row, linked by ``parent_id``) and the official export
-``*.trees.jsonl`` (one tree per line, nested ``replies``), detected from the content.
-
-    pairs = load_pairs("2023-04-12_oasst_ready.trees.jsonl", lang="en")
-    print(pairs.summary())  # prompts, pairs, and every ranked reply left out, by reason
-    train, eval_, test = split_by_tree(pairs, n_eval=200, n_test=200)
-
-Every ranked assistant reply is accounted for: it is a chosen reply, a rejected one, or
-counted in ``dropped`` under one reason (:data:`REASONS`).
+A prompt is a conversation up to a human turn; its chosen reply is the best-ranked usable
+one (``rank`` 0 is best), and every other ranked usable reply is rejected in one pair. Both
+published forms are read (:func:`phi2kit.data.oasst.load_messages`). Every ranked reply is
+chosen, rejected, or counted in ``dropped`` under one of :data:`REASONS`.
 """
 
 from __future__ import annotations
@@ -53,23 +44,6 @@ class Pairs(LoadResult):
                 f"{unfinished}{super().summary(what)}")  # fmt: skip
 
 
-def read_messages(path: str | os.PathLike[str] | None = None, *, split: str = "train",
-                  skip_bad: bool = False, hub_id: str = HUB_ID) -> LoadResult:  # fmt: skip
-    """OASST1 messages as :func:`phi2kit.data.oasst.load_messages` reads them (both forms,
-    or the hub when ``path`` is None), each with a known role: a pair needs to know who
-    spoke. With ``skip_bad`` a bad row or tree, or a message of another role, is counted."""
-    messages = load_messages(path, split=split, skip_bad=skip_bad, hub_id=hub_id)
-    result = LoadResult(problems=messages.problems, skip_bad=skip_bad)
-    result.not_ready = messages.not_ready
-    for msg in messages:
-        with result.row():
-            if msg["role"] not in ROLES:
-                raise DataError(f"unknown role {msg['role']!r}", path=msg["_path"],
-                                row=msg["_row"], field="role")  # fmt: skip
-            result.append(msg)
-    return result
-
-
 def _usable(msg: dict) -> bool:
     return not msg["deleted"] and msg["review_result"] is not False
 
@@ -80,15 +54,8 @@ def _line(msg: dict) -> str:
 
 def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: int | None = None,
                 count_tokens: Callable[[str], int] | None = None) -> Pairs:  # fmt: skip
-    """Pairs from normalized messages (:func:`read_messages`), in input order.
-
-    Args:
-        messages: Message dicts linked by ``parent_id``.
-        lang: Keep prompts and replies in this language (``None``: all).
-        max_length: Leave out a pair whose prompt plus either reply (plus EOS) is longer,
-            in ``count_tokens`` units (a tokenizer's token count).
-        count_tokens: Length of a text; needed with ``max_length``.
-    """
+    """Pairs from normalized messages, in input order; with ``max_length``, a pair whose
+    prompt plus either reply (plus EOS) takes more ``count_tokens`` is left out."""
     if max_length is not None and count_tokens is None:
         raise ValueError("max_length needs count_tokens (e.g. a tokenizer's token count)")
     pairs = Pairs(problems=getattr(messages, "problems", []))
@@ -102,14 +69,15 @@ def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: in
                                   "not found; skipped with its replies")
     roots = [m for m in by_id.values() if m["parent_id"] is None and m["role"] == "prompter"]
 
-    def visit(node: dict, history: list[str], ok: bool, lang_ok: bool) -> None:
+    def visit(node: dict, history: list[str], ok: bool, lang_ok: bool, tree: str) -> None:
+        node["message_tree_id"] = node["message_tree_id"] or tree
         ok = ok and _usable(node)
         lang_ok = lang_ok and (lang is None or node["lang"] == lang)
         history = [*history, _line(node)]
         if node["role"] == "prompter":
             _pairs_of(node, history, ok, lang_ok)
         for reply in node["replies"]:
-            visit(reply, history, ok, lang_ok)
+            visit(reply, history, ok, lang_ok, tree)
 
     def _pairs_of(node: dict, history: list[str], ok: bool, lang_ok: bool) -> None:
         answers = [r for r in node["replies"] if r["role"] == "assistant"]
@@ -150,36 +118,32 @@ def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: in
                 pairs.dropped["too long"] += 1  # the chosen reply, with no pair left
 
     for root in roots:
-        root_tree = root["message_tree_id"] or root["message_id"]
-        for m in _subtree(root):
-            m["message_tree_id"] = m["message_tree_id"] or root_tree
-        visit(root, [], True, True)
+        visit(root, [], True, True, root["message_tree_id"] or root["message_id"])
     return pairs
-
-
-def _subtree(root: dict) -> list[dict]:
-    out, stack = [], [root]
-    while stack:
-        node = stack.pop()
-        out.append(node)
-        stack.extend(node["replies"])
-    return out
 
 
 def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None = "en",
                split: str = "train", skip_bad: bool = False, max_length: int | None = None,
                count_tokens: Callable[[str], int] | None = None,
                hub_id: str = HUB_ID) -> Pairs:  # fmt: skip
-    """:func:`read_messages` then :func:`build_pairs`: OASST1 preference pairs, with counts."""
-    messages = read_messages(path, split=split, skip_bad=skip_bad, hub_id=hub_id)
-    return build_pairs(messages, lang, max_length=max_length, count_tokens=count_tokens)
+    """OASST1 preference pairs from a file in either form (or the hub), with counts; a message
+    of an unknown role is a bad row (a pair needs to know who spoke)."""
+    messages = load_messages(path, split=split, skip_bad=skip_bad, hub_id=hub_id)
+    known = LoadResult(problems=messages.problems, skip_bad=skip_bad)
+    known.not_ready = messages.not_ready
+    for msg in messages:
+        with known.row():
+            if msg["role"] not in ROLES:
+                raise DataError(f"unknown role {msg['role']!r}", path=msg["_path"],
+                                row=msg["_row"], field="role")  # fmt: skip
+            known.append(msg)
+    return build_pairs(known, lang, max_length=max_length, count_tokens=count_tokens)
 
 
 def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
                   seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:  # fmt: skip
-    """Train, eval and test pairs, whole conversation trees to one split (so no prompt is in
-    two). Trees are shuffled with ``seed``; eval and test take whole trees until they hold
-    at least ``n_eval`` and ``n_test`` pairs."""
+    """Train, eval and test pairs, each tree in one split (so no prompt is in two): shuffled
+    trees go to test, then eval, until each holds ``n_test`` and ``n_eval`` pairs."""
     trees = list(dict.fromkeys(p["tree"] for p in pairs))
     random.Random(seed).shuffle(trees)
     by_tree: dict[Any, list[dict]] = {}

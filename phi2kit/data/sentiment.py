@@ -1,16 +1,10 @@
-"""Financial news sentiment (notebooks 02 and 03): load, deduplicate, split, prompt.
+"""Financial news sentiment (notebooks 02 and 03): load and prompt.
 
-The two published forms are read, the form told by the file's first row:
-
-- the Kaggle ``all-data.csv``: no header, ``sentiment,headline``, Latin-1, CR/LF/CRLF;
-- the HF ``financial_phrasebank`` layout: columns ``sentence`` and ``label`` (0 = negative,
-  1 = neutral, 2 = positive), from the hub, or as a CSV file with that header.
-
-Both give a data frame with columns ``text`` and ``label`` (the label word).
-
-The label set and the prompt template are parameters (notebooks 02 and 03 expose them as
-``LABELS`` and ``PROMPT_TEMPLATE``), so your own data may have other labels, or two:
-:data:`LABELS` and :data:`PROMPT_TEMPLATE` are only the defaults.
+Reads both published forms (told by the first row) into a frame of ``text`` and ``label``:
+the Kaggle ``all-data.csv`` (no header, ``sentiment,headline``, Latin-1, CR/LF/CRLF) and the
+HF ``financial_phrasebank`` layout (``sentence``, ``label`` 0/1/2), from the hub or a CSV.
+The labels and the template are parameters; :data:`LABELS` and :data:`PROMPT_TEMPLATE` are
+the defaults. Deduplication and the split are in :mod:`phi2kit.data.sentiment_split`.
 """
 
 from __future__ import annotations
@@ -33,9 +27,7 @@ if TYPE_CHECKING:
 #: The default label words, in the order of financial_phrasebank's integers 0, 1, 2.
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
 
-#: The default template, one for training and inference: ``{headline}`` is replaced by the
-#: headline and ``{labels}`` by the label words ("negative, neutral or positive"). The
-#: completion is ``" " + label``.
+#: The default template, for training and inference; the completion is ``" " + label``.
 PROMPT_TEMPLATE = (
     "Classify the sentiment of this financial news headline as {labels}.\n"
     "Headline: {headline}\n"
@@ -46,7 +38,7 @@ PROMPT_TEMPLATE = (
 def check_labels(labels: Sequence[str]) -> tuple[str, ...]:
     """``labels`` as a tuple, after checking there are at least two distinct, non-empty words."""
     labels = tuple(labels)
-    if isinstance(labels, str) or len(labels) < 2 or len(set(labels)) != len(labels):
+    if len(labels) < 2 or len(set(labels)) != len(labels):
         raise ValueError(f"labels must be two or more distinct words, got {labels!r}")
     if any(not isinstance(w, str) or not w.strip() or w != w.strip() for w in labels):
         raise ValueError(f"each label must be a non-empty word without outer spaces: {labels!r}")
@@ -66,9 +58,8 @@ Record = tuple[int, Any, Any, str, str]
 def csv_records(text: str, path: Any) -> Iterator[Record]:
     """Yield records from CSV text (line endings CR, LF or CRLF, even mixed).
 
-    A first row naming ``label`` (or ``sentence``/``text``) is a header: the text column is
-    ``sentence`` (financial_phrasebank) or else ``text`` (your own data). Any other first
-    row is data: the Kaggle form, no header, the sentiment then the headline.
+    A first row naming ``label``, ``sentence`` or ``text`` is a header; any other first row
+    is data in the Kaggle form (no header: the sentiment, then the headline).
     """
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -89,13 +80,9 @@ def csv_records(text: str, path: Any) -> Iterator[Record]:
                 text_column = "sentence" if "sentence" in header else "text"
                 for column in (text_column, "label"):
                     if column not in header:
-                        raise DataError(
-                            f"missing column {column!r}: a file with a header needs the columns "
-                            f"'label' and 'text' (or 'sentence') (found {header})",
-                            path=path,
-                            row=row,
-                            field=column,
-                        )
+                        raise DataError(f"missing column {column!r}: a file with a header needs "
+                                        f"the columns 'label' and 'text' (or 'sentence') (found "
+                                        f"{header})", path=path, row=row, field=column)
                 continue
         if header:
             values = dict(zip(header, cells, strict=False))
@@ -107,11 +94,8 @@ def csv_records(text: str, path: Any) -> Iterator[Record]:
 
 def _label_word(value: Any, labels: Sequence[str] = LABELS, *, first: bool = False,
                 **where: Any) -> str:
-    """Map a label (a word of ``labels``, or an int indexing them) to its word, or raise.
-
-    Words match case-insensitively. ``where`` holds the ``path``, ``row`` and ``field`` for
-    the :class:`DataError` message; ``first``: the file's first row (blank lines aside).
-    """
+    """The word of a label (a word of ``labels``, any case, or an int indexing them), or a
+    :class:`DataError` at ``where``; ``first``: the file's first row may be a bad header."""
     lower = {label.lower(): label for label in labels}
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         if 0 <= value < len(labels):
@@ -133,10 +117,8 @@ def _label_word(value: Any, labels: Sequence[str] = LABELS, *, first: bool = Fal
 def _collect(
     records: Iterable[Record], path: Any, skip_bad: bool, label_set: Sequence[str] = LABELS
 ) -> pd.DataFrame:
-    """Turn ``(row, label, text, label_field, text_field)`` records into a frame.
-
-    Bad rows raise :class:`DataError`, or are skipped and counted when ``skip_bad``.
-    """
+    """Records as a frame; a bad row raises :class:`DataError`, or with ``skip_bad`` is
+    skipped and named in ``df.attrs["problems"]``."""
     rows = LoadResult(skip_bad=skip_bad)
     for row, label, text, label_field, text_field in records:
         with rows.row():
@@ -147,21 +129,16 @@ def _collect(
                                 field=text_field)
             if not str(text).strip():
                 raise DataError("empty value in this column", path=path, row=row, field=text_field)
-            rows.append(
-                (
-                    str(text).strip(),
-                    _label_word(label, label_set, first=not rows and not rows.n_skipped,
-                                path=path, row=row, field=label_field),
-                )
-            )
+            word = _label_word(label, label_set, first=not rows and not rows.n_skipped,
+                               path=path, row=row, field=label_field)
+            rows.append((str(text).strip(), word))
     if not rows:
         raise DataError(f"no usable rows ({rows.n_skipped} bad rows skipped)", path=path)
     df = pd.DataFrame(list(rows), columns=["text", "label"])
     classes = sorted(set(df["label"]))
     if len(classes) < 2:
-        raise DataError(
-            f"only one class ({classes[0]!r}) in {len(df)} rows: nothing to classify", path=path
-        )
+        raise DataError(f"only one class ({classes[0]!r}) in {len(df)} rows: nothing to classify",
+                        path=path)
     df.attrs["skipped"] = rows.n_skipped
     df.attrs["path"] = str(path)  # for the split's messages
     df.attrs["problems"] = rows.problems
@@ -176,69 +153,37 @@ def _hub_record(row: int, sentence: Any, label: Any) -> Record:
 
 
 def _hub_table(hub_id: str, hub_config: str) -> pd.DataFrame:
-    """The hub dataset's train split; if its loading script is refused, its Parquet export.
-
-    ``financial_phrasebank`` was published with a loading script, and ``datasets`` 4 and
-    later no longer run those. The Hub keeps a Parquet export of such datasets on the
-    ``refs/convert/parquet`` branch, one folder per configuration; that is tried second.
-    The first error is raised if both fail.
-    """
+    """The hub dataset's train split, else its Parquet export (``refs/convert/parquet``:
+    ``datasets`` 4 no longer runs phrasebank's loading script), else a :class:`DataError`."""
     import datasets
 
     try:
         return datasets.load_dataset(hub_id, hub_config, split="train").to_pandas()
     except Exception as first:
         try:
-            export = datasets.load_dataset(
-                hub_id, revision="refs/convert/parquet", data_dir=hub_config, split="train"
-            )
+            return datasets.load_dataset(hub_id, revision="refs/convert/parquet",
+                                         data_dir=hub_config, split="train").to_pandas()
         except Exception:
-            raise first from None
-        return export.to_pandas()
+            raise DataError(
+                f"could not load {hub_id!r} ({hub_config}) from the hub: {first}. Offline, "
+                "download the Kaggle all-data.csv or a phrasebank file and pass its path.",
+                path=hub_id,
+            ) from first
 
 
-def load_financial_news(
-    path: str | os.PathLike[str] | None = None,
-    *,
-    hub_id: str = "takala/financial_phrasebank",
-    hub_config: str = "sentences_50agree",
-    skip_bad: bool = False,
-    labels: Sequence[str] = LABELS,
-) -> pd.DataFrame:
-    """Load financial news headlines with their sentiment.
+def load_financial_news(path: str | os.PathLike[str] | None = None, *,
+                        hub_id: str = "takala/financial_phrasebank",
+                        hub_config: str = "sentences_50agree", skip_bad: bool = False,
+                        labels: Sequence[str] = LABELS) -> pd.DataFrame:  # fmt: skip
+    """Headlines and their label word, from a CSV file (either form) or, with no ``path``,
+    the hub (``sentences_50agree`` holds all 4,846 headlines, as the Kaggle file does).
 
-    Args:
-        path: A local CSV file: the Kaggle ``all-data.csv``, or one with a header and the
-            columns ``sentence`` (or ``text``) and ``label``. ``None`` loads
-            ``hub_id``/``hub_config`` with ``datasets`` (needs the network).
-        hub_id: Hub dataset used when ``path`` is ``None``.
-        hub_config: Its configuration. ``sentences_50agree`` holds all 4,846 headlines, as
-            the Kaggle file does; ``sentences_allagree`` has only 303 negatives, too few for
-            the seed's 300/300 split.
-        skip_bad: Skip rows with an unknown label or a missing column, and count them in
-            ``df.attrs["skipped"]`` (their messages in ``df.attrs["problems"]``), instead
-            of raising.
-        labels: The label words your file uses (matched case-insensitively); an integer
-            label ``i`` means ``labels[i]``, as phrasebank's 0, 1, 2 mean :data:`LABELS`.
-
-    Returns:
-        A frame with columns ``text`` (the headline, stripped) and ``label`` (a word from
-        ``labels``), in file order. ``df.attrs["skipped"]`` counts skipped rows.
-
-    Raises:
-        DataError: empty file, unknown label, missing column, or only one class. The
-            message names the file, the 1-based line or row, and the field.
+    An integer label ``i`` means ``labels[i]``. With ``skip_bad`` bad rows are skipped and
+    counted in ``df.attrs["skipped"]``; otherwise the first raises :class:`DataError`.
     """
     labels = check_labels(labels)
     if path is None:
-        try:
-            table = _hub_table(hub_id, hub_config)
-        except Exception as err:
-            raise DataError(
-                f"could not load {hub_id!r} ({hub_config}) from the hub: {err}. Offline, "
-                "download the Kaggle all-data.csv or a phrasebank file and pass its path.",
-                path=hub_id,
-            ) from err
+        table = _hub_table(hub_id, hub_config)
         pairs = zip(table["sentence"], table["label"], strict=True)
         records = (_hub_record(i, x, y) for i, (x, y) in enumerate(pairs, start=1))
         return _collect(records, hub_id, skip_bad, labels)
@@ -256,17 +201,11 @@ def _normalize(text: str) -> str:
     return " ".join(text.split())
 
 
-# --- Prompts --------------------------------------------------------------------------
-
-
 def build_prompt(
     headline: str, template: str = PROMPT_TEMPLATE, labels: Sequence[str] = LABELS
 ) -> str:
-    """The prompt for one headline (whitespace collapsed). The model continues it.
-
-    ``template`` must hold ``{headline}``; ``{labels}``, if present, becomes
-    :func:`list_labels` of ``labels``. Nothing else in it is touched (other braces are fine).
-    """
+    """The prompt for one headline (whitespace collapsed); ``{labels}`` in the template
+    becomes :func:`list_labels`, and other braces are left alone."""
     if "{headline}" not in template:
         raise ValueError(f"the prompt template has no {{headline}} placeholder: {template!r}")
     if "{labels}" in template:
@@ -275,7 +214,7 @@ def build_prompt(
 
 
 def build_completion(label: str, labels: Sequence[str] = LABELS) -> str:
-    """The target continuation: a space, then the label word. EOS is added by training."""
+    """A space, then the label word (training adds EOS)."""
     if label not in labels:
         raise ValueError(f"unknown label {label!r}; expected one of {tuple(labels)}")
     return " " + label

@@ -1,11 +1,4 @@
-"""Duplicate headlines, and a stratified split with no leak (notebook 02, sections 2.3-2.4).
-
-- :func:`find_duplicates` reports headlines that repeat, and those that repeat with
-  different labels; :func:`deduplicate` keeps one row per headline, with its majority label
-  (a tie has no honest label and is dropped).
-- :func:`split_sentiment` deduplicates, then draws per class: train and test without
-  replacement (no headline in both), eval from what is left.
-"""
+"""Duplicate headlines, and a stratified split with no leak (notebook 02, sections 2.3-2.4)."""
 
 from __future__ import annotations
 
@@ -20,23 +13,11 @@ import pandas as pd
 from phi2kit.data.files import DataError
 from phi2kit.data.sentiment import LABELS, _normalize, check_labels
 
-# --- Duplicates ---------------------------------------------------------------------
-
 
 @dataclass
 class DuplicateReport:
-    """Counts of repeated headlines (compared after collapsing whitespace).
-
-    Args:
-        n_rows: Rows in the frame.
-        n_unique_texts: Distinct headlines.
-        n_duplicate_rows: Rows beyond the first of each headline (``n_rows - n_unique_texts``).
-        n_conflicting_texts: Headlines that appear with more than one label.
-        n_dropped_ties: Conflicting headlines with no majority label, dropped by
-            :func:`deduplicate` (0 from :func:`find_duplicates`).
-        examples: Up to five conflicting headlines (then other repeats), each
-            ``{"text": ..., "labels": {label: count}}``.
-    """
+    """Counts of repeated headlines (compared after collapsing whitespace); ``examples``:
+    up to five conflicting headlines, then other repeats, each with its label counts."""
 
     n_rows: int
     n_unique_texts: int
@@ -74,15 +55,8 @@ def find_duplicates(df: pd.DataFrame) -> DuplicateReport:
 
 
 def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, DuplicateReport]:
-    """Keep one row per headline.
-
-    Headlines are compared after collapsing whitespace; the first spelling is kept. A
-    headline seen with different labels keeps its majority label; on a tie (say once
-    positive, once neutral) there is no honest label, and the headline is dropped.
-
-    Returns:
-        The deduplicated frame (first-appearance order, fresh index) and the report.
-    """
+    """One row per headline (its first spelling), with its majority label; a tie has no
+    honest label and is dropped. Returns the frame (fresh index) and the report."""
     report = find_duplicates(df)
     first_text: dict[str, str] = {}
     for text in df["text"]:
@@ -98,8 +72,6 @@ def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, DuplicateReport]:
     return pd.DataFrame({"text": texts, "label": labels}), report
 
 
-# --- Split ----------------------------------------------------------------------------
-
 
 @dataclass
 class SentimentSplits:
@@ -111,27 +83,14 @@ class SentimentSplits:
     notes: list[str] = field(default_factory=list)
 
 
-def split_sentiment(
-    df: pd.DataFrame,
-    n_train: int = 300,
-    n_test: int = 300,
-    n_eval: int = 50,
-    seed: int = 42,
-    labels: Sequence[str] = LABELS,
-) -> SentimentSplits:
-    """Deduplicate, then split per class: ``n_train`` and ``n_test``, then ``n_eval``.
+def split_sentiment(df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_eval: int = 50,
+                    seed: int = 42, labels: Sequence[str] = LABELS) -> SentimentSplits:  # fmt: skip
+    """Deduplicate, then draw per class ``n_train`` and ``n_test`` without replacement (no
+    headline in both), then ``n_eval`` from what is left.
 
-    Every count is per class. Train and test are drawn without replacement, so no headline
-    is in both. Eval comes from what is left of each class; when fewer than ``n_eval``
-    headlines are left, eval samples that leftover *with replacement* (repeats, but never
-    a train or test headline) and a note says so. On the real Kaggle file this happens
-    for ``negative``: about 600 remain after deduplication, so a few are left for eval.
-
-    ``labels`` are the classes to draw (the frame's labels must be among them).
-
-    Raises:
-        DataError: a class has fewer than ``n_train + n_test`` headlines, or nothing is
-            left for eval while ``n_eval > 0`` (lower ``n_test`` then).
+    A class with fewer than ``n_eval`` left (the real file's negatives) samples its eval rows
+    with replacement, and a note says so. A class too small raises :class:`DataError` naming
+    a split that fits.
     """
     if min(n_train, n_test, n_eval) < 0:
         raise ValueError("n_train, n_test and n_eval must be >= 0")

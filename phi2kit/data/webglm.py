@@ -1,14 +1,9 @@
 """WebGLM-QA (notebook 04): load, check citations, build prompts, fit to a token budget.
 
-Each example is one JSON line ``{"question": str, "answer": str, "references": [str, ...]}``.
-Answers cite the references inline as ``[1]``, ``[2]``, ... (1-based).
-
-:func:`load_webglm` checks every line and names the bad one (``phi2kit train`` reads with
-it); notebook 04 reads with ``datasets.load_dataset`` and writes :func:`build_qa_prompt`
-and :func:`fit_example` in its cells (kept identical here, and a test compares the rows).
-
-    examples = load_webglm("data/webglm", split="train", limit=500)
-    dataset, stats = to_prompt_completion(examples, tokenizer, max_length=512)
+One JSON line per example, ``{"question", "answer", "references"}``; answers cite the
+references as ``[1]``, ``[2]``, ... :func:`load_webglm` names a bad line (``phi2kit train``
+reads with it); notebook 04 writes :func:`build_qa_prompt` and :func:`fit_example` in its
+cells (kept identical here; a test compares the rows).
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.files import DataError, LoadResult, read_jsonl
+from phi2kit.data.files import DataError, LoadResult, hub_rows, read_jsonl
 
 HUB_ID = "THUDM/webglm-qa"
 
@@ -28,10 +23,9 @@ _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 def parse_citations(text: str) -> list[int]:
-    """Return the citation indices in ``text``, in order of appearance, with duplicates.
+    """Citation indices in order, with duplicates: ``"A [1][2], B [1, 3]"`` -> ``[1, 2, 1, 3]``.
 
-    ``"A [1][2], B [1, 3]"`` gives ``[1, 2, 1, 3]``. Bracketed text that is not a list of
-    whole numbers (``[a]``, ``[note]``, ``[1.5]``, ``[]``) is ignored.
+    Brackets that hold no list of whole numbers (``[a]``, ``[1.5]``, ``[]``) are ignored.
     """
     found = []
     for match in _CITATION.finditer(text):
@@ -66,50 +60,19 @@ def _check_example(row: Any, path: str, line: int) -> dict:
     return {"question": row["question"], "answer": row["answer"], "references": list(refs)}
 
 
-def _hub_rows(hub_id: str, split: str):
-    """Yield (row number, row) from the Hugging Face Hub (needs network or the HF cache)."""
-    try:
-        from datasets import load_dataset
+def load_webglm(path: str | os.PathLike[str] | None = None, split: str = "train", *,
+                hub_id: str = HUB_ID, skip_bad: bool = False,
+                limit: int | None = None) -> LoadResult:  # fmt: skip
+    """WebGLM-QA examples (``question``, ``answer``, ``references``) from a JSON-lines file,
+    a folder holding ``{split}.jsonl``, or with no ``path`` the hub; at most ``limit``.
 
-        ds = load_dataset(hub_id, split=split)
-    except Exception as exc:  # offline, unknown split, missing package, ...
-        msg = (
-            f"could not load split {split!r} from the Hub ({type(exc).__name__}: {exc}). "
-            f"Offline? Download the JSON-lines files and pass path='folder/with/{split}.jsonl'"
-        )
-        raise DataError(msg, path=hub_id) from exc
-    yield from enumerate(ds, start=1)
-
-
-def load_webglm(
-    path: str | os.PathLike[str] | None = None,
-    split: str = "train",
-    *,
-    hub_id: str = HUB_ID,
-    skip_bad: bool = False,
-    limit: int | None = None,
-) -> LoadResult:
-    """Load WebGLM-QA examples as dicts with ``question``, ``answer`` and ``references``.
-
-    Args:
-        path: A JSON-lines file, or a folder holding ``{split}.jsonl``. ``None`` loads
-            ``hub_id`` from the Hugging Face Hub with ``datasets``.
-        split: ``train``, ``validation`` or ``test``; picks the file in a folder.
-        hub_id: The Hub dataset used when ``path`` is ``None``.
-        skip_bad: Skip bad lines instead of raising; the result's ``n_skipped`` and
-            ``problems`` say what was skipped.
-        limit: Stop after this many good examples.
-
-    Returns:
-        A ``LoadResult`` (a list of dicts) with ``n_skipped`` and ``problems`` attributes.
-
-    Raises:
-        DataError: On a malformed JSON line, a missing or mistyped field, an empty
-            reference list, a citation outside ``1..len(references)`` or an empty file,
-            naming the file, the 1-based line and the field.
+    A bad line (malformed JSON, a missing or mistyped field, a citation outside the
+    references) raises :class:`DataError` naming file, line and field, or with ``skip_bad``
+    is skipped and named in ``problems``.
     """
     if path is None:
-        source, rows = hub_id, _hub_rows(hub_id, split)
+        advice = f"Download the JSON-lines files and pass path='folder/with/{split}.jsonl'"
+        source, rows = hub_id, hub_rows(hub_id, split, advice)
     else:
         file = Path(path)
         if file.is_dir():
@@ -156,13 +119,8 @@ def references_shown(prompt: str) -> int:
 
 
 def fit_to_length(example: dict, tokenizer, max_length: int) -> tuple[dict, bool]:
-    """:func:`fit_example`, raising where the question and the answer alone do not fit.
-
-    Returns ``({"prompt", "completion"}, trimmed)``; ``trimmed`` says a reference was dropped.
-
-    Raises:
-        DataError: If the question and the answer alone take more than ``max_length``.
-    """
+    """``(row, trimmed)`` from :func:`fit_example` (``trimmed``: a reference was dropped), or
+    a :class:`DataError` where the question and the answer alone do not fit."""
     row = fit_example(example, tokenizer, max_length)
     if row is None:
         bare = build_qa_prompt(example["question"], []) + " " + example["answer"].strip()
@@ -178,21 +136,12 @@ def fit_to_length(example: dict, tokenizer, max_length: int) -> tuple[dict, bool
 def to_prompt_completion(
     examples: Iterable[dict], tokenizer, max_length: int, *, skip_too_long: bool = False
 ):
-    """Turn WebGLM examples into a ``datasets.Dataset`` with ``prompt`` and ``completion``.
+    """``(dataset, stats)``: a ``datasets.Dataset`` of ``prompt`` and ``completion`` fitted
+    to ``max_length`` tokens, and counts of what fitting dropped.
 
-    Args:
-        examples: Dicts with ``question``, ``answer`` and ``references``.
-        tokenizer: The model's tokenizer (counts tokens).
-        max_length: Token budget for prompt + completion + EOS.
-        skip_too_long: Skip (and count) examples whose question and answer alone do not
-            fit, instead of raising ``DataError``.
-
-    Returns:
-        ``(dataset, stats)``; ``stats`` has ``n`` (examples kept), ``n_trimmed`` (kept
-        examples that lost a reference), ``n_dropped_refs`` (whole references dropped),
-        ``n_dangling_citations`` (citations of dropped references), ``n_too_long``
-        (examples skipped) and ``kept`` (the 0-based positions in ``examples`` of the rows
-        of ``dataset``, to line other data up with it).
+    ``stats``: ``n`` kept, ``n_trimmed`` (kept, lost a reference), ``n_dropped_refs``,
+    ``n_dangling_citations`` (of dropped references), ``n_too_long`` (skipped with
+    ``skip_too_long``, else they raise) and ``kept`` (positions in ``examples``).
     """
     from datasets import Dataset
 

@@ -1,16 +1,8 @@
 """Memory fit planner: will a LoRA/QLoRA recipe fit on the GPU, and if not, what to change.
 
-In Python (``phi2kit plan --profile t4 --task webglm --max-length 2048`` prints the same
-table from the shell, :mod:`phi2kit.commands.plan`)::
-
-    from phi2kit.plan import estimate, format_table
-    print(format_table(estimate("t4", get_recipe("webglm", "t4"))))
-
-Units are decimal GB (1e9 bytes). Plausibility check: the Phi-2 model card gives 2.7B
-parameters stored in fp16; 2,779,683,840 x 2 B = 5.56 GB of inference weights.
-
-The counting is in :mod:`phi2kit.footprint`; this module adds the GPU overheads, the
-optimizer, the verdict and the levers to pull.
+``print(format_table(estimate("t4", get_recipe("webglm", "t4"))))`` is ``phi2kit plan``'s
+table. Units are decimal GB. The counting is :mod:`phi2kit.footprint`'s; this adds the GPU
+overheads, the optimizer, the verdict and the levers to pull.
 """
 
 from __future__ import annotations
@@ -62,10 +54,8 @@ def _resolve(model: Any) -> tuple[Any, Any]:
     if not isinstance(profile, Profile):
         return model, None
     if profile.is_tiny:
-        try:
-            from phi2kit.tiny import tiny_config
-        except ImportError as err:
-            raise ValueError("phi2kit.tiny.tiny_config() is missing; pass a config") from err
+        from phi2kit.tiny import tiny_config
+
         return tiny_config(), profile
     return phi2_config(), profile
 
@@ -75,24 +65,13 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
              dtype: str | None = None, optim: str | None = None, double_quant: bool = True,
              num_labels: int = 3, config: Any = None,
              _levers: bool = True) -> Estimate:  # fmt: skip
-    """Predict the peak memory of training ``recipe`` on ``model``.
+    """Predict the peak memory of training ``recipe`` on ``model`` (a ``PhiConfig``, a
+    profile or its name, whose settings are the defaults; ``config`` counts another model
+    under them). ``overhead_gb=None``: CUDA context + allocator slack on a GPU, 0 on a CPU.
 
-    Args:
-        model: a ``PhiConfig``, a :class:`~phi2kit.profiles.Profile` or a profile name. A
-            profile supplies the defaults of ``dtype``, ``optim``, ``attn`` and
-            ``gradient_checkpointing``; a bare config defaults to fp32 AdamW on the CPU.
-        recipe: a :class:`~phi2kit.recipes.Recipe` (batch, length, LoRA, 4-bit).
-        device_gb: memory available, in GB (1e9 bytes).
-        attn: ``eager``, ``sdpa`` (also flash) or ``phi2kit_fp32`` (eager in fp32).
-        gradient_checkpointing: keep only each layer's input and recompute one layer at a
-            time in backward. That layer (with its gradient buffers) lives only after the
-            logits' buffers are freed, so it adds to the peak only by what it exceeds them.
-        overhead_gb: fixed framework overhead; ``None`` means CUDA context + 10 % allocator
-            slack on a GPU, and zero on the CPU.
-        optim: ``adamw_torch`` (two fp32 states, 8 B/param) or ``paged_adamw_8bit`` (two
-            uint8 states, 2 B/param, counted as resident though pages can be evicted).
-        config: count this ``PhiConfig`` (e.g. Phi-2 with fewer layers) with the settings
-            of the profile ``model``.
+    Under gradient checkpointing the recomputed layer lives only after the logits' buffers
+    are freed, so it adds to the peak only by what it exceeds them. Paged 8-bit AdamW's
+    states are counted as resident, though pages can be evicted.
     """
     if recipe.max_length < 1 or recipe.batch_size < 1 or device_gb <= 0:
         raise ValueError(
@@ -211,10 +190,3 @@ def format_table(est: Estimate) -> str:
     lines += [f"{'total':<24}{est.total_gb:>8.2f}", f"{'device':<24}{est.device_gb:>8.2f}",
               est.verdict]  # fmt: skip
     return "\n".join(lines)
-
-
-def plan_all_t4(device_gb: float = 15.0) -> list[tuple[str, Estimate]]:
-    """Estimate every task's default T4 recipe."""
-    from phi2kit.recipes import TASKS, get_recipe
-
-    return [(t, estimate("t4", get_recipe(t, "t4"), device_gb=device_gb)) for t in TASKS]

@@ -1,8 +1,4 @@
-"""Time on a T4, and the course table (the README's and each lesson's first cell).
-
-``course_rows()`` gives each lesson's T4 minutes and peak GB; ``tests/test_readme.py`` and
-``tests/test_notebooks.py`` check that the README and the lessons say the same.
-"""
+"""Time on a T4, and the course table (the README's and each lesson's first cell)."""
 
 from __future__ import annotations
 
@@ -52,11 +48,8 @@ COURSE = [  # notebook, what it teaches, task (None: no training)
 def train_minutes(
     task: str, profile: str = "t4", calibration: int = T4_CALIBRATION_LENGTH
 ) -> float:
-    """Predicted training time of a task's default recipe on a T4, eval excluded.
-
-    ``calibration`` picks the reading of seed 003's run (:data:`T4_CALIBRATIONS`): 1,024
-    (the default, most likely) or 2,048 tokens per padded example.
-    """
+    """Predicted training time of a task's default recipe on a T4, eval excluded, at the
+    ``calibration`` reading of seed 003's run (:data:`T4_CALIBRATIONS`)."""
     from phi2kit.recipes import get_recipe
 
     if calibration not in T4_CALIBRATIONS:
@@ -79,13 +72,8 @@ def course_minutes(task: str, calibration: int = T4_CALIBRATION_LENGTH) -> str:
 
 
 def course_rows() -> list[tuple[str, str, str, str]]:
-    """(notebook, teaches, T4 minutes, T4 peak GB) for the README's course table.
-
-    Training times use :data:`T4_CALIBRATION_LENGTH` (seed 003's run read at 1,024 tokens).
-
-    Inference notebooks count their weights: 01 and 05 hold fp16 Phi-2 and its nf4 copy side
-    by side (05 merges adapters into the fp16 base in place).
-    """
+    """(notebook, teaches, T4 minutes, T4 peak GB) for the README's course table; 01 and 05
+    hold fp16 Phi-2 and its nf4 copy side by side (05 merges into the fp16 base in place)."""
     fp16 = weight_bytes(phi2_config(), "float16") / GB
     nf4 = weight_bytes(phi2_config(), "float16", quantize_4bit=True) / GB
     rows = []

@@ -1,8 +1,4 @@
-"""The planner for DPO (notebook 08): chosen and rejected in one batch, and the reference.
-
-``phi2kit plan --task dpo --profile t4`` prints it; ``--reference`` and ``--precompute-ref``
-say which reference and whether its log-probs are computed before training.
-"""
+"""The planner for DPO (notebook 08): chosen and rejected in one batch, and the reference."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
-"""The planner for GGUF files (notebook 07): disk and RAM per type, before writing one.
-
-``gguf_footprint("Q4_K_M")`` answers "will the tuned Phi-2 fit on my laptop" from Phi-2's
-published shapes; notebook 07 and ``tests/test_export.py`` check it against the files written
-for the tiny model.
-"""
+"""The planner for GGUF files (notebook 07): disk and RAM per type, from Phi-2's published
+shapes, before writing one (checked against the tiny model's files)."""
 
 from __future__ import annotations
 

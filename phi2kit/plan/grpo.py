@@ -1,13 +1,4 @@
-"""The planner for GRPO (notebook 09): memory and time of generation, reference and training.
-
-    from phi2kit.plan import format_table
-    from phi2kit.plan.grpo import estimate_grpo, grpo_minutes
-    print(format_table(estimate_grpo("t4", get_grpo_recipe("t4"))))
-
-A GRPO step generates ``num_generations`` completions per prompt, scores them, runs the
-reference model when ``beta > 0`` and trains on the completions: :func:`estimate_grpo` counts
-the three phases, :func:`grpo_minutes` times them with the course's T4 clock.
-"""
+"""The planner for GRPO (notebook 09): memory and time of generation, reference and training."""
 
 from __future__ import annotations
 
@@ -27,17 +18,11 @@ GRPO_TYPICAL_TOKENS = 550
 def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs: Any) -> Estimate:
     """Predicted peak memory of one GRPO step (trl ``GRPOTrainer``, no vLLM), by part, in GB.
 
-    A step has three phases that never hold their buffers at the same time, so the peak is
-    the largest of them on top of the weights, adapters and optimizer state:
-
-    - generation: ``generation_batch`` sequences (whole groups of ``num_generations``)
-      of up to ``max_length`` tokens, in one ``generate`` call: a KV cache of
-      ``2 x layers x hidden`` values per token, and the last position's fp32 logits;
-    - the reference pass when ``beta > 0``: a no-grad forward of ``batch_size`` completions
-      through the frozen copy of the adapter, fp32 logits and log-softmax of the completion
-      tokens (and the copy itself: one more set of LoRA weights);
-    - the training step: :func:`estimate` of the same recipe (``batch_size`` rows of
-      ``max_length`` tokens).
+    Three phases never hold their buffers at once, so the peak is the largest on top of the
+    weights, adapters and optimizer: generation (``generation_batch`` sequences' KV cache and
+    last fp32 logits), the reference pass when ``beta > 0`` (fp32 logits and log-softmax of
+    ``batch_size`` completions, and the adapter's frozen copy) and the training step
+    (:func:`estimate`).
     """
     train = estimate(model, recipe, device_gb=device_gb, overhead_gb=0.0, _levers=False, **kwargs)
     cfg, profile = _resolve(model)
@@ -68,13 +53,9 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
 
 
 def grpo_minutes(recipe: Any, calibration: int = T4_CALIBRATION_LENGTH) -> dict[str, float]:
-    """Predicted T4 minutes of a GRPO run, by phase: generation, reference pass, training.
-
-    Training counts 6N FLOPs per token as :func:`train_minutes` (same calibration), over
-    ``GRPO_TYPICAL_TOKENS`` per completion; the reference pass (``beta > 0``) 2N, a forward;
-    generation ``max_completion_length`` decoding steps per ``generate`` call at
-    :data:`T4_DECODE_STEP_S` (one call per ``generation_batch`` completions).
-    """
+    """Predicted T4 minutes of a GRPO run by phase: training at 6N FLOPs a token (the course's
+    clock), the reference pass (``beta > 0``) at 2N, and generation at
+    :data:`T4_DECODE_STEP_S` per decoding step of each ``generate`` call."""
     n = count_parameters(phi2_config())
     tokens = recipe.max_steps * recipe.effective_batch * GRPO_TYPICAL_TOKENS
     flops = T4_CALIBRATIONS[calibration]

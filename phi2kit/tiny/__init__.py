@@ -1,11 +1,6 @@
-"""The tiny pretrained Phi shipped inside the package.
-
-A 1.3M-parameter ``PhiForCausalLM`` (Phi's own architecture: partial rotary 0.4, parallel
-attention and MLP, ``gelu_new``, biases, and Phi-2's module names) with a byte-level BPE
-tokenizer. Like Phi-2's, ``<|endoftext|>`` is bos, eos and unk, there is no pad token and
-no chat template. It loads offline in about a second.
-
-Rebuild it with ``python scripts/build_tiny.py`` (the build lives in that script).
+"""The tiny pretrained Phi shipped inside the package: a 1.3M-parameter ``PhiForCausalLM``
+with Phi-2's architecture, module names and tokenizer conventions (``<|endoftext|>`` is bos
+and eos, no pad, no chat template). ``python scripts/build_tiny.py`` rebuilds it.
 """
 
 from __future__ import annotations
