@@ -186,7 +186,7 @@ def main(argv=None):
     import torch
     from datasets import Dataset
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
     from trl import SFTTrainer
 
@@ -202,6 +202,7 @@ def main(argv=None):
         sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
                        .splitlines()[0], file=sys.stderr) or 2)
     tok.pad_token, tok.padding_side = tok.pad_token or tok.eos_token, "right"  # Phi-2: pad = eos
+    set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter
     model = AutoModelForCausalLM.from_pretrained(  # safetensors only, no trust_remote_code
         args.model, dtype=dtype, quantization_config=quant, use_safetensors=True,
         attn_implementation="sdpa" if bf16 else "fp32", device_map="auto" if cuda else "cpu")

@@ -161,6 +161,7 @@ def main(argv=None):
         AutoTokenizer,
         DataCollatorWithPadding,
         Trainer,
+        set_seed,
     )
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
@@ -175,6 +176,7 @@ def main(argv=None):
         sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
                        .splitlines()[0], file=sys.stderr) or 2)
     tok.pad_token = tok.pad_token or tok.eos_token  # Phi-2 has no pad token
+    set_seed(0)  # the score head and LoRA matrices start random: seeded, reruns agree
     model = AutoModelForSequenceClassification.from_pretrained(
         args.model, num_labels=len(labels), id2label=dict(enumerate(labels)),
         label2id={w: i for i, w in enumerate(labels)}, pad_token_id=tok.pad_token_id,

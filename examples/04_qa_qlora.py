@@ -135,7 +135,7 @@ def main(argv=None):
         fail("4-bit training needs a CUDA GPU (bitsandbytes); on a CPU pass --no-4bit")
     from datasets import Dataset
     from peft import get_peft_model, prepare_model_for_kbit_training
-    from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
     from trl import SFTTrainer
 
@@ -156,6 +156,7 @@ def main(argv=None):
     fitted = {name: [r for r in (fit_example(e, tokenizer, args.max_length) for e in rows) if r]
               for name, rows in (("train", train_rows), ("eval", eval_rows))}
     print({name: len(rows) for name, rows in fitted.items()}, f"examples fit in {args.max_length}")
+    set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter
     model = AutoModelForCausalLM.from_pretrained(
         args.model, dtype=dtype, quantization_config=quant, attn_implementation="fp32",
         use_safetensors=True, device_map="auto" if cuda else "cpu")

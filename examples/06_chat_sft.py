@@ -17,7 +17,13 @@ from collections import defaultdict
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+from transformers import (
+    AttentionInterface,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    BitsAndBytesConfig,
+    set_seed,
+)
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from trl import SFTConfig, SFTTrainer
 
@@ -191,6 +197,7 @@ def main(argv=None):
             for name, part in splits.items()}
     AttentionInterface.register("fp32_eager", fp32_attention)
     AttentionMaskInterface.register("fp32_eager", eager_mask)
+    set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter
     model = AutoModelForCausalLM.from_pretrained(
         args.model, dtype={"t4": torch.float16, "ampere": torch.bfloat16}.get(gpu, torch.float32),
         attn_implementation="fp32_eager" if gpu == "t4" else "sdpa", quantization_config=quant,
