@@ -160,7 +160,6 @@ def test_app_says_which_model_and_adapter():
 
 def test_to_turns_reads_every_history_form():
     ours = [("prompter", "a"), ("assistant", "b")]
-    assert to_turns(ours) == ours
     assert (
         to_turns([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]) == ours
     )
@@ -335,12 +334,13 @@ def test_app_on_a_port_in_use_is_one_line_exit_2(capsys):
     assert f"--port {port}" in err and f"--port {port + 1}" in err
 
 
-def test_profile_errors_speak_shell_words(monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["chat", "app"])
+def test_profile_errors_speak_shell_words(monkeypatch, capsys, command):
+    from phi2kit.commands.main import main
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = _chat_args()
-    args.profile = "t4"
-    assert run_chat(args, stdin=io.StringIO(QUESTION)) == 2
-    err = _one_error_line(capsys, "chat")
+    assert main([command, "--profile", "t4", *(["--port", "0"] if command == "app" else [])]) == 2
+    err = _one_error_line(capsys, command)
     assert "--profile tiny" in err and "PROFILE=" not in err and "Colab" not in err
 
 

@@ -21,15 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from phi2kit.commands.train import (
-    ADAPTER,
-    COMPLETE,
-    add_train_parser,
-    atomic_dir,
-    latest_checkpoint,
-    main,
-    make_parser,
-)
+from phi2kit.checkpoints import COMPLETE, latest_checkpoint
+from phi2kit.commands.train import ADAPTER, add_train_parser, atomic_dir, main
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -72,7 +65,7 @@ def test_help_and_subcommand_registration(capsys):
     add_train_parser(sub)
     args = sub.choices["train"].parse_args(["chat", "--qlora", "--save-every", "5"])
     assert (args.task, args.quantize, args.save_every, args.resume) == ("chat", True, 5, False)
-    assert make_parser().parse_args(["sentiment", "--lora"]).quantize is False
+    assert sub.choices["train"].parse_args(["sentiment", "--lora"]).quantize is False
 
 
 def test_atomic_dir_crash_leaves_no_folder_and_no_litter(tmp_path):

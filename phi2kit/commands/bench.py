@@ -1,19 +1,10 @@
-"""The performance report: ``phi2kit bench`` runs the benchmarks in ``bench/`` in one go.
+"""``phi2kit bench``: the benchmarks in ``bench/`` in one go (P1: training useful-tokens/s
+against the seed pipeline and trl's defaults, ``bench/bench_train.py``; P2: evaluation
+examples/s of label scoring against per-example and batched ``generate``,
+``bench/bench_eval.py``), ratios measured in one run on this machine.
 
-    phi2kit bench                 # P1 + P2 on the tiny model, this CPU (about 3 minutes)
-    phi2kit bench --json          # the table, then one JSON object with the ratios
-    phi2kit bench --notebooks     # also the wall time of every notebook (tiny profile)
-
-- **P1** (``bench/bench_train.py``): training useful-tokens/s of phi2kit's pipeline against
-  the seed-003 pipeline (pad to ``max_length``, ``labels = input_ids``) and against trl's
-  ``SFTTrainer`` with its default sampling and collation; padding-free batches for reference.
-- **P2** (``bench/bench_eval.py``): evaluation examples/s of batched label scoring against the
-  seed-002 loop (one ``generate`` call per example) and against batched, left-padded
-  ``generate``, with the accuracy of each.
-
-It prints ratios measured in one run, on one machine; it is not a timed test. Standard
-output holds the table (and with ``--json`` one JSON object after it) and nothing else:
-whatever the benchmarks print goes to standard error.
+Standard output holds the table (and with ``--json`` one JSON object after it) and nothing
+else: whatever the benchmarks print goes to standard error.
 """
 
 from __future__ import annotations

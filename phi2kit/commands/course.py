@@ -1,15 +1,9 @@
-"""Run the whole course: execute every notebook in order and write ``summary.md``.
+"""``phi2kit course``: execute every notebook in order and write ``summary.md``.
 
-    phi2kit course --profile tiny            # about 6 minutes on 2 CPU cores
-    phi2kit course --profile tiny --only 02 04 --timeout 3600
-    phi2kit course --profile t4 --out runs/colab
+    phi2kit course --profile tiny --only 02 04 --timeout 3600 --out runs/x
 
 Each notebook records its key numbers with :func:`phi2kit.metrics.record_metrics`; they land in
-``<run>/metrics/<notebook>.json`` and in the summary table.
-
-Running notebooks needs the ``course`` extra (papermill, nbclient, ipykernel, JupyterLab):
-``pip install -e ".[course]"``. The notebooks' side,
-:func:`phi2kit.metrics.record_metrics`, needs nothing, so they import it on Colab too.
+``<run>/metrics/<notebook>.json`` and in the summary table. Needs the ``course`` extra.
 """
 
 from __future__ import annotations
@@ -17,41 +11,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from phi2kit.commands import add_profile_argument
+from phi2kit.commands import add_profile_argument, fail
 from phi2kit.metrics import METRICS_ENV
-
-COURSE_EXTRA_HINT = (
-    'phi2kit course runs the notebooks with papermill: install the "course" extra, '
-    'pip install -e ".[course]" (or pip install "phi2kit[course]")'
-)
-
-
-class CourseDependencyError(ImportError):
-    """The ``course`` extra (papermill, nbclient, ipykernel) is not installed."""
-
-
-def import_papermill():
-    """``papermill``, or a :class:`CourseDependencyError` that names the extra to install."""
-    try:
-        import papermill
-    except ImportError as exc:
-        raise CourseDependencyError(f"{COURSE_EXTRA_HINT} ({exc})") from exc
-    return papermill
-
 
 #: Seconds one cell may run. Generous: under a competing process, CPU training at 2 threads
 #: on 2 cores ran 3.3x slower (and a cell that takes 72 s alone timed out at 600 s).
 DEFAULT_TIMEOUT = 1800
-
-
-class CourseError(ValueError):
-    """Bad ``phi2kit course`` input; the message names the value and the fix."""
 
 
 def find_notebooks(folder: Path | None = None) -> list[Path]:
@@ -60,10 +30,10 @@ def find_notebooks(folder: Path | None = None) -> list[Path]:
         here = Path.cwd() / "notebooks"
         folder = here if here.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
     if not Path(folder).is_dir():
-        raise CourseError(f"--notebooks {folder}: no such folder; pass the folder of NN_*.ipynb")
+        raise ValueError(f"--notebooks {folder}: no such folder; pass the folder of NN_*.ipynb")
     found = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if not found:
-        raise CourseError(f"--notebooks {folder}: no NN_*.ipynb notebooks in it")
+        raise ValueError(f"--notebooks {folder}: no NN_*.ipynb notebooks in it")
     return found
 
 
@@ -75,7 +45,7 @@ def select_notebooks(notebooks: list[Path], only: list[str] | None) -> list[Path
     wanted = [n.zfill(2) for n in only]
     unknown = [n for n in only if n.zfill(2) not in valid]
     if unknown:
-        raise CourseError(
+        raise ValueError(
             f"--only {' '.join(unknown)}: no such notebook; the numbers are {' '.join(valid)}"
         )
     return [nb for key, nb in valid.items() if key in wanted]
@@ -101,16 +71,12 @@ def run_course(
 ) -> list[NotebookRun]:
     """Execute ``notebooks`` with papermill, setting ``PROFILE``; write ``summary.md``.
 
-    Each kernel runs in its notebook's folder, so that the lessons' ``outputs/`` (adapters,
-    checkpoints, which later lessons read) are where a learner's Jupyter puts them, and a
-    second run resumes 04's and 06's training from their checkpoints. ``workdir`` runs the
-    kernels there instead (its ``outputs/``, with a ``../data`` link to the samples): a second
-    course on another profile then shares nothing with the first (CI runs ``tiny`` and
-    ``t4-cpu`` side by side).
-    ``out``, ``notebooks`` and ``workdir`` are made absolute first: a relative path means
-    what it meant where the command was run.
+    Each kernel runs in its notebook's folder, where a learner's Jupyter puts the lessons'
+    ``outputs/`` (a second run resumes from their checkpoints), or in ``workdir`` (with a
+    ``../data`` link to the samples), so that runs on two profiles share nothing. Relative
+    paths mean what they meant where the command was run.
     """
-    pm = import_papermill()
+    import papermill as pm
     from tqdm.auto import tqdm
 
     out = Path(out).resolve()
@@ -272,18 +238,20 @@ def add_course_parser(sub) -> None:
 def _course_main(args: argparse.Namespace) -> int:
     from phi2kit.profiles import get_profile
 
-    def fail(message: str) -> int:
-        print(f"phi2kit course: error: {message}", file=sys.stderr)
-        return 2
-
     if args.timeout <= 0:
-        return fail(f"--timeout {args.timeout}: must be positive, e.g. --timeout {DEFAULT_TIMEOUT}")
+        return fail("course", f"--timeout {args.timeout}: must be positive, e.g. --timeout "
+                    f"{DEFAULT_TIMEOUT}")  # fmt: skip
     try:
-        import_papermill()  # before any work: without the extra, say which one to install
-        profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
+        import papermill  # noqa: F401 - before any work: without the extra, say which to install
+    except ImportError as exc:
+        return fail("course", 'phi2kit course runs the notebooks with papermill: install the '
+                    f'"course" extra, pip install -e ".[course]" (or pip install '
+                    f'"phi2kit[course]") ({exc})')  # fmt: skip
+    profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
+    try:
         notebooks = select_notebooks(find_notebooks(args.notebooks), args.only)
-    except (CourseDependencyError, CourseError) as exc:
-        return fail(str(exc))
+    except ValueError as exc:
+        return fail("course", str(exc))
     # relative to where the command runs (run_course makes it absolute before the kernels start)
     out = (args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     runs = run_course(profile, out, notebooks, timeout=args.timeout, workdir=args.workdir)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from phi2kit.commands import add_profile_argument
+from phi2kit.commands import add_profile_argument, fail
 from phi2kit.plan import estimate, format_table
 from phi2kit.recipes import PREFERENCE_TASKS, TASKS
 
@@ -67,14 +67,11 @@ def _past_context(args: argparse.Namespace) -> str | None:
 def run_plan(args: argparse.Namespace) -> int:
     """Print the planner table and verdict; return 0 if it fits, 1 if not, 2 on a bad flag
     or a device too small for any setting."""
-    import sys
-
     from phi2kit.recipes import get_recipe
 
     problem = _bad_value(args) or _past_context(args)
     if problem:
-        print(f"phi2kit plan: error: {problem}", file=sys.stderr)
-        return 2
+        return fail("plan", problem)
 
     flags = {"max_length": args.max_length, "batch_size": args.batch,
              "quantize_4bit": args.quantize_4bit}  # fmt: skip
@@ -97,8 +94,7 @@ def run_plan(args: argparse.Namespace) -> int:
         try:
             recipe = get_grpo_recipe(args.profile, **overrides)
         except ValueError as err:  # e.g. --max-length not above max_completion_length
-            print(f"phi2kit plan: error: {err}", file=sys.stderr)
-            return 2
+            return fail("plan", str(err))
         est = estimate_grpo(args.profile, recipe, device_gb=args.device_gb,
                             gradient_checkpointing=args.grad_ckpt)
     else:
@@ -106,9 +102,8 @@ def run_plan(args: argparse.Namespace) -> int:
         est = estimate(args.profile, recipe, device_gb=args.device_gb,
                        gradient_checkpointing=args.grad_ckpt)  # fmt: skip
     if not est.possible:
-        print(f"phi2kit plan: error: --device-gb {args.device_gb:g}: {est.verdict} "
-              "(a T4 has 15: --device-gb 15)", file=sys.stderr)  # fmt: skip
-        return 2
+        return fail("plan", f"--device-gb {args.device_gb:g}: {est.verdict} (a T4 has 15: "
+                    "--device-gb 15)")  # fmt: skip
     from phi2kit.profiles import get_profile
 
     profile = get_profile(args.profile, check=False)

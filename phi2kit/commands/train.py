@@ -1,28 +1,15 @@
-"""``phi2kit train TASK``: a notebook's recipe from the command line; resumable, multi-process.
+"""``phi2kit train TASK``: a notebook's recipe from the shell; resumable, multi-process.
 
-    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --save-every 25
-    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --resume   # after a crash
-    phi2kit train dpo --adapter runs/chat/adapter --output-dir runs/dpo
-    phi2kit train grpo --adapter outputs/04_webglm/adapter --output-dir runs/grpo
-    accelerate launch --multi_gpu --num_processes 2 -m phi2kit.commands.train chat \
+    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --save-every 25 [--resume]
+    accelerate launch --multi_gpu --num_processes 2 -m phi2kit.commands.train chat \\
         --output-dir runs/chat
 
-``--multi_gpu`` starts one process per device through torchrun; without CUDA the same
-command runs 2 CPU processes over gloo (``--cpu`` would start a single process).
-
-One entry for every task, as trl's ``sft.py``: the shell's arguments become a
-:class:`~phi2kit.commands.train_tasks.Setup` (profile, recipe, data options), the task reads
-its data (:func:`~phi2kit.commands.train_tasks.load_data`, before any model loads or any
-folder is made) and builds its trainer; the rest is the same for all. ``OUTPUT_DIR`` holds:
-
-- ``checkpoints/checkpoint-N/``: HF Trainer checkpoints every ``--save-every`` steps with a
-  ``COMPLETE`` marker, and ``settings.json`` (:mod:`phi2kit.checkpoints`' one resume policy:
-  ``--resume`` under other settings is refused; a finished run loads, it does not train);
-- ``trainer_state.json``: the trainer's own state at the end, whose ``log_history`` holds one
-  entry per logged step (grpo: with its mean ``reward`` where it generated; a resumed run's
-  history is the checkpoint's, then the new steps); ``run.json``: the arguments;
-- ``adapter/``: the final adapter, tokenizer and ``metrics.json``, written into a temporary
-  folder and renamed into place: complete or absent. Only rank 0 writes final outputs.
+One entry for every task, as trl's ``sft.py``: the arguments become a
+:class:`~phi2kit.commands.train_tasks.Setup`, the task reads its data (before any model loads
+or any folder is made) and builds its trainer; the rest is the same for all. ``OUTPUT_DIR``
+holds ``checkpoints/`` (with ``settings.json``: :mod:`phi2kit.checkpoints`' resume policy),
+``trainer_state.json`` (the losses), ``run.json`` (the arguments) and ``adapter/`` (with
+``metrics.json``; written by rank 0 into a temporary folder and renamed into place).
 """
 
 from __future__ import annotations
@@ -37,10 +24,9 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from phi2kit.checkpoints import COMPLETE, checkpoint_step, latest_checkpoint, write_json_atomic
+from phi2kit.checkpoints import checkpoint_step, write_json_atomic
+from phi2kit.commands import fail
 from phi2kit.commands.train_args import add_arguments
-
-__all__ = ["COMPLETE", "atomic_dir", "latest_checkpoint", "main", "write_json_atomic"]
 
 CHECKPOINTS, ADAPTER, TRAINER_STATE = "checkpoints", "adapter", "trainer_state.json"
 
@@ -72,8 +58,7 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 def _fail(message: str) -> int:
     from phi2kit.commands.hub import redact
 
-    print(f"phi2kit train: error: {redact(message)}", file=sys.stderr)
-    return 2
+    return fail("train", redact(message))
 
 
 def _say(message: str) -> None:
@@ -85,11 +70,6 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
     p = add_arguments(subparsers.add_parser("train", help="train a notebook recipe (resumable)"))
     p.set_defaults(func=run_train)
     return p
-
-
-def make_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser for ``python -m phi2kit.commands.train``."""
-    return add_arguments(argparse.ArgumentParser(prog="phi2kit train"))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -244,8 +224,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m phi2kit.commands.train TASK ...``; returns the exit code."""
-    return run_train(make_parser().parse_args(argv))
+    """``python -m phi2kit.commands.train TASK ...`` (for ``accelerate launch``)."""
+    from phi2kit.commands.main import main as phi2kit
+
+    return phi2kit(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from phi2kit.commands import add_profile_argument
+from phi2kit.commands import adapter_error, add_profile_argument
 
 TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo", "grpo")
 FROM_ADAPTER = {"dpo": "chat", "grpo": "webglm"}  # tasks that go on training an SFT adapter: whose
@@ -27,9 +27,8 @@ def _recipe_fields(task: str | None = None) -> dict[str, str]:
 
     from phi2kit.recipes import DPORecipe, GrpoRecipe, Recipe
 
-    classes = {"dpo": [DPORecipe], "grpo": [GrpoRecipe]}.get(task, [Recipe])
-    if task is None:
-        classes = [Recipe, DPORecipe, GrpoRecipe]
+    every = [Recipe, DPORecipe, GrpoRecipe]
+    classes = {"dpo": [DPORecipe], "grpo": [GrpoRecipe], None: every}.get(task, [Recipe])
     return {f.name: str(f.type) for cls in classes for f in fields(cls)
             if f.name != "task"}  # fmt: skip
 
@@ -134,22 +133,16 @@ def make_setup(args: argparse.Namespace):
     return Setup(args.task, profile, recipe, args.data, labels, n_eval, args.adapter, lang)
 
 
-def _check_adapter(adapter: Path | None, task: str = "dpo") -> None:
+def _check_adapter(adapter: Path | None, task: str) -> None:
     sft = FROM_ADAPTER[task]  # the SFT task whose adapter this task goes on training
     how = (f"make one with: phi2kit train {sft} --output-dir runs/{sft} "
            f"(then --adapter runs/{sft}/adapter)")
     if adapter is None:
         raise ValueError(f"{task} needs --adapter PATH, the {sft} (SFT) adapter it starts from; "
                          f"{how}")  # fmt: skip
-    config = adapter / "adapter_config.json"
-    if (adapter / "adapter" / "adapter_config.json").is_file() and not config.is_file():
-        raise ValueError(f"--adapter {adapter}: a run folder; pass its adapter, "
-                         f"--adapter {adapter / 'adapter'}")  # fmt: skip
-    if not config.is_file():
-        raise ValueError(f"--adapter {adapter}: no adapter_config.json there; {how}")
-    if json.loads(config.read_text()).get("task_type") != "CAUSAL_LM":
-        raise ValueError(f"--adapter {adapter}: not a {sft} adapter (it is not a causal LM "
-                         f"adapter); {how}")  # fmt: skip
+    problem = adapter_error(adapter, how)
+    if problem:
+        raise ValueError(problem)
     run = adapter.parent / "run.json"  # written by `phi2kit train` beside its adapter
     made_by = json.loads(run.read_text()).get("task") if run.is_file() else None
     if made_by not in (None, sft, task):
@@ -204,29 +197,16 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 DESCRIPTION = "Train a notebook's recipe from the shell; resumable (--resume)."
 
-#: ``phi2kit train --help``'s closing text (plain text: argparse prints it as it is).
+#: ``phi2kit train --help``'s closing text (plain text: argparse prints it as it is); the
+#: README's "Train on your own data from the shell" says more.
 EPILOG = """\
 data formats (--data PATH):
-  sentiment, classifier  a CSV with no header, label then headline (Kaggle's all-data.csv;
-                         UTF-8 or Latin-1); or a CSV with a header and the columns
-                         text (or sentence, as financial_phrasebank) and label. Labels are
-                         words (--labels) or integers 0, 1, ... into --labels.
-  webglm                 JSON lines {{"question", "answer", "references": [...]}}, answers
-                         citing [1], [2], ...; a folder with train.jsonl and
-                         validation.jsonl, or one file (its last examples, at most a
-                         fifth, are the eval split).
-  chat                   OASST1: its messages (parquet or JSON lines, one message a row)
-                         or a *.trees.jsonl export; English threads are kept.
-  dpo                    OASST1 as for chat: each prompt's rank-0 reply (chosen) against
-                         each lower-ranked sibling (rejected). Needs --adapter, the chat
-                         adapter it goes on training (its LoRA settings are the adapter's).
-  grpo                   WebGLM as for webglm; only the prompts (question and references)
-                         are read: the model writes the answers, 09's rewards score them.
-                         No eval split. Needs --adapter, 04's (webglm) adapter: a new
-                         LoRA never cites, so every reward would be 0. Resumed at a
-                         checkpoint where a generation starts (a multiple of
-                         steps_per_generation / grad_accum steps: 4 on tiny), it equals
-                         the uninterrupted run.
+  sentiment, classifier  Kaggle's all-data.csv (no header: label, headline), or a CSV with
+                         the columns text (or sentence) and label; integer labels index --labels
+  webglm, grpo           JSON lines {{"question", "answer", "references": [...]}}: a folder
+                         with train.jsonl and validation.jsonl, or one file
+  chat, dpo              OASST1 messages (parquet or JSON lines) or a *.trees.jsonl export
+  dpo and grpo need --adapter: the chat (dpo) or webglm (grpo) adapter they go on training.
 
 --set keys:
 {keys}
@@ -235,11 +215,8 @@ data formats (--data PATH):
   n_eval (sentiment, classifier): eval rows per class (default n_test; 0: no eval split).
 
 examples:
-  phi2kit train sentiment --profile tiny --steps 12 --output-dir runs/s
   phi2kit train classifier --data my.csv --labels bad,ok,good --set n_train=200
   phi2kit train sentiment --output-dir runs/s --resume    # after a crash
   phi2kit train chat --output-dir runs/chat && \\
     phi2kit train dpo --adapter runs/chat/adapter --output-dir runs/dpo
-  phi2kit train webglm --output-dir runs/webglm && \\
-    phi2kit train grpo --adapter runs/webglm/adapter --output-dir runs/grpo
 """
