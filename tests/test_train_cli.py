@@ -408,11 +408,10 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
 
 def test_every_recipe_is_a_task_of_the_command():
     from phi2kit.commands.train_args import TASK_NAMES
-    from phi2kit.commands.train_tasks import TASKS
-    from phi2kit.recipes import PREFERENCE_TASKS
-    from phi2kit.recipes import TASKS as SFT_TASKS
+    from phi2kit.commands.train_tasks import DATA
+    from phi2kit.recipes import PREFERENCE_TASKS, TASKS
 
-    assert tuple(TASKS) == TASK_NAMES == SFT_TASKS + PREFERENCE_TASKS + ("grpo",)
+    assert tuple(DATA) == TASK_NAMES == TASKS + PREFERENCE_TASKS + ("grpo",)
 
 
 def test_chat_data_in_another_language_names_lang_and_trains_with_it(tmp_path, capsys):

@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from unittest import mock
 
 from phi2kit.commands import add_profile_argument, fail
 from phi2kit.metrics import METRICS_ENV
@@ -80,27 +81,30 @@ def run_course(
     from tqdm.auto import tqdm
 
     out = Path(out).resolve()
-    notebooks = [Path(nb).resolve() for nb in notebooks]
     out.mkdir(parents=True, exist_ok=True)
+    notebooks = [Path(nb).resolve() for nb in notebooks]
     if workdir is not None:
         workdir = _prepare_workdir(Path(workdir).resolve(), notebooks)
-    metrics_dir = out / "metrics"
-    before = os.environ.get(METRICS_ENV)
-    os.environ[METRICS_ENV] = str(metrics_dir)
     runs: list[NotebookRun] = []
-    try:
+    with mock.patch.dict(os.environ, {METRICS_ENV: str(out / "metrics")}):  # restored after
         bar = tqdm(notebooks, desc="course", unit="notebook")
         for nb in bar:
             bar.set_postfix_str(nb.stem)
-            runs.append(_run_notebook(pm, nb, out, profile, timeout, workdir or nb.parent))
-            run = runs[-1]
-            said = f"{nb.stem}: {run.status} in {run.seconds:.0f} s"
-            log(said + (f": {run.error}" if run.error else ""))
-    finally:
-        if before is None:
-            os.environ.pop(METRICS_ENV, None)
-        else:
-            os.environ[METRICS_ENV] = before
+            metrics = out / "metrics" / f"{nb.stem}.json"
+            metrics.unlink(missing_ok=True)  # a re-run into the same folder: no old numbers
+            start, status, error = time.perf_counter(), "passed", ""
+            try:  # the kernel's own log (e.g. "running over TCP without encryption") is no news
+                pm.execute_notebook(str(nb), str(out / nb.name), parameters={"PROFILE": profile},
+                                    cwd=str(workdir or nb.parent), kernel_name="python3",
+                                    language="python", execution_timeout=timeout,
+                                    progress_bar=False,
+                                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+            except Exception as exc:  # papermill raises PapermillExecutionError per cell
+                status, error = "failed", describe_failure(exc, nb, out / nb.name, timeout)
+            found = json.loads(metrics.read_text()) if metrics.exists() else {}
+            runs.append(NotebookRun(nb.stem, status, time.perf_counter() - start, found, error))
+            said = f"{nb.stem}: {status} in {runs[-1].seconds:.0f} s"
+            log(said + (f": {error}" if error else ""))
     (out / "summary.md").write_text(summary_markdown(runs, profile))
     return runs
 
@@ -114,33 +118,6 @@ def _prepare_workdir(workdir: Path, notebooks: list[Path]) -> Path:
     if data is not None and data.is_dir() and not link.exists():
         link.symlink_to(data, target_is_directory=True)
     return lessons
-
-
-def _run_notebook(
-    pm, nb: Path, out: Path, profile: str, timeout: int, cwd: Path
-) -> NotebookRun:
-    m_path = out / "metrics" / f"{nb.stem}.json"
-    m_path.unlink(missing_ok=True)  # a re-run into the same folder must not show old numbers
-    start = time.perf_counter()
-    status, error = "passed", ""
-    try:
-        pm.execute_notebook(
-            str(nb),
-            str(out / nb.name),
-            parameters={"PROFILE": profile},
-            cwd=str(cwd),
-            kernel_name="python3",
-            language="python",
-            execution_timeout=timeout,
-            progress_bar=False,
-            # the kernel's own log (e.g. "running over TCP without encryption") is not news
-            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-        )
-    except Exception as exc:  # papermill raises PapermillExecutionError per cell
-        status, error = "failed", describe_failure(exc, nb, out / nb.name, timeout)
-    seconds = time.perf_counter() - start
-    metrics = json.loads(m_path.read_text()) if m_path.exists() else {}
-    return NotebookRun(nb.stem, status, seconds, metrics, error)
 
 
 def _failed_cell(exc: Exception, nb: Path, executed: Path) -> tuple[int | None, str]:

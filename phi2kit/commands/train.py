@@ -105,16 +105,13 @@ def _run(args: argparse.Namespace) -> int:
     from phi2kit.commands.train_args import make_setup, shell_words
     from phi2kit.commands.train_tasks import build_trainer, load_data
     from phi2kit.data.files import DataError
-    from phi2kit.profiles import ProfileError
 
     out = args.output_dir or Path("outputs") / f"train_{args.task}"
     ckpt_dir = out / CHECKPOINTS
     try:
         setup = make_setup(args)
         token = require_token() if args.push_to_hub else None
-    except ProfileError as err:
-        return _fail(err.shell())
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, HubError) as err:  # a ProfileError: phi2kit.commands.main says it
         return _fail(str(err))
     from accelerate import PartialState
 
@@ -167,13 +164,9 @@ def _run(args: argparse.Namespace) -> int:
                          "--labels WORD,WORD,...")  # fmt: skip
         return _fail(shell_words(str(err)))  # the loaders' advice names notebook parameters
 
-    trainer_args = {
-        **checkpoint_args(args.save_every, args.keep),
-        "logging_steps": args.log_every,
-        "seed": args.seed,
-        "data_seed": args.seed,
-        "ddp_find_unused_parameters": False,  # LoRA uses every trainable weight
-    }
+    trainer_args = checkpoint_args(args.save_every, args.keep) | {
+        "logging_steps": args.log_every, "seed": args.seed, "data_seed": args.seed,
+        "ddp_find_unused_parameters": False}  # LoRA uses every trainable weight
     if args.sampler:
         trainer_args["train_sampling_strategy"] = args.sampler
     try:  # the model and trainer before any file: a bad --set target_modules leaves nothing
