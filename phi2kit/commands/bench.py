@@ -56,10 +56,8 @@ def run_bench(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory() as out:
                 runs = run_course("tiny", Path(out), find_notebooks())
             notebooks = {r.name: f"{r.seconds:.0f} s ({r.status})" for r in runs}
-    print(
-        f"\nphi2kit bench, {date.today()}, {platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}\n"
-    )
+    print(f"\nphi2kit bench, {date.today()}, {platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}\n")  # fmt: skip
     report = load_script("report")
     print(report.summary_table(p1, p2, notebooks))
     if args.json:
@@ -68,17 +66,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "bench",
-        help="run the benchmarks and print the ratios",
-        description="The performance report: runs the benchmarks in bench/ in one go and "
-        "prints the ratios.",
-    )
-    p.add_argument(
-        "--notebooks", action="store_true", help="also time every notebook on the tiny profile"
-    )
-    p.add_argument(
-        "--json", action="store_true", help="after the table, print one JSON object of the ratios"
-    )
+    p = subparsers.add_parser("bench", help="run the benchmarks and print the ratios",
+                              description="The performance report: runs the benchmarks in "
+                              "bench/ in one go and prints the ratios.")  # fmt: skip
+    p.add_argument("--notebooks", action="store_true",
+                   help="also time every notebook on the tiny profile")  # fmt: skip
+    p.add_argument("--json", action="store_true",
+                   help="after the table, print one JSON object of the ratios")  # fmt: skip
     p.set_defaults(func=run_bench)
     return p

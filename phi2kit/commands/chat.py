@@ -26,19 +26,12 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--adapter", default=None, help="LoRA adapter folder (on the base)")
     which.add_argument("--model", default=None, help="merged model folder instead of the base")
-    parser.add_argument(
-        "--4bit",
-        dest="quantize_4bit",
-        action="store_true",
-        help="load the base in nf4, as QLoRA trained it",
-    )
+    parser.add_argument("--4bit", dest="quantize_4bit", action="store_true",
+                        help="load the base in nf4, as QLoRA trained it")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit")
-    parser.add_argument(
-        "--temperature",
-        type=float,
-        default=0.0,
-        help="sampling temperature; 0 (default) is greedy, the same reply every time",
-    )
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="sampling temperature; 0 (default) is greedy, the same reply every "
+                        "time")  # fmt: skip
 
 
 def model_error(args: argparse.Namespace) -> str | None:
@@ -77,12 +70,10 @@ def load_for_command(args: argparse.Namespace):
 def add_chat_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``phi2kit chat`` on an ``add_subparsers()`` object."""
     parser = subparsers.add_parser(
-        "chat",
-        help="chat in the terminal with the base model plus an adapter, or a merged model",
+        "chat", help="chat in the terminal with the base model plus an adapter, or a merged model",
         description="Multi-turn chat in the '### Human: / ### Assistant:' format. One message "
         "per line; 'exit' or end of input quits. Example: phi2kit chat --profile tiny "
-        "--adapter notebooks/outputs/06_chat/adapter",
-    )
+        "--adapter notebooks/outputs/06_chat/adapter")  # fmt: skip
     add_model_arguments(parser)
     parser.set_defaults(func=run_chat)
     return parser

@@ -33,10 +33,6 @@ def _recipe_fields(task: str | None = None) -> dict[str, str]:
             if f.name != "task"}  # fmt: skip
 
 
-def _tasks_with(key: str) -> list[str]:
-    return [t for t in ("dpo", "grpo") if key in _recipe_fields(t)]
-
-
 def setting_keys() -> list[str]:
     """Every ``--set`` key: the recipes' fields, then :data:`COMMAND_KEYS`."""
     return list(_recipe_fields()) + list(COMMAND_KEYS)
@@ -52,15 +48,14 @@ def parse_overrides(items: list[str], task: str | None = None) -> dict[str, Any]
         if not sep or key not in types:
             what = "expected KEY=VALUE" if not sep else f"{key!r} is not a setting"
             if sep and key in _recipe_fields():
-                what = f"{key!r} is a setting of {' and '.join(_tasks_with(key))} only"
+                tasks = [t for t in ("dpo", "grpo") if key in _recipe_fields(t)]
+                what = f"{key!r} is a setting of {' and '.join(tasks)} only"
             raise ValueError(f"--set {item}: {what}; the keys are {', '.join(setting_keys())} "
                              "(e.g. --set lora_r=32)")  # fmt: skip
         kind = types[key]
         try:
-            if "bool" in kind:
-                if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
-                    raise ValueError(value)
-                out[key] = value.lower() in ("1", "true", "yes")
+            if "bool" in kind:  # .index raises ValueError for another word
+                out[key] = ("1", "true", "yes", "0", "false", "no").index(value.lower()) < 3
             elif "tuple" in kind:
                 out[key] = tuple(v for v in value.split(",") if v)
             else:
