@@ -103,7 +103,6 @@ def _run(args: argparse.Namespace) -> int:
     )
     from phi2kit.commands.hub import HubError, push_adapter, require_token
     from phi2kit.commands.train_args import make_setup, shell_words
-    from phi2kit.commands.train_tasks import build_trainer, load_data
     from phi2kit.data.files import DataError
 
     out = args.output_dir or Path("outputs") / f"train_{args.task}"
@@ -154,6 +153,8 @@ def _run(args: argparse.Namespace) -> int:
     set_seed(args.seed)
     if not setup.profile.requires_cuda:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    from phi2kit.commands.train_tasks import build_trainer, load_data  # trl: after the checks
+
     try:  # data before any folder is made: a bad file leaves nothing behind
         data = load_data(setup)
     except FileNotFoundError as err:  # no sample next to the package: a pip install

@@ -8,16 +8,35 @@ from __future__ import annotations
 import argparse
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from phi2kit.commands import adapter_error, add_profile_argument
+from phi2kit.profiles import Profile
+from phi2kit.recipes import Recipe
 
 TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo", "grpo")
 FROM_ADAPTER = {"dpo": "chat", "grpo": "webglm"}  # tasks that go on training an SFT adapter: whose
 LABELLED = ("sentiment", "classifier")  # tasks whose data has label words (--labels)
 #: ``--set`` keys that are the command's, not a recipe's.
 COMMAND_KEYS = {"n_eval": "int"}
+#: Phi-2 was trained on English text; the chat and dpo tasks keep English threads by default.
+CHAT_LANG = "en"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One run, resolved from the command line: all that the task functions read."""
+
+    task: str
+    profile: Profile
+    recipe: Recipe  # a DPORecipe for dpo, a GrpoRecipe for grpo
+    data: str | None = None  # --data: a file or folder; None/"auto": sample on a CPU, hub on a GPU
+    labels: tuple[str, ...] | None = None  # sentiment, classifier: label words; None: LABELS
+    n_eval: int | None = None  # sentiment, classifier: eval rows per class (None: n_test)
+    adapter: Path | None = None  # dpo: the SFT (chat) adapter to start from; grpo: 04's
+    lang: str | None = CHAT_LANG  # chat, dpo: the threads' language (--lang); None: all
 
 
 def _recipe_fields(task: str | None = None) -> dict[str, str]:
@@ -81,9 +100,8 @@ def shell_words(message: str) -> str:
 
 
 def make_setup(args: argparse.Namespace):
-    """The shell's arguments as a checked ``Setup``; ``ValueError`` (or ``ProfileError``) with
+    """The shell's arguments as a checked :class:`Setup`; ``ValueError`` (or ``ProfileError``) with
     a message for the shell. Loads nothing heavy."""
-    from phi2kit.commands.train_tasks import CHAT_LANG, Setup
     from phi2kit.data.sentiment import LABELS, check_labels
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_dpo_recipe, get_grpo_recipe, get_recipe

@@ -11,13 +11,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phi2kit.data.files import DataError
-from phi2kit.data.sentiment import LABELS
-from phi2kit.profiles import Profile
-from phi2kit.recipes import Recipe
+import torch
+from datasets import Dataset
+from peft import PeftModel, prepare_model_for_kbit_training
+from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer
 
-#: Phi-2 was trained on English text; the chat and dpo tasks keep English threads by default.
-CHAT_LANG = "en"
+from phi2kit.classifier import classifier_trainer, load_classifier, tokenize_headlines
+from phi2kit.commands.train_args import Setup
+from phi2kit.data import resolve_data, sentiment, webglm
+from phi2kit.data.files import DataError
+from phi2kit.data.oasst import load_oasst, thread_to_examples
+from phi2kit.data.oasst_pairs import load_pairs, split_by_tree
+from phi2kit.data.sentiment_split import split_sentiment
+from phi2kit.lora import add_lora, is_quantized
+from phi2kit.models import load_model, load_tokenizer
+from phi2kit.recipes import get_recipe
+from phi2kit.rewards import citations_in_range, citations_supported, guard, make_stops_on_eos
+from phi2kit.training import CHECKPOINTING_KWARGS, _common_args, finish_trainer, sft_trainer
+
 #: Seed of the sentiment split (the notebooks' default of ``split_sentiment``).
 SPLIT_SEED = 42
 #: The data set each task reads (``resolve_data``'s name).
@@ -25,20 +37,6 @@ DATA = {"sentiment": "financial_news", "classifier": "financial_news", "webglm":
         "chat": "oasst1", "dpo": "oasst1", "grpo": "webglm"}  # fmt: skip
 #: Notebook 09's ``reward_weights``: supported and the guard; in range and EOS logged only.
 GRPO_REWARD_WEIGHTS = (1.0, 0.0, 0.0, 1.0)
-
-
-@dataclass(frozen=True)
-class Setup:
-    """One run, resolved from the command line: all that the task functions read."""
-
-    task: str
-    profile: Profile
-    recipe: Recipe  # a DPORecipe for dpo, a GrpoRecipe for grpo
-    data: str | None = None  # --data: a file or folder; None/"auto": sample on a CPU, hub on a GPU
-    labels: tuple[str, ...] = LABELS  # sentiment, classifier: the label words, in order
-    n_eval: int | None = None  # sentiment, classifier: eval rows per class (None: n_test)
-    adapter: Path | None = None  # dpo: the SFT (chat) adapter to start from; grpo: 04's
-    lang: str | None = CHAT_LANG  # chat, dpo: the threads' language (--lang); None: all
 
 
 @dataclass
@@ -54,9 +52,6 @@ class Data:
 def load_data(setup: Setup) -> Data:
     """Read and check the task's data and load its tokenizer; no model is loaded. Raises
     ``DataError`` naming the file."""
-    from phi2kit.data import resolve_data
-    from phi2kit.models import load_tokenizer
-
     path = resolve_data(DATA[setup.task], setup.data, setup.profile)
     if path is not None and not path.exists():
         raise DataError("no such file or folder (--data)", path=path)
@@ -78,12 +73,8 @@ def read_news(path: Path | None, setup: Setup, tokenizer):
     """Notebook 02's split; prompt/completion pairs (sentiment) or tokenized headlines (03's
     classifier). The eval split (``n_test`` per class unless ``--set n_eval=N``) is drawn
     from what train and test leave."""
-    from phi2kit.classifier import tokenize_headlines
-    from phi2kit.data.sentiment import load_financial_news, to_prompt_completion
-    from phi2kit.data.sentiment_split import split_sentiment
-
-    recipe, labels = setup.recipe, setup.labels
-    df = load_financial_news(path, labels=labels)
+    recipe, labels = setup.recipe, setup.labels or sentiment.LABELS
+    df = sentiment.load_financial_news(path, labels=labels)
     n_eval = recipe.n_test if setup.n_eval is None else setup.n_eval
     splits = split_sentiment(df, n_train=recipe.n_train, n_test=recipe.n_test, n_eval=n_eval,
                              seed=SPLIT_SEED, labels=labels)  # fmt: skip
@@ -92,7 +83,7 @@ def read_news(path: Path | None, setup: Setup, tokenizer):
         if not len(part):
             return None
         if setup.task == "sentiment":
-            return to_prompt_completion(part, labels=labels)
+            return sentiment.to_prompt_completion(part, labels=labels)
         return tokenize_headlines(part, tokenizer, recipe.max_length, labels=labels)
 
     return convert(splits.train), convert(splits.eval)
@@ -101,21 +92,19 @@ def read_news(path: Path | None, setup: Setup, tokenizer):
 def read_webglm(path: Path | None, setup: Setup, tokenizer):
     """``train``/``validation`` of a folder, or one file's last examples (a fifth at most) as
     eval; each example's references fitted to ``max_length``."""
-    from phi2kit.data.webglm import load_webglm, to_prompt_completion
-
     recipe = setup.recipe
     if path is None or (path.is_dir() and (path / "validation.jsonl").is_file()):
-        train = list(load_webglm(path, "train", limit=recipe.n_train))
-        evals = list(load_webglm(path, "validation", limit=recipe.n_test))
+        train = list(webglm.load_webglm(path, "train", limit=recipe.n_train))
+        evals = list(webglm.load_webglm(path, "validation", limit=recipe.n_test))
     else:
-        examples = list(load_webglm(path, "train", limit=recipe.n_train + recipe.n_test))
+        examples = list(webglm.load_webglm(path, "train", limit=recipe.n_train + recipe.n_test))
         if len(examples) < 2:
             raise DataError(f"{len(examples)} example(s): need at least 2 (train + eval)",
                             path=path)  # fmt: skip
         n_eval = min(recipe.n_test, max(1, len(examples) // 5))
         train, evals = examples[:-n_eval], examples[-n_eval:]
     try:
-        return tuple(to_prompt_completion(part, tokenizer, recipe.max_length)[0]
+        return tuple(webglm.to_prompt_completion(part, tokenizer, recipe.max_length)[0]
                      for part in (train, evals))  # fmt: skip
     except DataError as err:  # name the file in the error of an over-long example
         where = f"example {err.row}: " if err.row is not None else ""
@@ -129,10 +118,6 @@ def _say_not_ready(n: int) -> None:
 
 def read_chat(path: Path | None, setup: Setup):
     """One prompt/completion per assistant turn; threads (not turns) split train/eval."""
-    from datasets import Dataset
-
-    from phi2kit.data.oasst import load_oasst, thread_to_examples
-
     loaded = load_oasst(path, lang=setup.lang)
     _say_not_ready(loaded.not_ready)
     threads = list(loaded)
@@ -153,10 +138,6 @@ def read_chat(path: Path | None, setup: Setup):
 def read_pairs(path: Path | None, setup: Setup, tokenizer):
     """Notebook 08: chosen (rank 0) and rejected (a lower-ranked sibling) replies; whole
     conversation trees go to one split, so no prompt is in two."""
-    from datasets import Dataset
-
-    from phi2kit.data.oasst_pairs import load_pairs, split_by_tree
-
     recipe = setup.recipe
     pairs = load_pairs(path, lang=setup.lang, skip_bad=path is None, max_length=recipe.max_length,
                        count_tokens=lambda text: len(tokenizer(text)["input_ids"]))  # fmt: skip
@@ -178,23 +159,20 @@ def read_prompts(path: Path | None, setup: Setup, tokenizer):
     """Notebook 09's prompts: 04's prompt (references dropped from the last until it fits
     ``max_length - max_completion_length``) and the ``references`` the rewards read; the
     train split after the prompts 04's SFT trained on, as far as the data allows."""
-    from datasets import Dataset
-
-    from phi2kit.data.webglm import build_qa_prompt, load_webglm
-    from phi2kit.recipes import get_recipe
-
     recipe = setup.recipe
     skip = get_recipe("webglm", setup.profile).n_train  # the prompts 04's SFT trained on
-    examples = list(load_webglm(path, "train", limit=skip + recipe.n_train))
+    examples = list(webglm.load_webglm(path, "train", limit=skip + recipe.n_train))
     start = max(0, min(skip, len(examples) - recipe.n_train))
     budget = recipe.max_length - recipe.max_completion_length
     rows = []
     for e in examples[start : start + recipe.n_train]:
         refs = list(e["references"])
-        while refs and len(tokenizer(build_qa_prompt(e["question"], refs)).input_ids) > budget:
+        prompt = webglm.build_qa_prompt(e["question"], refs)
+        while refs and len(tokenizer(prompt).input_ids) > budget:
             refs.pop()  # whole references, from the last; never the question (as 04 and 09)
+            prompt = webglm.build_qa_prompt(e["question"], refs)
         if refs:  # a question alone over the budget has nothing to cite: left out
-            rows.append({"prompt": build_qa_prompt(e["question"], refs), "references": refs})
+            rows.append({"prompt": prompt, "references": refs})
     if len(rows) < recipe.num_generations:
         raise DataError(f"{len(rows)} prompt(s) fit max_length - max_completion_length = "
                         f"{budget} tokens with a reference: need more (raise max_length)",
@@ -205,19 +183,14 @@ def read_prompts(path: Path | None, setup: Setup, tokenizer):
 def build_trainer(setup: Setup, data: Data, output_dir, **args):
     """The task's model (LoRA on the profile's base, or the ``--adapter`` it goes on
     training) and trainer; ``args`` go to the training arguments (checkpoints, seed, logging)."""
-    from phi2kit.lora import add_lora
-    from phi2kit.models import load_model
-    from phi2kit.training import sft_trainer
-
     profile, recipe = setup.profile, setup.recipe
     if setup.task == "dpo":
         return dpo(setup, data, output_dir, **args)
     if setup.task == "grpo":
         return grpo(setup, data, output_dir, **args)
     if setup.task == "classifier":
-        from phi2kit.classifier import classifier_trainer, load_classifier
-
-        base = load_classifier(profile, quantize_4bit=recipe.quantize_4bit, labels=setup.labels)
+        labels = setup.labels or sentiment.LABELS
+        base = load_classifier(profile, quantize_4bit=recipe.quantize_4bit, labels=labels)
         return classifier_trainer(add_lora(base, recipe, profile), data.tokenizer, data.train,
                                   profile, recipe, output_dir, eval_dataset=data.eval,
                                   **args)  # fmt: skip
@@ -229,8 +202,6 @@ def build_trainer(setup: Setup, data: Data, output_dir, **args):
 def _exact_sft_weights(model) -> None:
     """On a 4-bit base trl rounds the adapter to bf16: take back the exact fp32 SFT weights
     from its first copy, ``ref`` (trl's frozen reference)."""
-    import torch
-
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".default." in name:
@@ -240,12 +211,6 @@ def _exact_sft_weights(model) -> None:
 def dpo(setup: Setup, data: Data, output_dir, **args):
     """Notebook 08's trainer: trl's ``DPOTrainer`` on a ``PeftModel`` carrying the SFT
     adapter; trl adds a frozen copy of it, ``ref``, as the reference."""
-    from peft import PeftModel
-    from trl import DPOConfig, DPOTrainer
-
-    from phi2kit.models import load_model
-    from phi2kit.training import _common_args, finish_trainer
-
     recipe = setup.recipe
     config = DPOConfig(**_common_args(setup.profile, recipe, output_dir) | {
         "beta": recipe.beta, "precompute_ref_log_probs": recipe.precompute_ref_log_probs,
@@ -262,14 +227,6 @@ def dpo(setup: Setup, data: Data, output_dir, **args):
 def grpo(setup: Setup, data: Data, output_dir, **args):
     """Notebook 09's trainer: trl's ``GRPOTrainer`` with 09's rewards on 04's adapter
     (trl adds a frozen copy of it, ``ref``, as the reference)."""
-    from peft import PeftModel, prepare_model_for_kbit_training
-    from trl import GRPOConfig, GRPOTrainer
-
-    from phi2kit.lora import is_quantized
-    from phi2kit.models import load_model
-    from phi2kit.rewards import citations_in_range, citations_supported, guard, make_stops_on_eos
-    from phi2kit.training import CHECKPOINTING_KWARGS, _common_args, finish_trainer
-
     profile, recipe = setup.profile, setup.recipe
     config = GRPOConfig(**_common_args(profile, recipe, output_dir) | {
         "use_vllm": False, "num_generations": recipe.num_generations,
@@ -298,8 +255,6 @@ def grpo(setup: Setup, data: Data, output_dir, **args):
 def _warn_if_never_supported(reward_name: str):
     """A callback: at the end, a warning when no logged step had a supported citation (an
     adapter that never cites, e.g. not 04's: every group scores alike, nothing is learned)."""
-    from transformers import TrainerCallback
-
     key = f"rewards/{reward_name}/mean"  # trl's log of each reward's mean
 
     class WarnIfNeverSupported(TrainerCallback):
