@@ -1,10 +1,5 @@
-"""``phi2kit chat``: multi-turn chat in the terminal with a tuned Phi-2 (notebook 06).
-
-    phi2kit chat --profile tiny --adapter notebooks/outputs/06_chat/adapter
-    phi2kit chat --profile t4 --adapter outputs/06_chat/adapter --4bit
-
-Type a message per line; ``exit`` or end of input (Ctrl-D) quits.
-"""
+"""``phi2kit chat``: multi-turn chat in the terminal with a tuned Phi-2 (notebook 06), and the
+model flags and loading it shares with ``phi2kit app``."""
 
 from __future__ import annotations
 

@@ -5,7 +5,7 @@
         --output-dir runs/chat
 
 One entry for every task, as trl's ``sft.py``: the arguments become a
-:class:`~phi2kit.commands.train_tasks.Setup`, the task reads its data (before any model loads
+:class:`~phi2kit.commands.train_args.Setup`, the task reads its data (before any model loads
 or any folder is made) and builds its trainer; the rest is the same for all. ``OUTPUT_DIR``
 holds ``checkpoints/`` (with ``settings.json``: :mod:`phi2kit.checkpoints`' resume policy),
 ``trainer_state.json`` (the losses), ``run.json`` (the arguments) and ``adapter/`` (with
@@ -26,7 +26,7 @@ from pathlib import Path
 
 from phi2kit.checkpoints import checkpoint_step, write_json_atomic
 from phi2kit.commands import fail
-from phi2kit.commands.train_args import add_arguments
+from phi2kit.commands.train_args import add_arguments, make_setup, shell_words
 
 CHECKPOINTS, ADAPTER, TRAINER_STATE = "checkpoints", "adapter", "trainer_state.json"
 
@@ -67,7 +67,7 @@ def _say(message: str) -> None:
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``train`` on the ``phi2kit`` command's subparsers."""
-    p = add_arguments(subparsers.add_parser("train", help="train a notebook recipe (resumable)"))
+    p = add_arguments(subparsers)
     p.set_defaults(func=run_train)
     return p
 
@@ -102,7 +102,6 @@ def _run(args: argparse.Namespace) -> int:
         save_settings,
     )
     from phi2kit.commands.hub import HubError, push_adapter, require_token
-    from phi2kit.commands.train_args import make_setup, shell_words
     from phi2kit.data.files import DataError
 
     out = args.output_dir or Path("outputs") / f"train_{args.task}"

@@ -1,20 +1,19 @@
-"""``phi2kit train``'s arguments: the parser, ``--set`` and the checked :class:`Setup` they give.
-
-Nothing heavy is imported at module level: ``phi2kit train --help`` loads no torch.
-"""
+"""``phi2kit train``'s arguments: the parser, ``--set`` (typed like the recipe's fields) and
+the checked :class:`Setup` they give. Nothing heavy is imported: ``--help`` loads no torch."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
-from dataclasses import dataclass
+import textwrap
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from phi2kit import recipes
 from phi2kit.commands import adapter_error, add_profile_argument
 from phi2kit.profiles import Profile
-from phi2kit.recipes import Recipe
 
 TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo", "grpo")
 FROM_ADAPTER = {"dpo": "chat", "grpo": "webglm"}  # tasks that go on training an SFT adapter: whose
@@ -31,7 +30,7 @@ class Setup:
 
     task: str
     profile: Profile
-    recipe: Recipe  # a DPORecipe for dpo, a GrpoRecipe for grpo
+    recipe: recipes.Recipe  # a DPORecipe for dpo, a GrpoRecipe for grpo
     data: str | None = None  # --data: a file or folder; None/"auto": sample on a CPU, hub on a GPU
     labels: tuple[str, ...] | None = None  # sentiment, classifier: label words; None: LABELS
     n_eval: int | None = None  # sentiment, classifier: eval rows per class (None: n_test)
@@ -42,12 +41,8 @@ class Setup:
 def _recipe_fields(task: str | None = None) -> dict[str, str]:
     """``--set`` keys and their types: the task's recipe fields (dpo's and grpo's own only for
     them); every task's for ``None``."""
-    from dataclasses import fields
-
-    from phi2kit.recipes import DPORecipe, GrpoRecipe, Recipe
-
-    every = [Recipe, DPORecipe, GrpoRecipe]
-    classes = {"dpo": [DPORecipe], "grpo": [GrpoRecipe], None: every}.get(task, [Recipe])
+    sft, dpo, grpo = recipes.Recipe, recipes.DPORecipe, recipes.GrpoRecipe
+    classes = {"dpo": [dpo], "grpo": [grpo], None: [sft, dpo, grpo]}.get(task, [sft])
     return {f.name: str(f.type) for cls in classes for f in fields(cls)
             if f.name != "task"}  # fmt: skip
 
@@ -104,7 +99,6 @@ def make_setup(args: argparse.Namespace):
     a message for the shell. Loads nothing heavy."""
     from phi2kit.data.sentiment import LABELS, check_labels
     from phi2kit.profiles import get_profile
-    from phi2kit.recipes import get_dpo_recipe, get_grpo_recipe, get_recipe
 
     profile = get_profile(args.profile)
     labels = LABELS
@@ -127,14 +121,14 @@ def make_setup(args: argparse.Namespace):
     if args.quantize is not None:
         overrides["quantize_4bit"] = args.quantize
     if args.task in FROM_ADAPTER:
-        get = get_dpo_recipe if args.task == "dpo" else get_grpo_recipe
+        get = recipes.get_dpo_recipe if args.task == "dpo" else recipes.get_grpo_recipe
         recipe = get(profile, **overrides)
         _check_adapter(args.adapter, args.task)
     else:
         if args.adapter is not None:
             raise ValueError(f"--adapter: only dpo and grpo start from an adapter, not "
                              f"{args.task}")  # fmt: skip
-        recipe = get_recipe(args.task, profile, **overrides)
+        recipe = recipes.get_recipe(args.task, profile, **overrides)
     if args.save_every <= 0 or args.keep <= 0:
         raise ValueError("--save-every and --keep must be positive")
     if args.public and not args.push_to_hub:
@@ -163,14 +157,13 @@ def _check_adapter(adapter: Path | None, task: str) -> None:
                          f"adapter; {how}")  # fmt: skip
 
 
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The arguments, description and closing text of ``phi2kit train``."""
-    import textwrap
-
-    p.description = DESCRIPTION
+def add_arguments(subparsers) -> argparse.ArgumentParser:
+    """``phi2kit train``'s parser on the ``phi2kit`` command's subparsers."""
     keys = textwrap.fill(", ".join(setting_keys()), 88, initial_indent="  ", subsequent_indent="  ")
-    p.epilog = EPILOG.format(keys=keys)
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "train", help="train a notebook recipe (resumable)", epilog=EPILOG.format(keys=keys),
+        description="Train a notebook's recipe from the shell; resumable (--resume).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("task", choices=TASK_NAMES, help="the notebook recipe to run")
     add_profile_argument(p)
     p.add_argument("--data", default="auto", metavar="PATH",
@@ -189,7 +182,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     q = p.add_mutually_exclusive_group()
     q.add_argument("--lora", dest="quantize", action="store_false", help="full-precision base")
     q.add_argument("--qlora", dest="quantize", action="store_true", help="nf4 4-bit base")
-    p.set_defaults(quantize=None)
     p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -205,10 +197,9 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "all (default en: Phi-2 was trained on English)")  # fmt: skip
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload adapter (opt-in)")
     p.add_argument("--public", action="store_true", help="make the hub repo public")
+    p.set_defaults(quantize=None)
     return p
 
-
-DESCRIPTION = "Train a notebook's recipe from the shell; resumable (--resume)."
 
 #: ``phi2kit train --help``'s closing text (plain text: argparse prints it as it is); the
 #: README's "Train on your own data from the shell" says more.

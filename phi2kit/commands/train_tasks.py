@@ -245,25 +245,23 @@ def grpo(setup: Setup, data: Data, output_dir, **args):
     data.tokenizer.padding_side = "left"  # GRPO generates
     trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config,
                           train_dataset=data.train, processing_class=data.tokenizer)  # fmt: skip
-    trainer.add_callback(_warn_if_never_supported(citations_supported.__name__))
+    trainer.add_callback(WarnIfNeverSupported())
     finish_trainer(trainer, seeded_sampler=False)  # as 09: fp32 trainables, fp16 AMP on t4-cpu
     if "ref" in model.peft_config:
         _exact_sft_weights(model)
     return trainer
 
 
-def _warn_if_never_supported(reward_name: str):
-    """A callback: at the end, a warning when no logged step had a supported citation (an
-    adapter that never cites, e.g. not 04's: every group scores alike, nothing is learned)."""
-    key = f"rewards/{reward_name}/mean"  # trl's log of each reward's mean
+class WarnIfNeverSupported(TrainerCallback):
+    """At the end, a warning when no logged step had a supported citation (an adapter that
+    never cites, e.g. not 04's: every group scores alike, nothing is learned)."""
 
-    class WarnIfNeverSupported(TrainerCallback):
-        def on_train_end(self, args, state, control, **kwargs):
-            supported = [h[key] for h in state.log_history if key in h]
-            if state.is_world_process_zero and supported and max(supported) == 0:
-                print("phi2kit train: warning: no completion had a supported citation at any "
-                      "logged step, so GRPO had nothing to reinforce: the --adapter does not "
-                      "cite yet; train it longer (phi2kit train webglm with more --steps, or "
-                      "lesson 04), then run grpo from it")  # fmt: skip
+    key = f"rewards/{citations_supported.__name__}/mean"  # trl's log of each reward's mean
 
-    return WarnIfNeverSupported()
+    def on_train_end(self, args, state, control, **kwargs):
+        supported = [h[self.key] for h in state.log_history if self.key in h]
+        if state.is_world_process_zero and supported and max(supported) == 0:
+            print("phi2kit train: warning: no completion had a supported citation at any logged "
+                  "step, so GRPO had nothing to reinforce: the --adapter does not cite yet; "
+                  "train it longer (phi2kit train webglm with more --steps, or lesson 04), then "
+                  "run grpo from it")  # fmt: skip
