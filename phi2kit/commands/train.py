@@ -24,9 +24,22 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from phi2kit.checkpoints import checkpoint_step, write_json_atomic
+from phi2kit.checkpoints import (
+    ResumeError,
+    checkpoint_args,
+    checkpoint_step,
+    is_finished,
+    load_finished,
+    mark_complete,
+    resume_point,
+    save_settings,
+    write_json_atomic,
+)
 from phi2kit.commands import fail
+from phi2kit.commands.hub import HubError, push_adapter, redact, require_token
 from phi2kit.commands.train_args import add_arguments, make_setup, shell_words
+from phi2kit.data.files import DataError
+from phi2kit.logs import one_progress_line, quiet_command
 
 CHECKPOINTS, ADAPTER, TRAINER_STATE = "checkpoints", "adapter", "trainer_state.json"
 
@@ -56,8 +69,6 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 
 
 def _fail(message: str) -> int:
-    from phi2kit.commands.hub import redact
-
     return fail("train", redact(message))
 
 
@@ -86,23 +97,9 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from phi2kit.logs import one_progress_line, quiet_command
-
     quiet_command()  # before bitsandbytes and transformers load
     import torch
     from transformers import set_seed
-
-    from phi2kit.checkpoints import (
-        ResumeError,
-        checkpoint_args,
-        is_finished,
-        load_finished,
-        mark_complete,
-        resume_point,
-        save_settings,
-    )
-    from phi2kit.commands.hub import HubError, push_adapter, require_token
-    from phi2kit.data.files import DataError
 
     out = args.output_dir or Path("outputs") / f"train_{args.task}"
     ckpt_dir = out / CHECKPOINTS

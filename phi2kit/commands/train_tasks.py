@@ -30,13 +30,9 @@ from phi2kit.recipes import get_recipe
 from phi2kit.rewards import citations_in_range, citations_supported, guard, make_stops_on_eos
 from phi2kit.training import CHECKPOINTING_KWARGS, _common_args, finish_trainer, sft_trainer
 
-#: Seed of the sentiment split (the notebooks' default of ``split_sentiment``).
-SPLIT_SEED = 42
 #: The data set each task reads (``resolve_data``'s name).
 DATA = {"sentiment": "financial_news", "classifier": "financial_news", "webglm": "webglm",
         "chat": "oasst1", "dpo": "oasst1", "grpo": "webglm"}  # fmt: skip
-#: Notebook 09's ``reward_weights``: supported and the guard; in range and EOS logged only.
-GRPO_REWARD_WEIGHTS = (1.0, 0.0, 0.0, 1.0)
 
 
 @dataclass
@@ -77,7 +73,7 @@ def read_news(path: Path | None, setup: Setup, tokenizer):
     df = sentiment.load_financial_news(path, labels=labels)
     n_eval = recipe.n_test if setup.n_eval is None else setup.n_eval
     splits = split_sentiment(df, n_train=recipe.n_train, n_test=recipe.n_test, n_eval=n_eval,
-                             seed=SPLIT_SEED, labels=labels)  # fmt: skip
+                             seed=42, labels=labels)  # the notebooks' split  # fmt: skip
 
     def convert(part):  # None for an empty eval split (--set n_eval=0)
         if not len(part):
@@ -228,11 +224,12 @@ def grpo(setup: Setup, data: Data, output_dir, **args):
     """Notebook 09's trainer: trl's ``GRPOTrainer`` with 09's rewards on 04's adapter
     (trl adds a frozen copy of it, ``ref``, as the reference)."""
     profile, recipe = setup.profile, setup.recipe
+    # reward_weights: 09's; the in-range and EOS rewards are logged, not trained on
     config = GRPOConfig(**_common_args(profile, recipe, output_dir) | {
         "use_vllm": False, "num_generations": recipe.num_generations,
         "max_completion_length": recipe.max_completion_length, "beta": recipe.beta,
         "temperature": recipe.temperature, "steps_per_generation": recipe.steps_per_generation,
-        "reward_weights": list(GRPO_REWARD_WEIGHTS)} | args)  # fmt: skip
+        "reward_weights": [1.0, 0.0, 0.0, 1.0]} | args)  # fmt: skip
     base = load_model(profile, quantize_4bit=recipe.quantize_4bit)
     base.config.pad_token_id = base.generation_config.pad_token_id = data.tokenizer.pad_token_id
     if is_quantized(base):  # 09's cells: 04's LoRA weights, trainable, on the prepared nf4 base
