@@ -17,7 +17,7 @@ from phi2kit.chat import (
     sampling_kwargs,
     stream_reply,
 )
-from phi2kit.commands.app import add_app_parser, build_app, describe_model, make_chat_fn, to_turns
+from phi2kit.commands.app import add_app_parser, describe_model, make_chat_fn, to_turns
 from phi2kit.commands.chat import add_chat_parser, run_chat
 from phi2kit.generation import generate
 
@@ -241,12 +241,6 @@ def test_cli_in_a_pseudo_terminal(tiny_model, tiny_tokenizer):
 def test_cli_refuses_adapter_and_model_together():
     with pytest.raises(SystemExit):
         _chat_args("--adapter", "a", "--model", "b")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("gradio") is not None, reason="gradio installed")
-def test_app_without_gradio_says_how_to_install(tiny_model, tiny_tokenizer):
-    with pytest.raises(ImportError, match=r"phi2kit\[app\]"):
-        build_app(tiny_model, tiny_tokenizer)
 
 
 # --- Bad input from the shell: one line naming the value and the fix, exit code 2 ----------

@@ -85,13 +85,10 @@ def describe_model(
 def build_app(model, tokenizer, *, description: str = "", max_new_tokens: int = 128,
               temperature: float = 0.0):  # fmt: skip
     """A ``gradio.ChatInterface`` around :func:`make_chat_fn`; call ``.launch()`` on it.
-    ``description`` (:func:`describe_model`'s line) is shown under the title."""
-    try:
-        import gradio as gr
-    except ImportError as exc:
-        raise ImportError(
-            'the chat app needs Gradio: pip install "phi2kit[app]" (or pip install gradio)'
-        ) from exc
+    ``description`` (:func:`describe_model`'s line) is shown under the title. Needs Gradio
+    (:func:`run_app` says how to install it)."""
+    import gradio as gr
+
     settings = [
         gr.Slider(1, 1024, value=max_new_tokens, step=1, label="Max new tokens"),
         gr.Slider(0.0, 2.0, value=temperature, step=0.05, label="Temperature (0 = greedy)"),

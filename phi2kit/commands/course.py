@@ -61,15 +61,8 @@ class NotebookRun:
     error: str = ""
 
 
-def run_course(
-    profile: str,
-    out: Path,
-    notebooks: list[Path],
-    *,
-    timeout: int = DEFAULT_TIMEOUT,
-    log=print,
-    workdir: Path | None = None,
-) -> list[NotebookRun]:
+def run_course(profile: str, out: Path, notebooks: list[Path], *, timeout: int = DEFAULT_TIMEOUT,
+               log=print, workdir: Path | None = None) -> list[NotebookRun]:  # fmt: skip
     """Execute ``notebooks`` with papermill, setting ``PROFILE``; write ``summary.md``.
 
     Each kernel runs in its notebook's folder, where a learner's Jupyter puts the lessons'
@@ -121,11 +114,8 @@ def _prepare_workdir(workdir: Path, notebooks: list[Path]) -> Path:
 
 
 def _failed_cell(exc: Exception, nb: Path, executed: Path) -> tuple[int | None, str]:
-    """(index in ``nb``, first line) of the cell that failed, as far as can be told.
-
-    papermill's errors carry the cell's source; a timeout or a dead kernel does not, and
-    then the executed copy's last started cell is the one.
-    """
+    """(index in ``nb``, first line) of the failed cell: papermill's error carries its source;
+    after a timeout or a dead kernel it is the executed copy's last started cell."""
     import nbformat
 
     source = getattr(exc, "source", None)
@@ -154,10 +144,9 @@ def describe_failure(exc: Exception, nb: Path, executed: Path, timeout: int) -> 
         index, first = None, ""
     where = f"{nb.name}, cell {index} ({first!r})" if index is not None else nb.name
     if isinstance(exc, CellTimeoutError):
-        what = (
-            f"timed out: the cell ran past the limit of {timeout} s per cell. A busy machine "
-            f"can run CPU training several times slower: raise it with --timeout {timeout * 2}"
-        )
+        what = (f"timed out: the cell ran past the limit of {timeout} s per cell. A busy machine "
+                f"can run CPU training several times slower: raise it with --timeout "
+                f"{timeout * 2}")  # fmt: skip
     elif isinstance(exc, DeadKernelError):
         what = "the kernel died (out of memory?)"
     elif getattr(exc, "ename", None):
@@ -174,12 +163,8 @@ def _figure(value) -> str:
 
 
 def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
-    lines = [
-        f"# phi2kit course run (profile: {profile})",
-        "",
-        "| notebook | status | wall time | key metrics |",
-        "|---|---|---|---|",
-    ]
+    lines = [f"# phi2kit course run (profile: {profile})", "",
+             "| notebook | status | wall time | key metrics |", "|---|---|---|---|"]  # fmt: skip
     for r in runs:
         shown = ", ".join(f"{k}={_figure(v)}" for k, v in r.metrics.items()) or r.error
         lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} s | {shown.replace('|', '/')} |")
@@ -193,11 +178,9 @@ def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
 def add_course_parser(sub) -> None:
     """Register ``phi2kit course``."""
     p = sub.add_parser(
-        "course",
-        help="execute every notebook in order and write summary.md",
+        "course", help="execute every notebook in order and write summary.md",
         description="Execute every lesson (notebooks/NN_*.ipynb) on a profile and write the "
-        "executed copies and summary.md to a run folder.",
-    )
+        "executed copies and summary.md to a run folder.")  # fmt: skip
     add_profile_argument(p)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
     p.add_argument("--notebooks", type=Path, default=None, help="folder of NN_*.ipynb")
