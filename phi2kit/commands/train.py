@@ -46,11 +46,10 @@ CHECKPOINTS, ADAPTER, TRAINER_STATE = "checkpoints", "adapter", "trainer_state.j
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; rename it to ``path`` if the block succeeds.
-
-    On an exception the temporary folder is removed and ``path`` is left as it was; an
-    existing ``path`` is replaced. A hard kill leaves only a hidden ``.NAME.tmp-*`` folder.
-    """
+    """Yield a temporary folder next to ``path``; rename it to ``path`` if the block succeeds
+    (an existing ``path``, a resumed run's earlier adapter, is replaced): ``path`` is complete
+    or absent. On an exception ``path`` is left as it was; a hard kill leaves only a hidden
+    ``.NAME.tmp-*`` folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -59,13 +58,8 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, old / path.name)
+    shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _fail(message: str) -> int:
