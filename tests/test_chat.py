@@ -17,7 +17,7 @@ from phi2kit.chat import (
     sampling_kwargs,
     stream_reply,
 )
-from phi2kit.commands.app import add_app_parser, build_app, describe_model, make_chat_fn, to_turns
+from phi2kit.commands.app import add_app_parser, describe_model, make_chat_fn, to_turns
 from phi2kit.commands.chat import add_chat_parser, run_chat
 from phi2kit.generation import generate
 
@@ -160,7 +160,6 @@ def test_app_says_which_model_and_adapter():
 
 def test_to_turns_reads_every_history_form():
     ours = [("prompter", "a"), ("assistant", "b")]
-    assert to_turns(ours) == ours
     assert (
         to_turns([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]) == ours
     )
@@ -242,12 +241,6 @@ def test_cli_in_a_pseudo_terminal(tiny_model, tiny_tokenizer):
 def test_cli_refuses_adapter_and_model_together():
     with pytest.raises(SystemExit):
         _chat_args("--adapter", "a", "--model", "b")
-
-
-@pytest.mark.skipif(importlib.util.find_spec("gradio") is not None, reason="gradio installed")
-def test_app_without_gradio_says_how_to_install(tiny_model, tiny_tokenizer):
-    with pytest.raises(ImportError, match=r"phi2kit\[app\]"):
-        build_app(tiny_model, tiny_tokenizer)
 
 
 # --- Bad input from the shell: one line naming the value and the fix, exit code 2 ----------
@@ -335,12 +328,13 @@ def test_app_on_a_port_in_use_is_one_line_exit_2(capsys):
     assert f"--port {port}" in err and f"--port {port + 1}" in err
 
 
-def test_profile_errors_speak_shell_words(monkeypatch, capsys):
+@pytest.mark.parametrize("command", ["chat", "app"])
+def test_profile_errors_speak_shell_words(monkeypatch, capsys, command):
+    from phi2kit.commands.main import main
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    args = _chat_args()
-    args.profile = "t4"
-    assert run_chat(args, stdin=io.StringIO(QUESTION)) == 2
-    err = _one_error_line(capsys, "chat")
+    assert main([command, "--profile", "t4", *(["--port", "0"] if command == "app" else [])]) == 2
+    err = _one_error_line(capsys, command)
     assert "--profile tiny" in err and "PROFILE=" not in err and "Colab" not in err
 
 

@@ -21,15 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from phi2kit.commands.train import (
-    ADAPTER,
-    COMPLETE,
-    add_train_parser,
-    atomic_dir,
-    latest_checkpoint,
-    main,
-    make_parser,
-)
+from phi2kit.checkpoints import COMPLETE, latest_checkpoint
+from phi2kit.commands.train import ADAPTER, add_train_parser, atomic_dir, main
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -72,7 +65,7 @@ def test_help_and_subcommand_registration(capsys):
     add_train_parser(sub)
     args = sub.choices["train"].parse_args(["chat", "--qlora", "--save-every", "5"])
     assert (args.task, args.quantize, args.save_every, args.resume) == ("chat", True, 5, False)
-    assert make_parser().parse_args(["sentiment", "--lora"]).quantize is False
+    assert sub.choices["train"].parse_args(["sentiment", "--lora"]).quantize is False
 
 
 def test_atomic_dir_crash_leaves_no_folder_and_no_litter(tmp_path):
@@ -415,11 +408,10 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path):
 
 def test_every_recipe_is_a_task_of_the_command():
     from phi2kit.commands.train_args import TASK_NAMES
-    from phi2kit.commands.train_tasks import TASKS
-    from phi2kit.recipes import PREFERENCE_TASKS
-    from phi2kit.recipes import TASKS as SFT_TASKS
+    from phi2kit.commands.train_tasks import DATA
+    from phi2kit.recipes import PREFERENCE_TASKS, TASKS
 
-    assert tuple(TASKS) == TASK_NAMES == SFT_TASKS + PREFERENCE_TASKS + ("grpo",)
+    assert tuple(DATA) == TASK_NAMES == TASKS + PREFERENCE_TASKS + ("grpo",)
 
 
 def test_chat_data_in_another_language_names_lang_and_trains_with_it(tmp_path, capsys):

@@ -1,14 +1,15 @@
-"""The command-line layer: ``phi2kit course | train | plan | chat | bench | exercises``,
-the Gradio app and the hub upload.
+"""The command-line layer: ``phi2kit course | train | plan | chat | app | bench | exercises``.
 
-Each module here parses arguments and calls the library (the rest of ``phi2kit``, which the
-notebooks import); the library never imports this package (``tests/test_layout.py``).
-:mod:`phi2kit.commands.main` is the ``phi2kit`` entry point.
+Each module parses arguments and calls the library, which never imports this package
+(``tests/test_layout.py``); :mod:`phi2kit.commands.main` is the entry point.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
 
 from phi2kit.profiles import PROFILES
 
@@ -22,3 +23,39 @@ def add_profile_argument(parser: argparse.ArgumentParser, default: str = "auto")
         choices=names,
         help=f"{', '.join(names)} (default {default}; auto reads PHI2KIT_PROFILE, then the GPU)",
     )
+
+
+def fail(command: str, message: str) -> int:
+    """Print ``phi2kit COMMAND: error: MESSAGE`` on stderr; return exit code 2."""
+    print(f"phi2kit {command}: error: {message}", file=sys.stderr)
+    return 2
+
+
+def folder_error(flag: str, value: str | Path, fix: str) -> str | None:
+    """``FLAG VALUE: a file; ...`` or ``FLAG VALUE: no such folder; FIX``; None for a folder."""
+    folder = Path(value)
+    if folder.is_file():
+        return f"{flag} {value}: a file; pass the folder that holds it, {flag} {folder.parent}"
+    if not folder.is_dir():
+        return f"{flag} {value}: no such folder; {fix}"
+    return None
+
+
+def adapter_error(adapter: str | Path, fix: str) -> str | None:
+    """What is wrong with ``--adapter`` as a causal-LM adapter folder, ending in ``fix``; or
+    None. Checked before any model loads (chat, app, train dpo/grpo)."""
+    folder = Path(adapter)
+    config = folder / "adapter_config.json"
+    inner = folder / "adapter" / "adapter_config.json"  # a `phi2kit train` run folder
+    problem = folder_error("--adapter", adapter, fix)
+    if problem:
+        return problem
+    if inner.is_file() and not config.is_file():
+        return f"--adapter {adapter}: a run folder; pass its adapter, --adapter {inner.parent}"
+    if not config.is_file():
+        return f"--adapter {adapter}: no adapter_config.json in it; {fix}"
+    task = json.loads(config.read_text()).get("task_type")
+    if task not in (None, "CAUSAL_LM"):  # notebook 03's classifier: SEQ_CLS
+        return (f"--adapter {adapter}: a {task} adapter (a classifier, such as notebook 03's) "
+                f"scores labels and cannot chat or write (that takes task_type CAUSAL_LM); {fix}")
+    return None

@@ -1,19 +1,10 @@
-"""The performance report: ``phi2kit bench`` runs the benchmarks in ``bench/`` in one go.
+"""``phi2kit bench``: the benchmarks in ``bench/`` in one go (P1: training useful-tokens/s
+against the seed pipeline and trl's defaults, ``bench/bench_train.py``; P2: evaluation
+examples/s of label scoring against per-example and batched ``generate``,
+``bench/bench_eval.py``), ratios measured in one run on this machine.
 
-    phi2kit bench                 # P1 + P2 on the tiny model, this CPU (about 3 minutes)
-    phi2kit bench --json          # the table, then one JSON object with the ratios
-    phi2kit bench --notebooks     # also the wall time of every notebook (tiny profile)
-
-- **P1** (``bench/bench_train.py``): training useful-tokens/s of phi2kit's pipeline against
-  the seed-003 pipeline (pad to ``max_length``, ``labels = input_ids``) and against trl's
-  ``SFTTrainer`` with its default sampling and collation; padding-free batches for reference.
-- **P2** (``bench/bench_eval.py``): evaluation examples/s of batched label scoring against the
-  seed-002 loop (one ``generate`` call per example) and against batched, left-padded
-  ``generate``, with the accuracy of each.
-
-It prints ratios measured in one run, on one machine; it is not a timed test. Standard
-output holds the table (and with ``--json`` one JSON object after it) and nothing else:
-whatever the benchmarks print goes to standard error.
+Standard output holds the table (and with ``--json`` one JSON object after it) and nothing
+else: whatever the benchmarks print goes to standard error.
 """
 
 from __future__ import annotations
@@ -65,10 +56,8 @@ def run_bench(args: argparse.Namespace) -> int:
             with tempfile.TemporaryDirectory() as out:
                 runs = run_course("tiny", Path(out), find_notebooks())
             notebooks = {r.name: f"{r.seconds:.0f} s ({r.status})" for r in runs}
-    print(
-        f"\nphi2kit bench, {date.today()}, {platform.machine()}, "
-        f"{torch.get_num_threads()} threads, torch {torch.__version__}\n"
-    )
+    print(f"\nphi2kit bench, {date.today()}, {platform.machine()}, "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}\n")  # fmt: skip
     report = load_script("report")
     print(report.summary_table(p1, p2, notebooks))
     if args.json:
@@ -77,17 +66,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "bench",
-        help="run the benchmarks and print the ratios",
-        description="The performance report: runs the benchmarks in bench/ in one go and "
-        "prints the ratios.",
-    )
-    p.add_argument(
-        "--notebooks", action="store_true", help="also time every notebook on the tiny profile"
-    )
-    p.add_argument(
-        "--json", action="store_true", help="after the table, print one JSON object of the ratios"
-    )
+    p = subparsers.add_parser("bench", help="run the benchmarks and print the ratios",
+                              description="The performance report: runs the benchmarks in "
+                              "bench/ in one go and prints the ratios.")  # fmt: skip
+    p.add_argument("--notebooks", action="store_true",
+                   help="also time every notebook on the tiny profile")  # fmt: skip
+    p.add_argument("--json", action="store_true",
+                   help="after the table, print one JSON object of the ratios")  # fmt: skip
     p.set_defaults(func=run_bench)
     return p

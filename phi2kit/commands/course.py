@@ -1,15 +1,9 @@
-"""Run the whole course: execute every notebook in order and write ``summary.md``.
+"""``phi2kit course``: execute every notebook in order and write ``summary.md``.
 
-    phi2kit course --profile tiny            # about 6 minutes on 2 CPU cores
-    phi2kit course --profile tiny --only 02 04 --timeout 3600
-    phi2kit course --profile t4 --out runs/colab
+    phi2kit course --profile tiny --only 02 04 --timeout 3600 --out runs/x
 
 Each notebook records its key numbers with :func:`phi2kit.metrics.record_metrics`; they land in
-``<run>/metrics/<notebook>.json`` and in the summary table.
-
-Running notebooks needs the ``course`` extra (papermill, nbclient, ipykernel, JupyterLab):
-``pip install -e ".[course]"``. The notebooks' side,
-:func:`phi2kit.metrics.record_metrics`, needs nothing, so they import it on Colab too.
+``<run>/metrics/<notebook>.json`` and in the summary table. Needs the ``course`` extra.
 """
 
 from __future__ import annotations
@@ -17,41 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from unittest import mock
 
-from phi2kit.commands import add_profile_argument
+from phi2kit.commands import add_profile_argument, fail
 from phi2kit.metrics import METRICS_ENV
-
-COURSE_EXTRA_HINT = (
-    'phi2kit course runs the notebooks with papermill: install the "course" extra, '
-    'pip install -e ".[course]" (or pip install "phi2kit[course]")'
-)
-
-
-class CourseDependencyError(ImportError):
-    """The ``course`` extra (papermill, nbclient, ipykernel) is not installed."""
-
-
-def import_papermill():
-    """``papermill``, or a :class:`CourseDependencyError` that names the extra to install."""
-    try:
-        import papermill
-    except ImportError as exc:
-        raise CourseDependencyError(f"{COURSE_EXTRA_HINT} ({exc})") from exc
-    return papermill
-
 
 #: Seconds one cell may run. Generous: under a competing process, CPU training at 2 threads
 #: on 2 cores ran 3.3x slower (and a cell that takes 72 s alone timed out at 600 s).
 DEFAULT_TIMEOUT = 1800
-
-
-class CourseError(ValueError):
-    """Bad ``phi2kit course`` input; the message names the value and the fix."""
 
 
 def find_notebooks(folder: Path | None = None) -> list[Path]:
@@ -60,10 +31,10 @@ def find_notebooks(folder: Path | None = None) -> list[Path]:
         here = Path.cwd() / "notebooks"
         folder = here if here.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
     if not Path(folder).is_dir():
-        raise CourseError(f"--notebooks {folder}: no such folder; pass the folder of NN_*.ipynb")
+        raise ValueError(f"--notebooks {folder}: no such folder; pass the folder of NN_*.ipynb")
     found = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if not found:
-        raise CourseError(f"--notebooks {folder}: no NN_*.ipynb notebooks in it")
+        raise ValueError(f"--notebooks {folder}: no NN_*.ipynb notebooks in it")
     return found
 
 
@@ -75,7 +46,7 @@ def select_notebooks(notebooks: list[Path], only: list[str] | None) -> list[Path
     wanted = [n.zfill(2) for n in only]
     unknown = [n for n in only if n.zfill(2) not in valid]
     if unknown:
-        raise CourseError(
+        raise ValueError(
             f"--only {' '.join(unknown)}: no such notebook; the numbers are {' '.join(valid)}"
         )
     return [nb for key, nb in valid.items() if key in wanted]
@@ -90,51 +61,43 @@ class NotebookRun:
     error: str = ""
 
 
-def run_course(
-    profile: str,
-    out: Path,
-    notebooks: list[Path],
-    *,
-    timeout: int = DEFAULT_TIMEOUT,
-    log=print,
-    workdir: Path | None = None,
-) -> list[NotebookRun]:
+def run_course(profile: str, out: Path, notebooks: list[Path], *, timeout: int = DEFAULT_TIMEOUT,
+               log=print, workdir: Path | None = None) -> list[NotebookRun]:  # fmt: skip
     """Execute ``notebooks`` with papermill, setting ``PROFILE``; write ``summary.md``.
 
-    Each kernel runs in its notebook's folder, so that the lessons' ``outputs/`` (adapters,
-    checkpoints, which later lessons read) are where a learner's Jupyter puts them, and a
-    second run resumes 04's and 06's training from their checkpoints. ``workdir`` runs the
-    kernels there instead (its ``outputs/``, with a ``../data`` link to the samples): a second
-    course on another profile then shares nothing with the first (CI runs ``tiny`` and
-    ``t4-cpu`` side by side).
-    ``out``, ``notebooks`` and ``workdir`` are made absolute first: a relative path means
-    what it meant where the command was run.
+    Each kernel runs in its notebook's folder, where a learner's Jupyter puts the lessons'
+    ``outputs/`` (a second run resumes from their checkpoints), or in ``workdir`` (with a
+    ``../data`` link to the samples), so that runs on two profiles share nothing. Relative
+    paths mean what they meant where the command was run.
     """
-    pm = import_papermill()
+    import papermill as pm
     from tqdm.auto import tqdm
 
     out = Path(out).resolve()
-    notebooks = [Path(nb).resolve() for nb in notebooks]
     out.mkdir(parents=True, exist_ok=True)
+    notebooks = [Path(nb).resolve() for nb in notebooks]
     if workdir is not None:
         workdir = _prepare_workdir(Path(workdir).resolve(), notebooks)
-    metrics_dir = out / "metrics"
-    before = os.environ.get(METRICS_ENV)
-    os.environ[METRICS_ENV] = str(metrics_dir)
     runs: list[NotebookRun] = []
-    try:
+    with mock.patch.dict(os.environ, {METRICS_ENV: str(out / "metrics")}):  # restored after
         bar = tqdm(notebooks, desc="course", unit="notebook")
         for nb in bar:
             bar.set_postfix_str(nb.stem)
-            runs.append(_run_notebook(pm, nb, out, profile, timeout, workdir or nb.parent))
-            run = runs[-1]
-            said = f"{nb.stem}: {run.status} in {run.seconds:.0f} s"
-            log(said + (f": {run.error}" if run.error else ""))
-    finally:
-        if before is None:
-            os.environ.pop(METRICS_ENV, None)
-        else:
-            os.environ[METRICS_ENV] = before
+            metrics = out / "metrics" / f"{nb.stem}.json"
+            metrics.unlink(missing_ok=True)  # a re-run into the same folder: no old numbers
+            start, status, error = time.perf_counter(), "passed", ""
+            try:  # the kernel's own log (e.g. "running over TCP without encryption") is no news
+                pm.execute_notebook(str(nb), str(out / nb.name), parameters={"PROFILE": profile},
+                                    cwd=str(workdir or nb.parent), kernel_name="python3",
+                                    language="python", execution_timeout=timeout,
+                                    progress_bar=False,
+                                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"])
+            except Exception as exc:  # papermill raises PapermillExecutionError per cell
+                status, error = "failed", describe_failure(exc, nb, out / nb.name, timeout)
+            found = json.loads(metrics.read_text()) if metrics.exists() else {}
+            runs.append(NotebookRun(nb.stem, status, time.perf_counter() - start, found, error))
+            said = f"{nb.stem}: {status} in {runs[-1].seconds:.0f} s"
+            log(said + (f": {error}" if error else ""))
     (out / "summary.md").write_text(summary_markdown(runs, profile))
     return runs
 
@@ -150,39 +113,9 @@ def _prepare_workdir(workdir: Path, notebooks: list[Path]) -> Path:
     return lessons
 
 
-def _run_notebook(
-    pm, nb: Path, out: Path, profile: str, timeout: int, cwd: Path
-) -> NotebookRun:
-    m_path = out / "metrics" / f"{nb.stem}.json"
-    m_path.unlink(missing_ok=True)  # a re-run into the same folder must not show old numbers
-    start = time.perf_counter()
-    status, error = "passed", ""
-    try:
-        pm.execute_notebook(
-            str(nb),
-            str(out / nb.name),
-            parameters={"PROFILE": profile},
-            cwd=str(cwd),
-            kernel_name="python3",
-            language="python",
-            execution_timeout=timeout,
-            progress_bar=False,
-            # the kernel's own log (e.g. "running over TCP without encryption") is not news
-            extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-        )
-    except Exception as exc:  # papermill raises PapermillExecutionError per cell
-        status, error = "failed", describe_failure(exc, nb, out / nb.name, timeout)
-    seconds = time.perf_counter() - start
-    metrics = json.loads(m_path.read_text()) if m_path.exists() else {}
-    return NotebookRun(nb.stem, status, seconds, metrics, error)
-
-
 def _failed_cell(exc: Exception, nb: Path, executed: Path) -> tuple[int | None, str]:
-    """(index in ``nb``, first line) of the cell that failed, as far as can be told.
-
-    papermill's errors carry the cell's source; a timeout or a dead kernel does not, and
-    then the executed copy's last started cell is the one.
-    """
+    """(index in ``nb``, first line) of the failed cell: papermill's error carries its source;
+    after a timeout or a dead kernel it is the executed copy's last started cell."""
     import nbformat
 
     source = getattr(exc, "source", None)
@@ -211,10 +144,9 @@ def describe_failure(exc: Exception, nb: Path, executed: Path, timeout: int) -> 
         index, first = None, ""
     where = f"{nb.name}, cell {index} ({first!r})" if index is not None else nb.name
     if isinstance(exc, CellTimeoutError):
-        what = (
-            f"timed out: the cell ran past the limit of {timeout} s per cell. A busy machine "
-            f"can run CPU training several times slower: raise it with --timeout {timeout * 2}"
-        )
+        what = (f"timed out: the cell ran past the limit of {timeout} s per cell. A busy machine "
+                f"can run CPU training several times slower: raise it with --timeout "
+                f"{timeout * 2}")  # fmt: skip
     elif isinstance(exc, DeadKernelError):
         what = "the kernel died (out of memory?)"
     elif getattr(exc, "ename", None):
@@ -231,12 +163,8 @@ def _figure(value) -> str:
 
 
 def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
-    lines = [
-        f"# phi2kit course run (profile: {profile})",
-        "",
-        "| notebook | status | wall time | key metrics |",
-        "|---|---|---|---|",
-    ]
+    lines = [f"# phi2kit course run (profile: {profile})", "",
+             "| notebook | status | wall time | key metrics |", "|---|---|---|---|"]  # fmt: skip
     for r in runs:
         shown = ", ".join(f"{k}={_figure(v)}" for k, v in r.metrics.items()) or r.error
         lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} s | {shown.replace('|', '/')} |")
@@ -250,11 +178,9 @@ def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
 def add_course_parser(sub) -> None:
     """Register ``phi2kit course``."""
     p = sub.add_parser(
-        "course",
-        help="execute every notebook in order and write summary.md",
+        "course", help="execute every notebook in order and write summary.md",
         description="Execute every lesson (notebooks/NN_*.ipynb) on a profile and write the "
-        "executed copies and summary.md to a run folder.",
-    )
+        "executed copies and summary.md to a run folder.")  # fmt: skip
     add_profile_argument(p)
     p.add_argument("--out", type=Path, default=None, help="run folder (default runs/<time>)")
     p.add_argument("--notebooks", type=Path, default=None, help="folder of NN_*.ipynb")
@@ -272,18 +198,20 @@ def add_course_parser(sub) -> None:
 def _course_main(args: argparse.Namespace) -> int:
     from phi2kit.profiles import get_profile
 
-    def fail(message: str) -> int:
-        print(f"phi2kit course: error: {message}", file=sys.stderr)
-        return 2
-
     if args.timeout <= 0:
-        return fail(f"--timeout {args.timeout}: must be positive, e.g. --timeout {DEFAULT_TIMEOUT}")
+        return fail("course", f"--timeout {args.timeout}: must be positive, e.g. --timeout "
+                    f"{DEFAULT_TIMEOUT}")  # fmt: skip
     try:
-        import_papermill()  # before any work: without the extra, say which one to install
-        profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
+        import papermill  # noqa: F401 - before any work: without the extra, say which to install
+    except ImportError as exc:
+        return fail("course", 'phi2kit course runs the notebooks with papermill: install the '
+                    f'"course" extra, pip install -e ".[course]" (or pip install '
+                    f'"phi2kit[course]") ({exc})')  # fmt: skip
+    profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
+    try:
         notebooks = select_notebooks(find_notebooks(args.notebooks), args.only)
-    except (CourseDependencyError, CourseError) as exc:
-        return fail(str(exc))
+    except ValueError as exc:
+        return fail("course", str(exc))
     # relative to where the command runs (run_course makes it absolute before the kernels start)
     out = (args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     runs = run_course(profile, out, notebooks, timeout=args.timeout, workdir=args.workdir)

@@ -1,12 +1,5 @@
-"""``phi2kit exercises``: list the exercises, grade a learner's copy of one.
-
-    phi2kit exercises list
-    phi2kit exercises check 02_b                      # exercises/02_b_*.ipynb
-    phi2kit exercises check 02_b my_copy.ipynb        # any path
-
-``check`` runs the notebook's code cells in this process (the grading cell left out), then
-prints what passed, what failed and a hint; the exit code is 0 only when every check passed.
-"""
+"""``phi2kit exercises``: list the exercises, grade a learner's copy of one
+(:mod:`phi2kit_exercises.grader` runs its code cells, the grading cell left out)."""
 
 from __future__ import annotations
 
@@ -45,19 +38,8 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _not_a_notebook(path: Path) -> str | None:
-    """Why ``path`` is not a readable notebook, or None."""
-    import nbformat
-
-    try:
-        nbformat.read(path, as_version=4)
-    except Exception as err:  # noqa: BLE001 - NotJSONError, a validation error, bad bytes
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-        return f"{path}: not a Jupyter notebook ({first})"
-    return None
-
-
 def run_check(args: argparse.Namespace) -> int:
+    import nbformat
     from phi2kit_exercises.grader import find_notebook, get_exercise, grade_notebook
 
     from phi2kit.logs import quiet
@@ -68,13 +50,13 @@ def run_check(args: argparse.Namespace) -> int:
         path = Path(args.path or find_notebook(args.id))
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such notebook")
-        problem = _not_a_notebook(path)
-        if problem:
-            raise FileNotFoundError(
-                f"{problem}; pass the .ipynb you worked in, e.g. exercises/{args.id}_*.ipynb"
-            )
-    except (KeyError, FileNotFoundError) as err:
-        # on stdout, where tests/test_exercises.py reads it
+        try:
+            nbformat.read(path, as_version=4)
+        except Exception as err:  # noqa: BLE001 - NotJSONError, a validation error, bad bytes
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+            raise FileNotFoundError(f"{path}: not a Jupyter notebook ({first}); pass the .ipynb "
+                                    f"you worked in, e.g. exercises/{args.id}_*.ipynb") from None
+    except (KeyError, FileNotFoundError) as err:  # on stdout, where tests/test_exercises.py reads
         print(f"phi2kit exercises: error: {err.args[0] if err.args else err}")
         return 2
     print(f"running {path} ...")

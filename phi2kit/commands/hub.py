@@ -1,13 +1,6 @@
-"""Pushing a trained adapter to the Hugging Face Hub: opt-in, private, token never shown.
-
-- **Opt-in.** Nothing is uploaded unless you ask: ``phi2kit train ... --push-to-hub you/name``.
-- **Private by default.** The repository is created with ``private=True``; pass
-  ``--public`` (``public=True``) to publish it.
-- **The token comes from the environment:** ``HF_TOKEN``, or on Colab the notebook secret
-  ``HF_TOKEN`` (the key icon in the left bar). It is never written into a file, never
-  printed, and is cut out of any error message with :func:`redact`.
-- **Safetensors only.** Only ``*.safetensors``, ``*.json``, ``*.md`` and ``*.txt`` files
-  are uploaded: no pickled weights, optimizer states or checkpoints.
+"""``--push-to-hub``: opt-in, private unless ``--public``, safetensors and JSON only (no
+pickles); the token comes from huggingface_hub (``HF_TOKEN``, ``hf auth login``, Colab's
+secret) and is never written, printed or kept in an error (:func:`redact`).
 """
 
 from __future__ import annotations
@@ -44,11 +37,7 @@ def redact(text: object, token: str | None = None) -> str:
 
 
 def require_token() -> str:
-    """``huggingface_hub.get_token()``, or a :class:`HubError` that says where to put one.
-
-    huggingface_hub looks in the ``HF_TOKEN`` environment variable, then the token file
-    that ``hf auth login`` writes, then Colab's secret ``HF_TOKEN`` (when granted).
-    """
+    """``huggingface_hub.get_token()``, or a :class:`HubError` that says where to put one."""
     from huggingface_hub import get_token
 
     token = get_token()
@@ -67,25 +56,10 @@ def push_adapter(
     *,
     token: str,
     private: bool = True,
-    commit_message: str = "Upload LoRA adapter trained with phi2kit",
 ) -> str:
-    """Upload the safetensors/JSON files of ``folder`` to the model repo ``repo_id``.
-
-    Args:
-        folder: A finished adapter folder (``OUTPUT_DIR/adapter``).
-        repo_id: ``user/name`` or ``org/name``. Created if missing.
-        token: A write token (:func:`require_token`); used, never shown.
-        private: Create the repository private (the default). An existing repository
-            keeps its visibility.
-        commit_message: The commit message on the Hub.
-
-    Returns:
-        The URL of the repository.
-
-    Raises:
-        HubError: the folder is not a finished adapter, or the Hub refused; the message
-            is redacted and the original exception (which may quote the token) is dropped.
-    """
+    """Upload the allowed files of the adapter ``folder`` to the model repo ``repo_id``
+    (created if missing; an existing one keeps its visibility); return its URL. A
+    :class:`HubError`'s message is redacted and drops the original exception."""
     from huggingface_hub import HfApi
 
     folder = Path(folder)
@@ -100,7 +74,7 @@ def push_adapter(
             repo_id=repo_id,
             repo_type="model",
             allow_patterns=list(ALLOWED_PATTERNS),
-            commit_message=commit_message,
+            commit_message="Upload LoRA adapter trained with phi2kit",
         )
     except Exception as err:
         failure = redact(f"push to {repo_id!r} failed: {type(err).__name__}: {err}", token)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from phi2kit.commands import add_profile_argument
+from phi2kit.commands import add_profile_argument, fail
 from phi2kit.plan import estimate, format_table
 from phi2kit.recipes import PREFERENCE_TASKS, TASKS
 
@@ -67,50 +67,34 @@ def _past_context(args: argparse.Namespace) -> str | None:
 def run_plan(args: argparse.Namespace) -> int:
     """Print the planner table and verdict; return 0 if it fits, 1 if not, 2 on a bad flag
     or a device too small for any setting."""
-    import sys
-
-    from phi2kit.recipes import get_recipe
+    from phi2kit.plan.dpo import estimate_dpo
+    from phi2kit.plan.grpo import estimate_grpo
+    from phi2kit.profiles import get_profile
+    from phi2kit.recipes import get_dpo_recipe, get_grpo_recipe, get_recipe
 
     problem = _bad_value(args) or _past_context(args)
     if problem:
-        print(f"phi2kit plan: error: {problem}", file=sys.stderr)
-        return 2
-
+        return fail("plan", problem)
     flags = {"max_length": args.max_length, "batch_size": args.batch,
              "quantize_4bit": args.quantize_4bit}  # fmt: skip
     overrides = {k: v for k, v in flags.items() if v is not None}
-    if args.task == "dpo":
-        from phi2kit.plan.dpo import estimate_dpo
-        from phi2kit.recipes import get_dpo_recipe
-
-        recipe = get_dpo_recipe(args.profile, **overrides)
-        pre = recipe.precompute_ref_log_probs
-        if args.precompute_ref is not None:
+    kw = {"device_gb": args.device_gb, "gradient_checkpointing": args.grad_ckpt}
+    try:  # a ValueError: e.g. grpo's --max-length not above max_completion_length
+        if args.task == "dpo":
+            recipe = get_dpo_recipe(args.profile, **overrides)
             pre = args.precompute_ref
-        est = estimate_dpo(args.profile, recipe, reference=args.reference or "adapter",
-                           precompute=pre,
-                           device_gb=args.device_gb, gradient_checkpointing=args.grad_ckpt)
-    elif args.task == "grpo":  # notebook 09: generation batch, reference pass, training step
-        from phi2kit.plan.grpo import estimate_grpo
-        from phi2kit.recipes import get_grpo_recipe
-
-        try:
-            recipe = get_grpo_recipe(args.profile, **overrides)
-        except ValueError as err:  # e.g. --max-length not above max_completion_length
-            print(f"phi2kit plan: error: {err}", file=sys.stderr)
-            return 2
-        est = estimate_grpo(args.profile, recipe, device_gb=args.device_gb,
-                            gradient_checkpointing=args.grad_ckpt)
-    else:
-        recipe = get_recipe(args.task, args.profile, **overrides)
-        est = estimate(args.profile, recipe, device_gb=args.device_gb,
-                       gradient_checkpointing=args.grad_ckpt)  # fmt: skip
+            est = estimate_dpo(args.profile, recipe, reference=args.reference or "adapter",
+                               precompute=recipe.precompute_ref_log_probs if pre is None else pre,
+                               **kw)  # fmt: skip
+        elif args.task == "grpo":  # notebook 09: generation batch, reference pass, training step
+            est = estimate_grpo(args.profile, get_grpo_recipe(args.profile, **overrides), **kw)
+        else:
+            est = estimate(args.profile, get_recipe(args.task, args.profile, **overrides), **kw)
+    except ValueError as err:
+        return fail("plan", str(err))
     if not est.possible:
-        print(f"phi2kit plan: error: --device-gb {args.device_gb:g}: {est.verdict} "
-              "(a T4 has 15: --device-gb 15)", file=sys.stderr)  # fmt: skip
-        return 2
-    from phi2kit.profiles import get_profile
-
+        return fail("plan", f"--device-gb {args.device_gb:g}: {est.verdict} (a T4 has 15: "
+                    "--device-gb 15)")  # fmt: skip
     profile = get_profile(args.profile, check=False)
     print(f"{args.task} on {profile.name}")
     print(format_table(est))

@@ -1,28 +1,15 @@
-"""``phi2kit train TASK``: a notebook's recipe from the command line; resumable, multi-process.
+"""``phi2kit train TASK``: a notebook's recipe from the shell; resumable, multi-process.
 
-    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --save-every 25
-    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --resume   # after a crash
-    phi2kit train dpo --adapter runs/chat/adapter --output-dir runs/dpo
-    phi2kit train grpo --adapter outputs/04_webglm/adapter --output-dir runs/grpo
-    accelerate launch --multi_gpu --num_processes 2 -m phi2kit.commands.train chat \
+    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --save-every 25 [--resume]
+    accelerate launch --multi_gpu --num_processes 2 -m phi2kit.commands.train chat \\
         --output-dir runs/chat
 
-``--multi_gpu`` starts one process per device through torchrun; without CUDA the same
-command runs 2 CPU processes over gloo (``--cpu`` would start a single process).
-
-One entry for every task, as trl's ``sft.py``: the shell's arguments become a
-:class:`~phi2kit.commands.train_tasks.Setup` (profile, recipe, data options), the task reads
-its data (:func:`~phi2kit.commands.train_tasks.load_data`, before any model loads or any
-folder is made) and builds its trainer; the rest is the same for all. ``OUTPUT_DIR`` holds:
-
-- ``checkpoints/checkpoint-N/``: HF Trainer checkpoints every ``--save-every`` steps with a
-  ``COMPLETE`` marker, and ``settings.json`` (:mod:`phi2kit.checkpoints`' one resume policy:
-  ``--resume`` under other settings is refused; a finished run loads, it does not train);
-- ``trainer_state.json``: the trainer's own state at the end, whose ``log_history`` holds one
-  entry per logged step (grpo: with its mean ``reward`` where it generated; a resumed run's
-  history is the checkpoint's, then the new steps); ``run.json``: the arguments;
-- ``adapter/``: the final adapter, tokenizer and ``metrics.json``, written into a temporary
-  folder and renamed into place: complete or absent. Only rank 0 writes final outputs.
+One entry for every task, as trl's ``sft.py``: the arguments become a
+:class:`~phi2kit.commands.train_args.Setup`, the task reads its data (before any model loads
+or any folder is made) and builds its trainer; the rest is the same for all. ``OUTPUT_DIR``
+holds ``checkpoints/`` (with ``settings.json``: :mod:`phi2kit.checkpoints`' resume policy),
+``trainer_state.json`` (the losses), ``run.json`` (the arguments) and ``adapter/`` (with
+``metrics.json``; written by rank 0 into a temporary folder and renamed into place).
 """
 
 from __future__ import annotations
@@ -37,21 +24,32 @@ from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
-from phi2kit.checkpoints import COMPLETE, checkpoint_step, latest_checkpoint, write_json_atomic
-from phi2kit.commands.train_args import add_arguments
-
-__all__ = ["COMPLETE", "atomic_dir", "latest_checkpoint", "main", "write_json_atomic"]
+from phi2kit.checkpoints import (
+    ResumeError,
+    checkpoint_args,
+    checkpoint_step,
+    is_finished,
+    load_finished,
+    mark_complete,
+    resume_point,
+    save_settings,
+    write_json_atomic,
+)
+from phi2kit.commands import fail
+from phi2kit.commands.hub import HubError, push_adapter, redact, require_token
+from phi2kit.commands.train_args import add_arguments, make_setup, shell_words
+from phi2kit.data.files import DataError
+from phi2kit.logs import one_progress_line, quiet_command
 
 CHECKPOINTS, ADAPTER, TRAINER_STATE = "checkpoints", "adapter", "trainer_state.json"
 
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; rename it to ``path`` if the block succeeds.
-
-    On an exception the temporary folder is removed and ``path`` is left as it was; an
-    existing ``path`` is replaced. A hard kill leaves only a hidden ``.NAME.tmp-*`` folder.
-    """
+    """Yield a temporary folder next to ``path``; rename it to ``path`` if the block succeeds
+    (an existing ``path``, a resumed run's earlier adapter, is replaced): ``path`` is complete
+    or absent. On an exception ``path`` is left as it was; a hard kill leaves only a hidden
+    ``.NAME.tmp-*`` folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
@@ -60,20 +58,12 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, old / path.name)
+    shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _fail(message: str) -> int:
-    from phi2kit.commands.hub import redact
-
-    print(f"phi2kit train: error: {redact(message)}", file=sys.stderr)
-    return 2
+    return fail("train", redact(message))
 
 
 def _say(message: str) -> None:
@@ -82,14 +72,9 @@ def _say(message: str) -> None:
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``train`` on the ``phi2kit`` command's subparsers."""
-    p = add_arguments(subparsers.add_parser("train", help="train a notebook recipe (resumable)"))
+    p = add_arguments(subparsers)
     p.set_defaults(func=run_train)
     return p
-
-
-def make_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser for ``python -m phi2kit.commands.train``."""
-    return add_arguments(argparse.ArgumentParser(prog="phi2kit train"))
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -106,35 +91,16 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from phi2kit.logs import one_progress_line, quiet_command
-
     quiet_command()  # before bitsandbytes and transformers load
     import torch
     from transformers import set_seed
-
-    from phi2kit.checkpoints import (
-        ResumeError,
-        checkpoint_args,
-        is_finished,
-        load_finished,
-        mark_complete,
-        resume_point,
-        save_settings,
-    )
-    from phi2kit.commands.hub import HubError, push_adapter, require_token
-    from phi2kit.commands.train_args import make_setup, shell_words
-    from phi2kit.commands.train_tasks import build_trainer, load_data
-    from phi2kit.data.files import DataError
-    from phi2kit.profiles import ProfileError
 
     out = args.output_dir or Path("outputs") / f"train_{args.task}"
     ckpt_dir = out / CHECKPOINTS
     try:
         setup = make_setup(args)
         token = require_token() if args.push_to_hub else None
-    except ProfileError as err:
-        return _fail(err.shell())
-    except (ValueError, RuntimeError) as err:
+    except (ValueError, HubError) as err:  # a ProfileError: phi2kit.commands.main says it
         return _fail(str(err))
     from accelerate import PartialState
 
@@ -177,6 +143,8 @@ def _run(args: argparse.Namespace) -> int:
     set_seed(args.seed)
     if not setup.profile.requires_cuda:
         torch.use_deterministic_algorithms(True, warn_only=True)
+    from phi2kit.commands.train_tasks import build_trainer, load_data  # trl: after the checks
+
     try:  # data before any folder is made: a bad file leaves nothing behind
         data = load_data(setup)
     except FileNotFoundError as err:  # no sample next to the package: a pip install
@@ -187,13 +155,9 @@ def _run(args: argparse.Namespace) -> int:
                          "--labels WORD,WORD,...")  # fmt: skip
         return _fail(shell_words(str(err)))  # the loaders' advice names notebook parameters
 
-    trainer_args = {
-        **checkpoint_args(args.save_every, args.keep),
-        "logging_steps": args.log_every,
-        "seed": args.seed,
-        "data_seed": args.seed,
-        "ddp_find_unused_parameters": False,  # LoRA uses every trainable weight
-    }
+    trainer_args = checkpoint_args(args.save_every, args.keep) | {
+        "logging_steps": args.log_every, "seed": args.seed, "data_seed": args.seed,
+        "ddp_find_unused_parameters": False}  # LoRA uses every trainable weight
     if args.sampler:
         trainer_args["train_sampling_strategy"] = args.sampler
     try:  # the model and trainer before any file: a bad --set target_modules leaves nothing
@@ -244,8 +208,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m phi2kit.commands.train TASK ...``; returns the exit code."""
-    return run_train(make_parser().parse_args(argv))
+    """``python -m phi2kit.commands.train TASK ...`` (for ``accelerate launch``)."""
+    from phi2kit.commands.main import main as phi2kit
+
+    return phi2kit(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

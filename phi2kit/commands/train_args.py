@@ -1,41 +1,50 @@
-"""``phi2kit train``'s arguments: the parser, ``--set`` and the checked :class:`Setup` they give.
-
-Nothing heavy is imported at module level: ``phi2kit train --help`` loads no torch.
-"""
+"""``phi2kit train``'s arguments: the parser, ``--set`` (typed like the recipe's fields) and
+the checked :class:`Setup` they give. Nothing heavy is imported: ``--help`` loads no torch."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import textwrap
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from phi2kit.commands import add_profile_argument
+from phi2kit import recipes
+from phi2kit.commands import adapter_error, add_profile_argument
+from phi2kit.profiles import Profile
 
 TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo", "grpo")
 FROM_ADAPTER = {"dpo": "chat", "grpo": "webglm"}  # tasks that go on training an SFT adapter: whose
 LABELLED = ("sentiment", "classifier")  # tasks whose data has label words (--labels)
 #: ``--set`` keys that are the command's, not a recipe's.
 COMMAND_KEYS = {"n_eval": "int"}
+#: Phi-2 was trained on English text; the chat and dpo tasks keep English threads by default.
+CHAT_LANG = "en"
+
+
+@dataclass(frozen=True)
+class Setup:
+    """One run, resolved from the command line: all that the task functions read."""
+
+    task: str
+    profile: Profile
+    recipe: recipes.Recipe  # a DPORecipe for dpo, a GrpoRecipe for grpo
+    data: str | None = None  # --data: a file or folder; None/"auto": sample on a CPU, hub on a GPU
+    labels: tuple[str, ...] | None = None  # sentiment, classifier: label words; None: LABELS
+    n_eval: int | None = None  # sentiment, classifier: eval rows per class (None: n_test)
+    adapter: Path | None = None  # dpo: the SFT (chat) adapter to start from; grpo: 04's
+    lang: str | None = CHAT_LANG  # chat, dpo: the threads' language (--lang); None: all
 
 
 def _recipe_fields(task: str | None = None) -> dict[str, str]:
     """``--set`` keys and their types: the task's recipe fields (dpo's and grpo's own only for
     them); every task's for ``None``."""
-    from dataclasses import fields
-
-    from phi2kit.recipes import DPORecipe, GrpoRecipe, Recipe
-
-    classes = {"dpo": [DPORecipe], "grpo": [GrpoRecipe]}.get(task, [Recipe])
-    if task is None:
-        classes = [Recipe, DPORecipe, GrpoRecipe]
+    sft, dpo, grpo = recipes.Recipe, recipes.DPORecipe, recipes.GrpoRecipe
+    classes = {"dpo": [dpo], "grpo": [grpo], None: [sft, dpo, grpo]}.get(task, [sft])
     return {f.name: str(f.type) for cls in classes for f in fields(cls)
             if f.name != "task"}  # fmt: skip
-
-
-def _tasks_with(key: str) -> list[str]:
-    return [t for t in ("dpo", "grpo") if key in _recipe_fields(t)]
 
 
 def setting_keys() -> list[str]:
@@ -53,15 +62,14 @@ def parse_overrides(items: list[str], task: str | None = None) -> dict[str, Any]
         if not sep or key not in types:
             what = "expected KEY=VALUE" if not sep else f"{key!r} is not a setting"
             if sep and key in _recipe_fields():
-                what = f"{key!r} is a setting of {' and '.join(_tasks_with(key))} only"
+                tasks = [t for t in ("dpo", "grpo") if key in _recipe_fields(t)]
+                what = f"{key!r} is a setting of {' and '.join(tasks)} only"
             raise ValueError(f"--set {item}: {what}; the keys are {', '.join(setting_keys())} "
                              "(e.g. --set lora_r=32)")  # fmt: skip
         kind = types[key]
         try:
-            if "bool" in kind:
-                if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
-                    raise ValueError(value)
-                out[key] = value.lower() in ("1", "true", "yes")
+            if "bool" in kind:  # .index raises ValueError for another word
+                out[key] = ("1", "true", "yes", "0", "false", "no").index(value.lower()) < 3
             elif "tuple" in kind:
                 out[key] = tuple(v for v in value.split(",") if v)
             else:
@@ -87,12 +95,10 @@ def shell_words(message: str) -> str:
 
 
 def make_setup(args: argparse.Namespace):
-    """The shell's arguments as a checked ``Setup``; ``ValueError`` (or ``ProfileError``) with
+    """The shell's arguments as a checked :class:`Setup`; ``ValueError`` (or ``ProfileError``) with
     a message for the shell. Loads nothing heavy."""
-    from phi2kit.commands.train_tasks import CHAT_LANG, Setup
     from phi2kit.data.sentiment import LABELS, check_labels
     from phi2kit.profiles import get_profile
-    from phi2kit.recipes import get_dpo_recipe, get_grpo_recipe, get_recipe
 
     profile = get_profile(args.profile)
     labels = LABELS
@@ -115,14 +121,14 @@ def make_setup(args: argparse.Namespace):
     if args.quantize is not None:
         overrides["quantize_4bit"] = args.quantize
     if args.task in FROM_ADAPTER:
-        get = get_dpo_recipe if args.task == "dpo" else get_grpo_recipe
+        get = recipes.get_dpo_recipe if args.task == "dpo" else recipes.get_grpo_recipe
         recipe = get(profile, **overrides)
         _check_adapter(args.adapter, args.task)
     else:
         if args.adapter is not None:
             raise ValueError(f"--adapter: only dpo and grpo start from an adapter, not "
                              f"{args.task}")  # fmt: skip
-        recipe = get_recipe(args.task, profile, **overrides)
+        recipe = recipes.get_recipe(args.task, profile, **overrides)
     if args.save_every <= 0 or args.keep <= 0:
         raise ValueError("--save-every and --keep must be positive")
     if args.public and not args.push_to_hub:
@@ -134,22 +140,16 @@ def make_setup(args: argparse.Namespace):
     return Setup(args.task, profile, recipe, args.data, labels, n_eval, args.adapter, lang)
 
 
-def _check_adapter(adapter: Path | None, task: str = "dpo") -> None:
+def _check_adapter(adapter: Path | None, task: str) -> None:
     sft = FROM_ADAPTER[task]  # the SFT task whose adapter this task goes on training
     how = (f"make one with: phi2kit train {sft} --output-dir runs/{sft} "
            f"(then --adapter runs/{sft}/adapter)")
     if adapter is None:
         raise ValueError(f"{task} needs --adapter PATH, the {sft} (SFT) adapter it starts from; "
                          f"{how}")  # fmt: skip
-    config = adapter / "adapter_config.json"
-    if (adapter / "adapter" / "adapter_config.json").is_file() and not config.is_file():
-        raise ValueError(f"--adapter {adapter}: a run folder; pass its adapter, "
-                         f"--adapter {adapter / 'adapter'}")  # fmt: skip
-    if not config.is_file():
-        raise ValueError(f"--adapter {adapter}: no adapter_config.json there; {how}")
-    if json.loads(config.read_text()).get("task_type") != "CAUSAL_LM":
-        raise ValueError(f"--adapter {adapter}: not a {sft} adapter (it is not a causal LM "
-                         f"adapter); {how}")  # fmt: skip
+    problem = adapter_error(adapter, how)
+    if problem:
+        raise ValueError(problem)
     run = adapter.parent / "run.json"  # written by `phi2kit train` beside its adapter
     made_by = json.loads(run.read_text()).get("task") if run.is_file() else None
     if made_by not in (None, sft, task):
@@ -157,14 +157,13 @@ def _check_adapter(adapter: Path | None, task: str = "dpo") -> None:
                          f"adapter; {how}")  # fmt: skip
 
 
-def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The arguments, description and closing text of ``phi2kit train``."""
-    import textwrap
-
-    p.description = DESCRIPTION
+def add_arguments(subparsers) -> argparse.ArgumentParser:
+    """``phi2kit train``'s parser on the ``phi2kit`` command's subparsers."""
     keys = textwrap.fill(", ".join(setting_keys()), 88, initial_indent="  ", subsequent_indent="  ")
-    p.epilog = EPILOG.format(keys=keys)
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "train", help="train a notebook recipe (resumable)", epilog=EPILOG.format(keys=keys),
+        description="Train a notebook's recipe from the shell; resumable (--resume).",
+        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     p.add_argument("task", choices=TASK_NAMES, help="the notebook recipe to run")
     add_profile_argument(p)
     p.add_argument("--data", default="auto", metavar="PATH",
@@ -183,7 +182,6 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     q = p.add_mutually_exclusive_group()
     q.add_argument("--lora", dest="quantize", action="store_false", help="full-precision base")
     q.add_argument("--qlora", dest="quantize", action="store_true", help="nf4 4-bit base")
-    p.set_defaults(quantize=None)
     p.add_argument("--save-every", type=int, default=25, help="checkpoint every N steps")
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep (default 3)")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
@@ -199,34 +197,20 @@ def add_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
                    "all (default en: Phi-2 was trained on English)")  # fmt: skip
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload adapter (opt-in)")
     p.add_argument("--public", action="store_true", help="make the hub repo public")
+    p.set_defaults(quantize=None)
     return p
 
 
-DESCRIPTION = "Train a notebook's recipe from the shell; resumable (--resume)."
-
-#: ``phi2kit train --help``'s closing text (plain text: argparse prints it as it is).
+#: ``phi2kit train --help``'s closing text (plain text: argparse prints it as it is); the
+#: README's "Train on your own data from the shell" says more.
 EPILOG = """\
 data formats (--data PATH):
-  sentiment, classifier  a CSV with no header, label then headline (Kaggle's all-data.csv;
-                         UTF-8 or Latin-1); or a CSV with a header and the columns
-                         text (or sentence, as financial_phrasebank) and label. Labels are
-                         words (--labels) or integers 0, 1, ... into --labels.
-  webglm                 JSON lines {{"question", "answer", "references": [...]}}, answers
-                         citing [1], [2], ...; a folder with train.jsonl and
-                         validation.jsonl, or one file (its last examples, at most a
-                         fifth, are the eval split).
-  chat                   OASST1: its messages (parquet or JSON lines, one message a row)
-                         or a *.trees.jsonl export; English threads are kept.
-  dpo                    OASST1 as for chat: each prompt's rank-0 reply (chosen) against
-                         each lower-ranked sibling (rejected). Needs --adapter, the chat
-                         adapter it goes on training (its LoRA settings are the adapter's).
-  grpo                   WebGLM as for webglm; only the prompts (question and references)
-                         are read: the model writes the answers, 09's rewards score them.
-                         No eval split. Needs --adapter, 04's (webglm) adapter: a new
-                         LoRA never cites, so every reward would be 0. Resumed at a
-                         checkpoint where a generation starts (a multiple of
-                         steps_per_generation / grad_accum steps: 4 on tiny), it equals
-                         the uninterrupted run.
+  sentiment, classifier  Kaggle's all-data.csv (no header: label, headline), or a CSV with
+                         the columns text (or sentence) and label; integer labels index --labels
+  webglm, grpo           JSON lines {{"question", "answer", "references": [...]}}: a folder
+                         with train.jsonl and validation.jsonl, or one file
+  chat, dpo              OASST1 messages (parquet or JSON lines) or a *.trees.jsonl export
+  dpo and grpo need --adapter: the chat (dpo) or webglm (grpo) adapter they go on training.
 
 --set keys:
 {keys}
@@ -235,11 +219,8 @@ data formats (--data PATH):
   n_eval (sentiment, classifier): eval rows per class (default n_test; 0: no eval split).
 
 examples:
-  phi2kit train sentiment --profile tiny --steps 12 --output-dir runs/s
   phi2kit train classifier --data my.csv --labels bad,ok,good --set n_train=200
   phi2kit train sentiment --output-dir runs/s --resume    # after a crash
   phi2kit train chat --output-dir runs/chat && \\
     phi2kit train dpo --adapter runs/chat/adapter --output-dir runs/dpo
-  phi2kit train webglm --output-dir runs/webglm && \\
-    phi2kit train grpo --adapter runs/webglm/adapter --output-dir runs/grpo
 """

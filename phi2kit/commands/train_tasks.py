@@ -1,19 +1,5 @@
-"""What each ``phi2kit train`` task contributes: where its data is, how it is read, what trains.
-
-Everything else (arguments, checkpoints, resume, the loss log, the final adapter, the hub)
-is the one entry in :mod:`phi2kit.commands.train`. A task is two functions over a
-:class:`Setup`, the notebooks' own calls:
-
-========== =============== =============================================================
-task       data            trainer
-========== =============== =============================================================
-sentiment  financial_news  trl ``SFTTrainer`` on prompt/completion pairs (02)
-classifier financial_news  HF ``Trainer``: a ``score`` head (03)
-webglm     webglm          trl ``SFTTrainer``, references fitted to ``max_length`` (04)
-chat       oasst1          trl ``SFTTrainer``, one example per assistant turn (06)
-dpo        oasst1          trl ``DPOTrainer`` on ranked replies, from a chat adapter (08)
-grpo       webglm          trl ``GRPOTrainer`` on 04's prompts, rewards of 09 (09)
-========== =============== =============================================================
+"""What a ``phi2kit train`` task reads and trains: the notebooks' own calls (02, 03, 04, 06, 08,
+09). Arguments, checkpoints, resume and the final adapter are :mod:`phi2kit.commands.train`'s.
 
     data = load_data(setup)                  # read and checked: no model loaded yet
     trainer = build_trainer(setup, data, "runs/x/checkpoints", seed=0)
@@ -21,35 +7,32 @@ grpo       webglm          trl ``GRPOTrainer`` on 04's prompts, rewards of 09 (0
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from phi2kit.commands.train_grpo import grpo, read_prompts
+import torch
+from datasets import Dataset
+from peft import PeftModel, prepare_model_for_kbit_training
+from transformers import TrainerCallback
+from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer
+
+from phi2kit.classifier import classifier_trainer, load_classifier, tokenize_headlines
+from phi2kit.commands.train_args import Setup
+from phi2kit.data import resolve_data, sentiment, webglm
 from phi2kit.data.files import DataError
-from phi2kit.data.sentiment import LABELS
-from phi2kit.profiles import Profile
-from phi2kit.recipes import Recipe
+from phi2kit.data.oasst import load_oasst, thread_to_examples
+from phi2kit.data.oasst_pairs import load_pairs, split_by_tree
+from phi2kit.data.sentiment_split import split_sentiment
+from phi2kit.lora import add_lora, is_quantized
+from phi2kit.models import load_model, load_tokenizer
+from phi2kit.recipes import get_recipe
+from phi2kit.rewards import citations_in_range, citations_supported, guard, make_stops_on_eos
+from phi2kit.training import CHECKPOINTING_KWARGS, _common_args, finish_trainer, sft_trainer
 
-#: Phi-2 was trained on English text; the chat and dpo tasks keep English threads by default.
-CHAT_LANG = "en"
-#: Seed of the sentiment split (the notebooks' default of ``split_sentiment``).
-SPLIT_SEED = 42
-
-
-@dataclass(frozen=True)
-class Setup:
-    """One run, resolved from the command line: all that the task functions read."""
-
-    task: str
-    profile: Profile
-    recipe: Recipe  # a DPORecipe for dpo, a GrpoRecipe for grpo
-    data: str | None = None  # --data: a file or folder; None/"auto": sample on a CPU, hub on a GPU
-    labels: tuple[str, ...] = LABELS  # sentiment, classifier: the label words, in order
-    n_eval: int | None = None  # sentiment, classifier: eval rows per class (None: n_test)
-    adapter: Path | None = None  # dpo: the SFT (chat) adapter to start from; grpo: 04's, or None
-    lang: str | None = CHAT_LANG  # chat, dpo: the threads' language (--lang); None: all
+#: The data set each task reads (``resolve_data``'s name).
+DATA = {"sentiment": "financial_news", "classifier": "financial_news", "webglm": "webglm",
+        "chat": "oasst1", "dpo": "oasst1", "grpo": "webglm"}  # fmt: skip
 
 
 @dataclass
@@ -59,69 +42,65 @@ class Data:
     path: Path | None
     tokenizer: Any
     train: Any
-    eval: Any  # None: no eval split (--set n_eval=0)
+    eval: Any  # None: no eval split (--set n_eval=0, grpo)
 
 
-@dataclass(frozen=True)
-class Task:
-    """What differs between tasks."""
+def load_data(setup: Setup) -> Data:
+    """Read and check the task's data and load its tokenizer; no model is loaded. Raises
+    ``DataError`` naming the file."""
+    path = resolve_data(DATA[setup.task], setup.data, setup.profile)
+    if path is not None and not path.exists():
+        raise DataError("no such file or folder (--data)", path=path)
+    tokenizer = load_tokenizer(setup.profile, padding_side="right")
+    if setup.task in ("sentiment", "classifier"):
+        splits = read_news(path, setup, tokenizer)
+    elif setup.task == "webglm":
+        splits = read_webglm(path, setup, tokenizer)
+    elif setup.task == "chat":
+        splits = read_chat(path, setup)
+    elif setup.task == "dpo":
+        splits = read_pairs(path, setup, tokenizer)
+    else:
+        splits = read_prompts(path, setup, tokenizer), None  # GRPO has no eval loss
+    return Data(path, tokenizer, *splits)
 
-    data: str  # resolve_data's name
-    read: Callable[[Path | None, Setup, Any], tuple[Any, Any]]  # -> train, eval datasets
-    trainer: Callable[..., Any]  # (setup, data, output_dir, **training_args) -> a Trainer
 
-
-def _sentiment_splits(path: Path | None, setup: Setup):
-    from phi2kit.data.sentiment import load_financial_news
-    from phi2kit.data.sentiment_split import split_sentiment
-
-    recipe = setup.recipe
-    df = load_financial_news(path, labels=setup.labels)
-    # recipe.n_test per class is the notebooks' test split; the eval split for the eval loss
-    # here (n_test per class unless --set n_eval=N) is drawn from what is left
+def read_news(path: Path | None, setup: Setup, tokenizer):
+    """Notebook 02's split; prompt/completion pairs (sentiment) or tokenized headlines (03's
+    classifier). The eval split (``n_test`` per class unless ``--set n_eval=N``) is drawn
+    from what train and test leave."""
+    recipe, labels = setup.recipe, setup.labels or sentiment.LABELS
+    df = sentiment.load_financial_news(path, labels=labels)
     n_eval = recipe.n_test if setup.n_eval is None else setup.n_eval
-    return split_sentiment(df, n_train=recipe.n_train, n_test=recipe.n_test, n_eval=n_eval,
-                           seed=SPLIT_SEED, labels=setup.labels)  # fmt: skip
+    splits = split_sentiment(df, n_train=recipe.n_train, n_test=recipe.n_test, n_eval=n_eval,
+                             seed=42, labels=labels)  # the notebooks' split  # fmt: skip
 
-
-def read_sentiment(path: Path | None, setup: Setup, tokenizer):
-    from phi2kit.data.sentiment import to_prompt_completion
-
-    splits = _sentiment_splits(path, setup)
-    evals = to_prompt_completion(splits.eval, labels=setup.labels) if len(splits.eval) else None
-    return to_prompt_completion(splits.train, labels=setup.labels), evals
-
-
-def read_headlines(path: Path | None, setup: Setup, tokenizer):
-    from phi2kit.classifier import tokenize_headlines
-
-    def tokenize(df):  # None for an empty eval split (--set n_eval=0)
-        if not len(df):
+    def convert(part):  # None for an empty eval split (--set n_eval=0)
+        if not len(part):
             return None
-        return tokenize_headlines(df, tokenizer, setup.recipe.max_length, labels=setup.labels)
+        if setup.task == "sentiment":
+            return sentiment.to_prompt_completion(part, labels=labels)
+        return tokenize_headlines(part, tokenizer, recipe.max_length, labels=labels)
 
-    splits = _sentiment_splits(path, setup)
-    return tokenize(splits.train), tokenize(splits.eval)
+    return convert(splits.train), convert(splits.eval)
 
 
 def read_webglm(path: Path | None, setup: Setup, tokenizer):
     """``train``/``validation`` of a folder, or one file's last examples (a fifth at most) as
     eval; each example's references fitted to ``max_length``."""
-    from phi2kit.data.webglm import load_webglm, to_prompt_completion
-
     recipe = setup.recipe
     if path is None or (path.is_dir() and (path / "validation.jsonl").is_file()):
-        train = list(load_webglm(path, "train", limit=recipe.n_train))
-        evals = list(load_webglm(path, "validation", limit=recipe.n_test))
+        train = list(webglm.load_webglm(path, "train", limit=recipe.n_train))
+        evals = list(webglm.load_webglm(path, "validation", limit=recipe.n_test))
     else:
-        examples = list(load_webglm(path, "train", limit=recipe.n_train + recipe.n_test))
+        examples = list(webglm.load_webglm(path, "train", limit=recipe.n_train + recipe.n_test))
         if len(examples) < 2:
             raise DataError(f"{len(examples)} example(s): need at least 2 (train + eval)",
                             path=path)  # fmt: skip
         n_eval = min(recipe.n_test, max(1, len(examples) // 5))
         train, evals = examples[:-n_eval], examples[-n_eval:]
     try:
-        return tuple(to_prompt_completion(part, tokenizer, recipe.max_length)[0]
+        return tuple(webglm.to_prompt_completion(part, tokenizer, recipe.max_length)[0]
                      for part in (train, evals))  # fmt: skip
     except DataError as err:  # name the file in the error of an over-long example
         where = f"example {err.row}: " if err.row is not None else ""
@@ -133,12 +112,8 @@ def _say_not_ready(n: int) -> None:
         print(f"phi2kit train: {n} unfinished trees (tree_state not ready_for_export) left out")
 
 
-def read_chat(path: Path | None, setup: Setup, tokenizer):
+def read_chat(path: Path | None, setup: Setup):
     """One prompt/completion per assistant turn; threads (not turns) split train/eval."""
-    from datasets import Dataset
-
-    from phi2kit.data.oasst import load_oasst, thread_to_examples
-
     loaded = load_oasst(path, lang=setup.lang)
     _say_not_ready(loaded.not_ready)
     threads = list(loaded)
@@ -159,10 +134,6 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
 def read_pairs(path: Path | None, setup: Setup, tokenizer):
     """Notebook 08: chosen (rank 0) and rejected (a lower-ranked sibling) replies; whole
     conversation trees go to one split, so no prompt is in two."""
-    from datasets import Dataset
-
-    from phi2kit.data.oasst_pairs import load_pairs, split_by_tree
-
     recipe = setup.recipe
     pairs = load_pairs(path, lang=setup.lang, skip_bad=path is None, max_length=recipe.max_length,
                        count_tokens=lambda text: len(tokenizer(text)["input_ids"]))  # fmt: skip
@@ -180,89 +151,114 @@ def read_pairs(path: Path | None, setup: Setup, tokenizer):
     return to_ds(train[: recipe.n_train]), to_ds(evals)
 
 
-def sft(setup: Setup, data: Data, output_dir, **args):
-    from phi2kit.lora import add_lora
-    from phi2kit.models import load_model
-    from phi2kit.training import sft_trainer
+def read_prompts(path: Path | None, setup: Setup, tokenizer):
+    """Notebook 09's prompts: 04's prompt (references dropped from the last until it fits
+    ``max_length - max_completion_length``) and the ``references`` the rewards read; the
+    train split after the prompts 04's SFT trained on, as far as the data allows."""
+    recipe = setup.recipe
+    skip = get_recipe("webglm", setup.profile).n_train  # the prompts 04's SFT trained on
+    examples = list(webglm.load_webglm(path, "train", limit=skip + recipe.n_train))
+    start = max(0, min(skip, len(examples) - recipe.n_train))
+    budget = recipe.max_length - recipe.max_completion_length
+    rows = []
+    for e in examples[start : start + recipe.n_train]:
+        refs = list(e["references"])
+        prompt = webglm.build_qa_prompt(e["question"], refs)
+        while refs and len(tokenizer(prompt).input_ids) > budget:
+            refs.pop()  # whole references, from the last; never the question (as 04 and 09)
+            prompt = webglm.build_qa_prompt(e["question"], refs)
+        if refs:  # a question alone over the budget has nothing to cite: left out
+            rows.append({"prompt": prompt, "references": refs})
+    if len(rows) < recipe.num_generations:
+        raise DataError(f"{len(rows)} prompt(s) fit max_length - max_completion_length = "
+                        f"{budget} tokens with a reference: need more (raise max_length)",
+                        path=path or "hub")  # fmt: skip
+    return Dataset.from_list(rows)
 
+
+def build_trainer(setup: Setup, data: Data, output_dir, **args):
+    """The task's model (LoRA on the profile's base, or the ``--adapter`` it goes on
+    training) and trainer; ``args`` go to the training arguments (checkpoints, seed, logging)."""
     profile, recipe = setup.profile, setup.recipe
+    if setup.task == "dpo":
+        return dpo(setup, data, output_dir, **args)
+    if setup.task == "grpo":
+        return grpo(setup, data, output_dir, **args)
+    if setup.task == "classifier":
+        labels = setup.labels or sentiment.LABELS
+        base = load_classifier(profile, quantize_4bit=recipe.quantize_4bit, labels=labels)
+        return classifier_trainer(add_lora(base, recipe, profile), data.tokenizer, data.train,
+                                  profile, recipe, output_dir, eval_dataset=data.eval,
+                                  **args)  # fmt: skip
     model = add_lora(load_model(profile, quantize_4bit=recipe.quantize_4bit), recipe, profile)
     return sft_trainer(model, data.tokenizer, data.train, profile, recipe, output_dir,
                        eval_dataset=data.eval, **args)  # fmt: skip
 
 
-def head(setup: Setup, data: Data, output_dir, **args):
-    from phi2kit.classifier import classifier_trainer, load_classifier
-    from phi2kit.lora import add_lora
-
-    profile, recipe = setup.profile, setup.recipe
-    base = load_classifier(profile, quantize_4bit=recipe.quantize_4bit, labels=setup.labels)
-    model = add_lora(base, recipe, profile)
-    return classifier_trainer(model, data.tokenizer, data.train, profile, recipe, output_dir,
-                              eval_dataset=data.eval, **args)  # fmt: skip
+def _exact_sft_weights(model) -> None:
+    """On a 4-bit base trl rounds the adapter to bf16: take back the exact fp32 SFT weights
+    from its first copy, ``ref`` (trl's frozen reference)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if ".default." in name:
+                p.copy_(model.get_parameter(name.replace(".default.", ".ref.")))
 
 
 def dpo(setup: Setup, data: Data, output_dir, **args):
     """Notebook 08's trainer: trl's ``DPOTrainer`` on a ``PeftModel`` carrying the SFT
     adapter; trl adds a frozen copy of it, ``ref``, as the reference."""
-    import torch
-    from peft import PeftModel
-    from trl import DPOConfig, DPOTrainer
-
-    from phi2kit.models import load_model
-    from phi2kit.training import finish_trainer
-
-    profile, recipe = setup.profile, setup.recipe
-    config = DPOConfig(
-        output_dir=str(output_dir), beta=recipe.beta,
-        precompute_ref_log_probs=recipe.precompute_ref_log_probs, max_length=recipe.max_length,
-        max_steps=recipe.max_steps, learning_rate=recipe.learning_rate, lr_scheduler_type="linear",
-        warmup_steps=max(1, round(recipe.warmup_ratio * recipe.max_steps)),
-        per_device_train_batch_size=recipe.batch_size, per_device_eval_batch_size=recipe.batch_size,
-        gradient_accumulation_steps=recipe.grad_accum,
-        fp16=profile.fp16, bf16=profile.bf16, optim=profile.optim,
-        activation_checkpointing=profile.gradient_checkpointing,
-        activation_checkpointing_kwargs={"use_reentrant": False},
-        report_to="none", use_cpu=not profile.requires_cuda, disable_tqdm=not profile.requires_cuda,
-        **args,
-    )  # fmt: skip
-    base = load_model(profile, quantize_4bit=recipe.quantize_4bit)
+    recipe = setup.recipe
+    config = DPOConfig(**_common_args(setup.profile, recipe, output_dir) | {
+        "beta": recipe.beta, "precompute_ref_log_probs": recipe.precompute_ref_log_probs,
+        "max_length": recipe.max_length} | args)  # fmt: skip
+    base = load_model(setup.profile, quantize_4bit=recipe.quantize_4bit)
     model = PeftModel.from_pretrained(base, str(setup.adapter), is_trainable=True)
     trainer = DPOTrainer(model=model, args=config, train_dataset=data.train,
                          eval_dataset=data.eval, processing_class=data.tokenizer)  # fmt: skip
     finish_trainer(trainer)  # fp32 trainable weights, fp16 AMP on the CPU twin, quiet log
-    with torch.no_grad():  # on a 4-bit base trl rounded the adapter to bf16: take back the exact
-        for name, p in model.named_parameters():  # fp32 SFT weights from its first copy, `ref`
-            if ".default." in name:
-                p.copy_(model.get_parameter(name.replace(".default.", ".ref.")))
+    _exact_sft_weights(model)
     return trainer
 
 
-TASKS: dict[str, Task] = {
-    "sentiment": Task("financial_news", read_sentiment, sft),
-    "classifier": Task("financial_news", read_headlines, head),
-    "webglm": Task("webglm", read_webglm, sft),
-    "chat": Task("oasst1", read_chat, sft),
-    "dpo": Task("oasst1", read_pairs, dpo),
-    "grpo": Task("webglm", read_prompts, grpo),
-}
+def grpo(setup: Setup, data: Data, output_dir, **args):
+    """Notebook 09's trainer: trl's ``GRPOTrainer`` with 09's rewards on 04's adapter
+    (trl adds a frozen copy of it, ``ref``, as the reference)."""
+    profile, recipe = setup.profile, setup.recipe
+    # reward_weights: 09's; the in-range and EOS rewards are logged, not trained on
+    config = GRPOConfig(**_common_args(profile, recipe, output_dir) | {
+        "use_vllm": False, "num_generations": recipe.num_generations,
+        "max_completion_length": recipe.max_completion_length, "beta": recipe.beta,
+        "temperature": recipe.temperature, "steps_per_generation": recipe.steps_per_generation,
+        "reward_weights": [1.0, 0.0, 0.0, 1.0]} | args)  # fmt: skip
+    base = load_model(profile, quantize_4bit=recipe.quantize_4bit)
+    base.config.pad_token_id = base.generation_config.pad_token_id = data.tokenizer.pad_token_id
+    if is_quantized(base):  # 09's cells: 04's LoRA weights, trainable, on the prepared nf4 base
+        base = prepare_model_for_kbit_training(
+            base, use_gradient_checkpointing=profile.gradient_checkpointing,
+            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)  # fmt: skip
+    model = PeftModel.from_pretrained(base, str(setup.adapter), is_trainable=True)
+    rewards = [citations_supported, citations_in_range,
+               make_stops_on_eos(data.tokenizer.eos_token_id), guard]  # fmt: skip
+    data.tokenizer.padding_side = "left"  # GRPO generates
+    trainer = GRPOTrainer(model=model, reward_funcs=rewards, args=config,
+                          train_dataset=data.train, processing_class=data.tokenizer)  # fmt: skip
+    trainer.add_callback(WarnIfNeverSupported())
+    finish_trainer(trainer, seeded_sampler=False)  # as 09: fp32 trainables, fp16 AMP on t4-cpu
+    if "ref" in model.peft_config:
+        _exact_sft_weights(model)
+    return trainer
 
 
-def load_data(setup: Setup) -> Data:
-    """Read and check the task's data and load its tokenizer; no model is loaded. Raises
-    ``DataError`` naming the file."""
-    from phi2kit.data import resolve_data
-    from phi2kit.models import load_tokenizer
+class WarnIfNeverSupported(TrainerCallback):
+    """At the end, a warning when no logged step had a supported citation (an adapter that
+    never cites, e.g. not 04's: every group scores alike, nothing is learned)."""
 
-    task = TASKS[setup.task]
-    path = resolve_data(task.data, setup.data, setup.profile)
-    if path is not None and not path.exists():
-        raise DataError("no such file or folder (--data)", path=path)
-    tokenizer = load_tokenizer(setup.profile, padding_side="right")
-    return Data(path, tokenizer, *task.read(path, setup, tokenizer))
+    key = f"rewards/{citations_supported.__name__}/mean"  # trl's log of each reward's mean
 
-
-def build_trainer(setup: Setup, data: Data, output_dir, **args):
-    """The task's model (LoRA on the profile's base) and trainer; ``args`` go to the
-    training arguments (checkpoints, seed, logging)."""
-    return TASKS[setup.task].trainer(setup, data, output_dir, **args)
+    def on_train_end(self, args, state, control, **kwargs):
+        supported = [h[self.key] for h in state.log_history if self.key in h]
+        if state.is_world_process_zero and supported and max(supported) == 0:
+            print("phi2kit train: warning: no completion had a supported citation at any logged "
+                  "step, so GRPO had nothing to reinforce: the --adapter does not cite yet; "
+                  "train it longer (phi2kit train webglm with more --steps, or lesson 04), then "
+                  "run grpo from it")  # fmt: skip
