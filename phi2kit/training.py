@@ -33,9 +33,10 @@ def upcast_trainable(model: nn.Module) -> int:
 CHECKPOINTING_KWARGS = {"use_reentrant": False}
 
 
-def _common_args(
+def common_args(
     profile: Profile, recipe: Recipe, output_dir: str | Path, eval_steps: int | None = None
 ) -> dict:
+    """The TrainingArguments keywords every trainer shares (SFT, DPO, GRPO): profile and recipe."""
     args = {
         "output_dir": str(output_dir),
         "per_device_train_batch_size": recipe.batch_size,
@@ -81,7 +82,7 @@ def sft_config(
     ``eval_steps``, evaluate and checkpoint that often and load the best at the end (02)."""
     from trl import SFTConfig
 
-    args = _common_args(profile, recipe, output_dir, eval_steps)
+    args = common_args(profile, recipe, output_dir, eval_steps)
     args.update(
         max_length=recipe.max_length,
         completion_only_loss=True,
@@ -102,7 +103,7 @@ def training_args(
     """``transformers.TrainingArguments`` for the HF ``Trainer`` (03's classifier)."""
     from transformers import TrainingArguments
 
-    args = _common_args(profile, recipe, output_dir, eval_steps)
+    args = common_args(profile, recipe, output_dir, eval_steps)
     args.update(overrides)
     return TrainingArguments(**args)
 

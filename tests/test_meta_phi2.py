@@ -250,7 +250,7 @@ def _value_keys(node: ast.AST, scope: ast.AST, funcs: dict) -> set[str]:
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
         if node.func.id == "dict":
             return {k.arg for k in node.keywords if k.arg}
-        if node.func.id in funcs:  # e.g. args = _common_args(...)
+        if node.func.id in funcs:  # e.g. args = common_args(...)
             fn = funcs[node.func.id]
             keys: set[str] = set()
             for ret in (n for n in ast.walk(fn) if isinstance(n, ast.Return) and n.value):
@@ -389,7 +389,7 @@ def _accepted() -> dict[str, set[str]]:
 def test_collector_finds_our_keywords():
     """Guard against a collector that finds nothing and so checks nothing."""
     found = _collected()
-    assert len(found["SFTConfig"]) >= 20, found["SFTConfig"]  # _common_args + update(...)
+    assert len(found["SFTConfig"]) >= 20, found["SFTConfig"]  # common_args + update(...)
     assert len(found["TrainingArguments"]) >= 18, found["TrainingArguments"]
     assert {"max_length", "completion_only_loss", "fp16", "optim"} <= found["SFTConfig"]
     assert {"r", "lora_alpha", "target_modules", "task_type"} <= found["LoraConfig"]

@@ -28,7 +28,7 @@ from phi2kit.lora import add_lora, is_quantized
 from phi2kit.models import load_model, load_tokenizer
 from phi2kit.recipes import get_recipe
 from phi2kit.rewards import citations_in_range, citations_supported, guard, make_stops_on_eos
-from phi2kit.training import CHECKPOINTING_KWARGS, _common_args, finish_trainer, sft_trainer
+from phi2kit.training import CHECKPOINTING_KWARGS, common_args, finish_trainer, sft_trainer
 
 #: The data set each task reads (``resolve_data``'s name).
 DATA = {"sentiment": "financial_news", "classifier": "financial_news", "webglm": "webglm",
@@ -208,7 +208,7 @@ def dpo(setup: Setup, data: Data, output_dir, **args):
     """Notebook 08's trainer: trl's ``DPOTrainer`` on a ``PeftModel`` carrying the SFT
     adapter; trl adds a frozen copy of it, ``ref``, as the reference."""
     recipe = setup.recipe
-    config = DPOConfig(**_common_args(setup.profile, recipe, output_dir) | {
+    config = DPOConfig(**common_args(setup.profile, recipe, output_dir) | {
         "beta": recipe.beta, "precompute_ref_log_probs": recipe.precompute_ref_log_probs,
         "max_length": recipe.max_length} | args)  # fmt: skip
     base = load_model(setup.profile, quantize_4bit=recipe.quantize_4bit)
@@ -225,7 +225,7 @@ def grpo(setup: Setup, data: Data, output_dir, **args):
     (trl adds a frozen copy of it, ``ref``, as the reference)."""
     profile, recipe = setup.profile, setup.recipe
     # reward_weights: 09's; the in-range and EOS rewards are logged, not trained on
-    config = GRPOConfig(**_common_args(profile, recipe, output_dir) | {
+    config = GRPOConfig(**common_args(profile, recipe, output_dir) | {
         "use_vllm": False, "num_generations": recipe.num_generations,
         "max_completion_length": recipe.max_completion_length, "beta": recipe.beta,
         "temperature": recipe.temperature, "steps_per_generation": recipe.steps_per_generation,
