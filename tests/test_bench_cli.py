@@ -81,3 +81,16 @@ def test_plain_mode_prints_the_table_only(noisy_benchmarks, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("phi2kit bench, ")
     assert all(line.startswith("|") for line in lines[1:] if line)
+
+
+def test_notebooks_without_papermill_names_the_extra_before_any_benchmark(
+    noisy_benchmarks, monkeypatch, capsys
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "papermill", None)  # as if the extra were not installed
+    assert main(["bench", "--notebooks"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("phi2kit bench: error: --notebooks: "), captured.err
+    assert '".[course]"' in captured.err and len(captured.err.strip().splitlines()) == 1
+    assert "'loss'" not in captured.err  # no benchmark ran

@@ -43,8 +43,12 @@ def run_bench(args: argparse.Namespace) -> int:
 
     import torch
 
+    from phi2kit.commands import fail
+    from phi2kit.commands.course import papermill_missing
     from phi2kit.logs import quiet
 
+    if args.notebooks and (missing := papermill_missing()):
+        return fail("bench", f"--notebooks: {missing}")
     quiet()
     with contextlib.redirect_stdout(sys.stderr):  # stdout: the report, nothing else
         p1 = load_script("bench_train").run()

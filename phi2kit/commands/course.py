@@ -195,18 +195,24 @@ def add_course_parser(sub) -> None:
     p.set_defaults(func=_course_main)
 
 
+def papermill_missing() -> str | None:
+    """What to install when papermill (the "course" extra) is missing, before any work."""
+    try:
+        import papermill  # noqa: F401
+    except ImportError as exc:
+        return ('the notebooks run with papermill: install the "course" extra, pip install -e '
+                f'".[course]" (or pip install "phi2kit[course]") ({exc})')
+    return None
+
+
 def _course_main(args: argparse.Namespace) -> int:
     from phi2kit.profiles import get_profile
 
     if args.timeout <= 0:
         return fail("course", f"--timeout {args.timeout}: must be positive, e.g. --timeout "
                     f"{DEFAULT_TIMEOUT}")  # fmt: skip
-    try:
-        import papermill  # noqa: F401 - before any work: without the extra, say which to install
-    except ImportError as exc:
-        return fail("course", 'phi2kit course runs the notebooks with papermill: install the '
-                    f'"course" extra, pip install -e ".[course]" (or pip install '
-                    f'"phi2kit[course]") ({exc})')  # fmt: skip
+    if missing := papermill_missing():
+        return fail("course", missing)
     profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
     try:
         notebooks = select_notebooks(find_notebooks(args.notebooks), args.only)
