@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -23,6 +24,7 @@ import pytest
 
 from phi2kit.checkpoints import COMPLETE, latest_checkpoint
 from phi2kit.commands.train import ADAPTER, add_train_parser, atomic_dir, main
+from phi2kit.data.files import DataError
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -435,3 +437,27 @@ def test_chat_data_in_another_language_names_lang_and_trains_with_it(tmp_path, c
     assert main([*argv, "--lang", "all", "--output-dir", str(tmp_path / "c")]) == 0
     assert main(["sentiment", "--lang", "de", "--output-dir", str(tmp_path / "d")]) == 2
     assert "--lang: only chat and dpo" in capsys.readouterr().err
+
+
+def test_chat_examples_fit_max_length_as_notebook_06_fits_them(tmp_path, capsys):
+    """`train chat` makes its examples with notebook 06's ``to_examples``: a thread longer than
+    ``max_length`` loses its oldest turns, never the reply (trl would cut the reply's end)."""
+    from phi2kit.commands.train_args import Setup
+    from phi2kit.commands.train_tasks import load_data
+    from phi2kit.data import sample_path
+    from phi2kit.profiles import get_profile
+    from phi2kit.recipes import get_recipe
+
+    profile = get_profile("tiny")
+    recipe = get_recipe("chat", profile, max_length=64)
+    data = load_data(Setup("chat", profile, recipe, data=str(sample_path("oasst1"))))
+    out = capsys.readouterr().out
+    assert re.search(r"to fit max_length 64, [1-9]\d* examples lost their oldest turns", out), out
+    eos = data.tokenizer.eos_token
+    for row in [*data.train, *data.eval]:
+        assert set(row) == {"prompt", "completion"}
+        assert len(data.tokenizer(row["prompt"] + row["completion"] + eos)["input_ids"]) <= 64
+        assert row["prompt"].startswith("### Human:") and row["prompt"].endswith("### Assistant:")
+    tiny = get_recipe("chat", profile, max_length=8)  # not even one question and reply fits
+    with pytest.raises(DataError, match="fits max_length 8: raise it"):
+        load_data(Setup("chat", profile, tiny, data=str(sample_path("oasst1"))))

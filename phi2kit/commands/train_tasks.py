@@ -17,11 +17,12 @@ from peft import PeftModel, prepare_model_for_kbit_training
 from transformers import TrainerCallback
 from trl import DPOConfig, DPOTrainer, GRPOConfig, GRPOTrainer
 
+from phi2kit.chat import to_examples
 from phi2kit.classifier import classifier_trainer, load_classifier, tokenize_headlines
 from phi2kit.commands.train_args import Setup
 from phi2kit.data import resolve_data, sentiment, webglm
 from phi2kit.data.files import DataError
-from phi2kit.data.oasst import load_oasst, thread_to_examples
+from phi2kit.data.oasst import load_oasst
 from phi2kit.data.oasst_pairs import load_pairs, split_by_tree
 from phi2kit.data.sentiment_split import split_sentiment
 from phi2kit.lora import add_lora, is_quantized
@@ -57,7 +58,7 @@ def load_data(setup: Setup) -> Data:
     elif setup.task == "webglm":
         splits = read_webglm(path, setup, tokenizer)
     elif setup.task == "chat":
-        splits = read_chat(path, setup)
+        splits = read_chat(path, setup, tokenizer)
     elif setup.task == "dpo":
         splits = read_pairs(path, setup, tokenizer)
     else:
@@ -112,8 +113,9 @@ def _say_not_ready(n: int) -> None:
         print(f"phi2kit train: {n} unfinished trees (tree_state not ready_for_export) left out")
 
 
-def read_chat(path: Path | None, setup: Setup):
-    """One prompt/completion per assistant turn; threads (not turns) split train/eval."""
+def read_chat(path: Path | None, setup: Setup, tokenizer):
+    """Notebook 06's examples: one prompt/completion per assistant turn, the oldest turns
+    dropped to fit ``max_length`` (never the reply); threads (not turns) split train/eval."""
     loaded = load_oasst(path, lang=setup.lang)
     _say_not_ready(loaded.not_ready)
     threads = list(loaded)
@@ -124,11 +126,20 @@ def read_chat(path: Path | None, setup: Setup):
                         f"need at least 2{other}", path=path)  # fmt: skip
     n_eval = min(setup.recipe.n_test, max(1, len(threads) // 5))
 
-    def to_ds(part: list, limit: int) -> Dataset:
-        return Dataset.from_list([ex for t in part for ex in thread_to_examples(t)][:limit])
-
-    n_train, n_test = setup.recipe.n_train, setup.recipe.n_test
-    return to_ds(threads[:-n_eval], n_train), to_ds(threads[-n_eval:], n_test)
+    n_train, n_test, max_length = setup.recipe.n_train, setup.recipe.n_test, setup.recipe.max_length
+    made = {name: [ex for t in part for ex in to_examples(t, tokenizer, max_length)]
+            for name, part in (("train", threads[:-n_eval]), ("eval", threads[-n_eval:]))}
+    replies = sum(role == "assistant" for t in threads for role, _ in t)
+    trimmed = sum(ex["dropped_turns"] > 0 for rows in made.values() for ex in rows)
+    left_out = replies - sum(map(len, made.values()))
+    if trimmed or left_out:  # notebook 06's to_examples: the reply is never cut
+        print(f"phi2kit train: to fit max_length {max_length}, {trimmed} examples lost their "
+              f"oldest turns and {left_out} (a last question and reply too long) were left out")
+    if not made["train"] or not made["eval"]:
+        raise DataError(f"no {'train' if not made['train'] else 'eval'} example fits max_length "
+                        f"{max_length}: raise it (--set max_length=N)", path=path)
+    return tuple(Dataset.from_list(rows[:limit]).remove_columns("dropped_turns")
+                 for rows, limit in ((made["train"], n_train), (made["eval"], n_test)))
 
 
 def read_pairs(path: Path | None, setup: Setup, tokenizer):
