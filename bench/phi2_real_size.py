@@ -455,15 +455,16 @@ def train_example(task: str, tokenizer, target: int) -> dict:
         example, _ = fit_to_length(first, tokenizer, target)
         return example
     if task == "chat":
-        from phi2kit.data.oasst import load_oasst, thread_to_examples
+        from phi2kit.chat import to_examples
+        from phi2kit.data.oasst import load_oasst
 
         thread: list = []
         for t in load_oasst(sample_path("oasst1"), lang="en"):
             thread += t if t[-1][0] == "assistant" else t[:-1]
-            example = thread_to_examples(thread)[-1]
+            example = to_examples(thread, tokenizer, 10**9)[-1]  # the whole thread: nothing cut
             if _n_tokens(tokenizer, example["prompt"] + example["completion"]) >= target:
                 break
-        return example
+        return {"prompt": example["prompt"], "completion": example["completion"]}
     raise ValueError(task)
 
 

@@ -8,12 +8,17 @@ checked here against the real tokenization of the text they produce.
 import random
 
 from phi2kit.chat import fit_history, format_chat, to_examples
-from phi2kit.data.oasst import thread_to_examples
 
 WORDS = "otter river stone fish swim night cold warm den pup mother fur water eat sleep".split()
 # Text that a naive per-line count could get wrong: punctuation, digits, inner newlines,
 # leading/trailing blanks (stripped when rendered), non-ASCII.
 ODD = ["  padded  ", "(brackets) first", "42 is a number", "line one\nline two", "café ñ ü", "'s"]
+
+
+def thread_to_examples(thread):
+    """Every assistant turn with all earlier turns as its prompt: nothing dropped or cut."""
+    return [{"prompt": format_chat(thread[:i]), "completion": " " + text.strip()}
+            for i, (role, text) in enumerate(thread) if role == "assistant"]
 
 
 def n_tokens(tokenizer, text):

@@ -9,7 +9,7 @@ import pytest
 
 from phi2kit.chat import ASSISTANT, HUMAN, format_chat
 from phi2kit.data.files import DataError
-from phi2kit.data.oasst import READY, build_threads, load_oasst, thread_to_examples
+from phi2kit.data.oasst import READY, build_threads, load_oasst
 
 
 def msg(mid, role, text, rank=None, lang="en", replies=(), **extra):
@@ -262,17 +262,23 @@ def test_format_chat():
     )
 
 
-def test_thread_to_examples():
-    examples = thread_to_examples(EXPECTED_EN)
+def test_to_examples_of_a_loaded_thread(tiny_tokenizer):
+    """Lesson 06's examples (what ``phi2kit train chat`` trains on): with room for all, every
+    earlier turn is the prompt."""
+    from phi2kit.chat import to_examples
+
+    examples = to_examples(EXPECTED_EN, tiny_tokenizer, 10_000)
     assert examples == [
         {
             "prompt": "### Human: How do kites fly?\n### Assistant:",
             "completion": " Wind pushes them up.",
+            "dropped_turns": 0,
         },
         {
             "prompt": "### Human: How do kites fly?\n### Assistant: Wind pushes them up.\n"
             "### Human: And without wind?\n### Assistant:",
             "completion": " You have to run.",
+            "dropped_turns": 0,
         },
     ]
 

@@ -169,13 +169,6 @@ def build_threads(
     return result
 
 
-def thread_to_examples(thread: Thread) -> list[dict]:
-    """One ``{"prompt", "completion"}`` per assistant turn, all earlier turns as context
-    (nothing cut: notebook 06's :func:`phi2kit.chat.to_examples` fits a token budget)."""
-    return [{"prompt": chat.format_chat(thread[:i]), "completion": " " + text.strip()}
-            for i, (role, text) in enumerate(thread) if role == "assistant"]
-
-
 def _top(msg: dict, by_id: dict[str, dict]) -> str:
     """The id of the topmost ancestor reachable (groups rows that lack message_tree_id)."""
     seen, node = set(), msg
