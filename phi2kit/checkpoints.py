@@ -6,6 +6,7 @@ skipped), a refusal under other settings (:class:`ResumeError`), a finished run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -95,6 +96,20 @@ def _plain(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as JSON would store them (dataclasses as dicts, tuples as lists, paths as str)."""
     data = {k: asdict(v) if is_dataclass(v) else v for k, v in settings.items()}
     return json.loads(json.dumps(data, default=str))
+
+
+def data_fingerprint(path: str | os.PathLike[str]) -> str:
+    """``sha256 <16 hex>`` of a data file's bytes (a folder's files, by relative path): a
+    resumed run checks the content it trains on, not the path as typed."""
+    path = Path(path)
+    files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return f"sha256 {digest.hexdigest()[:16]}"
 
 
 class ResumeError(ValueError):

@@ -461,3 +461,30 @@ def test_chat_examples_fit_max_length_as_notebook_06_fits_them(tmp_path, capsys)
     tiny = get_recipe("chat", profile, max_length=8)  # not even one question and reply fits
     with pytest.raises(DataError, match="fits max_length 8: raise it"):
         load_data(Setup("chat", profile, tiny, data=str(sample_path("oasst1"))))
+
+
+def test_resume_checks_the_data_by_content_not_by_the_path_typed(tmp_path, capsys, monkeypatch):
+    """The same file by another path resumes; another file of the same name is refused."""
+    sample = ROOT / "data" / "financial_news" / "all-data.csv"
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    shutil.copy(sample, tmp_path / "a" / "news.csv")
+    rows = sample.read_text("latin-1").splitlines()
+    (tmp_path / "b" / "news.csv").write_text("\n".join(rows[::-1]) + "\n", "latin-1")
+    out = tmp_path / "run"
+    args = ["sentiment", "--profile", "tiny", "--steps", "2", "--set", "n_train=30",
+            "--threads", "1", "--output-dir", str(out)]  # fmt: skip
+    monkeypatch.chdir(tmp_path / "a")
+    assert main([*args, "--data", "news.csv"]) == 0
+    capsys.readouterr()
+    assert main([*args, "--data", str(tmp_path / "a" / "news.csv"), "--steps", "3",
+                 "--resume"]) == 0  # fmt: skip
+    assert json.loads((out / ADAPTER / "metrics.json").read_text())["global_step"] == 3
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path / "b")
+    assert main([*args, "--data", "news.csv", "--steps", "4", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "data (--data's content is not the run's)" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert main([*args, "--data", "gone.csv", "--resume"]) == 2
+    assert "gone.csv: no such file or folder (--data)" in capsys.readouterr().err

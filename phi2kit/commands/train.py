@@ -28,6 +28,7 @@ from phi2kit.checkpoints import (
     ResumeError,
     checkpoint_args,
     checkpoint_step,
+    data_fingerprint,
     is_finished,
     load_finished,
     mark_complete,
@@ -110,8 +111,12 @@ def _run(args: argparse.Namespace) -> int:
     if not args.resume and (started or (out / ADAPTER).exists()):
         return _fail(f"{out} already holds a run: pass --resume, or another --output-dir")
     # what decides the run; --resume under other settings is refused (more steps are allowed)
+    data_path = setup.data not in (None, "auto", "sample") and Path(setup.data)  # by content
+    if data_path and not data_path.exists():
+        return _fail(str(DataError("no such file or folder (--data)", path=data_path)))
     settings = {"task": setup.task, "profile": setup.profile.name, "seed": args.seed,
-                "data": setup.data, "labels": setup.labels, "n_eval": setup.n_eval,
+                "data": data_fingerprint(data_path) if data_path else setup.data,
+                "labels": setup.labels, "n_eval": setup.n_eval,
                 "adapter": setup.adapter and str(setup.adapter)}  # fmt: skip
     if setup.task in ("chat", "dpo"):  # the threads' language decides which data trains
         settings["lang"] = setup.lang
@@ -121,7 +126,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             resume_from = resume_point(ckpt_dir, settings, log=_say)
         except ResumeError as err:
-            diff = ", ".join(f"{k} (the run's {was!r}, now {now!r})"
+            diff = ", ".join("data (--data's content is not the run's)" if k == "data" else
+                             f"{k} (the run's {was!r}, now {now!r})"
                              for k, (was, now) in err.changed.items())  # fmt: skip
             return _fail(f"--resume with other settings than the run in {out}: {diff}; "
                          "pass the same settings, or another --output-dir")  # fmt: skip
