@@ -52,11 +52,15 @@ def _check_numbers(r: Recipe) -> None:
     """A ``ValueError`` naming the first number out of range (``--set`` can give any)."""
     if not r.target_modules:
         raise ValueError("target_modules is empty: LoRA would train nothing")
-    for name in ("lora_r", "max_steps", "batch_size", "grad_accum", "max_length", "learning_rate"):
+    for name in ("lora_r", "lora_alpha", "max_steps", "batch_size", "grad_accum", "max_length",
+                 "learning_rate", "n_train"):
         if getattr(r, name) <= 0:
             raise ValueError(f"{name} ({getattr(r, name)}) must be positive")
-    if not 0 <= r.lora_dropout < 1:
-        raise ValueError(f"lora_dropout ({r.lora_dropout}) must be at least 0 and below 1")
+    if r.n_test < 0:
+        raise ValueError(f"n_test ({r.n_test}) must be at least 0")
+    for name in ("lora_dropout", "warmup_ratio"):
+        if not 0 <= getattr(r, name) < 1:
+            raise ValueError(f"{name} ({getattr(r, name)}) must be at least 0 and below 1")
 
 
 # T4 recipes: the defaults a learner runs on a free Colab T4 (15 GB). Each is predicted to

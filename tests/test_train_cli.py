@@ -136,6 +136,10 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
         (["--set", "learning_rate=-1"], "learning_rate (-1.0) must be positive"),
         (["--set", "learning_rate=0"], "learning_rate (0.0) must be positive"),
         (["--set", "lora_dropout=2"], "lora_dropout (2.0) must be at least 0 and below 1"),
+        (["--set", "n_train=-1"], "n_train (-1) must be positive"),
+        (["--set", "n_train=0"], "n_train (0) must be positive"),
+        (["--set", "n_test=-1"], "n_test (-1) must be at least 0"),
+        (["--set", "warmup_ratio=5"], "warmup_ratio (5.0) must be at least 0 and below 1"),
         (["--public"], "--public makes the hub repo of --push-to-hub public: add --push-to-hub"),
         # found only when the model is built: still one line, and no run folder left behind
         (["--set", "target_modules=foo", "--profile", "tiny"], "LoRA target(s) ['foo'] match no"),
