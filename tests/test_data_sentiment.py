@@ -278,7 +278,9 @@ def test_a_short_split_suggests_numbers_that_fit_and_names_the_file(tmp_path):
     df = load_financial_news(path, labels=("down", "up"))
     with pytest.raises(DataError) as info:
         split_sentiment(df, n_train=120, n_test=40, n_eval=40, labels=("down", "up"))
-    assert str(info.value).startswith(f"{path}: class 'down' has 12")
+    # the class with the fewest (9 'up'), not the first in label order (12 'down')
+    assert str(info.value).startswith(f"{path}: class 'up' has 9 headlines after deduplication "
+                                      "(the fewest)")
     assert "for example n_train=7 n_test=1 n_eval=1" in str(info.value)  # from the smallest: 9 'up'
     assert split_sentiment(df, n_train=7, n_test=1, n_eval=1, labels=("down", "up")).notes
     tiny = load_financial_news(_write(tmp_path, "label,text\nup,A\ndown,B\nup,C\n"),

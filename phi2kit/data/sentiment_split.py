@@ -105,31 +105,32 @@ def split_sentiment(df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_e
     # depend only on (seed, n_train, n_test), never on n_eval or on the other classes.
     rng = np.random.default_rng([seed, len(labels)])
     parts: dict[str, list[pd.DataFrame]] = {"train": [], "test": [], "eval": []}
-    smallest = min(int((df["label"] == label).sum()) for label in labels)
+    counts = {label: int((df["label"] == label).sum()) for label in labels}
+    label = min(labels, key=counts.get)  # the class with the fewest headlines decides the fit
+    smallest, needed = counts[label], n_train + n_test
     test = max(1, smallest // 5)  # a split every class can give, for the messages below
     fits = (f", for example n_train={smallest - test - 1} n_test={test} n_eval=1" if smallest >= 3
             else f" (the smallest class has {smallest}: each needs 3, for train, test and eval)")
+    if smallest < needed:
+        raise DataError(
+            f"class {label!r} has {smallest} headlines after deduplication (the fewest); the "
+            f"split needs n_train + n_test = {n_train} + {n_test} = {needed}, and 1 more for "
+            f"eval. Lower n_train or n_test{fits}.", **where
+        )
+    if smallest == needed and n_eval:
+        raise DataError(
+            f"class {label!r} has {smallest} headlines after deduplication (the fewest), and "
+            f"train + test take all of them: none is left for n_eval = {n_eval}. Lower n_test "
+            f"(or n_train){fits}, or pass n_eval=0.", **where
+        )
     for k, label in enumerate(labels):
         rows = df[df["label"] == label]
         rows = rows.iloc[np.random.default_rng([seed, k]).permutation(len(rows))]
-        needed = n_train + n_test
-        if len(rows) < needed:
-            raise DataError(
-                f"class {label!r} has {len(rows)} headlines after deduplication; the split "
-                f"needs n_train + n_test = {n_train} + {n_test} = {needed}. "
-                f"Lower n_train or n_test{fits}.", **where
-            )
         parts["train"].append(rows.iloc[:n_train])
         parts["test"].append(rows.iloc[n_train:needed])
         left = rows.iloc[needed:]
         if len(left) >= n_eval:
             parts["eval"].append(left.iloc[:n_eval])
-        elif len(left) == 0:
-            raise DataError(
-                f"class {label!r} has {len(rows)} headlines after deduplication, and train + "
-                f"test take all of them: none is left for n_eval = {n_eval}. Lower n_test "
-                f"(or n_train){fits}, or pass n_eval=0.", **where
-            )
         else:
             parts["eval"].append(left.iloc[rng.integers(0, len(left), size=n_eval)])
             notes.append(
