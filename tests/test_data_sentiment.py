@@ -85,7 +85,8 @@ def test_only_csv_is_read(tmp_path, name):
         (tmp_path / name).write_text("\n".join(json.dumps(r) for r in frame.to_dict("records")))
     else:
         frame.to_parquet(tmp_path / name)
-    with pytest.raises(DataError, match=r", row 1, field '(sentiment|headline)': "):
+    bad_first_row = r", row 1(: not a header|, field '(sentiment|headline)': )"
+    with pytest.raises(DataError, match=bad_first_row):
         load_financial_news(tmp_path / name)
 
 
@@ -107,15 +108,16 @@ def test_a_header_with_other_column_names_is_named_as_a_header(tmp_path):
     row 1 fails, and the message says what a header needs (a bad label later does not)."""
     path = tmp_path / "mine.csv"
     path.write_text("headline,sentiment\nSales rose,positive\n")
-    with pytest.raises(DataError, match=r"row 1, .*a header row needs the columns 'label' and"):
+    with pytest.raises(DataError, match=r"row 1: not a header with the columns 'label' and "
+                       r"'text'.*if it is your header, name its columns label and text$"):
         load_financial_news(path)
     path.write_text("\n\nheadline,sentiment\nSales rose,positive\n")  # blank lines first
-    with pytest.raises(DataError, match=r"row 3, .*a header row needs the columns 'label' and"):
+    with pytest.raises(DataError, match=r"row 3: not a header with the columns 'label' and"):
         load_financial_news(path)
     path.write_text("positive,Sales rose\nheadline,Profit fell\n")
     with pytest.raises(DataError, match=r"row 2, .*unknown label 'headline'") as info:
         load_financial_news(path)
-    assert "header row" not in str(info.value)
+    assert "not a header" not in str(info.value)
 
 
 def test_skip_bad_counts_rows(tmp_path):

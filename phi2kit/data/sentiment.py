@@ -108,10 +108,13 @@ def _label_word(value: Any, labels: Sequence[str] = LABELS, *, first: bool = Fal
             return lower[word]
     ints = ", ".join(str(i) for i in range(len(labels)))
     expected = ", ".join(labels) + (f", or {ints}" if where.get("field") == "label" else "")
-    hint = ""  # a first row of the no-header form may be a header with other column names
-    if where.get("field") == "sentiment" and first:
-        hint = "; a header row needs the columns 'label' and 'text' (or 'sentence')"
-    raise DataError(f"unknown label {value!r} (expected one of {expected}){hint}", **where)
+    if where.get("field") == "sentiment" and first:  # maybe a header with other column names
+        where.pop("field")
+        raise DataError(f"not a header with the columns 'label' and 'text' (or 'sentence'), so "
+                        f"read as data (sentiment, headline), with an unknown label {value!r} "
+                        f"(expected one of {expected}): if it is your header, name its columns "
+                        f"label and text", **where)  # fmt: skip
+    raise DataError(f"unknown label {value!r} (expected one of {expected})", **where)
 
 
 def _collect(
