@@ -168,6 +168,10 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    out = Path(args.output_dir)
+    if out.is_file() or any(out.glob("*")):  # an earlier run's adapter is never overwritten
+        sys.exit(print(f"error: --output-dir {out} is not empty: pass another, or remove it",
+                       file=sys.stderr) or 2)
     args.labels = [w for v in args.labels for w in v.split(",") if w]  # "a,b" as phi2kit train
     rows = read_rows(args.data, args.labels, args.text_column, args.label_column)
     parts = split(rows, args.n_train, args.n_test, args.n_eval)  # checked before any model loads

@@ -145,6 +145,11 @@ def fp32_attention(module, query, key, value, attention_mask, scaling, dropout=0
 
 def main(argv=None):
     args = parse_args(argv)
+    out = Path(args.output_dir)
+    if out.is_file() or any(out.glob("*")):  # an earlier run's adapter is never overwritten
+        print(f"error: --output-dir {out} is not empty: pass another, or remove it",
+              file=sys.stderr)
+        return 2
     try:  # the data is checked before any model loads
         rows = read_rows(args.data, args.text_column, args.label_column, first := {})
         labels, parts = split(rows, args.data, first_row=first)

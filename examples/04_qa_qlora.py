@@ -127,6 +127,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    out = args.output_dir
+    if os.path.isfile(out) or (os.path.isdir(out) and os.listdir(out)):  # never overwritten
+        fail(f"--output-dir {out} is not empty: pass another, or remove it")
     train_rows = read_rows(args.data)  # every row checked before any model loads
     eval_rows = read_rows(args.eval_data) if args.eval_data else None
     import torch

@@ -179,6 +179,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    out = args.output_dir
+    if os.path.isfile(out) or (os.path.isdir(out) and os.listdir(out)):  # never overwritten
+        sys.exit(print(f"error: --output-dir {out} is not empty: pass another, or remove it",
+                       file=sys.stderr) or 2)
     threads = build_threads(read_messages(args.data), args.lang or None)  # before any model loads
     if len(threads) <= args.n_eval:
         bad(args.data, None, None, f"{len(threads)} threads in {args.lang!r}, need > --n-eval")

@@ -62,3 +62,21 @@ def test_a_data_folder_is_named_a_folder(name, kind, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"error: {folder}: a folder, not a file: pass the {kind} file", err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("name", ["02_sentiment_qlora.py", "03_classifier.py", "04_qa_qlora.py",
+                                  "06_chat_sft.py"])  # fmt: skip
+def test_an_earlier_run_is_never_overwritten(name, tmp_path, capsys):
+    """A rerun into a folder that holds an earlier run stops with one line, before any data or
+    model is read, and leaves the earlier adapter as it was."""
+    out = tmp_path / "out"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "adapter_model.safetensors").write_bytes(b"earlier run")
+    try:
+        code = load_script(name).main(_argv(name, "no/such-model", out))
+    except SystemExit as exit_:
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --output-dir {out} is not empty: pass another, or remove it", err
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == b"earlier run"
