@@ -25,6 +25,7 @@ import pytest
 from phi2kit.checkpoints import COMPLETE, latest_checkpoint
 from phi2kit.commands.train import ADAPTER, add_train_parser, atomic_dir, main
 from phi2kit.data.files import DataError
+from phi2kit.recipes import get_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {
@@ -302,7 +303,11 @@ def test_a_finished_run_loads_it_does_not_train(tmp_path, capsys):
     args += ["--set", "n_train=30", "--threads", "1", "--output-dir", str(out)]
     assert main(args) == 0
     first = _adapter(out)
-    capsys.readouterr()
+    said = capsys.readouterr().out  # sentiment ends with notebook 02's label scoring, once
+    test_accuracy = json.loads((out / ADAPTER / "metrics.json").read_text())["test_accuracy"]
+    n_test = 3 * get_recipe("sentiment", "tiny").n_test  # per class
+    assert f"test accuracy (label scoring, {n_test} headlines read once): {test_accuracy:.3f}; "\
+        "chance 0.333" in said, said
     assert main([*args, "--resume"]) == 0
     said = capsys.readouterr().out
     assert "holds a finished run (4 of 4 steps): nothing to train" in said

@@ -193,6 +193,16 @@ def _run(args: argparse.Namespace) -> int:
     model = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(model, "peft_config", {}):  # dpo: the reference copy stays out
         model.delete_adapter("ref")
+    if data.test is not None:  # sentiment: notebook 02's label scoring on the test split
+        from phi2kit.data.sentiment import LABELS
+        from phi2kit.evaluate.scoring import predict_by_scoring
+
+        labels = setup.labels or LABELS
+        predicted = predict_by_scoring(model, data.tokenizer, data.test["prompt"], labels)
+        right = sum(p == y for p, y in zip(predicted, data.test["label"], strict=True))
+        metrics["test_accuracy"] = right / len(predicted)
+        _say(f"test accuracy (label scoring, {len(predicted)} headlines read once): "
+             f"{metrics['test_accuracy']:.3f}; chance {1 / len(labels):.3f}")
     with atomic_dir(out / ADAPTER) as tmp:
         from phi2kit.lora import save_adapter
 

@@ -44,6 +44,7 @@ class Data:
     tokenizer: Any
     train: Any
     eval: Any  # None: no eval split (--set n_eval=0, grpo)
+    test: Any = None  # sentiment: the test split (prompt, completion, label), read once at the end
 
 
 def load_data(setup: Setup) -> Data:
@@ -83,7 +84,8 @@ def read_news(path: Path | None, setup: Setup, tokenizer):
             return sentiment.to_prompt_completion(part, labels=labels)
         return tokenize_headlines(part, tokenizer, recipe.max_length, labels=labels)
 
-    return convert(splits.train), convert(splits.eval)
+    test = convert(splits.test) if setup.task == "sentiment" else None  # 02's label scoring
+    return convert(splits.train), convert(splits.eval), test
 
 
 def read_webglm(path: Path | None, setup: Setup, tokenizer):
