@@ -326,6 +326,8 @@ def test_app_on_a_port_in_use_is_one_line_exit_2(capsys):
         assert run_app(_app_args("--port", str(port))) == 2
     err = _one_error_line(capsys, "app")
     assert f"--port {port}" in err and f"--port {port + 1}" in err
+    assert run_app(_app_args("--port", "99999")) == 2  # was an OverflowError traceback
+    assert "--port 99999: a port is 0 to 65535" in _one_error_line(capsys, "app")
 
 
 @pytest.mark.parametrize("command", ["chat", "app"])

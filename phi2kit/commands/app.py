@@ -47,6 +47,8 @@ def port_error(host: str, port: int) -> str | None:
     """``--port N: cannot serve ...`` when nothing can listen on ``host:port``, else None."""
     import socket
 
+    if not 0 <= port < 65536:
+        return f"--port {port}: a port is 0 to 65535, e.g. --port 7860"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
