@@ -17,7 +17,8 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         description="Predict the peak GPU memory of one training step of a recipe, part by "
         "part, and name the lever to pull when it does not fit.")
     add_profile_argument(p, default="t4")
-    p.add_argument("--task", default="webglm", choices=TASKS + PREFERENCE_TASKS + ("grpo",))
+    p.add_argument("--task", default="webglm", choices=TASKS + PREFERENCE_TASKS + ("grpo",),
+                   help="the recipe to plan (default webglm, lesson 04)")
     p.add_argument("--max-length", type=int, default=None, help="override the recipe's")
     p.add_argument("--batch", type=int, default=None, help="per-device micro-batch")
     p.add_argument("--grad-ckpt", action=argparse.BooleanOptionalAction, default=None,
