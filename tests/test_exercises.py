@@ -187,6 +187,17 @@ def test_cli_names_the_exercises_for_an_unknown_one(capsys):
     assert "[" not in out and '"' not in out
 
 
+def test_cli_names_the_exercise_of_a_wrong_notebook_before_running_it(capsys):
+    from phi2kit.commands.main import main
+
+    other = EXERCISE_DIR / "solutions" / "02_b_label_scoring.ipynb"
+    assert main(["exercises", "check", "04_a", str(other)]) == 2
+    out = capsys.readouterr().out
+    assert out.strip() == (f"phi2kit exercises: error: {other} is exercise 02_b's notebook (its "
+                           f"title), not 04_a's: phi2kit exercises check 02_b {other}")
+    assert "running" not in out  # nothing was run
+
+
 def test_cli_lists_every_exercise(capsys):
     from phi2kit.commands.main import main
 

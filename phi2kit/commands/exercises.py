@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 
@@ -51,11 +52,16 @@ def run_check(args: argparse.Namespace) -> int:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such notebook")
         try:
-            nbformat.read(path, as_version=4)
+            nb = nbformat.read(path, as_version=4)
         except Exception as err:  # noqa: BLE001 - NotJSONError, a validation error, bad bytes
             first = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
             raise FileNotFoundError(f"{path}: not a Jupyter notebook ({first}); pass the .ipynb "
                                     f"you worked in, e.g. exercises/{args.id}_*.ipynb") from None
+        title = next((c.source for c in nb.cells if c.cell_type == "markdown"), "")
+        other = re.match(r"# (\d\d_[a-z]) ", title)  # an exercise's title: "# 02_b · ..."
+        if other and other[1] != args.id:
+            raise FileNotFoundError(f"{path} is exercise {other[1]}'s notebook (its title), not "
+                                    f"{args.id}'s: phi2kit exercises check {other[1]} {path}")
     except (KeyError, FileNotFoundError) as err:  # on stdout, where tests/test_exercises.py reads
         print(f"phi2kit exercises: error: {err.args[0] if err.args else err}")
         return 2
