@@ -150,6 +150,7 @@ def test_app_chat_fn_streams_with_gradio_history(tiny_model, tiny_tokenizer):
     # the settings panel's values: a shorter limit gives a prefix of the reply
     *_, short = respond("Is that true for all of them?", history, 2, 0.0, True)
     assert expected.startswith(short) and len(short) < len(expected)
+    assert list(respond("  ", history)) == ["(type a message)"]  # the API can send an empty one
 
 
 def test_app_says_which_model_and_adapter():
@@ -270,6 +271,7 @@ def test_missing_adapter_folder_is_one_line_exit_2(tmp_path, capsys, command):
     assert code == 2
     err = _one_error_line(capsys, command)
     assert f"--adapter {missing}: no such folder" in err and "outputs/06_chat/adapter" in err
+    assert "RUN/adapter of `phi2kit train chat --output-dir RUN`" in err
 
 
 @pytest.mark.parametrize(

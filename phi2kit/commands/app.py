@@ -65,6 +65,9 @@ def make_chat_fn(model, tokenizer, *, max_new_tokens: int = 128, temperature: fl
 
     def respond(message: str, history: Sequence[Any], max_new_tokens: int = max_new_tokens,
                 temperature: float = temperature, stop_at_human: bool = True) -> Iterator[str]:
+        if not message.strip():  # the page's box cannot send one; the API can
+            yield "(type a message)"
+            return
         turns = [*to_turns(history), ("prompter", message.strip())]
         yield from stream_reply(model, tokenizer, turns, max_new_tokens=int(max_new_tokens),
                                 temperature=float(temperature),

@@ -37,9 +37,10 @@ def model_error(args: argparse.Namespace) -> str | None:
     if args.temperature < 0:
         return f"--temperature {args.temperature:g}: must be 0 (greedy) or more, e.g. 0.7"
     if args.adapter is not None:
-        return adapter_error(args.adapter, "pass the adapter notebook 06 saved (outputs/06_chat/"
-                             "adapter under the folder it ran in), or leave --adapter out to "
-                             "chat with the base model")  # fmt: skip
+        return adapter_error(args.adapter, "pass a chat adapter: RUN/adapter of `phi2kit train "
+                             "chat --output-dir RUN`, or notebook 06's outputs/06_chat/adapter "
+                             "(under the folder it ran in); or leave --adapter out to chat with "
+                             "the base model")  # fmt: skip
     if args.model is not None:
         problem = folder_error("--model", args.model, "pass a merged model folder (notebook 05 "
                                "saves one: outputs/05_merging/merged), or leave --model out to "
