@@ -114,8 +114,8 @@ def split_sentiment(df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_e
     if smallest < needed:
         raise DataError(
             f"class {label!r} has {smallest} headlines after deduplication (the fewest); the "
-            f"split needs n_train + n_test = {n_train} + {n_test} = {needed}, and 1 more for "
-            f"eval. Lower n_train or n_test{fits}.", **where
+            f"split needs n_train + n_test = {n_train} + {n_test} = {needed}"
+            f"{', and 1 more for eval' if n_eval else ''}. Lower n_train or n_test{fits}.", **where
         )
     if smallest == needed and n_eval:
         raise DataError(
