@@ -54,7 +54,8 @@ def read_rows(path, labels, text_col="text", label_col="label"):
         where = f", row {reader.line_num}, field "
         if label.lower() not in known:
             hint = "" if headed or rows else (  # the first row: a header with other names?
-                f"; a header row needs the columns {text_col!r} and {label_col!r}")
+                f"; a header row needs the columns {text_col!r} and {label_col!r} (name "
+                f"yours with --text-column and --label-column)")
             fail(where + repr(l_field),
                  f"unknown label {label!r} (expected {', '.join(labels)}){hint}")
         if not body.strip():
@@ -206,6 +207,11 @@ def main(argv=None):
         sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
                        .splitlines()[0], file=sys.stderr) or 2)
     tok.pad_token, tok.padding_side = tok.pad_token or tok.eos_token, "right"  # Phi-2: pad = eos
+    firsts = [tok(" " + w, add_special_tokens=False)["input_ids"][0] for w in args.labels]
+    if len(set(firsts)) < len(firsts):  # label scoring compares each label's first token only
+        sys.exit(print(f"error: --labels {','.join(args.labels)}: two labels start with the same "
+                       "token, so scoring cannot tell them apart; use words that start "
+                       "differently", file=sys.stderr) or 2)
     set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter
     model = AutoModelForCausalLM.from_pretrained(  # safetensors only, no trust_remote_code
         args.model, dtype=dtype, quantization_config=quant, use_safetensors=True,

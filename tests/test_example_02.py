@@ -38,7 +38,7 @@ def run(*args: str, timeout: int = 300):
 def test_script_imports_no_phi2kit_and_stays_short():
     assert "phi2kit" not in imported_packages(NAME)
     # 240 (was 235): the folder and too-few-per-label errors, and the note example 05 reads
-    assert len(script_path(NAME).read_text().splitlines()) < 245
+    assert len(script_path(NAME).read_text().splitlines()) < 250
 
 
 def test_configs_equal_the_notebook_for_t4(tmp_path):
@@ -65,7 +65,8 @@ def test_configs_equal_the_notebook_for_t4(tmp_path):
         (b"text,label\nSales rose,positive\n,negative\n", r"row 3, field 'text': empty text"),
         (b"label,text\n0,Sales fell\n7,Sales rose\n", r"row 3, field 'label': unknown label '7'"),
         (b"headline,sentiment\nSales rose,positive\n",
-         r"row 1, .*a header row needs the columns 'text' and 'label'"),
+         r"row 1, .*a header row needs the columns 'text' and 'label' \(name yours with "
+         r"--text-column and --label-column\)"),
         (b"\nheadline,sentiment\nSales rose,positive\n",  # a blank line first
          r"row 2, .*a header row needs the columns 'text' and 'label'"),
     ],
@@ -78,6 +79,20 @@ def test_a_wrong_file_is_refused_before_the_model_loads(tmp_path, content, expec
     assert out.returncode == 2, out.stderr
     assert re.search(expected, out.stderr), out.stderr
     assert len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_labels_that_start_with_the_same_token_are_refused_before_the_model_loads(tmp_path):
+    """Scoring compares each label's first token: 'very bad' and 'very good' would tie."""
+    mine = tmp_path / "mine.csv"
+    mine.write_text("text,label\n" + "".join(f"headline {w} {i},{w}\n" for i in range(12)
+                                            for w in ("ok", "very bad", "very good")))
+    out = run("--model", str(TINY), "--no-4bit", "--labels", "ok,very bad,very good", "--n-train",
+              "6", "--n-test", "3", "--n-eval", "2", "--data", str(mine), "--output-dir",
+              str(tmp_path / "out"), timeout=120)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "error: --labels ok,very bad,very good: two labels start with the same token" in (
+        out.stderr), out.stderr[-2000:]
+    assert not (tmp_path / "out" / "adapter").exists()
 
 
 def test_reads_both_published_forms(tmp_path):

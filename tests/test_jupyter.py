@@ -1,5 +1,5 @@
-"""JupyterLab as a learner opens the course: `jupyter lab notebooks/` serves the notebooks,
-and a kernel that the server starts runs one of them to the end.
+"""JupyterLab as a learner opens the course: `jupyter lab` in the repository serves the
+lessons and the exercises, and a kernel that the server starts runs one of them to the end.
 
 The test talks to the server only through its REST API and its kernel websocket, as the
 JupyterLab page does, and shuts the server down through the API.
@@ -128,6 +128,9 @@ def test_jupyterlab_serves_and_runs_a_notebook(jupyter):
     status, folder = server.call("GET", "/api/contents/notebooks")
     listed = {item["name"] for item in folder["content"] if item["type"] == "notebook"}
     assert {p.name for p in (ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb")} <= listed
+    _, folder = server.call("GET", "/api/contents/exercises")  # the README's exercises too
+    listed = {item["name"] for item in folder["content"] if item["type"] == "notebook"}
+    assert {p.name for p in (ROOT / "exercises").glob("[0-9][0-9]_*.ipynb")} <= listed
 
     path = f"notebooks/{NOTEBOOK}"
     _, model = server.call("GET", f"/api/contents/{path}")
