@@ -241,6 +241,10 @@ def main(argv=None):
           f"zero-shot {zero_shot:.3f}, tuned {tuned:.3f}")
     model.save_pretrained(adapter := f"{args.output_dir}/adapter")  # + its base, for example 05
     Path(adapter, "phi2kit_adapter.json").write_text(json.dumps({"base_4bit": quant is not None}))
+    Path(args.output_dir, "metrics.json").write_text(json.dumps({  # the figures above, kept
+        "zero_shot": zero_shot, "tuned": tuned, "n_test": len(parts["test"]),
+        "best_step": state.best_global_step, "best_eval_loss": state.best_metric}))
+    print(f"adapter saved to {adapter}; figures in {args.output_dir}/metrics.json")
     return 0
 
 

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -68,9 +69,14 @@ def check_adapter(args) -> bool:
         fail(f"{config}: task_type SEQ_CLS is a sequence-classification adapter; this script "
              "merges causal-LM adapters: load it on AutoModelForSequenceClassification and "
              "call merge_and_unload() there")
-    if args.trained_on != "auto":
-        return args.trained_on == "4bit"
     note = folder / "phi2kit_adapter.json"
+    if args.trained_on != "auto":  # your word over the note's, but a disagreement is said
+        asked = args.trained_on == "4bit"
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads(note.read_text()).get("base_4bit") is (not asked):
+                print(f"note: {note} says base_4bit {not asked}; merging as --trained-on "
+                      f"{args.trained_on} asks", file=sys.stderr)
+        return asked
     if not note.is_file():
         fail(f"{folder}: no phi2kit_adapter.json saying which base it was trained on; "
              "pass --trained-on 4bit (QLoRA) or --trained-on full (LoRA)")

@@ -151,3 +151,24 @@ def test_the_script_never_imports_phi2kit():
     assert "phi2kit" not in imported_packages(NAME)
     code = re.sub(r'""".*?"""', "", script_path(NAME).read_text(), flags=re.S)
     assert "phi2kit" not in code.replace("phi2kit_adapter.json", "").replace("phi2kit's", "")
+
+
+def test_trained_on_overrides_the_note_and_says_so(tmp_path, capsys):
+    """--trained-on wins over phi2kit_adapter.json, but a disagreement is said on stderr."""
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"peft_type": "LORA", "task_type": "CAUSAL_LM"}')
+    (adapter / "phi2kit_adapter.json").write_text('{"base_4bit": false}')
+
+    def check(trained_on: str) -> bool:
+        args = _script().make_parser().parse_args(
+            ["--model", "m", "--adapter", str(adapter), "--output-dir", "o", "--trained-on",
+             trained_on])
+        return _script().check_adapter(args)
+
+    assert check("4bit") is True
+    said = capsys.readouterr().err
+    assert said.strip() == (f"note: {adapter / 'phi2kit_adapter.json'} says base_4bit False; "
+                            "merging as --trained-on 4bit asks"), said
+    assert check("full") is False and check("auto") is False
+    assert capsys.readouterr().err == ""  # agreeing, or no override: nothing said
