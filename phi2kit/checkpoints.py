@@ -105,7 +105,7 @@ def data_fingerprint(path: str | os.PathLike[str]) -> str:
     files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
     digest = hashlib.sha256()
     for file in files:
-        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
+        digest.update(str(file.relative_to(path)).encode())  # "." for a file
         with file.open("rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)

@@ -49,10 +49,8 @@ class Data:
 
 def load_data(setup: Setup) -> Data:
     """Read and check the task's data and load its tokenizer; no model is loaded. Raises
-    ``DataError`` naming the file."""
+    ``DataError`` naming the file (a missing ``--data`` is :mod:`phi2kit.commands.train`'s)."""
     path = resolve_data(DATA[setup.task], setup.data, setup.profile)
-    if path is not None and not path.exists():
-        raise DataError("no such file or folder (--data)", path=path)
     tokenizer = load_tokenizer(setup.profile, padding_side="right")
     if setup.task in ("sentiment", "classifier"):
         splits = read_news(path, setup, tokenizer)
