@@ -4,6 +4,7 @@ scripted stdin and works in a real terminal (a pseudo-terminal)."""
 import argparse
 import importlib.util
 import io
+import json
 import sys
 import time
 
@@ -348,3 +349,35 @@ def test_app_without_gradio_is_one_line_exit_2(capsys):
 
     assert run_app(_app_args()) == 2
     assert 'pip install "phi2kit[app]"' in _one_error_line(capsys, "app")
+
+
+@pytest.mark.parametrize("command", ["chat", "app"])
+def test_an_adapter_trained_on_another_task_is_noted(tmp_path, capsys, monkeypatch, command):
+    # `phi2kit train sentiment` writes run.json beside its adapter: a causal-LM adapter that
+    # answers with a label; chat and app load it, saying so first
+    import phi2kit.commands.chat as chat_command
+    from phi2kit.commands.app import run_app
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"task_type": "CAUSAL_LM"}')
+    (tmp_path / "run.json").write_text('{"task": "sentiment"}')
+    loaded = []
+
+    def stop_after_note():
+        loaded.append(capsys.readouterr().err)
+        raise SystemExit(0)  # the note came before any model would load
+
+    monkeypatch.setattr("phi2kit.logs.quiet_command", stop_after_note)
+    with pytest.raises(SystemExit):
+        if command == "chat":
+            run_chat(_chat_args("--adapter", str(adapter)), stdin=io.StringIO(QUESTION))
+        else:
+            run_app(_app_args("--adapter", str(adapter)))
+    assert loaded and "trained by `phi2kit train sentiment`" in loaded[0], loaded
+    assert loaded[0].startswith("phi2kit: note: --adapter ") and loaded[0].count("\n") == 1
+    for task in ("chat", "dpo"):
+        (tmp_path / "run.json").write_text(json.dumps({"task": task}))
+        assert chat_command.adapter_note(adapter) is None
+    (tmp_path / "run.json").unlink()  # a notebook's adapter: no run.json, nothing to say
+    assert chat_command.adapter_note(adapter) is None

@@ -4,6 +4,7 @@ model flags and loading it shares with ``phi2kit app``."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -52,11 +53,26 @@ def model_error(args: argparse.Namespace) -> str | None:
     return None
 
 
+def adapter_note(adapter: str | Path | None) -> str | None:
+    """A note when ``phi2kit train``'s ``run.json`` beside ``adapter`` names a task that does
+    not chat (a sentiment adapter answers with a label): legal, but rarely what was meant."""
+    run = Path(adapter).parent / "run.json" if adapter else None
+    task = json.loads(run.read_text()).get("task") if run and run.is_file() else None
+    if task in (None, "chat", "dpo"):
+        return None
+    return (f"note: --adapter {adapter} was trained by `phi2kit train {task}` ({run} says so), "
+            "not on chats: expect replies in that task's form; a chat adapter comes from "
+            "`phi2kit train chat` (or dpo)")
+
+
 def load_for_command(args: argparse.Namespace):
     """The model and tokenizer the flags name (``chat`` and ``app``), without the libraries'
     start-up notes: nothing a shell user can act on."""
     from phi2kit.logs import quiet_command
 
+    note = adapter_note(args.adapter)
+    if note:
+        print(f"phi2kit: {note}", file=sys.stderr)
     quiet_command()
     return load_chat_model(
         args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
