@@ -187,6 +187,11 @@ def main(argv=None):
                        f"--n-test {args.n_test} + --n-eval {args.n_eval} + --n-train "
                        f"{args.n_train}: {fix}", file=sys.stderr) or 2)
     print({name: dict(c) for name, c in counts.items()})
+    try:  # an --output-dir that cannot be written stops the run here, not after training
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        sys.exit(print(f"error: --output-dir {out}: cannot write there ({e.strerror})",
+                       file=sys.stderr) or 2)
 
     import torch
     from datasets import Dataset

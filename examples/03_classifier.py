@@ -16,6 +16,7 @@ eval loss is kept) and test (scored once, at the end). On a CPU, with the course
 import argparse
 import csv
 import io
+import json
 import random
 import sys
 from pathlib import Path
@@ -219,6 +220,10 @@ def main(argv=None):
     majority = max(sum(w == label for _, w in parts["test"]) for label in labels) / n_test
     print(f"test accuracy {test['test_accuracy']:.4f} macro F1 {test['test_macro_f1']:.4f} "
           f"(majority class {majority:.4f}, n = {n_test}); labels {labels}")
+    Path(args.output_dir, "metrics.json").write_text(json.dumps(  # the head's row i: labels[i]
+        {"labels": labels, "majority_class": majority, **test}, indent=2) + "\n")
+    print(f"adapter saved to {args.output_dir}/adapter; labels and figures in "
+          f"{args.output_dir}/metrics.json")
     return 0
 
 

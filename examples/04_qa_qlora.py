@@ -32,8 +32,13 @@ def read_rows(path):
         fail(f"{path}: a folder, not a file: pass the .jsonl file")
     if not os.path.isfile(path):
         fail(f"{path}: no such file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:  # e.g. a .gz or .parquet: this script reads plain JSON lines
+        fail(f"{path}: not UTF-8 text; pass plain JSON lines (unpack a .gz first)")
     rows = []
-    for n, line in enumerate(open(path, encoding="utf-8"), start=1):
+    for n, line in enumerate(lines, start=1):
         try:
             row = json.loads(line.rstrip()) if line.strip() else {"blank": True}
         except json.JSONDecodeError as e:  # its msg may end in "at": the column follows

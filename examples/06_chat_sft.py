@@ -58,22 +58,26 @@ def read_messages(path):
         bad(path, None, None, "a folder, not a file: pass the .jsonl file" if os.path.isdir(path)
             else "no such file")
     messages = []
-    with open(path, encoding="utf-8") as f:
-        for line, text in enumerate(f, start=1):
-            try:
-                obj = json.loads(text.rstrip()) if text.strip() else {"skip": True}
-            except json.JSONDecodeError as e:  # its msg may end in "at": the column follows
-                bad(path, line, None, f"not JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
-            if not isinstance(obj, dict):
-                bad(path, line, None, "not a JSON object")
-            elif obj.get("tree_state") not in (None, "ready_for_export"):
-                continue  # a tree still growing or aborted (the export's *_all files)
-            elif "prompt" in obj:  # the *.trees.jsonl export: one tree per line
-                if not isinstance(obj["prompt"], dict):
-                    bad(path, line, "prompt", "not a message object")
-                messages += flatten(obj["prompt"], line)
-            elif "skip" not in obj:  # the hub's rows: one message per line
-                messages.append(message(obj, line, obj.get("parent_id") or None))
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:  # e.g. a .gz or .parquet: this script reads plain JSON lines
+        bad(path, None, None, "not UTF-8 text; pass plain JSON lines (unpack a .gz first)")
+    for line, text in enumerate(lines, start=1):
+        try:
+            obj = json.loads(text.rstrip()) if text.strip() else {"skip": True}
+        except json.JSONDecodeError as e:  # its msg may end in "at": the column follows
+            bad(path, line, None, f"not JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
+        if not isinstance(obj, dict):
+            bad(path, line, None, "not a JSON object")
+        elif obj.get("tree_state") not in (None, "ready_for_export"):
+            continue  # a tree still growing or aborted (the export's *_all files)
+        elif "prompt" in obj:  # the *.trees.jsonl export: one tree per line
+            if not isinstance(obj["prompt"], dict):
+                bad(path, line, "prompt", "not a message object")
+            messages += flatten(obj["prompt"], line)
+        elif "skip" not in obj:  # the hub's rows: one message per line
+            messages.append(message(obj, line, obj.get("parent_id") or None))
     ids = {m["message_id"] for m in messages}
     for m in messages:
         if m["parent_id"] is not None and m["parent_id"] not in ids:
@@ -185,7 +189,8 @@ def main(argv=None):
                        file=sys.stderr) or 2)
     threads = build_threads(read_messages(args.data), args.lang or None)  # before any model loads
     if len(threads) <= args.n_eval:
-        bad(args.data, None, None, f"{len(threads)} threads in {args.lang!r}, need > --n-eval")
+        bad(args.data, None, None, f"{len(threads)} threads in {args.lang!r}, need more than "
+            f"--n-eval {args.n_eval}: lower it (e.g. --n-eval {max(1, len(threads) // 5)})")
     gpu = None if not torch.cuda.is_available() else (
         "ampere" if torch.cuda.is_bf16_supported() else "t4")
     quant, lora, sft = build_configs(args, gpu)

@@ -79,12 +79,13 @@ def add_lora(model: nn.Module, recipe: Recipe, profile: Profile):
 ADAPTER_NOTE = "phi2kit_adapter.json"
 
 
-def save_adapter(model: nn.Module, path: str | Path) -> Path:
+def save_adapter(model: nn.Module, path: str | Path, profile: str | None = None) -> Path:
     """``model.save_pretrained(path)`` plus :data:`ADAPTER_NOTE`: whether the base was 4-bit,
-    which ``adapter_config.json`` does not say and merging needs (notebook 05)."""
+    which ``adapter_config.json`` does not say and merging needs (notebook 05), and the
+    profile it was trained under (tiny and t4-cpu share one base model and one folder)."""
     path = Path(path)
     model.save_pretrained(str(path))
-    note = {"base_4bit": is_quantized(model)}
+    note = {"base_4bit": is_quantized(model)} | ({"profile": profile} if profile else {})
     (path / ADAPTER_NOTE).write_text(json.dumps(note, indent=2) + "\n")
     return path
 
@@ -93,3 +94,9 @@ def adapter_base_4bit(adapter: str | Path) -> bool | None:
     """Whether the adapter was trained on a 4-bit base, from its note; None without one."""
     note = Path(adapter) / ADAPTER_NOTE
     return json.loads(note.read_text()).get("base_4bit") if note.is_file() else None
+
+
+def adapter_profile(adapter: str | Path) -> str | None:
+    """The profile the adapter was trained under, from its note; None without one."""
+    note = Path(adapter) / ADAPTER_NOTE
+    return json.loads(note.read_text()).get("profile") if note.is_file() else None

@@ -281,11 +281,17 @@ def test_missing_adapter_folder_is_one_line_exit_2(tmp_path, capsys, command):
         (["--model", "MISSING"], "--model MISSING: no such folder; pass a merged model folder"),
         (["--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
         (["--temperature", "-1"], "--temperature -1: must be 0 (greedy) or more"),
+        (["--model", "ADAPTER"], "--model ADAPTER: an adapter, not a merged model; pass it as "
+                                 "--adapter"),
     ],
 )
 def test_bad_model_flags_are_one_line_exit_2(tmp_path, capsys, argv, said):
-    argv = [str(tmp_path / "nope") if a == "MISSING" else a for a in argv]
-    said = said.replace("MISSING", str(tmp_path / "nope"))
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"task_type": "CAUSAL_LM"}')
+    names = {"MISSING": str(tmp_path / "nope"), "ADAPTER": str(tmp_path / "adapter")}
+    argv = [names.get(a, a) for a in argv]
+    for name, value in names.items():
+        said = said.replace(name, value)
     assert run_chat(_chat_args(*argv), stdin=io.StringIO(QUESTION)) == 2
     err = _one_error_line(capsys, "chat")
     assert said in err and "06_chat/adapter" not in err, err

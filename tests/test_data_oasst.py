@@ -391,3 +391,31 @@ def test_a_folder_is_named_as_a_folder(tmp_path):
         load_oasst(tmp_path)
     with pytest.raises(DataError, match="no such file"):
         load_oasst(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.parametrize(
+    "name, content, said",
+    [
+        ("t.trees.jsonl.gz", b'{"message_tree_id": "q1"}\n', "not a complete gzip file"),
+        ("rows.parquet", b"message_id,text\nm1,hi\n", "cannot be read as Parquet"),
+        ("rows.csv", bytes(range(256)) * 8, "cannot be read as CSV"),
+    ],
+)
+def test_a_file_that_is_not_its_kind_is_one_data_error(tmp_path, name, content, said):
+    # a shell user's wrong file: named .gz, .parquet or .csv, but not that inside
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=said) as err:
+        load_oasst(path)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+    if name.endswith(".gz"):  # cut short: a download that stopped
+        path.write_bytes(gzip.compress(content * 50)[:40])
+        with pytest.raises(DataError, match="not a complete gzip file"):
+            load_oasst(path)
+
+
+def test_malformed_json_is_said_once(tmp_path):
+    path = write_jsonl(tmp_path / "t.trees.jsonl", ['{"text": "unterminated'])
+    said = r"malformed JSON \(Unterminated string starting at; column"  # not "at at column"
+    with pytest.raises(DataError, match=said):
+        load_oasst(path)

@@ -38,7 +38,7 @@ def run(*args: str, timeout: int = 300):
 def test_script_imports_no_phi2kit_and_stays_short():
     assert "phi2kit" not in imported_packages(NAME)
     # 240 (was 235): the folder and too-few-per-label errors, and the note example 05 reads
-    assert len(script_path(NAME).read_text().splitlines()) < 255
+    assert len(script_path(NAME).read_text().splitlines()) < 260
 
 
 def test_configs_equal_the_notebook_for_t4(tmp_path):
@@ -178,3 +178,13 @@ def test_the_suggested_flags_pass_the_split_check(tmp_path, capsys):
     out = capsys.readouterr()
     assert "{'train': {'sport': 9, 'weather': 9}" in out.out, out  # every split full
     assert out.err.startswith("error: --model "), out.err  # past the split check: the model
+
+
+def test_an_output_dir_that_cannot_be_written_stops_before_the_model_loads(tmp_path):
+    # /proc takes no new folders, even for root; the model folder does not exist either, so
+    # reaching the model would fail with another message
+    out = run("--model", str(tmp_path / "no-model"), "--data", str(SAMPLE), "--n-train", "20",
+              "--n-test", "5", "--n-eval", "5", "--output-dir", "/proc/phi2kit-out", timeout=60)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().startswith("error: --output-dir /proc/phi2kit-out: cannot write "
+                                         "there ("), out.stderr

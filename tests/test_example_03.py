@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import re
 
 import pytest
@@ -43,6 +44,9 @@ def test_learns_on_the_tiny_model(tmp_path):
     accuracy, majority = map(float, found.groups())
     assert accuracy >= majority + 0.15, (accuracy, majority)
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    kept = json.loads((tmp_path / "metrics.json").read_text())  # the head's rows, by name
+    assert kept["labels"] == ["negative", "neutral", "positive"]
+    assert kept["test_accuracy"] == pytest.approx(accuracy, abs=1e-4)
 
 
 @pytest.mark.parametrize(

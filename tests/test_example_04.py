@@ -3,6 +3,7 @@ model, and builds the configs of notebook 04's ``recipe`` cells for the t4 profi
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 from pathlib import Path
@@ -31,7 +32,7 @@ def test_script_imports_no_phi2kit():
     text = script_path(NAME).read_text()
     text = text.replace("phi2kit/tiny/model", "").replace("phi2kit_adapter.json", "")  # 05's note
     assert "phi2kit" not in text  # not even importlib's
-    assert len(text.splitlines()) < 190
+    assert len(text.splitlines()) < 195
 
 
 def test_learns_on_the_tiny_model(tmp_path):
@@ -97,3 +98,13 @@ def test_configs_equal_the_notebooks_for_the_t4_profile(tmp_path):
     assert not (diff := mismatch(lora, ns["peft_config"])), diff
     assert not (diff := mismatch(sft, ns["sft_args"])), diff
     assert dtype == ns["load_kwargs"]["dtype"] == torch.float16
+
+
+def test_a_file_that_is_not_utf8_text_is_one_line(tmp_path):
+    data = tmp_path / "train.jsonl.gz"  # a gzipped file: this script reads plain JSON lines
+    data.write_bytes(gzip.compress((SAMPLE / "train.jsonl").read_bytes()))
+    out = run("--model", str(tmp_path / "no-model"), "--data", str(data), tmp_path=tmp_path)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip() == f"error: {data}: not UTF-8 text; pass plain JSON lines " \
+        "(unpack a .gz first)", out.stderr
+    assert not (tmp_path / "out").exists()

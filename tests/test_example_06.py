@@ -3,6 +3,7 @@ file before any model loads, and builds notebook 06's configurations for the t4 
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -89,7 +90,8 @@ def test_too_few_threads_is_one_line_without_stubs(tmp_path, capsys):
         load_script(NAME).main([*argv, "--n-eval", "100000", "--output-dir", str(tmp_path / "o")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {sample_path('oasst1')}: ") and "need > --n-eval" in err, err
+    assert err.startswith(f"error: {sample_path('oasst1')}: ") and "need more than --n-eval " \
+        "100000: lower it (e.g. --n-eval " in err, err
     assert "line -" not in err and "field" not in err, err
 
 
@@ -116,3 +118,16 @@ def test_unfinished_trees_are_left_out(tmp_path):
     kept = {m["message_id"] for m in script.read_messages(str(data))}
     assert {t["prompt"]["message_id"] for t in trees} & kept == {
         t["prompt"]["message_id"] for t in trees[3:]}
+
+
+def test_a_file_that_is_not_utf8_text_is_one_line(tmp_path, capsys):
+    # the export's *.trees.jsonl.gz as downloaded: this script reads plain JSON lines
+    data = tmp_path / "oasst.trees.jsonl.gz"
+    data.write_bytes(gzip.compress(sample_path("oasst1").read_bytes()))
+    argv = ["--model", str(tmp_path / "no-model"), "--data", str(data)]
+    with pytest.raises(SystemExit) as exit_:
+        load_script(NAME).main([*argv, "--output-dir", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {data}: not UTF-8 text; pass plain JSON lines (unpack a .gz first)", err
+    assert not (tmp_path / "out").exists()

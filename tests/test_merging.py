@@ -7,7 +7,7 @@ merge changes the weights and a broken merge shows up in the logits.
 import pytest
 import torch
 
-from phi2kit.lora import adapter_base_4bit, save_adapter
+from phi2kit.lora import adapter_base_4bit, adapter_profile, save_adapter
 from phi2kit.merging import dequantize_into, merge_error, probe_logits
 from phi2kit.models import load_model
 from phi2kit.twin import keep_nf4_layout_on_cpu
@@ -141,11 +141,12 @@ def test_save_adapter_notes_the_base_precision(tiny_profile, tmp_path):
     paths = {}
     for four_bit in (False, True):
         model = add_lora(load_model(tiny_profile, quantize_4bit=four_bit), recipe, tiny_profile)
-        paths[four_bit] = save_adapter(model, tmp_path / f"bits4_{four_bit}")
+        paths[four_bit] = save_adapter(model, tmp_path / f"bits4_{four_bit}", profile="t4-cpu")
         assert adapter_base_4bit(paths[four_bit]) is four_bit
+        assert adapter_profile(paths[four_bit]) == "t4-cpu"  # tiny's share the base: 07-09 check
         assert (paths[four_bit] / "adapter_model.safetensors").is_file()
     plain = _save_random_adapter(tiny_profile, tmp_path / "plain", seed=3)  # no note
-    assert adapter_base_4bit(plain) is None
+    assert adapter_base_4bit(plain) is None and adapter_profile(plain) is None
     # the note does not get in PEFT's way
     PeftModel.from_pretrained(load_model(tiny_profile, quantize_4bit=False), paths[False])
 

@@ -106,13 +106,14 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
     out = tmp_path / "run"
     (out / "checkpoints").mkdir(parents=True)
     (out / "checkpoints" / "settings.json").write_text("{}")  # a run started here
+    (out / "run.json").write_text("{}")
     assert main(["sentiment", "--profile", "tiny", "--output-dir", str(out)]) == 2
     assert "--resume" in capsys.readouterr().err
     assert main(["sentiment", "--set", "lora_rank=4", "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
     assert "--set lora_rank=4: 'lora_rank' is not a setting; the keys are" in err
     assert "lora_r, " in err and "n_eval" in err and len(err.strip().splitlines()) == 1
-    assert sorted(p.name for p in out.iterdir()) == ["checkpoints"]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "run.json"]
     capsys.readouterr()
     # an empty checkpoints/ (transformers' Trainer makes it; a build that failed after that
     # leaves it) is no run: the same command goes on to the next check
@@ -141,6 +142,7 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
         (["--set", "n_train=0"], "n_train (0) must be positive"),
         (["--set", "n_test=-1"], "n_test (-1) must be at least 0"),
         (["--set", "warmup_ratio=5"], "warmup_ratio (5.0) must be at least 0 and below 1"),
+        (["--threads", "0"], "--threads 0: must be at least 1"),
         (["--public"], "--public makes the hub repo of --push-to-hub public: add --push-to-hub"),
         # found only when the model is built: still one line, and no run folder left behind
         (["--set", "target_modules=foo", "--profile", "tiny"], "LoRA target(s) ['foo'] match no"),
@@ -444,6 +446,14 @@ def test_chat_data_in_another_language_names_lang_and_trains_with_it(tmp_path, c
         capsys.readouterr().out)
     assert json.loads((tmp_path / "b" / "run.json").read_text())["lang"] == "xx"
     assert main([*argv, "--lang", "all", "--output-dir", str(tmp_path / "c")]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--output-dir", str(tmp_path / "c"), "--resume"]) == 2  # --lang en
+    assert "lang (the run's 'all', now 'en')" in capsys.readouterr().err
+    data.write_text(text.replace('"ready_for_export"', '"growing"'))  # no tree finished
+    assert main([*argv, "--lang", "xx", "--output-dir", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "trees are unfinished (tree_state not ready_for_export): pass a file with finished " \
+        "trees" in err and "pass --lang" not in err, err
     assert main(["sentiment", "--lang", "de", "--output-dir", str(tmp_path / "d")]) == 2
     assert "--lang: only chat and dpo" in capsys.readouterr().err
 
@@ -490,6 +500,10 @@ def test_resume_checks_the_data_by_content_not_by_the_path_typed(tmp_path, capsy
                  "--resume"]) == 0  # fmt: skip
     assert json.loads((out / ADAPTER / "metrics.json").read_text())["global_step"] == 3
     capsys.readouterr()
+    # the batch order decides the run too: another --sampler is another run
+    assert main([*args, "--data", str(tmp_path / "a" / "news.csv"), "--steps", "4",
+                 "--sampler", "random", "--resume"]) == 2  # fmt: skip
+    assert "sampler (the run's None, now 'random')" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path / "b")
     assert main([*args, "--data", "news.csv", "--steps", "4", "--resume"]) == 2
     err = capsys.readouterr().err
@@ -497,3 +511,37 @@ def test_resume_checks_the_data_by_content_not_by_the_path_typed(tmp_path, capsy
     assert len(err.strip().splitlines()) == 1
     assert main([*args, "--data", "gone.csv", "--resume"]) == 2
     assert "gone.csv: no such file or folder (--data)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_folder_train_did_not_make_is_refused_and_left_alone(tmp_path, capsys, resume):
+    # a take-home script's output (adapter/, checkpoints/) or a folder of your own files:
+    # `phi2kit train` neither resumes nor writes into it
+    out = tmp_path / "example_run"
+    (out / "adapter").mkdir(parents=True)
+    (out / "adapter" / "adapter_model.safetensors").write_bytes(b"the script's weights")
+    (out / "checkpoints" / "checkpoint-20").mkdir(parents=True)
+    (out / "metrics.json").write_text("{}")
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    argv = ["sentiment", "--profile", "tiny", "--steps", "1", "--output-dir", str(out)]
+    assert main(argv + ["--resume"] * resume) == 2
+    err = capsys.readouterr().err
+    assert f"--output-dir {out}: not empty and not a phi2kit train run (no run.json; it holds " \
+        "adapter, checkpoints, metrics.json): pass a new or empty folder" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == b"the script's weights"
+
+
+def test_labels_that_start_with_another_label_are_refused(tmp_path, capsys):
+    # label scoring sums a label's tokens: 'sporty' = 'sport' + more, so it could never win
+    rows = [f"{label},headline number {i} about {label}" for i in range(40)
+            for label in ("sport", "sporty", "tech")]  # fmt: skip
+    data = tmp_path / "topics.csv"
+    data.write_text("\n".join(rows) + "\n")
+    out = tmp_path / "run"
+    assert main(["sentiment", "--profile", "tiny", "--data", str(data), "--labels",
+                 "sport,sporty,tech", "--output-dir", str(out)]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "--labels: 'sporty' starts with the tokens of 'sport'" in err, err
+    assert len(err.strip().splitlines()) == 1 and not out.exists()

@@ -48,6 +48,8 @@ def model_error(args: argparse.Namespace) -> str | None:
                                "chat with the base model")  # fmt: skip
         if problem or (Path(args.model) / "config.json").is_file():
             return problem
+        if (Path(args.model) / "adapter_config.json").is_file():
+            return f"--model {args.model}: an adapter, not a merged model; pass it as --adapter"
         return f"--model {args.model}: no config.json in it; pass a folder saved by " \
             "save_pretrained"  # fmt: skip
     return None

@@ -108,6 +108,12 @@ def _run(args: argparse.Namespace) -> int:
     # under `accelerate launch` every rank looks for an earlier run before rank 0 writes
     state = PartialState(cpu=not setup.profile.requires_cuda)
     started = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())  # empty: a build that failed
+    if out.is_dir() and not (out / "run.json").is_file():  # not a run of this command's
+        held = sorted(p.name for p in out.iterdir() if p != ckpt_dir or started)
+        if held:  # e.g. a take-home script's output, or your data: nothing of it is touched
+            return _fail(f"--output-dir {out}: not empty and not a phi2kit train run (no "
+                         f"run.json; it holds {', '.join(held[:3])}{', ...' * (len(held) > 3)}): "
+                         "pass a new or empty folder")  # fmt: skip
     if not args.resume and (started or (out / ADAPTER).exists()):
         return _fail(f"{out} already holds a run: pass --resume, or another --output-dir")
     # what decides the run; --resume under other settings is refused (more steps are allowed)
@@ -117,7 +123,8 @@ def _run(args: argparse.Namespace) -> int:
     settings = {"task": setup.task, "profile": setup.profile.name, "seed": args.seed,
                 "data": data_fingerprint(data_path) if data_path else setup.data,
                 "labels": setup.labels, "n_eval": setup.n_eval,
-                "adapter": setup.adapter and str(setup.adapter)}  # fmt: skip
+                "adapter": setup.adapter and str(setup.adapter),
+                "sampler": args.sampler}  # the data order  # fmt: skip
     if setup.task in ("chat", "dpo"):  # the threads' language decides which data trains
         settings["lang"] = setup.lang
     settings |= {k: v for k, v in asdict(setup.recipe).items() if k != "max_steps"}
@@ -126,8 +133,9 @@ def _run(args: argparse.Namespace) -> int:
         try:
             resume_from = resume_point(ckpt_dir, settings, log=_say)
         except ResumeError as err:
+            shown = {None: "all"} if "lang" in err.changed else {}  # --lang all is None
             diff = ", ".join("data (--data's content is not the run's)" if k == "data" else
-                             f"{k} (the run's {was!r}, now {now!r})"
+                             f"{k} (the run's {shown.get(was, was)!r}, now {shown.get(now, now)!r})"
                              for k, (was, now) in err.changed.items())  # fmt: skip
             return _fail(f"--resume with other settings than the run in {out}: {diff}; "
                          "pass the same settings, or another --output-dir")  # fmt: skip
@@ -206,11 +214,12 @@ def _run(args: argparse.Namespace) -> int:
     with atomic_dir(out / ADAPTER) as tmp:
         from phi2kit.lora import save_adapter
 
-        save_adapter(model, tmp)
+        save_adapter(model, tmp, profile=setup.profile.name)
         data.tokenizer.save_pretrained(tmp)
         write_json_atomic(tmp / "metrics.json", metrics | {
             "global_step": result.global_step, "world_size": trainer.args.world_size})  # fmt: skip
-    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_loss", "eval_loss") if k in metrics)
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_loss", "eval_loss", "eval_accuracy")
+                      if k in metrics)  # eval_accuracy: the classifier's  # fmt: skip
     _say(f"adapter written to {out / ADAPTER} ({result.global_step} steps"
          + (f"; {shown})" if shown else ")"))  # fmt: skip
     if args.push_to_hub:

@@ -129,6 +129,8 @@ def make_setup(args: argparse.Namespace):
             raise ValueError(f"--adapter: only dpo and grpo start from an adapter, not "
                              f"{args.task}")  # fmt: skip
         recipe = recipes.get_recipe(args.task, profile, **overrides)
+    if args.threads is not None and args.threads < 1:
+        raise ValueError(f"--threads {args.threads}: must be at least 1 (or leave it out)")
     if args.save_every <= 0 or args.keep <= 0:
         raise ValueError("--save-every and --keep must be positive")
     if args.public and not args.push_to_hub:
@@ -188,7 +190,8 @@ def add_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of init, data order, dropout")
     p.add_argument("--log-every", type=int, default=1, help="log the loss every N steps")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.add_argument("--sampler", choices=("group_by_length", "random"), default=None)
+    p.add_argument("--sampler", choices=("group_by_length", "random"), default=None,
+                   help="batch order (default: the recipe's, group_by_length: less padding)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set lora_r=32 (repeatable); "
                    "keys below")  # fmt: skip

@@ -70,6 +70,13 @@ def read_news(path: Path | None, setup: Setup, tokenizer):
     classifier). The eval split (``n_test`` per class unless ``--set n_eval=N``) is drawn
     from what train and test leave."""
     recipe, labels = setup.recipe, setup.labels or sentiment.LABELS
+    if setup.task == "sentiment":  # 02's label scoring sums each label's tokens: no prefixes
+        ids = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in labels}
+        for a, b in ((a, b) for a in labels for b in labels if a != b):
+            if ids[b][: len(ids[a])] == ids[a]:
+                raise DataError(f"--labels: {b!r} starts with the tokens of {a!r}, so label "
+                                f"scoring always ranks {b!r} below {a!r}; pick labels of which "
+                                "none starts with another's tokens")  # fmt: skip
     df = sentiment.load_financial_news(path, labels=labels)
     n_eval = recipe.n_test if setup.n_eval is None else setup.n_eval
     splits = split_sentiment(df, n_train=recipe.n_train, n_test=recipe.n_test, n_eval=n_eval,
@@ -122,6 +129,10 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
     if len(threads) < 2:
         other = "" if setup.lang is None else (
             "; pass --lang with your data's language (e.g. --lang de), or --lang all")
+        if loaded.not_ready and not threads and not len(load_oasst(path, lang=None)):
+            # every tree is unfinished, in any language: --lang is not the fix
+            other = (f"; all {loaded.not_ready} trees are unfinished (tree_state not "
+                     "ready_for_export): pass a file with finished trees")
         raise DataError(f"{len(threads)} usable thread(s) in language {setup.lang or 'any'!r}: "
                         f"need at least 2{other}", path=path)  # fmt: skip
     n_eval = min(setup.recipe.n_test, max(1, len(threads) // 5))

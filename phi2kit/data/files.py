@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -105,8 +106,12 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:
     """Non-blank lines of a (maybe gzipped) JSON-lines file as ``(line, object)`` pairs; a
     line that is not JSON gives a :class:`DataError` in place of the object."""
     opener = gzip.open if Path(path).suffix == ".gz" else open
-    with opener(path, "rb") as f:
-        text = decode_utf8(f.read(), path)
+    try:
+        with opener(path, "rb") as f:
+            text = decode_utf8(f.read(), path)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # named .gz, but not (all) gzip
+        raise DataError(f"not a complete gzip file ({exc}): pass the file as downloaded, or "
+                        "its unpacked .jsonl", path=path) from None
     out: list[tuple[int, Any]] = []
     for line_no, line in enumerate(text.split("\n"), start=1):
         if line.strip():
@@ -114,7 +119,7 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:
                 out.append((line_no, json.loads(line)))
             except json.JSONDecodeError as exc:
                 out.append(
-                    (line_no, DataError(f"malformed JSON ({exc.msg} at column {exc.colno})",
+                    (line_no, DataError(f"malformed JSON ({exc.msg}; column {exc.colno})",
                                         path=path, row=line_no))
                 )
     return out

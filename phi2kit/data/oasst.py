@@ -99,7 +99,12 @@ def _read_rows(path: Path) -> list[tuple[int, Any]]:
     """Rows of a parquet or CSV file as (1-based row, dict)."""
     import pandas as pd
 
-    df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    try:
+        df = pd.read_parquet(path) if path.suffix == ".parquet" else pd.read_csv(path)
+    except ValueError as exc:  # pyarrow's ArrowInvalid, pandas' ParserError, a binary "CSV"
+        kind = "Parquet" if path.suffix == ".parquet" else "CSV"
+        raise DataError(f"cannot be read as {kind} ({type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:120]})", path=path) from None
     df = df.astype(object).where(df.notna(), None)
     return list(enumerate(df.to_dict("records"), start=1))
 
