@@ -17,10 +17,13 @@ import argparse
 import csv
 import io
 import json
+import logging
 import random
 import sys
 from collections import Counter, defaultdict
 from pathlib import Path
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its note on an optional CPU kernel
 
 
 def read_rows(path, labels, text_col="text", label_col="label"):

@@ -17,9 +17,12 @@ import argparse
 import csv
 import io
 import json
+import logging
 import random
 import sys
 from pathlib import Path
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its note on an optional CPU kernel
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]  # Phi-2's Linear layers
 

@@ -14,9 +14,12 @@ Writes the adapter of the checkpoint with the lowest eval loss to OUTPUT_DIR/ada
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its note on an optional CPU kernel
 
 CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")  # [3], [1, 2]
 

@@ -20,8 +20,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import logging
 import sys
 from pathlib import Path
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its note on an optional CPU kernel
 
 PROMPTS = [
     "### Human: Where does the otter live?\n### Assistant:",

@@ -10,6 +10,7 @@ shipped tiny model: --model phi2kit/tiny/model --no-4bit --max-steps 30 --learni
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections import defaultdict
@@ -26,6 +27,8 @@ from transformers import (
 )
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from trl import SFTConfig, SFTTrainer
+
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its note on an optional CPU kernel
 
 HUMAN, ASSISTANT = "### Human:", "### Assistant:"
 KEEP = ("message_id", "text", "role", "lang", "rank", "created_date", "deleted", "review_result")

@@ -32,7 +32,7 @@ def test_script_imports_no_phi2kit():
     text = script_path(NAME).read_text()
     text = text.replace("phi2kit/tiny/model", "").replace("phi2kit_adapter.json", "")  # 05's note
     assert "phi2kit" not in text  # not even importlib's
-    assert len(text.splitlines()) < 195
+    assert len(text.splitlines()) < 200
 
 
 def test_learns_on_the_tiny_model(tmp_path):
