@@ -83,3 +83,20 @@ def test_t4_recipe_table_matches_skeleton():
     for report in all_reports("t4"):
         row = next(line for line in MEMORY.splitlines() if line.startswith(f"| {report.task} |"))
         assert f"{report.trainable:,}" in row, row
+
+
+def test_the_use_what_you_trained_snippet_runs_on_a_trained_adapter(tmp_path, monkeypatch, capsys):
+    """The README's Python block labels headlines with an adapter `phi2kit train` wrote."""
+    import ast
+
+    from phi2kit.commands.train import main
+
+    section = README.split("### Use what you trained", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    assert main(["sentiment", "--profile", "tiny", "--steps", "2", "--set", "n_train=30",
+                 "--threads", "1", "--output-dir", "runs/mine"]) == 0  # fmt: skip
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {})
+    printed = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(printed) == 2 and set(printed) <= {"negative", "neutral", "positive"}, printed
