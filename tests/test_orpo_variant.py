@@ -54,8 +54,12 @@ def test_orpo_needs_its_own_tokenization_to_evaluate(orpo):
     assert metrics["eval_loss"] > 0
 
 
-def test_the_lesson_tokenizes_the_test_pairs_for_orpo():
+def test_the_lesson_tokenizes_the_eval_pairs_for_orpo_and_reads_test_once():
     cells = ["".join(c["source"]) for c in json.loads(NOTEBOOK.read_text())["cells"]]
     orpo_cell = next(c for c in cells if "ORPOTrainer(" in c)
-    assert "test_ds.map(orpo.tokenize_row)" in orpo_cell
-    assert "orpo.evaluate(test_tokens)" in orpo_cell and "orpo.evaluate(test_ds" not in orpo_cell
+    assert "eval_ds.map(orpo.tokenize_row)" in orpo_cell
+    assert "orpo.evaluate(eval_tokens)" in orpo_cell and "test_ds" not in orpo_cell
+    # the test pairs score ORPO's last step once, with DPO's trainer, in the next cell
+    after = cells[cells.index(orpo_cell) + 1 :]
+    scored = [c for c in after if "trainer.evaluate(test_ds" in c and "orpo" in c]
+    assert len(scored) == 1, scored

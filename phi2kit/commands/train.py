@@ -89,6 +89,8 @@ def run_train(args: argparse.Namespace) -> int:
     finally:  # main() may run inside a notebook or a test: leave torch as it was
         torch.set_num_threads(before[0])
         torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        if torch.distributed.is_initialized():  # under `accelerate launch`: a clean exit, not
+            torch.distributed.destroy_process_group()  # gloo's threads torn down at exit
 
 
 def _run(args: argparse.Namespace) -> int:
