@@ -125,6 +125,8 @@ CASES = {
         kept=2,
     ),
     "news-empty": Case(financial, "all-data.csv", b"\n\r\n", r": empty file"),
+    "news-binary": Case(financial, "all-data.csv", bytes(range(256)) * 4,
+                        r": a binary file, not CSV text"),  # not "one column with '\t'"
     "news-single-class": Case(
         financial,
         "all-data.csv",

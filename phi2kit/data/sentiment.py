@@ -196,6 +196,8 @@ def load_financial_news(path: str | os.PathLike[str] | None = None, *,
     raw = Path(path).read_bytes()
     if not raw.strip():
         raise DataError("empty file", path=path)
+    if b"\x00" in raw[:4096] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # not UTF-16
+        raise DataError("a binary file, not CSV text: pass the CSV file itself", path=path)
     text = decode_utf8(raw, path, fallback="latin-1")  # UTF-8, else Latin-1 (the Kaggle file)
     return _collect(csv_records(text, path), path, skip_bad, labels)
 
