@@ -268,3 +268,12 @@ def test_importing_phi2kit_registers_no_attention():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_code_cells_are_plain_python_a_script_can_hold(path):
+    """A cell copied into a script must run: no IPython magics, no IPython's ``display``."""
+    nb = nbformat.read(path, as_version=4)
+    code = "\n\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    compile(code, path.name, "exec")  # a %magic or !shell line is a SyntaxError
+    assert not re.search(r"(?<![\w.])display\(", code), f"{path.name}: display() needs IPython"
