@@ -90,13 +90,17 @@ def save_adapter(model: nn.Module, path: str | Path, profile: str | None = None)
     return path
 
 
+def _note(adapter: str | Path) -> dict:
+    """:data:`ADAPTER_NOTE` beside ``adapter``; ``{}`` without one."""
+    note = Path(adapter) / ADAPTER_NOTE
+    return json.loads(note.read_text()) if note.is_file() else {}
+
+
 def adapter_base_4bit(adapter: str | Path) -> bool | None:
     """Whether the adapter was trained on a 4-bit base, from its note; None without one."""
-    note = Path(adapter) / ADAPTER_NOTE
-    return json.loads(note.read_text()).get("base_4bit") if note.is_file() else None
+    return _note(adapter).get("base_4bit")
 
 
 def adapter_profile(adapter: str | Path) -> str | None:
     """The profile the adapter was trained under, from its note; None without one."""
-    note = Path(adapter) / ADAPTER_NOTE
-    return json.loads(note.read_text()).get("profile") if note.is_file() else None
+    return _note(adapter).get("profile")

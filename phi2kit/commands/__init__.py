@@ -41,6 +41,13 @@ def folder_error(flag: str, value: str | Path, fix: str) -> str | None:
     return None
 
 
+def trained_by(adapter: str | Path) -> tuple[Path, str | None]:
+    """``run.json`` beside ``adapter`` (``phi2kit train`` writes it) and the task it names;
+    None for an adapter without one (a notebook's, a script's)."""
+    run = Path(adapter).parent / "run.json"
+    return run, json.loads(run.read_text()).get("task") if run.is_file() else None
+
+
 def adapter_error(adapter: str | Path, fix: str) -> str | None:
     """What is wrong with ``--adapter`` as a causal-LM adapter folder, ending in ``fix``; or
     None. Checked before any model loads (chat, app, train dpo/grpo)."""

@@ -4,13 +4,12 @@ model flags and loading it shares with ``phi2kit app``."""
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import TextIO
 
 from phi2kit.chat import load_chat_model, stream_reply
-from phi2kit.commands import adapter_error, add_profile_argument, fail, folder_error
+from phi2kit.commands import adapter_error, add_profile_argument, fail, folder_error, trained_by
 from phi2kit.profiles import get_profile
 
 EXIT_WORDS = ("exit", "quit")
@@ -58,8 +57,9 @@ def model_error(args: argparse.Namespace) -> str | None:
 def adapter_note(adapter: str | Path | None) -> str | None:
     """A note when ``phi2kit train``'s ``run.json`` beside ``adapter`` names a task that does
     not chat (a sentiment adapter answers with a label): legal, but rarely what was meant."""
-    run = Path(adapter).parent / "run.json" if adapter else None
-    task = json.loads(run.read_text()).get("task") if run and run.is_file() else None
+    if adapter is None:
+        return None
+    run, task = trained_by(adapter)
     if task in (None, "chat", "dpo"):
         return None
     return (f"note: --adapter {adapter} was trained by `phi2kit train {task}` ({run} says so), "

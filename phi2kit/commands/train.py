@@ -43,6 +43,7 @@ from phi2kit.data.files import DataError
 from phi2kit.logs import one_progress_line, quiet_command
 
 CHECKPOINTS, ADAPTER, TRAINER_STATE = "checkpoints", "adapter", "trainer_state.json"
+RUN = "run.json"  # the arguments and settings: what marks a folder as one of our runs
 
 
 @contextlib.contextmanager
@@ -110,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     # under `accelerate launch` every rank looks for an earlier run before rank 0 writes
     state = PartialState(cpu=not setup.profile.requires_cuda)
     started = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())  # empty: a build that failed
-    if out.is_dir() and not (out / "run.json").is_file():  # not a run of this command's
+    if out.is_dir() and not (out / RUN).is_file():  # not a run of this command's
         held = sorted(p.name for p in out.iterdir() if p != ckpt_dir or started)
         if held:  # e.g. a take-home script's output, or your data: nothing of it is touched
             return _fail(f"--output-dir {out}: not empty and not a phi2kit train run (no "
@@ -186,7 +187,7 @@ def _run(args: argparse.Namespace) -> int:
     if state.is_main_process:
         save_settings(ckpt_dir, settings)
         record = {k: v for k, v in vars(args).items() if k != "func"}
-        write_json_atomic(out / "run.json", record | settings | {
+        write_json_atomic(out / RUN, record | settings | {
             "threads": torch.get_num_threads(), "recipe": asdict(setup.recipe)})  # fmt: skip
     trainer.add_callback(mark_complete())
     one_progress_line(trainer)

@@ -4,7 +4,6 @@ the checked :class:`Setup` they give. Nothing heavy is imported: ``--help`` load
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import textwrap
 from dataclasses import dataclass, fields
@@ -12,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from phi2kit import recipes
-from phi2kit.commands import adapter_error, add_profile_argument
+from phi2kit.commands import adapter_error, add_profile_argument, trained_by
 from phi2kit.profiles import Profile
 
 TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo", "grpo")
@@ -152,8 +151,7 @@ def _check_adapter(adapter: Path | None, task: str) -> None:
     problem = adapter_error(adapter, how)
     if problem:
         raise ValueError(problem)
-    run = adapter.parent / "run.json"  # written by `phi2kit train` beside its adapter
-    made_by = json.loads(run.read_text()).get("task") if run.is_file() else None
+    run, made_by = trained_by(adapter)
     if made_by not in (None, sft, task):
         raise ValueError(f"--adapter {adapter}: a {made_by} adapter ({run} says so), not a {sft} "
                          f"adapter; {how}")  # fmt: skip
