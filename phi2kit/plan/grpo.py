@@ -26,8 +26,7 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
     """
     train = estimate(model, recipe, device_gb=device_gb, overhead_gb=0.0, _levers=False, **kwargs)
     cfg, profile = _resolve(model)
-    cfg = kwargs.get("config") or cfg
-    dtype = kwargs.get("dtype") or (profile.dtype if profile else "float32")
+    cfg, dtype = kwargs.get("config") or cfg, train.settings["dtype"]
     on_gpu = bool(profile and profile.requires_cuda)
     gen_rows = recipe.generation_batch  # trl: batch x steps_per_generation (default grad_accum)
     kv = 2 * cfg.num_hidden_layers * cfg.hidden_size * DTYPE_BYTES[dtype] * recipe.max_length
