@@ -1,12 +1,5 @@
-"""What a training batch computes, and the order batches come in (notebook 04).
-
-- :func:`token_counts` (notebook 04's cell): real tokens, cells computed, supervised tokens
-  and supervised padding (a bug if > 0) of collated batches. Padding is found through the
-  attention mask: Phi-2's pad token *is* its eos token.
-- :func:`length_grouped_indices` / :class:`SeededLengthGroupedSampler`: batches of similar
-  length in random order, seeded for an exact resume; :func:`group_by_length` makes a
-  trainer use them (``finish_trainer`` does).
-"""
+"""What a training batch computes (:func:`token_counts`, notebook 04's cell), and the order
+batches come in: similar lengths in random order, seeded for an exact resume."""
 
 from __future__ import annotations
 
@@ -21,7 +14,9 @@ MEGA_BATCHES = 50
 
 
 def token_counts(batches):  # (real tokens, tokens computed, supervised tokens, supervised padding)
-    """Notebook 04's count, over collated batches that hold ``attention_mask`` and ``labels``."""
+    """Notebook 04's count, over collated batches that hold ``attention_mask`` and ``labels``;
+    supervised padding is a bug. Padding is found through the attention mask: Phi-2's pad
+    token *is* its eos token."""
     real = computed = supervised = on_pad = 0
     for b in batches:
         mask, sup = b["attention_mask"], b["labels"] != -100

@@ -20,15 +20,13 @@ class Cost:
     peak_rss_gb: float = 0.0
 
     def __str__(self) -> str:
-        mem = (
-            f"peak GPU {self.peak_gpu_gb:.2f} GB"
-            if self.peak_gpu_gb is not None
-            else f"peak RSS {self.peak_rss_gb:.2f} GB (CPU)"
-        )
-        return f"{self.seconds:.1f} s, {mem}"
+        if self.peak_gpu_gb is None:
+            return f"{self.seconds:.1f} s, peak RSS {self.peak_rss_gb:.2f} GB (CPU)"
+        return f"{self.seconds:.1f} s, peak GPU {self.peak_gpu_gb:.2f} GB"
 
 
 def peak_rss_gb() -> float:
+    """This process's high-water resident memory so far, in GiB."""
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
 

@@ -70,11 +70,11 @@ def weight_bytes(config: Any, dtype: str = "float16", *, quantize_4bit: bool = F
     size = 4 if upcast_fp32 else DTYPE_BYTES[dtype]
     if not quantize_4bit:
         return (weights + other) * size
-    blocks = sum(-(-i * o // NF4_BLOCK) for i, o in _linears(config).values())
-    blocks *= config.num_hidden_layers
+    lin = _linears(config).values()
+    blocks = config.num_hidden_layers * sum(-(-i * o // NF4_BLOCK) for i, o in lin)
     absmax = blocks * 4
     if double_quant:
-        nested = sum(-(-(i * o // NF4_BLOCK) // NESTED_BLOCK) for i, o in _linears(config).values())
+        nested = sum(-(-(i * o // NF4_BLOCK) // NESTED_BLOCK) for i, o in lin)
         absmax = blocks + 4 * nested * config.num_hidden_layers + n_lin * (4 + 256 * 4)
     return -(-weights // 2) + absmax + n_lin * 16 * 4 + other * size
 

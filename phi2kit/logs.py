@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -44,16 +44,12 @@ def on_gpu(model: Any) -> bool:
 
 def progress(
     iterable: Iterable[T], *, total: int | None = None, desc: str = "", show: bool = True
-) -> Iterator[T]:
+) -> Iterable[T]:
     """``iterable`` with a ``tqdm.auto`` bar when ``show`` (batched loops pass
     ``on_gpu(model)``: minutes on a T4, seconds on the CPU), else as is."""
-    if not show:
-        yield from iterable
-        return
     from tqdm.auto import tqdm
 
-    with tqdm(iterable, total=total, desc=desc, leave=False) as bar:
-        yield from bar
+    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not show)
 
 
 def quiet_command() -> None:

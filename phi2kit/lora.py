@@ -20,11 +20,8 @@ def check_targets(model: nn.Module, targets: tuple[str, ...] | list[str]) -> dic
 
     A target matches a module whose dotted name ends with ``.<target>`` (PEFT's rule).
     """
-    names = [
-        n
-        for n, m in model.named_modules()
-        if hasattr(m, "weight") and m.weight is not None and m.weight.dim() == 2
-    ]
+    names = [n for n, m in model.named_modules()
+             if getattr(m, "weight", None) is not None and m.weight.dim() == 2]  # fmt: skip
     counts = {t: sum(1 for n in names if n == t or n.endswith("." + t)) for t in targets}
     missing = [t for t, c in counts.items() if c == 0]
     if missing:
@@ -41,14 +38,9 @@ def lora_config(recipe: Recipe):
     """The PEFT ``LoraConfig`` for a recipe (``SEQ_CLS`` also saves the ``score`` head)."""
     from peft import LoraConfig
 
-    return LoraConfig(
-        r=recipe.lora_r,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        target_modules=list(recipe.target_modules),
-        bias="none",
-        task_type=recipe.task_type,
-    )
+    return LoraConfig(r=recipe.lora_r, lora_alpha=recipe.lora_alpha,
+                      lora_dropout=recipe.lora_dropout, target_modules=list(recipe.target_modules),
+                      bias="none", task_type=recipe.task_type)  # fmt: skip
 
 
 def is_quantized(model: nn.Module) -> bool:
@@ -64,10 +56,8 @@ def add_lora(model: nn.Module, recipe: Recipe, profile: Profile):
     if is_quantized(model):
         # Freezes the base, upcasts norms/embeddings to fp32, enables input grads.
         model = prepare_model_for_kbit_training(
-            model,
-            use_gradient_checkpointing=profile.gradient_checkpointing,
-            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS,
-        )
+            model, use_gradient_checkpointing=profile.gradient_checkpointing,
+            gradient_checkpointing_kwargs=CHECKPOINTING_KWARGS)  # fmt: skip
     # peft keeps the new adapter weights in fp32 (autocast_adapter_dtype=True, its default)
     peft_model = get_peft_model(model, lora_config(recipe))
     if peft_model.get_nb_trainable_parameters()[0] == 0:

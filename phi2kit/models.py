@@ -6,6 +6,7 @@ import), since Phi-2's ``Q @ K^T`` overflows fp16 on a T4.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -69,8 +70,6 @@ def register_fp32_attention() -> str:
 
 def _device_map(profile: Profile) -> str | dict[str, int]:
     """CPU for the tiny profile; under DDP (``accelerate launch``), one whole GPU per process."""
-    import os
-
     if not profile.requires_cuda:
         return "cpu"
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -87,9 +86,8 @@ def model_source(profile: Profile) -> str:
     return str(tiny_path())
 
 
-def load_tokenizer(
-    profile: Profile | str = "auto", padding_side: Literal["left", "right"] = "right"
-):
+def load_tokenizer(profile: Profile | str = "auto",
+                   padding_side: Literal["left", "right"] = "right"):  # fmt: skip
     """The profile's tokenizer with ``pad = eos``; padding left to generate, right to train."""
     from transformers import AutoTokenizer
 
@@ -107,12 +105,9 @@ def bnb_config(profile: Profile):
     """nf4 4-bit with double quantization; compute in the profile's dtype."""
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=getattr(torch, profile.dtype),
-    )
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                              bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=getattr(torch, profile.dtype))  # fmt: skip
 
 
 def load_kwargs(profile: Profile, quantize_4bit: bool) -> dict:
@@ -126,13 +121,8 @@ def load_kwargs(profile: Profile, quantize_4bit: bool) -> dict:
     }
 
 
-def load_model(
-    profile: Profile | str = "auto",
-    *,
-    quantize_4bit: bool | None = None,
-    num_labels: int | None = None,
-    source: str | None = None,
-):
+def load_model(profile: Profile | str = "auto", *, quantize_4bit: bool | None = None,
+               num_labels: int | None = None, source: str | None = None):  # fmt: skip
     """The profile's causal LM, or a sequence classifier with a fresh head of ``num_labels``;
     nf4 by the profile unless ``quantize_4bit`` says; ``source``: another folder (a merged
     model) with the same settings."""
@@ -143,13 +133,10 @@ def load_model(
     kwargs = load_kwargs(profile, quantize)
     if kwargs["attn_implementation"] == FP32_ATTENTION:
         register_fp32_attention()
-    src = source or model_source(profile)
-    if num_labels is None:
-        model = AutoModelForCausalLM.from_pretrained(src, **kwargs)
-    else:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            src, num_labels=num_labels, **kwargs
-        )
+    if num_labels is not None:
+        kwargs["num_labels"] = num_labels
+    auto = AutoModelForCausalLM if num_labels is None else AutoModelForSequenceClassification
+    model = auto.from_pretrained(source or model_source(profile), **kwargs)
     if model.config.pad_token_id is None:
         # Sequence classification pools the last non-pad token and needs this id.
         model.config.pad_token_id = model.config.eos_token_id

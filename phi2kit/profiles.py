@@ -1,8 +1,5 @@
 """Hardware profiles: which model, precision and optimizer a run uses (the README's table;
-docs/profiles.md). The code path is the same in every profile.
-
-``t4-cpu`` is the T4's twin: the tiny Phi with every ``t4`` setting a CPU can run (all but
-paged 8-bit AdamW). ``PHI2KIT_PROFILE`` overrides ``auto``; an explicit name overrides both.
+docs/profiles.md). The code path is the same in every profile; ``t4-cpu`` is the T4's twin.
 """
 
 from __future__ import annotations

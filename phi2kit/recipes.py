@@ -122,8 +122,7 @@ _RECIPES = {"tiny": _TINY, "t4-cpu": _T4_CPU, "t4": _T4, "ampere": _AMPERE}
 
 def get_recipe(task: str, profile: Profile | str = "auto", **overrides: object) -> Recipe:
     """The default recipe for ``task`` on ``profile``, with ``overrides`` applied."""
-    if isinstance(profile, str):
-        profile = get_profile(profile, check=False)
+    profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     recipe = _RECIPES[profile.name][task]
@@ -183,8 +182,7 @@ _DPO["ampere"] = replace(_DPO["t4"], batch_size=4, grad_accum=4)
 
 def get_dpo_recipe(profile: Profile | str = "auto", **overrides: object) -> DPORecipe:
     """The DPO recipe (notebook 08) for ``profile``, with ``overrides`` applied."""
-    if isinstance(profile, str):
-        profile = get_profile(profile, check=False)
+    profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
     recipe = _DPO[profile.name]
     return replace(recipe, **overrides) if overrides else recipe
 

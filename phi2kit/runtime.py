@@ -30,12 +30,9 @@ def outputs_root(use_drive: bool = False) -> Path:
     if not use_drive:
         return Path(".")
     if not on_colab():
-        where = "on Kaggle, /kaggle/working is kept when you save a version" if on_kaggle() else ""
-        raise RuntimeError(
-            "USE_DRIVE = True needs Google Colab (it mounts Google Drive). "
-            + (where + "; " if where else "")
-            + "set USE_DRIVE = False, and OUTPUT_DIR to any folder you keep."
-        )
+        kaggle = "on Kaggle, /kaggle/working is kept when you save a version; " * on_kaggle()
+        raise RuntimeError("USE_DRIVE = True needs Google Colab (it mounts Google Drive). "
+                           f"{kaggle}set USE_DRIVE = False, and OUTPUT_DIR to any folder you keep.")
     if not (DRIVE_MOUNT / "MyDrive").is_dir():
         from google.colab import drive  # only importable on Colab
 

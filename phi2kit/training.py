@@ -71,65 +71,36 @@ def common_args(
     return args
 
 
-def sft_config(
-    profile: Profile,
-    recipe: Recipe,
-    output_dir: str | Path,
-    eval_steps: int | None = None,
-    **overrides,
-):
+def sft_config(profile: Profile, recipe: Recipe, output_dir: str | Path,
+               eval_steps: int | None = None, **overrides):  # fmt: skip
     """trl ``SFTConfig`` for prompt/completion data: loss on the completion only. With
     ``eval_steps``, evaluate and checkpoint that often and load the best at the end (02)."""
     from trl import SFTConfig
 
     args = common_args(profile, recipe, output_dir, eval_steps)
-    args.update(
-        max_length=recipe.max_length,
-        completion_only_loss=True,
-        packing=False,
-        train_sampling_strategy="group_by_length",
-    )
-    args.update(overrides)
-    return SFTConfig(**args)
+    return SFTConfig(**{**args, "max_length": recipe.max_length, "completion_only_loss": True,
+                        "packing": False, "train_sampling_strategy": "group_by_length",
+                        **overrides})  # fmt: skip
 
 
-def training_args(
-    profile: Profile,
-    recipe: Recipe,
-    output_dir: str | Path,
-    eval_steps: int | None = None,
-    **overrides,
-):
+def training_args(profile: Profile, recipe: Recipe, output_dir: str | Path,
+                  eval_steps: int | None = None, **overrides):  # fmt: skip
     """``transformers.TrainingArguments`` for the HF ``Trainer`` (03's classifier)."""
     from transformers import TrainingArguments
 
-    args = common_args(profile, recipe, output_dir, eval_steps)
-    args.update(overrides)
-    return TrainingArguments(**args)
+    return TrainingArguments(**{**common_args(profile, recipe, output_dir, eval_steps),
+                                **overrides})  # fmt: skip
 
 
-def sft_trainer(
-    model,
-    tokenizer,
-    train_dataset,
-    profile: Profile,
-    recipe: Recipe,
-    output_dir: str | Path,
-    eval_dataset=None,
-    **overrides,
-):
+def sft_trainer(model, tokenizer, train_dataset, profile: Profile, recipe: Recipe,
+                output_dir: str | Path, eval_dataset=None, **overrides):  # fmt: skip
     """trl ``SFTTrainer`` over a LoRA model, through :func:`finish_trainer`; ``overrides``
     (``eval_steps`` with an ``eval_dataset``, say) go to :func:`sft_config`."""
     from trl import SFTTrainer
 
-    trainer = SFTTrainer(
-        model=model,
-        args=sft_config(profile, recipe, output_dir, **overrides),
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=tokenizer,
-    )
-    return finish_trainer(trainer)
+    args = sft_config(profile, recipe, output_dir, **overrides)
+    return finish_trainer(SFTTrainer(model=model, args=args, train_dataset=train_dataset,
+                                     eval_dataset=eval_dataset, processing_class=tokenizer))
 
 
 def finish_trainer(trainer, *, seeded_sampler: bool = True):

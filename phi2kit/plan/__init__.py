@@ -85,8 +85,7 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
     attn = attn or (profile.attn_implementation if profile else "eager")
     on_gpu = bool(profile and profile.requires_cuda)
     ckpt = gradient_checkpointing
-    if ckpt is None:
-        ckpt = bool(profile and profile.gradient_checkpointing)
+    ckpt = bool(profile and profile.gradient_checkpointing) if ckpt is None else ckpt
     causal = recipe.task_type == "CAUSAL_LM"
     tokens, seq = recipe.batch_size * recipe.max_length, recipe.max_length
     q4 = recipe.quantize_4bit

@@ -6,7 +6,7 @@ from typing import Any
 
 from phi2kit.footprint import DTYPE_BYTES, GB, count_parameters, phi2_config
 from phi2kit.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GB, Estimate, _resolve, estimate
-from phi2kit.plan.course import T4_CALIBRATION_LENGTH, T4_CALIBRATIONS, _rounded_minutes
+from phi2kit.plan.course import COURSE, T4_CALIBRATION_LENGTH, T4_CALIBRATIONS, _rounded_minutes
 
 #: Assumption, not measured here: seconds per decoding step of ``model.generate`` for a batch of
 #: nf4 Phi-2 sequences on a T4 (memory-bound: every step reads and dequantizes all weights).
@@ -26,8 +26,7 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
     """
     train = estimate(model, recipe, device_gb=device_gb, overhead_gb=0.0, _levers=False, **kwargs)
     cfg, profile = _resolve(model)
-    cfg = kwargs.get("config") or cfg
-    dtype = kwargs.get("dtype") or (profile.dtype if profile else "float32")
+    cfg, dtype = kwargs.get("config") or cfg, train.settings["dtype"]
     on_gpu = bool(profile and profile.requires_cuda)
     gen_rows = recipe.generation_batch  # trl: batch x steps_per_generation (default grad_accum)
     kv = 2 * cfg.num_hidden_layers * cfg.hidden_size * DTYPE_BYTES[dtype] * recipe.max_length
@@ -73,6 +72,5 @@ def grpo_course_row() -> tuple[str, str, str, str]:
 
     recipe = get_grpo_recipe("t4")
     minutes = _rounded_minutes(sum(grpo_minutes(recipe).values()))
-    gb = estimate_grpo("t4", recipe).total_gb
-    teaches = "GRPO on 04's checks as rewards, reward hacking and its guards"
-    return ("09_grpo_rewards", teaches, minutes, f"{gb:.1f}")
+    name, teaches, _ = next(row for row in COURSE if row[2] == "grpo")
+    return (name, teaches, minutes, f"{estimate_grpo('t4', recipe).total_gb:.1f}")
