@@ -1,6 +1,5 @@
-"""A causal LM as a classifier by generation: notebook 02's :func:`parse_label`, and the
-metrics for notebooks 02-03, the exercises and the benchmark. Label scoring is in
-:mod:`phi2kit.evaluate.scoring`.
+"""Notebook 02's :func:`parse_label`, and the metrics for notebooks 02-03, the exercises and
+the benchmark. Label scoring is in :mod:`phi2kit.evaluate.scoring`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from phi2kit.data.sentiment import LABELS
-from phi2kit.generation import generate
 
 UNPARSED = "unparsed"
 
@@ -28,21 +26,6 @@ def parse_label(text, labels=LABELS):
     if match is None:
         return None
     return next(label for label in labels if label.lower() == match.group(1).lower())
-
-
-def predict_by_generation(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    max_new_tokens: int = 4,
-    batch_size: int = 16,
-    labels: Sequence[str] = LABELS,
-) -> list[str | None]:
-    """Greedy generation, parsed with :func:`parse_label`. Unparseable outputs are ``None``."""
-    out = generate(
-        model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size
-    )
-    return [parse_label(text, labels) for text in out.texts]
 
 
 def classification_metrics(
