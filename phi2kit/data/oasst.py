@@ -147,17 +147,16 @@ def build_threads(
     with ``skip_bad`` leaves the tree out and names it in ``problems``.
     """
     result = LoadResult(skip_bad=skip_bad)
-    norm, by_id, duplicates = [], {}, []
+    by_id, duplicates = {}, []
     for i, raw in enumerate(messages, start=1):
         msg = raw if "_path" in raw else _normalize(raw, "<messages>", i)
         if msg["message_id"] in by_id:
             duplicates.append(msg)
         else:
             by_id[msg["message_id"]] = msg
-            norm.append(msg)
 
     trees: dict[str, list[dict]] = defaultdict(list)
-    for msg in norm:
+    for msg in by_id.values():
         trees[msg["message_tree_id"] or _top(msg, by_id)].append(msg)
 
     dups_of = defaultdict(list)
