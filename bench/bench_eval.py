@@ -11,7 +11,7 @@ merged into the base, as deployed) and the same test set:
 - **batched generate**: what a user writes after the transformers docs on batched
   generation: left-padded batches (the notebook's 16 prompts), greedy ``generate`` of the
   same few new tokens, the text parsed as notebook 02 parses it
-  (:func:`phi2kit.evaluate.classification.predict_by_generation`).
+  (:func:`predict_by_generation`).
 - **label scoring** (phi2kit, notebook 02): score the three labels in batches
   (:func:`phi2kit.evaluate.scoring.predict_by_scoring`): one row per headline when every
   label is one token, the prompts' shared instruction run once per batch, prompts batched
@@ -115,6 +115,24 @@ def seed_loop(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: in
     ]
 
 
+def predict_by_generation(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    max_new_tokens: int = 4,
+    batch_size: int = 16,
+    labels: tuple[str, ...] | None = None,
+) -> list[str | None]:
+    """The batched peer: greedy :func:`phi2kit.generation.generate`, parsed as notebook 02
+    parses (``parse_label``); an output that names no label is ``None``."""
+    from phi2kit.data.sentiment import LABELS
+    from phi2kit.evaluate.classification import parse_label
+    from phi2kit.generation import generate
+
+    out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return [parse_label(text, labels or LABELS) for text in out.texts]
+
+
 def run(
     n_test_per_class: int = 40,
     *,
@@ -152,7 +170,7 @@ def run(
     import statistics
 
     from phi2kit.data.sentiment import build_prompt
-    from phi2kit.evaluate.classification import classification_metrics, predict_by_generation
+    from phi2kit.evaluate.classification import classification_metrics
     from phi2kit.evaluate.scoring import predict_by_scoring
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe

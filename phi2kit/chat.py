@@ -104,13 +104,6 @@ def sampling_kwargs(temperature: float = 0.0) -> dict:
     return {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
 
 
-def _chat_prompt(model, tokenizer, turns: Thread, max_new_tokens: int) -> str:
-    if not turns or turns[-1][0] != "prompter":
-        raise ValueError("the history must end with the user's (prompter) message")
-    limit = getattr(model.config, "max_position_embeddings", 2048) - max_new_tokens
-    return format_chat(fit_history(turns, tokenizer, limit))
-
-
 def _held_back(text: str, stop_strings: Sequence[str]) -> int:
     """How many trailing characters of ``text`` could be the start of a stop string."""
     return max(
@@ -142,7 +135,10 @@ def stream_reply(
         def __call__(self, input_ids, scores, **kwargs) -> bool:
             return cancelled.is_set()
 
-    prompt = _chat_prompt(model, tokenizer, turns, max_new_tokens)
+    if not turns or turns[-1][0] != "prompter":
+        raise ValueError("the history must end with the user's (prompter) message")
+    limit = getattr(model.config, "max_position_embeddings", 2048) - max_new_tokens
+    prompt = format_chat(fit_history(turns, tokenizer, limit))
     batch = tokenizer([prompt], return_tensors="pt").to(next(model.parameters()).device)
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = {

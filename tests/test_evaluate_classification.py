@@ -9,15 +9,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from bench_eval import predict_by_generation  # bench/: the benchmark's batched peer
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from phi2kit.data.sentiment import LABELS, build_prompt
-from phi2kit.evaluate.classification import (
-    classification_metrics,
-    majority_rate,
-    parse_label,
-    predict_by_generation,
-)
+from phi2kit.evaluate.classification import classification_metrics, majority_rate, parse_label
 from phi2kit.evaluate.scoring import (
     label_logprobs,
     predict_by_scoring,

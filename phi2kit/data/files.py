@@ -41,14 +41,7 @@ class DataError(ValueError):
 
 class LoadResult(list):
     """A list of records, plus ``problems``: one message per row a ``skip_bad`` load left out.
-
-    Every loader collects rows the same way::
-
-        result = LoadResult(skip_bad=skip_bad)
-        for line, raw in rows:
-            with result.row():  # a DataError in here: raised, or recorded and the row skipped
-                result.append(check(raw, line))
-    """
+    Every loader checks and appends each row inside ``with result.row():``."""
 
     def __init__(self, problems: list[str] | None = None, *, skip_bad: bool = False) -> None:
         super().__init__()

@@ -22,11 +22,9 @@ ROLES = ("prompter", "assistant")
 #: A finished tree. The export's ``*_all`` files also hold trees still growing, aborted for
 #: low quality or halted by a moderator; OpenAssistant's own training code skips them too.
 READY = "ready_for_export"
-Thread = list[tuple[str, str]]
 #: The message fields the loader reads: the others (detoxify, emojis, labels) would be made
 #: Python objects for every one of the hub's ~85,000 messages.
-_FIELDS = ("message_id", "parent_id", "text", "role", "lang", "rank", "deleted", "review_result",
-           "message_tree_id", "created_date", "tree_state")
+_FIELDS = (*chat.MESSAGE_FIELDS, "message_tree_id", "tree_state")
 
 
 def _none_if_nan(value: Any) -> Any:
@@ -47,7 +45,6 @@ def _normalize(raw: Any, path: str, row: int, tree_id: str | None = None) -> dic
     for name in ("message_id", "text", "role"):
         if not isinstance(_none_if_nan(raw.get(name)), str):
             raise DataError("missing or not a string", path=path, row=row, field=name)
-    mid = raw["message_id"]
     rank = _none_if_nan(raw.get("rank"))
     try:
         rank = None if rank is None else int(rank)
@@ -55,7 +52,7 @@ def _normalize(raw: Any, path: str, row: int, tree_id: str | None = None) -> dic
         raise DataError(f"not an int: {rank!r}", path=path, row=row, field="rank") from None
     parent = _none_if_nan(raw.get("parent_id"))
     return {
-        "message_id": mid,
+        "message_id": raw["message_id"],
         "parent_id": parent or None,
         "text": raw["text"],
         "role": raw["role"],
@@ -150,17 +147,16 @@ def build_threads(
     with ``skip_bad`` leaves the tree out and names it in ``problems``.
     """
     result = LoadResult(skip_bad=skip_bad)
-    norm, by_id, duplicates = [], {}, []
+    by_id, duplicates = {}, []
     for i, raw in enumerate(messages, start=1):
         msg = raw if "_path" in raw else _normalize(raw, "<messages>", i)
         if msg["message_id"] in by_id:
             duplicates.append(msg)
         else:
             by_id[msg["message_id"]] = msg
-            norm.append(msg)
 
     trees: dict[str, list[dict]] = defaultdict(list)
-    for msg in norm:
+    for msg in by_id.values():
         trees[msg["message_tree_id"] or _top(msg, by_id)].append(msg)
 
     dups_of = defaultdict(list)

@@ -14,10 +14,10 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
+from phi2kit.chat import ASSISTANT, format_chat  # notebook 06's chat format
 from phi2kit.data.files import DataError, LoadResult
 from phi2kit.data.oasst import HUB_ID, ROLES, load_messages
 
-HUMAN, ASSISTANT = "### Human:", "### Assistant:"  # notebook 06's chat format
 #: Why a ranked reply is in no pair. "one reply": the only usable ranked reply to its
 #: prompt; "tie": its prompt's best rank is shared, so there is no single chosen reply.
 REASONS = ("deleted or failed review", "language", "one reply", "tie", "too long")
@@ -48,10 +48,6 @@ def _usable(msg: dict) -> bool:
     return not msg["deleted"] and msg["review_result"] is not False
 
 
-def _line(msg: dict) -> str:
-    return f"{HUMAN if msg['role'] == 'prompter' else ASSISTANT} {msg['text'].strip()}"
-
-
 def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: int | None = None,
                 count_tokens: Callable[[str], int] | None = None) -> Pairs:  # fmt: skip
     """Pairs from normalized messages, in input order; with ``max_length``, a pair whose
@@ -73,7 +69,7 @@ def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: in
         node["message_tree_id"] = node["message_tree_id"] or tree
         ok = ok and _usable(node)
         lang_ok = lang_ok and (lang is None or node["lang"] == lang)
-        history = [*history, _line(node)]
+        history = [*history, format_chat([(node["role"], node["text"])], False)]
         if node["role"] == "prompter":
             _pairs_of(node, history, ok, lang_ok)
         for reply in node["replies"]:

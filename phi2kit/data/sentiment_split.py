@@ -58,9 +58,7 @@ def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, DuplicateReport]:
     """One row per headline (its first spelling), with its majority label; a tie has no
     honest label and is dropped. Returns the frame (fresh index) and the report."""
     report = find_duplicates(df)
-    first_text: dict[str, str] = {}
-    for text in df["text"]:
-        first_text.setdefault(_normalize(text), text)
+    first_text = df["text"].groupby(df["text"].map(_normalize), sort=False).first()
     texts, labels = [], []
     for key, counts in _label_counts(df).items():
         (top, n_top), *rest = counts.most_common()
@@ -70,7 +68,6 @@ def deduplicate(df: pd.DataFrame) -> tuple[pd.DataFrame, DuplicateReport]:
         texts.append(first_text[key])
         labels.append(top)
     return pd.DataFrame({"text": texts, "label": labels}), report
-
 
 
 @dataclass

@@ -1,6 +1,5 @@
-"""A causal LM as a classifier by generation: notebook 02's :func:`parse_label`, and the
-metrics for notebooks 02-03, the exercises and the benchmark. Label scoring is in
-:mod:`phi2kit.evaluate.scoring`.
+"""Notebook 02's :func:`parse_label`, and the metrics for notebooks 02-03, the exercises and
+the benchmark. Label scoring is in :mod:`phi2kit.evaluate.scoring`.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from phi2kit.data.sentiment import LABELS
-from phi2kit.generation import generate
 
 UNPARSED = "unparsed"
 
@@ -30,21 +28,6 @@ def parse_label(text, labels=LABELS):
     return next(label for label in labels if label.lower() == match.group(1).lower())
 
 
-def predict_by_generation(
-    model: Any,
-    tokenizer: Any,
-    prompts: Sequence[str],
-    max_new_tokens: int = 4,
-    batch_size: int = 16,
-    labels: Sequence[str] = LABELS,
-) -> list[str | None]:
-    """Greedy generation, parsed with :func:`parse_label`. Unparseable outputs are ``None``."""
-    out = generate(
-        model, tokenizer, list(prompts), max_new_tokens=max_new_tokens, batch_size=batch_size
-    )
-    return [parse_label(text, labels) for text in out.texts]
-
-
 def classification_metrics(
     y_true: Sequence[str], y_pred: Sequence[str | None], labels: Sequence[str] = LABELS
 ) -> dict[str, Any]:
@@ -53,33 +36,27 @@ def classification_metrics(
     order). ``None`` predictions (unparsed) count as wrong, in ``n_unparsed`` and in
     ``report`` as ``"unparsed"``.
     """
-    from sklearn.metrics import classification_report, confusion_matrix, f1_score
+    from sklearn.metrics import classification_report, confusion_matrix, f1_score, recall_score
 
     if len(y_true) != len(y_pred):
         raise ValueError(f"y_true has {len(y_true)} items but y_pred has {len(y_pred)}")
     if len(y_true) == 0:
         raise ValueError("nothing to evaluate: y_true is empty")
+    labels = list(labels)
     unknown = sorted(set(y_true) - set(labels))
     if unknown:
-        raise ValueError(f"y_true has labels {unknown} that are not in {list(labels)}")
+        raise ValueError(f"y_true has labels {unknown} that are not in {labels}")
     y_true, y_pred = list(y_true), [UNPARSED if p is None else p for p in y_pred]
-    correct = np.array([t == p for t, p in zip(y_true, y_pred, strict=True)])
-    per_class = {}
-    for label in labels:
-        mask = np.array([t == label for t in y_true])
-        per_class[label] = float(correct[mask].mean()) if mask.any() else float("nan")
+    recall = recall_score(y_true, y_pred, labels=labels, average=None, zero_division=np.nan)
+    kw = {"labels": labels, "zero_division": 0}
     return {
-        "accuracy": float(correct.mean()),
-        "per_class_accuracy": per_class,
-        "macro_f1": float(
-            f1_score(y_true, y_pred, labels=list(labels), average="macro", zero_division=0)
-        ),
+        "accuracy": sum(t == p for t, p in zip(y_true, y_pred, strict=True)) / len(y_true),
+        "per_class_accuracy": {label: float(r) for label, r in zip(labels, recall, strict=True)},
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", **kw)),
         "n_unparsed": y_pred.count(UNPARSED),
         "n": len(y_true),
-        "report": classification_report(
-            y_true, y_pred, labels=list(labels), zero_division=0, digits=3
-        ),
-        "confusion": confusion_matrix(y_true, y_pred, labels=list(labels)),
+        "report": classification_report(y_true, y_pred, digits=3, **kw),
+        "confusion": confusion_matrix(y_true, y_pred, labels=labels),
     }
 
 

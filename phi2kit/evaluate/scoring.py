@@ -8,6 +8,7 @@ row per prompt when every label is one token, the prompts' shared instruction ru
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,19 +46,8 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     """How many leading token ids every row shares, leaving each row at least one of its own."""
     if not rows:
         return 0
-    n = min(len(ids) for ids in rows) - 1
-    first = rows[0]
-    for ids in rows[1:]:
-        n = next((k for k in range(n) if ids[k] != first[k]), n)
-    return max(n, 0)
-
-
-def _prefix_cache(model: Any, ids: Sequence[int]) -> Any:
-    """The keys and values of ``ids`` run once, for one row (``None`` for no prefix)."""
-    if not ids:
-        return None
-    return model(input_ids=torch.tensor([list(ids)], device=model.device),
-                 use_cache=True).past_key_values  # fmt: skip
+    rows = [list(ids) for ids in rows]
+    return max(min(len(os.path.commonprefix(rows)), min(map(len, rows)) - 1), 0)
 
 
 def _forward_rows(model: Any, rows: Sequence[Sequence[int]], n_shared: int, prefix: Any,
@@ -116,7 +106,8 @@ def score_labels(
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i]))
     scores = np.zeros((len(encoded), len(labels)), dtype=np.float64)
     with inference(model):
-        prefix = _prefix_cache(model, encoded[0][:n_shared])
+        shared = torch.tensor([encoded[0][:n_shared]], device=model.device)  # run once
+        prefix = model(input_ids=shared, use_cache=True).past_key_values if n_shared else None
         starts = range(0, len(order), batch_size)
         for start in progress(starts, desc="label scoring", show=on_gpu(model)):
             idx = order[start : start + batch_size]
