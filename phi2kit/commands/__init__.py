@@ -54,8 +54,7 @@ def adapter_error(adapter: str | Path, fix: str) -> str | None:
     folder = Path(adapter)
     config = folder / "adapter_config.json"
     inner = folder / "adapter" / "adapter_config.json"  # a `phi2kit train` run folder
-    problem = folder_error("--adapter", adapter, fix)
-    if problem:
+    if problem := folder_error("--adapter", adapter, fix):
         return problem
     if inner.is_file() and not config.is_file():
         return f"--adapter {adapter}: a run folder; pass its adapter, --adapter {inner.parent}"

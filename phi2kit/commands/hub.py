@@ -50,13 +50,8 @@ def require_token() -> str:
     return token
 
 
-def push_adapter(
-    folder: str | os.PathLike[str],
-    repo_id: str,
-    *,
-    token: str,
-    private: bool = True,
-) -> str:
+def push_adapter(folder: str | os.PathLike[str], repo_id: str, *, token: str,
+                 private: bool = True) -> str:  # fmt: skip
     """Upload the allowed files of the adapter ``folder`` to the model repo ``repo_id``
     (created if missing; an existing one keeps its visibility); return its URL. A
     :class:`HubError`'s message is redacted and drops the original exception."""
@@ -69,13 +64,9 @@ def push_adapter(
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(
-            folder_path=str(folder),
-            repo_id=repo_id,
-            repo_type="model",
-            allow_patterns=list(ALLOWED_PATTERNS),
-            commit_message="Upload LoRA adapter trained with phi2kit",
-        )
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          allow_patterns=list(ALLOWED_PATTERNS),
+                          commit_message="Upload LoRA adapter trained with phi2kit")  # fmt: skip
     except Exception as err:
         failure = redact(f"push to {repo_id!r} failed: {type(err).__name__}: {err}", token)
     if failure is not None:

@@ -52,17 +52,9 @@ def load_data(setup: Setup) -> Data:
     ``DataError`` naming the file (a missing ``--data`` is :mod:`phi2kit.commands.train`'s)."""
     path = resolve_data(DATA[setup.task], setup.data, setup.profile)
     tokenizer = load_tokenizer(setup.profile, padding_side="right")
-    if setup.task in ("sentiment", "classifier"):
-        splits = read_news(path, setup, tokenizer)
-    elif setup.task == "webglm":
-        splits = read_webglm(path, setup, tokenizer)
-    elif setup.task == "chat":
-        splits = read_chat(path, setup, tokenizer)
-    elif setup.task == "dpo":
-        splits = read_pairs(path, setup, tokenizer)
-    else:
-        splits = read_prompts(path, setup, tokenizer), None  # GRPO has no eval loss
-    return Data(path, tokenizer, *splits)
+    read = {"sentiment": read_news, "classifier": read_news, "webglm": read_webglm,
+            "chat": read_chat, "dpo": read_pairs, "grpo": read_prompts}[setup.task]  # fmt: skip
+    return Data(path, tokenizer, *read(path, setup, tokenizer))
 
 
 def read_news(path: Path | None, setup: Setup, tokenizer):
@@ -136,7 +128,6 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
         raise DataError(f"{len(threads)} usable thread(s) in language {setup.lang or 'any'!r}: "
                         f"need at least 2{other}", path=path)  # fmt: skip
     n_eval = min(setup.recipe.n_test, max(1, len(threads) // 5))
-
     n_train, n_test, max_length = setup.recipe.n_train, setup.recipe.n_test, setup.recipe.max_length
     made = {name: [ex for t in part for ex in to_examples(t, tokenizer, max_length)]
             for name, part in (("train", threads[:-n_eval]), ("eval", threads[-n_eval:]))}
@@ -195,17 +186,15 @@ def read_prompts(path: Path | None, setup: Setup, tokenizer):
         raise DataError(f"{len(rows)} prompt(s) fit max_length - max_completion_length = "
                         f"{budget} tokens with a reference: need more (raise max_length)",
                         path=path or "hub")  # fmt: skip
-    return Dataset.from_list(rows)
+    return Dataset.from_list(rows), None  # GRPO has no eval loss
 
 
 def build_trainer(setup: Setup, data: Data, output_dir, **args):
     """The task's model (LoRA on the profile's base, or the ``--adapter`` it goes on
     training) and trainer; ``args`` go to the training arguments (checkpoints, seed, logging)."""
     profile, recipe = setup.profile, setup.recipe
-    if setup.task == "dpo":
-        return dpo(setup, data, output_dir, **args)
-    if setup.task == "grpo":
-        return grpo(setup, data, output_dir, **args)
+    if setup.task in ("dpo", "grpo"):
+        return (dpo if setup.task == "dpo" else grpo)(setup, data, output_dir, **args)
     if setup.task == "classifier":
         labels = setup.labels or sentiment.LABELS
         base = load_classifier(profile, quantize_4bit=recipe.quantize_4bit, labels=labels)
