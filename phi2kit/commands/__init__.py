@@ -17,12 +17,9 @@ from phi2kit.profiles import PROFILES
 def add_profile_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """The one ``--profile`` flag: a name from :data:`phi2kit.profiles.PROFILES`, or ``auto``."""
     names = [*PROFILES, "auto"]
-    parser.add_argument(
-        "--profile",
-        default=default,
-        choices=names,
-        help=f"{', '.join(names)} (default {default}; auto reads PHI2KIT_PROFILE, then the GPU)",
-    )
+    parser.add_argument("--profile", default=default, choices=names,
+                        help=f"{', '.join(names)} (default {default}; auto reads "
+                        "PHI2KIT_PROFILE, then the GPU)")  # fmt: skip
 
 
 def fail(command: str, message: str) -> int:

@@ -42,11 +42,10 @@ def require_token() -> str:
 
     token = get_token()
     if not token:
-        raise HubError(
-            f"--push-to-hub needs a Hugging Face token with write access: set the {TOKEN_ENV} "
-            f"environment variable, or on Colab add a secret named {TOKEN_ENV} (key icon) and "
-            "grant this notebook access. Never paste a token into a notebook cell."
-        )
+        raise HubError(f"--push-to-hub needs a Hugging Face token with write access: set the "
+                       f"{TOKEN_ENV} environment variable, or on Colab add a secret named "
+                       f"{TOKEN_ENV} (key icon) and grant this notebook access. Never paste a "
+                       "token into a notebook cell.")  # fmt: skip
     return token
 
 
@@ -73,6 +72,5 @@ def push_adapter(folder: str | os.PathLike[str], repo_id: str, *, token: str,
         # Raised outside the handler so that the original exception, which may quote the
         # token, is neither chained nor kept as the context of the traceback.
         raise HubError(failure)
-    where = str(getattr(url, "url", url) or f"https://huggingface.co/{repo_id}")
-    logger.info("pushed %s to %s (%s)", folder, where, "private" if private else "public")
-    return where
+    logger.info("pushed %s to %s (%s)", folder, url, "private" if private else "public")
+    return str(url)  # create_repo's RepoUrl is the URL as a str
