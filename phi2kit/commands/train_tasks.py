@@ -52,9 +52,17 @@ def load_data(setup: Setup) -> Data:
     ``DataError`` naming the file (a missing ``--data`` is :mod:`phi2kit.commands.train`'s)."""
     path = resolve_data(DATA[setup.task], setup.data, setup.profile)
     tokenizer = load_tokenizer(setup.profile, padding_side="right")
-    read = {"sentiment": read_news, "classifier": read_news, "webglm": read_webglm,
-            "chat": read_chat, "dpo": read_pairs, "grpo": read_prompts}[setup.task]  # fmt: skip
-    return Data(path, tokenizer, *read(path, setup, tokenizer))
+    if setup.task in ("sentiment", "classifier"):
+        splits = read_news(path, setup, tokenizer)
+    elif setup.task == "webglm":
+        splits = read_webglm(path, setup, tokenizer)
+    elif setup.task == "chat":
+        splits = read_chat(path, setup, tokenizer)
+    elif setup.task == "dpo":
+        splits = read_pairs(path, setup, tokenizer)
+    else:
+        splits = read_prompts(path, setup, tokenizer)
+    return Data(path, tokenizer, *splits)
 
 
 def read_news(path: Path | None, setup: Setup, tokenizer):
@@ -193,8 +201,10 @@ def build_trainer(setup: Setup, data: Data, output_dir, **args):
     """The task's model (LoRA on the profile's base, or the ``--adapter`` it goes on
     training) and trainer; ``args`` go to the training arguments (checkpoints, seed, logging)."""
     profile, recipe = setup.profile, setup.recipe
-    if setup.task in ("dpo", "grpo"):
-        return (dpo if setup.task == "dpo" else grpo)(setup, data, output_dir, **args)
+    if setup.task == "dpo":
+        return dpo(setup, data, output_dir, **args)
+    if setup.task == "grpo":
+        return grpo(setup, data, output_dir, **args)
     if setup.task == "classifier":
         labels = setup.labels or sentiment.LABELS
         base = load_classifier(profile, quantize_4bit=recipe.quantize_4bit, labels=labels)
