@@ -17,12 +17,9 @@ from phi2kit.profiles import PROFILES
 def add_profile_argument(parser: argparse.ArgumentParser, default: str = "auto") -> None:
     """The one ``--profile`` flag: a name from :data:`phi2kit.profiles.PROFILES`, or ``auto``."""
     names = [*PROFILES, "auto"]
-    parser.add_argument(
-        "--profile",
-        default=default,
-        choices=names,
-        help=f"{', '.join(names)} (default {default}; auto reads PHI2KIT_PROFILE, then the GPU)",
-    )
+    parser.add_argument("--profile", default=default, choices=names,
+                        help=f"{', '.join(names)} (default {default}; auto reads "
+                        "PHI2KIT_PROFILE, then the GPU)")  # fmt: skip
 
 
 def fail(command: str, message: str) -> int:
@@ -54,8 +51,7 @@ def adapter_error(adapter: str | Path, fix: str) -> str | None:
     folder = Path(adapter)
     config = folder / "adapter_config.json"
     inner = folder / "adapter" / "adapter_config.json"  # a `phi2kit train` run folder
-    problem = folder_error("--adapter", adapter, fix)
-    if problem:
+    if problem := folder_error("--adapter", adapter, fix):
         return problem
     if inner.is_file() and not config.is_file():
         return f"--adapter {adapter}: a run folder; pass its adapter, --adapter {inner.parent}"

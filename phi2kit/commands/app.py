@@ -76,9 +76,8 @@ def make_chat_fn(model, tokenizer, *, max_new_tokens: int = 128, temperature: fl
     return respond
 
 
-def describe_model(
-    profile: str, *, base: str | None, adapter: str | None, quantize_4bit: bool = False
-) -> str:
+def describe_model(profile: str, *, base: str | None, adapter: str | None,
+                   quantize_4bit: bool = False) -> str:  # fmt: skip
     """One Markdown line: which base model (and precision) and which adapter answer."""
     shown_base = f"`{base}`" if base else "the tiny Phi shipped with phi2kit"
     bits = ", nf4" if quantize_4bit else ""
@@ -103,14 +102,9 @@ def build_app(model, tokenizer, *, description: str = "", max_new_tokens: int = 
         make_chat_fn(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature),
         additional_inputs=settings,
         additional_inputs_accordion=gr.Accordion("Generation settings", open=False),
-        title="phi2kit chat",
-        description=(
-            f"{description}\n\nThe chat format of notebook 06 (OpenAssistant threads): "
-            "`### Human:` / `### Assistant:`."
-        ).strip(),
-        api_name="respond",
-        flagging_mode="never",
-    )
+        title="phi2kit chat", api_name="respond", flagging_mode="never",
+        description=(f"{description}\n\nThe chat format of notebook 06 (OpenAssistant "
+                     "threads): `### Human:` / `### Assistant:`.").strip())  # fmt: skip
 
 
 def add_app_parser(subparsers) -> argparse.ArgumentParser:
@@ -118,8 +112,7 @@ def add_app_parser(subparsers) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "app", help="serve the Gradio chat app",
         description="A Gradio chat app over a base model and an optional chat adapter (lesson "
-        "06's), in the spirit of a Hugging Face Space.",
-    )  # fmt: skip
+        "06's), in the spirit of a Hugging Face Space.")  # fmt: skip
     add_model_arguments(parser)
     parser.add_argument("--host", default=HOST, help=f"address to serve on (default {HOST})")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
@@ -135,8 +128,7 @@ def run_app(args: argparse.Namespace) -> int:
     from phi2kit.models import model_source
     from phi2kit.profiles import get_profile
 
-    problem = model_error(args) or port_error(args.host, args.port)
-    if problem:
+    if problem := model_error(args) or port_error(args.host, args.port):
         return fail("app", problem)
     profile = get_profile(args.profile)  # ProfileError: phi2kit.commands.main says it
     if importlib.util.find_spec("gradio") is None:

@@ -57,9 +57,7 @@ def model_error(args: argparse.Namespace) -> str | None:
 def adapter_note(adapter: str | Path | None) -> str | None:
     """A note when ``phi2kit train``'s ``run.json`` beside ``adapter`` names a task that does
     not chat (a sentiment adapter answers with a label): legal, but rarely what was meant."""
-    if adapter is None:
-        return None
-    run, task = trained_by(adapter)
+    run, task = trained_by(adapter) if adapter is not None else (None, None)
     if task in (None, "chat", "dpo"):
         return None
     return (f"note: --adapter {adapter} was trained by `phi2kit train {task}` ({run} says so), "
@@ -72,13 +70,11 @@ def load_for_command(args: argparse.Namespace):
     start-up notes: nothing a shell user can act on."""
     from phi2kit.logs import quiet_command
 
-    note = adapter_note(args.adapter)
-    if note:
+    if note := adapter_note(args.adapter):
         print(f"phi2kit: {note}", file=sys.stderr)
     quiet_command()
-    return load_chat_model(
-        args.profile, adapter=args.adapter, model=args.model, quantize_4bit=args.quantize_4bit
-    )
+    return load_chat_model(args.profile, adapter=args.adapter, model=args.model,
+                           quantize_4bit=args.quantize_4bit)  # fmt: skip
 
 
 def add_chat_parser(subparsers) -> argparse.ArgumentParser:
@@ -93,13 +89,11 @@ def add_chat_parser(subparsers) -> argparse.ArgumentParser:
     return parser
 
 
-def run_chat(
-    args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | None = None
-) -> int:
+def run_chat(args: argparse.Namespace, stdin: TextIO | None = None,
+             stdout: TextIO | None = None) -> int:  # fmt: skip
     """Read messages from ``stdin`` line by line and print each reply as it is generated."""
     stdin, stdout = stdin or sys.stdin, stdout or sys.stdout
-    problem = model_error(args)
-    if problem:
+    if problem := model_error(args):
         return fail("chat", problem)
     get_profile(args.profile)  # ProfileError: phi2kit.commands.main says it in shell words
     model, tokenizer = load_for_command(args)

@@ -32,7 +32,7 @@ def find_notebooks(folder: Path | None = None) -> list[Path]:
         folder = here if here.is_dir() else Path(__file__).resolve().parents[2] / "notebooks"
     if not Path(folder).is_dir():
         raise ValueError(f"--notebooks {folder}: no such folder; pass the folder of NN_*.ipynb")
-    found = sorted(p for p in Path(folder).glob("[0-9][0-9]_*.ipynb"))
+    found = sorted(Path(folder).glob("[0-9][0-9]_*.ipynb"))
     if not found:
         raise ValueError(f"--notebooks {folder}: no NN_*.ipynb notebooks in it")
     return found
@@ -43,12 +43,11 @@ def select_notebooks(notebooks: list[Path], only: list[str] | None) -> list[Path
     if not only:
         return notebooks
     valid = {nb.name[:2]: nb for nb in notebooks}
-    wanted = [n.zfill(2) for n in only]
     unknown = [n for n in only if n.zfill(2) not in valid]
     if unknown:
-        raise ValueError(
-            f"--only {' '.join(unknown)}: no such notebook; the numbers are {' '.join(valid)}"
-        )
+        raise ValueError(f"--only {' '.join(unknown)}: no such notebook; the numbers are "
+                         f"{' '.join(valid)}")  # fmt: skip
+    wanted = {n.zfill(2) for n in only}
     return [nb for key, nb in valid.items() if key in wanted]
 
 
@@ -119,11 +118,8 @@ def _failed_cell(exc: Exception, nb: Path, executed: Path) -> tuple[int | None, 
     import nbformat
 
     source = getattr(exc, "source", None)
-    if source is None and executed.is_file():
-        try:
-            ran = nbformat.read(executed, as_version=4).cells
-        except Exception:  # noqa: BLE001 - a half-written copy: say what we can
-            ran = []
+    if source is None and executed.is_file():  # half-written: describe_failure says what it can
+        ran = nbformat.read(executed, as_version=4).cells
         started = [c for c in ran if c.get("metadata", {}).get("papermill", {}).get("start_time")]
         source = started[-1].source if started else None
     if source is None:

@@ -10,14 +10,12 @@ from pathlib import Path
 
 def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
-        "exercises",
-        help="list the exercises, or grade a notebook",
+        "exercises", help="list the exercises, or grade a notebook",
         description="List the exercises, or grade a learner's copy of one. check runs the "
         "notebook's code cells (the grading cell left out) and prints what passed, what "
         "failed and a hint; the exit code is 0 only when every check passed.",
         epilog="examples: phi2kit exercises list; phi2kit exercises check 02_b; "
-        "phi2kit exercises check 02_b my_copy.ipynb",
-    )
+        "phi2kit exercises check 02_b my_copy.ipynb")  # fmt: skip
     p.set_defaults(func=run_list)  # `phi2kit exercises` alone lists them
     sub = p.add_subparsers(dest="action")
     sub.add_parser("list", help="every exercise: id, kind, lesson section")  # func: run_list

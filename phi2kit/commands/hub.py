@@ -42,21 +42,15 @@ def require_token() -> str:
 
     token = get_token()
     if not token:
-        raise HubError(
-            f"--push-to-hub needs a Hugging Face token with write access: set the {TOKEN_ENV} "
-            f"environment variable, or on Colab add a secret named {TOKEN_ENV} (key icon) and "
-            "grant this notebook access. Never paste a token into a notebook cell."
-        )
+        raise HubError(f"--push-to-hub needs a Hugging Face token with write access: set the "
+                       f"{TOKEN_ENV} environment variable, or on Colab add a secret named "
+                       f"{TOKEN_ENV} (key icon) and grant this notebook access. Never paste a "
+                       "token into a notebook cell.")  # fmt: skip
     return token
 
 
-def push_adapter(
-    folder: str | os.PathLike[str],
-    repo_id: str,
-    *,
-    token: str,
-    private: bool = True,
-) -> str:
+def push_adapter(folder: str | os.PathLike[str], repo_id: str, *, token: str,
+                 private: bool = True) -> str:  # fmt: skip
     """Upload the allowed files of the adapter ``folder`` to the model repo ``repo_id``
     (created if missing; an existing one keeps its visibility); return its URL. A
     :class:`HubError`'s message is redacted and drops the original exception."""
@@ -69,19 +63,14 @@ def push_adapter(
     try:
         api = HfApi(token=token)
         url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-        api.upload_folder(
-            folder_path=str(folder),
-            repo_id=repo_id,
-            repo_type="model",
-            allow_patterns=list(ALLOWED_PATTERNS),
-            commit_message="Upload LoRA adapter trained with phi2kit",
-        )
+        api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                          allow_patterns=list(ALLOWED_PATTERNS),
+                          commit_message="Upload LoRA adapter trained with phi2kit")  # fmt: skip
     except Exception as err:
         failure = redact(f"push to {repo_id!r} failed: {type(err).__name__}: {err}", token)
     if failure is not None:
         # Raised outside the handler so that the original exception, which may quote the
         # token, is neither chained nor kept as the context of the traceback.
         raise HubError(failure)
-    where = str(getattr(url, "url", url) or f"https://huggingface.co/{repo_id}")
-    logger.info("pushed %s to %s (%s)", folder, where, "private" if private else "public")
-    return where
+    logger.info("pushed %s to %s (%s)", folder, url, "private" if private else "public")
+    return str(url)  # create_repo's RepoUrl is the URL as a str

@@ -17,9 +17,8 @@ from phi2kit.commands.train import add_train_parser
 
 
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="phi2kit", description="Fine-tune Phi-2 with LoRA/QLoRA: the course's commands."
-    )
+    parser = argparse.ArgumentParser(prog="phi2kit", description="Fine-tune Phi-2 with "
+                                     "LoRA/QLoRA: the course's commands.")  # fmt: skip
     sub = parser.add_subparsers(dest="command", required=True)
     for add in (add_course_parser, add_plan_parser, add_train_parser, add_chat_parser,
                 add_bench_parser, add_exercises_parser, add_app_parser):  # fmt: skip

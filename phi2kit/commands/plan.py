@@ -54,13 +54,11 @@ def _past_context(args: argparse.Namespace) -> str | None:
     """``--max-length`` beyond what the profile's model reads (Phi-2: 2,048), or None."""
     from phi2kit.plan import _resolve  # the planner's own profile -> model config
 
-    if args.max_length is None:
-        return None
     config, profile = _resolve(args.profile)
-    name = "the tiny Phi" if profile.is_tiny else "Phi-2"
     context = config.max_position_embeddings
-    if args.max_length <= context:
+    if args.max_length is None or args.max_length <= context:
         return None
+    name = "the tiny Phi" if profile.is_tiny else "Phi-2"
     return (f"--max-length {args.max_length}: {name} reads at most {context:,} tokens "
             f"(max_position_embeddings); e.g. --max-length {context}")
 
@@ -73,8 +71,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_dpo_recipe, get_grpo_recipe, get_recipe
 
-    problem = _bad_value(args) or _past_context(args)
-    if problem:
+    if problem := _bad_value(args) or _past_context(args):
         return fail("plan", problem)
     flags = {"max_length": args.max_length, "batch_size": args.batch,
              "quantize_4bit": args.quantize_4bit}  # fmt: skip

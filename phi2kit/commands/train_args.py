@@ -148,8 +148,7 @@ def _check_adapter(adapter: Path | None, task: str) -> None:
     if adapter is None:
         raise ValueError(f"{task} needs --adapter PATH, the {sft} (SFT) adapter it starts from; "
                          f"{how}")  # fmt: skip
-    problem = adapter_error(adapter, how)
-    if problem:
+    if problem := adapter_error(adapter, how):
         raise ValueError(problem)
     run, made_by = trained_by(adapter)
     if made_by not in (None, sft, task):

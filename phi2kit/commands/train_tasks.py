@@ -61,7 +61,7 @@ def load_data(setup: Setup) -> Data:
     elif setup.task == "dpo":
         splits = read_pairs(path, setup, tokenizer)
     else:
-        splits = read_prompts(path, setup, tokenizer), None  # GRPO has no eval loss
+        splits = read_prompts(path, setup, tokenizer)
     return Data(path, tokenizer, *splits)
 
 
@@ -136,7 +136,6 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
         raise DataError(f"{len(threads)} usable thread(s) in language {setup.lang or 'any'!r}: "
                         f"need at least 2{other}", path=path)  # fmt: skip
     n_eval = min(setup.recipe.n_test, max(1, len(threads) // 5))
-
     n_train, n_test, max_length = setup.recipe.n_train, setup.recipe.n_test, setup.recipe.max_length
     made = {name: [ex for t in part for ex in to_examples(t, tokenizer, max_length)]
             for name, part in (("train", threads[:-n_eval]), ("eval", threads[-n_eval:]))}
@@ -195,7 +194,7 @@ def read_prompts(path: Path | None, setup: Setup, tokenizer):
         raise DataError(f"{len(rows)} prompt(s) fit max_length - max_completion_length = "
                         f"{budget} tokens with a reference: need more (raise max_length)",
                         path=path or "hub")  # fmt: skip
-    return Dataset.from_list(rows)
+    return Dataset.from_list(rows), None  # GRPO has no eval loss
 
 
 def build_trainer(setup: Setup, data: Data, output_dir, **args):
