@@ -285,6 +285,23 @@ def test_typed_in_reward_accuracy_fails_08b():
     assert _failed(wrong_pairs) == [0, 2], wrong_pairs.text()
 
 
+def test_typed_in_phi2_saving_fails_01a():
+    import math
+
+    from phi2kit_exercises.checks_01_02 import PHI2_LINEAR_SIZES, constant_bytes
+
+    right = sum(constant_bytes(n, False) - constant_bytes(n, True) for n in PHI2_LINEAR_SIZES)
+    ns = {"PHI2_LINEAR_SIZES": PHI2_LINEAR_SIZES, "constant_bytes": constant_bytes}
+
+    def no_table(n, double_quant):  # forgets the 4 bytes per 256 blocks and the code table
+        return math.ceil(n / 64) * (1 if double_quant else 4)
+
+    assert evaluate("01_a", {**ns, "phi2_saved_mb": right / 1e6}).results[2].passed
+    typed = evaluate("01_a", {**ns, "phi2_saved_mb": 117.0}).results[2]
+    assert not typed.passed and "do not type it in" in typed.detail
+    wrong = evaluate("01_a", {**ns, "constant_bytes": no_table, "phi2_saved_mb": 118.0})
+    assert "block sizes give" in wrong.results[2].detail
+
 def test_a_stopped_cell_is_counted_from_one(tmp_path):
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
     from phi2kit_exercises import run_notebook
