@@ -154,6 +154,176 @@ def test_wrong_answers_fail_with_what_was_found():
     assert "`dequantize_into` raised IndexError: list index out of range" in report.text()
 
 
+def _variant(ex_id: str, name: str, old: str = "", new: str = ""):
+    """The solution's function ``name``, with ``old`` (once in its cell) made ``new``."""
+    path = next((EXERCISE_DIR / "solutions").glob(f"{ex_id}_*.ipynb"))
+    source = next(c.source for c in nbformat.read(path, 4).cells if f"def {name}(" in c.source)
+    assert not old or source.count(old) == 1, old
+    ns: dict = {}
+    exec(source.replace(old, new) if old else source, ns)
+    return ns[name]
+
+
+def _failed(report) -> list[int]:
+    return [i for i, r in enumerate(report.results) if not r.passed]
+
+
+def test_wrong_rewards_fail_09b():
+    """Hidden cases: no constant, no position, no typed-in table passes a criterion."""
+    from phi2kit.data.webglm import parse_citations
+
+    solution = _variant("09_b", "fixed_reward")
+    answers = {"gold": "The moose lives [1].", "every reference": "The moose lives [1][2]."}
+    table = {"answers": answers, "refs": ["The moose lives here .", "b"]}
+    ns = {**table, "broken_scores": {"gold": 1.0, "every reference": 2.0}}
+
+    def constant(completions, references, **kwargs):
+        return [0.0] * len(completions)
+
+    def first_wins(completions, references, **kwargs):  # gold is first in the notebook's table
+        return [1.0 if i == 0 else 0.0 for i in range(len(completions))]
+
+    def counts(completions, references, **kwargs):  # the broken reward again
+        return [float(len(parse_citations(c))) for c in completions]
+
+    def hands_back(completions, references, **kwargs):
+        return completions
+
+    assert evaluate("09_b", {**ns, "fixed_reward": solution}).passed
+    for wrong, failing in [(constant, [1, 2]), (first_wins, [1, 2]), (counts, [1, 2]),
+                           (hands_back, [1, 2])]:  # fmt: skip
+        report = evaluate("09_b", {**ns, "fixed_reward": wrong})
+        assert _failed(report) == failing, (wrong.__name__, report.text())
+    report = evaluate("09_b", {**ns, "fixed_reward": first_wins})
+    assert "in a batch" in report.results[1].detail and "alone" in report.results[1].detail
+    report = evaluate("09_b", {**ns, "fixed_reward": constant})
+    assert "unsupported" in report.results[2].detail
+    typed = evaluate("09_b", {**ns, "broken_scores": {"gold": 0.0, "every reference": 9.0},
+                              "fixed_reward": solution})  # fmt: skip
+    assert _failed(typed) == [0] and "not typed in" in typed.results[0].detail
+
+
+def test_one_mistake_fails_one_check_09a():
+    import torch
+    from phi2kit_exercises import TODO
+
+    def advantages_with(std=torch.std, eps=1e-4):
+        def group_advantages(rewards, num_generations):
+            g = torch.as_tensor(rewards, dtype=torch.float32).view(-1, num_generations)
+            return ((g - g.mean(1, keepdim=True)) / (std(g, 1, keepdim=True) + eps)).flatten()
+
+        return group_advantages
+
+    def population_std(g, dim, keepdim):
+        return g.std(dim, keepdim=keepdim, unbiased=False)
+
+    totals = torch.tensor([3.0, -1.0, 0.5, 1.0, -0.5, 0.0])
+    for fn, failing in [(advantages_with(), []), (advantages_with(population_std), [0]),
+                        (advantages_with(eps=0.0), [1])]:  # fmt: skip
+        ns = {"group_advantages": fn, "totals": totals, "advantages": fn(totals, len(totals))}
+        report = evaluate("09_a", ns)
+        assert _failed(report) == failing, report.text()
+
+    report = evaluate("09_a", {"group_advantages": lambda rewards, n: TODO("write it")})
+    assert "not written yet" in report.results[0].detail
+    assert report.results[1].detail.startswith("not checked: it needs the failure above")
+    assert report.text().count("not written yet") == 1
+
+
+def test_each_rule_of_08a_has_its_own_check():
+    solution = _variant("08_a", "tree_pairs")
+
+    def neighbours(tree, lang="en"):  # 0 against 1, 1 against 2: the 08_a conclusion's question
+        by_prompt: dict = {}
+        for pair in solution(tree, lang):
+            by_prompt.setdefault(pair["prompt"], [pair["chosen"]]).append(pair["rejected"])
+        for prompt, replies in by_prompt.items():
+            for chosen, rejected in zip(replies, replies[1:], strict=False):
+                yield {"prompt": prompt, "chosen": chosen, "rejected": rejected}
+
+    # a tie at the top still pairs: the solution without its tie test
+    tie = ' and ranked[0]["rank"] < ranked[1]["rank"]'
+    no_tie_check = _variant("08_a", "tree_pairs", tie, "")
+
+    def top_turn_only(tree, lang="en"):
+        first = None
+        for pair in solution(tree, lang):
+            first = first or pair["prompt"]
+            if pair["prompt"] == first:
+                yield pair
+
+    assert evaluate("08_a", {"tree_pairs": solution}).passed
+    for wrong, failing in [(neighbours, [0, 4]), (no_tie_check, [2, 4]),
+                           (top_turn_only, [1, 4])]:  # fmt: skip
+        report = evaluate("08_a", {"tree_pairs": wrong})
+        assert _failed(report) == failing, (failing, report.text())
+        assert report.results[4].detail.startswith("not checked"), report.text()
+    report = evaluate("08_a", {"tree_pairs": lambda tree, lang="en": []})
+    assert "0 pairs, expected" in report.results[0].detail
+
+
+def test_typed_in_reward_accuracy_fails_08b():
+    """08_b's accuracies must come from a recorded reward_accuracy run on the right pairs."""
+    path = next((EXERCISE_DIR / "solutions").glob("08_b_*.ipynb"))
+    ns: dict = {}
+    exec(nbformat.read(path, 4).cells[4].source, ns)  # trees, pairs_by (no training)
+    ns["best_first"] = _variant("08_b", "best_first")
+
+    def ranked(replies, reverse):
+        return sorted((r for r in replies if r["rank"] is not None), key=lambda r: r["rank"],
+                      reverse=reverse)  # fmt: skip
+
+    swapped, right = (ns["pairs_by"](lambda rs, rev=rev: ranked(rs, rev)) for rev in (True, False))
+    runs = [(swapped, 0.05), (right, 0.95)]
+    ok = {**ns, "measured": runs, "broken_acc": 0.05, "fixed_acc": 0.95}
+    assert evaluate("08_b", ok).passed
+    typed = evaluate("08_b", {**ok, "measured": runs[:1], "fixed_acc": 0.9})
+    assert _failed(typed) == [2] and "not typed in" in typed.results[2].detail
+    other = evaluate("08_b", {**ok, "fixed_acc": 0.9})
+    assert _failed(other) == [2] and "measured [0.95]" in other.results[2].detail
+    wrong_pairs = evaluate("08_b", {**ok, "measured": [(swapped, 0.95)], "broken_acc": 0.95})
+    assert _failed(wrong_pairs) == [0, 2], wrong_pairs.text()
+
+
+def test_typed_in_phi2_saving_fails_01a():
+    import math
+
+    from phi2kit_exercises.checks_01_02 import PHI2_LINEAR_SIZES, constant_bytes
+
+    right = sum(constant_bytes(n, False) - constant_bytes(n, True) for n in PHI2_LINEAR_SIZES)
+    ns = {"PHI2_LINEAR_SIZES": PHI2_LINEAR_SIZES, "constant_bytes": constant_bytes}
+
+    def no_table(n, double_quant):  # forgets the 4 bytes per 256 blocks and the code table
+        return math.ceil(n / 64) * (1 if double_quant else 4)
+
+    assert evaluate("01_a", {**ns, "phi2_saved_mb": right / 1e6}).results[2].passed
+    typed = evaluate("01_a", {**ns, "phi2_saved_mb": 117.0}).results[2]
+    assert not typed.passed and "do not type it in" in typed.detail
+    wrong = evaluate("01_a", {**ns, "constant_bytes": no_table, "phi2_saved_mb": 118.0})
+    assert "block sizes give" in wrong.results[2].detail
+
+def test_a_stopped_cell_is_counted_from_one(tmp_path):
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+    from phi2kit_exercises import run_notebook
+
+    nb = new_notebook(cells=[new_markdown_cell("# title"), new_code_cell("x = 1"),
+                             new_code_cell("# a comment\ny = TODO('write y')")])  # fmt: skip
+    nb.cells[2].source = "from phi2kit_exercises import TODO\n" + nb.cells[2].source
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    _, error = run_notebook(tmp_path / "nb.ipynb")
+    assert str(error) == ("cell 3 (`from phi2kit_exercises import TODO`) is not done yet: "
+                          "write y")  # fmt: skip
+
+
+def test_exercises_use_current_apis_and_portable_paths():
+    sources = [c.source for p in NOTEBOOKS for _, nb in _both(p) for c in nb.cells]
+    sources += [p.read_text() for p in (EXERCISE_DIR / "phi2kit_exercises").glob("*.py")]
+    # transformers 5 deprecates it (FutureWarning; removed in v6)
+    assert not [s for s in sources if "gradient_checkpointing_enable(" in s]
+    # a path up from the notebook's folder only works from one folder (05_a looks upwards)
+    assert not [s for s in sources if '"../' in s]
+
+
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PHI2KIT_PROFILE": "tiny", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "phi2kit.commands.main", "exercises", *args]

@@ -48,8 +48,8 @@ def _01a_model(ns):
 @criterion(
     "01_a",
     "`constants` holds the measured bytes of both models",
-    "constants = {'double': describe(with_dq).bytes_by_dtype['quant constants'], "
-    "'single': the same for without_dq}",
+    "measure each model with describe(...) (phi2kit.footprint): its bytes_by_dtype has an "
+    "entry for the quantization constants; keep both, under 'double' and 'single'",
 )
 def _01a_constants(ns):
     constants = need(ns, "constants")
@@ -78,7 +78,12 @@ def _01a_phi2(ns):
     sizes = need(ns, "PHI2_LINEAR_SIZES")
     expect(sorted(sizes) == sorted(PHI2_LINEAR_SIZES), "PHI2_LINEAR_SIZES was changed")
     want = sum(constant_bytes(n, False) - constant_bytes(n, True) for n in sizes) / 1e6
-    expect(abs(got - want) < 0.01 * want, f"phi2_saved_mb = {got:.1f}; expected about {want:.1f}")
+    mine = sum(call(ns, "constant_bytes", n, False) - call(ns, "constant_bytes", n, True)
+               for n in sizes) / 1e6  # fmt: skip
+    expect(abs(mine - want) < 1e-9, f"your constant_bytes saves {mine:.4f} MB on Phi-2; "
+           f"bitsandbytes' block sizes give {want:.4f}")
+    expect(abs(got - mine) < 0.001 * want, f"phi2_saved_mb = {got:.1f}, but your constant_bytes "
+           f"gives {mine:.1f}: compute it from the formula, do not type it in")
     return f"{got:.1f} MB ({8e6 * got / sum(sizes):.3f} bits per weight)"
 
 
@@ -126,8 +131,8 @@ def _01b_error(ns):
 @criterion(
     "01_b",
     "pick_profile() chooses right on a CPU, a T4 and an A100 (simulated)",
-    "a T4 says torch.cuda.is_bf16_supported() is True (emulated bf16): ask with "
-    "including_emulation=False",
+    "a T4 says torch.cuda.is_bf16_supported() is True because it counts emulated bf16: "
+    "read that function's parameters (or the GPU's compute capability: bf16 needs 8.0)",
 )
 def _01b_pick(ns):
     for name, cuda, native in [("CPU", False, False), ("T4", True, False), ("A100", True, True)]:
@@ -138,7 +143,8 @@ def _01b_pick(ns):
 @criterion(
     "01_b",
     "`args`: the trainer config of the fixed profile never asks for bf16 on a T4",
-    "args = sft_config(get_profile(pick_profile(), check=False), recipe, folder)",
+    "build it with phi2kit.training.sft_config from fixed_profile and recipe, as the cell "
+    "after it does for the T4",
 )
 def _01b_args(ns):
     args, profile = need(ns, "args"), need(ns, "fixed_profile")
@@ -158,9 +164,8 @@ exercise("02_a", "LoRA rank and alpha: adapter size and accuracy", "Try it", "02
 @criterion(
     "02_a",
     "`sizes[r]` is the trainable parameter count for every r in RANKS",
-    "for each r: add_lora(phi2_on_meta(), "
-    "get_recipe('sentiment', profile, lora_r=r, lora_alpha=ALPHA_PER_R * r), profile)"
-    ".get_nb_trainable_parameters()[0]",
+    "put each r's recipe on phi2_on_meta() with phi2kit.lora's add_lora, then ask the PEFT "
+    "model how many parameters it trains (get_nb_trainable_parameters)",
 )
 def _02a_sizes(ns):
     from phi2kit.footprint import lora_parameters

@@ -80,7 +80,8 @@ def _03b_broken(ns):
 @criterion(
     "03_b",
     "the fixed adapter carries the score head, and reloads to the same logits",
-    "use task_type='SEQ_CLS' (PEFT then saves `score` through modules_to_save)",
+    "PEFT trains and saves a new head when the LoraConfig says which task the model does: "
+    "look at LoraConfig's task_type and PEFT's TaskType",
 )
 def _03b_fixed(ns):
     import numpy as np

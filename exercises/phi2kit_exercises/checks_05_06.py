@@ -30,8 +30,8 @@ def _05a_naive(ns):
 @criterion(
     "05_a",
     "the fixed merge reproduces the adapter-on-4-bit model",
-    "dequantize_into(load_model(profile, quantize_4bit=False), load_model(profile, "
-    "quantize_4bit=True)), then put the adapter on that base and merge_and_unload()",
+    "the adapter learned against dequant(nf4(W)), not W: build a full-precision base with "
+    "those weights (phi2kit.merging, lesson 05 §5.6), then put the adapter on it and merge",
 )
 def _05a_fixed(ns):
     from peft import PeftModel
@@ -61,8 +61,9 @@ exercise("05_b", "Dequantize, then merge", "Write it", "05 §5.6")
 @criterion(
     "05_b",
     "dequantize_into() copies dequant(nf4) into every Linear, exactly",
-    "for each bitsandbytes Linear4bit in `quantized`: dequantize_4bit(module.weight.data, "
-    "module.weight.quant_state) and copy it into target.get_submodule(name).weight",
+    "walk `quantized`'s named modules for bitsandbytes' Linear4bit; bitsandbytes.functional "
+    "turns a 4-bit weight and its quant_state back into floats; copy that into `target`'s "
+    "module of the same name, and return how many you copied",
 )
 def _05b_weights(ns):
     import torch
@@ -156,7 +157,7 @@ exercise("06_b", "Generating right after training, checkpointing on", "Break and
 @criterion(
     "06_b",
     "the broken generation differs from the eval-mode one",
-    "run the 'break' cell: train mode + gradient checkpointing, then generate",
+    "run the 'break' cell: train mode + activation (gradient) checkpointing, then generate",
 )
 def _06b_broken(ns):
     broken, reference = need(ns, "broken"), need(ns, "reference")
@@ -179,7 +180,7 @@ def _06b_safe(ns):
     model, tokenizer = load_model("tiny", quantize_4bit=False), load_tokenizer("tiny")
     prompts = ["### Human: Where does the otter live?\n### Assistant:", "def square(x):"]
     want = generate(model.eval(), tokenizer, prompts, max_new_tokens=10).texts
-    model.gradient_checkpointing_enable()
+    model.activation_checkpointing_enable()
     model.train()
     got = call(ns, "safe_generate", model, tokenizer, prompts, max_new_tokens=10)
     texts = getattr(got, "texts", got)
@@ -202,8 +203,8 @@ def _phi2_lora(targets, rank: int) -> int:
 
 
 @criterion("06_c", "`counts` and `share`: attention-only against all six on Phi-2",
-           "counts = {'attention': trainable_with(ATTENTION), 'all six': "
-           "trainable_with(PHI_LORA_TARGETS)}; share = attention / all six")  # fmt: skip
+           "count each target list with trainable_with (the attention names, then all six "
+           "of PHI_LORA_TARGETS); the share is the first count over the second")  # fmt: skip
 def _06c_counts(ns):
     from phi2kit.recipes import PHI_LORA_TARGETS
 

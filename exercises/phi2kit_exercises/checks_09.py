@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need
 
 # --- 09_a: the group baseline (Write it) -----------------------------------------------------
@@ -31,12 +33,15 @@ def _09a_formula(ns):
 
     g = torch.Generator().manual_seed(0)
     for n_gen in (2, 4, 8):
-        rewards = torch.rand(3 * n_gen, generator=g) * 3 - 1
+        # groups spread well apart, so that a missing 1e-4 is left to the flat-group check
+        rewards = (torch.rand(3 * n_gen, generator=g) * 3 - 1).view(3, n_gen)
+        rewards[:, 0], rewards[:, 1] = -1.0, 2.0
+        rewards = rewards.flatten()
         got = torch.as_tensor(call(ns, "group_advantages", rewards.clone(), n_gen)).flatten()
         want = _trl_advantages(rewards, n_gen)
         shapes = f"{tuple(got.shape)} values for {tuple(want.shape)} rewards"
         expect(got.shape == want.shape, shapes)
-        expect(torch.allclose(got.float(), want, atol=1e-4),
+        expect(torch.allclose(got.float(), want, atol=1e-4, rtol=1e-3),
                f"num_generations={n_gen}: got {got[:4].tolist()}, trl gives {want[:4].tolist()}")
 
 
@@ -56,16 +61,27 @@ def _09a_flat(ns):
 @criterion(
     "09_a",
     "the lesson's answers are ranked by advantage: gold first, the cheap answers last",
-    "advantages = group_advantages(totals, len(totals)), totals from the rewards table",
+    "run the table's cells as they are, after group_advantages: `advantages` is "
+    "group_advantages(totals, len(totals))",
 )
 def _09a_ranking(ns):
     import torch
 
     totals = torch.as_tensor(need(ns, "totals"), dtype=torch.float32).flatten()
     adv = torch.as_tensor(need(ns, "advantages"), dtype=torch.float32).flatten()
+    # a wrong group_advantages is the first check's failure: here only the table's own run
+    # is checked (advantages from these totals), and the ranking with trl's advantages
+    try:
+        mine = torch.as_tensor(ns["group_advantages"](totals.clone(), len(totals))).flatten()
+    except Exception:  # the first check reports it
+        mine = None
+    if mine is not None and mine.shape == adv.shape:
+        expect(torch.allclose(adv, mine.float(), atol=1e-4, equal_nan=True),
+               "advantages is not group_advantages(totals, len(totals)): run the table's cell "
+               "again")
     want = _trl_advantages(totals, len(totals))
-    expect(torch.allclose(adv, want, atol=1e-4), "advantages is not group_advantages(totals, ...)")
-    expect(int(adv.argmax()) == 0, "the gold answer (first row) should have the top advantage")
+    expect(int(want.argmax()) == 0, f"totals {totals.tolist()}: the gold answer (first row) "
+           "should have the top reward: are these the table's rewards?")
     return f"advantages {[round(float(a), 2) for a in adv]}"
 
 
@@ -91,21 +107,51 @@ _CHEAP = {
 
 
 def _fixed(ns, answers):
-    got = call(ns, "fixed_reward", completions=answers, references=[_REFS] * len(answers),
-               completion_ids=[[1, 2, 0]] * len(answers))  # fmt: skip
-    got = [float(x) for x in got]
-    expect(len(got) == len(answers), f"{len(got)} rewards for {len(answers)} completions")
-    return got
+    """fixed_reward on ``answers``, asked in a shuffled order (so that no position is the gold
+    one's) and answer by answer; the scores come back in the order of ``answers``."""
+    order = random.Random(9).sample(range(len(answers)), len(answers))
+    if len(answers) > 2:
+        while order[0] == 0 or order[-1] == 0:  # the gold answer never first, never last
+            order = order[1:] + order[:1]
+    shuffled = [answers[i] for i in order]
+    got = call(ns, "fixed_reward", completions=shuffled, references=[_REFS] * len(shuffled),
+               completion_ids=[[1, 2, 0]] * len(shuffled))  # fmt: skip
+    got = list(got)
+    expect(len(got) == len(shuffled), f"{len(got)} rewards for {len(shuffled)} completions")
+    bad = [x for x in got if not isinstance(x, int | float) and not hasattr(x, "__float__")]
+    if bad:
+        raise Fail(f"fixed_reward should give one number per completion; got {bad[0]!r}")
+    scores = [0.0] * len(answers)
+    for i, x in zip(order, got, strict=True):
+        scores[i] = float(x)
+    for i, answer in enumerate(answers):  # one at a time: the same score, whatever the batch
+        alone = call(ns, "fixed_reward", completions=[answer], references=[_REFS],
+                     completion_ids=[[1, 2, 0]])  # fmt: skip
+        expect(len(alone) == 1 and abs(float(alone[0]) - scores[i]) < 1e-6,
+               f"{answer!r} scores {scores[i]} in a batch, {list(alone)} alone: score each "
+               "answer on its own text and references, not on its place in the batch")
+    return scores
+
+
+def _count_citations(completions, references):  # the notebook's broken reward
+    from phi2kit.data.webglm import parse_citations
+
+    return [float(sum(1 <= k <= len(r) for k in parse_citations(c)))
+            for c, r in zip(completions, references, strict=True)]  # fmt: skip
 
 
 @criterion(
     "09_b",
     "the broken reward is measured: a cheap answer beats the gold answer",
-    "broken_scores = count_citations(...) on the answers of the table; one cheap answer "
-    "scores more than the gold one",
+    "run the 'break' cell as it is: it scores the table's answers with count_citations and "
+    "keeps them in broken_scores",
 )
 def _09b_broken(ns):
-    scores = need(ns, "broken_scores")
+    scores, answers, refs = need(ns, "broken_scores"), need(ns, "answers"), need(ns, "refs")
+    counted = _count_citations(list(answers.values()), [refs] * len(answers))
+    want = dict(zip(answers, counted, strict=True))
+    expect(dict(scores) == want, f"broken_scores = {dict(scores)}, but counting the citations "
+           f"of the answers gives {want}: broken_scores is measured, not typed in")
     gold = float(scores["gold"])
     beaten = [k for k, v in scores.items() if k != "gold" and float(v) > gold]
     expect(beaten, f"no answer beats the gold one ({gold}) under the broken reward: {dict(scores)}")
@@ -115,8 +161,9 @@ def _09b_broken(ns):
 @criterion(
     "09_b",
     "fixed_reward() ranks the gold answer above every cheap one (a repeated citation may tie)",
-    "score the share of citations the cited reference supports (lesson 04's citation_support, "
-    "one answer at a time), and subtract a penalty for the cheap answers (phi2kit.rewards.guard)",
+    "start from lesson 04's citation check, one answer at a time (it is a share, so extra "
+    "citations cannot add up); then look at which cheap answers still tie with the gold one, "
+    "and what lesson 09's guard in phi2kit.rewards costs them",
 )
 def _09b_fixed(ns):
     names = list(_CHEAP)
@@ -133,9 +180,13 @@ def _09b_fixed(ns):
 @criterion(
     "09_b",
     "fixed_reward() is a share, not a count: more citations cannot buy more reward",
-    "divide supported citations by all the answer's citations: [2][2][2] must not beat [2]",
+    "a share is supported citations over all the answer's citations: a second supported "
+    "citation must not raise it, and an unsupported one must lower it",
 )
 def _09b_share(ns):
-    one, many = _fixed(ns, ["The moose lives in mountains [2].",
-                            "The moose lives in mountains [2]. It lives in mountains [2]."])
+    one, many, half = _fixed(ns, ["The moose lives in mountains [2].",
+                                  "The moose lives in mountains [2]. It lives in mountains [2].",
+                                  "The moose lives in mountains [2]. It lives in mountains [3]."])
     expect(many <= one + 1e-9, f"two supported citations score {many}, one scores {one}")
+    expect(half < one - 1e-9, f"one supported and one unsupported citation score {half}, "
+           f"as much as one supported citation alone ({one})")

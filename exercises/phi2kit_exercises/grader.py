@@ -137,14 +137,17 @@ class Result:
 
 @dataclass
 class CellError:
-    index: int  # position among the notebook's cells
+    index: int  # position among the notebook's cells, from 0 (markdown cells count)
     kind: str  # "todo" or the exception's type name
     message: str
+    first_line: str = ""  # the cell's first line of code, to find it by
 
     def __str__(self) -> str:
+        # a learner counts cells from 1, top to bottom, markdown included
+        where = f"cell {self.index + 1}" + (f" (`{self.first_line}`)" if self.first_line else "")
         if self.kind == "todo":
-            return f"cell {self.index} is not done yet: {self.message}"
-        return f"cell {self.index} stopped with {self.kind}: {self.message}"
+            return f"{where} is not done yet: {self.message}"
+        return f"{where} stopped with {self.kind}: {self.message}"
 
 
 @dataclass
@@ -207,6 +210,13 @@ def evaluate(id: str, ns: Mapping[str, Any], cell_error: CellError | None = None
         except Exception as err:  # the grader could not even look: say what it met
             found = f"could not check it ({type(err).__name__}: {_first_line(err)})"
             results.append(Result(c.what, False, found, c.hint))
+    seen: set[str] = set()
+    for r in results:  # one mistake is told once: a later check that met it says so
+        if r.passed:
+            continue
+        if r.detail in seen:
+            r.detail, r.hint = "not checked: it needs the failure above fixed first", "see above"
+        seen.add(r.detail)
     return Report(ex, results, cell_error)
 
 
@@ -272,15 +282,17 @@ def run_notebook(
             tags = cell.metadata.get("tags", [])
             if cell.cell_type != "code" or GRADE_TAG in tags:
                 continue
+            first = next((ln.strip() for ln in cell.source.splitlines()
+                          if ln.strip() and not ln.lstrip().startswith("#")), "")[:60]  # fmt: skip
             try:
-                exec(compile(_code(cell.source), f"<{path.name} cell {i}>", "exec"), ns)
+                exec(compile(_code(cell.source), f"<{path.name} cell {i + 1}>", "exec"), ns)
                 if "parameters" in tags and parameters:
                     ns.update(parameters)
             except Todo as err:
-                error = CellError(i, "todo", str(err).removeprefix("TODO: "))
+                error = CellError(i, "todo", str(err).removeprefix("TODO: "), first)
                 break
             except Exception as err:
-                error = CellError(i, type(err).__name__, _first_line(err))
+                error = CellError(i, type(err).__name__, _first_line(err), first)
                 break
     plt.close("all")
     return ns, error
