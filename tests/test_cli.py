@@ -54,8 +54,8 @@ def test_course_reports_a_failing_notebook(tmp_path):
     row = next(ln for ln in (tmp_path / "run" / "summary.md").read_text().splitlines()
                if ln.startswith("| 01_broken |"))  # fmt: skip
     assert row.startswith("| 01_broken | failed |")
-    # the notebook, the cell (index and first line) and the error: not '-------------------'
-    assert "01_broken.ipynb, cell 1 ('1 / 0'): ZeroDivisionError: division by zero" in row
+    # the notebook, the cell (from 1, as a reader counts; first line), the error: not '-----'
+    assert "01_broken.ipynb, cell 2 ('1 / 0'): ZeroDivisionError: division by zero" in row
 
 
 def _notebook(folder, name: str, *sources: str):
@@ -75,7 +75,7 @@ def test_course_says_which_cell_timed_out_and_how_to_raise_the_limit(tmp_path, c
     argv = ["course", "--profile", "tiny", "--notebooks", str(tmp_path / "nbs")]
     assert main([*argv, "--out", str(tmp_path / "run"), "--timeout", "3"]) == 1
     captured = capsys.readouterr()
-    said = "01_slow.ipynb, cell 2 ('import time'): timed out: the cell ran past the limit of 3 s"
+    said = "01_slow.ipynb, cell 3 ('import time'): timed out: the cell ran past the limit of 3 s"
     assert said in (tmp_path / "run" / "summary.md").read_text()
     assert said in captured.out and "raise it with --timeout 6" in captured.out
     assert "IPKernelApp" not in captured.err  # the kernel's own log stays out of the shell

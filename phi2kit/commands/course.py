@@ -131,14 +131,15 @@ def _failed_cell(exc: Exception, nb: Path, executed: Path) -> tuple[int | None, 
 
 
 def describe_failure(exc: Exception, nb: Path, executed: Path, timeout: int) -> str:
-    """One line: the notebook, the cell (index and first line) and the error."""
+    """One line: the notebook, the cell (counted from 1, markdown included; its first line)
+    and the error."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     try:
         index, first = _failed_cell(exc, nb, executed)
     except Exception:  # noqa: BLE001 - describing must never hide the failure itself
         index, first = None, ""
-    where = f"{nb.name}, cell {index} ({first!r})" if index is not None else nb.name
+    where = f"{nb.name}, cell {index + 1} ({first!r})" if index is not None else nb.name
     if isinstance(exc, CellTimeoutError):
         what = (f"timed out: the cell ran past the limit of {timeout} s per cell. A busy machine "
                 f"can run CPU training several times slower: raise it with --timeout "
