@@ -310,6 +310,7 @@ def test_a_finished_run_loads_it_does_not_train(tmp_path, capsys):
     n_test = 3 * get_recipe("sentiment", "tiny").n_test  # per class
     assert f"test accuracy (label scoring, {n_test} headlines read once): {test_accuracy:.3f}; "\
         "chance 0.333" in said, said
+    assert ("no better than chance: the adapter did not learn" in said) == (test_accuracy <= 1 / 3)
     assert main([*args, "--resume"]) == 0
     said = capsys.readouterr().out
     assert "holds a finished run (4 of 4 steps): nothing to train" in said
@@ -503,7 +504,12 @@ def test_resume_checks_the_data_by_content_not_by_the_path_typed(tmp_path, capsy
     # the batch order decides the run too: another --sampler is another run
     assert main([*args, "--data", str(tmp_path / "a" / "news.csv"), "--steps", "4",
                  "--sampler", "random", "--resume"]) == 2  # fmt: skip
-    assert "sampler (the run's None, now 'random')" in capsys.readouterr().err
+    assert "sampler (the run's default, now 'random')" in capsys.readouterr().err
+    # labels are a list: named like the rest, in the order given
+    assert main([*args, "--data", str(tmp_path / "a" / "news.csv"), "--resume",
+                 "--labels", "positive,neutral,negative"]) == 2  # fmt: skip
+    assert ("labels (the run's ['negative', 'neutral', 'positive'], now ['positive', 'neutral', "
+            "'negative'])") in capsys.readouterr().err  # fmt: skip
     monkeypatch.chdir(tmp_path / "b")
     assert main([*args, "--data", "news.csv", "--steps", "4", "--resume"]) == 2
     err = capsys.readouterr().err

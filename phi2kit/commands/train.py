@@ -72,6 +72,13 @@ def _say(message: str) -> None:
     print(f"phi2kit train: {message}")
 
 
+def _shown(key: str, value) -> str:
+    """A stored setting as the shell user set it: None is a flag left out (``--lang all``)."""
+    if value is None:
+        return repr("all") if key == "lang" else "default"
+    return repr(value)
+
+
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``train`` on the ``phi2kit`` command's subparsers."""
     p = add_arguments(subparsers)
@@ -136,9 +143,8 @@ def _run(args: argparse.Namespace) -> int:
         try:
             resume_from = resume_point(ckpt_dir, settings, log=_say)
         except ResumeError as err:
-            shown = {None: "all"} if "lang" in err.changed else {}  # --lang all is None
             diff = ", ".join("data (--data's content is not the run's)" if k == "data" else
-                             f"{k} (the run's {shown.get(was, was)!r}, now {shown.get(now, now)!r})"
+                             f"{k} (the run's {_shown(k, was)}, now {_shown(k, now)})"
                              for k, (was, now) in err.changed.items())  # fmt: skip
             return _fail(f"--resume with other settings than the run in {out}: {diff}; "
                          "pass the same settings, or another --output-dir")  # fmt: skip
@@ -214,6 +220,10 @@ def _run(args: argparse.Namespace) -> int:
         metrics["test_accuracy"] = right / len(predicted)
         _say(f"test accuracy (label scoring, {len(predicted)} headlines read once): "
              f"{metrics['test_accuracy']:.3f}; chance {1 / len(labels):.3f}")
+        if metrics["test_accuracy"] <= 1 / len(labels):
+            _say("no better than chance: the adapter did not learn these labels. Give it more "
+                 "headlines per class or more --steps, or try phi2kit train classifier (a score "
+                 "head: it needs fewer examples)")  # fmt: skip
     with atomic_dir(out / ADAPTER) as tmp:
         from phi2kit.lora import save_adapter
 
