@@ -285,6 +285,8 @@ def test_a_short_split_suggests_numbers_that_fit_and_names_the_file(tmp_path):
     assert str(info.value).startswith(f"{path}: class 'up' has 9 headlines after deduplication "
                                       "(the fewest)")
     assert "for example n_train=7 n_test=1 n_eval=1" in str(info.value)  # from the smallest: 9 'up'
+    assert "(a test split of 2 headlines is noisy: each moves the accuracy by 50 points)" in str(
+        info.value)
     assert split_sentiment(df, n_train=7, n_test=1, n_eval=1, labels=("down", "up")).notes
     tiny = load_financial_news(_write(tmp_path, "label,text\nup,A\ndown,B\nup,C\n"),
                                labels=("down", "up"))  # fmt: skip

@@ -106,8 +106,11 @@ def split_sentiment(df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_e
     label = min(labels, key=counts.get)  # the class with the fewest headlines decides the fit
     smallest, needed = counts[label], n_train + n_test
     test = max(1, smallest // 5)  # a split every class can give, for the messages below
-    fits = (f", for example n_train={smallest - test - 1} n_test={test} n_eval=1" if smallest >= 3
-            else f" (the smallest class has {smallest}: each needs 3, for train, test and eval)")
+    noisy = (f" (a test split of {test * len(labels)} headlines is noisy: each moves the "
+             f"accuracy by {100 / (test * len(labels)):.0f} points)") if test < 10 else ""
+    fits = (f", for example n_train={smallest - test - 1} n_test={test} n_eval=1{noisy}"
+            if smallest >= 3 else
+            f" (the smallest class has {smallest}: each needs 3, for train, test and eval)")
     if smallest < needed:
         raise DataError(
             f"class {label!r} has {smallest} headlines after deduplication (the fewest); the "
