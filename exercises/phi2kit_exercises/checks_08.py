@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import itertools
 import random
 import sys
@@ -87,8 +88,9 @@ def _agree(ns, prompts: list[dict], lang: str | None = "en") -> int:
         extra = [p for p in got if p not in want]
         missing = [p for p in want if p not in got]
         found = f"{_pairs(len(got))}, expected {len(want)}"
-        if extra:  # next to it, an expected pair: one of the same prompt if there is one
-            near = sorted(missing or want, key=lambda p: p[0] != extra[0][0])
+        if extra:  # next to it, the expected pair most like it
+            near = sorted(missing or want, key=lambda p: -difflib.SequenceMatcher(
+                None, "\n".join(p), "\n".join(extra[0])).ratio())
             expected = f"; expected, e.g.: {near[0]}" if near else ""
             raise Fail(f"{found}; not expected: {extra[0]}{expected}")
         raise Fail(f"{found}; missing: {(missing or [None])[0]}")
