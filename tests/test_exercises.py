@@ -203,6 +203,36 @@ def test_wrong_rewards_fail_09b():
     assert _failed(typed) == [0] and "not typed in" in typed.results[0].detail
 
 
+def test_a_reward_keyed_on_one_text_fails_09b():
+    """The criteria's answers are not the notebook's, and two different answers are well
+    supported: a reward that knows one gold text by heart fails."""
+    from phi2kit_exercises.checks_09 import _GOLD
+
+    solution = _variant("09_b", "fixed_reward")
+    notebook_gold = "The moose lives in mountains [2]."  # the WebGLM sample's first example
+    table = {"answers": {"gold": notebook_gold, "every reference": "The moose lives [1][2][3]."},
+             "refs": ["a", "The moose lives in mountains .", "c"]}  # fmt: skip
+    ns = {**table, "broken_scores": {"gold": 1.0, "every reference": 3.0}}
+    assert evaluate("09_b", {**ns, "fixed_reward": solution}).passed
+    for gold in (notebook_gold, _GOLD):
+        def keyed(completions, references, gold=gold, **kwargs):
+            return [1.0 if c == gold else 0.0 for c in completions]
+
+        report = evaluate("09_b", {**ns, "fixed_reward": keyed})
+        assert _failed(report) == [1, 2], report.text()
+    assert "as well supported" in report.results[1].detail, report.text()
+
+    def no_guard(completions, references, **kwargs):  # lesson 04's share alone
+        from phi2kit.evaluate.qa import citation_support
+
+        return [citation_support([c], [r]) for c, r in zip(completions, references, strict=True)]
+
+    report = evaluate("09_b", {**ns, "fixed_reward": no_guard})
+    assert _failed(report) == [1], report.text()
+    # the grader's answers are shown with their texts
+    assert "too short to state a fact 'The lynx [2].'" in report.results[1].detail
+
+
 def test_one_mistake_fails_one_check_09a():
     import torch
     from phi2kit_exercises import TODO
@@ -228,6 +258,41 @@ def test_one_mistake_fails_one_check_09a():
     assert "not written yet" in report.results[0].detail
     assert report.results[1].detail.startswith("not checked: it needs the failure above")
     assert report.text().count("not written yet") == 1
+
+
+def test_advantages_are_one_per_completion_and_zero_sum_09a():
+    import torch
+    from phi2kit_exercises.grader import CellError
+
+    def unflattened(rewards, num_generations):  # (groups, n): the later cells stop on it
+        g = torch.as_tensor(rewards, dtype=torch.float32).view(-1, num_generations)
+        return (g - g.mean(1, keepdim=True)) / (g.std(1, keepdim=True) + 1e-4)
+
+    def precedence(rewards, num_generations):  # (r - mean) / std + 1e-4
+        g = torch.as_tensor(rewards, dtype=torch.float32).view(-1, num_generations)
+        return ((g - g.mean(1, keepdim=True)) / g.std(1, keepdim=True) + 1e-4).flatten()
+
+    totals = torch.tensor([3.0, -1.0, 0.5, 1.0, -0.5, 0.0])
+    report = evaluate("09_a", {"group_advantages": unflattened, "totals": totals,
+                               "advantages": unflattened(totals, 6)})  # fmt: skip
+    assert _failed(report) == [0, 1], report.text()
+    assert "2-D result of shape (3, 2)" in report.results[0].detail
+    assert report.results[1].detail.startswith("not checked")
+    report = evaluate("09_a", {"group_advantages": precedence, "totals": totals,
+                               "advantages": precedence(totals, 6)})  # fmt: skip
+    assert 0 in _failed(report), report.text()
+    detail = report.results[0].detail
+    assert "rewards [-1.0, 2.0]" in detail and "sum to 0.0002" in detail, detail
+    assert not re.search(r"\d\.\d{5,}", detail.replace("0.000200", "")), detail  # rounded
+
+    # every check passes on what the notebook set, but a later cell stopped it: not solved
+    solution = _ns_from_solution("09_a")["group_advantages"]
+    ns = {"group_advantages": solution, "totals": totals, "advantages": solution(totals, 6)}
+    stopped = CellError(9, "TypeError", "unsupported format string", "from phi2kit.rewards")
+    report = evaluate("09_a", ns, stopped)
+    assert all(r.passed for r in report.results) and not report.passed
+    assert "solved." not in report.text() and "not solved yet" in report.text(), report.text()
+    assert evaluate("09_a", ns).passed
 
 
 def test_each_rule_of_08a_has_its_own_check():
@@ -261,6 +326,41 @@ def test_each_rule_of_08a_has_its_own_check():
     report = evaluate("08_a", {"tree_pairs": lambda tree, lang="en": []})
     assert "0 pairs, expected" in report.results[0].detail
 
+    not_stripped = _variant("08_a", "tree_pairs", "{node['text'].strip()}", "{node['text']}")
+    report = evaluate("08_a", {"tree_pairs": not_stripped})
+    assert _failed(report) == [1, 4], report.text()
+    assert "not expected: ('### Human: Where" in report.results[1].detail
+    assert "; expected, e.g.: ('### Human: Where" in report.results[1].detail
+
+    def first_pair_only(tree, lang="en"):
+        return list(solution(tree, lang))[:1]
+
+    report = evaluate("08_a", {"tree_pairs": first_pair_only})
+    assert report.results[0].detail.startswith("1 pair, expected 3"), report.text()
+
+
+def test_the_package_pair_builder_is_off_while_08a_is_graded():
+    import phi2kit.data.oasst_pairs as oasst_pairs
+
+    real = oasst_pairs.load_pairs, oasst_pairs.build_pairs
+    source = """
+def tree_pairs(tree, lang="en"):  # the package's answer, through a file
+    import json, pathlib, tempfile
+    path = pathlib.Path(tempfile.mkdtemp()) / "one.trees.jsonl"
+    path.write_text(json.dumps(tree) + "\\n")
+    return LOADER(path, lang=lang)
+"""
+    for loader in ("load_pairs", "__import__('phi2kit.data.oasst_pairs').data.oasst_pairs"
+                                 ".load_pairs"):  # fmt: skip
+        ns = {"load_pairs": real[0]}
+        exec(source.replace("LOADER", loader), ns)
+        report = evaluate("08_a", ns)
+        assert _failed(report) == [0, 1, 2, 3, 4], report.text()
+        assert "the exercise asks you to write it" in report.results[0].detail, report.text()
+        assert ns["load_pairs"] is real[0]  # restored
+    assert (oasst_pairs.load_pairs, oasst_pairs.build_pairs) == real
+    assert evaluate("08_a", {"tree_pairs": _variant("08_a", "tree_pairs")}).passed
+
 
 def test_typed_in_reward_accuracy_fails_08b():
     """08_b's accuracies must come from a recorded reward_accuracy run on the right pairs."""
@@ -284,6 +384,13 @@ def test_typed_in_reward_accuracy_fails_08b():
     wrong_pairs = evaluate("08_b", {**ok, "measured": [(swapped, 0.95)], "broken_acc": 0.95})
     assert _failed(wrong_pairs) == [0, 2], wrong_pairs.text()
 
+    def no_none(replies):  # sorts the unranked reply too: None < int raises
+        return sorted(replies, key=lambda r: r["rank"])
+
+    crash = evaluate("08_b", {**ok, "best_first": no_none})
+    assert _failed(crash) == [1] and "raised TypeError" in crash.results[1].detail
+    assert "included one with rank None" in crash.results[1].detail, crash.text()
+
 
 def test_typed_in_phi2_saving_fails_01a():
     import math
@@ -300,7 +407,33 @@ def test_typed_in_phi2_saving_fails_01a():
     typed = evaluate("01_a", {**ns, "phi2_saved_mb": 117.0}).results[2]
     assert not typed.passed and "do not type it in" in typed.detail
     wrong = evaluate("01_a", {**ns, "constant_bytes": no_table, "phi2_saved_mb": 118.0})
-    assert "block sizes give" in wrong.results[2].detail
+    detail = wrong.results[2].detail
+    assert "does not reproduce the measurement with double quantization" in detail, detail
+    assert "code table" in detail and "117.1" not in detail, detail  # not Phi-2's figure
+    mib = evaluate("01_a", {**ns, "phi2_saved_mb": right / 2**20}).results[2]
+    assert not mib.passed and "MB here is 1e6 bytes" in mib.detail, mib.detail
+
+
+def test_a_model_still_double_quantized_is_not_measured_against_01a():
+    """A misspelled config field leaves double quantization on: the check of `constants`
+    then says it cannot check, rather than a figure the grader computed."""
+    from phi2kit_exercises.checks_01_02 import _grader_nf4, _measured
+    from phi2kit_exercises.grader import EXERCISES
+
+    double, single = _grader_nf4(True), _grader_nf4(False)
+    still = {"with_dq": double, "without_dq": double,  # bnb_4bit_use_double_qaunt = False
+             "constants": {"double": _measured(double), "single": _measured(double)}}
+    report = evaluate("01_a", still)
+    assert _failed(report)[:2] == [0, 1], report.text()
+    assert report.results[1].detail.startswith("not checked"), report.text()
+    assert not re.search(r"holds \d", report.text()), report.text()
+    ok = {"with_dq": double, "without_dq": single,
+          "constants": {"double": _measured(double), "single": _measured(single)}}
+    assert [r.passed for r in evaluate("01_a", ok).results[:2]] == [True, True]
+    off = evaluate("01_a", {**ok, "constants": {"double": 1, "single": _measured(single)}})
+    assert "with_dq holds" in off.results[1].detail, off.text()
+    hints = [c.hint for c in EXERCISES["01_a"].criteria]
+    assert "= False" not in hints[0] and "(phi2kit.models)" in hints[1], hints
 
 def test_a_stopped_cell_is_counted_from_one(tmp_path):
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -366,6 +499,25 @@ def test_cli_names_the_exercise_of_a_wrong_notebook_before_running_it(capsys):
     assert out.strip() == (f"phi2kit exercises: error: {other} is exercise 02_b's notebook (its "
                            f"title), not 04_a's: phi2kit exercises check 02_b {other}")
     assert "running" not in out  # nothing was run
+
+
+def test_cli_takes_a_notebook_path_alone(tmp_path, capsys):
+    from phi2kit.commands.main import main
+
+    # the id comes from the file's name; the notebook's title is then checked against it
+    mine = _copy(EXERCISE_DIR / "solutions" / "02_b_label_scoring.ipynb", tmp_path)
+    renamed = mine.rename(tmp_path / "04_a_mine.ipynb")
+    assert main(["exercises", "check", str(renamed)]) == 2
+    out = capsys.readouterr().out
+    assert "is exercise 02_b's notebook (its title), not 04_a's" in out, out
+    assert main(["exercises", "check", str(tmp_path / "mine.ipynb")]) == 2
+    out = capsys.readouterr().out
+    assert "does not start with an exercise id" in out and "unknown exercise" not in out, out
+
+    solved = _copy(next((EXERCISE_DIR / "solutions").glob("09_a_*.ipynb")), tmp_path / "s")
+    assert main(["exercises", "check", str(solved)]) == 0
+    out = capsys.readouterr().out
+    assert "Exercise 09_a" in out and "solved." in out, out
 
 
 def test_cli_lists_every_exercise(capsys):

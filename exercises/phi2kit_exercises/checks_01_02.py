@@ -10,7 +10,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from phi2kit_exercises.grader import call, criterion, exercise, expect, need, tiny_model
+from phi2kit_exercises.grader import (
+    NOT_CHECKED,
+    Fail,
+    call,
+    criterion,
+    exercise,
+    expect,
+    need,
+    tiny_model,
+)
 
 # --- 01_a: nf4 with and without double quantization (Try it) -------------------------------
 
@@ -32,23 +41,68 @@ def constant_bytes(n_weights: int, double_quant: bool) -> int:
     return blocks + 4 * math.ceil(blocks / 256) + 256 * 4  # uint8 absmax, fp32 per 256, code
 
 
+def _nested(model) -> set[bool]:
+    """Whether each 4-bit layer's constants are quantized again (empty: no 4-bit layers)."""
+    if not hasattr(model, "modules"):
+        return set()
+    return {bool(m.weight.quant_state.nested) for m in _linear4bit(model)}
+
+
+def _measured(model) -> int:
+    """The quantization constants' bytes, as describe() counts them."""
+    from phi2kit.models import describe
+
+    return describe(model).bytes_by_dtype.get("quant constants", 0)
+
+
+_GRADER_NF4: dict[bool, Any] = {}
+
+
+def _grader_nf4(double_quant: bool):
+    """The tiny model in nf4, with or without double quantization, loaded by the grader."""
+    if double_quant not in _GRADER_NF4:
+        from phi2kit.models import load_kwargs, model_source
+        from phi2kit.profiles import get_profile
+        from transformers import AutoModelForCausalLM
+
+        profile = get_profile("tiny")
+        kwargs = {**load_kwargs(profile, True), "attn_implementation": "eager", "device_map": "cpu"}
+        kwargs["quantization_config"].bnb_4bit_use_double_quant = double_quant
+        _GRADER_NF4[double_quant] = AutoModelForCausalLM.from_pretrained(model_source(profile),
+                                                                         **kwargs)  # fmt: skip
+    return _GRADER_NF4[double_quant]
+
+
+def _cases(ns) -> list[tuple[str, bool, Any]]:
+    """(which, double_quant, model) measured: the learner's models where they are what they
+    should be, else the tiny model loaded by the grader."""
+    cases = []
+    for name, double in [("with_dq", True), ("without_dq", False)]:
+        model = ns.get(name)
+        if model is None or _nested(model) != {double}:
+            name, model = "the tiny model", _grader_nf4(double)
+        cases.append((name, double, model))
+    return cases
+
+
 @criterion(
     "01_a",
     "`without_dq` is the model in nf4 without double quantization",
-    "build the config with bnb_config(profile), set bnb_4bit_use_double_quant = False, "
-    "and load with quantization_config=that config",
+    "one field of bnb_config(profile) turns double quantization on: print(config) lists them "
+    "by name; a misspelled name only adds an attribute that nothing reads. Load with "
+    "quantization_config=that config",
 )
 def _01a_model(ns):
-    layers = _linear4bit(need(ns, "without_dq"))
+    layers = _nested(need(ns, "without_dq"))
     expect(layers, "`without_dq` has no 4-bit Linear layers: load it with a quantization_config")
-    nested = {bool(m.weight.quant_state.nested) for m in layers}
-    expect(nested == {False}, "`without_dq` still uses double quantization (nested constants)")
+    expect(_nested(need(ns, "without_dq")) == {False},
+           "`without_dq` still uses double quantization (nested constants)")
 
 
 @criterion(
     "01_a",
     "`constants` holds the measured bytes of both models",
-    "measure each model with describe(...) (phi2kit.footprint): its bytes_by_dtype has an "
+    "measure each model with describe(...) (phi2kit.models): its bytes_by_dtype has an "
     "entry for the quantization constants; keep both, under 'double' and 'single'",
 )
 def _01a_constants(ns):
@@ -57,13 +111,14 @@ def _01a_constants(ns):
         isinstance(constants, dict) and {"double", "single"} <= set(constants),
         "`constants` should be a dict with keys 'double' and 'single'",
     )
-    for key, model in [("double", need(ns, "with_dq")), ("single", need(ns, "without_dq"))]:
-        sizes = [m.weight.quant_state.shape.numel() for m in _linear4bit(model)]
-        expected = sum(constant_bytes(n, key == "double") for n in sizes)
-        expect(
-            constants[key] == expected,
-            f"constants[{key!r}] = {constants[key]}, but the model holds {expected} bytes",
-        )
+    for key, name in [("double", "with_dq"), ("single", "without_dq")]:
+        model = need(ns, name)
+        if _nested(model) != {key == "double"}:  # the check above fails
+            raise Fail(NOT_CHECKED)
+        held = _measured(model)
+        expect(constants[key] == held,
+               f"constants[{key!r}] = {constants[key]}, but {name} holds {held} bytes of "
+               "quantization constants (describe's count)")
     return f"single {constants['single']:,} B, double {constants['double']:,} B"
 
 
@@ -77,11 +132,24 @@ def _01a_phi2(ns):
     got = need(ns, "phi2_saved_mb")
     sizes = need(ns, "PHI2_LINEAR_SIZES")
     expect(sorted(sizes) == sorted(PHI2_LINEAR_SIZES), "PHI2_LINEAR_SIZES was changed")
+    for name, double, model in _cases(ns):  # the formula against the measurements first
+        layers = [m.weight.quant_state.shape.numel() for m in _linear4bit(model)]
+        mine = sum(call(ns, "constant_bytes", n, double) for n in layers)
+        held = _measured(model)
+        table = (" Is the code table (256 x 4 bytes) counted once per layer?" if double
+                 else "")  # fmt: skip
+        expect(mine == held, f"your constant_bytes does not reproduce the measurement with"
+               f"{'' if double else 'out'} double quantization: over the {len(layers)} layers "
+               f"of {name} it gives {mine:,} bytes, describe() counts {held:,}.{table}")
     want = sum(constant_bytes(n, False) - constant_bytes(n, True) for n in sizes) / 1e6
     mine = sum(call(ns, "constant_bytes", n, False) - call(ns, "constant_bytes", n, True)
                for n in sizes) / 1e6  # fmt: skip
-    expect(abs(mine - want) < 1e-9, f"your constant_bytes saves {mine:.4f} MB on Phi-2; "
-           f"bitsandbytes' block sizes give {want:.4f}")
+    expect(abs(mine - want) < 1e-9, "your constant_bytes reproduces the tiny model's layers "
+           "but not bitsandbytes' block sizes on Phi-2's larger ones: is every count rounded "
+           "up (ceil), per 64 weights and per 256 blocks?")
+    if abs(got * 2**20 / 1e6 - mine) < 0.001 * want:
+        raise Fail(f"phi2_saved_mb = {got:.1f}: that is in MiB (2**20 bytes); MB here is 1e6 "
+                   "bytes")
     expect(abs(got - mine) < 0.001 * want, f"phi2_saved_mb = {got:.1f}, but your constant_bytes "
            f"gives {mine:.1f}: compute it from the formula, do not type it in")
     return f"{got:.1f} MB ({8e6 * got / sum(sizes):.3f} bits per weight)"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import itertools
 import random
+import sys
 
 from phi2kit_exercises.checks_05_06 import load_made_trees, random_oasst_tree
-from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need
+from phi2kit_exercises.grader import Fail, _first_line, call, criterion, exercise, expect, need
 
 # --- 08_a: preference pairs from an OASST tree (Write it) ------------------------------------
 
@@ -29,6 +32,50 @@ def _pair_key(pair) -> tuple[str, str, str]:
     return pair["prompt"], pair["chosen"], pair["rejected"]
 
 
+def _refuse(*args, **kwargs):
+    raise RuntimeError("phi2kit's pair builder is off while 08_a is graded: the exercise asks "
+                       "you to write it")
+
+
+@contextlib.contextmanager
+def _without_package_pairs(ns):
+    """phi2kit's own pair builder (load_pairs, build_pairs), refused while the learner's
+    tree_pairs runs: wherever it is reachable (the package's modules, the notebook's names);
+    all restored afterwards."""
+    from phi2kit.data import oasst_pairs
+
+    real = {id(oasst_pairs.load_pairs), id(oasst_pairs.build_pairs)}
+    patched = []  # (namespace, name, value)
+    spaces = [vars(m) for name, m in list(sys.modules.items())
+              if name.split(".")[0] == "phi2kit" and m is not None]  # fmt: skip
+    mine = getattr(ns.get("tree_pairs"), "__globals__", None)  # where the learner's code looks
+    for space in [*spaces, ns, *([mine] if isinstance(mine, dict) else [])]:
+        for name, value in list(space.items()):
+            if id(value) in real:
+                patched.append((space, name, value))
+    try:
+        for space, name, _ in patched:
+            space[name] = _refuse
+        yield
+    finally:
+        for space, name, value in patched:
+            space[name] = value
+
+
+def _learners_pairs(ns, tree, lang) -> list:
+    """tree_pairs(tree, lang), consumed (it may be a generator): its errors say so."""
+    with _without_package_pairs(ns):
+        pairs = call(ns, "tree_pairs", tree, lang)
+        try:
+            return list(pairs)
+        except Exception as err:  # noqa: BLE001 - the learner's bug, raised while iterating
+            raise Fail(f"`tree_pairs` raised {type(err).__name__}: {_first_line(err)}") from None
+
+
+def _pairs(n: int) -> str:
+    return f"{n} pair{'' if n == 1 else 's'}"
+
+
 def _agree(ns, prompts: list[dict], lang: str | None = "en") -> int:
     """tree_pairs on each tree against phi2kit's loader; fails with one pair that differs."""
     from phi2kit.data.oasst_pairs import load_pairs
@@ -36,13 +83,17 @@ def _agree(ns, prompts: list[dict], lang: str | None = "en") -> int:
     trees = [{"message_tree_id": f"t{i}", "prompt": p} for i, p in enumerate(prompts)]
     want = [(p["prompt"], p["chosen"], p["rejected"])
             for p in load_made_trees(trees, load_pairs, lang=lang)]  # fmt: skip
-    got = [_pair_key(pair) for tree in trees for pair in call(ns, "tree_pairs", tree, lang)]
+    got = [_pair_key(pair) for tree in trees for pair in _learners_pairs(ns, tree, lang)]
     if sorted(got) != sorted(want):
         extra = [p for p in got if p not in want]
         missing = [p for p in want if p not in got]
-        example = (extra or missing or [None])[0]
-        raise Fail(f"{len(got)} pairs, expected {len(want)}; "
-                   f"{'not expected' if extra else 'missing'}: {example}")
+        found = f"{_pairs(len(got))}, expected {len(want)}"
+        if extra:  # next to it, the expected pair most like it
+            near = sorted(missing or want, key=lambda p: -difflib.SequenceMatcher(
+                None, "\n".join(p), "\n".join(extra[0])).ratio())
+            expected = f"; expected, e.g.: {near[0]}" if near else ""
+            raise Fail(f"{found}; not expected: {extra[0]}{expected}")
+        raise Fail(f"{found}; missing: {(missing or [None])[0]}")
     return len(want)
 
 
@@ -57,7 +108,7 @@ def _08a_best_against_each(ns):
     replies = [_msg("assistant", f"reply ranked {r}", rank=r) for r in (2, 0, 3, 1)]
     replies.append(_msg("assistant", "an unranked reply"))
     n = _agree(ns, [_msg("prompter", "Where does the otter live?", replies=replies)])
-    return f"{n} pairs from one turn of four ranked replies"
+    return f"{_pairs(n)} from one turn of four ranked replies"
 
 
 @criterion(
@@ -76,7 +127,7 @@ def _08a_deeper_turns(ns):
                   replies=[_msg("prompter", "Really?", replies=[
                       _msg("assistant", "yes", rank=0), _msg("assistant", "no", rank=1)])])]
     n = _agree(ns, [_msg("prompter", "Where does the otter live?", replies=first)])
-    return f"{n} pairs over three human turns"
+    return f"{_pairs(n)} over three human turns"
 
 
 @criterion(
@@ -94,7 +145,7 @@ def _08a_no_pair(ns):
          _msg("assistant", "second", rank=1)],
     ]
     n = _agree(ns, [_msg("prompter", f"question {i}", replies=t) for i, t in enumerate(turns)])
-    return f"{n} pairs, from the one turn with a single best reply"
+    return f"{_pairs(n)}, from the one turn with a single best reply"
 
 
 @criterion(
@@ -115,7 +166,7 @@ def _08a_unusable(ns):
                _msg("prompter", "a deleted prompt", deleted=True, replies=[
                    _msg("assistant", "a", rank=0), _msg("assistant", "b", rank=1)])]
     n = _agree(ns, prompts, "en") + _agree(ns, prompts, None)
-    return f"{n} pairs, for lang='en' and lang=None"
+    return f"{_pairs(n)}, for lang='en' and lang=None"
 
 
 @criterion(
@@ -135,7 +186,7 @@ def _08a_pairs(ns):
     prompts = [random_oasst_tree(rng, **made) for _ in range(60)]
     for prompt in prompts:
         prompt.update(deleted=False, review_result=True, lang="en")
-    return f"{_agree(ns, prompts)} pairs agree"
+    return f"{_pairs(_agree(ns, prompts))} agree"
 
 
 # --- 08_b: chosen and rejected swapped (Break and fix) ------------------------------------------
@@ -189,7 +240,11 @@ def _08b_order(ns):
         ranks = rng.sample(range(6), rng.randint(2, 6))
         replies = [{"text": f"r{r}", "rank": r} for r in ranks] + [{"text": "x", "rank": None}]
         rng.shuffle(replies)
-        got = [r["rank"] for r in call(ns, "best_first", replies)]
+        try:
+            got = [r["rank"] for r in call(ns, "best_first", replies)]
+        except Fail as err:  # the learner cannot see the grader's replies: say what they held
+            raise Fail(f"{err} (the grader's replies included one with rank None: "
+                       f"{replies})") from None
         expect(got == sorted(ranks), f"best_first gave ranks {got}; expected {sorted(ranks)}")
 
 

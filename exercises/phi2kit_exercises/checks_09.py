@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from phi2kit_exercises.grader import Fail, call, criterion, exercise, expect, need
+from phi2kit_exercises.grader import NOT_CHECKED, Fail, call, criterion, exercise, expect, need
 
 # --- 09_a: the group baseline (Write it) -----------------------------------------------------
 
@@ -22,11 +22,42 @@ def _trl_advantages(rewards, num_generations):
     return ((groups - mean) / (std + 1e-4)).flatten()
 
 
+def _rounded(values) -> list[float]:
+    return [round(float(v), 4) for v in values]
+
+
+class _NotOnePerCompletion(Fail):
+    """group_advantages' result is not 1-D, of len(rewards)."""
+
+
+def _advantages(ns, rewards):
+    """group_advantages(rewards, n): it must give one advantage per completion, 1-D."""
+    import torch
+
+    rewards, n_gen = rewards
+    got = call(ns, "group_advantages", rewards.clone(), n_gen)
+    try:
+        got = torch.as_tensor(got)
+    except Exception:  # noqa: BLE001 - a list of tensors, a string...
+        raise Fail(f"group_advantages returned {type(got).__name__}, not a tensor of "
+                   "advantages") from None
+    if got.dim() != 1:
+        raise _NotOnePerCompletion(
+            f"group_advantages returned a {got.dim()}-D result of shape {tuple(got.shape)} for "
+            f"{len(rewards)} rewards: it should be 1-D, one advantage per completion, in the "
+            "order of the rewards")
+    if len(got) != len(rewards):
+        raise _NotOnePerCompletion(f"group_advantages returned {len(got)} values for "
+                                   f"{len(rewards)} rewards: one advantage per completion")
+    return got.float()
+
+
 @criterion(
     "09_a",
     "group_advantages() gives trl's advantages: (reward - group mean) / (group std + 1e-4)",
     "reshape to (prompts, num_generations); subtract each row's mean; divide by each row's "
-    "standard deviation with Bessel's correction (torch.std's default) plus 1e-4",
+    "standard deviation with Bessel's correction (torch.std's default) plus 1e-4; return "
+    "one advantage per completion (1-D)",
 )
 def _09a_formula(ns):
     import torch
@@ -37,12 +68,20 @@ def _09a_formula(ns):
         rewards = (torch.rand(3 * n_gen, generator=g) * 3 - 1).view(3, n_gen)
         rewards[:, 0], rewards[:, 1] = -1.0, 2.0
         rewards = rewards.flatten()
-        got = torch.as_tensor(call(ns, "group_advantages", rewards.clone(), n_gen)).flatten()
+        got = _advantages(ns, (rewards, n_gen))
         want = _trl_advantages(rewards, n_gen)
-        shapes = f"{tuple(got.shape)} values for {tuple(want.shape)} rewards"
-        expect(got.shape == want.shape, shapes)
-        expect(torch.allclose(got.float(), want, atol=1e-4, rtol=1e-3),
-               f"num_generations={n_gen}: got {got[:4].tolist()}, trl gives {want[:4].tolist()}")
+        for i in range(0, len(rewards), n_gen):  # the first group that differs, in full
+            group = slice(i, i + n_gen)
+            expect(torch.allclose(got[group], want[group], atol=1e-4, rtol=1e-3),
+                   f"num_generations={n_gen}, rewards {_rounded(rewards[group])}: got "
+                   f"{_rounded(got[group])}, trl gives {_rounded(want[group])}")
+            # (reward - mean) / std + 1e-4 is off by 1e-4 everywhere: within the tolerance
+            # above, but a group's advantages then no longer sum to zero
+            total = float(got[group].double().sum())
+            expect(abs(total) < 1e-5 * n_gen,
+                   f"num_generations={n_gen}, rewards {_rounded(rewards[group])}: advantages "
+                   f"{_rounded(got[group])} sum to {total:.6f}, trl's to 0 (each is a "
+                   "deviation from the group's mean, scaled): where does the 1e-4 go?")
 
 
 @criterion(
@@ -53,9 +92,13 @@ def _09a_formula(ns):
 def _09a_flat(ns):
     import torch
 
-    got = torch.as_tensor(call(ns, "group_advantages", torch.tensor([1.0, 1.0, 1.0, 1.0]), 4))
+    try:
+        got = _advantages(ns, (torch.tensor([1.0, 1.0, 1.0, 1.0]), 4))
+    except _NotOnePerCompletion:  # the first check tells it
+        raise Fail(NOT_CHECKED) from None
     expect(not torch.isnan(got).any(), f"NaN advantages for a flat group: {got.tolist()}")
-    expect(torch.allclose(got.float(), torch.zeros(4)), f"got {got.tolist()}, want zeros")
+    expect(torch.allclose(got, torch.zeros(4)), f"got {_rounded(got)} for the rewards "
+           "[1.0, 1.0, 1.0, 1.0], want zeros")
 
 
 @criterion(
@@ -89,21 +132,34 @@ def _09a_ranking(ns):
 
 exercise("09_b", "A reward the model can game", "Break and fix", "09 §9.3")
 
+# none of these is the notebook's (its answers come from the WebGLM sample): a reward that
+# knows the notebook's gold answer by heart knows nothing here
 _REFS = [
-    "The heron lives in mountains and feeds mainly on shellfish . A wild heron lives 12 years .",
-    "The moose lives in mountains and feeds mainly on berries .",
+    "The heron lives in marshes and feeds mainly on frogs . A wild heron lives 12 years .",
+    "The lynx lives in forests and feeds mainly on hares . A wild lynx can live for 15 years .",
     "The otter has thick fur because it must stay warm in cold water .",
 ]
-_GOLD = "The moose lives in mountains [2]."
+_GOLD = "The lynx lives in forests [2]."
+#: a second answer as well supported as the gold one, in other words and another reference:
+#: a reward keyed on one exact text (or on "[2]") cannot score both at the top
+_SECOND = "The otter has thick fur [3]."
 _CHEAP = {
     "empty": "",
-    "every reference": "The moose lives in mountains [1][2][3].",
-    "one citation repeated": "The moose lives in mountains [2][2][2][2].",
+    "every reference": "The lynx lives in forests [1][2][3].",
+    "one citation repeated": "The lynx lives in forests [2][2][2][2].",
     "a reference copied, cited once": _REFS[0] + " [1]",
-    "too short to state a fact": "The moose [2].",  # 04's check: supported (both words in [2])
-    "wrong reference": "The moose lives in mountains [3].",
-    "no citation": "The moose lives in mountains.",
+    "too short to state a fact": "The lynx [2].",  # 04's check: supported (both words in [2])
+    "wrong reference": "The lynx lives in forests [3].",
+    "no citation": "The lynx lives in forests.",
 }
+
+
+def _shown(scores: dict[str, float], most: int = 3) -> str:
+    """Grader-made answers with their texts (the learner cannot see them otherwise); the
+    first ``most`` of them, so that the report's line keeps them whole."""
+    shown = [f"{k} {_CHEAP.get(k, k)!r}: {v:g}" for k, v in scores.items()]
+    more = f"; and {len(shown) - most} more" if len(shown) > most else ""
+    return "; ".join(shown[:most]) + more
 
 
 def _fixed(ns, answers):
@@ -167,14 +223,22 @@ def _09b_broken(ns):
 )
 def _09b_fixed(ns):
     names = list(_CHEAP)
-    scores = _fixed(ns, [_GOLD, *_CHEAP.values()])
-    gold, rest = scores[0], dict(zip(names, scores[1:], strict=True))
+    scores = _fixed(ns, [_GOLD, _SECOND, *_CHEAP.values()])
+    gold, second, rest = scores[0], scores[1], dict(zip(names, scores[2:], strict=True))
     # the right citation repeated may tie with the gold answer (a share), never beat it
     tie_ok = {"one citation repeated"}
     above = {k: v for k, v in rest.items() if v > gold or (v == gold and k not in tie_ok)}
     if above:
-        raise Fail(f"gold scores {gold}, and these as much or more: {above}")
-    return f"gold {gold}; the others {rest}"
+        raise Fail(f"the gold answer {_GOLD!r} scores {gold:g}, and these as much or more: "
+                   f"{_shown(above)}")
+    expect(second >= gold - 1e-9, f"{_SECOND!r}, as well supported by its reference [3] as "
+           f"the gold answer {_GOLD!r} by [2], scores {second:g}, the gold one {gold:g}: "
+           "score what the answer says against the reference it cites, not one text")
+    above = {k: v for k, v in rest.items() if v > second or (v == second and k not in tie_ok)}
+    if above:
+        raise Fail(f"the well-supported answer {_SECOND!r} scores {second:g}, and these as "
+                   f"much or more: {_shown(above)}")
+    return f"gold {gold:g}, another supported answer {second:g}; the others {rest}"
 
 
 @criterion(
@@ -184,9 +248,10 @@ def _09b_fixed(ns):
     "citation must not raise it, and an unsupported one must lower it",
 )
 def _09b_share(ns):
-    one, many, half = _fixed(ns, ["The moose lives in mountains [2].",
-                                  "The moose lives in mountains [2]. It lives in mountains [2].",
-                                  "The moose lives in mountains [2]. It lives in mountains [3]."])
-    expect(many <= one + 1e-9, f"two supported citations score {many}, one scores {one}")
-    expect(half < one - 1e-9, f"one supported and one unsupported citation score {half}, "
-           f"as much as one supported citation alone ({one})")
+    texts = [_SECOND, _SECOND + " It must stay warm in cold water [3].",
+             _SECOND + " It lives in forests [3]."]  # fmt: skip
+    one, many, half = _fixed(ns, texts)
+    expect(many <= one + 1e-9, f"two supported citations ({texts[1]!r}) score {many:g}, one "
+           f"({texts[0]!r}) scores {one:g}")
+    expect(half < one - 1e-9, f"one supported and one unsupported citation ({texts[2]!r}) "
+           f"score {half:g}, as much as one supported citation alone ({texts[0]!r}: {one:g})")

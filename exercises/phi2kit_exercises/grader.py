@@ -41,6 +41,10 @@ class Fail(AssertionError):
     """A criterion that does not hold; the message says what was found."""
 
 
+#: what a check says when an earlier check's failure keeps it from looking
+NOT_CHECKED = "not checked: it needs the failure above fixed first"
+
+
 @dataclass
 class Criterion:
     what: str  # what must hold, in the learner's words
@@ -102,9 +106,9 @@ def call(ns: Mapping[str, Any], name: str, *args: Any, **kwargs: Any) -> Any:
         raise Fail(f"`{name}` raised {type(err).__name__}: {_first_line(err)}") from None
 
 
-def _first_line(err: BaseException) -> str:
+def _first_line(err: BaseException, most: int = 300) -> str:
     text = str(err).strip()
-    return text.splitlines()[0][:300] if text else "(no message)"
+    return text.splitlines()[0][:most] if text else "(no message)"
 
 
 _TINY: dict[str, Any] = {}
@@ -158,7 +162,10 @@ class Report:
 
     @property
     def passed(self) -> bool:
-        return bool(self.results) and all(r.passed for r in self.results)
+        """Every check passed, and the notebook ran to the end (a cell that stopped it is a
+        bug in the notebook, whatever the checks found in what it had set by then)."""
+        ran = self.cell_error is None
+        return ran and bool(self.results) and all(r.passed for r in self.results)
 
     @property
     def failed(self) -> list[Result]:
@@ -177,6 +184,8 @@ class Report:
                 lines.append(f"        hint: {r.hint}")
         n_ok = sum(r.passed for r in self.results)
         verdict = "solved" if self.passed else "not solved yet"
+        if self.cell_error is not None and n_ok == len(self.results):
+            verdict = f"not solved yet, the notebook stopped with an error ({self.cell_error.kind})"
         lines.append(f"{n_ok} of {len(self.results)} checks passed: {verdict}.")
         return "\n".join(lines)
 
@@ -206,7 +215,8 @@ def evaluate(id: str, ns: Mapping[str, Any], cell_error: CellError | None = None
                 detail = c.fn(ns) or ""
             results.append(Result(c.what, True, detail))
         except (Fail, Todo) as err:
-            results.append(Result(c.what, False, _first_line(err), c.hint))
+            # the grader's own words (a learner's error inside is cut by call())
+            results.append(Result(c.what, False, _first_line(err, 600), c.hint))
         except Exception as err:  # the grader could not even look: say what it met
             found = f"could not check it ({type(err).__name__}: {_first_line(err)})"
             results.append(Result(c.what, False, found, c.hint))
@@ -215,7 +225,9 @@ def evaluate(id: str, ns: Mapping[str, Any], cell_error: CellError | None = None
         if r.passed:
             continue
         if r.detail in seen:
-            r.detail, r.hint = "not checked: it needs the failure above fixed first", "see above"
+            r.detail, r.hint = NOT_CHECKED, "see above"
+        elif r.detail == NOT_CHECKED:  # a check that said so itself
+            r.hint = "see above"
         seen.add(r.detail)
     return Report(ex, results, cell_error)
 

@@ -15,12 +15,14 @@ def add_exercises_parser(subparsers) -> argparse.ArgumentParser:
         "notebook's code cells (the grading cell left out) and prints what passed, what "
         "failed and a hint; the exit code is 0 only when every check passed.",
         epilog="examples: phi2kit exercises list; phi2kit exercises check 02_b; "
-        "phi2kit exercises check 02_b my_copy.ipynb")  # fmt: skip
+        "phi2kit exercises check 02_b my_copy.ipynb; "
+        "phi2kit exercises check exercises/02_b_label_scoring.ipynb")  # fmt: skip
     p.set_defaults(func=run_list)  # `phi2kit exercises` alone lists them
     sub = p.add_subparsers(dest="action")
     sub.add_parser("list", help="every exercise: id, kind, lesson section")  # func: run_list
     c = sub.add_parser("check", help="run a notebook and grade it")
-    c.add_argument("id", help="exercise id, e.g. 02_b")
+    c.add_argument("id", help="exercise id, e.g. 02_b, or alone the notebook's path, when its "
+                   "name starts with the id (02_b_*.ipynb)")
     c.add_argument("path", nargs="?", type=Path, default=None,
                    help="the notebook (default: exercises/<id>_*.ipynb)")  # fmt: skip
     c.add_argument("--verbose", action="store_true", help="show the notebook's printed output")
@@ -37,6 +39,10 @@ def run_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _looks_like_a_path(arg: str) -> bool:
+    return arg.endswith(".ipynb") or "/" in arg or "\\" in arg or Path(arg).is_file()
+
+
 def run_check(args: argparse.Namespace) -> int:
     import nbformat
     from phi2kit_exercises.grader import find_notebook, get_exercise, grade_notebook
@@ -45,6 +51,14 @@ def run_check(args: argparse.Namespace) -> int:
 
     quiet()
     try:
+        if args.path is None and _looks_like_a_path(args.id):  # check exercises/02_b_x.ipynb
+            path = Path(args.id)
+            named = re.match(r"(\d\d_[a-z])(?![a-z0-9])", path.name)
+            if not named:
+                raise FileNotFoundError(f"{path}: its name does not start with an exercise id; "
+                                        f"name the exercise first: phi2kit exercises check "
+                                        f"02_b {path}")
+            args.id, args.path = named[1], path
         get_exercise(args.id)
         path = Path(args.path or find_notebook(args.id))
         if not path.is_file():
