@@ -446,6 +446,14 @@ def test_a_stopped_cell_is_counted_from_one(tmp_path):
     _, error = run_notebook(tmp_path / "nb.ipynb")
     assert str(error) == ("cell 3 (`from phi2kit_exercises import TODO`) is not done yet: "
                           "write y")  # fmt: skip
+    # a TODO inside a function: the cell that defines it is named, and the one that called it
+    nb.cells[1].source = ("from phi2kit_exercises import TODO\n\n"
+                          "def f():\n    return TODO('write f')")  # fmt: skip
+    nb.cells[2].source = "y = f()"
+    nbformat.write(nb, tmp_path / "nb.ipynb")
+    _, error = run_notebook(tmp_path / "nb.ipynb")
+    assert str(error) == ("cell 2 (`from phi2kit_exercises import TODO`) is not done yet "
+                          "(reached from cell 3): write f")  # fmt: skip
 
 
 def test_exercises_use_current_apis_and_portable_paths():

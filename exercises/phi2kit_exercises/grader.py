@@ -145,12 +145,14 @@ class CellError:
     kind: str  # "todo" or the exception's type name
     message: str
     first_line: str = ""  # the cell's first line of code, to find it by
+    run_from: int | None = None  # todo: the cell whose call reached it, when another one
 
     def __str__(self) -> str:
         # a learner counts cells from 1, top to bottom, markdown included
         where = f"cell {self.index + 1}" + (f" (`{self.first_line}`)" if self.first_line else "")
         if self.kind == "todo":
-            return f"{where} is not done yet: {self.message}"
+            called = "" if self.run_from is None else f" (reached from cell {self.run_from + 1})"
+            return f"{where} is not done yet{called}: {self.message}"
         return f"{where} stopped with {self.kind}: {self.message}"
 
 
@@ -267,6 +269,23 @@ def _code(source: str) -> str:
                      for line in source.splitlines())  # fmt: skip
 
 
+def _first_code_line(source: str) -> str:
+    return next((ln.strip() for ln in source.splitlines()
+                 if ln.strip() and not ln.lstrip().startswith("#")), "")[:60]  # fmt: skip
+
+
+def _todo_cell(err: BaseException, name: str) -> int | None:
+    """The index of the cell whose code raised ``err``, innermost first: the cell that holds
+    the TODO, when a later cell called a function defined there."""
+    tb, found = err.__traceback__, None
+    while tb is not None:
+        file = tb.tb_frame.f_code.co_filename
+        if file.startswith(f"<{name} cell "):
+            found = int(file.rstrip(">").rsplit(" ", 1)[-1]) - 1
+        tb = tb.tb_next
+    return found
+
+
 def run_notebook(
     path: str | Path, parameters: Mapping[str, Any] | None = None, *, quiet: bool = True
 ) -> tuple[dict[str, Any], CellError | None]:
@@ -294,14 +313,19 @@ def run_notebook(
             tags = cell.metadata.get("tags", [])
             if cell.cell_type != "code" or GRADE_TAG in tags:
                 continue
-            first = next((ln.strip() for ln in cell.source.splitlines()
-                          if ln.strip() and not ln.lstrip().startswith("#")), "")[:60]  # fmt: skip
+            first = _first_code_line(cell.source)
             try:
                 exec(compile(_code(cell.source), f"<{path.name} cell {i + 1}>", "exec"), ns)
                 if "parameters" in tags and parameters:
                     ns.update(parameters)
             except Todo as err:
-                error = CellError(i, "todo", str(err).removeprefix("TODO: "), first)
+                message = str(err).removeprefix("TODO: ")
+                held = _todo_cell(err, path.name)
+                if held is None or held == i:
+                    error = CellError(i, "todo", message, first)
+                else:  # a function of an earlier cell holds the TODO: name that cell
+                    source = nb.cells[held].source
+                    error = CellError(held, "todo", message, _first_code_line(source), i)
                 break
             except Exception as err:
                 error = CellError(i, type(err).__name__, _first_line(err), first)
