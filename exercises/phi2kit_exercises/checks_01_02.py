@@ -7,6 +7,7 @@ makes and compares it with the package's version. Write-it checks run on the tin
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -55,22 +56,17 @@ def _measured(model) -> int:
     return describe(model).bytes_by_dtype.get("quant constants", 0)
 
 
-_GRADER_NF4: dict[bool, Any] = {}
-
-
+@functools.cache
 def _grader_nf4(double_quant: bool):
-    """The tiny model in nf4, with or without double quantization, loaded by the grader."""
-    if double_quant not in _GRADER_NF4:
-        from phi2kit.models import load_kwargs, model_source
-        from phi2kit.profiles import get_profile
-        from transformers import AutoModelForCausalLM
+    """The tiny model in nf4, with or without double quantization, loaded once by the grader."""
+    from phi2kit.models import load_kwargs, model_source
+    from phi2kit.profiles import get_profile
+    from transformers import AutoModelForCausalLM
 
-        profile = get_profile("tiny")
-        kwargs = {**load_kwargs(profile, True), "attn_implementation": "eager", "device_map": "cpu"}
-        kwargs["quantization_config"].bnb_4bit_use_double_quant = double_quant
-        _GRADER_NF4[double_quant] = AutoModelForCausalLM.from_pretrained(model_source(profile),
-                                                                         **kwargs)  # fmt: skip
-    return _GRADER_NF4[double_quant]
+    profile = get_profile("tiny")
+    kwargs = {**load_kwargs(profile, True), "attn_implementation": "eager", "device_map": "cpu"}
+    kwargs["quantization_config"].bnb_4bit_use_double_quant = double_quant
+    return AutoModelForCausalLM.from_pretrained(model_source(profile), **kwargs)
 
 
 def _cases(ns) -> list[tuple[str, bool, Any]]:
@@ -93,10 +89,9 @@ def _cases(ns) -> list[tuple[str, bool, Any]]:
     "quantization_config=that config",
 )
 def _01a_model(ns):
-    layers = _nested(need(ns, "without_dq"))
-    expect(layers, "`without_dq` has no 4-bit Linear layers: load it with a quantization_config")
-    expect(_nested(need(ns, "without_dq")) == {False},
-           "`without_dq` still uses double quantization (nested constants)")
+    nested = _nested(need(ns, "without_dq"))
+    expect(nested, "`without_dq` has no 4-bit Linear layers: load it with a quantization_config")
+    expect(nested == {False}, "`without_dq` still uses double quantization (nested constants)")
 
 
 @criterion(

@@ -46,7 +46,7 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
     """How many leading token ids every row shares, leaving each row at least one of its own."""
     if not rows:
         return 0
-    rows = [list(ids) for ids in rows]
+    rows = [list(ids) for ids in rows]  # commonprefix compares any lists item by item
     return max(min(len(os.path.commonprefix(rows)), min(map(len, rows)) - 1), 0)
 
 
