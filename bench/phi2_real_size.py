@@ -1,4 +1,4 @@
-"""Phi-2 at its real size, without a GPU: the T4 recipes' code path, measured against the planner.
+"""Phi-2 at its real size, on a CPU or a GPU: the T4 recipes' code path against the planner.
 
     nice -n 10 python bench/phi2_real_size.py            # sentiment, merge routes, classifier
     python bench/phi2_real_size.py --recipes all         # also webglm, chat, dpo, grpo (longer)
@@ -7,6 +7,8 @@
     python bench/phi2_real_size.py --quick               # 1/4 width, 2 layers, all recipes but
                                                          # webglm/chat: about 90 s CPU (CI)
     python bench/phi2_real_size.py --device cuda         # on a GPU: fp16 AMP, paged 8-bit AdamW
+    python bench/phi2_real_size.py --device cuda --recipes all --recipe-batch
+                                                         # each recipe's micro-batch at max_length
 
 What it does, in order:
 
@@ -36,7 +38,8 @@ of paged 8-bit AdamW (which needs CUDA). Everything else is the T4's: fp16 weigh
 compute dtype, nf4 + double quantization, ``phi2kit_fp32`` attention, gradient checkpointing,
 the recipes' LoRA ranks, targets and dropout, ``fp16=True`` in the trainer, which on a CPU
 ``phi2kit.twin.cpu_fp16_amp`` turns into real fp16 autocast with a grad scaler, as on the
-T4. The recipe's batch, accumulation and step count are replaced by batch 1 and steps until
+T4. The recipe's batch, accumulation and step count are replaced by batch 1 (with
+``--recipe-batch``: the recipe's micro-batch, every row at ``max_length``) and steps until
 the first one the grad scaler does not skip (it skips a step whose scaled gradients overflow
 and halves its scale: the quick classifier needed a few), at most ``--steps`` (8); that step
 is the one measured, and a run whose every step was skipped fails.
@@ -85,8 +88,12 @@ The planner is evaluated at the length actually trained.
   also holds Python and the libraries, the loading path's buffers and whatever the allocator
   keeps, none of which the GPU planner models. Peak RSS of loading is shown, not checked.
 
-On ``--device cuda`` the same checks run against the planner's GPU settings, and peak GPU
-memory (``torch.cuda.max_memory_allocated``) is shown next to the planner's total.
+On ``--device cuda`` the same checks run against the planner's GPU settings, and the step's peak
+GPU memory (``torch.cuda.max_memory_allocated``, less what earlier recipes left allocated) is
+shown next to the planner's total less its overhead term (the CUDA context and allocator slack,
+which that figure does not see). ``--recipe-batch`` trains each SFT/classifier recipe at its own
+micro-batch with every row at its ``max_length`` instead. Figures from an H100:
+``docs/memory.md``.
 
 **DPO (notebook 08) and GRPO (notebook 09)**, ``--recipes dpo,grpo`` (in ``--quick`` by default).
 Their recipes are ``get_dpo_recipe`` / ``get_grpo_recipe`` on the t4 profile with the CPU
@@ -103,7 +110,8 @@ reply, 128 by default: chosen and rejected in one batch of two) and is checked a
 ``--grpo-tokens`` (8), runs the ``ref`` adapter (beta 0.04 > 0) and trains on them, checked
 against ``phi2kit.plan.grpo.estimate_grpo``. Checked: trainable parameters (exact, against the
 meta report and the planner), the ``ref`` adapter's bytes against the planner's reference
-term and the model's bytes (0.1 %), gradients (0.1 %), optimizer state (1 %), peak RSS of the
+term and the model's bytes (0.1 %), gradients (0.1 %), optimizer state (1 %; 5 % for paged 8-bit
+AdamW on a GPU), peak RSS of the
 step at least the planner's CPU total (-10 %). The step's live tensors are shown, not
 checked, for the reason given above for the SFT recipes: both trainers score with trl's fused
 LM head (every position on a CPU, in tiles; only the completion's on a CUDA device with
@@ -255,6 +263,7 @@ class Phase:
     cpu_seconds: float = 0.0  # user + system time of this process: robust on a shared machine
     peak_rss: int = 0
     peak_gpu: int | None = None
+    gpu_start: int = 0  # CUDA bytes allocated when the block began (the load phase: leftovers)
     exact_peak: bool = True  # False: the process's peak so far (no per-phase reset here)
 
 
@@ -271,6 +280,7 @@ def phase() -> Iterator[Phase]:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+        out.gpu_start = torch.cuda.memory_allocated()
     start, cpu = time.perf_counter(), time.process_time()
     try:
         yield out
@@ -404,6 +414,18 @@ class Row:
         return [self.name, fmt(self.measured), fmt(self.planned), diff, check, status]
 
 
+def gpu_rows(load: Phase, train: Phase, planned: float) -> list[Row]:
+    """The step's peak of PyTorch's allocated GPU memory, less what earlier recipes of this run
+    left allocated (on an H100, about 0.5 GB per recipe run before; a one-recipe run has none),
+    against the planner's total less its overhead term (the CUDA context and the allocator's
+    slack, which ``max_memory_allocated`` does not see)."""
+    rows = [Row("peak GPU memory allocated, step (planner: less overhead)",
+                train.peak_gpu - load.gpu_start, planned, "GB")]  # fmt: skip
+    if load.gpu_start:
+        rows.append(Row("  left allocated by earlier recipes", load.gpu_start, None, "GB"))
+    return rows
+
+
 def print_table(title: str, rows: list[Row]) -> None:
     head = ["term", "measured", "planner", "diff", "tolerance", ""]
     table = [head] + [r.cells() for r in rows]
@@ -471,11 +493,12 @@ def train_example(task: str, tokenizer, target: int) -> dict:
 # --- one recipe ---------------------------------------------------------------------------------
 
 
-def planner_terms(cfg, profile, recipe, seq: int):
-    """The planner's estimate for this run: batch 1, ``seq`` tokens, the profile's settings."""
+def planner_terms(cfg, profile, recipe, seq: int, batch: int = 1):
+    """The planner's estimate for this run: ``batch`` rows of ``seq`` tokens, the profile's
+    settings."""
     from phi2kit.plan import estimate
 
-    one = dataclasses.replace(recipe, batch_size=1, grad_accum=1, max_length=seq)
+    one = dataclasses.replace(recipe, batch_size=batch, grad_accum=1, max_length=seq)
     overhead = None if profile.requires_cuda else 0.0
     return estimate(profile, one, config=cfg, overhead_gb=overhead, device_gb=1e6)
 
@@ -536,11 +559,15 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     from phi2kit.recipes import get_recipe
 
     recipe = get_recipe(task, profile)  # the T4 recipe: the profile is t4 with CPU settings
-    step = dataclasses.replace(recipe, max_steps=args.steps, batch_size=1, grad_accum=1)
+    # --recipe-batch: the recipe's micro-batch, every row at max_length (what the fit is for)
+    batch = recipe.batch_size if args.recipe_batch else 1
+    step = dataclasses.replace(recipe, max_steps=args.steps, batch_size=batch, grad_accum=1)
     seq_cls = recipe.task_type == "SEQ_CLS"
     tokenizer = load_tokenizer(profile, padding_side="right")
-    example = train_example(task, tokenizer, TYPICAL_TOKENS[task])
-    info: dict = {"task": task, "lora_r": recipe.lora_r, "task_type": recipe.task_type}
+    target = recipe.max_length if args.recipe_batch else TYPICAL_TOKENS[task]
+    example = train_example(task, tokenizer, target)
+    info: dict = {"task": task, "lora_r": recipe.lora_r, "task_type": recipe.task_type,
+                  "batch": batch}  # fmt: skip
     rows: list[Row] = []
 
     torch.manual_seed(args.seed)
@@ -572,14 +599,14 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
 
         from phi2kit.classifier import classifier_trainer, tokenize_headlines
 
-        df = pd.DataFrame({"text": [example["text"]], "label": [example["label"]]})
+        df = pd.DataFrame({"text": [example["text"]] * batch, "label": [example["label"]] * batch})
         train_ds = tokenize_headlines(df, tokenizer, recipe.max_length)
         seq = len(train_ds[0]["input_ids"])
     else:
         from phi2kit.training import sft_trainer
 
         train_ds = Dataset.from_list([{"prompt": example["prompt"],
-                                       "completion": example["completion"]}])  # fmt: skip
+                                       "completion": example["completion"]}] * batch)  # fmt: skip
     probe = StepProbe()
     kwargs = {"warmup_steps": 0}  # a warmup would make the first step's learning rate 0
     if seq_cls:
@@ -592,7 +619,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     trainer.add_callback(probe.callback)
     probe.trainer = trainer
     adapted_bytes = model_bytes(model)
-    est = planner_terms(cfg, profile, recipe, seq)
+    est = planner_terms(cfg, profile, recipe, seq, batch)
     p = est.parts
     planned_adapted = (p["base weights"] + p["LoRA weights (fp32)"]) * GB
     if seq_cls:  # PEFT keeps the original (frozen) score head next to its trainable copy
@@ -616,7 +643,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
         Row("peak RSS, loading", load.peak_rss, None, "GB"),
     ]  # fmt: skip
     if train.peak_gpu is not None:
-        rows.append(Row("peak GPU memory, step", train.peak_gpu, est.total_gb * GB, "GB"))
+        rows += gpu_rows(load, train, cpu_total)
     else:
         rows.append(Row("peak RSS, step (>= planner CPU total)", train.peak_rss, cpu_total, "GB",
                         TOL_RSS_BELOW, lower_bound=True))  # fmt: skip
@@ -724,19 +751,19 @@ def _lora_bytes(model, adapter: str) -> int:
                if f".{adapter}." in n)  # fmt: skip
 
 
-def _step_rows(probe, model, p: dict, step_planned: float, tol: float | None,
+def _step_rows(probe, optim: str, p: dict, step_planned: float, tol: float | None,
                load, train) -> list[Row]:  # fmt: skip
     """Rows common to DPO and GRPO: gradients, optimizer state, the step's live tensors, RSS."""
     rows = [
         Row("LoRA gradients", probe.grad_bytes, p["LoRA gradients (fp32)"] * GB, "GB", TOL_GRADS),
-        Row("optimizer state (adamw_torch)", probe.opt_bytes, p["optimizer state"] * GB, "GB",
-            TOL_ADAMW),
+        Row(f"optimizer state ({optim})", probe.opt_bytes, p["optimizer state"] * GB, "GB",
+            TOL_ADAM8BIT if "8bit" in optim else TOL_ADAMW),
         Row("step: live tensors (see docstring)", probe.live_peak, step_planned, "GB", tol),
         Row("peak RSS, loading + trainer", load.peak_rss, None, "GB"),
     ]  # fmt: skip
     cpu_total = sum(v for k, v in p.items() if k != "overhead") * GB
     if train.peak_gpu is not None:
-        rows.append(Row("peak GPU memory, step", train.peak_gpu, cpu_total, "GB"))
+        rows += gpu_rows(load, train, cpu_total)
     else:
         rows.append(Row("peak RSS, step (>= planner CPU total)", train.peak_rss, cpu_total, "GB",
                         TOL_RSS_BELOW, lower_bound=True))  # fmt: skip
@@ -809,7 +836,7 @@ def run_dpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
                     + p["LoRA gradients (fp32)"]) * GB  # fmt: skip
     with phase() as train, column_major_4bit_backward(args.fast_backward):
         trainer.train()
-    rows += _step_rows(probe, model, p, step_planned, TOL_PREF_STEP, load, train)
+    rows += _step_rows(probe, profile.optim, p, step_planned, TOL_PREF_STEP, load, train)
     log = [h for h in trainer.state.log_history if "loss" in h]
     info = {"task": "dpo", "task_type": "DPO", "lora_r": recipe.lora_r, "seq": seq,
             "loss": log[-1]["loss"] if log else None,
@@ -898,7 +925,7 @@ def run_grpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
           column_major_4bit_backward(args.fast_backward)):  # fmt: skip
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing_(en|dis)able")
         trainer.train()
-    rows += _step_rows(probe, model, p, step_planned, TOL_PREF_STEP, load, train)
+    rows += _step_rows(probe, profile.optim, p, step_planned, TOL_PREF_STEP, load, train)
     log = [h for h in trainer.state.log_history if "reward" in h]
     info = {"task": "grpo", "task_type": "GRPO", "lora_r": recipe.lora_r,
             "seq": step.max_length, "prompt_tokens": prompt_len,
@@ -1053,6 +1080,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--stock-4bit-backward", dest="fast_backward", action="store_false",
                    help="on the CPU, keep bitsandbytes' own 4-bit backward: its fp16 matmul "
                    "hits torch's slow CPU fallback (about 50x; see column_major_4bit_backward)")
+    p.add_argument("--recipe-batch", action="store_true",
+                   help="train at each SFT/classifier recipe's micro-batch with every row at its "
+                   "max_length (the worst case the planner's fit is for; on a GPU, the real "
+                   "step's peak) instead of batch 1 at a typical length")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--steps",
@@ -1159,7 +1190,8 @@ def main(argv: list[str] | None = None) -> int:
             rows, info = run_recipe(task, profile, cfg, out, args)
             held = {"model": info.pop("model", None), "tokenizer": info.pop("tokenizer", None)}
             title = (f"{task}: T4 recipe ({info['task_type']}, QLoRA nf4, r={info['lora_r']}), "
-                     f"{info['steps']} step(s) at batch 1 x {info['seq']} tokens")  # fmt: skip
+                     f"{info['steps']} step(s) at batch {info['batch']} x {info['seq']} "
+                     "tokens")  # fmt: skip
             print_table(title, rows)
             cpu = info["cpu_s"]
             print(

@@ -132,3 +132,20 @@ def test_a_wrong_dpo_reference_term_fails(snapshot, monkeypatch, capsys):
     assert code == 1
     assert "dpo: reference: trl's `ref` adapter" in out.split("FAILED:")[1]
     assert "snapshot: reusing" in out  # the quick run's snapshot, from another process
+
+
+def test_recipe_batch_trains_the_recipes_micro_batch_at_max_length(quick, snapshot, tmp_path):
+    """``--recipe-batch``: the classifier's T4 micro-batch (8) with every row at its max_length
+    (256), checked against the planner at that size (the live-tensor term to 25 %)."""
+    from phi2kit.recipes import get_recipe
+
+    bench = load_script("phi2_real_size")
+    out = tmp_path / "result.json"
+    code = bench.main(["--quick", "--snapshot", str(snapshot), "--recipes", "classifier",
+                       "--recipe-batch", "--json", str(out)])  # fmt: skip
+    info = json.loads(out.read_text())["recipes"]["classifier"]
+    recipe = get_recipe("classifier", "t4")
+    assert code == 0 and info["batch"] == recipe.batch_size == 8
+    assert recipe.max_length - 8 <= info["seq"] <= recipe.max_length, info["seq"]
+    live = _rows({"recipes": {"classifier": info}}, "classifier")
+    assert live["step: live tensors (acts + logits + grads)"]["ok"]
