@@ -298,12 +298,20 @@ def phase() -> Iterator[Phase]:
 
 
 def free() -> None:
-    """Collect garbage and hand freed memory back (glibc keeps freed heap pages otherwise)."""
+    """Collect garbage and hand freed memory back (glibc keeps freed heap pages otherwise).
+
+    With a bitsandbytes 8-bit optimizer (the t4 profile's paged AdamW), transformers' ``Trainer``
+    registers every ``nn.Embedding`` with bitsandbytes' global ``GlobalOptimManager`` and never
+    takes it out, so a finished recipe's embedding (fp32 after ``prepare_model_for_kbit_training``:
+    0.524 GB for Phi-2) outlived its model; the list is emptied here (``docs/memory.md``).
+    """
     import ctypes
     import ctypes.util
 
+    import bitsandbytes as bnb
     import torch
 
+    bnb.optim.GlobalOptimManager.get_instance().module_weight_config_triple.clear()
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

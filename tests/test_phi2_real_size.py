@@ -149,3 +149,33 @@ def test_recipe_batch_trains_the_recipes_micro_batch_at_max_length(quick, snapsh
     assert recipe.max_length - 8 <= info["seq"] <= recipe.max_length, info["seq"]
     live = _rows({"recipes": {"classifier": info}}, "classifier")
     assert live["step: live tensors (acts + logits + grads)"]["ok"]
+
+
+def test_free_releases_the_embedding_an_8bit_optimizer_registered(tmp_path):
+    """transformers' Trainer registers the embedding with bitsandbytes' global optimizer manager
+    when the optimizer is 8-bit (a T4's paged AdamW) and never takes it out: the model's
+    embedding outlives ``del model, trainer``. The bench's ``free()`` lets it go."""
+    import gc
+    import weakref
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from phi2kit.tiny import tiny_path
+
+    bench = load_script("phi2_real_size")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_path()))
+    for name, p in model.named_parameters():
+        p.requires_grad = name.startswith("lm_head")
+    rows = Dataset.from_list([{"input_ids": [1, 2, 3, 4], "labels": [1, 2, 3, 4]}] * 2)
+    args = TrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=2,
+                             optim="adamw_bnb_8bit", use_cpu=True, report_to="none",
+                             save_strategy="no", disable_tqdm=True)  # fmt: skip
+    trainer = Trainer(model=model, args=args, train_dataset=rows)
+    trainer.create_optimizer()
+    embedding = weakref.ref(model.get_input_embeddings().weight)
+    del model, trainer
+    gc.collect()
+    assert embedding() is not None  # held by bitsandbytes' GlobalOptimManager
+    bench.free()
+    assert embedding() is None
