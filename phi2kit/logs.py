@@ -21,10 +21,18 @@ HARMLESS = [
 ]
 
 
+def _not_mtime_note(record: logging.LogRecord) -> bool:
+    """False for the Trainer's note that checkpoints saved within one second are sorted by
+    step number instead of file time (it sorts them right either way)."""
+    return "mtime may not be reliable" not in record.getMessage()
+
+
 def quiet() -> None:
-    """Turn off library progress bars, :data:`HARMLESS` warnings and bitsandbytes' note that an
-    optional hub kernel is missing (the built-in one is used). Every notebook calls it first."""
+    """Turn off library progress bars, :data:`HARMLESS` warnings, bitsandbytes' note that an
+    optional hub kernel is missing (the built-in one is used) and the Trainer's checkpoint-
+    ordering note. Every notebook calls it first."""
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    logging.getLogger("transformers.trainer_utils").addFilter(_not_mtime_note)  # added once
     for pattern in HARMLESS:
         warnings.filterwarnings("ignore", message=pattern)
     import datasets

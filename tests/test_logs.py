@@ -52,3 +52,16 @@ def test_commands_show_one_progress_line_not_a_loss_dict_per_step(tmp_path):
     assert not kinds & {ProgressCallback.__name__, PrinterCallback.__name__}
     transformers.utils.logging.set_verbosity_warning()
     transformers.utils.logging.enable_progress_bar()
+
+
+def test_quiet_drops_the_trainers_checkpoint_ordering_note_only():
+    from phi2kit.logs import quiet
+
+    quiet()
+    quiet()  # notebooks call it once each; the filter is added once
+    logger = logging.getLogger("transformers.trainer_utils")
+    note = "mtime may not be reliable on this filesystem, falling back to numerical ordering"
+    make = lambda msg: logger.makeRecord(logger.name, logging.WARNING, __file__, 1, msg, (), None)  # noqa: E731
+    assert not logger.filter(make(note))
+    assert logger.filter(make("Deleting older checkpoint [checkpoint-10]"))
+    assert len(logger.filters) == len(set(logger.filters))
