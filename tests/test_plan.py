@@ -351,7 +351,7 @@ def test_course_table_uses_the_1024_reading_and_readme_gives_both():
         ("04_webglm_qlora", "webglm", "about {a:.0f} minutes of training (100 steps"),
         ("04_webglm_qlora", "webglm", "; {b:.0f} if seed 003's T4 run is read at 2,048 tokens"),
         ("06_chat_oasst1", "chat", "about {a:.0f} minutes of training (120 steps"),
-        ("06_chat_oasst1", "chat", "; {b:.0f} minutes if seed 003's T4 run, the one T4 timing"),
+        ("06_chat_oasst1", "chat", "and this estimate halves: {b:.0f} minutes of training."),
     ],
 )  # fmt: skip
 def test_notebook_first_cells_state_the_planners_training_minutes(name, task, template):
