@@ -346,10 +346,10 @@ def test_course_table_uses_the_1024_reading_and_readme_gives_both():
     "name, task, template",
     [
         ("03_classification_head", "classifier",
-         "`phi2kit.plan.course.train_minutes`: {a:.1f} per run; "
-         "{b:.1f} if seed 003's T4 run, a community notebook"),
+         "`phi2kit.plan.course.train_minutes`: {a:.1f} per run)"),
+        ("03_classification_head", "classifier", "would halve: {b:.1f} minutes per run"),
         ("04_webglm_qlora", "webglm", "about {a:.0f} minutes of training (100 steps"),
-        ("04_webglm_qlora", "webglm", "; {b:.0f} if seed 003's T4 run is read at 2,048 tokens"),
+        ("04_webglm_qlora", "webglm", "would halve: {b:.0f} minutes of training"),
         ("06_chat_oasst1", "chat", "about {a:.0f} minutes of training (120 steps"),
         ("06_chat_oasst1", "chat", "and this estimate halves: {b:.0f} minutes of training."),
     ],
