@@ -1,11 +1,13 @@
 """P1: training throughput of phi2kit's pipeline against the seed 003's and trl's defaults.
 
-    python bench/bench_train.py                 # tiny model, 12 steps of 8, about 2-3 minutes
+    python bench/bench_train.py                 # tiny model, 50 steps of 8, about 3 minutes
     python bench/bench_train.py --steps 24 --pad-factor 8
 
 Every pipeline trains the same LoRA (QLoRA with the tiny recipe) on the tiny Phi, with the
 same seed, for the same number of steps, on the same ``steps * batch_size`` WebGLM sample
-examples: exactly one epoch, so all see the same tokens.
+examples: exactly one epoch, so all see the same tokens. By default that epoch is lesson 04's
+train split on the tiny profile (its recipe's ``n_train``, 400: 50 steps of 8), so the sampler
+sorts what the lesson sorts and the fixed cost of starting a run weighs what it weighs there.
 
 - **seed** (seed 003): every example padded to ``max_length``, truncated from the left,
   ``labels = input_ids`` (loss on the prompt and on padding), a plain HF ``Trainer``.
@@ -139,14 +141,15 @@ def trl_default_trainer(model, tokenizer, dataset, profile, recipe, output_dir, 
 
 
 def run(
-    steps: int = 12,
+    steps: int | None = None,
     batch_size: int = 8,
     pad_factor: float = 4.0,
     quantize_4bit: bool | None = None,
     data_path: str | None = None,
     repeats: int = 3,
 ) -> dict:
-    """Train both pipelines for ``steps`` steps of ``batch_size``; return flat measurements."""
+    """Train every pipeline for ``steps`` steps of ``batch_size`` (default: one epoch of lesson
+    04's tiny ``n_train``); return flat measurements."""
     import numpy as np
     from transformers import Trainer, default_data_collator
 
@@ -158,6 +161,8 @@ def run(
 
     profile = get_profile("tiny")
     tokenizer = load_tokenizer(profile, padding_side="right")
+    if steps is None:
+        steps = get_recipe("webglm", profile).n_train // batch_size
     examples = _examples(steps * batch_size, data_path)
     texts = [build_qa_prompt(e["question"], e["references"]) + " " + e["answer"] for e in examples]
     lengths = [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]  # + EOS
@@ -269,7 +274,9 @@ def format_result(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps (default 12)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="optimizer steps (default: one epoch of lesson 04's tiny train split, "
+                        "400 examples: 50 steps of 8)")  # fmt: skip
     parser.add_argument("--batch-size", type=int, default=8, help="examples per step")
     parser.add_argument("--pad-factor", type=float, default=4.0,
                         help="seed max_length: pad_factor x p95 token length")  # fmt: skip

@@ -33,7 +33,8 @@ def order_batches(lengths: list[int], seed: int) -> list[frozenset[int]]:
 
 @pytest.fixture(scope="module")
 def sample_lengths(tiny_tokenizer) -> list[int]:
-    """Token lengths (prompt + answer + EOS) of the 96 WebGLM sample examples P1 trains on."""
+    """Token lengths (prompt + answer + EOS) of the first 96 WebGLM sample examples (P1's data
+    until 2026-12-05; it now trains 400: a small set is the harder case for sorting)."""
     from phi2kit.data import sample_path
     from phi2kit.data.webglm import load_webglm, to_prompt_completion
 
@@ -136,7 +137,7 @@ def test_order_depends_on_seed_and_epoch_only():
 
 
 def test_sft_trainer_feeds_95_percent_useful_batches(tmp_path):
-    """The dataloader of ``sft_trainer`` (notebook 04's trainer) on P1's 96 examples."""
+    """The dataloader of ``sft_trainer`` (notebook 04's trainer) on the first 96 sample examples."""
     from phi2kit.batching import token_counts
     from phi2kit.data import sample_path
     from phi2kit.data.webglm import load_webglm, to_prompt_completion
