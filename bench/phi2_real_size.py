@@ -424,9 +424,9 @@ class Row:
 
 def gpu_rows(load: Phase, train: Phase, planned: float) -> list[Row]:
     """The step's peak of PyTorch's allocated GPU memory, less what earlier recipes of this run
-    left allocated (on an H100, about 0.5 GB per recipe run before; a one-recipe run has none),
-    against the planner's total less its overhead term (the CUDA context and the allocator's
-    slack, which ``max_memory_allocated`` does not see)."""
+    left allocated (none since :func:`free` lets go of the embedding an 8-bit optimizer held;
+    shown when there is some), against the planner's total less its overhead term (the CUDA
+    context and the allocator's slack, which ``max_memory_allocated`` does not see)."""
     rows = [Row("peak GPU memory allocated, step (planner: less overhead)",
                 train.peak_gpu - load.gpu_start, planned, "GB")]  # fmt: skip
     if load.gpu_start:
