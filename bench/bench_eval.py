@@ -108,7 +108,7 @@ def seed_loop(model: Any, tokenizer: Any, prompts: list[str], max_new_tokens: in
 
     Returns the parsed labels (``None`` when the output names no label).
     """
-    from phi2kit.evaluate.classification import parse_label
+    from phi2kit_exercises.classification import parse_label
 
     return [
         parse_label(t) for t in generate_one_at_a_time(model, tokenizer, prompts, max_new_tokens)
@@ -126,8 +126,8 @@ def predict_by_generation(
     """The batched peer: greedy :func:`phi2kit.generation.generate`, parsed as notebook 02
     parses (``parse_label``); an output that names no label is ``None``."""
     from phi2kit.data.sentiment import LABELS
-    from phi2kit.evaluate.classification import parse_label
     from phi2kit.generation import generate
+    from phi2kit_exercises.classification import parse_label
 
     out = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
     return [parse_label(text, labels or LABELS) for text in out.texts]
@@ -170,10 +170,10 @@ def run(
     import statistics
 
     from phi2kit.data.sentiment import build_prompt
-    from phi2kit.evaluate.classification import classification_metrics
     from phi2kit.evaluate.scoring import predict_by_scoring
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
+    from phi2kit_exercises.classification import classification_metrics
 
     prof = get_profile(profile)
     overrides = {"max_steps": max_steps, "n_train": n_train_per_class}

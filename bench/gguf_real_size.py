@@ -10,10 +10,10 @@ What it does, in order (each model is freed before the next is loaded):
    (Phi-2's published config, 2,779,683,840 parameters, fp16, the tiny Phi's tokenizer; reused
    from ``--snapshot`` when it matches) stands for the merged model of notebook 05/07: a merged
    model is a plain ``PhiForCausalLM`` in fp16, which is what the snapshot is.
-2. **GGUF files**, with lesson 07's code (``phi2kit.export``): ``write_gguf`` writes F16 and
-   Q8_0 (the ``gguf`` package, 0.19), and llama.cpp's own quantizer
-   (``llama_cpp.llama_model_quantize``, as ``phi2kit.export.quantize_gguf`` calls it, here with
-   ``nthread`` set to ``--threads``) makes Q4_K_M from the F16 file.
+2. **GGUF files**, with lesson 07's code (``phi2kit_exercises.export``): ``write_gguf``
+   writes F16 and Q8_0 (the ``gguf`` package, 0.19), and llama.cpp's own quantizer
+   (``llama_cpp.llama_model_quantize``, as ``phi2kit_exercises.export.quantize_gguf`` calls
+   it, here with ``nthread`` set to ``--threads``) makes Q4_K_M from the F16 file.
 3. **Against the planner** (``phi2kit.plan.gguf``): every tensor's type read back from each file
    (``gguf.GGUFReader``) must be the one ``gguf_tensor_types`` predicts (exact: the Q4_K_M
    rule of which tensors get Q6_K, Q8_0 or Q5_0), the tensor bytes must equal ``tensors_gb``
@@ -73,7 +73,8 @@ def read_types(path: Path) -> tuple[dict[str, str], int]:
 
 
 def quantize(src: Path, dst: Path, ftype: str, threads: int) -> Path:
-    """llama.cpp's quantizer, as ``phi2kit.export.quantize_gguf`` calls it, on ``threads``."""
+    """llama.cpp's quantizer, as ``phi2kit_exercises.export.quantize_gguf`` calls it, on
+    ``threads``."""
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
@@ -150,10 +151,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from phi2kit.export import write_gguf
     from phi2kit.footprint import count_parameters
     from phi2kit.logs import quiet
     from phi2kit.plan.gguf import gguf_footprint, gguf_tensor_types
+    from phi2kit_exercises.export import write_gguf
 
     quiet()
     torch.set_num_threads(args.threads)

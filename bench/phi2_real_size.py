@@ -987,8 +987,8 @@ def run_merge(profile, held: dict, adapter_dir: Path, out: Path) -> tuple[list[R
     import torch
     from peft import PeftModel
 
-    from phi2kit.merging import dequantize_into, merge_error, probe_logits
     from phi2kit.models import load_model
+    from phi2kit_exercises.merging import dequantize_into, merge_error, probe_logits
 
     probe = ["### Human: Where does the otter live?\n### Assistant:",
              "Norvik Oyj 's net sales rose 12 % to EUR 40 mn"]  # fmt: skip

@@ -1,4 +1,4 @@
-"""Tests for phi2kit.evaluate.classification on a tiny random Phi and a made-up tokenizer."""
+"""Tests for phi2kit_exercises.classification on a tiny random Phi and a made-up tokenizer."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from bench_eval import predict_by_generation  # bench/: the benchmark's batched 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from phi2kit.data.sentiment import LABELS, build_prompt
-from phi2kit.evaluate.classification import classification_metrics, majority_rate, parse_label
 from phi2kit.evaluate.scoring import (
     label_logprobs,
     predict_by_scoring,
@@ -21,6 +20,7 @@ from phi2kit.evaluate.scoring import (
     shared_prefix_length,
 )
 from phi2kit.generation import generate
+from phi2kit_exercises.classification import classification_metrics, majority_rate, parse_label
 
 EOS = "<|endoftext|>"
 HEADLINES = [

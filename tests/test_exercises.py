@@ -15,6 +15,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
+
 from phi2kit_exercises.grader import EXERCISES, evaluate, get_exercise, grade_notebook
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,6 +236,7 @@ def test_a_reward_keyed_on_one_text_fails_09b():
 
 def test_one_mistake_fails_one_check_09a():
     import torch
+
     from phi2kit_exercises import TODO
 
     def advantages_with(std=torch.std, eps=1e-4):
@@ -262,6 +264,7 @@ def test_one_mistake_fails_one_check_09a():
 
 def test_advantages_are_one_per_completion_and_zero_sum_09a():
     import torch
+
     from phi2kit_exercises.grader import CellError
 
     def unflattened(rewards, num_generations):  # (groups, n): the later cells stop on it
@@ -437,6 +440,7 @@ def test_a_model_still_double_quantized_is_not_measured_against_01a():
 
 def test_a_stopped_cell_is_counted_from_one(tmp_path):
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+
     from phi2kit_exercises import run_notebook
 
     nb = new_notebook(cells=[new_markdown_cell("# title"), new_code_cell("x = 1"),

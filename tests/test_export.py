@@ -1,4 +1,5 @@
-"""Lesson 07's GGUF export (phi2kit.export, the planner's GGUF sizes), checked through llama.cpp.
+"""Lesson 07's GGUF export (phi2kit_exercises.export, the planner's GGUF sizes), checked through
+llama.cpp.
 
 - the writer's layout on Phi-2's real shapes (meta device) is the one llama.cpp's converter
   writes for ``microsoft/phi-2`` and its ``phi2`` loader reads;
@@ -18,9 +19,9 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from phi2kit import export  # noqa: E402
 from phi2kit.chat import format_chat  # noqa: E402
 from phi2kit.plan.gguf import GB, gguf_footprint, gguf_tensor_types  # noqa: E402
+from phi2kit_exercises import export  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "07_export_gguf.ipynb"

@@ -177,13 +177,13 @@ def test_the_checks_can_fail():
     """The import walker sees a commands import; a lesson's own module, a later one and a
     tool are refused; a changed body is a drift, a changed docstring is not."""
     table = _layout_table()
-    tree = ast.parse("from phi2kit.commands.train import main\nimport phi2kit.merging\n")
-    assert _imports(tree) >= {"phi2kit.commands.train", "phi2kit.merging"}
-    assert _owner_of("phi2kit.merging", table) == 5
+    tree = ast.parse("from phi2kit.commands.train import main\nimport phi2kit.chat\n")
+    assert _imports(tree) >= {"phi2kit.commands.train", "phi2kit.chat"}
+    assert _owner_of("phi2kit.chat", table) == 6
     assert _owner_of("phi2kit.data.sentiment", table) == "plumbing"
-    bad = _disallowed({"phi2kit.merging", "phi2kit.lora", "phi2kit.footprint",
-                       "phi2kit.profiles", "phi2kit.models"}, 5, table)
-    assert set(bad) == {"phi2kit.merging", "phi2kit.footprint"}
+    bad = _disallowed({"phi2kit.chat", "phi2kit.lora", "phi2kit.footprint",
+                       "phi2kit.profiles", "phi2kit.models"}, 6, table)
+    assert set(bad) == {"phi2kit.chat", "phi2kit.footprint"}
     one = ast.parse('def f(x):\n    """doc"""\n    return x + 1\n').body[0]
     other_doc = ast.parse('def f(x):\n    """other"""\n    return x + 1\n').body[0]
     other_body = ast.parse('def f(x):\n    """doc"""\n    return x + 2\n').body[0]

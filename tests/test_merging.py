@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from phi2kit.lora import adapter_base_4bit, adapter_profile, save_adapter
-from phi2kit.merging import dequantize_into, merge_error, probe_logits
 from phi2kit.models import load_model
 from phi2kit.twin import keep_nf4_layout_on_cpu
+from phi2kit_exercises.merging import dequantize_into, merge_error, probe_logits
 
 TEXTS = [
     "### Human: Where does the otter live?\n### Assistant:",
@@ -155,5 +155,5 @@ def test_notebook_05_writes_what_this_module_holds():
     """probe_logits, LogitGap, merge_error and dequantize_into are written in 05's cells."""
     from lesson_source import assert_cells_define
 
-    assert_cells_define("05_adapter_merging", "phi2kit/merging.py",
+    assert_cells_define("05_adapter_merging", "exercises/phi2kit_exercises/merging.py",
                         ["probe_logits", "LogitGap", "merge_error", "dequantize_into"])  # fmt: skip

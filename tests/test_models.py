@@ -201,7 +201,7 @@ def test_importing_phi2kit_registers_no_attention():
     import sys
 
     code = (
-        "import phi2kit.models, phi2kit.merging, phi2kit.generation\n"
+        "import phi2kit.models, phi2kit.training, phi2kit.generation\n"
         "from transformers import AttentionInterface\n"
         "assert 'phi2kit_fp32' not in AttentionInterface._global_mapping, 'registered on import'\n"
         "phi2kit.models.register_fp32_attention()\n"

@@ -142,7 +142,7 @@ def notebook_functions() -> dict[str, ast.FunctionDef]:
     [
         ("plot_losses", "phi2kit.training"),
         ("label_logprobs", "phi2kit.evaluate.scoring"),
-        ("parse_label", "phi2kit.evaluate.classification"),
+        ("parse_label", "phi2kit_exercises.classification"),
     ],
 )
 def test_cell_functions_equal_the_package(name, module):

@@ -59,9 +59,10 @@ def _measured(model) -> int:
 @functools.cache
 def _grader_nf4(double_quant: bool):
     """The tiny model in nf4, with or without double quantization, loaded once by the grader."""
+    from transformers import AutoModelForCausalLM
+
     from phi2kit.models import load_kwargs, model_source
     from phi2kit.profiles import get_profile
-    from transformers import AutoModelForCausalLM
 
     profile = get_profile("tiny")
     kwargs = {**load_kwargs(profile, True), "attn_implementation": "eager", "device_map": "cpu"}
@@ -160,6 +161,7 @@ def _simulate(ns, cuda: bool, native: bool, emulated: bool = True) -> tuple[Any,
     from unittest import mock
 
     import torch
+
     from phi2kit.profiles import detect_profile_name
 
     def bf16(including_emulation: bool = True) -> bool:
@@ -180,6 +182,7 @@ def _simulate(ns, cuda: bool, native: bool, emulated: bool = True) -> tuple[Any,
 )
 def _01b_error(ns):
     import torch
+
     from phi2kit.profiles import ProfileError, native_bf16
 
     err = need(ns, "error")
@@ -262,8 +265,8 @@ def _02a_linear(ns):
     "prompts with predict_by_scoring",
 )
 def _02a_accuracy(ns):
-    from phi2kit.evaluate.classification import classification_metrics
     from phi2kit.evaluate.scoring import predict_by_scoring
+    from phi2kit_exercises.classification import classification_metrics
 
     acc, models = need(ns, "accuracy"), need(ns, "models")
     prompts, y = need(ns, "eval_prompts"), need(ns, "y_eval")
@@ -294,6 +297,7 @@ exercise("02_b", "Label scoring for one batch", "Write it", "02 §2.6")
 )
 def _02b_scores(ns):
     import numpy as np
+
     from phi2kit.data.sentiment import build_prompt
     from phi2kit.evaluate.scoring import score_labels
 

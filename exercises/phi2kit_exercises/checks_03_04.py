@@ -19,6 +19,7 @@ exercise("03_a", "Last-token pooling for the classification head", "Write it", "
 )
 def _03a_index(ns):
     import torch
+
     from phi2kit.classifier import last_token_index
 
     g = torch.Generator().manual_seed(0)
@@ -45,6 +46,7 @@ def _03a_index(ns):
 )
 def _03a_classify(ns):
     import torch
+
     from phi2kit.classifier import load_classifier
 
     _, tokenizer = tiny_model()
@@ -86,6 +88,7 @@ def _03b_broken(ns):
 def _03b_fixed(ns):
     import numpy as np
     from peft import PeftModel
+
     from phi2kit.classifier import adapter_keys, load_classifier, predict_logits
 
     path = need(ns, "fixed_dir")
@@ -108,6 +111,7 @@ def _reference_trainer():
     """trl's prepared rows and collator for prompt/completion pairs the grader makes."""
     if not _TRAINER:
         from datasets import Dataset
+
         from phi2kit.lora import add_lora
         from phi2kit.profiles import get_profile
         from phi2kit.recipes import get_recipe

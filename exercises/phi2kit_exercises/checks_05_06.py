@@ -31,12 +31,14 @@ def _05a_naive(ns):
     "05_a",
     "the fixed merge reproduces the adapter-on-4-bit model",
     "the adapter learned against dequant(nf4(W)), not W: build a full-precision base with "
-    "those weights (phi2kit.merging, lesson 05 §5.6), then put the adapter on it and merge",
+    "those weights (phi2kit_exercises.merging, lesson 05 §5.6), then put the adapter on it and "
+    "merge",
 )
 def _05a_fixed(ns):
     from peft import PeftModel
-    from phi2kit.merging import merge_error, probe_logits
+
     from phi2kit.models import load_model
+    from phi2kit_exercises.merging import merge_error, probe_logits
 
     tokenizer, probe = need(ns, "tokenizer"), need(ns, "PROBE")
     qlora = PeftModel.from_pretrained(load_model(need(ns, "profile"), quantize_4bit=True),
@@ -67,8 +69,9 @@ exercise("05_b", "Dequantize, then merge", "Write it", "05 §5.6")
 )
 def _05b_weights(ns):
     import torch
-    from phi2kit.merging import dequantize_into
+
     from phi2kit.models import load_model
+    from phi2kit_exercises.merging import dequantize_into
 
     quantized = load_model("tiny", quantize_4bit=True)
     mine, theirs = load_model("tiny", quantize_4bit=False), load_model("tiny", quantize_4bit=False)
@@ -173,6 +176,7 @@ def _06b_broken(ns):
 )
 def _06b_safe(ns):
     import torch
+
     from phi2kit.generation import generate
     from phi2kit.models import load_model, load_tokenizer
 

@@ -26,8 +26,9 @@ def _need_export() -> None:
 def _tiny():
     """The tiny model (fp32, eval) and its tokenizer, with plain transformers calls."""
     if not _TINY:
-        from phi2kit.tiny import tiny_path
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from phi2kit.tiny import tiny_path
 
         _TINY["model"] = AutoModelForCausalLM.from_pretrained(tiny_path()).eval()
         _TINY["tokenizer"] = AutoTokenizer.from_pretrained(tiny_path())
@@ -60,8 +61,9 @@ def _07a_names(ns):
     _need_export()
     import gguf
     import torch
-    from phi2kit.footprint import phi2_config
     from transformers import PhiForCausalLM
+
+    from phi2kit.footprint import phi2_config
 
     model, _ = _tiny()
     with torch.device("meta"):
@@ -86,7 +88,8 @@ def _07a_loads(ns):
 
     import numpy as np
     import torch
-    from phi2kit import export
+
+    from phi2kit_exercises import export
 
     model, tokenizer = _tiny()
     fn = need(ns, "gguf_name")
@@ -128,6 +131,7 @@ exercise("07_b", "Exporting without the chat template", "Break and fix", "07 §7
 def _07b_broken(ns):
     _need_export()
     import gguf
+
     from phi2kit.chat import format_chat
 
     reader = gguf.GGUFReader(need(ns, "broken_path"))
@@ -147,8 +151,9 @@ def _07b_broken(ns):
 def _07b_fixed(ns):
     _need_export()
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
     from phi2kit.chat import format_chat
-    from phi2kit.export import STOP
+    from phi2kit_exercises.export import STOP
 
     path = need(ns, "fixed_path")
     turns = [("prompter", "Hi"), ("assistant", "Hello."), ("prompter", "Where is the heron?")]

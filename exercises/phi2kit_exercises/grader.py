@@ -118,6 +118,7 @@ def tiny_model():
     """The shipped tiny model (eval mode) and its tokenizer, loaded once per process."""
     if not _TINY:
         import torch
+
         from phi2kit.models import load_model, load_tokenizer
 
         torch.manual_seed(0)

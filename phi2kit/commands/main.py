@@ -11,9 +11,9 @@ from phi2kit.commands.app import add_app_parser
 from phi2kit.commands.bench import add_bench_parser
 from phi2kit.commands.chat import add_chat_parser
 from phi2kit.commands.course import add_course_parser
-from phi2kit.commands.exercises import add_exercises_parser
 from phi2kit.commands.plan import add_plan_parser
 from phi2kit.commands.train import add_train_parser
+from phi2kit_exercises.cli import add_exercises_parser
 
 
 def make_parser() -> argparse.ArgumentParser:

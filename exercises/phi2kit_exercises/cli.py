@@ -45,9 +45,9 @@ def _looks_like_a_path(arg: str) -> bool:
 
 def run_check(args: argparse.Namespace) -> int:
     import nbformat
-    from phi2kit_exercises.grader import find_notebook, get_exercise, grade_notebook
 
     from phi2kit.logs import quiet
+    from phi2kit_exercises.grader import find_notebook, get_exercise, grade_notebook
 
     quiet()
     try:

@@ -1,5 +1,6 @@
-"""Notebook 02's :func:`parse_label`, and the metrics for notebooks 02-03, the exercises and
-the benchmark. Label scoring is in :mod:`phi2kit.evaluate.scoring`.
+"""Notebook 02's :func:`parse_label` and the classification metrics, for the exercises and
+``bench/bench_eval.py`` (no lesson or command imports them). Label scoring is in
+:mod:`phi2kit.evaluate.scoring`.
 """
 
 from __future__ import annotations
