@@ -43,17 +43,42 @@ def tiny_tokenizer(tiny_profile):
 # pyproject's addopts run the suite with `-n 2 --dist loadgroup`. Each worker (and every Jupyter
 # kernel it starts: they inherit the environment) computes on one thread: two processes of one
 # thread each use a 2-core machine fully, where two processes of two threads each ran 3.3x
-# slower (issue 22). The lessons executed by nbmake (`notebooks/*.ipynb`, profile tiny) stay on
-# one worker, in order, since later lessons read earlier lessons' outputs/; the t4-cpu course
-# runs on the other in a folder of its own (tests/test_course_t4_cpu.py).
+# slower (issue 22).
 if os.environ.get("PYTEST_XDIST_WORKER"):
     for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[_var] = "1"
 
+# Which tests must share a worker, in collection order:
+# - the lessons executed by nbmake (`notebooks/*.ipynb`, profile tiny), since later lessons read
+#   earlier lessons' outputs/ (08 reads 06's adapter, 09 reads 04's);
+# - the t4-cpu course (tests/test_course_t4_cpu.py), for the same reason, in a folder of its own;
+# - modules whose module-scoped fixture costs seconds (a quick real-size run, a trained adapter,
+#   the app's process), so that it runs once, not once per worker.
+# xdist's own `xdist_group` marks do not group under pytest 9.2 (pytest-dev/pytest-xdist#1386:
+# the group rides on a nodeid suffix that pytest 9.2 no longer takes), so the scheduler below
+# groups by path instead (tests/test_worker_groups.py checks that it does).
+ONE_WORKER = ("test_course_t4_cpu", "test_phi2_real_size", "test_bench_gguf", "test_train_grpo",
+              "test_app", "test_bench_train")  # fmt: skip
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        if str(item.fspath).endswith(".ipynb"):
-            item.add_marker(pytest.mark.xdist_group("lessons-tiny"))
-        elif item.module is not None and item.module.__name__.endswith("test_course_t4_cpu"):
-            item.add_marker(pytest.mark.xdist_group("lessons-t4-cpu"))
+
+def worker_group(nodeid: str) -> str | None:
+    """The group a test's nodeid belongs to (all of a group run on one worker), or None."""
+    path = nodeid.split("::", 1)[0]
+    if path.startswith("notebooks/") and path.endswith(".ipynb"):
+        return "lessons-tiny"
+    module = path.rpartition("/")[2].removesuffix(".py")
+    return module if path.startswith("tests/") and module in ONE_WORKER else None
+
+
+def pytest_xdist_make_scheduler(config, log):
+    """`--dist loadgroup` as xdist's, with the groups of :func:`worker_group`: each group is one
+    work unit; xdist starts the largest first (its --loadscope-reorder default)."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByGroup(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return worker_group(nodeid) or nodeid
+
+    return ByGroup(config, log)
