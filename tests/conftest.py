@@ -51,14 +51,13 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # Which tests must share a worker, in collection order:
 # - the lessons executed by nbmake (`notebooks/*.ipynb`, profile tiny), since later lessons read
 #   earlier lessons' outputs/ (08 reads 06's adapter, 09 reads 04's);
-# - the t4-cpu course (tests/test_course_t4_cpu.py), for the same reason, in a folder of its own;
 # - modules whose module-scoped fixture costs seconds (a quick real-size run, a trained adapter,
 #   the app's process), so that it runs once, not once per worker.
 # xdist's own `xdist_group` marks do not group under pytest 9.2 (pytest-dev/pytest-xdist#1386:
 # the group rides on a nodeid suffix that pytest 9.2 no longer takes), so the scheduler below
 # groups by path instead (tests/test_worker_groups.py checks that it does).
-ONE_WORKER = ("test_course_t4_cpu", "test_phi2_real_size", "test_bench_gguf", "test_train_grpo",
-              "test_app", "test_bench_train")  # fmt: skip
+ONE_WORKER = ("test_phi2_real_size", "test_bench_gguf", "test_train_grpo", "test_app",
+              "test_bench_train")  # fmt: skip
 
 
 def worker_group(nodeid: str) -> str | None:
