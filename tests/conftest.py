@@ -51,11 +51,14 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # Which tests must share a worker, in collection order:
 # - the lessons executed by nbmake (`notebooks/*.ipynb`, profile tiny), since later lessons read
 #   earlier lessons' outputs/ (08 reads 06's adapter, 09 reads 04's);
+# - the t4-cpu lessons that run in order in one folder (tests/test_course_t4_cpu.py: all but
+#   its ALONE, which run each in a folder of its own);
 # - modules whose module-scoped fixture costs seconds (a quick real-size run, a trained adapter,
 #   the app's process), so that it runs once, not once per worker.
 # xdist's own `xdist_group` marks do not group under pytest 9.2 (pytest-dev/pytest-xdist#1386:
 # the group rides on a nodeid suffix that pytest 9.2 no longer takes), so the scheduler below
 # groups by path instead (tests/test_worker_groups.py checks that it does).
+T4_CPU_ALONE = ("05_adapter_merging", "07_export_gguf", "08_preference_dpo")
 ONE_WORKER = ("test_phi2_real_size", "test_bench_gguf", "test_train_grpo", "test_app",
               "test_bench_train")  # fmt: skip
 
@@ -66,6 +69,8 @@ def worker_group(nodeid: str) -> str | None:
     if path.startswith("notebooks/") and path.endswith(".ipynb"):
         return "lessons-tiny"
     module = path.rpartition("/")[2].removesuffix(".py")
+    if module == "test_course_t4_cpu" and not any(f"[{nb}]" in nodeid for nb in T4_CPU_ALONE):
+        return "t4-cpu-course"
     return module if path.startswith("tests/") and module in ONE_WORKER else None
 
 

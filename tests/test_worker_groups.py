@@ -19,8 +19,9 @@ TESTS = Path(__file__).resolve().parent
 
 def test_each_path_falls_in_its_group():
     assert worker_group("notebooks/04_webglm_qlora.ipynb::04_webglm_qlora.ipynb") == "lessons-tiny"
-    t4 = "tests/test_course_t4_cpu.py::test_lesson_passes_under_t4_cpu[09_grpo_rewards]"
-    assert worker_group(t4) is None  # each t4-cpu lesson runs in a folder of its own
+    t4 = "tests/test_course_t4_cpu.py::test_lesson_passes_under_t4_cpu[{}]"
+    assert worker_group(t4.format("09_grpo_rewards")) == "t4-cpu-course"  # after 04, in order
+    assert worker_group(t4.format("08_preference_dpo")) is None  # alone, in a folder of its own
     assert worker_group("tests/test_app.py::test_app_in_a_headless_browser") == "test_app"
     assert worker_group("tests/test_plan.py::test_fits") is None
     assert worker_group("exercises/test_app.py::test_x") is None
