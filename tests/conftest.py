@@ -74,6 +74,7 @@ def worker_group(nodeid: str) -> str | None:
     return module if path.startswith("tests/") and module in ONE_WORKER else None
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: without xdist (-p no:xdist), not an error
 def pytest_xdist_make_scheduler(config, log):
     """`--dist loadgroup` as xdist's, with the groups of :func:`worker_group`: each group is one
     work unit; xdist starts the largest first (its --loadscope-reorder default)."""

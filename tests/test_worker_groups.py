@@ -54,3 +54,14 @@ def test_a_group_runs_on_one_worker(tmp_path):
     plain = sorted(p.suffix for p in tests.glob("test_plain.gw*"))
     assert len(grouped) == 1, f"test_app's tests ran on {grouped}"
     assert len(set(grouped + plain)) == 2, f"one worker ran everything: {grouped + plain}"
+
+
+def test_the_suite_collects_without_xdist():
+    """The scheduler is xdist's hook, marked optional: `pytest -p no:xdist` still runs."""
+    env = {k: v for k, v in os.environ.items()
+           if k != "PYTEST_ADDOPTS" and not k.startswith("PYTEST_XDIST")}  # fmt: skip
+    cmd = [sys.executable, "-m", "pytest", "-p", "no:xdist", "-o", "addopts=", "-p",
+           "no:cacheprovider", "--collect-only", "-q", str(TESTS / "test_worker_groups.py")]
+    run = subprocess.run(cmd, cwd=TESTS.parent, env=env, capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stdout + run.stderr
