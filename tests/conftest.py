@@ -52,7 +52,7 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 # - the lessons executed by nbmake (`notebooks/*.ipynb`, profile tiny), since later lessons read
 #   earlier lessons' outputs/ (08 reads 06's adapter, 09 reads 04's);
 # - the t4-cpu lessons that run in order in one folder (tests/test_course_t4_cpu.py: all but
-#   its ALONE, which run each in a folder of its own);
+#   T4_CPU_ALONE, which run each in a folder of its own);
 # - modules whose module-scoped fixture costs seconds (a quick real-size run, a trained adapter,
 #   the app's process), so that it runs once, not once per worker.
 # xdist's own `xdist_group` marks do not group under pytest 9.2 (pytest-dev/pytest-xdist#1386:

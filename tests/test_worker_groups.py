@@ -17,6 +17,12 @@ from conftest import ONE_WORKER, worker_group
 TESTS = Path(__file__).resolve().parent
 
 
+def _outer_env() -> dict[str, str]:
+    """This environment without what this run's pytest and xdist set for themselves."""
+    return {k: v for k, v in os.environ.items()
+            if k != "PYTEST_ADDOPTS" and not k.startswith("PYTEST_XDIST")}  # fmt: skip
+
+
 def test_each_path_falls_in_its_group():
     assert worker_group("notebooks/04_webglm_qlora.ipynb::04_webglm_qlora.ipynb") == "lessons-tiny"
     t4 = "tests/test_course_t4_cpu.py::test_lesson_passes_under_t4_cpu[{}]"
@@ -44,11 +50,10 @@ def test_a_group_runs_on_one_worker(tmp_path):
               "    with out.open('a') as f:\n        f.write(f'{i}\\n')\n\n\n")  # fmt: skip
     (tests / "test_app.py").write_text(record + body)  # in ONE_WORKER
     (tests / "test_plain.py").write_text(record + body)
-    env = {k: v for k, v in os.environ.items()
-           if k != "PYTEST_ADDOPTS" and not k.startswith("PYTEST_XDIST")}  # fmt: skip
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "2",
            "--dist", "loadgroup", "tests"]  # fmt: skip
-    run = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    run = subprocess.run(cmd, cwd=tmp_path, env=_outer_env(), capture_output=True, text=True,
+                         timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
     grouped = sorted(p.suffix for p in tests.glob("test_app.gw*"))
     plain = sorted(p.suffix for p in tests.glob("test_plain.gw*"))
@@ -58,10 +63,8 @@ def test_a_group_runs_on_one_worker(tmp_path):
 
 def test_the_suite_collects_without_xdist():
     """The scheduler is xdist's hook, marked optional: `pytest -p no:xdist` still runs."""
-    env = {k: v for k, v in os.environ.items()
-           if k != "PYTEST_ADDOPTS" and not k.startswith("PYTEST_XDIST")}  # fmt: skip
     cmd = [sys.executable, "-m", "pytest", "-p", "no:xdist", "-o", "addopts=", "-p",
            "no:cacheprovider", "--collect-only", "-q", str(TESTS / "test_worker_groups.py")]
-    run = subprocess.run(cmd, cwd=TESTS.parent, env=env, capture_output=True, text=True,
+    run = subprocess.run(cmd, cwd=TESTS.parent, env=_outer_env(), capture_output=True, text=True,
                          timeout=120)  # fmt: skip
     assert run.returncode == 0, run.stdout + run.stderr
