@@ -58,7 +58,7 @@ def tuned_model(profile: Any, recipe: Any, train_df, adapter: str | Path | None 
     """
     import torch
 
-    from phi2kit.data.sentiment import to_prompt_completion
+    from phi2kit.data.sentiment import LABELS, PROMPT_TEMPLATE, to_prompt_completion
     from phi2kit.lora import add_lora
     from phi2kit.models import load_model, load_tokenizer
     from phi2kit.training import sft_trainer
@@ -72,9 +72,8 @@ def tuned_model(profile: Any, recipe: Any, train_df, adapter: str | Path | None 
         return PeftModel.from_pretrained(model, str(adapter)), tokenizer, 0.0
     model = add_lora(model, recipe, profile)
     with tempfile.TemporaryDirectory() as out:
-        trainer = sft_trainer(
-            model, tokenizer, to_prompt_completion(train_df), profile, recipe, out
-        )
+        train_ds = to_prompt_completion(train_df, PROMPT_TEMPLATE, LABELS)
+        trainer = sft_trainer(model, tokenizer, train_ds, profile, recipe, out)
         start = time.perf_counter()
         trainer.train()
         seconds = time.perf_counter() - start

@@ -465,16 +465,16 @@ def train_example(task: str, tokenizer, target: int) -> dict:
     from phi2kit.data import sample_path
 
     if task in ("sentiment", "classifier"):
-        from phi2kit.data.sentiment import build_completion, build_prompt, load_financial_news
+        from phi2kit.data.sentiment import build_prompt, load_financial_news
 
         df = load_financial_news(sample_path("financial_news"))
         texts, label = [], df["label"].iloc[0]
         for text in df["text"]:
             texts.append(text)
             prompt = build_prompt(" ".join(texts))
-            if _n_tokens(tokenizer, prompt + build_completion(label)) >= target:
+            if _n_tokens(tokenizer, prompt + " " + label) >= target:
                 break
-        return {"text": " ".join(texts), "prompt": prompt, "completion": build_completion(label),
+        return {"text": " ".join(texts), "prompt": prompt, "completion": " " + label,
                 "label": label}  # fmt: skip
     if task == "webglm":
         from phi2kit.data.webglm import fit_to_length, load_webglm
@@ -672,7 +672,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     with phase() as use:
         model.eval()
         if seq_cls:
-            from phi2kit.classifier import predict_logits
+            from phi2kit_exercises.classification import predict_logits
 
             logits = predict_logits(model, tokenizer, [example["prompt"]])
             use_ok, used = bool(torch.isfinite(torch.as_tensor(logits)).all()), logits.round(3)

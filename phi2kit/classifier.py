@@ -3,7 +3,8 @@
 Notebook 03 writes :func:`last_token_index`, :func:`classify_by_hand` and
 :func:`compute_metrics` in its cells and trains transformers' stock
 ``AutoModelForSequenceClassification``; the rest is that same recipe as one call each, for
-``phi2kit train classifier``, the benchmark and the exercises.
+``phi2kit train classifier`` and the benchmark (the exercises' ``predict_logits`` and
+``adapter_keys`` are in ``phi2kit_exercises.classification``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score
 
 from phi2kit.data.sentiment import LABELS, PROMPT_TEMPLATE, build_prompt
-from phi2kit.generation import inference
-from phi2kit.logs import on_gpu, progress
 from phi2kit.profiles import Profile
 from phi2kit.recipes import Recipe
 
@@ -124,23 +122,3 @@ def classifier_trainer(
     # Trainer would not divide by gradient accumulation (notebook 03, 3.7)
     trainer.loss_is_scaled_for_ga = False
     return finish_trainer(trainer)
-
-
-def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
-    """Classifier logits ``(len(texts), num_labels)`` for already-formatted texts."""
-    out = []
-    with inference(model):  # eval mode, no autograd graph; the mode is restored after
-        starts = range(0, len(texts), batch_size)
-        for start in progress(starts, desc="classifying", show=on_gpu(model)):
-            enc = tokenizer(
-                list(texts[start : start + batch_size]), return_tensors="pt", padding=True
-            ).to(model.device)
-            out.append(model(**enc).logits.float().cpu().numpy())
-    return np.concatenate(out)
-
-
-def adapter_keys(path: str | Path) -> list[str]:
-    """Tensor names in a saved adapter's ``adapter_model.safetensors``."""
-    from safetensors.torch import load_file
-
-    return list(load_file(Path(path) / "adapter_model.safetensors"))

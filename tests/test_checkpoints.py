@@ -28,11 +28,16 @@ STEPS, SAVE_EVERY = 6, 2
 @pytest.fixture(scope="module")
 def train_ds(tiny_profile):
     from phi2kit.data import sample_path
-    from phi2kit.data.sentiment import load_financial_news, to_prompt_completion
+    from phi2kit.data.sentiment import (
+        LABELS,
+        PROMPT_TEMPLATE,
+        load_financial_news,
+        to_prompt_completion,
+    )
     from phi2kit.data.sentiment_split import split_sentiment
 
     splits = split_sentiment(load_financial_news(sample_path("financial_news")), 8, 4, 0)
-    return to_prompt_completion(splits.train)
+    return to_prompt_completion(splits.train, PROMPT_TEMPLATE, LABELS)
 
 
 def _trainer(tiny_profile, train_ds, folder, stop_at=None, steps=STEPS, **overrides):

@@ -16,17 +16,16 @@ from transformers import PhiConfig, PhiForSequenceClassification
 
 from phi2kit import classifier
 from phi2kit.classifier import (
-    adapter_keys,
     classifier_trainer,
     classify_by_hand,
     compute_metrics,
     last_token_index,
     load_classifier,
-    predict_logits,
     tokenize_headlines,
 )
 from phi2kit.lora import add_lora
 from phi2kit.recipes import get_recipe
+from phi2kit_exercises.classification import adapter_keys, predict_logits
 
 EOS = 7  # the random model's eos, and its pad
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "03_classification_head.ipynb"

@@ -13,7 +13,7 @@ import pytest
 from phi2kit.data.files import DataError
 from phi2kit.data.sentiment import (
     LABELS,
-    build_completion,
+    PROMPT_TEMPLATE,
     build_prompt,
     load_financial_news,
     to_prompt_completion,
@@ -302,10 +302,8 @@ def _write(tmp_path, text):
 def test_prompt_and_completion():
     prompt = build_prompt("Orders  grew\n15 %")
     assert prompt.endswith("Headline: Orders grew 15 %\nSentiment:")
-    assert build_completion("positive") == " positive"
-    with pytest.raises(ValueError, match="unknown label"):
-        build_completion("bullish")
-    ds = to_prompt_completion(frame([("negative", "Loss"), ("neutral", "Meeting held")]))
+    ds = to_prompt_completion(frame([("negative", "Loss"), ("neutral", "Meeting held")]),
+                              PROMPT_TEMPLATE, LABELS)
     assert ds.column_names == ["prompt", "completion", "label"]
     assert ds[0] == {"prompt": build_prompt("Loss"), "completion": " negative", "label": "negative"}
 

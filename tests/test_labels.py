@@ -8,7 +8,6 @@ import pytest
 
 from phi2kit.data.files import DataError
 from phi2kit.data.sentiment import (
-    build_completion,
     build_prompt,
     list_labels,
     load_financial_news,
@@ -34,9 +33,6 @@ def test_labels_and_template_fill_the_prompt():
     assert build_prompt("Slow  delivery", template, TWO) == (
         'Review {"json": 1}: Slow delivery\nIs it complaint or praise?\nAnswer:'
     )  # other braces in the template are left alone
-    assert build_completion("praise", TWO) == " praise"
-    with pytest.raises(ValueError, match="unknown label"):
-        build_completion("neutral", TWO)
     with pytest.raises(ValueError, match="no {headline}"):
         build_prompt("x", "Classify: {text}")
     with pytest.raises(ValueError, match="two or more"):

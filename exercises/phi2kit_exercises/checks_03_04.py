@@ -72,7 +72,7 @@ exercise("03_b", "The classification head that was not saved", "Break and fix", 
     "run the 'break' cells: save `broken` to broken_dir and compare after reloading",
 )
 def _03b_broken(ns):
-    from phi2kit.classifier import adapter_keys
+    from phi2kit_exercises.classification import adapter_keys
 
     keys = adapter_keys(need(ns, "broken_dir"))
     expect(not any("score" in k for k in keys), "the broken adapter contains the head")
@@ -89,7 +89,8 @@ def _03b_fixed(ns):
     import numpy as np
     from peft import PeftModel
 
-    from phi2kit.classifier import adapter_keys, load_classifier, predict_logits
+    from phi2kit.classifier import load_classifier
+    from phi2kit_exercises.classification import adapter_keys, predict_logits
 
     path = need(ns, "fixed_dir")
     expect(any("score" in k for k in adapter_keys(path)), "the fixed adapter has no score head")

@@ -1,6 +1,6 @@
-"""Notebook 02's :func:`parse_label` and the classification metrics, for the exercises and
-``bench/bench_eval.py`` (no lesson or command imports them). Label scoring is in
-:mod:`phi2kit.evaluate.scoring`.
+"""Notebook 02's :func:`parse_label`, the classification metrics, and 03's head read back
+(:func:`predict_logits`, :func:`adapter_keys`), for the exercises and the bench (no lesson or
+command imports them). Label scoring is in :mod:`phi2kit.evaluate.scoring`.
 """
 
 from __future__ import annotations
@@ -8,11 +8,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from phi2kit.data.sentiment import LABELS
+from phi2kit.generation import inference
+from phi2kit.logs import on_gpu, progress
 
 UNPARSED = "unparsed"
 
@@ -66,3 +69,23 @@ def majority_rate(y_true: Sequence[str]) -> float:
     if len(y_true) == 0:
         raise ValueError("y_true is empty")
     return Counter(y_true).most_common(1)[0][1] / len(y_true)
+
+
+def predict_logits(model, tokenizer, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """Classifier logits ``(len(texts), num_labels)`` for already-formatted texts."""
+    out = []
+    with inference(model):  # eval mode, no autograd graph; the mode is restored after
+        starts = range(0, len(texts), batch_size)
+        for start in progress(starts, desc="classifying", show=on_gpu(model)):
+            enc = tokenizer(
+                list(texts[start : start + batch_size]), return_tensors="pt", padding=True
+            ).to(model.device)
+            out.append(model(**enc).logits.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def adapter_keys(path: str | Path) -> list[str]:
+    """Tensor names in a saved adapter's ``adapter_model.safetensors``."""
+    from safetensors.torch import load_file
+
+    return list(load_file(Path(path) / "adapter_model.safetensors"))

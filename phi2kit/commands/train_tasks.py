@@ -86,7 +86,7 @@ def read_news(path: Path | None, setup: Setup, tokenizer):
         if not len(part):
             return None
         if setup.task == "sentiment":
-            return sentiment.to_prompt_completion(part, labels=labels)
+            return sentiment.to_prompt_completion(part, sentiment.PROMPT_TEMPLATE, labels)
         return tokenize_headlines(part, tokenizer, recipe.max_length, labels=labels)
 
     test = convert(splits.test) if setup.task == "sentiment" else None  # 02's label scoring

@@ -14,15 +14,13 @@ import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
+from datasets import Dataset
 
 from phi2kit.data.files import DataError, LoadResult, decode_utf8
-
-if TYPE_CHECKING:
-    import datasets
 
 #: The default label words, in the order of financial_phrasebank's integers 0, 1, 2.
 LABELS: tuple[str, ...] = ("negative", "neutral", "positive")
@@ -218,21 +216,10 @@ def build_prompt(
     return template.replace("{headline}", _normalize(headline))
 
 
-def build_completion(label: str, labels: Sequence[str] = LABELS) -> str:
-    """A space, then the label word (training adds EOS)."""
-    if label not in labels:
-        raise ValueError(f"unknown label {label!r}; expected one of {tuple(labels)}")
-    return " " + label
-
-
-def to_prompt_completion(
-    df: pd.DataFrame, template: str = PROMPT_TEMPLATE, labels: Sequence[str] = LABELS
-) -> datasets.Dataset:
-    """A ``datasets.Dataset`` with ``prompt``, ``completion`` and ``label`` columns."""
-    import datasets
-
+def to_prompt_completion(df, template, labels):
+    """trl's prompt-completion format (trl appends EOS to the completion); ``label`` stays for
+    scoring. Notebook 02 writes it in its cells."""
     prompts = [build_prompt(text, template, labels) for text in df["text"]]
-    completions = [build_completion(label, labels) for label in df["label"]]
-    return datasets.Dataset.from_dict(
-        {"prompt": prompts, "completion": completions, "label": list(df["label"])}
-    )
+    return Dataset.from_dict({"prompt": prompts,
+                              "completion": [" " + label for label in df["label"]],
+                              "label": list(df["label"])})  # fmt: skip
