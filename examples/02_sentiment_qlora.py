@@ -42,6 +42,8 @@ def read_rows(path, labels, text_col="text", label_col="label"):
         text = raw.decode("latin-1")  # the Kaggle file
     text = text.replace("\r\n", "\n").replace("\r", "\n")  # CR, LF or CRLF
     header = [c.strip().lower() for c in next(csv.reader(io.StringIO(text)), [])]
+    if len(header) == 1 and (sep := next((c for c in ";\t" if c in header[0]), None)):
+        fail(", row 1", f"one column with {sep!r} in it: save the file as CSV with commas")
     headed = text_col in header or label_col in header  # else Kaggle: sentiment, headline
     for col in [c for c in (text_col, label_col) if headed and c not in header][:1]:
         fail(f", row 1, field {col!r}", f"missing column (the header has {header})")

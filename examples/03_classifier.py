@@ -61,6 +61,9 @@ def read_rows(path, text_column="text", label_column="label", first_row=None):
     table = [r for r in csv.reader(io.StringIO(content, newline="")) if r]  # CR, LF or CRLF
     if not table:
         raise BadData(f"{path}: no rows")
+    if len(table[0]) == 1 and (sep := next((c for c in ";\t" if c in table[0][0]), None)):
+        raise BadData(f"{path}: row 1: one column with {sep!r} in it: save the file as CSV with "
+                      "commas")  # fmt: skip
     header = [h.strip().lower() for h in table[0]]
     if text_column.lower() in header or label_column.lower() in header:
         for name in (text_column, label_column):
@@ -97,8 +100,10 @@ def split(rows, path, eval_fraction=0.1, test_fraction=0.1, seed=0, first_row=No
     for label, texts in sorted(by_label.items()):
         if len(texts) < 3:  # a typo'd label, often: name where it first appears
             row = f"row {first_row[label]}, " if first_row else ""
-            raise BadData(f"{path}: {row}field 'label': '{label}' has {len(texts)} texts; each "
-                          "label needs 3 (one for each of test, eval and train)")
+            others = ", ".join(sorted(set(by_label) - {label}))
+            raise BadData(f"{path}: {row}field 'label': '{label}' has {len(texts)} text(s); each "
+                          f"label needs 3 (test, eval and train). A misspelt label? The others "
+                          f"are: {others}")  # fmt: skip
         random.Random(seed).shuffle(texts)
         n_test, n_eval = (max(1, round(f * len(texts))) for f in (test_fraction, eval_fraction))
         parts["test"] += [(x, label) for x in texts[:n_test]]

@@ -15,6 +15,9 @@ import os
 import sys
 from collections import defaultdict
 
+# before peft imports bitsandbytes: its note on an optional CPU kernel it does not need
+logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -27,8 +30,6 @@ from transformers import (
 )
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
 from trl import SFTConfig, SFTTrainer
-
-logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # its note on an optional CPU kernel
 
 HUMAN, ASSISTANT = "### Human:", "### Assistant:"
 KEEP = ("message_id", "text", "role", "lang", "rank", "created_date", "deleted", "review_result")

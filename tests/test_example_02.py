@@ -67,6 +67,8 @@ def test_configs_equal_the_notebook_for_t4(tmp_path):
         (b"headline,sentiment\nSales rose,positive\n",
          r"row 1, .*a header row needs the columns 'text' and 'label' \(name yours with "
          r"--text-column and --label-column\)"),
+        (b"text;label\nSales rose;positive\n",  # Excel's CSV in many locales
+         r"bad\.csv, row 1: one column with ';' in it: save the file as CSV with commas"),
         (b"\nheadline,sentiment\nSales rose,positive\n",  # a blank line first
          r"row 2, .*a header row needs the columns 'text' and 'label'"),
     ],

@@ -56,10 +56,12 @@ def test_learns_on_the_tiny_model(tmp_path):
         (b"sentence,label\nSales rose,positive\n", "row 1 (header): no column 'text'"),
         (b'{"question": "q", "answer": "a"}\n', "row 1, field 'label': '{\"question\": \"q\"' is"),
         (b"a,b,c\n", "row 1: 3 fields"),
-        (b"positive,Sales rose\nnegative,Profit fell\n", "field 'label': 'negative' has 1 texts"),
+        (b"positive,Sales rose\nnegative,Profit fell\n", "field 'label': 'negative' has 1 text(s)"),
+        (b"text;label\nSales rose;positive\n", "row 1: one column with ';' in it: save"),
         (b"text,label\nup 0,positive\ndown 0,negative\nflat,postive\nup 1,positive\n"
          b"down 1,negative\nup 2,positive\ndown 2,negative\n",  # a typo: name its row
-         "bad.csv: row 4, field 'label': 'postive' has 1 texts; each label needs 3"),
+         "bad.csv: row 4, field 'label': 'postive' has 1 text(s); each label needs 3 (test, eval "
+         "and train). A misspelt label? The others are: negative, positive"),
     ],
 )
 def test_refuses_a_bad_file_before_loading_a_model(tmp_path, content, message):

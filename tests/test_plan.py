@@ -249,7 +249,10 @@ def test_cli_prints_table_and_verdict(capsys):
     [
         (["--batch", "0"], "--batch 0: must be a whole number of at least 1, e.g. --batch 2"),
         (["--max-length", "-5"], "--max-length -5: must be a whole number of at least 1"),
-        (["--device-gb", "0"], "--device-gb 0: must be positive, e.g. --device-gb 15"),
+        (["--device-gb", "0"], "--device-gb 0: must be a positive number of GB, e.g."),
+        (["--device-gb", "nan"], "--device-gb nan: must be a positive number of GB, e.g."),
+        (["--device-gb", "inf"], "--device-gb inf: must be a positive number of GB, e.g."),
+        (["--batch", "10000000000"], "--batch 10000000000: at most 1024 sequences per micro-"),
         (["--reference", "base"], "--reference is a setting of dpo only: add --task dpo"),
         (["--max-length", "4096"], "--max-length 4096: Phi-2 reads at most 2,048 tokens"),
         (["--profile", "tiny", "--max-length", "600"], "the tiny Phi reads at most 512 tokens"),

@@ -205,6 +205,9 @@ def test_own_labels_and_no_eval_split_from_the_shell(tmp_path, capsys):
     meta = json.loads((out / ADAPTER / "metrics.json").read_text())
     assert meta["global_step"] == 2 and "eval_loss" not in meta
     assert "adapter written" in said.out
+    n_test = 3 * get_recipe("classifier", "tiny").n_test  # the test split, read once by the head
+    assert f"test accuracy (the score head, {n_test} headlines read once): " \
+        f"{meta['test_accuracy']:.3f}; chance 0.333" in said.out, said.out
 
 
 def test_length_grouped_order_depends_on_seed_and_epoch_only():

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import math
 from typing import Any
 
 from phi2kit.commands import add_profile_argument, fail
 from phi2kit.plan import estimate, format_table
 from phi2kit.recipes import PREFERENCE_TASKS, TASKS
+
+#: The largest ``--batch`` planned: beyond it the planner's advice (grad_accum) means nothing.
+MAX_BATCH = 1024
 
 
 def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -42,8 +46,12 @@ def _bad_value(args: argparse.Namespace) -> str | None:
     for flag, value, e_g in (("--batch", args.batch, 2), ("--max-length", args.max_length, 1024)):
         if value is not None and value < 1:
             return f"{flag} {value}: must be a whole number of at least 1, e.g. {flag} {e_g}"
-    if args.device_gb <= 0:
-        return f"--device-gb {args.device_gb:g}: must be positive, e.g. --device-gb 15 (a T4)"
+    if args.batch is not None and args.batch > MAX_BATCH:  # larger: grad_accum, not memory
+        return (f"--batch {args.batch}: at most {MAX_BATCH} sequences per micro-batch; a larger "
+                "effective batch is micro-batch x grad_accum, e.g. --batch 2")  # fmt: skip
+    if not math.isfinite(args.device_gb) or args.device_gb <= 0:
+        return (f"--device-gb {args.device_gb:g}: must be a positive number of GB, e.g. "
+                "--device-gb 15 (a T4)")
     for flag, value in (("--reference", args.reference), ("--precompute-ref", args.precompute_ref)):
         if value is not None and args.task != "dpo":
             return f"{flag} is a setting of dpo only: add --task dpo, or leave {flag} out"

@@ -204,26 +204,33 @@ def _run(args: argparse.Namespace) -> int:
     metrics = dict(result.metrics)
     if not args.no_eval and data.eval is not None and len(data.eval):
         metrics |= trainer.evaluate()
+    if setup.task == "classifier" and data.test is not None:  # 03's head on the test split, once
+        metrics["test_accuracy"] = trainer.evaluate(data.test, metric_key_prefix="test")[
+            "test_accuracy"]  # fmt: skip
     if not trainer.is_world_process_zero():
         return 0
     trainer.state.save_to_json(str(out / TRAINER_STATE))  # the losses: its log_history
     model = trainer.accelerator.unwrap_model(trainer.model)
     if "ref" in getattr(model, "peft_config", {}):  # dpo: the reference copy stays out
         model.delete_adapter("ref")
-    if data.test is not None:  # sentiment: notebook 02's label scoring on the test split
+    if data.test is not None:  # sentiment, classifier: the test split, read once
         from phi2kit.data.sentiment import LABELS
-        from phi2kit.evaluate.scoring import predict_by_scoring
 
         labels = setup.labels or LABELS
-        predicted = predict_by_scoring(model, data.tokenizer, data.test["prompt"], labels)
-        right = sum(p == y for p, y in zip(predicted, data.test["label"], strict=True))
-        metrics["test_accuracy"] = right / len(predicted)
-        _say(f"test accuracy (label scoring, {len(predicted)} headlines read once): "
+        if setup.task == "sentiment":  # notebook 02's label scoring
+            from phi2kit.evaluate.scoring import predict_by_scoring
+
+            predicted = predict_by_scoring(model, data.tokenizer, data.test["prompt"], labels)
+            right = sum(p == y for p, y in zip(predicted, data.test["label"], strict=True))
+            metrics["test_accuracy"] = right / len(predicted)
+        how = "label scoring" if setup.task == "sentiment" else "the score head"
+        _say(f"test accuracy ({how}, {len(data.test)} headlines read once): "
              f"{metrics['test_accuracy']:.3f}; chance {1 / len(labels):.3f}")
         if metrics["test_accuracy"] <= 1 / len(labels):
+            other = (", or try phi2kit train classifier (a score head: it needs fewer examples)"
+                     if setup.task == "sentiment" else "")  # fmt: skip
             _say("no better than chance: the adapter did not learn these labels. Give it more "
-                 "headlines per class or more --steps, or try phi2kit train classifier (a score "
-                 "head: it needs fewer examples)")  # fmt: skip
+                 f"headlines per class or more --steps{other}")
     with atomic_dir(out / ADAPTER) as tmp:
         from phi2kit.lora import save_adapter
 

@@ -44,7 +44,7 @@ class Data:
     tokenizer: Any
     train: Any
     eval: Any  # None: no eval split (--set n_eval=0, grpo)
-    test: Any = None  # sentiment: the test split (prompt, completion, label), read once at the end
+    test: Any = None  # sentiment, classifier: the test split, read once at the end
 
 
 def load_data(setup: Setup) -> Data:
@@ -89,8 +89,7 @@ def read_news(path: Path | None, setup: Setup, tokenizer):
             return sentiment.to_prompt_completion(part, sentiment.PROMPT_TEMPLATE, labels)
         return tokenize_headlines(part, tokenizer, recipe.max_length, labels=labels)
 
-    test = convert(splits.test) if setup.task == "sentiment" else None  # 02's label scoring
-    return convert(splits.train), convert(splits.eval), test
+    return convert(splits.train), convert(splits.eval), convert(splits.test)  # test: read once
 
 
 def read_webglm(path: Path | None, setup: Setup, tokenizer):
