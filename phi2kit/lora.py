@@ -28,8 +28,8 @@ def check_targets(model: nn.Module, targets: tuple[str, ...] | list[str]) -> dic
         leaves = sorted({n.rsplit(".", 1)[-1] for n in names})
         raise ValueError(
             f"LoRA target(s) {missing} match no module in {type(model).__name__}. "
-            f"Linear layers in this model are named: {leaves}. Phi-2's are "
-            f"{', '.join(PHI_LORA_TARGETS)}."
+            f"Its layers with a weight matrix (what LoRA can target) are named: {leaves}. "
+            f"The course's targets for Phi-2 are {', '.join(PHI_LORA_TARGETS)}."
         )
     return counts
 

@@ -321,6 +321,11 @@ def test_folder_without_adapter_config_is_refused(tmp_path, capsys):
     assert run_chat(_chat_args("--adapter", config), stdin=io.StringIO(QUESTION)) == 2
     assert f"a file; pass the folder that holds it, --adapter {tmp_path / 'adapter'}" in (
         _one_error_line(capsys, "chat"))
+    headlines = tmp_path / "my_headlines.csv"  # a file that is no part of an adapter
+    headlines.write_text("positive,Sales rose\n")
+    assert run_chat(_chat_args("--adapter", str(headlines)), stdin=io.StringIO(QUESTION)) == 2
+    said = _one_error_line(capsys, "chat")
+    assert f"--adapter {headlines}: a file, not a folder; pass a chat adapter" in said, said
 
 
 def test_app_on_a_port_in_use_is_one_line_exit_2(capsys):

@@ -135,7 +135,7 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
         (["--labels", "good"], "--labels good: labels must be two or more distinct words"),
         (["--steps", "0"], "--steps 0: must be at least 1, e.g. --steps 20"),
         (["--profile", "t4"], "pass --profile tiny"),  # no CUDA here, as `course` says it
-        (["--set", "learning_rate=-1"], "learning_rate (-1.0) must be positive"),
+        (["--set", "learning_rate=-1"], "--set learning_rate=-1: learning_rate (-1.0) must be pos"),
         (["--set", "learning_rate=0"], "learning_rate (0.0) must be positive"),
         (["--set", "lora_dropout=2"], "lora_dropout (2.0) must be at least 0 and below 1"),
         (["--set", "n_train=-1"], "n_train (-1) must be positive"),
@@ -157,6 +157,31 @@ def test_bad_settings_get_one_line_and_exit_2(argv, said, tmp_path, capsys):
     err = capsys.readouterr().err
     assert said in err and len(err.strip().splitlines()) == 1, err
     assert "Use PROFILE=" not in err and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "task, content, said",
+    [
+        ("sentiment", "", "empty file; --data for sentiment: a CSV of label,headline rows"),
+        ("classifier", "text,label\n", "no usable rows (0 bad rows skipped); --data for class"),
+        ("webglm", "positive,Sales rose\n", "malformed JSON (Expecting value; column 1); --data "
+         'for webglm: JSON lines {"question", "answer", "references": [...]}'),
+        ("chat", '{"text": "hi"}\n', "'message_id': missing or not a string; --data for chat: "),
+        # a message that names its fix gets no format after it
+        ("sentiment", "positive,Up\npostive,Down\n", "row 2, field 'sentiment': unknown label "
+         "'postive' (expected one of negative, neutral, positive); if your data uses other"),
+    ],
+)
+def test_a_file_of_the_wrong_kind_says_what_data_the_task_reads(task, content, said, tmp_path,
+                                                                capsys):  # fmt: skip
+    data = tmp_path / "mine.txt"
+    data.write_text(content)
+    argv = [task, "--profile", "tiny", "--data", str(data), "--output-dir", str(tmp_path / "run")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err and len(err.strip().splitlines()) == 1, err
+    assert ("--data for" in err) == (said.count("--data for") == 1), err
+    assert not (tmp_path / "run").exists()
 
 
 def test_an_output_dir_that_cannot_be_written_is_one_line(capsys):

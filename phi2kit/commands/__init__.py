@@ -28,11 +28,14 @@ def fail(command: str, message: str) -> int:
     return 2
 
 
-def folder_error(flag: str, value: str | Path, fix: str) -> str | None:
-    """``FLAG VALUE: a file; ...`` or ``FLAG VALUE: no such folder; FIX``; None for a folder."""
+def folder_error(flag: str, value: str | Path, fix: str, marker: str) -> str | None:
+    """``FLAG VALUE: a file; ...`` or ``FLAG VALUE: no such folder; FIX``; None for a folder.
+    A file beside ``marker`` (e.g. ``adapter_config.json``) names its folder as the fix."""
     folder = Path(value)
-    if folder.is_file():
+    if folder.is_file() and (folder.parent / marker).is_file():
         return f"{flag} {value}: a file; pass the folder that holds it, {flag} {folder.parent}"
+    if folder.is_file():
+        return f"{flag} {value}: a file, not a folder; {fix}"
     if not folder.is_dir():
         return f"{flag} {value}: no such folder; {fix}"
     return None
@@ -51,7 +54,7 @@ def adapter_error(adapter: str | Path, fix: str) -> str | None:
     folder = Path(adapter)
     config = folder / "adapter_config.json"
     inner = folder / "adapter" / "adapter_config.json"  # a `phi2kit train` run folder
-    if problem := folder_error("--adapter", adapter, fix):
+    if problem := folder_error("--adapter", adapter, fix, "adapter_config.json"):
         return problem
     if inner.is_file() and not config.is_file():
         return f"--adapter {adapter}: a run folder; pass its adapter, --adapter {inner.parent}"

@@ -44,7 +44,7 @@ def model_error(args: argparse.Namespace) -> str | None:
     if args.model is not None:
         problem = folder_error("--model", args.model, "pass a merged model folder (notebook 05 "
                                "saves one: outputs/05_merging/merged), or leave --model out to "
-                               "chat with the base model")  # fmt: skip
+                               "chat with the base model", "config.json")  # fmt: skip
         if problem or (Path(args.model) / "config.json").is_file():
             return problem
         if (Path(args.model) / "adapter_config.json").is_file():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from phi2kit.checkpoints import (
 )
 from phi2kit.commands import fail
 from phi2kit.commands.hub import HubError, push_adapter, redact, require_token
-from phi2kit.commands.train_args import add_arguments, make_setup, shell_words
+from phi2kit.commands.train_args import DATA_FORMATS, add_arguments, make_setup, shell_words
 from phi2kit.data.files import DataError
 from phi2kit.logs import one_progress_line, quiet_command
 
@@ -176,7 +177,10 @@ def _run(args: argparse.Namespace) -> int:
         if "unknown label" in str(err) and args.labels is None:
             return _fail(f"{err}; if your data uses other label words, pass them in order: "
                          "--labels WORD,WORD,...")  # fmt: skip
-        return _fail(shell_words(str(err)))  # the loaders' advice names notebook parameters
+        said = shell_words(str(err))  # the loaders' advice names notebook parameters
+        if not re.search(r"\b(pass|[Ll]ower|[Rr]aise|save|name|need)", said):  # no fix named
+            said += f"; --data for {setup.task}: {DATA_FORMATS[setup.task]}"
+        return _fail(said)
 
     trainer_args = checkpoint_args(args.save_every, args.keep) | {
         "logging_steps": args.log_every, "seed": args.seed, "data_seed": args.seed,

@@ -17,6 +17,14 @@ from phi2kit.profiles import Profile
 TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo", "grpo")
 FROM_ADAPTER = {"dpo": "chat", "grpo": "webglm"}  # tasks that go on training an SFT adapter: whose
 LABELLED = ("sentiment", "classifier")  # tasks whose data has label words (--labels)
+#: What ``--data`` holds for each task, said after a data error that names no fix.
+DATA_FORMATS = dict.fromkeys(("sentiment", "classifier"), "a CSV of label,headline rows (Kaggle's "
+                             "all-data.csv) or with a header and the columns text and label")
+DATA_FORMATS |= dict.fromkeys(("webglm", "grpo"), 'JSON lines {"question", "answer", '
+                              '"references": [...]}, one file or a folder with train.jsonl and '
+                              "validation.jsonl")  # fmt: skip
+DATA_FORMATS |= dict.fromkeys(("chat", "dpo"), "OASST1 messages (parquet or JSON lines, one a row) "
+                              "or the export's *.trees.jsonl")
 #: ``--set`` keys that are the command's, not a recipe's.
 COMMAND_KEYS = {"n_eval": "int"}
 #: Phi-2 was trained on English text; the chat and dpo tasks keep English threads by default.
@@ -119,15 +127,17 @@ def make_setup(args: argparse.Namespace):
         overrides["max_steps"] = args.steps
     if args.quantize is not None:
         overrides["quantize_4bit"] = args.quantize
-    if args.task in FROM_ADAPTER:
-        get = recipes.get_dpo_recipe if args.task == "dpo" else recipes.get_grpo_recipe
+    if args.adapter is not None and args.task not in FROM_ADAPTER:
+        raise ValueError(f"--adapter: only dpo and grpo start from an adapter, not {args.task}")
+    get = {"dpo": recipes.get_dpo_recipe, "grpo": recipes.get_grpo_recipe}.get(
+        args.task, lambda *a, **kw: recipes.get_recipe(args.task, *a, **kw))  # fmt: skip
+    try:
         recipe = get(profile, **overrides)
+    except ValueError as err:  # a number out of range: from --set (or --steps)
+        shown = " ".join(f"--set {item}" for item in args.set) or "the recipe"
+        raise ValueError(f"{shown}: {err}") from None
+    if args.task in FROM_ADAPTER:
         _check_adapter(args.adapter, args.task)
-    else:
-        if args.adapter is not None:
-            raise ValueError(f"--adapter: only dpo and grpo start from an adapter, not "
-                             f"{args.task}")  # fmt: skip
-        recipe = recipes.get_recipe(args.task, profile, **overrides)
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads {args.threads}: must be at least 1 (or leave it out)")
     if args.save_every <= 0 or args.keep <= 0:
