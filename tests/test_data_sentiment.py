@@ -288,6 +288,9 @@ def test_a_short_split_suggests_numbers_that_fit_and_names_the_file(tmp_path):
     assert "(a test split of 2 headlines is noisy: each moves the accuracy by 50 points)" in str(
         info.value)
     assert split_sentiment(df, n_train=7, n_test=1, n_eval=1, labels=("down", "up")).notes
+    with pytest.raises(DataError) as info:  # your smaller n_train is kept; n_test is what fails
+        split_sentiment(df, n_train=4, n_test=40, n_eval=1, labels=("down", "up"))
+    assert "for example n_train=4 n_test=1 n_eval=1" in str(info.value)
     tiny = load_financial_news(_write(tmp_path, "label,text\nup,A\ndown,B\nup,C\n"),
                                labels=("down", "up"))  # fmt: skip
     with pytest.raises(DataError, match=r"the smallest class has 1: each needs 3"):

@@ -1,5 +1,6 @@
 """Notebook hygiene: outputs stripped, the conventions' cell order, pins that agree."""
 
+import json
 import re
 from pathlib import Path
 
@@ -14,6 +15,16 @@ NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
 
 def test_there_are_notebooks():
     assert [p.name[:2] for p in NOTEBOOKS][:1] == ["01"]
+
+
+@pytest.mark.parametrize(
+    "path", [*NOTEBOOKS, *sorted((ROOT / "exercises").rglob("*.ipynb"))], ids=lambda p: p.stem)
+def test_every_cell_has_its_own_id(path):
+    """nbformat 4.5's cell ids, in the file: without one, every reader (papermill in
+    ``phi2kit course``, JupyterLab) warns ``MissingIDFieldWarning`` and makes one up."""
+    cells = json.loads(path.read_text())["cells"]
+    ids = [c.get("id") for c in cells]
+    assert None not in ids and len(set(ids)) == len(ids), f"{path}: cells without an id or twice"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)

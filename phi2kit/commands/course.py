@@ -143,7 +143,7 @@ def describe_failure(exc: Exception, nb: Path, executed: Path, timeout: int) -> 
     if isinstance(exc, CellTimeoutError):
         what = (f"timed out: the cell ran past the limit of {timeout} s per cell. A busy machine "
                 f"can run CPU training several times slower: raise it with --timeout "
-                f"{timeout * 2}")  # fmt: skip
+                f"{max(2 * timeout, DEFAULT_TIMEOUT)}")  # the default at least  # fmt: skip
     elif isinstance(exc, DeadKernelError):
         what = "the kernel died (out of memory?)"
     elif getattr(exc, "ename", None):

@@ -108,7 +108,8 @@ def split_sentiment(df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_e
     test = max(1, smallest // 5)  # a split every class can give, for the messages below
     noisy = (f" (a test split of {test * len(labels)} headlines is noisy: each moves the "
              f"accuracy by {100 / (test * len(labels)):.0f} points)") if test < 10 else ""
-    fits = (f", for example n_train={smallest - test - 1} n_test={test} n_eval=1{noisy}"
+    fits = (f", for example n_train={min(n_train, smallest - test - 1)} n_test={test} n_eval=1"
+            f"{noisy}"  # a smaller n_train than yours is kept
             if smallest >= 3 else
             f" (the smallest class has {smallest}: each needs 3, for train, test and eval)")
     if smallest < needed:
