@@ -7,6 +7,7 @@ import argparse
 import re
 import textwrap
 from dataclasses import dataclass, fields
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,7 @@ def make_setup(args: argparse.Namespace):
     if args.adapter is not None and args.task not in FROM_ADAPTER:
         raise ValueError(f"--adapter: only dpo and grpo start from an adapter, not {args.task}")
     get = {"dpo": recipes.get_dpo_recipe, "grpo": recipes.get_grpo_recipe}.get(
-        args.task, lambda *a, **kw: recipes.get_recipe(args.task, *a, **kw))  # fmt: skip
+        args.task, partial(recipes.get_recipe, args.task))
     try:
         recipe = get(profile, **overrides)
     except ValueError as err:  # a number out of range: from --set (or --steps)
