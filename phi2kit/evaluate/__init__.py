@@ -1,1 +1,1 @@
-"""Evaluation: ``scoring`` and ``classification`` (02, 03), ``qa`` (04, 06)."""
+"""Evaluation: ``scoring`` (02's label scoring), ``qa`` (04's and 09's answer checks)."""
