@@ -10,8 +10,6 @@ import threading
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
-from phi2kit.generation import cut_at_stop, inference
-
 Thread = list[tuple[str, str]]
 
 MESSAGE_FIELDS = ["message_id", "parent_id", "text", "role", "lang", "rank", "deleted",
@@ -128,6 +126,8 @@ def stream_reply(
     button) stops the generation.
     """
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+    from phi2kit.generation import cut_at_stop, inference  # torch: not for `phi2kit --help`
 
     cancelled = threading.Event()
 

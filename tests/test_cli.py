@@ -34,6 +34,16 @@ def test_console_script_help():
     assert "course" in out
 
 
+def test_help_of_every_command_loads_no_torch():
+    """``--help`` answers at once: no command imports torch (or transformers) to say its usage."""
+    code = ("import sys\nfrom phi2kit.commands.main import main\n"
+            f"for command in {_subcommands()!r}:\n"
+            "    try:\n        main([command, '--help'])\n    except SystemExit:\n        pass\n"
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.splitlines()[-1] == "[]"
+
+
 # A real course run (relative --out, metrics in summary.md): tests/test_course.py.
 
 
