@@ -40,7 +40,7 @@ COURSE = [  # notebook, what it teaches, task (None: no training)
     ("07_export_gguf", "GGUF export (F16, Q8_0, Q4_K_M) checked through llama.cpp, GGUF adapter, "
      "Ollama", None),
     ("08_preference_dpo", "OASST1 ranks as preference pairs, DPO on 06's adapter, which model "
-     "is the reference", "dpo"),
+     "is the reference, ORPO beside it on the tiny profile", "dpo"),
     ("09_grpo_rewards", "GRPO on 04's checks as rewards, reward hacking and its guards", "grpo"),
 ]  # fmt: skip
 
@@ -73,7 +73,8 @@ def course_minutes(task: str, calibration: int = T4_CALIBRATION_LENGTH) -> str:
 
 def course_rows() -> list[tuple[str, str, str, str]]:
     """(notebook, teaches, T4 minutes, T4 peak GB) for the README's course table; 01 and 05
-    hold fp16 Phi-2 and its nf4 copy side by side (05 merges into the fp16 base in place)."""
+    hold fp16 Phi-2 and its nf4 copy side by side (05 merges into the fp16 base in place).
+    The minutes of 01, 05 and 07 (no training) are a rough allowance, not a prediction."""
     fp16 = weight_bytes(phi2_config(), "float16") / GB
     nf4 = weight_bytes(phi2_config(), "float16", quantize_4bit=True) / GB
     rows = []
