@@ -256,6 +256,17 @@ def test_one_mistake_fails_one_check_09a():
         report = evaluate("09_a", ns)
         assert _failed(report) == failing, report.text()
 
+    def no_mean(rewards, num_generations):  # scaled, not centred: nothing falls below 0
+        g = torch.as_tensor(rewards, dtype=torch.float32).view(-1, num_generations)
+        return (g / (g.std(1, keepdim=True) + 1e-4)).flatten()
+
+    table = torch.tensor([3.0, 0.0, 1.0, 3.0, 0.75, 0.75])  # as the lesson's: the cheapest at 0
+    report = evaluate("09_a", {"group_advantages": no_mean, "totals": table,
+                               "advantages": no_mean(table, 6)})  # fmt: skip
+    assert 2 in _failed(report), report.text()
+    assert "the lowest-scored answers should have the lowest advantage, below 0" in (
+        report.results[2].detail)
+
     report = evaluate("09_a", {"group_advantages": lambda rewards, n: TODO("write it")})
     assert "not written yet" in report.results[0].detail
     assert report.results[1].detail.startswith("not checked: it needs the failure above")

@@ -125,7 +125,16 @@ def _09a_ranking(ns):
     want = _trl_advantages(totals, len(totals))
     expect(int(want.argmax()) == 0, f"totals {totals.tolist()}: the gold answer (first row) "
            "should have the top reward: are these the table's rewards?")
-    return f"advantages {[round(float(a), 2) for a in adv]}"
+    shown = [round(float(a), 2) for a in adv]
+    expect(float(adv[0]) >= float(adv.max()) - 1e-4,
+           f"advantages {shown}: the gold answer (first row) should have the top advantage")
+    cheapest = totals == totals.min()  # the answers with the lowest reward
+    low = adv[cheapest]
+    lowest = bool((low < 0).all()) and float(low.max()) <= float(adv.min()) + 1e-4
+    expect(lowest,
+           f"advantages {shown} for rewards {_rounded(totals)}: the lowest-scored answers should "
+           "have the lowest advantage, below 0 (worse than the group's mean)")  # fmt: skip
+    return f"advantages {shown}"
 
 
 # --- 09_b: a reward the model can game (Break and fix) ---------------------------------------
