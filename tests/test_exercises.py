@@ -549,3 +549,11 @@ def test_cli_lists_every_exercise(capsys):
     assert main(["exercises", "list"]) == 0
     out = capsys.readouterr().out
     assert all(i in out for i in IDS) and "Break and fix" in out
+
+
+def test_find_notebook_takes_the_exercise_before_jupyters_copy_of_it(tmp_path):
+    from phi2kit_exercises import find_notebook
+
+    for name in ("04_a_completion_mask.ipynb", "04_a_completion_mask-Copy1.ipynb"):
+        (tmp_path / name).write_text("{}")
+    assert find_notebook("04_a", tmp_path).name == "04_a_completion_mask.ipynb"

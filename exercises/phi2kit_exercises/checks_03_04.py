@@ -82,8 +82,8 @@ def _03b_broken(ns):
 @criterion(
     "03_b",
     "the fixed adapter carries the score head, and reloads to the same logits",
-    "PEFT trains and saves a new head when the LoraConfig says which task the model does: "
-    "look at LoraConfig's task_type and PEFT's TaskType",
+    "the head is new and not a LoRA target: LoRA factors of it are not the head; find the "
+    "LoraConfig setting that trains a module whole and saves it with the adapter",
 )
 def _03b_fixed(ns):
     import numpy as np
@@ -98,7 +98,9 @@ def _03b_fixed(ns):
     want = predict_logits(reloaded, need(ns, "tokenizer"), need(ns, "texts"))
     got = np.asarray(need(ns, "fixed_logits"))
     if got.shape != want.shape or not np.allclose(got, want, atol=1e-5):
-        raise Fail("fixed_logits differ from the reloaded adapter's predictions")
+        raise Fail("fixed_logits differ from the reloaded adapter's predictions: the reload "
+                   "drew a new head, so the saved adapter holds the head's LoRA factors at most, "
+                   "not the head itself")
 
 
 # --- 04_a: the completion-only label mask (Write it) -----------------------------------------

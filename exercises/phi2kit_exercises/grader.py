@@ -336,12 +336,13 @@ def run_notebook(
 
 
 def find_notebook(id: str, folder: str | Path | None = None) -> Path:
-    """The notebook of exercise ``id`` (``02_b``) in ``folder`` (default: ./exercises or .)."""
+    """The notebook of exercise ``id`` (``02_b``) in ``folder`` (default: ./exercises or .):
+    the shortest name, so the exercise itself before Jupyter's ``...-Copy1.ipynb`` of it."""
     folders = [Path(folder)] if folder else [Path("exercises"), Path(".")]
     for f in folders:
-        hits = sorted(f.glob(f"{id[:4]}_*.ipynb"))
+        hits = list(f.glob(f"{id[:4]}_*.ipynb"))
         if hits:
-            return hits[0]
+            return min(hits, key=lambda p: (len(p.name), p.name))
     where = " or ".join(str(f) for f in folders)
     raise FileNotFoundError(f"no notebook {id[:4]}_*.ipynb in {where}: pass its path")
 
