@@ -172,8 +172,8 @@ def describe(model: nn.Module) -> ModelSummary:
     """Parameter count, trainable count and bytes by dtype (4-bit weights count as stored).
 
     bitsandbytes packs two 4-bit weights into each uint8, so a packed ``Params4bit`` counts
-    for twice its element count in ``parameters``; the quantization constants (absmax) are
-    included in the bytes.
+    for twice its element count in ``parameters``; the quantization constants (its
+    ``quant_state``) are included in the bytes.
     """
     n_params = n_train = 0
     by_dtype: dict[str, int] = {}
@@ -190,9 +190,9 @@ def describe(model: nn.Module) -> ModelSummary:
 
 
 def _state_bytes(state) -> int:
-    total = state.absmax.numel() * state.absmax.element_size()
-    nested = getattr(state, "state2", None)
-    if nested is not None:
-        total += nested.absmax.numel() * nested.absmax.element_size()
-        total += nested.code.numel() * nested.code.element_size()
-    return total
+    """Bytes of a 4-bit weight's quant_state: absmax and nf4's 16-level code, and with double
+    quantization the offset and the nested absmax and code table."""
+    tensors = [state.absmax, state.code]
+    if state.nested:
+        tensors += [state.offset, state.state2.absmax, state.state2.code]
+    return sum(t.numel() * t.element_size() for t in tensors)

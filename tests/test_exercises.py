@@ -447,7 +447,7 @@ def test_a_model_still_double_quantized_is_not_measured_against_01a():
     off = evaluate("01_a", {**ok, "constants": {"double": 1, "single": _measured(single)}})
     assert "with_dq holds" in off.results[1].detail, off.text()
     hints = [c.hint for c in EXERCISES["01_a"].criteria]
-    assert "= False" not in hints[0] and "(phi2kit.models)" in hints[1], hints
+    assert "= False" not in hints[0] and "quant_state" in hints[1], hints
 
 def test_a_stopped_cell_is_counted_from_one(tmp_path):
     from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook

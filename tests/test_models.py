@@ -216,3 +216,23 @@ def test_notebook_01_writes_what_this_module_holds():
 
     names = ["fp32_attention_forward", "ModelSummary", "describe", "_state_bytes"]
     assert_cells_define("01_baseline_inference", "phi2kit/models.py", names)
+
+
+def test_describe_counts_every_quant_state_tensor_as_the_bench_does(tiny_profile):
+    """Lesson 01's count of the quantization constants is the bench's (and so the planner's):
+    absmax, nf4's code, and with double quantization the offset and the nested tensors."""
+    from measure_memory import _storage_bytes, model_bytes  # bench/
+
+    for double_quant in (True, False):
+        q = load_model(tiny_profile, quantize_4bit=True)
+        if not double_quant:  # the same weights, quantized without double quantization
+            from transformers import AutoModelForCausalLM
+
+            from phi2kit.models import bnb_config, model_source
+
+            config = bnb_config(tiny_profile)
+            config.bnb_4bit_use_double_quant = False
+            q = AutoModelForCausalLM.from_pretrained(model_source(tiny_profile),
+                                                     quantization_config=config)  # fmt: skip
+        held = model_bytes(q) - _storage_bytes([*q.parameters(), *q.buffers()])
+        assert describe(q).bytes_by_dtype["quant constants"] == held > 0

@@ -38,8 +38,9 @@ def constant_bytes(n_weights: int, double_quant: bool) -> int:
     """Bytes of quantization constants of one nf4 Linear (bitsandbytes' block sizes)."""
     blocks = math.ceil(n_weights / 64)
     if not double_quant:
-        return 4 * blocks  # one fp32 absmax per 64 weights
-    return blocks + 4 * math.ceil(blocks / 256) + 256 * 4  # uint8 absmax, fp32 per 256, code
+        return 4 * blocks + 16 * 4  # one fp32 absmax per 64 weights; nf4's 16-level code
+    # uint8 absmax, fp32 per 256, the nested code table, nf4's code and the offset
+    return blocks + 4 * math.ceil(blocks / 256) + 256 * 4 + 16 * 4 + 4
 
 
 def _nested(model) -> set[bool]:
@@ -50,7 +51,7 @@ def _nested(model) -> set[bool]:
 
 
 def _measured(model) -> int:
-    """The quantization constants' bytes, as describe() counts them."""
+    """The quantization constants' bytes (every quant_state tensor), as describe() counts them."""
     from phi2kit.models import describe
 
     return describe(model).bytes_by_dtype.get("quant constants", 0)
@@ -85,8 +86,8 @@ def _cases(ns) -> list[tuple[str, bool, Any]]:
 @criterion(
     "01_a",
     "`without_dq` is the model in nf4 without double quantization",
-    "one field of bnb_config(profile) turns double quantization on: print(config) lists them "
-    "by name; a misspelled name only adds an attribute that nothing reads. Load with "
+    "one field of the BitsAndBytesConfig turns double quantization on: print(config) lists "
+    "them by name; a misspelled name only adds an attribute that nothing reads. Load with "
     "quantization_config=that config",
 )
 def _01a_model(ns):
@@ -98,8 +99,9 @@ def _01a_model(ns):
 @criterion(
     "01_a",
     "`constants` holds the measured bytes of both models",
-    "measure each model with describe(...) (phi2kit.models): its bytes_by_dtype has an "
-    "entry for the quantization constants; keep both, under 'double' and 'single'",
+    "add up the bytes of each Linear4bit weight's quant_state tensors (absmax, code; with "
+    "double quantization offset, state2.absmax, state2.code), or take describe(model)."
+    "bytes_by_dtype['quant constants']; keep both, under 'double' and 'single'",
 )
 def _01a_constants(ns):
     constants = need(ns, "constants")
@@ -132,8 +134,9 @@ def _01a_phi2(ns):
         layers = [m.weight.quant_state.shape.numel() for m in _linear4bit(model)]
         mine = sum(call(ns, "constant_bytes", n, double) for n in layers)
         held = _measured(model)
-        table = (" Is the code table (256 x 4 bytes) counted once per layer?" if double
-                 else "")  # fmt: skip
+        table = (" Are the nested code table (256 x 4 bytes), nf4's code (16 x 4) and the offset "
+                 "(4) counted once per layer?" if double
+                 else " Is nf4's code (16 x 4 bytes) counted once per layer?")  # fmt: skip
         expect(mine == held, f"your constant_bytes does not reproduce the measurement with"
                f"{'' if double else 'out'} double quantization: over the {len(layers)} layers "
                f"of {name} it gives {mine:,} bytes, describe() counts {held:,}.{table}")
