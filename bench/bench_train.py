@@ -151,13 +151,13 @@ def run(
     """Train every pipeline for ``steps`` steps of ``batch_size`` (default: one epoch of lesson
     04's tiny ``n_train``); return flat measurements."""
     import numpy as np
-    from transformers import Trainer, default_data_collator
+    from transformers import Trainer, TrainingArguments, default_data_collator
 
     from phi2kit.data.webglm import build_qa_prompt, to_prompt_completion
     from phi2kit.models import load_tokenizer
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
-    from phi2kit.training import finish_trainer, sft_trainer, training_args
+    from phi2kit.training import common_args, finish_trainer, sft_trainer
 
     profile = get_profile("tiny")
     tokenizer = load_tokenizer(profile, padding_side="right")
@@ -177,7 +177,9 @@ def run(
         seed = finish_trainer(
             Trainer(
                 model=_lora_model(profile, recipe),
-                args=training_args(profile, recipe, out, logging_steps=steps),
+                args=TrainingArguments(
+                    **common_args(profile, recipe, out) | {"logging_steps": steps}
+                ),
                 train_dataset=seed_dataset(examples, tokenizer, max_length),
                 data_collator=default_data_collator,
             )

@@ -101,17 +101,17 @@ def classifier_trainer(
     **overrides,
 ) -> Trainer:
     """HF ``Trainer`` with dynamic (right) padding and :func:`compute_metrics`;
-    ``overrides`` go to ``TrainingArguments``."""
-    from transformers import DataCollatorWithPadding, Trainer
+    ``overrides`` go to ``TrainingArguments``, after :func:`~phi2kit.training.common_args`."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from phi2kit.training import finish_trainer, training_args
+    from phi2kit.training import common_args, finish_trainer
 
     if tokenizer.padding_side != "right":
         raise ValueError("train with tokenizer.padding_side='right' (load_tokenizer's default)")
     overrides.setdefault("label_names", ["labels"])  # PEFT's wrapper hides forward's signature
     trainer = Trainer(
         model=model,
-        args=training_args(profile, recipe, output_dir, **overrides),
+        args=TrainingArguments(**common_args(profile, recipe, output_dir) | overrides),
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,

@@ -83,15 +83,6 @@ def sft_config(profile: Profile, recipe: Recipe, output_dir: str | Path,
                         **overrides})  # fmt: skip
 
 
-def training_args(profile: Profile, recipe: Recipe, output_dir: str | Path,
-                  eval_steps: int | None = None, **overrides):  # fmt: skip
-    """``transformers.TrainingArguments`` for the HF ``Trainer`` (03's classifier)."""
-    from transformers import TrainingArguments
-
-    return TrainingArguments(**{**common_args(profile, recipe, output_dir, eval_steps),
-                                **overrides})  # fmt: skip
-
-
 def sft_trainer(model, tokenizer, train_dataset, profile: Profile, recipe: Recipe,
                 output_dir: str | Path, eval_dataset=None, **overrides):  # fmt: skip
     """trl ``SFTTrainer`` over a LoRA model, through :func:`finish_trainer`; ``overrides``

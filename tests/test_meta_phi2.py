@@ -165,14 +165,18 @@ def test_markdown_table(t4_reports):
 
 
 def _build_t4_args(task: str, tmp_path: Path):
-    from phi2kit.training import sft_config, training_args
+    from transformers import TrainingArguments
+
+    from phi2kit.training import common_args, sft_config
 
     profile = get_profile("t4", check=False)
     recipe = get_recipe(task, profile)
-    build = training_args if recipe.task_type == "SEQ_CLS" else sft_config
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        args = build(profile, recipe, tmp_path / task)
+        if recipe.task_type == "SEQ_CLS":  # 03's Trainer, as classifier_trainer builds it
+            args = TrainingArguments(**common_args(profile, recipe, tmp_path / task))
+        else:
+            args = sft_config(profile, recipe, tmp_path / task)
     return args, recipe, caught
 
 
