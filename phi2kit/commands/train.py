@@ -97,24 +97,25 @@ def run_train(args: argparse.Namespace) -> int:
         return _run(args)
     finally:  # main() may run inside a notebook or a test: leave torch as it was
         torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        if (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled()) != before[1:]:  # fmt: skip
+            torch.use_deterministic_algorithms(before[1], warn_only=before[2])  # imports inductor
         if torch.distributed.is_initialized():  # under `accelerate launch`: a clean exit, not
             torch.distributed.destroy_process_group()  # gloo's threads torn down at exit
 
 
 def _run(args: argparse.Namespace) -> int:
-    quiet_command()  # before bitsandbytes and transformers load
-    import torch
-    from transformers import set_seed
-
     out = args.output_dir or Path("outputs") / f"train_{args.task}"
     ckpt_dir = out / CHECKPOINTS
-    try:
+    try:  # the arguments first: a typo is said at once, before the libraries load
         setup = make_setup(args)
         token = require_token() if args.push_to_hub else None
     except (ValueError, HubError) as err:  # a ProfileError: phi2kit.commands.main says it
         return _fail(str(err))
+    quiet_command()  # before bitsandbytes and transformers load
+    import torch
     from accelerate import PartialState
+    from transformers import set_seed
 
     # under `accelerate launch` every rank looks for an earlier run before rank 0 writes
     state = PartialState(cpu=not setup.profile.requires_cuda)
