@@ -44,17 +44,25 @@ def test_help_of_every_command_loads_no_torch():
     assert out.stdout.splitlines()[-1] == "[]"
 
 
-def test_a_bad_train_argument_is_said_before_the_libraries_load(tmp_path):
-    """A typo in ``phi2kit train``'s arguments is answered at once: no transformers, peft,
-    bitsandbytes or trl loaded, nor torch's compiler (restoring torch's settings imports it)."""
-    nope = str(tmp_path / "nope")
+HEAVY = ("torch", "transformers", "peft", "bitsandbytes", "trl", "papermill", "gradio")
+
+
+@pytest.mark.parametrize(("argv", "loaded"), [
+    (["train", "grpo", "--profile", "tiny", "--adapter", "NOPE"], ["torch"]),
+    (["train", "sentiment", "--profile", "tiny", "--data", "NOPE/x.csv"], ["torch"]),
+    (["app", "--profile", "tiny", "--adapter", "NOPE"], []),
+    (["course", "--notebooks", "NOPE"], []),
+])  # fmt: skip
+def test_a_wrong_path_is_said_before_the_libraries_load(argv, loaded, tmp_path):
+    """A wrong path is answered at once, before the libraries load: ``train`` has imported
+    torch only (to leave its settings as they were), and not torch's compiler either."""
+    argv = [a.replace("NOPE", str(tmp_path / "nope")) for a in argv]
     code = ("import sys\nfrom phi2kit.commands.main import main\n"
-            f"code = main(['train', 'grpo', '--profile', 'tiny', '--adapter', {nope!r}])\n"
-            "print(code, sorted(m for m in ('transformers', 'peft', 'bitsandbytes', 'trl', "
-            "'torch._inductor') if m in sys.modules))")  # fmt: skip
+            f"code = main({argv!r})\n"
+            f"print(code, sorted(m for m in {(*HEAVY, 'torch._inductor')!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert "--adapter" in out.stdout + out.stderr and "no such folder" in out.stdout + out.stderr
-    assert out.stdout.splitlines()[-1] == "2 []", out.stdout
+    assert "no such" in out.stdout + out.stderr, out.stdout + out.stderr
+    assert out.stdout.splitlines()[-1] == f"2 {loaded}", out.stdout
 
 
 # A real course run (relative --out, metrics in summary.md): tests/test_course.py.

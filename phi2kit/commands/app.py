@@ -123,13 +123,13 @@ def add_app_parser(subparsers) -> argparse.ArgumentParser:
 
 def run_app(args: argparse.Namespace) -> int:
     """Load the model, build the app and serve it until interrupted."""
+    if problem := model_error(args) or port_error(args.host, args.port):
+        return fail("app", problem)  # at once: nothing heavy is loaded yet
     import importlib.util
 
     from phi2kit.models import model_source
     from phi2kit.profiles import get_profile
 
-    if problem := model_error(args) or port_error(args.host, args.port):
-        return fail("app", problem)
     profile = get_profile(args.profile)  # ProfileError: phi2kit.commands.main says it
     if importlib.util.find_spec("gradio") is None:
         return fail("app", 'Gradio is not installed: pip install "phi2kit[app]" (or gradio)')

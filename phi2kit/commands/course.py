@@ -208,13 +208,13 @@ def _course_main(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         return fail("course", f"--timeout {args.timeout}: must be positive, e.g. --timeout "
                     f"{DEFAULT_TIMEOUT}")  # fmt: skip
-    if missing := papermill_missing():
-        return fail("course", missing)
-    profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
-    try:
+    try:  # before papermill loads: a wrong folder or lesson is said at once
         notebooks = select_notebooks(find_notebooks(args.notebooks), args.only)
     except ValueError as exc:
         return fail("course", str(exc))
+    if missing := papermill_missing():
+        return fail("course", missing)
+    profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
     # relative to where the command runs (run_course makes it absolute before the kernels start)
     out = (args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
     runs = run_course(profile, out, notebooks, timeout=args.timeout, workdir=args.workdir)

@@ -112,6 +112,9 @@ def _run(args: argparse.Namespace) -> int:
         token = require_token() if args.push_to_hub else None
     except (ValueError, HubError) as err:  # a ProfileError: phi2kit.commands.main says it
         return _fail(str(err))
+    data_path = setup.data not in (None, "auto", "sample") and Path(setup.data)  # by content
+    if data_path and not data_path.exists():
+        return _fail(str(DataError("no such file or folder (--data)", path=data_path)))
     quiet_command()  # before bitsandbytes and transformers load
     import torch
     from accelerate import PartialState
@@ -129,9 +132,6 @@ def _run(args: argparse.Namespace) -> int:
     if not args.resume and (started or (out / ADAPTER).exists()):
         return _fail(f"{out} already holds a run: pass --resume, or another --output-dir")
     # what decides the run; --resume under other settings is refused (more steps are allowed)
-    data_path = setup.data not in (None, "auto", "sample") and Path(setup.data)  # by content
-    if data_path and not data_path.exists():
-        return _fail(str(DataError("no such file or folder (--data)", path=data_path)))
     settings = {"task": setup.task, "profile": setup.profile.name, "seed": args.seed,
                 "data": data_fingerprint(data_path) if data_path else setup.data,
                 "labels": setup.labels, "n_eval": setup.n_eval,
