@@ -49,8 +49,7 @@ def run_check(args: argparse.Namespace) -> int:
     from phi2kit.logs import quiet
     from phi2kit_exercises.grader import find_notebook, get_exercise, grade_notebook
 
-    quiet()
-    try:
+    try:  # the file and the id first: a wrong one is said before the libraries load
         if args.path is None and _looks_like_a_path(args.id):  # check exercises/02_b_x.ipynb
             path = Path(args.id)
             named = re.match(r"(\d\d_[a-z])(?![a-z0-9])", path.name)
@@ -77,6 +76,7 @@ def run_check(args: argparse.Namespace) -> int:
     except (KeyError, FileNotFoundError) as err:  # on stdout, where tests/test_exercises.py reads
         print(f"phi2kit exercises: error: {err.args[0] if err.args else err}")
         return 2
+    quiet()
     print(f"running {path} ...")
     report = grade_notebook(path, args.id, quiet=not args.verbose)
     print(report.text())
