@@ -354,3 +354,17 @@ def test_a_file_in_another_shape_says_what_to_do(tmp_path, make, said):
     with pytest.raises(DataError) as info:
         load_financial_news(path, labels=("down", "up"))
     assert said in str(info.value) and "\n" not in str(info.value), str(info.value)
+
+
+def test_every_bad_row_is_named_in_one_go(tmp_path):
+    """Three misspelt labels: the first is the error, the others are named with it, so one
+    try shows them all (one row per try cost a user three runs)."""
+    rows = [*KAGGLE_ROWS[:2], ("positve", "Margin improved"), *KAGGLE_ROWS[2:],
+            ("negatve", "Orders fell"), ("nuetral", "Output flat")]  # fmt: skip
+    path = write_kaggle(tmp_path / "all-data.csv", rows)
+    n = len(rows)
+    with pytest.raises(DataError, match=rf"row 3, field 'sentiment': unknown label 'positve' "
+                       rf".*\(and 2 more bad row\(s\): row {n - 1}, row {n}\)$") as info:
+        load_financial_news(path)
+    assert info.value.row == 3
+    assert len(load_financial_news(path, skip_bad=True).attrs["problems"]) == 3

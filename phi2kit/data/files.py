@@ -46,6 +46,7 @@ class LoadResult(list):
     def __init__(self, problems: list[str] | None = None, *, skip_bad: bool = False) -> None:
         super().__init__()
         self.problems: list[str] = list(problems or [])
+        self.errors: list[DataError] = []  # this load's, behind ``problems``
         self.skip_bad = skip_bad
 
     @property
@@ -62,6 +63,7 @@ class LoadResult(list):
         except DataError as err:
             if not self.skip_bad:
                 raise
+            self.errors.append(err)
             self.problems.append(str(err))
 
     def summary(self, what: str = "rows") -> str:

@@ -118,9 +118,10 @@ def _label_word(value: Any, labels: Sequence[str] = LABELS, *, first: bool = Fal
 def _collect(
     records: Iterable[Record], path: Any, skip_bad: bool, label_set: Sequence[str] = LABELS
 ) -> pd.DataFrame:
-    """Records as a frame; a bad row raises :class:`DataError`, or with ``skip_bad`` is
-    skipped and named in ``df.attrs["problems"]``."""
-    rows = LoadResult(skip_bad=skip_bad)
+    """Records as a frame; the first bad row raises :class:`DataError` (saying how many more
+    there are, and where), or with ``skip_bad`` every bad row is skipped and named in
+    ``df.attrs["problems"]``."""
+    rows = LoadResult(skip_bad=True)  # read on past a bad row, to say how many there are
     for row, label, text, label_field, text_field in records:
         with rows.row():
             if label is None or not str(label).strip():
@@ -133,6 +134,12 @@ def _collect(
             word = _label_word(label, label_set, first=not rows and not rows.n_skipped,
                                path=path, row=row, field=label_field)
             rows.append((str(text).strip(), word))
+    if rows.errors and not skip_bad:  # every bad row in one go, not one per try
+        first, more = rows.errors[0], rows.errors[1:]
+        listed = ", ".join(f"row {e.row}" for e in more[:5]) + (", ..." if len(more) > 5 else "")
+        header = first.detail.startswith("not a header")  # then every row is read wrong
+        also = f" (and {len(more)} more bad row(s): {listed})" if more and not header else ""
+        raise DataError(first.detail + also, path=first.path, row=first.row, field=first.field)
     if not rows:
         raise DataError(f"no usable rows ({rows.n_skipped} bad rows skipped)", path=path)
     df = pd.DataFrame(list(rows), columns=["text", "label"])
