@@ -119,19 +119,24 @@ def test_course_says_which_cell_timed_out_and_how_to_raise_the_limit(tmp_path, c
         (["--notebooks", "{tmp}"], "--notebooks {tmp}: no NN_*.ipynb notebooks in it"),
         (["--only", "09"], "--only 09: no such notebook; the numbers are 01 02"),
         (["--timeout", "0"], "--timeout 0: must be positive"),
+        (["--only", "01", "--out", "{tmp}/mine"], "--out {tmp}/mine: not empty (it holds "
+         "notes.md): pass a new or empty folder"),
     ],
 )
 def test_course_refuses_bad_input_in_one_line(argv, said, tmp_path, capsys):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.md").write_text("mine")  # never overwritten
     if "--only" in argv:
         _notebook(tmp_path / "nbs", "01_a.ipynb")
         _notebook(tmp_path / "nbs", "02_b.ipynb")
         argv = [*argv, "--notebooks", str(tmp_path / "nbs")]
     argv = [a.format(tmp=tmp_path) for a in argv]
     out = tmp_path / "run"
-    assert main(["course", "--profile", "tiny", *argv, "--out", str(out)]) == 2
+    assert main(["course", "--profile", "tiny", "--out", str(out), *argv]) == 2  # last --out wins
     err = capsys.readouterr().err
     assert f"phi2kit course: error: {said.format(tmp=tmp_path)}" in err
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+    assert (tmp_path / "mine" / "notes.md").read_text() == "mine"
 
 
 def test_course_only_takes_1_for_01(tmp_path):

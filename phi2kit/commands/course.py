@@ -217,6 +217,10 @@ def _course_main(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
     # relative to where the command runs (run_course makes it absolute before the kernels start)
     out = (args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
+    if out.is_dir() and (held := sorted(p.name for p in out.iterdir())):  # never overwritten
+        return fail("course", f"--out {out}: not empty (it holds {', '.join(held[:3])}"
+                    f"{', ...' * (len(held) > 3)}): pass a new or empty folder (without --out, "
+                    "runs/<time> is new each time)")  # fmt: skip
     runs = run_course(profile, out, notebooks, timeout=args.timeout, workdir=args.workdir)
     print(f"\nsummary: {out / 'summary.md'}")
     print((out / "summary.md").read_text())
