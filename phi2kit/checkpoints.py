@@ -137,7 +137,8 @@ def resume_point(
     before = json.loads(old.read_text()) if old.is_file() else None
     now = _plain(settings)
     if before is not None and before != now and list(folder.glob("checkpoint-*")):
-        changed = {k: (before.get(k), now.get(k)) for k in sorted(before.keys() | now.keys())
+        keys = dict.fromkeys([*now, *before])  # in the settings' order: the run's, then recipe's
+        changed = {k: (before.get(k), now.get(k)) for k in keys
                    if before.get(k) != now.get(k)}  # fmt: skip
         raise ResumeError(
             f"{folder} holds checkpoints of a run with other {', '.join(changed)}: "

@@ -111,8 +111,12 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
     assert main(["sentiment", "--set", "lora_rank=4", "--output-dir", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "--set lora_rank=4: 'lora_rank' is not a setting; the keys are" in err
+    assert "--set lora_rank=4: 'lora_rank' is not a setting; the keys of sentiment are" in err
     assert "lora_r, " in err and "n_eval" in err and len(err.strip().splitlines()) == 1
+    assert main(["sentiment", "--set", "beta=0.2", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err  # a key of another task: only this task's keys are listed
+    assert "'beta' is a setting of dpo and grpo only; the keys of sentiment are" in err
+    assert "beta" not in err.split("the keys of sentiment are")[1], err
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "run.json"]
     capsys.readouterr()
     # an empty checkpoints/ (transformers' Trainer makes it; a build that failed after that
@@ -353,6 +357,14 @@ def test_a_finished_run_loads_it_does_not_train(tmp_path, capsys):
     assert json.loads((out / ADAPTER / "metrics.json").read_text())["global_step"] == 4
     assert _max_diff(first, _adapter(out)) == 0
     assert sorted(_losses(out)) == [1, 2, 3, 4]
+    capsys.readouterr()
+    # another profile: the run's own settings are named first, then the recipe's it changes
+    assert main([*args, "--profile", "t4-cpu", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "profile (the run's 'tiny', now 't4-cpu')" in err, err
+    assert err.index("profile (") < err.index("batch_size ("), err
+    assert main([*args, "--steps", "6", "--resume"]) == 0  # more steps: it says it resumes
+    assert "resuming from checkpoint-4 (step 4 of 6)" in capsys.readouterr().out
 
 
 def test_train_resumable_loads_a_finished_run(tmp_path):
@@ -578,4 +590,5 @@ def test_labels_that_start_with_another_label_are_refused(tmp_path, capsys):
                  "sport,sporty,tech", "--output-dir", str(out)]) == 2  # fmt: skip
     err = capsys.readouterr().err
     assert "--labels: 'sporty' starts with the tokens of 'sport'" in err, err
+    assert "--data for" not in err, err  # the fix is the labels', not the file's format
     assert len(err.strip().splitlines()) == 1 and not out.exists()

@@ -159,6 +159,9 @@ def _run(args: argparse.Namespace) -> int:
         _say(f"{out} holds a finished run ({steps}): nothing to train; its adapter is "
              f"{out / ADAPTER}")  # fmt: skip
         return 0
+    if resume_from is not None and not finished:
+        _say(f"resuming from {resume_from.name} (step {checkpoint_step(resume_from)} of "
+             f"{max_steps})")  # fmt: skip
 
     # Bitwise-equal CPU runs need the same thread count (run.json records it) and
     # deterministic kernels; on a GPU a resumed run continues the same data, optimizer and
@@ -179,7 +182,7 @@ def _run(args: argparse.Namespace) -> int:
             return _fail(f"{err}; if your data uses other label words, pass them in order: "
                          "--labels WORD,WORD,...")  # fmt: skip
         said = shell_words(str(err))  # the loaders' advice names notebook parameters
-        if not re.search(r"\b(pass|[Ll]ower|[Rr]aise|save|name|need)", said):  # no fix named
+        if not re.search(r"\b(pass|pick|[Ll]ower|[Rr]aise|save|name|need)", said):  # no fix named
             said += f"; --data for {setup.task}: {DATA_FORMATS[setup.task]}"
         return _fail(said)
 

@@ -72,8 +72,9 @@ def parse_overrides(items: list[str], task: str | None = None) -> dict[str, Any]
             if sep and key in _recipe_fields():
                 tasks = [t for t in ("dpo", "grpo") if key in _recipe_fields(t)]
                 what = f"{key!r} is a setting of {' and '.join(tasks)} only"
-            raise ValueError(f"--set {item}: {what}; the keys are {', '.join(setting_keys())} "
-                             "(e.g. --set lora_r=32)")  # fmt: skip
+            keys = ", ".join(types) if task else ", ".join(setting_keys())  # the task's own
+            raise ValueError(f"--set {item}: {what}; the keys{f' of {task}' if task else ''} are "
+                             f"{keys} (e.g. --set lora_r=32)")  # fmt: skip
         kind = types[key]
         try:
             if "bool" in kind:  # .index raises ValueError for another word
