@@ -1,5 +1,6 @@
 """The README's numbers and commands come from the code; this keeps them from drifting."""
 
+import json
 import re
 from pathlib import Path
 
@@ -100,3 +101,24 @@ def test_the_use_what_you_trained_snippet_runs_on_a_trained_adapter(tmp_path, mo
     exec(compile(code, "README.md", "exec"), {})
     printed = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
     assert len(printed) == 2 and set(printed) <= {"negative", "neutral", "positive"}, printed
+
+
+def test_the_classifier_snippet_runs_on_a_trained_adapter(tmp_path, monkeypatch, capsys):
+    """The README's second Python block: a classifier adapter, its labels read from the
+    metrics.json that `phi2kit train classifier` writes."""
+    import ast
+
+    from phi2kit.commands.train import main
+
+    section = README.split("### Use what you trained", 1)[1]
+    code = section.split("```python\n")[2].split("```", 1)[0]
+    assert "AutoPeftModelForSequenceClassification" in code
+    monkeypatch.chdir(tmp_path)
+    assert main(["classifier", "--profile", "tiny", "--steps", "2", "--set", "n_train=30",
+                 "--threads", "1", "--output-dir", "runs/labels"]) == 0  # fmt: skip
+    capsys.readouterr()
+    exec(compile(code, "README.md", "exec"), {})
+    printed = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    labels = json.loads((tmp_path / "runs/labels/adapter/metrics.json").read_text())["labels"]
+    assert labels == ["negative", "neutral", "positive"]
+    assert len(printed) == 1 and set(printed) <= set(labels), printed

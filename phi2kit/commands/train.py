@@ -244,7 +244,8 @@ def _run(args: argparse.Namespace) -> int:
 
         save_adapter(model, tmp, profile=setup.profile.name)
         data.tokenizer.save_pretrained(tmp)
-        write_json_atomic(tmp / "metrics.json", metrics | {
+        labels = {"labels": list(setup.labels or LABELS)} if data.test is not None else {}
+        write_json_atomic(tmp / "metrics.json", metrics | labels | {  # labels: the head's rows
             "global_step": result.global_step, "world_size": trainer.args.world_size})  # fmt: skip
     shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_loss", "eval_loss", "eval_accuracy")
                       if k in metrics)  # eval_accuracy: the classifier's  # fmt: skip
