@@ -392,3 +392,33 @@ def test_an_adapter_trained_on_another_task_is_noted(tmp_path, capsys, monkeypat
         assert chat_command.adapter_note(adapter) is None
     (tmp_path / "run.json").unlink()  # a notebook's adapter: no run.json, nothing to say
     assert chat_command.adapter_note(adapter) is None
+
+
+@pytest.mark.parametrize(("note", "flag", "nf4"), [
+    ({"base_4bit": True}, [], True),  # a QLoRA adapter: its nf4 base, said on stderr
+    ({"base_4bit": True}, ["--no-4bit"], False),
+    ({"base_4bit": False}, [], False),
+    (None, [], False),  # a notebook's adapter without a note: full precision, as before
+    (None, ["--4bit"], True),
+])  # fmt: skip
+def test_the_base_is_loaded_as_the_adapter_was_trained(tmp_path, capsys, monkeypatch, note,
+                                                       flag, nf4):  # fmt: skip
+    import phi2kit.commands.chat as chat_command
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"task_type": "CAUSAL_LM"}')
+    if note is not None:
+        (adapter / "phi2kit_adapter.json").write_text(json.dumps(note))
+    asked = []
+
+    def load(profile, *, adapter, model, quantize_4bit):
+        asked.append(quantize_4bit)
+        raise SystemExit(0)  # what would load is all this test needs
+
+    monkeypatch.setattr(chat_command, "load_chat_model", load)
+    with pytest.raises(SystemExit):
+        run_chat(_chat_args("--adapter", str(adapter), *flag), stdin=io.StringIO(QUESTION))
+    assert asked == [nf4]
+    said = capsys.readouterr().err
+    assert ("trained on the nf4 base" in said) == (nf4 and not flag), said

@@ -21,8 +21,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--adapter", default=None, help="LoRA adapter folder (on the base)")
     which.add_argument("--model", default=None, help="merged model folder instead of the base")
-    parser.add_argument("--4bit", dest="quantize_4bit", action="store_true",
-                        help="load the base in nf4, as QLoRA trained it")  # fmt: skip
+    parser.add_argument("--4bit", dest="quantize_4bit", action=argparse.BooleanOptionalAction,
+                        default=None, help="load the base in nf4 (default: as the --adapter was "
+                        "trained, by its phi2kit_adapter.json; else full precision)")  # fmt: skip
     parser.add_argument("--max-new-tokens", type=int, default=128, help="reply length limit")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sampling temperature; 0 (default) is greedy, the same reply every "
@@ -73,6 +74,14 @@ def load_for_command(args: argparse.Namespace):
     if note := adapter_note(args.adapter):
         print(f"phi2kit: {note}", file=sys.stderr)
     quiet_command()
+    if args.quantize_4bit is None:  # as the adapter was trained (QLoRA: on the nf4 base)
+        from phi2kit.lora import adapter_base_4bit
+
+        args.quantize_4bit = bool(args.adapter and adapter_base_4bit(args.adapter))
+        if args.quantize_4bit:
+            print(f"phi2kit: --adapter {args.adapter} was trained on the nf4 base (its "
+                  "phi2kit_adapter.json says so): loading the base in nf4; --no-4bit for the "
+                  "full-precision base", file=sys.stderr)  # fmt: skip
     return load_chat_model(args.profile, adapter=args.adapter, model=args.model,
                            quantize_4bit=args.quantize_4bit)  # fmt: skip
 
