@@ -244,3 +244,10 @@ def test_plan_no_4bit_gives_lesson_03s_peak_in_the_course_table(capsys):
     peak_03 = dict((row[0], row[3]) for row in course_rows())["03_classification_head"]
     assert f"{total('--no-4bit'):.1f}" == peak_03
     assert total() < total("--no-4bit") - 2
+
+
+def test_plan_help_says_what_its_exit_codes_mean(capsys):
+    with pytest.raises(SystemExit):
+        main(["plan", "--help"])
+    said = " ".join(capsys.readouterr().out.split())
+    assert "Exit code: 0 when it fits, 1 when it does not, 2 for a bad option." in said
