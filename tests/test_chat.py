@@ -354,10 +354,12 @@ def test_profile_errors_speak_shell_words(monkeypatch, capsys, command):
     assert "--profile tiny" in err and "PROFILE=" not in err and "Colab" not in err
 
 
-@pytest.mark.skipif(importlib.util.find_spec("gradio") is not None, reason="gradio installed")
-def test_app_without_gradio_is_one_line_exit_2(capsys):
+def test_app_without_gradio_is_one_line_exit_2(capsys, monkeypatch):
     from phi2kit.commands.app import run_app
 
+    find_spec = importlib.util.find_spec  # as if the "app" extra were not installed
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gradio" else find_spec(name, *a))
     assert run_app(_app_args()) == 2
     assert 'pip install "phi2kit[app]"' in _one_error_line(capsys, "app")
 
