@@ -336,23 +336,34 @@ def test_train_on_bad_data_fails_and_leaves_nothing(task, case, tmp_path, capsys
 # --- The one bad-row collector every loader uses --------------------------------------------
 
 
-def test_load_result_row_raises_or_records_and_skips_the_rest_of_the_row():
+def test_load_result_names_every_bad_row_or_records_and_skips_the_rest_of_the_row():
     from phi2kit.data.files import LoadResult
 
-    def load(skip_bad: bool) -> LoadResult:
+    def load(skip_bad: bool, values=("a", None, "c", None, None)) -> LoadResult:
         result = LoadResult(skip_bad=skip_bad)
-        for i, value in enumerate(["a", None, "c"], start=1):
+        for i, value in enumerate(values, start=1):
             with result.row():
                 if value is None:
                     raise DataError("no text", path="f.jsonl", row=i, field="text")
+                if value == "header":
+                    raise DataError("a header", path="f.jsonl", row=i, whole_file=True)
                 result.append(value)
-        return result
+        return result.done()
 
-    with pytest.raises(DataError, match="f.jsonl, row 2, field 'text': no text"):
+    with pytest.raises(DataError) as info:  # the first bad row, and where the others are
         load(skip_bad=False)
+    assert str(info.value) == ("f.jsonl, row 2, field 'text': no text (and 2 more bad row(s): "
+                               "row 4, row 5)")  # fmt: skip
+    with pytest.raises(DataError) as info:
+        load(skip_bad=False, values=("a", None, "c"))
+    assert str(info.value) == "f.jsonl, row 2, field 'text': no text"
+    with pytest.raises(DataError) as info:  # the whole file is read wrong: said at once
+        load(skip_bad=False, values=("header", None, None))
+    assert str(info.value) == "f.jsonl, row 1: a header"
     loaded = load(skip_bad=True)
-    assert loaded == ["a", "c"] and loaded.n_skipped == 1
-    assert loaded.summary() == "bad rows skipped: 1 (first: f.jsonl, row 2, field 'text': no text)"
+    assert loaded == ["a", "c"] and loaded.n_skipped == 3
+    assert loaded.summary() == "bad rows skipped: 3 (first: f.jsonl, row 2, field 'text': no text)"
+    assert load(skip_bad=True, values=("header", "b")) == ["b"]
     assert LoadResult().summary("trees") == "no bad trees"
     with pytest.raises(KeyError), LoadResult(skip_bad=True).row():
         raise KeyError("not a data problem: never swallowed")

@@ -224,6 +224,10 @@ def test_malformed_json_line_names_line(tmp_path):
         load_oasst(path)
     loaded = load_oasst(path, skip_bad=True)
     assert loaded == [EXPECTED_EN, EXPECTED_DE] and loaded.n_skipped == 1
+    path = write_jsonl(tmp_path / "t.trees.jsonl", ["{", trees[0], "[", trees[1], "{"])
+    with pytest.raises(DataError, match=r"row 1: .*malformed JSON.* \(and 2 more bad row\(s\): "
+                       r"row 3, row 5\)$"):  # every bad line in one go  # fmt: skip
+        load_oasst(path)
 
 
 def test_bad_tree_is_skipped_in_trees_form(tmp_path):

@@ -128,6 +128,15 @@ def test_bad_line_names_file_line_and_field(tmp_path, message, bad_row, field):
     assert loaded.n_skipped == 1 and "row 3" in loaded.problems[0]
 
 
+def test_every_bad_line_is_named_in_one_go(tmp_path):
+    rows = [GOOD, dict(GOOD, references=[]), GOOD, "{", dict(GOOD, answer=""), GOOD]
+    path = write_jsonl(tmp_path / "train.jsonl", rows)
+    with pytest.raises(DataError) as info:
+        load_webglm(path)
+    assert str(info.value) == (f"{path}, row 2, field 'references': empty reference list "
+                               "(and 2 more bad row(s): row 4, row 5)")  # fmt: skip
+
+
 def test_empty_file(tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("\n  \n")

@@ -86,39 +86,35 @@ def test_t4_recipe_table_matches_skeleton():
         assert f"{report.trainable:,}" in row, row
 
 
-def test_the_use_what_you_trained_snippet_runs_on_a_trained_adapter(tmp_path, monkeypatch, capsys):
-    """The README's Python block labels headlines with an adapter `phi2kit train` wrote."""
+def _run_snippet(block: int, task: str, out: str, tmp_path, monkeypatch, capsys) -> list:
+    """Train ``task`` for 2 steps into ``tmp_path/out``, then run the README's ``block``-th
+    Python block of "Use what you trained" there; the list its last line printed."""
     import ast
 
     from phi2kit.commands.train import main
 
     section = README.split("### Use what you trained", 1)[1]
-    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    code = section.split("```python\n")[block + 1].split("```", 1)[0]
     monkeypatch.chdir(tmp_path)
-    assert main(["sentiment", "--profile", "tiny", "--steps", "2", "--set", "n_train=30",
-                 "--threads", "1", "--output-dir", "runs/mine"]) == 0  # fmt: skip
+    assert main([task, "--profile", "tiny", "--steps", "2", "--set", "n_train=30",
+                 "--threads", "1", "--output-dir", out]) == 0  # fmt: skip
     capsys.readouterr()
     exec(compile(code, "README.md", "exec"), {})
-    printed = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    return ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_the_use_what_you_trained_snippet_runs_on_a_trained_adapter(tmp_path, monkeypatch, capsys):
+    """The README's Python block labels headlines with an adapter `phi2kit train` wrote."""
+    printed = _run_snippet(0, "sentiment", "runs/mine", tmp_path, monkeypatch, capsys)
     assert len(printed) == 2 and set(printed) <= {"negative", "neutral", "positive"}, printed
 
 
 def test_the_classifier_snippet_runs_on_a_trained_adapter(tmp_path, monkeypatch, capsys):
     """The README's second Python block: a classifier adapter, its labels read from the
     metrics.json that `phi2kit train classifier` writes."""
-    import ast
-
-    from phi2kit.commands.train import main
-
     section = README.split("### Use what you trained", 1)[1]
-    code = section.split("```python\n")[2].split("```", 1)[0]
-    assert "AutoPeftModelForSequenceClassification" in code
-    monkeypatch.chdir(tmp_path)
-    assert main(["classifier", "--profile", "tiny", "--steps", "2", "--set", "n_train=30",
-                 "--threads", "1", "--output-dir", "runs/labels"]) == 0  # fmt: skip
-    capsys.readouterr()
-    exec(compile(code, "README.md", "exec"), {})
-    printed = ast.literal_eval(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "AutoPeftModelForSequenceClassification" in section.split("```python\n")[2]
+    printed = _run_snippet(1, "classifier", "runs/labels", tmp_path, monkeypatch, capsys)
     labels = json.loads((tmp_path / "runs/labels/adapter/metrics.json").read_text())["labels"]
     assert labels == ["negative", "neutral", "positive"]
     assert len(printed) == 1 and set(printed) <= set(labels), printed

@@ -41,6 +41,13 @@ def folder_error(flag: str, value: str | Path, fix: str, marker: str) -> str | N
     return None
 
 
+def it_holds(folder: Path, skip: Path | None = None) -> str | None:
+    """``it holds a, b, c, ...`` (the first three names, sorted) for a folder that is not
+    empty, leaving ``skip`` out (e.g. an empty checkpoints folder); None for an empty one."""
+    held = sorted(p.name for p in folder.iterdir() if p != skip)
+    return f"it holds {', '.join(held[:3])}{', ...' * (len(held) > 3)}" if held else None
+
+
 def trained_by(adapter: str | Path) -> tuple[Path, str | None]:
     """``run.json`` beside ``adapter`` (``phi2kit train`` writes it) and the task it names;
     None for an adapter without one (a notebook's, a script's)."""

@@ -133,10 +133,10 @@ def run_app(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile)  # ProfileError: phi2kit.commands.main says it
     if importlib.util.find_spec("gradio") is None:
         return fail("app", 'Gradio is not installed: pip install "phi2kit[app]" (or gradio)')
-    model, tokenizer = load_for_command(args)
+    model, tokenizer, nf4 = load_for_command(args)
     base = args.model or (model_source(profile) if profile.model_id else None)
     description = describe_model(profile.name, base=base, adapter=args.adapter,
-                                 quantize_4bit=args.quantize_4bit)  # fmt: skip
+                                 quantize_4bit=nf4)  # fmt: skip
     app = build_app(model, tokenizer, description=description,
                     max_new_tokens=args.max_new_tokens, temperature=args.temperature)  # fmt: skip
     share = "a public link follows" if args.share else "--share for a public link"

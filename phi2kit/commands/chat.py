@@ -67,23 +67,25 @@ def adapter_note(adapter: str | Path | None) -> str | None:
 
 
 def load_for_command(args: argparse.Namespace):
-    """The model and tokenizer the flags name (``chat`` and ``app``), without the libraries'
-    start-up notes: nothing a shell user can act on."""
+    """The model, tokenizer and whether the base is nf4, as the flags name them (``chat`` and
+    ``app``), without the libraries' start-up notes: nothing a shell user can act on."""
     from phi2kit.logs import quiet_command
 
     if note := adapter_note(args.adapter):
         print(f"phi2kit: {note}", file=sys.stderr)
     quiet_command()
-    if args.quantize_4bit is None:  # as the adapter was trained (QLoRA: on the nf4 base)
+    nf4 = args.quantize_4bit
+    if nf4 is None:  # as the adapter was trained (QLoRA: on the nf4 base)
         from phi2kit.lora import adapter_base_4bit
 
-        args.quantize_4bit = bool(args.adapter and adapter_base_4bit(args.adapter))
-        if args.quantize_4bit:
+        nf4 = bool(args.adapter and adapter_base_4bit(args.adapter))
+        if nf4:
             print(f"phi2kit: --adapter {args.adapter} was trained on the nf4 base (its "
                   "phi2kit_adapter.json says so): loading the base in nf4; --no-4bit for the "
                   "full-precision base", file=sys.stderr)  # fmt: skip
-    return load_chat_model(args.profile, adapter=args.adapter, model=args.model,
-                           quantize_4bit=args.quantize_4bit)  # fmt: skip
+    model, tokenizer = load_chat_model(args.profile, adapter=args.adapter, model=args.model,
+                                       quantize_4bit=nf4)  # fmt: skip
+    return model, tokenizer, nf4
 
 
 def add_chat_parser(subparsers) -> argparse.ArgumentParser:
@@ -105,7 +107,7 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None,
     if problem := model_error(args):
         return fail("chat", problem)
     get_profile(args.profile)  # ProfileError: phi2kit.commands.main says it in shell words
-    model, tokenizer = load_for_command(args)
+    model, tokenizer, _ = load_for_command(args)
     settings = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
     turns: list[tuple[str, str]] = []  # the whole conversation goes in with every message
     interactive = stdin.isatty()

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from unittest import mock
 
-from phi2kit.commands import add_profile_argument, fail
+from phi2kit.commands import add_profile_argument, fail, it_holds
 from phi2kit.metrics import METRICS_ENV
 
 #: Seconds one cell may run. Generous: under a competing process, CPU training at 2 threads
@@ -217,10 +217,9 @@ def _course_main(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile).name  # ProfileError: phi2kit.commands.main says it
     # relative to where the command runs (run_course makes it absolute before the kernels start)
     out = (args.out or Path("runs") / datetime.now().strftime("%Y%m%d-%H%M%S")).resolve()
-    if out.is_dir() and (held := sorted(p.name for p in out.iterdir())):  # never overwritten
-        return fail("course", f"--out {out}: not empty (it holds {', '.join(held[:3])}"
-                    f"{', ...' * (len(held) > 3)}): pass a new or empty folder (without --out, "
-                    "runs/<time> is new each time)")  # fmt: skip
+    if out.is_dir() and (held := it_holds(out)):  # never overwritten
+        return fail("course", f"--out {out}: not empty ({held}): pass a new or empty folder "
+                    "(without --out, runs/<time> is new each time)")  # fmt: skip
     runs = run_course(profile, out, notebooks, timeout=args.timeout, workdir=args.workdir)
     print(f"\nsummary: {out / 'summary.md'}")
     print((out / "summary.md").read_text())

@@ -37,7 +37,7 @@ from phi2kit.checkpoints import (
     save_settings,
     write_json_atomic,
 )
-from phi2kit.commands import fail
+from phi2kit.commands import fail, it_holds
 from phi2kit.commands.hub import HubError, push_adapter, redact, require_token
 from phi2kit.commands.train_args import DATA_FORMATS, add_arguments, make_setup, shell_words
 from phi2kit.data.files import DataError
@@ -124,11 +124,10 @@ def _run(args: argparse.Namespace) -> int:
     state = PartialState(cpu=not setup.profile.requires_cuda)
     started = ckpt_dir.is_dir() and any(ckpt_dir.iterdir())  # empty: a build that failed
     if out.is_dir() and not (out / RUN).is_file():  # not a run of this command's
-        held = sorted(p.name for p in out.iterdir() if p != ckpt_dir or started)
-        if held:  # e.g. a take-home script's output, or your data: nothing of it is touched
+        if held := it_holds(out, skip=None if started else ckpt_dir):
+            # e.g. a take-home script's output, or your data: nothing of it is touched
             return _fail(f"--output-dir {out}: not empty and not a phi2kit train run (no "
-                         f"run.json; it holds {', '.join(held[:3])}{', ...' * (len(held) > 3)}): "
-                         "pass a new or empty folder")  # fmt: skip
+                         f"run.json; {held}): pass a new or empty folder")  # fmt: skip
     if not args.resume and (started or (out / ADAPTER).exists()):
         return _fail(f"{out} already holds a run: pass --resume, or another --output-dir")
     # what decides the run; --resume under other settings is refused (more steps are allowed)

@@ -17,6 +17,8 @@ class DataError(ValueError):
     ``all-data.csv, row 17, field 'sentiment': unknown label 'positve' (...)``.
 
     ``row`` is 1-based (a line of a text file, a row of a frame); ``None`` for the whole file.
+    ``whole_file``: the row shows the whole file is read wrong (e.g. a header of other column
+    names), so the other rows' errors would add nothing.
     """
 
     def __init__(
@@ -26,10 +28,12 @@ class DataError(ValueError):
         path: str | os.PathLike[str] | None = None,
         row: int | None = None,
         field: str | None = None,
+        whole_file: bool = False,
     ) -> None:
         self.path = None if path is None else str(path)
         self.row = row
         self.field = field
+        self.whole_file = whole_file
         self.detail = message
         where = [self.path] if self.path is not None else []
         if row is not None:
@@ -41,12 +45,13 @@ class DataError(ValueError):
 
 class LoadResult(list):
     """A list of records, plus ``problems``: one message per row a ``skip_bad`` load left out.
-    Every loader checks and appends each row inside ``with result.row():``."""
+    Every loader checks and appends each row inside ``with result.row():``, then returns
+    ``result.done()``: without ``skip_bad``, every bad row is named in one error."""
 
     def __init__(self, problems: list[str] | None = None, *, skip_bad: bool = False) -> None:
         super().__init__()
         self.problems: list[str] = list(problems or [])
-        self.errors: list[DataError] = []  # this load's, behind ``problems``
+        self.errors: list[DataError] = []  # this load's bad rows, skipped or not
         self.skip_bad = skip_bad
 
     @property
@@ -56,15 +61,28 @@ class LoadResult(list):
 
     @contextmanager
     def row(self) -> Iterator[None]:
-        """A :class:`DataError` in the block is raised, or with ``skip_bad`` recorded (and the
-        rest of the block skipped, so nothing of the bad row is kept)."""
+        """A :class:`DataError` in the block is recorded (and the rest of the block skipped, so
+        nothing of the bad row is kept): named in ``problems`` with ``skip_bad``, else raised
+        by :meth:`done`, or at once if it says the whole file is read wrong."""
         try:
             yield
         except DataError as err:
-            if not self.skip_bad:
+            if err.whole_file and not self.skip_bad:
                 raise
             self.errors.append(err)
-            self.problems.append(str(err))
+            if self.skip_bad:
+                self.problems.append(str(err))
+
+    def done(self) -> LoadResult:
+        """Self; without ``skip_bad``, the first bad row's :class:`DataError` is raised, naming
+        the others ("(and 2 more bad row(s): row 17, row 18)"): all of them in one try."""
+        if self.errors and not self.skip_bad:
+            first, more = self.errors[0], self.errors[1:]
+            rows = [f"row {e.row}" for e in more if e.row is not None]
+            listed = ", ".join(rows[:5]) + ", ..." * (len(rows) > 5)
+            also = f" (and {len(more)} more bad row(s): {listed})" if rows else ""
+            raise DataError(first.detail + also, path=first.path, row=first.row, field=first.field)
+        return self
 
     def summary(self, what: str = "rows") -> str:
         """``"bad rows skipped: 3 (first: FILE, row 7, ...)"``, or ``"no bad rows"``."""

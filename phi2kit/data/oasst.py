@@ -167,7 +167,7 @@ def build_threads(
         with result.row():
             _check_tree(tree, by_id, dups_of[key])
             result.extend(chat.build_threads(tree, lang))  # notebook 06's walk
-    return result
+    return result.done()
 
 
 def _top(msg: dict, by_id: dict[str, dict]) -> str:
@@ -211,7 +211,7 @@ def load_messages(path: str | os.PathLike[str] | None = None, *, split: str = "t
             else:
                 result.append(_normalize(obj, source, row_no))
     result.not_ready = len(not_ready)
-    return result
+    return result.done()
 
 
 def load_oasst(path: str | os.PathLike[str] | None = None, *, lang: str | None = None,

@@ -133,7 +133,7 @@ def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None =
                 raise DataError(f"unknown role {msg['role']!r}", path=msg["_path"],
                                 row=msg["_row"], field="role")  # fmt: skip
             known.append(msg)
-    return build_pairs(known, lang, max_length=max_length, count_tokens=count_tokens)
+    return build_pairs(known.done(), lang, max_length=max_length, count_tokens=count_tokens)
 
 
 def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,

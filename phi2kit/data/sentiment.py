@@ -111,7 +111,7 @@ def _label_word(value: Any, labels: Sequence[str] = LABELS, *, first: bool = Fal
         raise DataError(f"not a header with the columns 'label' and 'text' (or 'sentence'), so "
                         f"read as data (sentiment, headline), with an unknown label {value!r} "
                         f"(expected one of {expected}): if it is your header, name its columns "
-                        f"label and text", **where)  # fmt: skip
+                        f"label and text", whole_file=True, **where)  # fmt: skip
     raise DataError(f"unknown label {value!r} (expected one of {expected})", **where)
 
 
@@ -121,7 +121,7 @@ def _collect(
     """Records as a frame; the first bad row raises :class:`DataError` (saying how many more
     there are, and where), or with ``skip_bad`` every bad row is skipped and named in
     ``df.attrs["problems"]``."""
-    rows = LoadResult(skip_bad=True)  # read on past a bad row, to say how many there are
+    rows = LoadResult(skip_bad=skip_bad)
     for row, label, text, label_field, text_field in records:
         with rows.row():
             if label is None or not str(label).strip():
@@ -131,15 +131,10 @@ def _collect(
                                 field=text_field)
             if not str(text).strip():
                 raise DataError("empty value in this column", path=path, row=row, field=text_field)
-            word = _label_word(label, label_set, first=not rows and not rows.n_skipped,
+            word = _label_word(label, label_set, first=not rows and not rows.errors,
                                path=path, row=row, field=label_field)
             rows.append((str(text).strip(), word))
-    if rows.errors and not skip_bad:  # every bad row in one go, not one per try
-        first, more = rows.errors[0], rows.errors[1:]
-        listed = ", ".join(f"row {e.row}" for e in more[:5]) + (", ..." if len(more) > 5 else "")
-        header = first.detail.startswith("not a header")  # then every row is read wrong
-        also = f" (and {len(more)} more bad row(s): {listed})" if more and not header else ""
-        raise DataError(first.detail + also, path=first.path, row=first.row, field=first.field)
+    rows.done()  # every bad row in one go, not one per try
     if not rows:
         raise DataError(f"no usable rows ({rows.n_skipped} bad rows skipped)", path=path)
     df = pd.DataFrame(list(rows), columns=["text", "label"])

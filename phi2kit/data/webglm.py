@@ -67,8 +67,8 @@ def load_webglm(path: str | os.PathLike[str] | None = None, split: str = "train"
     a folder holding ``{split}.jsonl``, or with no ``path`` the hub; at most ``limit``.
 
     A bad line (malformed JSON, a missing or mistyped field, a citation outside the
-    references) raises :class:`DataError` naming file, line and field, or with ``skip_bad``
-    is skipped and named in ``problems``.
+    references) raises :class:`DataError` naming file, line and field (and the other bad
+    lines), or with ``skip_bad`` is skipped and named in ``problems``.
     """
     if path is None:
         advice = f"Download the JSON-lines files and pass path='folder/with/{split}.jsonl'"
@@ -91,7 +91,7 @@ def load_webglm(path: str | os.PathLike[str] | None = None, split: str = "train"
             if isinstance(row, DataError):
                 raise row
             result.append(_check_example(row, source, line_no))
-    return result
+    return result.done()
 
 
 def build_qa_prompt(question, references):
