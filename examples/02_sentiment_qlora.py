@@ -74,10 +74,12 @@ def read_rows(path, labels, text_col="text", label_col="label"):
 
 
 def split(rows, n_train, n_test, n_eval, seed=42):
-    """Per class: test, eval, then train; a headline seen with two labels is dropped."""
+    """Per class: test, eval, then train; repeats kept once, two-label headlines dropped."""
     seen = defaultdict(set)
     for text, label in rows:
         seen[text].add(label)
+    print(f"{len(rows)} rows, {len(seen)} distinct headlines: {len(rows) - len(seen)} repeats, "
+          f"{sum(len(labels) > 1 for labels in seen.values())} headlines with two labels left out")
     parts = {"train": [], "eval": [], "test": []}
     for label in sorted({label for labels in seen.values() for label in labels}):
         texts = sorted(t for t, labels in seen.items() if labels == {label})

@@ -90,9 +90,14 @@ def read_rows(path, text_column="text", label_column="label", first_row=None):
 
 
 def split(rows, path, eval_fraction=0.1, test_fraction=0.1, seed=0, first_row=None):
-    """Per label: test, eval, the rest train. A repeated text is kept once (in one split)."""
+    """Per label: test, eval, the rest train. A repeated text is kept once (in one split), with
+    its first label; the repeats are counted."""
+    first_label = dict(reversed(rows))  # a repeated text: its first label
+    print(f"{len(rows)} rows, {len(first_label)} distinct texts: {len(rows) - len(first_label)} "
+          f"repeats, {len({t for t, y in rows if y != first_label[t]})} texts with two labels "
+          "(each kept with its first)")  # fmt: skip
     by_label = {}
-    for text, label in dict(reversed(rows)).items():  # a repeated text: its first label
+    for text, label in first_label.items():
         by_label.setdefault(label, []).append(text)
     if len(by_label) < 2:
         raise BadData(f"{path}: field 'label': one label only ({list(by_label)}); need two or more")

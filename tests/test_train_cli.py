@@ -234,6 +234,9 @@ def test_own_labels_and_no_eval_split_from_the_shell(tmp_path, capsys):
     meta = json.loads((out / ADAPTER / "metrics.json").read_text())
     assert meta["global_step"] == 2 and "eval_loss" not in meta
     assert "adapter written" in said.out
+    # the sample's repeated headlines, reported as lesson 02 reports them
+    assert "phi2kit train: deduplicated: 1526 rows, 1490 distinct headlines: 36 duplicate rows, " \
+        "6 headlines with conflicting labels" in said.out, said.out
     n_test = 3 * get_recipe("classifier", "tiny").n_test  # the test split, read once by the head
     assert f"test accuracy (the score head, {n_test} headlines read once): " \
         f"{meta['test_accuracy']:.3f}; chance 0.333" in said.out, said.out

@@ -81,6 +81,8 @@ def read_news(path: Path | None, setup: Setup, tokenizer):
     n_eval = recipe.n_test if setup.n_eval is None else setup.n_eval
     splits = split_sentiment(df, n_train=recipe.n_train, n_test=recipe.n_test, n_eval=n_eval,
                              seed=42, labels=labels)  # the notebooks' split  # fmt: skip
+    for note in splits.notes:  # the duplicates dropped, an eval class sampled with replacement
+        print(f"phi2kit train: {note}")
 
     def convert(part):  # None for an empty eval split (--set n_eval=0)
         if not len(part):
