@@ -121,7 +121,7 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
     settings = {"dtype": dtype, "optim": optim, "attn": attn, "gradient_checkpointing": ckpt,
                 "4-bit": q4, "batch": recipe.batch_size, "max_length": seq}  # fmt: skip
     est = Estimate(parts, device_gb, settings)
-    est.verdict = f"fits: {est.total_gb:.2f} GB of {device_gb:.1f} GB"
+    est.verdict = f"fits: {est.total_gb:.2f} GB of {device_gb:g} GB"
     if not est.fits and _levers:
         # The floor: the base weights in nf4 (their smallest form), plus the CUDA context.
         floor_weights = weight_bytes(cfg, dtype, quantize_4bit=True, double_quant=double_quant,
@@ -131,7 +131,7 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
             est.verdict = (
                 f"cannot fit at any setting: the base weights alone take {floor_weights:.2f} GB "
                 f"in 4-bit (their smallest form){' plus the CUDA context' if on_gpu else ''}, "
-                f"more than the {device_gb:.1f} GB device; it needs at least {floor:.1f} GB"
+                f"more than the {device_gb:g} GB device; it needs at least {floor:.2f} GB"
             )
             est.possible = False
             return est
@@ -139,7 +139,7 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
               "num_labels": num_labels, "device_gb": device_gb, "overhead_gb": fixed,
               "config": config}  # fmt: skip
         est.levers = _find_levers(model, recipe, ckpt, kw)
-        est.verdict = (f"does not fit: {est.total_gb:.2f} GB > {device_gb:.1f} GB. "
+        est.verdict = (f"does not fit: {est.total_gb:.2f} GB > {device_gb:g} GB. "
                        "It would fit with " + "; or ".join(est.levers))  # fmt: skip
     return est
 
@@ -175,7 +175,7 @@ def _find_levers(model: Any, recipe: Any, ckpt: bool, kw: dict[str, Any]) -> lis
             ckpt_on = ckpt or any(name.startswith("gradient") for name, _ in combo)
             gb = total(changes, ckpt_on)
             if gb <= kw["device_gb"]:
-                levers.append(" + ".join(name for name, _ in combo) + f" ({gb:.1f} GB)")
+                levers.append(" + ".join(name for name, _ in combo) + f" ({gb:.2f} GB)")
         if levers:
             return levers
     return ["all of " + ", ".join(n for n, _ in others) + " and a shorter max_length"]
