@@ -29,7 +29,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]  # Phi-2's Linea
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="hub id or local folder (microsoft/phi-2)")
+    p.add_argument("--model", default="microsoft/phi-2", help="hub id or local folder")
     p.add_argument("--data", required=True, help="Kaggle all-data.csv or a CSV with text,label")
     p.add_argument("--output-dir", required=True, help="checkpoints and the adapter go here")
     p.add_argument("--max-steps", type=int, default=150, help="optimizer steps (150)")
