@@ -227,12 +227,13 @@ def test_summary_says_its_timings_depend_on_the_machines_load():
 def test_summary_names_the_lessons_that_trained_a_stand_in():
     from phi2kit.commands.course import NotebookRun, summary_markdown
 
-    runs = [NotebookRun("05_x", "passed", 3.0, {"stand_ins": 0, "err": 1e-6}),
+    runs = [NotebookRun("05_x", "passed", 3.0, {"stand_in": "route (a)", "err": 1e-6}),
             NotebookRun("08_x", "passed", 3.0, {"stand_in": True}),
-            NotebookRun("09_x", "passed", 3.0, {"stand_in": False})]  # fmt: skip
+            NotebookRun("09_x", "passed", 3.0, {"stand_in": False}),
+            NotebookRun("06_x", "failed", 3.0, {})]  # fmt: skip
     text = summary_markdown(runs, "tiny")
-    assert "\nStand-ins (`stand_in`): 08_x found no adapter of the earlier lesson" in text, text
-    assert summary_markdown(runs[::2], "tiny").count("stand-in") == 0  # the earlier adapters
+    assert "\nStand-ins (`stand_in`): 05_x (route (a)), 08_x. Each trained" in text, text
+    assert "stand-in" not in summary_markdown(runs[2:], "tiny")  # the earlier lessons' adapters
 
 
 def test_plan_cli_prints_verdict(capsys):

@@ -167,12 +167,12 @@ def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
         lines.append(f"| {r.name} | {r.status} | {r.seconds:.0f} s | {shown.replace('|', '/')} |")
     passed = sum(r.status == "passed" for r in runs)
     lines += ["", f"{passed} passed, {len(runs) - passed} failed", ""]
-    if stand_ins := [r.name for r in runs if any(v for k, v in r.metrics.items()
-                                                  if k.startswith("stand_in"))]:  # fmt: skip
-        lines += [f"Stand-ins (`stand_in`): {', '.join(stand_ins)} found no adapter of the "
-                  "earlier lesson they build on for this profile, so each trained a short "
-                  "stand-in, and their figures are the stand-in's: run the whole course for the "
-                  "lessons' own.", ""]
+    if stand_ins := [r.name + (f" ({r.metrics['stand_in']})" if isinstance(
+            r.metrics["stand_in"], str) else "") for r in runs if r.metrics.get("stand_in")]:
+        lines += [f"Stand-ins (`stand_in`): {', '.join(stand_ins)}. Each trained a short adapter "
+                  "in place of an earlier lesson's (not found for this profile, or not the kind "
+                  "it needs: the lesson says which), and the figures computed from it are the "
+                  "stand-in's.", ""]
     lines += ["Wall times and speedups (01's `batch_speedup`) are this machine's at its load "
               "during the run: another busy process on the same cores lowers them.", ""]
     return "\n".join(lines)
