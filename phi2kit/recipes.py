@@ -205,12 +205,19 @@ class GrpoRecipe(Recipe):
     steps_per_generation: int | None = None
 
     def __post_init__(self) -> None:
-        if self.task != "grpo" or self.num_generations < 2:
-            raise ValueError("a GrpoRecipe is for task 'grpo', with num_generations at least 2")
+        if self.task != "grpo":
+            raise ValueError(f"a GrpoRecipe is for task 'grpo', not {self.task!r}")
+        if self.num_generations < 2:  # a group of one has no advantage to compute
+            raise ValueError(f"num_generations ({self.num_generations}) must be at least 2: "
+                             "GRPO compares the completions of one prompt")  # fmt: skip
         _check_numbers(self)
         if self.generation_batch % self.num_generations:
-            raise ValueError(f"the generation batch ({self.generation_batch} completions) must "
-                             f"be a multiple of num_generations={self.num_generations}")
+            steps = "steps_per_generation" if self.steps_per_generation else "grad_accum"
+            fits = [n for n in range(2, self.generation_batch + 1) if not self.generation_batch % n]
+            raise ValueError(f"the generation batch (batch_size x {steps} = "
+                             f"{self.generation_batch} completions) must be a multiple of "
+                             f"num_generations={self.num_generations}: "
+                             f"num_generations one of {', '.join(map(str, fits))}")  # fmt: skip
         if not 0 < self.max_completion_length < self.max_length:
             raise ValueError("max_completion_length must be positive and below max_length")
 

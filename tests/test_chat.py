@@ -342,6 +342,11 @@ def test_app_on_a_port_in_use_is_one_line_exit_2(capsys):
     assert f"--port {port}" in err and f"--port {port + 1}" in err
     assert run_app(_app_args("--port", "99999")) == 2  # was an OverflowError traceback
     assert "--port 99999: a port is 0 to 65535" in _one_error_line(capsys, "app")
+    # an address that is not this machine's (TEST-NET-1, never assigned) is the host's fault
+    assert run_app(_app_args("--host", "192.0.2.1", "--port", "0")) == 2
+    assert "--host 192.0.2.1: not an address of this machine" in _one_error_line(capsys, "app")
+    assert run_app(_app_args("--host", "no such host", "--port", "0")) == 2
+    assert "--host no such host: not an address" in _one_error_line(capsys, "app")
 
 
 @pytest.mark.parametrize("command", ["chat", "app"])

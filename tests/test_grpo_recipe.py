@@ -41,9 +41,11 @@ def test_the_other_recipes_are_unchanged():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"num_generations": 3}, "multiple of num_generations"),
-        ({"steps_per_generation": 1, "num_generations": 8}, "multiple of num_generations"),
-        ({"num_generations": 1}, "at least 2"),
+        ({"num_generations": 3}, r"the generation batch \(batch_size x grad_accum = 16 "
+         r"completions\) must be a multiple of num_generations=3: num_generations one of 2, 4, "
+         r"8, 16$"),
+        ({"steps_per_generation": 1, "num_generations": 8}, "batch_size x steps_per_generation"),
+        ({"num_generations": 1}, r"^num_generations \(1\) must be at least 2: GRPO compares"),
         ({"max_completion_length": 768}, "below max_length"),
         ({"task": "webglm"}, "for task 'grpo'"),
         ({"max_steps": 0}, "max_steps"),

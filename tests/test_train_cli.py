@@ -117,6 +117,15 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
     err = capsys.readouterr().err  # a key of another task: only this task's keys are listed
     assert "'beta' is a setting of dpo and grpo only; the keys of sentiment are" in err
     assert "beta" not in err.split("the keys of sentiment are")[1], err
+    # dpo goes on training the chat adapter as it was made: its LoRA settings are the adapter's
+    assert main(["dpo", "--set", "lora_r=4", "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--set lora_r=4: 'lora_r' is the adapter's: dpo goes on training the chat adapter as " \
+        "it was made (set it when training chat); the keys of dpo are" in err, err
+    keys = err.split("the keys of dpo are")[1]
+    assert "lora_r" not in keys and "n_eval" not in keys and "beta" in keys, err
+    assert main(["chat", "--set", "n_eval=0", "--output-dir", str(out)]) == 2
+    assert "'n_eval' is a setting of sentiment and classifier only" in capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["checkpoints", "run.json"]
     capsys.readouterr()
     # an empty checkpoints/ (transformers' Trainer makes it; a build that failed after that
@@ -135,7 +144,8 @@ def test_refuses_to_overwrite_a_run_and_rejects_bad_options(tmp_path, capsys):
     [
         (["--set", "lora_r=x"], "--set lora_r=x: lora_r takes a whole number"),
         (["--set", "quantize_4bit=maybe"], "quantize_4bit takes true or false"),
-        (["--set", "n_eval=-1"], "--set n_eval=-1: a count (0 or more)"),
+        (["--set", "n_eval=-1"], "--set n_eval=-1: a count of rows per class, 0 or more"),
+        (["--set", "n_train=8", "--set", "n_test=-1"], ": --set n_test=-1: n_test (-1) must be"),
         (["--labels", "good"], "--labels good: labels must be two or more distinct words"),
         (["--steps", "0"], "--steps 0: must be at least 1, e.g. --steps 20"),
         (["--profile", "t4"], "pass --profile tiny"),  # no CUDA here, as `course` says it
@@ -171,6 +181,8 @@ def test_bad_settings_get_one_line_and_exit_2(argv, said, tmp_path, capsys):
         ("webglm", "positive,Sales rose\n", "malformed JSON (Expecting value; column 1); --data "
          'for webglm: JSON lines {"question", "answer", "references": [...]}'),
         ("chat", '{"text": "hi"}\n', "'message_id': missing or not a string; --data for chat: "),
+        ("webglm.csv", "label,text\n", "a .csv file, not JSON lines: WebGLM-QA is read as JSON "
+         'lines (.jsonl, one object a line); --data for webglm: JSON lines {"question"'),
         # a message that names its fix gets no format after it
         ("sentiment", "positive,Up\npostive,Down\n", "row 2, field 'sentiment': unknown label "
          "'postive' (expected one of negative, neutral, positive); if your data uses other"),
@@ -178,7 +190,8 @@ def test_bad_settings_get_one_line_and_exit_2(argv, said, tmp_path, capsys):
 )
 def test_a_file_of_the_wrong_kind_says_what_data_the_task_reads(task, content, said, tmp_path,
                                                                 capsys):  # fmt: skip
-    data = tmp_path / "mine.txt"
+    task, _, suffix = task.partition(".")  # webglm.csv: a file of another kind by its name
+    data = tmp_path / f"mine.{suffix or 'txt'}"
     data.write_text(content)
     argv = [task, "--profile", "tiny", "--data", str(data), "--output-dir", str(tmp_path / "run")]
     assert main(argv) == 2
@@ -269,6 +282,24 @@ def test_length_grouped_order_depends_on_seed_and_epoch_only():
 
 # --- Crash and resume -------------------------------------------------------------------
 
+
+def test_ctrl_c_says_where_the_run_goes_on_from(tmp_path, monkeypatch, capsys):
+    from transformers import Trainer
+
+    def interrupted(self, *args, **kwargs):
+        self.state.global_step = 5
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train", interrupted)
+    out = tmp_path / "run"
+    argv = ["sentiment", "--profile", "tiny", "--set", "n_train=8", "--output-dir", str(out)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == "phi2kit train: interrupted at step 5; no checkpoint yet: the same command " \
+        "with --resume goes on from there", err
+    assert (out / "run.json").is_file() and not (out / ADAPTER).exists()
+
+
 # 30 headlines per class = 90 examples = 6 steps of 16 per epoch, so checkpoint-8 falls
 # mid-way through epoch 2: the resumed run must skip 2 batches of a reshuffled epoch, then
 # start epoch 3. LoRA dropout is switched on (0.1) so that the restored RNG state matters.
@@ -328,6 +359,9 @@ def test_crash_and_resume_equals_uninterrupted_run(tmp_path):
     assert worst <= 1e-6
     meta = json.loads((crashed / ADAPTER / "metrics.json").read_text())
     assert meta["global_step"] == 16
+    # its train_loss is the whole run's mean, as the uninterrupted run's, not steps 9-16's
+    whole = json.loads((reference / ADAPTER / "metrics.json").read_text())["train_loss"]
+    assert abs(meta["train_loss"] - whole) < 1e-4, (meta["train_loss"], whole)
     assert not [p.name for p in crashed.iterdir() if p.name.startswith(".")]  # no temp litter
 
 
@@ -366,6 +400,9 @@ def test_a_finished_run_loads_it_does_not_train(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "profile (the run's 'tiny', now 't4-cpu')" in err, err
     assert err.index("profile (") < err.index("batch_size ("), err
+    assert main([*args, "--qlora", "--resume"]) == 2  # in the flags' words
+    assert "the base (the run's --lora, full precision, now --qlora, nf4)" in (
+        capsys.readouterr().err)
     assert main([*args, "--steps", "6", "--resume"]) == 0  # more steps: it says it resumes
     assert "resuming from checkpoint-4 (step 4 of 6)" in capsys.readouterr().out
 
@@ -397,6 +434,17 @@ def test_train_resumable_loads_a_finished_run(tmp_path):
 
 
 # --- Scale-out: 2 processes x batch 4 against 1 process x batch 8 -------------------------
+
+
+def test_one_webglm_file_is_split_and_n_train_counts(tmp_path, capsys):
+    """One file: its last fifth is eval; ``--set n_train`` caps train, as for a folder."""
+    lines = (ROOT / "data" / "webglm" / "train.jsonl").read_text().splitlines()[:20]
+    mine = tmp_path / "qa.jsonl"
+    mine.write_text("\n".join(lines) + "\n")
+    argv = ["webglm", "--profile", "tiny", "--data", str(mine), "--steps", "1", "--no-eval",
+            "--threads", "1", "--set", "n_train=3", "--output-dir", str(tmp_path / "run")]
+    assert main(argv) == 0
+    assert "phi2kit train: examples: 3 train, 4 eval\n" in capsys.readouterr().out
 
 
 def _free_port() -> int:
@@ -483,8 +531,15 @@ def test_chat_data_in_another_language_names_lang_and_trains_with_it(tmp_path, c
     argv = ["chat", "--profile", "tiny", "--data", str(data), "--steps", "2", "--no-eval"]
     assert main([*argv, "--output-dir", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err
-    assert "in language 'en': need at least 2; pass --lang with your data's language" in err, err
+    assert re.search(r"in language 'en': need at least 2; the messages' languages: xx \(\d+\), "
+                     r"de \(\d+\): pass --lang with one of them, or --lang all$", err.strip()), err
     assert not (tmp_path / "a").exists()
+    nolang = tmp_path / "nolang.trees.jsonl"  # messages without a lang field: --lang all
+    nolang.write_text(re.sub(r'"lang": "\w+", ', "", text))
+    assert '"lang"' not in nolang.read_text()
+    assert main(["chat", "--profile", "tiny", "--data", str(nolang), "--steps", "2",
+                 "--output-dir", str(tmp_path / "n")]) == 2  # fmt: skip
+    assert "the messages have no lang field: pass --lang all" in capsys.readouterr().err
     assert main([*argv, "--lang", "xx", "--output-dir", str(tmp_path / "b")]) == 0
     assert "1 unfinished trees (tree_state not ready_for_export) left out" in (
         capsys.readouterr().out)

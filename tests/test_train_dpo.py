@@ -51,6 +51,18 @@ def test_dpo_settings_only_for_dpo(tmp_path, capsys):
     assert "--adapter: only dpo and grpo start from an adapter" in capsys.readouterr().err
 
 
+def test_too_few_pairs_for_the_split_names_an_n_test_that_fits(tmp_path, capsys):
+    adapter = tmp_path / "adapter"  # a chat adapter as far as the checks before the data go
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+    argv = ["dpo", *TINY, "--adapter", str(adapter), "--output-dir", str(tmp_path / "run")]
+    assert main([*argv, "--set", "n_test=10000"]) == 2
+    err = capsys.readouterr().err
+    assert "preference pairs leave no train or eval pairs after the test split (n_test pairs " \
+        "each); lower --set n_test=N (now 10000), to --set n_test=354 for example" in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def _losses(folder: Path) -> dict[int, float]:
     rows = [r for r in json.loads((folder / "trainer_state.json").read_text())["log_history"]
             if "loss" in r]  # fmt: skip

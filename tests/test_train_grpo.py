@@ -143,6 +143,7 @@ def test_grpo_trains_resumes_to_the_same_adapter_and_refuses_other_settings(
     shutil.rmtree(crashed / "checkpoints" / "checkpoint-4")
     capsys.readouterr()
     assert main([*args, "--steps", "4", "--output-dir", str(crashed), "--resume"]) == 0
+    assert "between two" not in capsys.readouterr().out  # a generation starts at step 3
     diff = _max_diff(_adapter(whole), _adapter(crashed))
     assert diff <= 1e-6, f"resumed adapter differs from the uninterrupted one by {diff}"
     assert sorted(_log(crashed)) == [1, 2, 3, 4]
@@ -159,3 +160,12 @@ def test_grpo_trains_resumes_to_the_same_adapter_and_refuses_other_settings(
     assert "--resume with other settings than the run in" in err, err
     assert "temperature (the run's 1.0, now 0.5)" in err, err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_resume_between_two_generations_says_it_will_differ(sft_adapter, tmp_path, capsys):
+    args = ["grpo", *TINY, *SMALL, "--adapter", str(sft_adapter), "--save-every", "1"]
+    assert main([*args, "--steps", "1", "--output-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
+    assert main([*args, "--steps", "2", "--output-dir", str(tmp_path), "--resume"]) == 0
+    assert "note: grpo generates every 2 steps and checkpoint-1 is between two: the resumed run " \
+        "generates anew" in capsys.readouterr().out

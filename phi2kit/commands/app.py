@@ -44,7 +44,9 @@ def _content_text(content: Any) -> str:
 
 
 def port_error(host: str, port: int) -> str | None:
-    """``--port N: cannot serve ...`` when nothing can listen on ``host:port``, else None."""
+    """``--port N: cannot serve ...`` when nothing can listen on ``host:port`` (``--host H: ...``
+    when the address is not this machine's), else None."""
+    import errno
     import socket
 
     if not 0 <= port < 65536:
@@ -52,7 +54,12 @@ def port_error(host: str, port: int) -> str | None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
+        except socket.gaierror as err:  # not an address or a name that resolves
+            return f"--host {host}: not an address ({err.strerror or err}); e.g. --host {HOST}"
         except OSError as err:
+            if err.errno == errno.EADDRNOTAVAIL:
+                return (f"--host {host}: not an address of this machine ({err.strerror}); "
+                        f"--host {HOST} serves this machine, --host 0.0.0.0 every network")
             return (f"--port {port}: cannot serve on {host}:{port} ({err.strerror or err}); "
                     f"pass another --port, e.g. --port {port + 1}")  # fmt: skip
     return None

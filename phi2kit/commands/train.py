@@ -31,6 +31,7 @@ from phi2kit.checkpoints import (
     checkpoint_step,
     data_fingerprint,
     is_finished,
+    latest_checkpoint,
     load_finished,
     mark_complete,
     resume_point,
@@ -78,6 +79,11 @@ def _shown(key: str, value) -> str:
     if value is None:
         return repr("all") if key == "lang" else "default"
     return repr(value)
+
+
+def _base(quantize_4bit: bool) -> str:
+    """``--qlora``/``--lora``, the flags that set the recipe's ``quantize_4bit``."""
+    return "--qlora, nf4" if quantize_4bit else "--lora, full precision"
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
@@ -145,6 +151,8 @@ def _run(args: argparse.Namespace) -> int:
             resume_from = resume_point(ckpt_dir, settings, log=_say)
         except ResumeError as err:
             diff = ", ".join("data (--data's content is not the run's)" if k == "data" else
+                             f"the base (the run's {_base(was)}, now {_base(now)})"
+                             if k == "quantize_4bit" else
                              f"{k} (the run's {_shown(k, was)}, now {_shown(k, now)})"
                              for k, (was, now) in err.changed.items())  # fmt: skip
             return _fail(f"--resume with other settings than the run in {out}: {diff}; "
@@ -161,6 +169,11 @@ def _run(args: argparse.Namespace) -> int:
     if resume_from is not None and not finished:
         _say(f"resuming from {resume_from.name} (step {checkpoint_step(resume_from)} of "
              f"{max_steps})")  # fmt: skip
+        every = getattr(setup.recipe, "steps_per_generation", None) or setup.recipe.grad_accum
+        if setup.task == "grpo" and checkpoint_step(resume_from) % every:
+            _say(f"note: grpo generates every {every} steps and {resume_from.name} is between "
+                 "two: the resumed run generates anew, so it will not equal the uninterrupted "
+                 f"run (a --save-every multiple of {every} resumes exactly)")  # fmt: skip
 
     # Bitwise-equal CPU runs need the same thread count (run.json records it) and
     # deterministic kernels; on a GPU a resumed run continues the same data, optimizer and
@@ -185,6 +198,8 @@ def _run(args: argparse.Namespace) -> int:
             said += f"; --data for {setup.task}: {DATA_FORMATS[setup.task]}"
         return _fail(said)
 
+    parts = {"train": data.train, "eval": data.eval, "test": data.test}
+    _say("examples: " + ", ".join(f"{len(p)} {k}" for k, p in parts.items() if p is not None))
     trainer_args = checkpoint_args(args.save_every, args.keep) | {
         "logging_steps": args.log_every, "seed": args.seed, "data_seed": args.seed,
         "ddp_find_unused_parameters": False}  # LoRA uses every trainable weight
@@ -207,8 +222,18 @@ def _run(args: argparse.Namespace) -> int:
     if finished:  # the run ended but its adapter was not written: load, write it
         result = load_finished(trainer, resume_from)
     else:
-        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        try:
+            result = trainer.train(resume_from_checkpoint=resume_from and str(resume_from))
+        except KeyboardInterrupt:  # Ctrl-C: where the run can go on from, not a traceback
+            last = latest_checkpoint(ckpt_dir)
+            kept = f"its last complete checkpoint is {last.name}" if last else "no checkpoint yet"
+            print(f"\nphi2kit train: interrupted at step {trainer.state.global_step}; {kept}: "
+                  "the same command with --resume goes on from there", file=sys.stderr)
+            return 130
     metrics = dict(result.metrics)
+    if resume_from is not None and not finished:  # the whole run's mean, not this session's
+        losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
+        metrics["train_loss"] = sum(losses) / len(losses) if losses else metrics["train_loss"]
     if not args.no_eval and data.eval is not None and len(data.eval):
         metrics |= trainer.evaluate()
     if setup.task == "classifier" and data.test is not None:  # 03's head on the test split, once

@@ -26,8 +26,10 @@ DATA_FORMATS |= dict.fromkeys(("webglm", "grpo"), 'JSON lines {"question", "answ
                               "validation.jsonl")  # fmt: skip
 DATA_FORMATS |= dict.fromkeys(("chat", "dpo"), "OASST1 messages (parquet or JSON lines, one a row) "
                               "or the export's *.trees.jsonl")
-#: ``--set`` keys that are the command's, not a recipe's.
+#: ``--set`` keys that are the command's, not a recipe's (sentiment and classifier only).
 COMMAND_KEYS = {"n_eval": "int"}
+#: The LoRA settings: dpo and grpo train the adapter they start from, as it was made.
+ADAPTER_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "target_modules")
 #: Phi-2 was trained on English text; the chat and dpo tasks keep English threads by default.
 CHAT_LANG = "en"
 
@@ -51,8 +53,9 @@ def _recipe_fields(task: str | None = None) -> dict[str, str]:
     them); every task's for ``None``."""
     sft, dpo, grpo = recipes.Recipe, recipes.DPORecipe, recipes.GrpoRecipe
     classes = {"dpo": [dpo], "grpo": [grpo], None: [sft, dpo, grpo]}.get(task, [sft])
+    skip = ("task", *ADAPTER_KEYS) if task in FROM_ADAPTER else ("task",)
     return {f.name: str(f.type) for cls in classes for f in fields(cls)
-            if f.name != "task"}  # fmt: skip
+            if f.name not in skip}  # fmt: skip
 
 
 def setting_keys() -> list[str]:
@@ -63,18 +66,25 @@ def setting_keys() -> list[str]:
 def parse_overrides(items: list[str], task: str | None = None) -> dict[str, Any]:
     """``["lora_r=32"]`` -> recipe overrides typed like the fields (tuples comma-separated);
     a ``ValueError`` names the item and lists the keys."""
-    types = _recipe_fields(task) | COMMAND_KEYS
+    types = _recipe_fields(task) | (COMMAND_KEYS if task in (None, *LABELLED) else {})
     out: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or key not in types:
             what = "expected KEY=VALUE" if not sep else f"{key!r} is not a setting"
-            if sep and key in _recipe_fields():
+            if sep and key in COMMAND_KEYS:
+                what = f"{key!r} is a setting of {' and '.join(LABELLED)} only"
+            elif sep and key in ADAPTER_KEYS:  # and task in FROM_ADAPTER
+                sft = FROM_ADAPTER[task]
+                what = (f"{key!r} is the adapter's: {task} goes on training the {sft} adapter "
+                        f"as it was made (set it when training {sft})")
+            elif sep and key in _recipe_fields():
                 tasks = [t for t in ("dpo", "grpo") if key in _recipe_fields(t)]
                 what = f"{key!r} is a setting of {' and '.join(tasks)} only"
             keys = ", ".join(types) if task else ", ".join(setting_keys())  # the task's own
+            example = "lora_r=32" if "lora_r" in types else "max_length=512"
             raise ValueError(f"--set {item}: {what}; the keys{f' of {task}' if task else ''} are "
-                             f"{keys} (e.g. --set lora_r=32)")  # fmt: skip
+                             f"{keys} (e.g. --set {example})")  # fmt: skip
         kind = types[key]
         try:
             if "bool" in kind:  # .index raises ValueError for another word
@@ -110,7 +120,7 @@ def make_setup(args: argparse.Namespace):
     from phi2kit.profiles import get_profile
 
     profile = get_profile(args.profile)
-    labels = LABELS
+    labels = LABELS if args.task in LABELLED else None  # run.json: no labels for webglm
     if args.labels is not None:
         if args.task not in LABELLED:
             raise ValueError(f"--labels: {args.task} data has no labels (only "
@@ -121,8 +131,8 @@ def make_setup(args: argparse.Namespace):
             raise ValueError(f"--labels {args.labels}: {err}; e.g. --labels bad,ok,good") from None
     overrides = parse_overrides(args.set, args.task)
     n_eval = overrides.pop("n_eval", None)
-    if n_eval is not None and (n_eval < 0 or args.task not in LABELLED):
-        raise ValueError(f"--set n_eval={n_eval}: a count (0 or more) for sentiment and classifier")
+    if n_eval is not None and n_eval < 0:
+        raise ValueError(f"--set n_eval={n_eval}: a count of rows per class, 0 or more")
     if args.steps is not None:
         if args.steps < 1:
             raise ValueError(f"--steps {args.steps}: must be at least 1, e.g. --steps 20")
@@ -136,7 +146,9 @@ def make_setup(args: argparse.Namespace):
     try:
         recipe = get(profile, **overrides)
     except ValueError as err:  # a number out of range: from --set (or --steps)
-        shown = " ".join(f"--set {item}" for item in args.set) or "the recipe"
+        named = [item for item in args.set
+                 if re.search(rf"\b{re.escape(item.partition('=')[0])}\b", str(err))]  # fmt: skip
+        shown = " ".join(f"--set {item}" for item in named or args.set) or "the recipe"
         raise ValueError(f"{shown}: {err}") from None
     if args.task in FROM_ADAPTER:
         _check_adapter(args.adapter, args.task)
@@ -144,6 +156,8 @@ def make_setup(args: argparse.Namespace):
         raise ValueError(f"--threads {args.threads}: must be at least 1 (or leave it out)")
     if args.save_every <= 0 or args.keep <= 0:
         raise ValueError("--save-every and --keep must be positive")
+    if args.no_eval and args.task == "grpo":
+        raise ValueError("--no-eval: grpo has no eval split, so no eval loss to skip")
     if args.public and not args.push_to_hub:
         raise ValueError("--public makes the hub repo of --push-to-hub public: add "
                          "--push-to-hub USER/REPO, or leave --public out")  # fmt: skip
@@ -229,6 +243,7 @@ data formats (--data PATH):
   beta: dpo and grpo; precompute_ref_log_probs: dpo only; num_generations,
   max_completion_length, temperature, steps_per_generation: grpo only.
   n_eval (sentiment, classifier): eval rows per class (default n_test; 0: no eval split).
+  lora_r, lora_alpha, lora_dropout, target_modules: not dpo or grpo (the adapter's own).
 
 examples:
   phi2kit train classifier --data my.csv --labels bad,ok,good --set n_train=200

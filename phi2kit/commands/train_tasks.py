@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from phi2kit.classifier import classifier_trainer, load_classifier, tokenize_hea
 from phi2kit.commands.train_args import Setup
 from phi2kit.data import resolve_data, sentiment, webglm
 from phi2kit.data.files import DataError
-from phi2kit.data.oasst import load_oasst
+from phi2kit.data.oasst import load_messages, load_oasst
 from phi2kit.data.oasst_pairs import load_pairs, split_by_tree
 from phi2kit.data.sentiment_split import split_sentiment
 from phi2kit.lora import add_lora, is_quantized
@@ -107,7 +108,7 @@ def read_webglm(path: Path | None, setup: Setup, tokenizer):
             raise DataError(f"{len(examples)} example(s): need at least 2 (train + eval)",
                             path=path)  # fmt: skip
         n_eval = min(recipe.n_test, max(1, len(examples) // 5))
-        train, evals = examples[:-n_eval], examples[-n_eval:]
+        train, evals = examples[:-n_eval][: recipe.n_train], examples[-n_eval:]
     try:
         return tuple(webglm.to_prompt_completion(part, tokenizer, recipe.max_length)[0]
                      for part in (train, evals))  # fmt: skip
@@ -128,8 +129,7 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
     _say_not_ready(loaded.not_ready)
     threads = list(loaded)
     if len(threads) < 2:
-        other = "" if setup.lang is None else (
-            "; pass --lang with your data's language (e.g. --lang de), or --lang all")
+        other = "" if setup.lang is None else _languages(path)
         if loaded.not_ready and not threads and not len(load_oasst(path, lang=None)):
             # every tree is unfinished, in any language: --lang is not the fix
             other = (f"; all {loaded.not_ready} trees are unfinished (tree_state not "
@@ -153,6 +153,15 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
                  for rows, limit in ((made["train"], n_train), (made["eval"], n_test)))
 
 
+def _languages(path: Path | None) -> str:
+    """The advice after too few threads in ``--lang``: the languages the messages hold."""
+    counts = Counter(m["lang"] for m in load_messages(path, skip_bad=True))
+    if set(counts) <= {None}:
+        return "; the messages have no lang field: pass --lang all"
+    held = ", ".join(f"{lang} ({n})" for lang, n in counts.most_common(5) if lang is not None)
+    return f"; the messages' languages: {held}: pass --lang with one of them, or --lang all"
+
+
 def read_pairs(path: Path | None, setup: Setup, tokenizer):
     """Notebook 08: chosen (rank 0) and rejected (a lower-ranked sibling) replies; whole
     conversation trees go to one split, so no prompt is in two."""
@@ -163,11 +172,14 @@ def read_pairs(path: Path | None, setup: Setup, tokenizer):
     if len(pairs) < 2:
         raise DataError(f"{len(pairs)} preference pair(s): need at least 2; {pairs.summary()}",
                         path=path)  # fmt: skip
-    # notebook 08's splits: its test split stays unread here, as in the lesson
-    train, evals, _ = split_by_tree(pairs, n_eval=recipe.n_test, n_test=recipe.n_test)
+    # notebook 08's splits, so that its test split stays unseen by this adapter too
+    train, evals, test = split_by_tree(pairs, n_eval=recipe.n_test, n_test=recipe.n_test)
     if not train or not evals:
         raise DataError(f"{len(pairs)} preference pairs leave no train or eval pairs after the "
-                        f"test split; lower n_test (now {recipe.n_test})", path=path)  # fmt: skip
+                        f"test split (n_test pairs each); lower n_test (now {recipe.n_test}), "
+                        f"to n_test={max(1, len(pairs) // 5)} for example", path=path)  # fmt: skip
+    print(f"phi2kit train: {len(pairs)} preference pairs; {len(test)} held back as lesson 08's "
+          "test split, not read here (--set n_test=N sizes eval and test)")  # fmt: skip
     keys = ("prompt", "chosen", "rejected")
     to_ds = lambda ps: Dataset.from_list([{k: p[k] for k in keys} for p in ps])  # noqa: E731
     return to_ds(train[: recipe.n_train]), to_ds(evals)
@@ -280,7 +292,9 @@ class WarnIfNeverSupported(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         supported = [h[self.key] for h in state.log_history if self.key in h]
         if state.is_world_process_zero and supported and max(supported) == 0:
-            print("phi2kit train: warning: no completion had a supported citation at any logged "
-                  "step, so GRPO had nothing to reinforce: the --adapter does not cite yet; "
-                  "train it longer (phi2kit train webglm with more --steps, or lesson 04), then "
-                  "run grpo from it")  # fmt: skip
+            from tqdm.auto import tqdm  # its write: on a line of its own, not after the bar
+
+            tqdm.write("phi2kit train: warning: no completion had a supported citation at any "
+                       "logged step, so GRPO had nothing to reinforce: the --adapter does not "
+                       "cite yet; train it longer (phi2kit train webglm with more --steps, or "
+                       "lesson 04), then run grpo from it")  # fmt: skip

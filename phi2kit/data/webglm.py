@@ -79,6 +79,9 @@ def load_webglm(path: str | os.PathLike[str] | None = None, split: str = "train"
             file = file / f"{split}.jsonl"
         if not file.is_file():
             raise DataError(f"no such file (split {split!r})", path=str(file))
+        if file.suffix.lower() in (".csv", ".tsv", ".parquet", ".xlsx", ".xls", ".zip"):
+            raise DataError(f"a {file.suffix} file, not JSON lines: WebGLM-QA is read as JSON "
+                            "lines (.jsonl, one object a line)", path=str(file))  # fmt: skip
         source, rows = str(file), read_jsonl(file)
         if not rows:
             raise DataError("empty file: no JSON lines", path=source)
