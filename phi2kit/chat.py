@@ -82,7 +82,8 @@ def to_examples(thread, tokenizer, max_length):
     return examples
 
 
-STOP_STRINGS: tuple[str, ...] = (HUMAN,)
+#: A reply ends before any turn marker: the model inventing the user's turn, or a second reply.
+STOP_STRINGS: tuple[str, ...] = (HUMAN, ASSISTANT)
 
 
 def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:

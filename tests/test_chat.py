@@ -40,6 +40,14 @@ def test_stop_string_cuts_the_invented_turn(tiny_model, tiny_tokenizer):
     assert free.texts[0].startswith(" " + reply)
 
 
+def test_a_reply_is_cut_at_either_turn_marker():
+    from phi2kit.chat import STOP_STRINGS
+    from phi2kit.generation import cut_at_stop
+
+    for marker in ("### Human:", "### Assistant:"):  # a second reply is an invented turn too
+        assert cut_at_stop(f"Mostly, yes.\n{marker} And", STOP_STRINGS) == ("Mostly, yes.", True)
+
+
 def test_reply_needs_a_user_message_last(tiny_model, tiny_tokenizer):
     with pytest.raises(ValueError, match="prompter"):
         chat_reply(tiny_model, tiny_tokenizer, [("prompter", "Hi"), ("assistant", "Hello")])

@@ -103,7 +103,8 @@ def build_app(model, tokenizer, *, description: str = "", max_new_tokens: int = 
     settings = [
         gr.Slider(1, 1024, value=max_new_tokens, step=1, label="Max new tokens"),
         gr.Slider(0.0, 2.0, value=temperature, step=0.05, label="Temperature (0 = greedy)"),
-        gr.Checkbox(value=True, label="Stop at '### Human:' (the model inventing your turn)"),
+        gr.Checkbox(value=True, label="Stop at '### Human:' or '### Assistant:' (the model "
+                    "inventing a turn)"),
     ]
     return gr.ChatInterface(
         make_chat_fn(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature),
