@@ -222,6 +222,9 @@ def test_summary_says_its_timings_depend_on_the_machines_load():
 
     text = summary_markdown([NotebookRun("01_x", "passed", 3.0, {"batch_speedup": 2.9})], "tiny")
     assert text.index("batch_speedup=2.9") < text.index("this machine's at its load")
+    assert "07's `tokens_per_s_*`" in text and "load average" not in text
+    loaded = summary_markdown([NotebookRun("01_x", "passed", 3.0, {})], "tiny", load=1.83)
+    assert "at its load during the run (load average 1.8 at the end, on " in loaded, loaded
 
 
 def test_summary_names_the_lessons_that_trained_a_stand_in():

@@ -97,7 +97,8 @@ def run_course(profile: str, out: Path, notebooks: list[Path], *, timeout: int =
             runs.append(NotebookRun(nb.stem, status, time.perf_counter() - start, found, error))
             said = f"{nb.stem}: {status} in {runs[-1].seconds:.0f} s"
             log(said + (f": {error}" if error else ""))
-    (out / "summary.md").write_text(summary_markdown(runs, profile))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # the last minute's
+    (out / "summary.md").write_text(summary_markdown(runs, profile, load))
     return runs
 
 
@@ -159,7 +160,9 @@ def _figure(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
+def summary_markdown(runs: list[NotebookRun], profile: str, load: float | None = None) -> str:
+    """The course table, the stand-ins, and what the speeds depend on (``load``: the load
+    average at the end, if known)."""
     lines = [f"# phi2kit course run (profile: {profile})", "",
              "| notebook | status | wall time | key metrics |", "|---|---|---|---|"]  # fmt: skip
     for r in runs:
@@ -173,8 +176,10 @@ def summary_markdown(runs: list[NotebookRun], profile: str) -> str:
                   "in place of an earlier lesson's (not found for this profile, or not the kind "
                   "it needs: the lesson says which), and the figures computed from it are the "
                   "stand-in's.", ""]
-    lines += ["Wall times and speedups (01's `batch_speedup`) are this machine's at its load "
-              "during the run: another busy process on the same cores lowers them.", ""]
+    at_end = f" (load average {load:.1f} at the end, on {os.cpu_count()} cores)" if load else ""
+    lines += ["Wall times and speeds (01's `batch_speedup` and `batched_tokens_per_s`, 02's "
+              f"`eval_examples_per_s`, 07's `tokens_per_s_*`) are this machine's at its load "
+              f"during the run{at_end}: another busy process on the same cores lowers them.", ""]
     return "\n".join(lines)
 
 
