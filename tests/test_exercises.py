@@ -169,6 +169,81 @@ def _failed(report) -> list[int]:
     return [i for i, r in enumerate(report.results) if not r.passed]
 
 
+@pytest.mark.parametrize(("ex_id", "name", "old", "new"), [
+    # unranked replies sorted before ranked ones
+    ("06_a", "main_thread", 'key=lambda m: (m.get("rank") is None, m.get("rank") or 0)',
+     'key=lambda m: -1 if m.get("rank") is None else m["rank"]'),
+    # a missing review (None) taken for a failed one
+    ("06_a", "main_thread", 'msg.get("review_result") is not False', 'msg.get("review_result")'),
+    ("08_a", "tree_pairs", 'm.get("review_result") is not False', 'm.get("review_result")'),
+])  # fmt: skip
+def test_rank_and_review_mistakes_fail_06a_08a(ex_id, name, old, new):
+    """The made-up trees mix ranked and unranked siblings, and hold unreviewed messages."""
+    report = evaluate(ex_id, {name: _variant(ex_id, name, old, new)})
+    assert not report.passed and not report.results[-1].passed, report.text()
+    assert evaluate(ex_id, {name: _variant(ex_id, name)}).passed  # the solution itself
+
+
+def test_the_stock_forward_and_right_padding_only_fail_03a():
+    import torch
+
+    from phi2kit.classifier import last_token_index
+
+    def stock(clf, enc):  # the classifier's own forward: pools by token id, and pad = eos
+        return clf(**enc).logits
+
+    def right_only(clf, enc):  # the mask's sum: the last real token for right padding only
+        hidden = clf.model(**enc).last_hidden_state
+        return clf.score(hidden)[torch.arange(len(hidden)), enc["attention_mask"].sum(-1) - 1]
+
+    for classify, said in ((stock, "a text ending in EOS: logits differ"),
+                           (right_only, "left padding: logits differ")):  # fmt: skip
+        report = evaluate("03_a", {"last_token_index": last_token_index, "classify": classify})
+        assert not report.passed and said in report.results[1].detail, report.text()
+
+
+def test_pick_profile_by_compute_capability_passes_01b():
+    """The hint's other way: a T4 is compute capability 7.5, bf16 needs 8.0."""
+    import torch
+
+    def by_capability():
+        if not torch.cuda.is_available():
+            return "tiny"
+        major, _ = torch.cuda.get_device_capability()
+        return "ampere" if major >= 8 else "t4"
+
+    report = evaluate("01_b", {"pick_profile": by_capability})
+    pick = next(r for r in report.results if "pick_profile()" in r.what)
+    assert pick.passed, report.text()
+    never_ampere = {"pick_profile": lambda: "t4" if torch.cuda.is_available() else "tiny"}
+    report = evaluate("01_b", never_ampere)
+    assert not next(r for r in report.results if "pick_profile()" in r.what).passed
+
+
+def test_a_transposed_score_table_fails_02b():
+    import torch
+
+    wrong = _variant("02_b", "score_batch", "reshape(len(prompts), len(labels))",
+                     "reshape(len(labels), len(prompts))")  # fmt: skip
+    wrong.__globals__["torch"] = torch  # imported by an earlier cell of the notebook
+    report = evaluate("02_b", {"score_batch": wrong})
+    assert not report.passed and "shape (3, 4); want (4, 3)" in report.results[0].detail
+
+
+def test_labels_written_into_input_ids_fail_04b():
+    import torch
+
+    def in_place(batch, prompt_lengths):  # labels is input_ids itself: the batch is changed
+        labels = batch["input_ids"]
+        before_completion = torch.arange(labels.shape[1]) < torch.tensor(prompt_lengths)[:, None]
+        labels[(batch["attention_mask"] == 0) | before_completion] = -100
+        return labels
+
+    report = evaluate("04_b", {"fix_labels": in_place})
+    fix = next(r for r in report.results if "fix_labels()" in r.what)
+    assert "changed batch['input_ids'] in place" in fix.detail, report.text()
+
+
 def test_wrong_rewards_fail_09b():
     """Hidden cases: no constant, no position, no typed-in table passes a criterion."""
     from phi2kit.data.webglm import parse_citations

@@ -160,7 +160,8 @@ exercise("01_b", "bf16 on a GPU without it", "Break and fix", "01 §1.1, 02 §2.
 
 
 def _simulate(ns, cuda: bool, native: bool, emulated: bool = True) -> tuple[Any, Any]:
-    """The learner's pick_profile() and phi2kit's choice on simulated hardware."""
+    """The learner's pick_profile() and phi2kit's choice on simulated hardware (a T4 is
+    compute capability 7.5, an A100 8.0; a CPU has none)."""
     from unittest import mock
 
     import torch
@@ -170,9 +171,15 @@ def _simulate(ns, cuda: bool, native: bool, emulated: bool = True) -> tuple[Any,
     def bf16(including_emulation: bool = True) -> bool:
         return native or (emulated and including_emulation)
 
+    def capability(*args: Any, **kwargs: Any) -> tuple[int, int]:
+        if not cuda:
+            raise AssertionError("Torch not compiled with CUDA enabled")  # as on a CPU
+        return (8, 0) if native else (7, 5)
+
     with (
         mock.patch.object(torch.cuda, "is_available", lambda: cuda),
         mock.patch.object(torch.cuda, "is_bf16_supported", bf16),
+        mock.patch.object(torch.cuda, "get_device_capability", capability),
         mock.patch.object(torch.cuda, "get_device_name", lambda *a: "simulated"),
     ):
         return call(ns, "pick_profile"), detect_profile_name()
@@ -305,7 +312,8 @@ def _02b_scores(ns):
     from phi2kit.evaluate.scoring import score_labels
 
     model, tokenizer = tiny_model()
-    heads = ["Sales rose", "Profit fell sharply in the third quarter of the year", "Orders flat"]
+    heads = ["Sales rose", "Profit fell sharply in the third quarter of the year", "Orders flat",
+             "Shares up"]  # 4 prompts x 3 labels: a transposed table has the wrong shape
     prompts = [build_prompt(h) for h in heads]
     for labels in [("negative", "neutral", "positive"), ("up", "down sharply", "flat")]:
         got = np.asarray(call(ns, "score_batch", model, tokenizer, prompts, list(labels)))

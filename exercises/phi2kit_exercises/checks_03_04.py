@@ -41,24 +41,34 @@ def _03a_index(ns):
 
 @criterion(
     "03_a",
-    "classify() gives the classifier's own logits",
-    "run clf.model, take the hidden state at last_token_index, apply clf.score",
+    "classify() gives lesson 03's logits: right and left padding, and a text ending in EOS",
+    "run clf.model, take the hidden state at last_token_index, apply clf.score (the stock "
+    "class's own forward finds the last token by its id, and pad = eos)",
 )
 def _03a_classify(ns):
     import torch
 
-    from phi2kit.classifier import load_classifier
+    from phi2kit.classifier import classify_by_hand, load_classifier
 
     _, tokenizer = tiny_model()
     clf = load_classifier("tiny").eval()  # transformers' AutoModelForSequenceClassification
-    enc = tokenizer(
-        ["Sales rose", "The company warns of a deep loss"], return_tensors="pt", padding=True
-    )
-    with torch.no_grad():
-        got = torch.as_tensor(call(ns, "classify", clf, enc)).float()
-        want = clf(**enc).logits.float()
-    expect(got.shape == want.shape, f"shape {tuple(got.shape)}; want {tuple(want.shape)}")
-    expect(torch.allclose(got, want, atol=1e-5), f"logits differ by {(got - want).abs().max()}")
+    texts = ["Sales rose", "The company warns of a deep loss"]
+    cases = [("right padding", "right", texts), ("left padding", "left", texts),
+             ("a text ending in EOS", "right", [texts[0] + tokenizer.eos_token, texts[1]])]
+    side = tokenizer.padding_side
+    try:
+        for name, tokenizer.padding_side, batch in cases:
+            enc = tokenizer(batch, return_tensors="pt", padding=True)
+            with torch.no_grad():
+                got = torch.as_tensor(call(ns, "classify", clf, enc)).float()
+                want = classify_by_hand(clf.model, clf.score, enc).float()
+            expect(got.shape == want.shape, f"{name}: shape {tuple(got.shape)}; want "
+                   f"{tuple(want.shape)}")  # fmt: skip
+            expect(torch.allclose(got, want, atol=1e-5),
+                   f"{name}: logits differ by {(got - want).abs().max():.3g}")
+    finally:
+        tokenizer.padding_side = side
+    return "right and left padding, and a text ending in EOS"
 
 
 # --- 03_b: the head that was not saved (Break and fix) ----------------------------------------
@@ -221,8 +231,11 @@ def _04b_fix(ns):
     ids = torch.tensor([[5, 6, 7, 8, 0, 0, 0], [5, 6, 9, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6, 0]])
     mask = torch.tensor([[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 0, 0, 0], [1] * 7])
     prompt_lengths = [2, 1, 3]
-    got = torch.as_tensor(call(ns, "fix_labels", {"input_ids": ids, "attention_mask": mask},
+    given = ids.clone()  # the learner's copy: an answer that writes -100 into it is caught
+    got = torch.as_tensor(call(ns, "fix_labels", {"input_ids": given, "attention_mask": mask},
                                prompt_lengths))  # fmt: skip
+    expect(torch.equal(given, ids), "fix_labels() changed batch['input_ids'] in place (labels "
+           "is the same tensor): build labels from input_ids.clone()")  # fmt: skip
     cols = torch.arange(ids.shape[1])
     keep = (mask == 1) & (cols >= torch.tensor(prompt_lengths)[:, None])
     want = torch.where(keep, ids, torch.full_like(ids, -100))

@@ -94,23 +94,26 @@ def random_oasst_tree(rng: random.Random, role: str = "prompter", depth: int = 0
                       p_bad: float = 0.1, p_de: float = 0.0, max_replies: int = 3,
                       p_tie: float = 0.0) -> dict:  # fmt: skip
     """A made-up OASST1 export tree (nested ``replies``): deleted and failed-review messages
-    with probability ``p_bad`` each, German ones with ``p_de``, ranked or unranked replies,
-    a tie at the top with ``p_tie``. Exercises 06_a and 08_a grade against the loader on
-    these (a draw is made only where its probability is not 0)."""
+    with probability ``p_bad`` each, unreviewed ones (``review_result`` None: kept) with
+    ``p_bad`` too, German ones with ``p_de``, replies all ranked, all unranked or some of
+    each, a tie at the top with ``p_tie``. Exercises 06_a and 08_a grade against the loader
+    on these (a draw is made only where its probability is not 0)."""
+    reviewed = rng.random() > p_bad
     msg = {
         "message_id": f"m{rng.getrandbits(40):x}",
         "role": role,
         "text": f"{role} says {rng.randint(0, 999)}",
         "lang": "de" if p_de and rng.random() <= p_de else "en",
         "deleted": rng.random() < p_bad,
-        "review_result": rng.random() > p_bad,
+        "review_result": (rng.random() > p_bad) if reviewed else None,
         "rank": None,
         "replies": [],
     }
     if depth < 4:
         n = rng.randint(0, max_replies)
         ranks = rng.sample(range(n), n) if rng.random() < 0.7 else [None] * n
-        if p_tie and n > 1 and rng.random() < p_tie:
+        ranks = [None if r is not None and rng.random() < 0.2 else r for r in ranks]  # mixed
+        if p_tie and n > 1 and rng.random() < p_tie and ranks[0] is not None:
             ranks[1] = ranks[0]  # a tie
         other = "assistant" if role == "prompter" else "prompter"
         kw = {"p_bad": p_bad, "p_de": p_de, "max_replies": max_replies, "p_tie": p_tie}
@@ -132,8 +135,8 @@ def load_made_trees(trees: list[dict], loader, **kwargs):
     "06_a",
     "main_thread() picks the same thread as phi2kit's loader on 40 made-up trees",
     "follow the reply with the lowest rank (0 is best; unranked replies after ranked "
-    "ones, first in order); skip deleted or failed-review messages and their subtrees; "
-    "drop trailing prompter turns",
+    "ones, first in order); skip deleted or failed-review messages (review_result False; "
+    "None is not reviewed, and kept) and their subtrees; drop trailing prompter turns",
 )
 def _06a_threads(ns):
     from phi2kit.data.oasst import load_oasst
