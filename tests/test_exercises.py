@@ -244,6 +244,28 @@ def test_labels_written_into_input_ids_fail_04b():
     assert "changed batch['input_ids'] in place" in fix.detail, report.text()
 
 
+def test_an_untrained_adapter_fails_02a():
+    """A model scored near chance (here the base itself, LoRA B = 0) is not the recipe's."""
+    from peft import LoraConfig, get_peft_model
+
+    from phi2kit.data import sample_path
+    from phi2kit.data.sentiment import build_prompt, load_financial_news
+    from phi2kit.evaluate.scoring import predict_by_scoring
+    from phi2kit.models import load_model, load_tokenizer
+    from phi2kit_exercises.classification import classification_metrics
+
+    df = load_financial_news(sample_path("financial_news")).groupby("label").head(20)
+    prompts, y = [build_prompt(t) for t in df["text"]], list(df["label"])
+    tokenizer = load_tokenizer("tiny")
+    model = get_peft_model(load_model("tiny", quantize_4bit=False),
+                           LoraConfig(r=1, lora_alpha=2, target_modules=["fc1"]))  # fmt: skip
+    acc = classification_metrics(y, predict_by_scoring(model, tokenizer, prompts))["accuracy"]
+    ns = {"accuracy": {1: acc}, "models": {1: model}, "eval_prompts": prompts, "y_eval": y,
+          "ALPHA_PER_R": 2, "TRAIN_RANKS": [1], "tokenizer": tokenizer}  # fmt: skip
+    result = next(r for r in evaluate("02_a", ns).results if "accuracy[r]" in r.what)
+    assert not result.passed and "within 0.1 of chance (0.333)" in result.detail, result
+
+
 def test_wrong_rewards_fail_09b():
     """Hidden cases: no constant, no position, no typed-in table passes a criterion."""
     from phi2kit.data.webglm import parse_citations

@@ -291,6 +291,9 @@ def _02a_accuracy(ns):
         pred = predict_by_scoring(models[r], need(ns, "tokenizer"), prompts)
         want = classification_metrics(y, pred)["accuracy"]
         expect(abs(value - want) < 1e-9, f"accuracy[{r}] = {value}; the model scores {want}")
+        chance = 1 / len(set(y))  # an untrained adapter scores about this
+        expect(want >= chance + 0.1, f"models[{r}] scores {want:.3f}, within 0.1 of chance "
+               f"({chance:.3f}): train it for the recipe's steps (MAX_STEPS)")  # fmt: skip
     return ", ".join(f"r={r}: {v:.3f}" for r, v in acc.items())
 
 
