@@ -62,9 +62,15 @@ def load_finished(trainer, checkpoint: str | os.PathLike[str]):
     best = trainer.state.best_model_checkpoint
     if trainer.args.load_best_model_at_end and best and Path(best).is_dir():
         trainer._load_best_model()
-    losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-    loss = sum(losses) / len(losses) if losses else float("nan")
+    loss = run_loss(trainer.state)
     return TrainOutput(trainer.state.global_step, loss, {"train_loss": loss})
+
+
+def run_loss(state) -> float:
+    """The mean logged train loss of the whole run, resumed sessions included (a
+    ``TrainOutput``'s covers only the session that produced it); NaN with none logged."""
+    losses = [row["loss"] for row in state.log_history if "loss" in row]
+    return sum(losses) / len(losses) if losses else float("nan")
 
 
 def mark_complete():

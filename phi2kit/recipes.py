@@ -223,7 +223,11 @@ class GrpoRecipe(Recipe):
 
     @property
     def generation_batch(self) -> int:  # completions per generate call
-        return self.batch_size * (self.steps_per_generation or self.grad_accum)
+        return self.batch_size * self.generation_steps
+
+    @property
+    def generation_steps(self) -> int:  # optimizer steps per generate call (trl's default)
+        return self.steps_per_generation or self.grad_accum
 
 
 # T4: 50 steps of 4 prompts x 4 completions, prompts up to 576 tokens and answers up to 192;

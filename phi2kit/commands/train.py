@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ from phi2kit.checkpoints import (
     load_finished,
     mark_complete,
     resume_point,
+    run_loss,
     save_settings,
     write_json_atomic,
 )
@@ -169,8 +171,8 @@ def _run(args: argparse.Namespace) -> int:
     if resume_from is not None and not finished:
         _say(f"resuming from {resume_from.name} (step {checkpoint_step(resume_from)} of "
              f"{max_steps})")  # fmt: skip
-        every = getattr(setup.recipe, "steps_per_generation", None) or setup.recipe.grad_accum
-        if setup.task == "grpo" and checkpoint_step(resume_from) % every:
+        every = getattr(setup.recipe, "generation_steps", 0)  # grpo: steps per generate call
+        if every and checkpoint_step(resume_from) % every:
             _say(f"note: grpo generates every {every} steps and {resume_from.name} is between "
                  "two: the resumed run generates anew, so it will not equal the uninterrupted "
                  f"run (a --save-every multiple of {every} resumes exactly)")  # fmt: skip
@@ -232,8 +234,8 @@ def _run(args: argparse.Namespace) -> int:
             return 130
     metrics = dict(result.metrics)
     if resume_from is not None and not finished:  # the whole run's mean, not this session's
-        losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
-        metrics["train_loss"] = sum(losses) / len(losses) if losses else metrics["train_loss"]
+        whole = run_loss(trainer.state)  # NaN when no step logged a loss: keep the session's
+        metrics["train_loss"] = metrics["train_loss"] if math.isnan(whole) else whole
     if not args.no_eval and data.eval is not None and len(data.eval):
         metrics |= trainer.evaluate()
     if setup.task == "classifier" and data.test is not None:  # 03's head on the test split, once
