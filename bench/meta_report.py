@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from phi2kit.profiles import Profile, get_profile
-from phi2kit.recipes import TASKS, get_dpo_recipe, get_grpo_recipe, get_recipe
+from phi2kit.recipes import TASKS, get_recipe
 
 #: Notebooks 08 (DPO) and 09 (GRPO): their recipes have their own getters, not ``TASKS``.
 EXTRA_TASKS = ("dpo", "grpo")
@@ -103,15 +103,6 @@ class RecipeReport:
         return 100 * self.trainable / self.base
 
 
-def any_recipe(task: str, profile: Profile, **overrides: object):
-    """``task``'s recipe on ``profile``: :func:`get_recipe`, or the DPO/GRPO recipe's getter."""
-    if task == "dpo":
-        return get_dpo_recipe(profile, **overrides)
-    if task == "grpo":
-        return get_grpo_recipe(profile, **overrides)
-    return get_recipe(task, profile, **overrides)
-
-
 def recipe_report(
     task: str,
     profile: Profile | str = "t4",
@@ -134,7 +125,7 @@ def recipe_report(
     from phi2kit.lora import check_targets, lora_config
 
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
-    recipe = any_recipe(task, profile, **overrides)
+    recipe = get_recipe(task, profile, **overrides)
     seq_cls = recipe.task_type == "SEQ_CLS"
     model = phi2_on_meta(num_labels if seq_cls else None, profile, config)
     base = sum(p.numel() for p in model.parameters())

@@ -96,7 +96,7 @@ micro-batch with every row at its ``max_length`` instead. Figures from an H100:
 ``docs/memory.md``.
 
 **DPO (notebook 08) and GRPO (notebook 09)**, ``--recipes dpo,grpo`` (in ``--quick`` by default).
-Their recipes are ``get_dpo_recipe`` / ``get_grpo_recipe`` on the t4 profile with the CPU
+Their recipes are ``get_recipe("dpo")`` / ``get_recipe("grpo")`` on the t4 profile with the CPU
 settings above; each starts, as the lessons do, from an SFT adapter loaded trainable onto the
 nf4 base (``PeftModel.from_pretrained(..., is_trainable=True)``): a seeded random adapter of the
 recipe's shape stands in for 06's (DPO, r=64) and 04's (GRPO, r=16), written as
@@ -801,9 +801,9 @@ def run_dpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
     from phi2kit.commands.train_tasks import Data, Setup, dpo
     from phi2kit.models import load_tokenizer
     from phi2kit.plan.dpo import estimate_dpo
-    from phi2kit.recipes import get_dpo_recipe
+    from phi2kit.recipes import get_recipe
 
-    recipe = get_dpo_recipe(profile)  # the T4 recipe: the profile is t4 with CPU settings
+    recipe = get_recipe("dpo", profile)  # the T4 recipe: the profile is t4 with CPU settings
     step = dataclasses.replace(recipe, max_steps=args.steps, batch_size=1, grad_accum=1)
     tokenizer = load_tokenizer(profile, padding_side="right")
     pair = dpo_example(tokenizer, args.dpo_tokens)
@@ -870,11 +870,11 @@ def run_grpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
     from phi2kit import footprint
     from phi2kit.models import load_model, load_tokenizer
     from phi2kit.plan.grpo import estimate_grpo
-    from phi2kit.recipes import get_grpo_recipe
+    from phi2kit.recipes import get_recipe
     from phi2kit.rewards import citations_in_range, citations_supported, guard, make_stops_on_eos
     from phi2kit.training import finish_trainer
 
-    recipe = get_grpo_recipe(profile)
+    recipe = get_recipe("grpo", profile)
     n = recipe.num_generations
     tokenizer = load_tokenizer(profile, padding_side="left")
     example = grpo_example(tokenizer, args.grpo_prompt_tokens)

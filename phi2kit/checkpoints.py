@@ -91,13 +91,6 @@ def mark_complete():
     return MarkComplete()
 
 
-def checkpoint_args(save_every: int, keep: int = 2) -> dict[str, Any]:
-    """Trainer arguments: a checkpoint every ``save_every`` steps, ``keep`` of them on disk."""
-    if save_every <= 0 or keep <= 0:
-        raise ValueError(f"save_every and keep must be positive, got {save_every}, {keep}")
-    return {"save_strategy": "steps", "save_steps": save_every, "save_total_limit": keep}
-
-
 def _plain(settings: dict[str, Any]) -> dict[str, Any]:
     """Settings as JSON would store them (dataclasses as dicts, tuples as lists, paths as str)."""
     data = {k: asdict(v) if is_dataclass(v) else v for k, v in settings.items()}
@@ -171,7 +164,7 @@ def train_resumable(trainer, settings: dict[str, Any], *, resume: bool = True,
     from transformers.trainer_utils import SaveStrategy
 
     if trainer.args.save_strategy != SaveStrategy.STEPS:
-        raise ValueError("build the trainer with checkpoint_args(...): it saves no checkpoints")
+        raise ValueError('build the trainer with save_strategy="steps": it saves no checkpoints')
     if "MarkComplete" not in {type(cb).__name__ for cb in trainer.callback_handler.callbacks}:
         trainer.add_callback(mark_complete())
     from phi2kit.batching import group_by_length

@@ -120,15 +120,6 @@ _AMPERE: dict[str, Recipe] = {
 _RECIPES = {"tiny": _TINY, "t4-cpu": _T4_CPU, "t4": _T4, "ampere": _AMPERE}
 
 
-def get_recipe(task: str, profile: Profile | str = "auto", **overrides: object) -> Recipe:
-    """The default recipe for ``task`` on ``profile``, with ``overrides`` applied."""
-    profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-    recipe = _RECIPES[profile.name][task]
-    return replace(recipe, **overrides) if overrides else recipe
-
-
 # --- Preference tuning (notebook 08) ----------------------------------------------------------
 # DPO is not an SFT task: it is kept out of TASKS (which `phi2kit train`, the T4-twin tests
 # and the meta-device report run through) and has its own recipe class with DPO's knobs.
@@ -178,13 +169,6 @@ _DPO: dict[str, DPORecipe] = {
 _DPO["t4-cpu"] = replace(_DPO["t4"], max_length=160, max_steps=16, batch_size=4, grad_accum=2,
                          n_train=400, n_test=40, learning_rate=1e-3)  # fmt: skip
 _DPO["ampere"] = replace(_DPO["t4"], batch_size=4, grad_accum=4)
-
-
-def get_dpo_recipe(profile: Profile | str = "auto", **overrides: object) -> DPORecipe:
-    """The DPO recipe (notebook 08) for ``profile``, with ``overrides`` applied."""
-    profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
-    recipe = _DPO[profile.name]
-    return replace(recipe, **overrides) if overrides else recipe
 
 
 # --- GRPO (notebook 09): reinforcement learning on 04's checks, from 04's adapter ------------
@@ -249,7 +233,12 @@ _GRPO = {
 }  # fmt: skip
 
 
-def get_grpo_recipe(profile: Profile | str = "auto", **overrides: object) -> GrpoRecipe:
-    """The GRPO recipe of notebook 09 on ``profile``, with ``overrides`` applied."""
+def get_recipe(task: str, profile: Profile | str = "auto",
+               **overrides: object) -> Recipe | DPORecipe | GrpoRecipe:  # fmt: skip
+    """The recipe for ``task`` (one of :data:`TASKS`, ``dpo`` or ``grpo``) on ``profile``, with
+    ``overrides`` applied."""
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
-    return replace(_GRPO[profile.name], **overrides)
+    recipes = _RECIPES[profile.name] | {"dpo": _DPO[profile.name], "grpo": _GRPO[profile.name]}
+    if task not in recipes:
+        raise ValueError(f"unknown task {task!r}; choose one of {tuple(recipes)}")
+    return replace(recipes[task], **overrides) if overrides else recipes[task]

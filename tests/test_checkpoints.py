@@ -16,7 +16,6 @@ from phi2kit.checkpoints import (
     COMPLETE,
     SETTINGS,
     ResumeError,
-    checkpoint_args,
     latest_checkpoint,
     resume_point,
     train_resumable,
@@ -52,7 +51,8 @@ def _trainer(tiny_profile, train_ds, folder, stop_at=None, steps=STEPS, **overri
     torch.manual_seed(0)
     model = add_lora(load_model(tiny_profile, quantize_4bit=False), recipe, tiny_profile)
     tokenizer = load_tokenizer(tiny_profile, padding_side="right")
-    args = checkpoint_args(SAVE_EVERY) | {"logging_steps": 1} | overrides
+    args = {"save_strategy": "steps", "save_steps": SAVE_EVERY, "save_total_limit": 2,
+            "logging_steps": 1} | overrides
     trainer = sft_trainer(model, tokenizer, train_ds, tiny_profile, recipe, folder, **args)
 
     class Session(TrainerCallback):
@@ -127,16 +127,9 @@ def test_checkpoints_of_other_settings_are_refused_not_deleted(tmp_path):
     assert len(list(tmp_path.glob("checkpoint-*"))) == 2  # nothing deleted without asking
 
 
-def test_checkpoint_args_and_a_trainer_that_saves_nothing(tiny_profile, train_ds, tmp_path):
-    assert checkpoint_args(5, keep=3) == {
-        "save_strategy": "steps",
-        "save_steps": 5,
-        "save_total_limit": 3,
-    }
-    with pytest.raises(ValueError, match="positive"):
-        checkpoint_args(0)
+def test_a_trainer_that_saves_nothing_is_refused(tiny_profile, train_ds, tmp_path):
     trainer, _ = _trainer(tiny_profile, train_ds, tmp_path, save_strategy="no")
-    with pytest.raises(ValueError, match="checkpoint_args"):
+    with pytest.raises(ValueError, match='save_strategy="steps"'):
         train_resumable(trainer, {})
 
 

@@ -6,29 +6,30 @@ import pytest
 
 from phi2kit.plan import estimate
 from phi2kit.plan.grpo import estimate_grpo, grpo_course_row, grpo_minutes
-from phi2kit.recipes import TASKS, GrpoRecipe, get_grpo_recipe, get_recipe
+from phi2kit.recipes import TASKS, GrpoRecipe, get_recipe
 
 PROFILES = ["tiny", "t4-cpu", "t4", "ampere"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_every_profile_has_a_grpo_recipe_with_whole_groups(profile):
-    r = get_grpo_recipe(profile)
+    r = get_recipe("grpo", profile)
     assert r.task == "grpo" and r.quantize_4bit
     assert r.generation_batch % r.num_generations == 0 and r.generation_batch >= r.num_generations
     assert 0 < r.max_completion_length < r.max_length
 
 
 def test_the_t4_twin_keeps_the_t4_settings_and_shrinks_the_cpu_bound_numbers():
-    t4, twin = get_grpo_recipe("t4"), get_grpo_recipe("t4-cpu")
+    t4, twin = get_recipe("grpo", "t4"), get_recipe("grpo", "t4-cpu")
     assert (twin.lora_r, twin.lora_alpha, twin.lora_dropout, twin.beta, twin.temperature) == (
         t4.lora_r, t4.lora_alpha, t4.lora_dropout, t4.beta, t4.temperature)  # fmt: skip
-    assert twin.max_length < t4.max_length and twin.max_steps <= get_grpo_recipe("tiny").max_steps
+    assert twin.max_length < t4.max_length
+    assert twin.max_steps <= get_recipe("grpo", "tiny").max_steps
 
 
 def test_the_grpo_recipe_continues_04s_adapter_shape():
     for profile in PROFILES:
-        grpo, sft = get_grpo_recipe(profile), get_recipe("webglm", profile)
+        grpo, sft = get_recipe("grpo", profile), get_recipe("webglm", profile)
         assert (grpo.lora_r, grpo.lora_alpha, grpo.target_modules) == (
             sft.lora_r, sft.lora_alpha, sft.target_modules)  # fmt: skip
 
@@ -53,16 +54,16 @@ def test_the_other_recipes_are_unchanged():
 )
 def test_bad_grpo_recipes_are_refused(change, message):
     with pytest.raises(ValueError, match=message):
-        replace(get_grpo_recipe("t4"), **change)
+        replace(get_recipe("grpo", "t4"), **change)
 
 
 def test_overrides_apply():
-    assert get_grpo_recipe("tiny", max_steps=3).max_steps == 3
-    assert isinstance(get_grpo_recipe("t4"), GrpoRecipe)
+    assert get_recipe("grpo", "tiny", max_steps=3).max_steps == 3
+    assert isinstance(get_recipe("grpo", "t4"), GrpoRecipe)
 
 
 def test_the_planner_counts_generation_and_the_reference_pass():
-    r = get_grpo_recipe("t4")
+    r = get_recipe("grpo", "t4")
     est = estimate_grpo("t4", r)
     assert est.fits and 4 < est.total_gb < 15
     # the training step alone is what estimate() predicts for the same recipe
@@ -80,11 +81,16 @@ def test_the_planner_counts_generation_and_the_reference_pass():
     assert minutes["reference pass"] == pytest.approx(minutes["training"] / 3)
     assert grpo_minutes(replace(r, max_completion_length=384))["generation"] == pytest.approx(
         2 * minutes["generation"])
+    # the learning check: one group per validation question, sampled before and after training
+    assert grpo_minutes(r, check_prompts=0)["learning check"] == 0
+    calls = 2 * 40 * r.num_generations / r.generation_batch  # 4 prompts a call on a T4
+    assert minutes["learning check"] == pytest.approx(calls * r.max_completion_length * 0.08 / 60)
+    assert grpo_minutes(r, check_prompts=41)["learning check"] > minutes["learning check"]
 
 
 def test_the_course_row_matches_the_planner():
     name, _, minutes, gb = grpo_course_row()
-    r = get_grpo_recipe("t4")
+    r = get_recipe("grpo", "t4")
     assert name == "09_grpo_rewards"
     assert gb == f"{estimate_grpo('t4', r).total_gb:.1f}"
     assert int(minutes.strip("~")) >= sum(grpo_minutes(r).values())

@@ -409,7 +409,7 @@ def test_a_finished_run_loads_it_does_not_train(tmp_path, capsys):
 
 def test_train_resumable_loads_a_finished_run(tmp_path):
     """The notebooks' entry (04, 06): a finished run's `trainer.train()` is not called."""
-    from phi2kit.checkpoints import checkpoint_args, train_resumable
+    from phi2kit.checkpoints import train_resumable
     from phi2kit.commands.train_tasks import Setup, build_trainer, load_data
     from phi2kit.profiles import get_profile
     from phi2kit.recipes import get_recipe
@@ -420,7 +420,7 @@ def test_train_resumable_loads_a_finished_run(tmp_path):
 
     def trainer():
         return build_trainer(setup, load_data(setup), tmp_path,
-                             **checkpoint_args(save_every=3), report_to="none")  # fmt: skip
+                             save_strategy="steps", save_steps=3, report_to="none")  # fmt: skip
 
     settings = {"recipe": recipe}
     first, _ = train_resumable(trainer(), settings, log=lambda _: None)

@@ -78,7 +78,7 @@ def run_plan(args: argparse.Namespace) -> int:
     from phi2kit.plan.dpo import estimate_dpo
     from phi2kit.plan.grpo import estimate_grpo
     from phi2kit.profiles import get_profile
-    from phi2kit.recipes import get_dpo_recipe, get_grpo_recipe, get_recipe
+    from phi2kit.recipes import get_recipe
 
     if problem := _bad_value(args) or _past_context(args):
         return fail("plan", problem)
@@ -87,16 +87,16 @@ def run_plan(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in flags.items() if v is not None}
     kw = {"device_gb": args.device_gb, "gradient_checkpointing": args.grad_ckpt}
     try:  # a ValueError: e.g. grpo's --max-length not above max_completion_length
+        recipe = get_recipe(args.task, args.profile, **overrides)
         if args.task == "dpo":
-            recipe = get_dpo_recipe(args.profile, **overrides)
             pre = args.precompute_ref
             est = estimate_dpo(args.profile, recipe, reference=args.reference or "adapter",
                                precompute=recipe.precompute_ref_log_probs if pre is None else pre,
                                **kw)  # fmt: skip
         elif args.task == "grpo":  # notebook 09: generation batch, reference pass, training step
-            est = estimate_grpo(args.profile, get_grpo_recipe(args.profile, **overrides), **kw)
+            est = estimate_grpo(args.profile, recipe, **kw)
         else:
-            est = estimate(args.profile, get_recipe(args.task, args.profile, **overrides), **kw)
+            est = estimate(args.profile, recipe, **kw)
     except ValueError as err:
         return fail("plan", str(err))
     if not est.possible:

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from phi2kit.checkpoints import (
     ResumeError,
-    checkpoint_args,
     checkpoint_step,
     data_fingerprint,
     is_finished,
@@ -202,7 +201,8 @@ def _run(args: argparse.Namespace) -> int:
 
     parts = {"train": data.train, "eval": data.eval, "test": data.test}
     _say("examples: " + ", ".join(f"{len(p)} {k}" for k, p in parts.items() if p is not None))
-    trainer_args = checkpoint_args(args.save_every, args.keep) | {
+    trainer_args = {
+        "save_strategy": "steps", "save_steps": args.save_every, "save_total_limit": args.keep,
         "logging_steps": args.log_every, "seed": args.seed, "data_seed": args.seed,
         "ddp_find_unused_parameters": False}  # LoRA uses every trainable weight
     if args.sampler:

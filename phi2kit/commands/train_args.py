@@ -7,7 +7,6 @@ import argparse
 import re
 import textwrap
 from dataclasses import dataclass, fields
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -141,10 +140,8 @@ def make_setup(args: argparse.Namespace):
         overrides["quantize_4bit"] = args.quantize
     if args.adapter is not None and args.task not in FROM_ADAPTER:
         raise ValueError(f"--adapter: only dpo and grpo start from an adapter, not {args.task}")
-    get = {"dpo": recipes.get_dpo_recipe, "grpo": recipes.get_grpo_recipe}.get(
-        args.task, partial(recipes.get_recipe, args.task))
     try:
-        recipe = get(profile, **overrides)
+        recipe = recipes.get_recipe(args.task, profile, **overrides)
     except ValueError as err:  # a number out of range: from --set (or --steps)
         named = [item for item in args.set
                  if re.search(rf"\b{re.escape(item.partition('=')[0])}\b", str(err))]  # fmt: skip

@@ -83,9 +83,9 @@ def course_rows() -> list[tuple[str, str, str, str]]:
             gb, minutes = weight_bytes(phi2_config(), "float32") / GB + nf4 + CUDA_CONTEXT_GB, "~20"
         elif task == "dpo":
             from phi2kit.plan.dpo import estimate_dpo
-            from phi2kit.recipes import get_dpo_recipe
+            from phi2kit.recipes import get_recipe
 
-            dpo = get_dpo_recipe("t4")
+            dpo = get_recipe("dpo", "t4")
             gb, minutes = estimate_dpo("t4", dpo).total_gb, _rounded_minutes(dpo.t4_minutes())
         elif task == "grpo":  # generation, reference pass and training step (plan.grpo)
             from phi2kit.plan.grpo import grpo_course_row

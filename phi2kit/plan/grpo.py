@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from phi2kit.footprint import DTYPE_BYTES, GB, count_parameters, phi2_config
@@ -13,6 +14,9 @@ from phi2kit.plan.course import COURSE, T4_CALIBRATION_LENGTH, T4_CALIBRATIONS, 
 T4_DECODE_STEP_S = 0.08
 #: Assumed mean tokens of a GRPO training row on a T4: WebGLM prompt (~450) + answer (~100).
 GRPO_TYPICAL_TOKENS = 550
+#: Notebook 09's learning check on a GPU: validation questions, one sampled group each, before
+#: and after training (its ``N_CHECK``; 60 on the CPU profiles).
+CHECK_PROMPTS = 40
 
 
 def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs: Any) -> Estimate:
@@ -51,16 +55,20 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
     return est
 
 
-def grpo_minutes(recipe: Any, calibration: int = T4_CALIBRATION_LENGTH) -> dict[str, float]:
+def grpo_minutes(recipe: Any, calibration: int = T4_CALIBRATION_LENGTH,
+                 check_prompts: int = CHECK_PROMPTS) -> dict[str, float]:  # fmt: skip
     """Predicted T4 minutes of a GRPO run by phase: training at 6N FLOPs a token (the course's
     clock), the reference pass (``beta > 0``) at 2N, and generation at
-    :data:`T4_DECODE_STEP_S` per decoding step of each ``generate`` call."""
+    :data:`T4_DECODE_STEP_S` per decoding step of each ``generate`` call: training's, and the
+    learning check's (``check_prompts`` groups, sampled twice, a generation batch a call)."""
     n = count_parameters(phi2_config())
     tokens = recipe.max_steps * recipe.effective_batch * GRPO_TYPICAL_TOKENS
     flops = T4_CALIBRATIONS[calibration]
+    call = recipe.max_completion_length * T4_DECODE_STEP_S / 60  # minutes of one generate call
+    check_calls = 2 * math.ceil(check_prompts * recipe.num_generations / recipe.generation_batch)
     return {
-        "generation": recipe.max_steps * recipe.effective_batch / recipe.generation_batch
-        * recipe.max_completion_length * T4_DECODE_STEP_S / 60,
+        "generation": recipe.max_steps * recipe.effective_batch / recipe.generation_batch * call,
+        "learning check": check_calls * call,
         "reference pass": (2 * n * tokens / flops / 60) if recipe.beta > 0 else 0.0,
         "training": 6 * n * tokens / flops / 60,
     }
@@ -68,9 +76,9 @@ def grpo_minutes(recipe: Any, calibration: int = T4_CALIBRATION_LENGTH) -> dict[
 
 def grpo_course_row() -> tuple[str, str, str, str]:
     """Notebook 09's row of the README's course table, as :func:`course_rows` makes the others."""
-    from phi2kit.recipes import get_grpo_recipe
+    from phi2kit.recipes import get_recipe
 
-    recipe = get_grpo_recipe("t4")
+    recipe = get_recipe("grpo", "t4")
     minutes = _rounded_minutes(sum(grpo_minutes(recipe).values()))
     name, teaches, _ = next(row for row in COURSE if row[2] == "grpo")
     return (name, teaches, minutes, f"{estimate_grpo('t4', recipe).total_gb:.1f}")
