@@ -228,7 +228,7 @@ _GRPO = {
                        batch_size=8, grad_accum=1, steps_per_generation=4, max_steps=60,
                        learning_rate=3e-4, lora_dropout=0.0, n_train=240, n_test=60),
     "t4-cpu": replace(_GRPO_T4, max_length=256, max_completion_length=32, num_generations=8,
-                      batch_size=8, grad_accum=2, max_steps=12, learning_rate=3e-4,
+                      batch_size=8, grad_accum=2, max_steps=20, learning_rate=3e-4,
                       n_train=240, n_test=60),
 }  # fmt: skip
 
