@@ -220,6 +220,29 @@ def test_pick_profile_by_compute_capability_passes_01b():
     assert not next(r for r in report.results if "pick_profile()" in r.what).passed
 
 
+def test_01b_trainer_config_is_checked_for_the_t4_too():
+    """A config without fp16 passes on a CPU (the tiny profile has none): the T4 catches it."""
+    from trl import SFTConfig
+
+    from phi2kit.profiles import get_profile
+
+    def no_fp16(profile, output_dir):
+        return SFTConfig(output_dir=output_dir, bf16=False, optim=profile.optim)
+
+    def right(profile, output_dir):
+        return SFTConfig(output_dir=output_dir, fp16=profile.fp16, bf16=profile.bf16,
+                         optim=profile.optim)  # fmt: skip
+
+    ns = {"pick_profile": lambda: "tiny", "fixed_profile": get_profile("tiny")}
+    graded = {}
+    for name, fn in (("no_fp16", no_fp16), ("right", right)):
+        report = evaluate("01_b", ns | {"trainer_config": fn})
+        graded[name] = next(r for r in report.results if "trainer_config()" in r.what)
+    assert graded["right"].passed, graded["right"]
+    assert not graded["no_fp16"].passed
+    assert "for t4: fp16=False" in graded["no_fp16"].detail
+
+
 def test_a_transposed_score_table_fails_02b():
     import torch
 

@@ -218,18 +218,29 @@ def _01b_pick(ns):
 
 @criterion(
     "01_b",
-    "`args`: the trainer config of the fixed profile never asks for bf16 on a T4",
-    "build it with phi2kit.training.sft_config from fixed_profile and recipe, as the cell "
-    "after it does for the T4",
+    "trainer_config() sets fp16, bf16 and optim from the profile, here and for a T4",
+    "pass fp16=profile.fp16, bf16=profile.bf16 and optim=profile.optim to SFTConfig: left "
+    "out, trl's defaults ask for bf16 and plain AdamW",
 )
 def _01b_args(ns):
-    args, profile = need(ns, "args"), need(ns, "fixed_profile")
-    expect(
-        args.bf16 == profile.bf16 and args.fp16 == profile.fp16,
-        f"args has fp16={args.fp16}, bf16={args.bf16}; the profile says "
-        f"fp16={profile.fp16}, bf16={profile.bf16}",
-    )
-    return f"{profile.name}: fp16={args.fp16} bf16={args.bf16}"
+    import tempfile
+
+    from transformers import TrainingArguments
+
+    from phi2kit.profiles import get_profile
+
+    shown = []
+    for profile in dict.fromkeys([need(ns, "fixed_profile"), get_profile("t4", check=False)]):
+        with tempfile.TemporaryDirectory() as folder:
+            args = call(ns, "trainer_config", profile, folder)
+        expect(isinstance(args, TrainingArguments),
+               f"trainer_config() returned {type(args).__name__}, not an SFTConfig")  # fmt: skip
+        got = (args.fp16, args.bf16, str(getattr(args.optim, "value", args.optim)))
+        want = (profile.fp16, profile.bf16, profile.optim)
+        expect(got == want, f"for {profile.name}: fp16={got[0]}, bf16={got[1]}, optim={got[2]}; "
+               f"the profile says fp16={want[0]}, bf16={want[1]}, optim={want[2]}")  # fmt: skip
+        shown.append(f"{profile.name}: fp16={got[0]} bf16={got[1]} optim={got[2]}")
+    return "; ".join(shown)
 
 
 # --- 02_a: rank and alpha (Try it) -----------------------------------------------------------
@@ -240,8 +251,8 @@ exercise("02_a", "LoRA rank and alpha: adapter size and accuracy", "Try it", "02
 @criterion(
     "02_a",
     "`sizes[r]` is the trainable parameter count for every r in RANKS",
-    "put each r's recipe on phi2_on_meta() with phi2kit.lora's add_lora, then ask the PEFT "
-    "model how many parameters it trains (get_nb_trainable_parameters)",
+    "wrap phi2_on_meta() with peft's get_peft_model and a LoraConfig of that r and alpha, "
+    "then ask the PEFT model how many parameters it trains (get_nb_trainable_parameters)",
 )
 def _02a_sizes(ns):
     from phi2kit.footprint import lora_parameters
