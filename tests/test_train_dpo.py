@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,14 @@ def test_chat_then_dpo_learns_and_a_finished_run_loads(tmp_path, capsys):
     again = load_file(str(dpo / ADAPTER / "adapter_model.safetensors"))
     assert all((first[k] == again[k]).all() for k in first)
     assert sorted(_losses(dpo)) == [1, 2, 3, 4, 5, 6]
+
+    moved = tmp_path / "moved_chat_adapter"  # the adapter is compared by content, not by path
+    shutil.copytree(chat / ADAPTER, moved)
+    moved_args = [str(moved) if a == str(chat / ADAPTER) else a for a in [*args, "--resume"]]
+    assert main(moved_args) == 0, capsys.readouterr().err
+    (moved / "metrics.json").write_text("{}")  # another adapter now, at the same path
+    assert main(moved_args) == 2
+    assert "adapter (--adapter's content is not the run's)" in capsys.readouterr().err
 
     assert main([*args, "--resume", "--set", "beta=0.5"]) == 2  # one resume policy
     err = capsys.readouterr().err

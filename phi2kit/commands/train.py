@@ -47,6 +47,7 @@ from phi2kit.logs import one_progress_line, quiet_command
 
 CHECKPOINTS, ADAPTER, TRAINER_STATE = "checkpoints", "adapter", "trainer_state.json"
 RUN = "run.json"  # the arguments and settings: what marks a folder as one of our runs
+BY_CONTENT = ("data", "adapter")  # settings stored as a fingerprint of the files
 
 
 @contextlib.contextmanager
@@ -141,7 +142,7 @@ def _run(args: argparse.Namespace) -> int:
     settings = {"task": setup.task, "profile": setup.profile.name, "seed": args.seed,
                 "data": data_fingerprint(data_path) if data_path else setup.data,
                 "labels": setup.labels, "n_eval": setup.n_eval,
-                "adapter": setup.adapter and str(setup.adapter),
+                "adapter": setup.adapter and data_fingerprint(setup.adapter),  # by content too
                 "sampler": args.sampler}  # the data order  # fmt: skip
     if setup.task in ("chat", "dpo"):  # the threads' language decides which data trains
         settings["lang"] = setup.lang
@@ -151,7 +152,7 @@ def _run(args: argparse.Namespace) -> int:
         try:
             resume_from = resume_point(ckpt_dir, settings, log=_say)
         except ResumeError as err:
-            diff = ", ".join("data (--data's content is not the run's)" if k == "data" else
+            diff = ", ".join(f"{k} (--{k}'s content is not the run's)" if k in BY_CONTENT else
                              f"the base (the run's {_base(was)}, now {_base(now)})"
                              if k == "quantize_4bit" else
                              f"{k} (the run's {_shown(k, was)}, now {_shown(k, now)})"
@@ -217,8 +218,9 @@ def _run(args: argparse.Namespace) -> int:
     if state.is_main_process:
         save_settings(ckpt_dir, settings)
         record = {k: v for k, v in vars(args).items() if k != "func"}
-        write_json_atomic(out / RUN, record | settings | {
-            "threads": torch.get_num_threads(), "recipe": asdict(setup.recipe)})  # fmt: skip
+        write_json_atomic(out / RUN, record | settings | {  # data, adapter: their fingerprints
+            "threads": torch.get_num_threads(), "recipe": asdict(setup.recipe),
+            "paths": {k: record[k] and str(record[k]) for k in BY_CONTENT}})  # fmt: skip
     trainer.add_callback(mark_complete())
     one_progress_line(trainer)
     if finished:  # the run ended but its adapter was not written: load, write it
