@@ -93,6 +93,14 @@ def test_app_answers_through_gradio_client(app_url, expected_reply):
     short = client.predict(QUESTION, 3, 0.0, True, api_name="/respond")
     assert short and expected_reply.startswith(short) and len(short) < len(expected_reply)
 
+    # a value the page's sliders cannot send: the client gets the app's message, not "Error"
+    from gradio_client.exceptions import AppError
+
+    for bad, said in (((QUESTION, "many", 0.0, True), "Expected a `float`"),
+                      ((QUESTION, MAX_NEW, 7.5, True), "greater than maximum value 2.0")):
+        with pytest.raises(AppError, match=said):
+            client.predict(*bad, api_name="/respond")
+
 
 def test_app_in_a_headless_browser(app_url, expected_reply, tmp_path):
     browser = find_chromium()

@@ -150,5 +150,8 @@ def run_app(args: argparse.Namespace) -> int:
     share = "a public link follows" if args.share else "--share for a public link"
     print(f"phi2kit app: serving on http://{args.host}:{args.port} ({share}; Ctrl-C stops)")
     # quiet: Gradio's own start-up lines speak of launch(share=True); the shell user has --share
-    app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True)
+    # show_error: what Gradio refuses from an API client (a word for a slider, a value out of
+    # range) is said to the client, not hidden behind "Error"
+    app.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True,
+               show_error=True)  # fmt: skip
     return 0
