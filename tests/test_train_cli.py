@@ -444,7 +444,14 @@ def test_one_webglm_file_is_split_and_n_train_counts(tmp_path, capsys):
     argv = ["webglm", "--profile", "tiny", "--data", str(mine), "--steps", "1", "--no-eval",
             "--threads", "1", "--set", "n_train=3", "--output-dir", str(tmp_path / "run")]
     assert main(argv) == 0
-    assert "phi2kit train: examples: 3 train, 4 eval\n" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "phi2kit train: examples: 3 train, 4 eval\n" in out
+    assert "lost references" not in out  # the tiny recipe's 256 tokens hold every reference
+    assert main([*argv[:-1], str(tmp_path / "narrow"), "--set", "max_length=128"]) == 0
+    out = capsys.readouterr().out  # 128 tokens cannot: said, with the fix
+    trimmed = re.search(r"(\d+) of 7 examples lost references to fit max_length=128 .*"
+                        r"--set max_length=N keeps more", out)  # fmt: skip
+    assert trimmed and int(trimmed[1]) > 0, out
 
 
 def _free_port() -> int:

@@ -110,11 +110,18 @@ def read_webglm(path: Path | None, setup: Setup, tokenizer):
         n_eval = min(recipe.n_test, max(1, len(examples) // 5))
         train, evals = examples[:-n_eval][: recipe.n_train], examples[-n_eval:]
     try:
-        return tuple(webglm.to_prompt_completion(part, tokenizer, recipe.max_length)[0]
-                     for part in (train, evals))  # fmt: skip
+        fitted = [webglm.to_prompt_completion(part, tokenizer, recipe.max_length)
+                  for part in (train, evals)]  # fmt: skip
     except DataError as err:  # name the file in the error of an over-long example
         where = f"example {err.row}: " if err.row is not None else ""
         raise DataError(where + err.detail, path=path or "hub", field=err.field) from err
+    stats = {k: sum(st[k] for _, st in fitted) for k in ("n", "n_trimmed", "n_dangling_citations")}
+    if stats["n_trimmed"]:  # an answer that cites a dropped reference teaches a citation it lost
+        print(f"phi2kit train: {stats['n_trimmed']} of {stats['n']} examples lost references to "
+              f"fit max_length={recipe.max_length} (whole references, from the last), and "
+              f"{stats['n_dangling_citations']} citation(s) in their answers now point at a "
+              "dropped one; a larger --set max_length=N keeps more")  # fmt: skip
+    return tuple(dataset for dataset, _ in fitted)
 
 
 def _say_not_ready(n: int) -> None:
