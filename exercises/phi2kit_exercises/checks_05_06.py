@@ -219,7 +219,8 @@ def _06c_counts(ns):
     want = {"attention": _phi2_lora(("q_proj", "k_proj", "v_proj", "dense"), rank),
             "all six": _phi2_lora(PHI_LORA_TARGETS, rank)}  # fmt: skip
     expect(counts == want, f"counts = {counts}; Phi-2's adapters hold {want}")
-    expect(abs(share - want["attention"] / want["all six"]) < 1e-9, f"share = {share}")
+    expect(abs(share - want["attention"] / want["all six"]) < 1e-9,
+           f"share = {share}; the counts give {want['attention'] / want['all six']:.4f}")
     return f"{share:.1%}"
 
 
