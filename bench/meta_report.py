@@ -22,7 +22,7 @@ from torch import nn
 from phi2kit.profiles import Profile, get_profile
 from phi2kit.recipes import TASKS, get_recipe
 
-#: Notebooks 08 (DPO) and 09 (GRPO): their recipes have their own getters, not ``TASKS``.
+#: Notebooks 08 (DPO) and 09 (GRPO): ``get_recipe`` serves them, but they are not SFT ``TASKS``.
 EXTRA_TASKS = ("dpo", "grpo")
 
 BYTES_FP32 = 4  # LoRA weights are trained and saved in fp32 (phi2kit.training.upcast_trainable)
