@@ -69,7 +69,7 @@ def files(tiny, tmp_path_factory):
 def _llama(path, **kw):
     from llama_cpp import Llama
 
-    return Llama(str(path), n_ctx=256, n_threads=1, verbose=False, **kw)
+    return Llama(str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False, **kw)
 
 
 # --- the layout, on Phi-2's real shapes ------------------------------------------------------

@@ -39,7 +39,7 @@ def _tiny():
 def _llama(path, **kw):
     from llama_cpp import Llama
 
-    llm = Llama(str(path), n_ctx=256, n_threads=1, verbose=False, **kw)
+    llm = Llama(str(path), n_ctx=256, n_threads=1, n_threads_batch=1, verbose=False, **kw)
     try:
         yield llm
     finally:
