@@ -1,8 +1,5 @@
 """Notebook 06's chat: :func:`tree_to_rows`, :func:`build_threads`, :func:`format_chat` and
-:func:`to_examples` are its cells (the course's only thread walk and chat format;
-:mod:`phi2kit.data.oasst` validates each tree, then walks it with :func:`build_threads`). The
-rest drives ``phi2kit chat`` and ``phi2kit app``.
-"""
+:func:`to_examples` are its cells; the rest drives ``phi2kit chat`` and ``phi2kit app``."""
 
 from __future__ import annotations
 

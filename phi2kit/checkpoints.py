@@ -1,8 +1,5 @@
-"""Checkpoints that outlive a recycled runtime (Colab, Kaggle): resume from the latest.
-
-Around the HF Trainer's own resume: a ``COMPLETE`` marker (a save a crash cut short is
-skipped), a refusal under other settings (:class:`ResumeError`), a finished run loaded.
-"""
+"""Checkpoints that outlive a recycled runtime (Colab, Kaggle): resume from the latest complete one
+(a ``COMPLETE`` marker), refused under other settings (:class:`ResumeError`)."""
 
 from __future__ import annotations
 

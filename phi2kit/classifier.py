@@ -1,11 +1,6 @@
-"""A classification head on Phi-2's backbone (notebook 03).
-
-Notebook 03 writes :func:`last_token_index`, :func:`classify_by_hand` and
-:func:`compute_metrics` in its cells and trains transformers' stock
-``AutoModelForSequenceClassification``; the rest is that same recipe as one call each, for
-``phi2kit train classifier`` and the benchmark (the exercises' ``predict_logits`` and
-``adapter_keys`` are in ``phi2kit_exercises.classification``).
-"""
+"""A classification head on Phi-2's backbone (notebook 03, whose cells write
+:func:`last_token_index`, :func:`classify_by_hand` and :func:`compute_metrics`), as one call each
+for ``phi2kit train classifier``."""
 
 from __future__ import annotations
 

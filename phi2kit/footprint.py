@@ -1,9 +1,5 @@
-"""What a Phi model holds in memory, counted from shapes (no model built): the planner's base.
-
-Counted from Phi's forward in transformers 5.23 with a frozen base and LoRA; on the CPU in
-fp32 it agrees with measurements (``tests/test_plan.py``, ``bench/measure_memory.py``). GPU
-assumptions are stated where they apply.
-"""
+"""What a Phi model holds in memory, counted from shapes (no model built): the planner's base,
+checked against measurements (``tests/test_plan.py``, ``bench/measure_memory.py``)."""
 
 from __future__ import annotations
 

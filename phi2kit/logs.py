@@ -1,7 +1,4 @@
-"""Quiet notebooks and commands: library progress bars and known-harmless messages off.
-
-Errors and our own warnings still show, and long work on a GPU still shows progress.
-"""
+"""Quiet notebooks and commands: library progress bars and known-harmless messages off."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""LoRA on Phi-2's linear layers: notebook 02's recipe, for the later notebooks and
-``phi2kit train`` (``tests/test_notebook_recipe.py`` checks the two agree), with a loud
-:func:`check_targets` and a note beside each saved adapter saying whether its base was 4-bit.
-"""
+"""LoRA on Phi-2's linear layers (notebook 02's recipe), a loud :func:`check_targets`, and a note
+beside each saved adapter saying whether its base was 4-bit."""
 
 from __future__ import annotations
 

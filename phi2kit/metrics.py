@@ -1,8 +1,4 @@
-"""A notebook's key numbers, for the course summary (every notebook's last cell).
-
-``phi2kit course`` (:mod:`phi2kit.commands.course`) sets ``PHI2KIT_METRICS_DIR`` before it
-runs each notebook and reads the files back into ``summary.md``.
-"""
+"""A notebook's key numbers, for the ``phi2kit course`` summary (every notebook's last cell)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,5 @@
-"""Load Phi-2 (or the tiny Phi) for a profile: safetensors only, no remote code, ``pad = eos``
-(so padding is masked by the attention mask, never by id), nf4 for QLoRA, and notebook 01's
-fp32 attention (:func:`fp32_attention_forward`, registered by :func:`load_model`, never on
-import), since Phi-2's ``Q @ K^T`` overflows fp16 on a T4.
-"""
+"""Load Phi-2 (or the tiny Phi) for a profile: safetensors only, ``pad = eos``, nf4 for QLoRA, and
+notebook 01's fp32 attention (Phi-2's ``Q @ K^T`` overflows fp16 on a T4)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,4 @@
-"""Hardware profiles: which model, precision and optimizer a run uses (the README's table;
-docs/profiles.md). The code path is the same in every profile; ``t4-cpu`` is the T4's twin.
-"""
+"""Hardware profiles: which model, precision and optimizer a run uses (docs/profiles.md)."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""What the CPU twin of a T4 run needs and a T4 does not (course plumbing, no lesson).
-
-The ``t4-cpu`` profile runs every T4 setting a CPU can run. Two of them need a nudge on a
-CPU; on a GPU both functions do nothing, so a lesson's cell may call them on every profile.
-"""
+"""What the ``t4-cpu`` twin of a T4 run needs and a T4 does not; on a GPU both do nothing."""
 
 from __future__ import annotations
 

@@ -1,8 +1,4 @@
-"""The command-line layer: ``phi2kit course | train | plan | chat | app | bench | exercises``.
-
-Each module parses arguments and calls the library, which never imports this package
-(``tests/test_layout.py``); :mod:`phi2kit.commands.main` is the entry point.
-"""
+"""The command-line layer; the library never imports it (``tests/test_layout.py``)."""
 
 from __future__ import annotations
 

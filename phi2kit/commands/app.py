@@ -1,10 +1,5 @@
-"""``phi2kit app``: a Gradio chat app over :mod:`phi2kit.chat`, in the spirit of a Hugging Face
-Space (needs ``pip install "phi2kit[app]"``, Gradio 6).
-
-It streams each reply and offers reply length, temperature (0 = greedy) and whether to stop at
-``### Human:``. The API endpoint is ``/respond`` (``gradio_client``: ``client.predict(message,
-max_new_tokens, temperature, stop_at_human, api_name="/respond")``).
-"""
+"""``phi2kit app``: a Gradio chat app over :mod:`phi2kit.chat` (the ``app`` extra, Gradio 6); its
+API endpoint is ``/respond``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""``phi2kit course``: execute every notebook in order and write ``summary.md``.
-
-    phi2kit course --profile tiny --only 02 04 --timeout 3600 --out runs/x
-
-Each notebook records its key numbers with :func:`phi2kit.metrics.record_metrics`; they land in
-``<run>/metrics/<notebook>.json`` and in the summary table. Needs the ``course`` extra.
-"""
+"""``phi2kit course``: execute every notebook in order and write ``summary.md`` (needs the
+``course`` extra)."""
 
 from __future__ import annotations
 

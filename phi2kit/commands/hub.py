@@ -1,7 +1,5 @@
-"""``--push-to-hub``: opt-in, private unless ``--public``, safetensors, JSON, Markdown and text
-files only (no pickles); the token comes from huggingface_hub (``HF_TOKEN``, ``hf auth login``,
-Colab's secret) and is never written, printed or kept in an error (:func:`redact`).
-"""
+"""``--push-to-hub``: opt-in, private unless ``--public``, no pickles; the token is never written,
+printed or kept in an error (:func:`redact`)."""
 
 from __future__ import annotations
 

@@ -1,16 +1,5 @@
-"""``phi2kit train TASK``: a notebook's recipe from the shell; resumable, multi-process.
-
-    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --save-every 25 [--resume]
-    accelerate launch --multi_gpu --num_processes 2 -m phi2kit.commands.train chat \\
-        --output-dir runs/chat
-
-One entry for every task, as trl's ``sft.py``: the arguments become a
-:class:`~phi2kit.commands.train_args.Setup`, the task reads its data (before any model loads
-or any folder is made) and builds its trainer; the rest is the same for all. ``OUTPUT_DIR``
-holds ``checkpoints/`` (with ``settings.json``: :mod:`phi2kit.checkpoints`' resume policy),
-``trainer_state.json`` (the losses), ``run.json`` (the arguments) and ``adapter/`` (with
-``metrics.json``; written by rank 0 into a temporary folder and renamed into place).
-"""
+"""``phi2kit train TASK``: a notebook's recipe from the shell; resumable, multi-process (README,
+"Train on your own data from the shell"; ``--help``)."""
 
 from __future__ import annotations
 

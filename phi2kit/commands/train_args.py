@@ -1,5 +1,5 @@
-"""``phi2kit train``'s arguments: the parser, ``--set`` (typed like the recipe's fields) and
-the checked :class:`Setup` they give. Nothing heavy is imported: ``--help`` loads no torch."""
+"""``phi2kit train``'s arguments and the checked :class:`Setup` they give; imports nothing heavy
+(``--help`` loads no torch)."""
 
 from __future__ import annotations
 

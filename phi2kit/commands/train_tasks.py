@@ -1,9 +1,5 @@
 """What a ``phi2kit train`` task reads and trains: the notebooks' own calls (02, 03, 04, 06, 08,
-09). Arguments, checkpoints, resume and the final adapter are :mod:`phi2kit.commands.train`'s.
-
-    data = load_data(setup)                  # read and checked: no model loaded yet
-    trainer = build_trainer(setup, data, "runs/x/checkpoints", seed=0)
-"""
+09)."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""OpenAssistant OASST1 (notebook 06): message trees -> chat threads -> training examples.
-
-Reads both published forms, told by the content: the HF rows (one message per row, linked
-by ``parent_id``) and the export ``*.trees.jsonl`` (one tree per line, nested ``replies``).
-It reports bad rows and checks each tree; the walk to a thread and the ``### Human:`` format
-are notebook 06's (:mod:`phi2kit.chat`).
-"""
+"""OpenAssistant OASST1 (notebook 06): both published forms (HF rows, export ``*.trees.jsonl``) ->
+checked trees -> chat threads (walked by :mod:`phi2kit.chat`)."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""Financial news sentiment (notebooks 02 and 03): load and prompt.
-
-Reads both published forms (told by the first row) into a frame of ``text`` and ``label``:
-the Kaggle ``all-data.csv`` (no header, ``sentiment,headline``, Latin-1, CR/LF/CRLF) and the
-HF ``financial_phrasebank`` layout (``sentence``, ``label`` 0/1/2), from the hub or a CSV.
-The labels and the template are parameters; :data:`LABELS` and :data:`PROMPT_TEMPLATE` are
-the defaults. Deduplication and the split are in :mod:`phi2kit.data.sentiment_split`.
-"""
+"""Financial news sentiment (notebooks 02 and 03): load either published form (Kaggle's
+``all-data.csv``, HF ``financial_phrasebank``) into ``text`` and ``label``, and build prompts."""
 
 from __future__ import annotations
 

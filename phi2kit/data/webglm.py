@@ -1,10 +1,5 @@
-"""WebGLM-QA (notebook 04): load, check citations, build prompts, fit to a token budget.
-
-One JSON line per example, ``{"question", "answer", "references"}``; answers cite the
-references as ``[1]``, ``[2]``, ... :func:`load_webglm` names a bad line (``phi2kit train``
-reads with it); notebook 04 writes :func:`build_qa_prompt` and :func:`fit_example` in its
-cells (kept identical here; a test compares the rows).
-"""
+"""WebGLM-QA (notebook 04): load, check citations, build prompts, fit to a token budget;
+:func:`build_qa_prompt` and :func:`fit_example` are notebook 04's cells."""
 
 from __future__ import annotations
 

@@ -1,9 +1,5 @@
 """Label scoring: a causal LM as a classifier that cannot give an invalid label (02).
-
-:func:`label_logprobs` is notebook 02's cell. :func:`score_labels` gives the same scores
-faster, for ``phi2kit bench`` (P2; docs/performance.md) and :func:`predict_by_scoring`: one
-row per prompt when every label is one token, the prompts' shared instruction run once.
-"""
+:func:`label_logprobs` is notebook 02's cell; :func:`score_labels` gives the same scores faster."""
 
 from __future__ import annotations
 

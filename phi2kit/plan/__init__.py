@@ -1,9 +1,5 @@
-"""Memory fit planner: will a LoRA/QLoRA recipe fit on the GPU, and if not, what to change.
-
-``print(format_table(estimate("t4", get_recipe("webglm", "t4"))))`` is ``phi2kit plan``'s
-table. Units are decimal GB. The counting is :mod:`phi2kit.footprint`'s; this adds the GPU
-overheads, the optimizer, the verdict and the levers to pull.
-"""
+"""Memory fit planner: will a LoRA/QLoRA recipe fit on the GPU, and if not, what to change
+(``phi2kit plan``). Decimal GB; the counting is :mod:`phi2kit.footprint`'s."""
 
 from __future__ import annotations
 
