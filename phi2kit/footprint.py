@@ -56,12 +56,9 @@ def count_parameters(config: Any) -> int:
 def weight_bytes(config: Any, dtype: str = "float16", *, quantize_4bit: bool = False,
                  double_quant: bool = True, upcast_fp32: bool = False,
                  head: bool = True) -> int:  # fmt: skip
-    """Bytes of the base model's weights.
-
-    With ``quantize_4bit`` the decoder Linears are nf4 (two per byte) with bitsandbytes'
-    absmax per 64-block (with ``double_quant``: uint8, nested per 256 blocks) and codes;
-    the rest stays in ``dtype``, or fp32 with ``upcast_fp32`` (``prepare_model_for_kbit_training``).
-    """
+    """Bytes of the base model's weights; with ``quantize_4bit`` the decoder Linears in nf4 with
+    bitsandbytes' absmax (nested with ``double_quant``), the rest in ``dtype`` (fp32 with
+    ``upcast_fp32``)."""
     weights, n_lin, other = _split_params(config, head)
     size = 4 if upcast_fp32 else DTYPE_BYTES[dtype]
     if not quantize_4bit:

@@ -14,10 +14,8 @@ from phi2kit.training import CHECKPOINTING_KWARGS
 
 
 def check_targets(model: nn.Module, targets: tuple[str, ...] | list[str]) -> dict[str, int]:
-    """Count the Linear-like modules each LoRA target name matches; raise if one matches none.
-
-    A target matches a module whose dotted name ends with ``.<target>`` (PEFT's rule).
-    """
+    """Count the Linear-like modules each LoRA target matches (PEFT's rule: the dotted name ends
+    with ``.<target>``); raise if one matches none."""
     names = [n for n, m in model.named_modules()
              if getattr(m, "weight", None) is not None and m.weight.dim() == 2]  # fmt: skip
     counts = {t: sum(1 for n in names if n == t or n.endswith("." + t)) for t in targets}

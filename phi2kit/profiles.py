@@ -12,11 +12,8 @@ PHI2_ID = "microsoft/phi-2"
 
 
 class ProfileError(RuntimeError):
-    """A profile was asked for on hardware that cannot run it.
-
-    ``str(err)`` speaks to a notebook (``PROFILE='tiny'``); :meth:`shell` says the same to
-    the ``phi2kit`` commands' user (``--profile tiny``).
-    """
+    """A profile was asked for on hardware that cannot run it: ``str(err)`` speaks to a notebook
+    (``PROFILE='tiny'``), :meth:`shell` to the shell (``--profile tiny``)."""
 
     def __init__(self, reason: str, use: str, notebook_hint: str = "") -> None:
         self.reason, self.use = reason, use
@@ -35,14 +32,9 @@ class UnknownProfileError(ValueError):
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything that differs between hardware targets.
-
-    ``model_id`` is the base model's hub id or folder (``None``: the shipped tiny Phi);
-    ``dtype`` is the base weights' and AMP's; ``attn_implementation`` ``phi2kit_fp32`` keeps
-    attention scores in fp32 (fp16 on a T4 overflows); ``optim`` is the Trainer's optimizer;
-    ``requires_cuda`` fails early, clearly, without a GPU (bench/phi2_real_size.py clears it
-    to run Phi-2 on the CPU).
-    """
+    """Everything that differs between hardware targets. ``model_id``: the base's hub id or folder
+    (``None``: the tiny Phi); ``attn_implementation`` ``phi2kit_fp32`` keeps attention scores in
+    fp32 (fp16 overflows on a T4); ``requires_cuda`` fails early without a GPU."""
 
     name: ProfileName
     model_id: str | None = None

@@ -129,9 +129,8 @@ PREFERENCE_TASKS: tuple[str, ...] = ("dpo",)
 
 @dataclass(frozen=True)
 class DPORecipe(Recipe):
-    """A :class:`Recipe` for DPO on OASST1's ranked replies (notebook 08), with trl's
-    ``beta`` and ``precompute_ref_log_probs``. The LoRA numbers are 06's ``chat`` adapter's
-    (DPO goes on training it); ``batch_size`` counts pairs."""
+    """A :class:`Recipe` for DPO (notebook 08) with trl's ``beta`` and ``precompute_ref_log_probs``;
+    the LoRA numbers are 06's chat adapter's; ``batch_size`` counts pairs."""
 
     beta: float = 0.1
     precompute_ref_log_probs: bool = False

@@ -95,11 +95,9 @@ def sft_trainer(model, tokenizer, train_dataset, profile: Profile, recipe: Recip
 
 
 def finish_trainer(trainer, *, seeded_sampler: bool = True):
-    """The last step for every trainer phi2kit builds; returns it: trainable weights to fp32
-    (trl casts QLoRA adapters to bf16), fp16 AMP on a CPU (``t4-cpu``), the seeded sampler
-    of :func:`phi2kit.batching.group_by_length` (unless ``seeded_sampler=False``: the
-    benchmark's peer) and no log dict printed at every step.
-    """
+    """The last step for every trainer phi2kit builds: trainable weights to fp32 (trl casts QLoRA
+    adapters to bf16), fp16 AMP on a CPU, the seeded sampler (unless ``seeded_sampler=False``) and
+    no log dict per step."""
     from transformers.trainer_callback import PrinterCallback
 
     from phi2kit.batching import group_by_length

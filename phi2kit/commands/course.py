@@ -57,13 +57,9 @@ class NotebookRun:
 
 def run_course(profile: str, out: Path, notebooks: list[Path], *, timeout: int = DEFAULT_TIMEOUT,
                log=print, workdir: Path | None = None) -> list[NotebookRun]:  # fmt: skip
-    """Execute ``notebooks`` with papermill, setting ``PROFILE``; write ``summary.md``.
-
-    Each kernel runs in its notebook's folder, where a learner's Jupyter puts the lessons'
-    ``outputs/`` (a second run resumes from their checkpoints), or in ``workdir`` (with a
-    ``../data`` link to the samples), so that runs on two profiles share nothing. Relative
-    paths mean what they meant where the command was run.
-    """
+    """Execute ``notebooks`` with papermill, setting ``PROFILE``, and write ``summary.md``; each
+    kernel runs in its notebook's folder, or in ``workdir`` (with a ``../data`` link) so that two
+    runs share nothing."""
     import papermill as pm
     from tqdm.auto import tqdm
 

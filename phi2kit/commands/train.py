@@ -41,10 +41,8 @@ BY_CONTENT = ("data", "adapter")  # settings stored as a fingerprint of the file
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; rename it to ``path`` if the block succeeds
-    (an existing ``path``, a resumed run's earlier adapter, is replaced): ``path`` is complete
-    or absent. On an exception ``path`` is left as it was; a hard kill leaves only a hidden
-    ``.NAME.tmp-*`` folder."""
+    """Yield a temporary folder next to ``path``, renamed to ``path`` if the block succeeds:
+    ``path`` is complete or absent (a hard kill leaves a hidden ``.NAME.tmp-*``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))

@@ -48,11 +48,8 @@ Record = tuple[int, Any, Any, str, str]
 
 
 def csv_records(text: str, path: Any) -> Iterator[Record]:
-    """Yield records from CSV text (line endings CR, LF or CRLF, even mixed).
-
-    A first row naming ``label``, ``sentence`` or ``text`` is a header; any other first row
-    is data in the Kaggle form (no header: the sentiment, then the headline).
-    """
+    """Records from CSV text (CR, LF or CRLF line ends); a first row naming ``label``, ``sentence``
+    or ``text`` is a header, else the file is Kaggle's (sentiment, headline)."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
@@ -172,12 +169,9 @@ def load_financial_news(path: str | os.PathLike[str] | None = None, *,
                         hub_id: str = "takala/financial_phrasebank",
                         hub_config: str = "sentences_50agree", skip_bad: bool = False,
                         labels: Sequence[str] = LABELS) -> pd.DataFrame:  # fmt: skip
-    """Headlines and their label word, from a CSV file (either form) or, with no ``path``,
-    the hub (``sentences_50agree`` holds all 4,846 headlines, as the Kaggle file does).
-
-    An integer label ``i`` means ``labels[i]``. With ``skip_bad`` bad rows are skipped and
-    counted in ``df.attrs["skipped"]``; otherwise the first raises :class:`DataError`.
-    """
+    """Headlines and their label word from a CSV file (either form) or, with no ``path``, the hub;
+    an integer label ``i`` means ``labels[i]``. ``skip_bad`` skips bad rows (``df.attrs``), else the
+    first raises :class:`DataError`."""
     labels = check_labels(labels)
     if path is None:
         table = _hub_table(hub_id, hub_config)

@@ -61,14 +61,10 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
              dtype: str | None = None, optim: str | None = None, double_quant: bool = True,
              num_labels: int = 3, config: Any = None,
              _levers: bool = True) -> Estimate:  # fmt: skip
-    """Predict the peak memory of training ``recipe`` on ``model`` (a ``PhiConfig``, a
-    profile or its name, whose settings are the defaults; ``config`` counts another model
-    under them). ``overhead_gb=None``: CUDA context + allocator slack on a GPU, 0 on a CPU.
-
-    Under gradient checkpointing the recomputed layer lives only after the logits' buffers
-    are freed, so it adds to the peak only by what it exceeds them. Paged 8-bit AdamW's
-    states are counted as resident, though pages can be evicted.
-    """
+    """Predict the peak memory of training ``recipe`` on ``model``: a ``PhiConfig``, or a profile
+    (or its name) whose settings are the defaults, ``config`` then counting another model.
+    ``overhead_gb=None``: CUDA context + allocator slack on a GPU, 0 on a CPU. Paged AdamW's states
+    count as resident."""
     if recipe.max_length < 1 or recipe.batch_size < 1 or device_gb <= 0:
         raise ValueError(
             f"max_length ({recipe.max_length}), batch ({recipe.batch_size}) and device_gb "

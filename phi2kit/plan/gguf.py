@@ -48,12 +48,9 @@ def gguf_tensor_types(qtype: str, config: Any = None) -> list[tuple[str, str, in
 
 
 def gguf_footprint(qtype: str, config: Any = None, n_ctx: int = 2048, n_ubatch: int = 512) -> dict:
-    """Disk and CPU RAM (GB) of a ``phi2`` GGUF file of type ``qtype`` served by llama.cpp.
-
-    ``tensors_gb`` is exact; ``disk_gb`` adds 32 B per vocabulary entry for the tokenizer (an
-    assumption); ``ram_gb`` adds an F16 KV cache of ``n_ctx`` positions and a compute buffer
-    assumed to be ``4 B x n_ubatch x (vocabulary + heads x n_ctx + 4 x intermediate)``.
-    """
+    """Disk and CPU RAM (GB) of a ``phi2`` GGUF file served by llama.cpp: ``tensors_gb`` exact;
+    assumed 32 B per vocabulary entry for the tokenizer, an F16 KV cache of ``n_ctx`` and a compute
+    buffer of ``4 B x n_ubatch x (vocabulary + heads x n_ctx + 4 x intermediate)``."""
     cfg = config if config is not None else phi2_config()
     types = gguf_tensor_types(qtype, cfg)
     tensors = sum(GGUF_BLOCKS[t][0] * count // GGUF_BLOCKS[t][1] for _, t, count in types)
