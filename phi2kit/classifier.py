@@ -49,9 +49,8 @@ def load_classifier(
     quantize_4bit: bool | None = None,
     labels: Sequence[str] = LABELS,
 ):
-    """transformers' ``AutoModelForSequenceClassification`` for the profile: a fresh
-    ``score`` head with one output per label (named in ``id2label``), ``pad_token_id`` set
-    to eos, the base in nf4 when ``quantize_4bit``."""
+    """transformers' ``AutoModelForSequenceClassification`` for the profile: a fresh ``score`` head,
+    one output per label (``id2label``), the base in nf4 when ``quantize_4bit``."""
     from phi2kit.models import load_model
 
     model = load_model(profile, quantize_4bit=quantize_4bit, num_labels=len(labels))
@@ -64,17 +63,16 @@ def tokenize_headlines(
     df: pd.DataFrame,
     tokenizer,
     max_length: int,
-    prompt: bool = True,
     *,
     labels: Sequence[str] = LABELS,
     template: str = PROMPT_TEMPLATE,
 ) -> datasets.Dataset:
-    """``input_ids``, ``attention_mask`` and ``labels`` (indices into ``labels``), unpadded;
-    with ``prompt``, of notebook 02's prompt, so the head reads where 02 reads the label."""
+    """``input_ids``, ``attention_mask`` and ``labels`` (indices into ``labels``), unpadded, of
+    notebook 02's prompt, so the head reads where 02 reads the label."""
     import datasets
 
     labels = list(labels)
-    texts = [build_prompt(t, template, labels) if prompt else t for t in df["text"]]
+    texts = [build_prompt(t, template, labels) for t in df["text"]]
     enc = tokenizer(texts, truncation=True, max_length=max_length)
     return datasets.Dataset.from_dict(
         {
