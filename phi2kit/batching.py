@@ -31,10 +31,9 @@ def length_grouped_indices(
     generator: torch.Generator | None = None,
     mega_batches: int = MEGA_BATCHES,
 ) -> list[int]:
-    """One epoch's order: lengths sorted within mega-batches of ``mega_batches`` batches, the
-    batches shuffled, the longest first (an out-of-memory error shows at step 1) and an
-    incomplete one last (docs/performance.md). ``batch_size``: examples per optimizer step over
-    all processes."""
+    """One epoch's order: lengths sorted within mega-batches of ``mega_batches`` batches, batches
+    shuffled, the longest first (out of memory shows at step 1), an incomplete one last;
+    ``batch_size``: examples per optimizer step over all processes."""
     order = torch.randperm(len(lengths), generator=generator).tolist()
     mega = batch_size * mega_batches
     batches: list[list[int]] = []

@@ -92,16 +92,13 @@ def dequant_bytes(config: Any, dtype: str = "float16", double_quant: bool = True
 
 def activation_bytes_per_token(config: Any, recipe: Any, seq: int, *, dtype: str = "float32",
                                attn: str = "eager", on_gpu: bool = False) -> float:  # fmt: skip
-    """Bytes one decoder layer saves for backward, per token, with a frozen base + LoRA.
-
-    Counted from the tensors autograd keeps (frozen base Linears and 4-bit matmuls keep no
-    input): layernorm input + mean/rstd; per adapted Linear its lora_A input (the dropout
-    output or a dtype cast; with no dropout and no cast the shared input counts once), the
-    dropout mask and the rank-r lora_A output; the rotated q and k and v; eager attention
-    probabilities in fp32 (+ a compute-dtype copy under autocast; ``seq`` enters here);
-    sdpa's output and logsumexp instead; gelu_new's four saved intermediates (x, tanh, x/2,
-    1+tanh); residual adds save nothing. Rotary slices and cos/sin are negligible.
-    """
+    """Bytes one decoder layer saves for backward, per token, with a frozen base + LoRA: the tensors
+    autograd keeps (frozen and 4-bit matmuls keep no input). Layernorm input + mean/rstd; per
+    adapted Linear its lora_A input (dropout output or dtype cast; else a shared input counts once),
+    dropout mask and rank-r output; rotated q, k and v; eager attention probabilities in fp32 (+ a
+    compute-dtype copy under autocast; ``seq`` enters here) or sdpa's output and logsumexp;
+    gelu_new's four intermediates (x, tanh, x/2, 1+tanh). Residual adds save nothing; rotary slices
+    and cos/sin are negligible."""
     lin = _linears(config)
     c = DTYPE_BYTES[dtype]
     amp = c != 4  # fp16/bf16 autocast: layer_norm and pow (in gelu_new) run in fp32

@@ -66,9 +66,8 @@ ADAPTER_NOTE = "phi2kit_adapter.json"
 
 
 def save_adapter(model: nn.Module, path: str | Path, profile: str | None = None) -> Path:
-    """``model.save_pretrained(path)`` plus :data:`ADAPTER_NOTE`: whether the base was 4-bit,
-    which ``adapter_config.json`` does not say and merging needs (notebook 05), and the
-    profile it was trained under (tiny and t4-cpu share one base model and one folder)."""
+    """``model.save_pretrained(path)`` plus :data:`ADAPTER_NOTE`: whether the base was 4-bit
+    (merging needs it; the adapter's config does not say) and the profile it was trained under."""
     path = Path(path)
     model.save_pretrained(str(path))
     note = {"base_4bit": is_quantized(model)} | ({"profile": profile} if profile else {})

@@ -120,9 +120,8 @@ def load_kwargs(profile: Profile, quantize_4bit: bool) -> dict:
 
 def load_model(profile: Profile | str = "auto", *, quantize_4bit: bool | None = None,
                num_labels: int | None = None, source: str | None = None):  # fmt: skip
-    """The profile's causal LM, or a sequence classifier with a fresh head of ``num_labels``;
-    nf4 by the profile unless ``quantize_4bit`` says; ``source``: another folder (a merged
-    model) with the same settings."""
+    """The profile's causal LM, or a classifier with a fresh head of ``num_labels``; nf4 by the
+    profile unless ``quantize_4bit`` says; ``source``: another folder (a merged model)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     profile = get_profile(profile) if isinstance(profile, str) else profile

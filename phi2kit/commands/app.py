@@ -61,9 +61,8 @@ def port_error(host: str, port: int) -> str | None:
 
 
 def make_chat_fn(model, tokenizer, *, max_new_tokens: int = 128, temperature: float = 0.0):
-    """``respond(message, history, max_new_tokens, temperature, stop_at_human)``: what Gradio's
-    ``ChatInterface`` calls with the whole conversation and the settings panel's values; it
-    yields the reply so far, so the page streams it."""
+    """``respond(message, history, max_new_tokens, temperature, stop_at_human)`` for Gradio's
+    ``ChatInterface``: it yields the reply so far, so the page streams it."""
 
     def respond(message: str, history: Sequence[Any], max_new_tokens: int = max_new_tokens,
                 temperature: float = temperature, stop_at_human: bool = True) -> Iterator[str]:
@@ -90,9 +89,8 @@ def describe_model(profile: str, *, base: str | None, adapter: str | None,
 
 def build_app(model, tokenizer, *, description: str = "", max_new_tokens: int = 128,
               temperature: float = 0.0):  # fmt: skip
-    """A ``gradio.ChatInterface`` around :func:`make_chat_fn`; call ``.launch()`` on it.
-    ``description`` (:func:`describe_model`'s line) is shown under the title. Needs Gradio
-    (:func:`run_app` says how to install it)."""
+    """A ``gradio.ChatInterface`` around :func:`make_chat_fn`, ``description`` under the title; call
+    ``.launch()`` on it."""
     import gradio as gr
 
     settings = [

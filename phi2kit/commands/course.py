@@ -57,9 +57,8 @@ class NotebookRun:
 
 def run_course(profile: str, out: Path, notebooks: list[Path], *, timeout: int = DEFAULT_TIMEOUT,
                log=print, workdir: Path | None = None) -> list[NotebookRun]:  # fmt: skip
-    """Execute ``notebooks`` with papermill, setting ``PROFILE``, and write ``summary.md``; each
-    kernel runs in its notebook's folder, or in ``workdir`` (with a ``../data`` link) so that two
-    runs share nothing."""
+    """Execute ``notebooks`` with papermill (``PROFILE`` set) and write ``summary.md``; kernels run
+    in the notebooks' folder, or in ``workdir`` so that two runs share nothing."""
     import papermill as pm
     from tqdm.auto import tqdm
 

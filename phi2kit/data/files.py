@@ -40,9 +40,8 @@ class DataError(ValueError):
 
 
 class LoadResult(list):
-    """A list of records, plus ``problems``: one message per row a ``skip_bad`` load left out.
-    Every loader checks and appends each row inside ``with result.row():``, then returns
-    ``result.done()``: without ``skip_bad``, every bad row is named in one error."""
+    """A list of records, plus ``problems`` (one per row a ``skip_bad`` load left out): loaders
+    append each row inside ``with result.row():``, then return ``result.done()``."""
 
     def __init__(self, problems: list[str] | None = None, *, skip_bad: bool = False) -> None:
         super().__init__()

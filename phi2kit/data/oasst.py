@@ -176,9 +176,8 @@ def _top(msg: dict, by_id: dict[str, dict]) -> str:
 
 def load_messages(path: str | os.PathLike[str] | None = None, *, split: str = "train",
                   hub_id: str = HUB_ID, skip_bad: bool = False) -> LoadResult:  # fmt: skip
-    """OASST1 messages as plain dicts, from either form (``.jsonl``, ``.jsonl.gz``, ``.parquet``,
-    ``.csv``) or with no ``path`` the hub; ``not_ready`` counts the unfinished trees left out.
-    """
+    """OASST1 messages as plain dicts, from a file in either form or with no ``path`` the hub;
+    ``not_ready`` counts the unfinished trees left out."""
     if path is None:
         rows = list(hub_rows(hub_id, split, "Pass path= a local file", _FIELDS))
         source, form = hub_id, "rows"

@@ -109,9 +109,8 @@ def _label_word(value: Any, labels: Sequence[str] = LABELS, *, first: bool = Fal
 def _collect(
     records: Iterable[Record], path: Any, skip_bad: bool, label_set: Sequence[str] = LABELS
 ) -> pd.DataFrame:
-    """Records as a frame; the first bad row raises :class:`DataError` (saying how many more
-    there are, and where), or with ``skip_bad`` every bad row is skipped and named in
-    ``df.attrs["problems"]``."""
+    """Records as a frame; bad rows raise one :class:`DataError` naming them all, or with
+    ``skip_bad`` are skipped and named in ``df.attrs["problems"]``."""
     rows = LoadResult(skip_bad=skip_bad)
     for row, label, text, label_field, text_field in records:
         with rows.row():

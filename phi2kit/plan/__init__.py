@@ -61,8 +61,8 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
              dtype: str | None = None, optim: str | None = None, double_quant: bool = True,
              num_labels: int = 3, config: Any = None,
              _levers: bool = True) -> Estimate:  # fmt: skip
-    """Predict the peak memory of training ``recipe`` on ``model``: a ``PhiConfig``, or a profile
-    (or its name) whose settings are the defaults, ``config`` then counting another model.
+    """Predict the peak memory of training ``recipe`` on ``model`` (a ``PhiConfig``, or a profile or
+    its name whose settings are the defaults; ``config``: another model under them);
     ``overhead_gb=None``: CUDA context + allocator slack on a GPU, 0 on a CPU. Paged AdamW's states
     count as resident."""
     if recipe.max_length < 1 or recipe.batch_size < 1 or device_gb <= 0:

@@ -15,11 +15,9 @@ GGUF_FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
 
 def gguf_tensor_types(qtype: str, config: Any = None) -> list[tuple[str, str, int]]:
     """``(name, type, weights)`` per tensor of a ``phi2`` GGUF file (default: Phi-2's config).
-
-    F16/Q8_0: the converter's rule (1-D tensors F32, matrices ``qtype``). Q4_K_M: llama.cpp's
-    quantizer: Q4_K; Q6_K for ``output`` and for ``attn_v``/``ffn_down`` in its use_more_bits
-    layers; rows not a multiple of 256 fall back (:data:`GGUF_FALLBACK`; ``output`` -> Q8_0).
-    """
+    F16/Q8_0: 1-D tensors F32, matrices ``qtype``; Q4_K_M as llama.cpp quantizes: Q4_K, Q6_K for
+    ``output`` and for ``attn_v``/``ffn_down`` in use_more_bits layers, and rows not a multiple of
+    256 fall back (:data:`GGUF_FALLBACK`; ``output`` -> Q8_0)."""
     if qtype not in ("F16", "Q8_0", "Q4_K_M"):
         raise ValueError(f"qtype must be 'F16', 'Q8_0' or 'Q4_K_M', not {qtype!r}")
     cfg = config if config is not None else phi2_config()

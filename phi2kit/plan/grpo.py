@@ -52,10 +52,9 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
 
 def grpo_minutes(recipe: Any, calibration: int = T4_CALIBRATION_LENGTH,
                  check_prompts: int = CHECK_PROMPTS) -> dict[str, float]:  # fmt: skip
-    """Predicted T4 minutes of a GRPO run by phase: training at 6N FLOPs a token (the course's
-    clock), the reference pass (``beta > 0``) at 2N, and generation at
-    :data:`T4_DECODE_STEP_S` per decoding step of each ``generate`` call: training's, and the
-    learning check's (``check_prompts`` groups, sampled twice, a generation batch a call)."""
+    """Predicted T4 minutes of a GRPO run by phase: training at 6N FLOPs a token, the reference pass
+    (``beta > 0``) at 2N, and :data:`T4_DECODE_STEP_S` per decoding step of each ``generate`` call,
+    training's and the learning check's (``check_prompts`` groups, twice)."""
     n = count_parameters(phi2_config())
     tokens = recipe.max_steps * recipe.effective_batch * GRPO_TYPICAL_TOKENS
     flops = T4_CALIBRATIONS[calibration]
