@@ -93,8 +93,7 @@ def classifier_trainer(
     eval_dataset=None,
     **overrides,
 ) -> Trainer:
-    """HF ``Trainer`` with dynamic (right) padding and :func:`compute_metrics`;
-    ``overrides`` go to ``TrainingArguments``, after :func:`~phi2kit.training.common_args`."""
+    """HF ``Trainer``, right padding, :func:`compute_metrics`; ``overrides``: training arguments."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from phi2kit.training import common_args, finish_trainer

@@ -47,8 +47,7 @@ def on_gpu(model: Any) -> bool:
 
 
 def progress(iterable: Iterable[T], *, desc: str = "", show: bool = True) -> Iterable[T]:
-    """``iterable`` with a ``tqdm.auto`` bar when ``show`` (batched loops pass
-    ``on_gpu(model)``: minutes on a T4, seconds on the CPU), else as is."""
+    """``iterable`` with a ``tqdm.auto`` bar when ``show`` (loops pass ``on_gpu(model)``)."""
     from tqdm.auto import tqdm
 
     return tqdm(iterable, desc=desc, leave=False, disable=not show)
@@ -65,8 +64,7 @@ def quiet_command() -> None:
 
 
 def one_progress_line(trainer: Any) -> Any:
-    """Replace the Trainer's progress output (a loss dict per logged step) by one bar:
-    ``training: 40%|####  | 48/120 [00:12<00:18, loss=0.91]``. Returns ``trainer``."""
+    """Replace the Trainer's progress output (a loss dict a log) by one bar; returns ``trainer``."""
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

@@ -10,8 +10,7 @@ METRICS_ENV = "PHI2KIT_METRICS_DIR"
 
 
 def record_metrics(notebook: str, metrics: dict) -> dict:
-    """A notebook's key numbers, written to ``<PHI2KIT_METRICS_DIR>/<notebook>.json`` when
-    ``phi2kit course`` runs it, and returned."""
+    """Rounded and returned; saved as ``<PHI2KIT_METRICS_DIR>/<notebook>.json`` when it is set."""
     # 4 significant figures, not 4 decimals: a merge error of 7e-6 must not read 0.0
     clean = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in metrics.items()}
     folder = os.environ.get(METRICS_ENV)

@@ -56,8 +56,7 @@ def fp32_attention_forward(
 
 
 def register_fp32_attention() -> str:
-    """Register :func:`fp32_attention_forward` as ``attn_implementation="phi2kit_fp32"``
-    (notebook 01's two calls); returns the name."""
+    """Register :func:`fp32_attention_forward` as ``"phi2kit_fp32"``; returns the name."""
     AttentionInterface.register(FP32_ATTENTION, fp32_attention_forward)
     # A custom attention also needs a mask builder, or transformers passes no padding mask
     # at all. Ours takes eager's additive mask.

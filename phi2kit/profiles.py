@@ -128,8 +128,8 @@ def check_hardware(profile: Profile) -> None:
 
 
 def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
-    """The profile called ``name``; ``auto`` (or ``None``) reads ``PHI2KIT_PROFILE``, then
-    detects the hardware. With ``check``, :func:`check_hardware` runs."""
+    """Profile ``name`` (``auto``: ``PHI2KIT_PROFILE``, else detected); ``check``: on this
+    hardware."""
     requested = (name or "auto").strip().lower()
     where = ""
     if requested == "auto":

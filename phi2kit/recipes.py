@@ -232,8 +232,7 @@ _GRPO = {
 
 def get_recipe(task: str, profile: Profile | str = "auto",
                **overrides: object) -> Recipe | DPORecipe | GrpoRecipe:  # fmt: skip
-    """The recipe for ``task`` (one of :data:`TASKS`, ``dpo`` or ``grpo``) on ``profile``, with
-    ``overrides`` applied."""
+    """``task``'s recipe (:data:`TASKS`, ``dpo`` or ``grpo``) on ``profile``, with ``overrides``."""
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
     recipes = _RECIPES[profile.name] | {"dpo": _DPO[profile.name], "grpo": _GRPO[profile.name]}
     if task not in recipes:

@@ -18,8 +18,7 @@ from phi2kit.twin import cpu_fp16_amp
 
 
 def upcast_trainable(model: nn.Module) -> int:
-    """Cast every trainable parameter to fp32 (fp16 AMP's gradient scaler needs fp32 master
-    weights); return how many were cast."""
+    """Cast trainable parameters to fp32 (fp16 AMP's grad scaler needs them); return the count."""
     n = 0
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
@@ -85,8 +84,7 @@ def sft_config(profile: Profile, recipe: Recipe, output_dir: str | Path,
 
 def sft_trainer(model, tokenizer, train_dataset, profile: Profile, recipe: Recipe,
                 output_dir: str | Path, eval_dataset=None, **overrides):  # fmt: skip
-    """trl ``SFTTrainer`` over a LoRA model, through :func:`finish_trainer`; ``overrides``
-    (``eval_steps`` with an ``eval_dataset``, say) go to :func:`sft_config`."""
+    """trl ``SFTTrainer`` through :func:`finish_trainer`; ``overrides`` go to :func:`sft_config`."""
     from trl import SFTTrainer
 
     args = sft_config(profile, recipe, output_dir, **overrides)

@@ -45,8 +45,7 @@ def it_holds(folder: Path, skip: Path | None = None) -> str | None:
 
 
 def trained_by(adapter: str | Path) -> tuple[Path, str | None]:
-    """``run.json`` beside ``adapter`` (``phi2kit train`` writes it) and the task it names;
-    None for an adapter without one (a notebook's, a script's)."""
+    """``run.json`` beside ``adapter`` (from ``phi2kit train``) and its task; None without it."""
     run = Path(adapter).parent / "run.json"
     return run, json.loads(run.read_text()).get("task") if run.is_file() else None
 

@@ -89,8 +89,7 @@ def describe_model(profile: str, *, base: str | None, adapter: str | None,
 
 def build_app(model, tokenizer, *, description: str = "", max_new_tokens: int = 128,
               temperature: float = 0.0):  # fmt: skip
-    """A ``gradio.ChatInterface`` around :func:`make_chat_fn`, ``description`` under the title; call
-    ``.launch()`` on it."""
+    """A ``gradio.ChatInterface`` around :func:`make_chat_fn`; call ``.launch()`` on it."""
     import gradio as gr
 
     settings = [

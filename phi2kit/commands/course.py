@@ -122,8 +122,7 @@ def _failed_cell(exc: Exception, nb: Path, executed: Path) -> tuple[int | None, 
 
 
 def describe_failure(exc: Exception, nb: Path, executed: Path, timeout: int) -> str:
-    """One line: the notebook, the cell (counted from 1, markdown included; its first line)
-    and the error."""
+    """One line: the notebook, the failed cell (counted from 1; its first line) and the error."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     try:
@@ -151,8 +150,7 @@ def _figure(value) -> str:
 
 
 def summary_markdown(runs: list[NotebookRun], profile: str, load: float | None = None) -> str:
-    """The course table, the stand-ins, and what the speeds depend on (``load``: the load
-    average at the end, if known)."""
+    """The course table, the stand-ins, and what the speeds depend on (``load``: load average)."""
     lines = [f"# phi2kit course run (profile: {profile})", "",
              "| notebook | status | wall time | key metrics |", "|---|---|---|---|"]  # fmt: skip
     for r in runs:

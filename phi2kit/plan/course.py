@@ -51,8 +51,7 @@ COURSE = [  # notebook, what it teaches, task (None: no training)
 def train_minutes(
     task: str, profile: str = "t4", calibration: int = T4_CALIBRATION_LENGTH
 ) -> float:
-    """Predicted training time of a task's default recipe on a T4, eval excluded, at the
-    ``calibration`` reading of seed 003's run (:data:`T4_CALIBRATIONS`)."""
+    """T4 training minutes of a task's recipe (eval excluded) at a seed-003 ``calibration``."""
     if calibration not in T4_CALIBRATIONS:
         raise ValueError(f"calibration must be one of {sorted(T4_CALIBRATIONS)}")
     recipe = get_recipe(task, profile)
