@@ -31,15 +31,9 @@ def length_grouped_indices(
     generator: torch.Generator | None = None,
     mega_batches: int = MEGA_BATCHES,
 ) -> list[int]:
-    """One epoch's example order: similar lengths within a batch, batches in random order.
-
-    Examples are shuffled, sorted by length within mega-batches of ``mega_batches`` batches
-    and cut into batches; the batches are shuffled (no curriculum), the one holding the
-    longest example goes first (an out-of-memory error shows at step 1) and an incomplete
-    one last. transformers' ``get_length_grouped_indices`` caps the mega-batch at a quarter
-    of the data: on 96 examples in batches of 8 it wastes 13 % of its cells on padding, this
-    4 %. ``batch_size`` is the examples per optimizer step over all processes.
-    """
+    """One epoch's order: lengths sorted within mega-batches of ``mega_batches`` batches, batches
+    shuffled, the longest first (out of memory shows at step 1), an incomplete one last;
+    ``batch_size``: examples per optimizer step over all processes."""
     order = torch.randperm(len(lengths), generator=generator).tolist()
     mega = batch_size * mega_batches
     batches: list[list[int]] = []
@@ -59,12 +53,8 @@ def length_grouped_indices(
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
-    """:func:`length_grouped_indices`, reshuffled each epoch from ``(seed, epoch)`` only.
-
-    transformers' ``LengthGroupedSampler`` shuffles with the *global* torch RNG, so a run
-    resumed in a later epoch sees another order than the uninterrupted run; this one replays
-    it exactly (the Trainer calls ``set_epoch``).
-    """
+    """:func:`length_grouped_indices`, reshuffled each epoch from ``(seed, epoch)`` only:
+    transformers' sampler draws from the global RNG, so a resumed run would see another order."""
 
     def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0) -> None:
         super().__init__(batch_size, lengths=list(lengths))
@@ -80,13 +70,9 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
 
 def group_by_length(trainer):
-    """Make ``trainer`` use :class:`SeededLengthGroupedSampler` where it would group by length.
-
-    Wraps the Trainer's private ``_get_train_sampler`` (the only hook for the sampler): a
-    ``LengthGroupedSampler`` it builds is replaced by ours, with the same lengths, the batch
-    of one step over all processes and the seed ``data_seed`` (else ``seed``). Other
-    strategies are left alone; a second call does nothing.
-    """
+    """Make ``trainer`` use :class:`SeededLengthGroupedSampler` where it would group by length,
+    through its private ``_get_train_sampler`` (the only hook), seeded by ``data_seed`` (else
+    ``seed``); a second call does nothing."""
     if getattr(trainer, "_phi2kit_group_by_length", False):
         return trainer
     build = trainer._get_train_sampler

@@ -1,8 +1,5 @@
 """Notebook 06's chat: :func:`tree_to_rows`, :func:`build_threads`, :func:`format_chat` and
-:func:`to_examples` are its cells (the course's only thread walk and chat format;
-:mod:`phi2kit.data.oasst` validates each tree, then walks it with :func:`build_threads`). The
-rest drives ``phi2kit chat`` and ``phi2kit app``.
-"""
+:func:`to_examples` are its cells; the rest drives ``phi2kit chat`` and ``phi2kit app``."""
 
 from __future__ import annotations
 
@@ -119,13 +116,9 @@ def stream_reply(
     stop_strings: Sequence[str] = STOP_STRINGS,
     temperature: float = 0.0,
 ) -> Iterator[str]:
-    """The assistant's reply to ``turns`` (ending with the user's message), yielded each time
-    it grows; the last value is the whole reply, cut at EOS or a stop string.
-
-    Generation runs in a thread behind a ``TextIteratorStreamer``. Text that may begin a stop
-    string is held back (``"### Hu"`` never flashes on screen); closing the generator (a Stop
-    button) stops the generation.
-    """
+    """The reply to ``turns`` (ending with the user's message), yielded as it grows and cut at EOS
+    or a stop string; text that may begin a stop string is held back, and closing the generator
+    stops the generation thread."""
     from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
     from phi2kit.generation import cut_at_stop, inference  # torch: not for `phi2kit --help`

@@ -1,8 +1,5 @@
-"""Checkpoints that outlive a recycled runtime (Colab, Kaggle): resume from the latest.
-
-Around the HF Trainer's own resume: a ``COMPLETE`` marker (a save a crash cut short is
-skipped), a refusal under other settings (:class:`ResumeError`), a finished run loaded.
-"""
+"""Checkpoints that outlive a recycled runtime (Colab, Kaggle): resume from the latest complete one
+(a ``COMPLETE`` marker), refused under other settings (:class:`ResumeError`)."""
 
 from __future__ import annotations
 
@@ -153,14 +150,9 @@ def resume_point(
 
 def train_resumable(trainer, settings: dict[str, Any], *, resume: bool = True,
                     log: Callable[[str], Any] = print):  # fmt: skip
-    """``(trainer.train(), resumed_from)``, resumed from the latest complete checkpoint in
-    ``trainer.args.output_dir`` when ``resume`` (:func:`resume_point`), else from step 0 with
-    the old checkpoints deleted.
-
-    ``settings`` (whatever decides the run: profile, recipe, data) are stored with the
-    checkpoints. The data order resumes too (:func:`phi2kit.batching.group_by_length` seeds by
-    ``(seed, epoch)``); a finished run is loaded (:func:`load_finished`), not trained again.
-    """
+    """``(trainer.train(), resumed_from)``: from the latest complete checkpoint when ``resume``
+    (:func:`resume_point`; ``settings`` are stored with the checkpoints), else from step 0 with the
+    old checkpoints deleted; a finished run is loaded, not trained again."""
     from transformers.trainer_utils import SaveStrategy
 
     if trainer.args.save_strategy != SaveStrategy.STEPS:

@@ -1,11 +1,6 @@
-"""A classification head on Phi-2's backbone (notebook 03).
-
-Notebook 03 writes :func:`last_token_index`, :func:`classify_by_hand` and
-:func:`compute_metrics` in its cells and trains transformers' stock
-``AutoModelForSequenceClassification``; the rest is that same recipe as one call each, for
-``phi2kit train classifier`` and the benchmark (the exercises' ``predict_logits`` and
-``adapter_keys`` are in ``phi2kit_exercises.classification``).
-"""
+"""A classification head on Phi-2's backbone (notebook 03, whose cells write
+:func:`last_token_index`, :func:`classify_by_hand` and :func:`compute_metrics`), as one call each
+for ``phi2kit train classifier``."""
 
 from __future__ import annotations
 
@@ -54,9 +49,8 @@ def load_classifier(
     quantize_4bit: bool | None = None,
     labels: Sequence[str] = LABELS,
 ):
-    """transformers' ``AutoModelForSequenceClassification`` for the profile: a fresh
-    ``score`` head with one output per label (named in ``id2label``), ``pad_token_id`` set
-    to eos, the base in nf4 when ``quantize_4bit``."""
+    """transformers' ``AutoModelForSequenceClassification`` for the profile: a fresh ``score`` head,
+    one output per label (``id2label``), the base in nf4 when ``quantize_4bit``."""
     from phi2kit.models import load_model
 
     model = load_model(profile, quantize_4bit=quantize_4bit, num_labels=len(labels))
@@ -69,17 +63,16 @@ def tokenize_headlines(
     df: pd.DataFrame,
     tokenizer,
     max_length: int,
-    prompt: bool = True,
     *,
     labels: Sequence[str] = LABELS,
     template: str = PROMPT_TEMPLATE,
 ) -> datasets.Dataset:
-    """``input_ids``, ``attention_mask`` and ``labels`` (indices into ``labels``), unpadded;
-    with ``prompt``, of notebook 02's prompt, so the head reads where 02 reads the label."""
+    """``input_ids``, ``attention_mask`` and ``labels`` (indices into ``labels``), unpadded, of
+    notebook 02's prompt, so the head reads where 02 reads the label."""
     import datasets
 
     labels = list(labels)
-    texts = [build_prompt(t, template, labels) if prompt else t for t in df["text"]]
+    texts = [build_prompt(t, template, labels) for t in df["text"]]
     enc = tokenizer(texts, truncation=True, max_length=max_length)
     return datasets.Dataset.from_dict(
         {
@@ -100,8 +93,7 @@ def classifier_trainer(
     eval_dataset=None,
     **overrides,
 ) -> Trainer:
-    """HF ``Trainer`` with dynamic (right) padding and :func:`compute_metrics`;
-    ``overrides`` go to ``TrainingArguments``, after :func:`~phi2kit.training.common_args`."""
+    """HF ``Trainer``, right padding, :func:`compute_metrics`; ``overrides``: training arguments."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
     from phi2kit.training import common_args, finish_trainer

@@ -25,12 +25,6 @@ class Cost:
         return f"{self.seconds:.1f} s, peak GPU {self.peak_gpu_gb:.2f} GB"
 
 
-def peak_rss_gb() -> float:
-    """This process's high-water resident memory so far, in GiB."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (2**30 if sys.platform == "darwin" else 2**20)  # bytes on macOS, KiB on Linux
-
-
 @contextmanager
 def track_cost() -> Iterator[Cost]:
     """``with track_cost() as cost: ...`` fills ``cost`` when the block ends."""
@@ -49,4 +43,5 @@ def track_cost() -> Iterator[Cost]:
             torch.cuda.synchronize()
             cost.peak_gpu_gb = torch.cuda.max_memory_allocated() / 2**30
         cost.seconds = time.perf_counter() - start
-        cost.peak_rss_gb = peak_rss_gb()
+        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # bytes on macOS, KiB on Linux
+        cost.peak_rss_gb = rss / (2**30 if sys.platform == "darwin" else 2**20)

@@ -1,9 +1,5 @@
-"""What a Phi model holds in memory, counted from shapes (no model built): the planner's base.
-
-Counted from Phi's forward in transformers 5.23 with a frozen base and LoRA; on the CPU in
-fp32 it agrees with measurements (``tests/test_plan.py``, ``bench/measure_memory.py``). GPU
-assumptions are stated where they apply.
-"""
+"""What a Phi model holds in memory, counted from shapes (no model built): the planner's base,
+checked against measurements (``tests/test_plan.py``, ``bench/measure_memory.py``)."""
 
 from __future__ import annotations
 
@@ -60,12 +56,9 @@ def count_parameters(config: Any) -> int:
 def weight_bytes(config: Any, dtype: str = "float16", *, quantize_4bit: bool = False,
                  double_quant: bool = True, upcast_fp32: bool = False,
                  head: bool = True) -> int:  # fmt: skip
-    """Bytes of the base model's weights.
-
-    With ``quantize_4bit`` the decoder Linears are nf4 (two per byte) with bitsandbytes'
-    absmax per 64-block (with ``double_quant``: uint8, nested per 256 blocks) and codes;
-    the rest stays in ``dtype``, or fp32 with ``upcast_fp32`` (``prepare_model_for_kbit_training``).
-    """
+    """Bytes of the base model's weights; with ``quantize_4bit`` the decoder Linears in nf4 with
+    bitsandbytes' absmax (nested with ``double_quant``), the rest in ``dtype`` (fp32 with
+    ``upcast_fp32``)."""
     weights, n_lin, other = _split_params(config, head)
     size = 4 if upcast_fp32 else DTYPE_BYTES[dtype]
     if not quantize_4bit:
@@ -99,16 +92,13 @@ def dequant_bytes(config: Any, dtype: str = "float16", double_quant: bool = True
 
 def activation_bytes_per_token(config: Any, recipe: Any, seq: int, *, dtype: str = "float32",
                                attn: str = "eager", on_gpu: bool = False) -> float:  # fmt: skip
-    """Bytes one decoder layer saves for backward, per token, with a frozen base + LoRA.
-
-    Counted from the tensors autograd keeps (frozen base Linears and 4-bit matmuls keep no
-    input): layernorm input + mean/rstd; per adapted Linear its lora_A input (the dropout
-    output or a dtype cast; with no dropout and no cast the shared input counts once), the
-    dropout mask and the rank-r lora_A output; the rotated q and k and v; eager attention
-    probabilities in fp32 (+ a compute-dtype copy under autocast; ``seq`` enters here);
-    sdpa's output and logsumexp instead; gelu_new's four saved intermediates (x, tanh, x/2,
-    1+tanh); residual adds save nothing. Rotary slices and cos/sin are negligible.
-    """
+    """Bytes one decoder layer saves for backward, per token, with a frozen base + LoRA: the tensors
+    autograd keeps (frozen and 4-bit matmuls keep no input). Layernorm input + mean/rstd; per
+    adapted Linear its lora_A input (dropout output or dtype cast; else a shared input counts once),
+    dropout mask and rank-r output; rotated q, k and v; eager attention probabilities in fp32 (+ a
+    compute-dtype copy under autocast; ``seq`` enters here) or sdpa's output and logsumexp;
+    gelu_new's four intermediates (x, tanh, x/2, 1+tanh). Residual adds save nothing; rotary slices
+    and cos/sin are negligible."""
     lin = _linears(config)
     c = DTYPE_BYTES[dtype]
     amp = c != 4  # fp16/bf16 autocast: layer_norm and pow (in gelu_new) run in fp32

@@ -1,6 +1,4 @@
-"""Batched generation that stops cleanly: notebook 01's :func:`cut_at_stop`,
-:func:`inference`, :class:`Generation` and :func:`generate` (the same source as its cells).
-"""
+"""Batched generation that stops cleanly: notebook 01's cells, the same source."""
 
 from __future__ import annotations
 

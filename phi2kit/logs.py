@@ -1,7 +1,4 @@
-"""Quiet notebooks and commands: library progress bars and known-harmless messages off.
-
-Errors and our own warnings still show, and long work on a GPU still shows progress.
-"""
+"""Quiet notebooks and commands: library progress bars and known-harmless messages off."""
 
 from __future__ import annotations
 
@@ -28,9 +25,8 @@ def _not_mtime_note(record: logging.LogRecord) -> bool:
 
 
 def quiet() -> None:
-    """Turn off library progress bars, :data:`HARMLESS` warnings, bitsandbytes' note that an
-    optional hub kernel is missing (the built-in one is used) and the Trainer's checkpoint-
-    ordering note. Every notebook calls it first."""
+    """Turn off library progress bars, :data:`HARMLESS` warnings, bitsandbytes' missing-hub-kernel
+    note and the Trainer's checkpoint-ordering note. Every notebook calls it first."""
     logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     logging.getLogger("transformers.trainer_utils").addFilter(_not_mtime_note)  # added once
     for pattern in HARMLESS:
@@ -50,14 +46,11 @@ def on_gpu(model: Any) -> bool:
         return False
 
 
-def progress(
-    iterable: Iterable[T], *, total: int | None = None, desc: str = "", show: bool = True
-) -> Iterable[T]:
-    """``iterable`` with a ``tqdm.auto`` bar when ``show`` (batched loops pass
-    ``on_gpu(model)``: minutes on a T4, seconds on the CPU), else as is."""
+def progress(iterable: Iterable[T], *, desc: str = "", show: bool = True) -> Iterable[T]:
+    """``iterable`` with a ``tqdm.auto`` bar when ``show`` (loops pass ``on_gpu(model)``)."""
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=False, disable=not show)
+    return tqdm(iterable, desc=desc, leave=False, disable=not show)
 
 
 def quiet_command() -> None:
@@ -70,9 +63,8 @@ def quiet_command() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|trl)")
 
 
-def one_progress_line(trainer: Any, desc: str = "training") -> Any:
-    """Replace the Trainer's progress output (a loss dict per logged step) by one bar:
-    ``training: 40%|####  | 48/120 [00:12<00:18, loss=0.91]``. Returns ``trainer``."""
+def one_progress_line(trainer: Any) -> Any:
+    """Replace the Trainer's progress output (a loss dict a log) by one bar; returns ``trainer``."""
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -82,7 +74,7 @@ def one_progress_line(trainer: Any, desc: str = "training") -> Any:
 
         def on_train_begin(self, args, state, control, **kwargs):
             if state.is_world_process_zero:
-                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=desc,
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="training",
                                 unit="step", dynamic_ncols=True)  # fmt: skip
 
         def on_step_end(self, args, state, control, **kwargs):

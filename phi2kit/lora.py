@@ -1,7 +1,5 @@
-"""LoRA on Phi-2's linear layers: notebook 02's recipe, for the later notebooks and
-``phi2kit train`` (``tests/test_notebook_recipe.py`` checks the two agree), with a loud
-:func:`check_targets` and a note beside each saved adapter saying whether its base was 4-bit.
-"""
+"""LoRA on Phi-2's linear layers (notebook 02's recipe), a loud :func:`check_targets`, and a note
+beside each saved adapter saying whether its base was 4-bit."""
 
 from __future__ import annotations
 
@@ -16,10 +14,8 @@ from phi2kit.training import CHECKPOINTING_KWARGS
 
 
 def check_targets(model: nn.Module, targets: tuple[str, ...] | list[str]) -> dict[str, int]:
-    """Count the Linear-like modules each LoRA target name matches; raise if one matches none.
-
-    A target matches a module whose dotted name ends with ``.<target>`` (PEFT's rule).
-    """
+    """Count the Linear-like modules each LoRA target matches (PEFT's rule: the dotted name ends
+    with ``.<target>``); raise if one matches none."""
     names = [n for n, m in model.named_modules()
              if getattr(m, "weight", None) is not None and m.weight.dim() == 2]  # fmt: skip
     counts = {t: sum(1 for n in names if n == t or n.endswith("." + t)) for t in targets}
@@ -70,9 +66,8 @@ ADAPTER_NOTE = "phi2kit_adapter.json"
 
 
 def save_adapter(model: nn.Module, path: str | Path, profile: str | None = None) -> Path:
-    """``model.save_pretrained(path)`` plus :data:`ADAPTER_NOTE`: whether the base was 4-bit,
-    which ``adapter_config.json`` does not say and merging needs (notebook 05), and the
-    profile it was trained under (tiny and t4-cpu share one base model and one folder)."""
+    """``model.save_pretrained(path)`` plus :data:`ADAPTER_NOTE`: whether the base was 4-bit
+    (merging needs it; the adapter's config does not say) and the profile it was trained under."""
     path = Path(path)
     model.save_pretrained(str(path))
     note = {"base_4bit": is_quantized(model)} | ({"profile": profile} if profile else {})

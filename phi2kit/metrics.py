@@ -1,8 +1,4 @@
-"""A notebook's key numbers, for the course summary (every notebook's last cell).
-
-``phi2kit course`` (:mod:`phi2kit.commands.course`) sets ``PHI2KIT_METRICS_DIR`` before it
-runs each notebook and reads the files back into ``summary.md``.
-"""
+"""A notebook's key numbers, for the ``phi2kit course`` summary (every notebook's last cell)."""
 
 from __future__ import annotations
 
@@ -14,8 +10,7 @@ METRICS_ENV = "PHI2KIT_METRICS_DIR"
 
 
 def record_metrics(notebook: str, metrics: dict) -> dict:
-    """A notebook's key numbers, written to ``<PHI2KIT_METRICS_DIR>/<notebook>.json`` when
-    ``phi2kit course`` runs it, and returned."""
+    """Rounded and returned; saved as ``<PHI2KIT_METRICS_DIR>/<notebook>.json`` when it is set."""
     # 4 significant figures, not 4 decimals: a merge error of 7e-6 must not read 0.0
     clean = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in metrics.items()}
     folder = os.environ.get(METRICS_ENV)

@@ -1,8 +1,5 @@
-"""Load Phi-2 (or the tiny Phi) for a profile: safetensors only, no remote code, ``pad = eos``
-(so padding is masked by the attention mask, never by id), nf4 for QLoRA, and notebook 01's
-fp32 attention (:func:`fp32_attention_forward`, registered by :func:`load_model`, never on
-import), since Phi-2's ``Q @ K^T`` overflows fp16 on a T4.
-"""
+"""Load Phi-2 (or the tiny Phi) for a profile: safetensors only, ``pad = eos``, nf4 for QLoRA, and
+notebook 01's fp32 attention (Phi-2's ``Q @ K^T`` overflows fp16 on a T4)."""
 
 from __future__ import annotations
 
@@ -59,8 +56,7 @@ def fp32_attention_forward(
 
 
 def register_fp32_attention() -> str:
-    """Register :func:`fp32_attention_forward` as ``attn_implementation="phi2kit_fp32"``
-    (notebook 01's two calls); returns the name."""
+    """Register :func:`fp32_attention_forward` as ``"phi2kit_fp32"``; returns the name."""
     AttentionInterface.register(FP32_ATTENTION, fp32_attention_forward)
     # A custom attention also needs a mask builder, or transformers passes no padding mask
     # at all. Ours takes eager's additive mask.
@@ -123,9 +119,8 @@ def load_kwargs(profile: Profile, quantize_4bit: bool) -> dict:
 
 def load_model(profile: Profile | str = "auto", *, quantize_4bit: bool | None = None,
                num_labels: int | None = None, source: str | None = None):  # fmt: skip
-    """The profile's causal LM, or a sequence classifier with a fresh head of ``num_labels``;
-    nf4 by the profile unless ``quantize_4bit`` says; ``source``: another folder (a merged
-    model) with the same settings."""
+    """The profile's causal LM, or a classifier with a fresh head of ``num_labels``; nf4 by the
+    profile unless ``quantize_4bit`` says; ``source``: another folder (a merged model)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     profile = get_profile(profile) if isinstance(profile, str) else profile

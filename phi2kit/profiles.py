@@ -1,6 +1,4 @@
-"""Hardware profiles: which model, precision and optimizer a run uses (the README's table;
-docs/profiles.md). The code path is the same in every profile; ``t4-cpu`` is the T4's twin.
-"""
+"""Hardware profiles: which model, precision and optimizer a run uses (docs/profiles.md)."""
 
 from __future__ import annotations
 
@@ -14,11 +12,8 @@ PHI2_ID = "microsoft/phi-2"
 
 
 class ProfileError(RuntimeError):
-    """A profile was asked for on hardware that cannot run it.
-
-    ``str(err)`` speaks to a notebook (``PROFILE='tiny'``); :meth:`shell` says the same to
-    the ``phi2kit`` commands' user (``--profile tiny``).
-    """
+    """A profile was asked for on hardware that cannot run it: ``str(err)`` speaks to a notebook
+    (``PROFILE='tiny'``), :meth:`shell` to the shell (``--profile tiny``)."""
 
     def __init__(self, reason: str, use: str, notebook_hint: str = "") -> None:
         self.reason, self.use = reason, use
@@ -37,14 +32,9 @@ class UnknownProfileError(ValueError):
 
 @dataclass(frozen=True)
 class Profile:
-    """Everything that differs between hardware targets.
-
-    ``model_id`` is the base model's hub id or folder (``None``: the shipped tiny Phi);
-    ``dtype`` is the base weights' and AMP's; ``attn_implementation`` ``phi2kit_fp32`` keeps
-    attention scores in fp32 (fp16 on a T4 overflows); ``optim`` is the Trainer's optimizer;
-    ``requires_cuda`` fails early, clearly, without a GPU (bench/phi2_real_size.py clears it
-    to run Phi-2 on the CPU).
-    """
+    """Everything that differs between hardware targets. ``model_id``: the base's hub id or folder
+    (``None``: the tiny Phi); ``attn_implementation`` ``phi2kit_fp32`` keeps attention scores in
+    fp32 (fp16 overflows on a T4); ``requires_cuda`` fails early without a GPU."""
 
     name: ProfileName
     model_id: str | None = None
@@ -138,8 +128,8 @@ def check_hardware(profile: Profile) -> None:
 
 
 def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
-    """The profile called ``name``; ``auto`` (or ``None``) reads ``PHI2KIT_PROFILE``, then
-    detects the hardware. With ``check``, :func:`check_hardware` runs."""
+    """Profile ``name`` (``auto``: ``PHI2KIT_PROFILE``, else detected); ``check``: on this
+    hardware."""
     requested = (name or "auto").strip().lower()
     where = ""
     if requested == "auto":

@@ -129,17 +129,15 @@ PREFERENCE_TASKS: tuple[str, ...] = ("dpo",)
 
 @dataclass(frozen=True)
 class DPORecipe(Recipe):
-    """A :class:`Recipe` for DPO on OASST1's ranked replies (notebook 08), with trl's
-    ``beta`` and ``precompute_ref_log_probs``. The LoRA numbers are 06's ``chat`` adapter's
-    (DPO goes on training it); ``batch_size`` counts pairs."""
+    """A :class:`Recipe` for DPO (notebook 08) with trl's ``beta`` and ``precompute_ref_log_probs``;
+    the LoRA numbers are 06's chat adapter's; ``batch_size`` counts pairs."""
 
     beta: float = 0.1
     precompute_ref_log_probs: bool = False
 
     def t4_minutes(self) -> float:
-        """Training time on a T4 at :mod:`phi2kit.plan`'s seed-003 clock: per pair, two
-        sequences of ~350 tokens (as ``chat``) through the policy (6N FLOPs a token, as SFT)
-        and through the reference's forward (2N), whether per step or precomputed."""
+        """T4 minutes at the seed-003 clock: per pair two ~350-token sequences through the policy
+        (6N FLOPs a token) and the reference's forward (2N)."""
         from phi2kit.footprint import count_parameters, phi2_config
         from phi2kit.plan.course import T4_EFFECTIVE_FLOPS
 
@@ -176,9 +174,8 @@ _DPO["ampere"] = replace(_DPO["t4"], batch_size=4, grad_accum=4)
 
 @dataclass(frozen=True)
 class GrpoRecipe(Recipe):
-    """A :class:`Recipe` for trl's ``GRPOTrainer`` (notebook 09), with its knobs of the same
-    names. ``batch_size`` counts completions; ``max_length`` is the prompt's budget plus
-    ``max_completion_length``; ``beta`` > 0 costs a reference pass (a copy of 04's adapter)."""
+    """A :class:`Recipe` with the knobs of trl's ``GRPOTrainer`` (notebook 09); ``batch_size``
+    counts completions, ``max_length`` is the prompt's budget plus ``max_completion_length``."""
 
     task: str = "grpo"
     quantize_4bit: bool = True
@@ -235,8 +232,7 @@ _GRPO = {
 
 def get_recipe(task: str, profile: Profile | str = "auto",
                **overrides: object) -> Recipe | DPORecipe | GrpoRecipe:  # fmt: skip
-    """The recipe for ``task`` (one of :data:`TASKS`, ``dpo`` or ``grpo``) on ``profile``, with
-    ``overrides`` applied."""
+    """``task``'s recipe (:data:`TASKS`, ``dpo`` or ``grpo``) on ``profile``, with ``overrides``."""
     profile = get_profile(profile, check=False) if isinstance(profile, str) else profile
     recipes = _RECIPES[profile.name] | {"dpo": _DPO[profile.name], "grpo": _GRPO[profile.name]}
     if task not in recipes:

@@ -1,8 +1,5 @@
-"""Rewards a program can check, for GRPO on cited answers (notebook 09's cells), built on
-lesson 04's checks (:mod:`phi2kit.evaluate.qa`) so the reward and the metric cannot drift.
-trl's ``GRPOTrainer`` calls each with ``completions`` and the dataset's columns (here
-``references``) and takes one float per completion.
-"""
+"""Rewards for GRPO on cited answers (notebook 09's cells), built on lesson 04's checks
+(:mod:`phi2kit.evaluate.qa`) so the reward and the metric cannot drift."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Where a notebook's outputs go: ``.``, or with ``USE_DRIVE = True`` on Colab (which
-recycles runtimes and ``/content`` with them) Google Drive's ``MyDrive/phi2kit/``, so later
-notebooks and sessions find what earlier ones saved.
-"""
+"""Where a notebook's outputs go: ``.``, or on Colab with ``USE_DRIVE = True`` Google Drive's
+``MyDrive/phi2kit/`` (Colab recycles ``/content``)."""
 
 from __future__ import annotations
 

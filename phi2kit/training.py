@@ -18,8 +18,7 @@ from phi2kit.twin import cpu_fp16_amp
 
 
 def upcast_trainable(model: nn.Module) -> int:
-    """Cast every trainable parameter to fp32 (fp16 AMP's gradient scaler needs fp32 master
-    weights); return how many were cast."""
+    """Cast trainable parameters to fp32 (fp16 AMP's grad scaler needs them); return the count."""
     n = 0
     for p in model.parameters():
         if p.requires_grad and p.dtype != torch.float32:
@@ -85,8 +84,7 @@ def sft_config(profile: Profile, recipe: Recipe, output_dir: str | Path,
 
 def sft_trainer(model, tokenizer, train_dataset, profile: Profile, recipe: Recipe,
                 output_dir: str | Path, eval_dataset=None, **overrides):  # fmt: skip
-    """trl ``SFTTrainer`` over a LoRA model, through :func:`finish_trainer`; ``overrides``
-    (``eval_steps`` with an ``eval_dataset``, say) go to :func:`sft_config`."""
+    """trl ``SFTTrainer`` through :func:`finish_trainer`; ``overrides`` go to :func:`sft_config`."""
     from trl import SFTTrainer
 
     args = sft_config(profile, recipe, output_dir, **overrides)
@@ -95,11 +93,9 @@ def sft_trainer(model, tokenizer, train_dataset, profile: Profile, recipe: Recip
 
 
 def finish_trainer(trainer, *, seeded_sampler: bool = True):
-    """The last step for every trainer phi2kit builds; returns it: trainable weights to fp32
-    (trl casts QLoRA adapters to bf16), fp16 AMP on a CPU (``t4-cpu``), the seeded sampler
-    of :func:`phi2kit.batching.group_by_length` (unless ``seeded_sampler=False``: the
-    benchmark's peer) and no log dict printed at every step.
-    """
+    """The last step for every trainer phi2kit builds: trainable weights to fp32 (trl casts QLoRA
+    adapters to bf16), fp16 AMP on a CPU, the seeded sampler (unless ``seeded_sampler=False``) and
+    no log dict per step."""
     from transformers.trainer_callback import PrinterCallback
 
     from phi2kit.batching import group_by_length

@@ -1,8 +1,4 @@
-"""What the CPU twin of a T4 run needs and a T4 does not (course plumbing, no lesson).
-
-The ``t4-cpu`` profile runs every T4 setting a CPU can run. Two of them need a nudge on a
-CPU; on a GPU both functions do nothing, so a lesson's cell may call them on every profile.
-"""
+"""What the ``t4-cpu`` twin of a T4 run needs and a T4 does not; on a GPU both do nothing."""
 
 from __future__ import annotations
 
@@ -11,11 +7,8 @@ from torch import nn
 
 
 def keep_nf4_layout_on_cpu(model: nn.Module) -> int:
-    """Stop bitsandbytes from repacking nf4 weights for CPU inference; return modules touched.
-
-    On AVX512-BF16 CPUs bitsandbytes 0.50 repacks a ``Linear4bit`` weight in place at its first
-    no-grad eval forward, and training afterwards fails ("a view of a leaf Variable ...").
-    """
+    """Stop bitsandbytes 0.50 repacking nf4 weights at the first no-grad eval forward on AVX512-BF16
+    CPUs (training then fails: "a view of a leaf Variable ..."); return the modules touched."""
     n = 0
     for module in model.modules():
         if hasattr(module, "support_avx512bf16_for_cpu"):
@@ -25,11 +18,9 @@ def keep_nf4_layout_on_cpu(model: nn.Module) -> int:
 
 
 def cpu_fp16_amp(trainer) -> bool:
-    """Make ``fp16=True`` on a CPU do what it does on a T4: fp16 autocast and a grad scaler.
-
-    accelerate 1.15 accepts fp16 on a CPU and silently trains in fp32. Call before
-    ``trainer.train()``; returns whether it switched them on (never on a GPU).
-    """
+    """Make ``fp16=True`` on a CPU do what it does on a T4 (accelerate 1.15 silently trains in fp32
+    there): fp16 autocast and a grad scaler. Call before ``trainer.train()``; returns whether it
+    switched them on."""
     acc = trainer.accelerator
     if not trainer.args.fp16 or acc.device.type != "cpu" or acc.native_amp:
         return False

@@ -1,8 +1,4 @@
-"""The command-line layer: ``phi2kit course | train | plan | chat | app | bench | exercises``.
-
-Each module parses arguments and calls the library, which never imports this package
-(``tests/test_layout.py``); :mod:`phi2kit.commands.main` is the entry point.
-"""
+"""The command-line layer; the library never imports it (``tests/test_layout.py``)."""
 
 from __future__ import annotations
 
@@ -49,8 +45,7 @@ def it_holds(folder: Path, skip: Path | None = None) -> str | None:
 
 
 def trained_by(adapter: str | Path) -> tuple[Path, str | None]:
-    """``run.json`` beside ``adapter`` (``phi2kit train`` writes it) and the task it names;
-    None for an adapter without one (a notebook's, a script's)."""
+    """``run.json`` beside ``adapter`` (from ``phi2kit train``) and its task; None without it."""
     run = Path(adapter).parent / "run.json"
     return run, json.loads(run.read_text()).get("task") if run.is_file() else None
 

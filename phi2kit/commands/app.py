@@ -1,10 +1,5 @@
-"""``phi2kit app``: a Gradio chat app over :mod:`phi2kit.chat`, in the spirit of a Hugging Face
-Space (needs ``pip install "phi2kit[app]"``, Gradio 6).
-
-It streams each reply and offers reply length, temperature (0 = greedy) and whether to stop at
-``### Human:``. The API endpoint is ``/respond`` (``gradio_client``: ``client.predict(message,
-max_new_tokens, temperature, stop_at_human, api_name="/respond")``).
-"""
+"""``phi2kit app``: a Gradio chat app over :mod:`phi2kit.chat` (the ``app`` extra, Gradio 6); its
+API endpoint is ``/respond``."""
 
 from __future__ import annotations
 
@@ -66,9 +61,8 @@ def port_error(host: str, port: int) -> str | None:
 
 
 def make_chat_fn(model, tokenizer, *, max_new_tokens: int = 128, temperature: float = 0.0):
-    """``respond(message, history, max_new_tokens, temperature, stop_at_human)``: what Gradio's
-    ``ChatInterface`` calls with the whole conversation and the settings panel's values; it
-    yields the reply so far, so the page streams it."""
+    """``respond(message, history, max_new_tokens, temperature, stop_at_human)`` for Gradio's
+    ``ChatInterface``: it yields the reply so far, so the page streams it."""
 
     def respond(message: str, history: Sequence[Any], max_new_tokens: int = max_new_tokens,
                 temperature: float = temperature, stop_at_human: bool = True) -> Iterator[str]:
@@ -95,9 +89,7 @@ def describe_model(profile: str, *, base: str | None, adapter: str | None,
 
 def build_app(model, tokenizer, *, description: str = "", max_new_tokens: int = 128,
               temperature: float = 0.0):  # fmt: skip
-    """A ``gradio.ChatInterface`` around :func:`make_chat_fn`; call ``.launch()`` on it.
-    ``description`` (:func:`describe_model`'s line) is shown under the title. Needs Gradio
-    (:func:`run_app` says how to install it)."""
+    """A ``gradio.ChatInterface`` around :func:`make_chat_fn`; call ``.launch()`` on it."""
     import gradio as gr
 
     settings = [

@@ -1,11 +1,5 @@
-"""``phi2kit bench``: the benchmarks in ``bench/`` in one go (P1: training useful-tokens/s
-against the seed pipeline and trl's defaults, ``bench/bench_train.py``; P2: evaluation
-examples/s of label scoring against per-example and batched ``generate``,
-``bench/bench_eval.py``), ratios measured in one run on this machine.
-
-Standard output holds the table (and with ``--json`` one JSON object after it) and nothing
-else: whatever the benchmarks print goes to standard error.
-"""
+"""``phi2kit bench``: the benchmarks in ``bench/`` in one go (docs/performance.md). Standard output
+holds only the report: whatever the benchmarks print goes to standard error."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""``phi2kit chat``: multi-turn chat in the terminal with a tuned Phi-2 (notebook 06), and the
-model flags and loading it shares with ``phi2kit app``."""
+"""``phi2kit chat``: multi-turn chat in the terminal, and the model flags and loading it shares with
+``phi2kit app``."""
 
 from __future__ import annotations
 

@@ -1,10 +1,5 @@
-"""``phi2kit course``: execute every notebook in order and write ``summary.md``.
-
-    phi2kit course --profile tiny --only 02 04 --timeout 3600 --out runs/x
-
-Each notebook records its key numbers with :func:`phi2kit.metrics.record_metrics`; they land in
-``<run>/metrics/<notebook>.json`` and in the summary table. Needs the ``course`` extra.
-"""
+"""``phi2kit course``: execute every notebook in order and write ``summary.md`` (needs the
+``course`` extra)."""
 
 from __future__ import annotations
 
@@ -62,13 +57,8 @@ class NotebookRun:
 
 def run_course(profile: str, out: Path, notebooks: list[Path], *, timeout: int = DEFAULT_TIMEOUT,
                log=print, workdir: Path | None = None) -> list[NotebookRun]:  # fmt: skip
-    """Execute ``notebooks`` with papermill, setting ``PROFILE``; write ``summary.md``.
-
-    Each kernel runs in its notebook's folder, where a learner's Jupyter puts the lessons'
-    ``outputs/`` (a second run resumes from their checkpoints), or in ``workdir`` (with a
-    ``../data`` link to the samples), so that runs on two profiles share nothing. Relative
-    paths mean what they meant where the command was run.
-    """
+    """Execute ``notebooks`` with papermill (``PROFILE`` set) and write ``summary.md``; kernels run
+    in the notebooks' folder, or in ``workdir`` so that two runs share nothing."""
     import papermill as pm
     from tqdm.auto import tqdm
 
@@ -132,8 +122,7 @@ def _failed_cell(exc: Exception, nb: Path, executed: Path) -> tuple[int | None, 
 
 
 def describe_failure(exc: Exception, nb: Path, executed: Path, timeout: int) -> str:
-    """One line: the notebook, the cell (counted from 1, markdown included; its first line)
-    and the error."""
+    """One line: the notebook, the failed cell (counted from 1; its first line) and the error."""
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
     try:
@@ -161,8 +150,7 @@ def _figure(value) -> str:
 
 
 def summary_markdown(runs: list[NotebookRun], profile: str, load: float | None = None) -> str:
-    """The course table, the stand-ins, and what the speeds depend on (``load``: the load
-    average at the end, if known)."""
+    """The course table, the stand-ins, and what the speeds depend on (``load``: load average)."""
     lines = [f"# phi2kit course run (profile: {profile})", "",
              "| notebook | status | wall time | key metrics |", "|---|---|---|---|"]  # fmt: skip
     for r in runs:

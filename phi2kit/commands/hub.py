@@ -1,7 +1,5 @@
-"""``--push-to-hub``: opt-in, private unless ``--public``, safetensors, JSON, Markdown and text
-files only (no pickles); the token comes from huggingface_hub (``HF_TOKEN``, ``hf auth login``,
-Colab's secret) and is never written, printed or kept in an error (:func:`redact`).
-"""
+"""``--push-to-hub``: opt-in, private unless ``--public``, no pickles; the token is never written,
+printed or kept in an error (:func:`redact`)."""
 
 from __future__ import annotations
 
@@ -25,11 +23,7 @@ class HubError(RuntimeError):
 
 
 def redact(text: object, token: str | None = None) -> str:
-    """``str(text)`` with ``token`` and anything shaped like a Hub token replaced by ``***``.
-
-    >>> redact("401 for token hf_abcdefgh12345678")
-    '401 for token ***'
-    """
+    """``str(text)`` with ``token`` and anything shaped like a Hub token replaced by ``***``."""
     out = str(text)
     if token:
         out = out.replace(token, _MASK)
@@ -51,9 +45,8 @@ def require_token() -> str:
 
 def push_adapter(folder: str | os.PathLike[str], repo_id: str, *, token: str,
                  private: bool = True) -> str:  # fmt: skip
-    """Upload the allowed files of the adapter ``folder`` to the model repo ``repo_id``
-    (created if missing; an existing one keeps its visibility); return its URL. A
-    :class:`HubError`'s message is redacted and drops the original exception."""
+    """Upload the allowed files of the adapter ``folder`` to the model repo ``repo_id`` (created if
+    missing) and return its URL; a :class:`HubError` is redacted and unchained."""
     from huggingface_hub import HfApi
 
     folder = Path(folder)

@@ -1,5 +1,5 @@
-"""The ``phi2kit`` command: ``course``, ``plan``, ``train``, ``chat``, ``bench``, ``exercises``,
-``app``. Subcommands import their heavy dependencies when they run, so ``--help`` is fast."""
+"""The ``phi2kit`` command. Subcommands import their heavy dependencies when they run, so ``--help``
+is fast."""
 
 from __future__ import annotations
 

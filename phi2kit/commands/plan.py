@@ -73,8 +73,7 @@ def _past_context(args: argparse.Namespace) -> str | None:
 
 
 def run_plan(args: argparse.Namespace) -> int:
-    """Print the planner table and verdict; return 0 if it fits, 1 if not, 2 on a bad flag
-    or a device too small for any setting."""
+    """Print the planner table; exit 0 if it fits, 1 if not, 2 for a bad flag or no fit at all."""
     from phi2kit.plan.dpo import estimate_dpo
     from phi2kit.plan.grpo import estimate_grpo
     from phi2kit.profiles import get_profile

@@ -1,16 +1,5 @@
-"""``phi2kit train TASK``: a notebook's recipe from the shell; resumable, multi-process.
-
-    phi2kit train sentiment --profile t4 --output-dir runs/sentiment --save-every 25 [--resume]
-    accelerate launch --multi_gpu --num_processes 2 -m phi2kit.commands.train chat \\
-        --output-dir runs/chat
-
-One entry for every task, as trl's ``sft.py``: the arguments become a
-:class:`~phi2kit.commands.train_args.Setup`, the task reads its data (before any model loads
-or any folder is made) and builds its trainer; the rest is the same for all. ``OUTPUT_DIR``
-holds ``checkpoints/`` (with ``settings.json``: :mod:`phi2kit.checkpoints`' resume policy),
-``trainer_state.json`` (the losses), ``run.json`` (the arguments) and ``adapter/`` (with
-``metrics.json``; written by rank 0 into a temporary folder and renamed into place).
-"""
+"""``phi2kit train TASK``: a notebook's recipe from the shell; resumable, multi-process (README,
+"Train on your own data from the shell"; ``--help``)."""
 
 from __future__ import annotations
 
@@ -52,10 +41,8 @@ BY_CONTENT = ("data", "adapter")  # settings stored as a fingerprint of the file
 
 @contextlib.contextmanager
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path``; rename it to ``path`` if the block succeeds
-    (an existing ``path``, a resumed run's earlier adapter, is replaced): ``path`` is complete
-    or absent. On an exception ``path`` is left as it was; a hard kill leaves only a hidden
-    ``.NAME.tmp-*`` folder."""
+    """Yield a temporary folder next to ``path``, renamed to ``path`` if the block succeeds:
+    ``path`` is complete or absent (a hard kill leaves a hidden ``.NAME.tmp-*``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))

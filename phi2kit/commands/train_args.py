@@ -1,5 +1,5 @@
-"""``phi2kit train``'s arguments: the parser, ``--set`` (typed like the recipe's fields) and
-the checked :class:`Setup` they give. Nothing heavy is imported: ``--help`` loads no torch."""
+"""``phi2kit train``'s arguments and the checked :class:`Setup` they give; imports nothing heavy
+(``--help`` loads no torch)."""
 
 from __future__ import annotations
 
@@ -113,8 +113,7 @@ def shell_words(message: str) -> str:
 
 
 def make_setup(args: argparse.Namespace):
-    """The shell's arguments as a checked :class:`Setup`; ``ValueError`` (or ``ProfileError``) with
-    a message for the shell. Loads nothing heavy."""
+    """The shell's arguments as a checked :class:`Setup`, or a ``ValueError`` for the shell."""
     from phi2kit.data.sentiment import LABELS, check_labels
     from phi2kit.profiles import get_profile
 

@@ -1,9 +1,5 @@
 """What a ``phi2kit train`` task reads and trains: the notebooks' own calls (02, 03, 04, 06, 08,
-09). Arguments, checkpoints, resume and the final adapter are :mod:`phi2kit.commands.train`'s.
-
-    data = load_data(setup)                  # read and checked: no model loaded yet
-    trainer = build_trainer(setup, data, "runs/x/checkpoints", seed=0)
-"""
+09)."""
 
 from __future__ import annotations
 
@@ -67,9 +63,8 @@ def load_data(setup: Setup) -> Data:
 
 
 def read_news(path: Path | None, setup: Setup, tokenizer):
-    """Notebook 02's split; prompt/completion pairs (sentiment) or tokenized headlines (03's
-    classifier). The eval split (``n_test`` per class unless ``--set n_eval=N``) is drawn
-    from what train and test leave."""
+    """Notebook 02's split as prompt/completion pairs (sentiment) or tokenized headlines
+    (classifier); eval (``--set n_eval=N`` per class) is drawn from what train and test leave."""
     recipe, labels = setup.recipe, setup.labels or sentiment.LABELS
     if setup.task == "sentiment":  # 02's label scoring sums each label's tokens: no prefixes
         ids = {w: tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in labels}

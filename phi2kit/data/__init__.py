@@ -1,8 +1,4 @@
-"""Loaders for the published forms of the course's data sets (one submodule each).
-
-Each reads the hub when given no path, and with ``skip_bad=True`` skips malformed rows and
-names each one (``LoadResult.problems``, or the sentiment frame's ``attrs["problems"]``).
-"""
+"""Loaders for the published forms of the course's data sets (one submodule each)."""
 
 from __future__ import annotations
 

@@ -13,13 +13,9 @@ from typing import Any
 
 
 class DataError(ValueError):
-    """A data file (or frame) cannot be used as it is; the message says where, e.g.
-    ``all-data.csv, row 17, field 'sentiment': unknown label 'positve' (...)``.
-
-    ``row`` is 1-based (a line of a text file, a row of a frame); ``None`` for the whole file.
-    ``whole_file``: the row shows the whole file is read wrong (e.g. a header of other column
-    names), so the other rows' errors would add nothing.
-    """
+    """A data file (or frame) that cannot be used as it is; the message says where. ``row`` is
+    1-based (``None``: the whole file); ``whole_file``: the row shows the whole file is read wrong,
+    so the other rows' errors would add nothing."""
 
     def __init__(
         self,
@@ -44,9 +40,8 @@ class DataError(ValueError):
 
 
 class LoadResult(list):
-    """A list of records, plus ``problems``: one message per row a ``skip_bad`` load left out.
-    Every loader checks and appends each row inside ``with result.row():``, then returns
-    ``result.done()``: without ``skip_bad``, every bad row is named in one error."""
+    """A list of records, plus ``problems`` (one per row a ``skip_bad`` load left out): loaders
+    append each row inside ``with result.row():``, then return ``result.done()``."""
 
     def __init__(self, problems: list[str] | None = None, *, skip_bad: bool = False) -> None:
         super().__init__()
@@ -61,9 +56,9 @@ class LoadResult(list):
 
     @contextmanager
     def row(self) -> Iterator[None]:
-        """A :class:`DataError` in the block is recorded (and the rest of the block skipped, so
-        nothing of the bad row is kept): named in ``problems`` with ``skip_bad``, else raised
-        by :meth:`done`, or at once if it says the whole file is read wrong."""
+        """Record a :class:`DataError` raised in the block (the rest of the row is skipped): named
+        in ``problems`` with ``skip_bad``, else raised by :meth:`done`, or at once when
+        ``whole_file``."""
         try:
             yield
         except DataError as err:
@@ -94,11 +89,8 @@ class LoadResult(list):
 def decode_utf8(
     raw: bytes, path: str | os.PathLike[str] | None, fallback: str | None = None
 ) -> str:
-    """Decode UTF-8 (a leading BOM dropped), else ``fallback``, else raise :class:`DataError`.
-
-    Strict UTF-8 first reads both kinds of file: Latin-1 text with accents is almost never
-    valid UTF-8, while UTF-8 read as Latin-1 gives mojibake ("Ã©" for "é").
-    """
+    """UTF-8 (a leading BOM dropped), else ``fallback``, else a :class:`DataError`. UTF-8 goes
+    first: Latin-1 text is almost never valid UTF-8, while UTF-8 read as Latin-1 is mojibake."""
     if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte order mark (Excel's "Unicode text")
         raise DataError("a UTF-16 file; save it as UTF-8", path=path, row=1)
     try:

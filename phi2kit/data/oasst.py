@@ -1,10 +1,5 @@
-"""OpenAssistant OASST1 (notebook 06): message trees -> chat threads -> training examples.
-
-Reads both published forms, told by the content: the HF rows (one message per row, linked
-by ``parent_id``) and the export ``*.trees.jsonl`` (one tree per line, nested ``replies``).
-It reports bad rows and checks each tree; the walk to a thread and the ``### Human:`` format
-are notebook 06's (:mod:`phi2kit.chat`).
-"""
+"""OpenAssistant OASST1 (notebook 06): both published forms (HF rows, export ``*.trees.jsonl``) ->
+checked trees -> chat threads (walked by :mod:`phi2kit.chat`)."""
 
 from __future__ import annotations
 
@@ -181,9 +176,8 @@ def _top(msg: dict, by_id: dict[str, dict]) -> str:
 
 def load_messages(path: str | os.PathLike[str] | None = None, *, split: str = "train",
                   hub_id: str = HUB_ID, skip_bad: bool = False) -> LoadResult:  # fmt: skip
-    """OASST1 messages as plain dicts, from either form (``.jsonl``, ``.jsonl.gz``, ``.parquet``,
-    ``.csv``) or with no ``path`` the hub; ``not_ready`` counts the unfinished trees left out.
-    """
+    """OASST1 messages as plain dicts, from a file in either form or with no ``path`` the hub;
+    ``not_ready`` counts the unfinished trees left out."""
     if path is None:
         rows = list(hub_rows(hub_id, split, "Pass path= a local file", _FIELDS))
         source, form = hub_id, "rows"

@@ -1,10 +1,5 @@
-"""OASST1 preference pairs (notebook 08): ranked sibling replies -> prompt, chosen, rejected.
-
-A prompt is a conversation up to a human turn; its chosen reply is the best-ranked usable
-one (``rank`` 0 is best), and every other ranked usable reply is rejected in one pair. Both
-published forms are read (:func:`phi2kit.data.oasst.load_messages`). Every ranked reply is
-chosen, rejected, or counted in ``dropped`` under one of :data:`REASONS`.
-"""
+"""OASST1 preference pairs (notebook 08): ranked sibling replies -> prompt, chosen, rejected; every
+ranked reply is chosen, rejected or counted under one of :data:`REASONS`."""
 
 from __future__ import annotations
 

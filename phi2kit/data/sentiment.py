@@ -1,11 +1,5 @@
-"""Financial news sentiment (notebooks 02 and 03): load and prompt.
-
-Reads both published forms (told by the first row) into a frame of ``text`` and ``label``:
-the Kaggle ``all-data.csv`` (no header, ``sentiment,headline``, Latin-1, CR/LF/CRLF) and the
-HF ``financial_phrasebank`` layout (``sentence``, ``label`` 0/1/2), from the hub or a CSV.
-The labels and the template are parameters; :data:`LABELS` and :data:`PROMPT_TEMPLATE` are
-the defaults. Deduplication and the split are in :mod:`phi2kit.data.sentiment_split`.
-"""
+"""Financial news sentiment (notebooks 02 and 03): load either published form (Kaggle's
+``all-data.csv``, HF ``financial_phrasebank``) into ``text`` and ``label``, and build prompts."""
 
 from __future__ import annotations
 
@@ -54,11 +48,8 @@ Record = tuple[int, Any, Any, str, str]
 
 
 def csv_records(text: str, path: Any) -> Iterator[Record]:
-    """Yield records from CSV text (line endings CR, LF or CRLF, even mixed).
-
-    A first row naming ``label``, ``sentence`` or ``text`` is a header; any other first row
-    is data in the Kaggle form (no header: the sentiment, then the headline).
-    """
+    """Records from CSV text (CR, LF or CRLF line ends); a first row naming ``label``, ``sentence``
+    or ``text`` is a header, else the file is Kaggle's (sentiment, headline)."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     reader = csv.reader(io.StringIO(text, newline=""))
     header: list[str] | None = None
@@ -118,9 +109,8 @@ def _label_word(value: Any, labels: Sequence[str] = LABELS, *, first: bool = Fal
 def _collect(
     records: Iterable[Record], path: Any, skip_bad: bool, label_set: Sequence[str] = LABELS
 ) -> pd.DataFrame:
-    """Records as a frame; the first bad row raises :class:`DataError` (saying how many more
-    there are, and where), or with ``skip_bad`` every bad row is skipped and named in
-    ``df.attrs["problems"]``."""
+    """Records as a frame; bad rows raise one :class:`DataError` naming them all, or with
+    ``skip_bad`` are skipped and named in ``df.attrs["problems"]``."""
     rows = LoadResult(skip_bad=skip_bad)
     for row, label, text, label_field, text_field in records:
         with rows.row():
@@ -178,12 +168,9 @@ def load_financial_news(path: str | os.PathLike[str] | None = None, *,
                         hub_id: str = "takala/financial_phrasebank",
                         hub_config: str = "sentences_50agree", skip_bad: bool = False,
                         labels: Sequence[str] = LABELS) -> pd.DataFrame:  # fmt: skip
-    """Headlines and their label word, from a CSV file (either form) or, with no ``path``,
-    the hub (``sentences_50agree`` holds all 4,846 headlines, as the Kaggle file does).
-
-    An integer label ``i`` means ``labels[i]``. With ``skip_bad`` bad rows are skipped and
-    counted in ``df.attrs["skipped"]``; otherwise the first raises :class:`DataError`.
-    """
+    """Headlines and their label word from a CSV file (either form) or, with no ``path``, the hub;
+    an integer label ``i`` means ``labels[i]``. ``skip_bad`` skips bad rows (``df.attrs``), else the
+    first raises :class:`DataError`."""
     labels = check_labels(labels)
     if path is None:
         table = _hub_table(hub_id, hub_config)

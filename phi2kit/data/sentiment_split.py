@@ -82,13 +82,9 @@ class SentimentSplits:
 
 def split_sentiment(df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_eval: int = 50,
                     seed: int = 42, labels: Sequence[str] = LABELS) -> SentimentSplits:  # fmt: skip
-    """Deduplicate, then draw per class ``n_train`` and ``n_test`` without replacement (no
-    headline in both), then ``n_eval`` from what is left.
-
-    A class with fewer than ``n_eval`` left (the real file's negatives) samples its eval rows
-    with replacement, and a note says so. A class too small raises :class:`DataError` naming
-    a split that fits.
-    """
+    """Deduplicate, draw per class ``n_train`` and ``n_test`` without replacement, then ``n_eval``
+    from the rest (with replacement, and a note, where too few are left); a class too small raises
+    :class:`DataError` naming a split that fits."""
     if min(n_train, n_test, n_eval) < 0:
         raise ValueError("n_train, n_test and n_eval must be >= 0")
     labels = check_labels(labels)

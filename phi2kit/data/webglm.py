@@ -1,10 +1,5 @@
-"""WebGLM-QA (notebook 04): load, check citations, build prompts, fit to a token budget.
-
-One JSON line per example, ``{"question", "answer", "references"}``; answers cite the
-references as ``[1]``, ``[2]``, ... :func:`load_webglm` names a bad line (``phi2kit train``
-reads with it); notebook 04 writes :func:`build_qa_prompt` and :func:`fit_example` in its
-cells (kept identical here; a test compares the rows).
-"""
+"""WebGLM-QA (notebook 04): load, check citations, build prompts, fit to a token budget;
+:func:`build_qa_prompt` and :func:`fit_example` are notebook 04's cells."""
 
 from __future__ import annotations
 
@@ -23,10 +18,7 @@ _CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")
 
 
 def parse_citations(text: str) -> list[int]:
-    """Citation indices in order, with duplicates: ``"A [1][2], B [1, 3]"`` -> ``[1, 2, 1, 3]``.
-
-    Brackets that hold no list of whole numbers (``[a]``, ``[1.5]``, ``[]``) are ignored.
-    """
+    """Citation indices in order, with duplicates: ``"A [1][2], B [1, 3]"`` -> ``[1, 2, 1, 3]``."""
     found = []
     for match in _CITATION.finditer(text):
         found.extend(int(part) for part in match.group(1).split(","))
@@ -63,13 +55,9 @@ def _check_example(row: Any, path: str, line: int) -> dict:
 def load_webglm(path: str | os.PathLike[str] | None = None, split: str = "train", *,
                 hub_id: str = HUB_ID, skip_bad: bool = False,
                 limit: int | None = None) -> LoadResult:  # fmt: skip
-    """WebGLM-QA examples (``question``, ``answer``, ``references``) from a JSON-lines file,
-    a folder holding ``{split}.jsonl``, or with no ``path`` the hub; at most ``limit``.
-
-    A bad line (malformed JSON, a missing or mistyped field, a citation outside the
-    references) raises :class:`DataError` naming file, line and field (and the other bad
-    lines), or with ``skip_bad`` is skipped and named in ``problems``.
-    """
+    """WebGLM-QA examples from a JSON-lines file, a folder holding ``{split}.jsonl`` or (no
+    ``path``) the hub, at most ``limit``; a bad line raises :class:`DataError` naming it, or with
+    ``skip_bad`` is named in ``problems``."""
     if path is None:
         advice = f"Download the JSON-lines files and pass path='folder/with/{split}.jsonl'"
         source, rows = hub_id, hub_rows(hub_id, split, advice)

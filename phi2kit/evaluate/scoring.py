@@ -1,9 +1,5 @@
 """Label scoring: a causal LM as a classifier that cannot give an invalid label (02).
-
-:func:`label_logprobs` is notebook 02's cell. :func:`score_labels` gives the same scores
-faster, for ``phi2kit bench`` (P2; docs/performance.md) and :func:`predict_by_scoring`: one
-row per prompt when every label is one token, the prompts' shared instruction run once.
-"""
+:func:`label_logprobs` is notebook 02's cell; :func:`score_labels` gives the same scores faster."""
 
 from __future__ import annotations
 
@@ -52,12 +48,9 @@ def shared_prefix_length(rows: Sequence[Sequence[int]]) -> int:
 
 def _forward_rows(model: Any, rows: Sequence[Sequence[int]], n_shared: int, prefix: Any,
                   **kw: Any):  # fmt: skip
-    """Logits for token-id rows that all start with the same ``n_shared`` tokens.
-
-    The shared prefix's cache (``prefix``, copied: the forward appends to it) is repeated
-    across the batch, so each row runs only its own tokens, left-padded by hand with a mask
-    from the true lengths and the position ids each row would see alone.
-    """
+    """Logits for rows that share their first ``n_shared`` tokens: the prefix's cache (copied: the
+    forward appends to it) is repeated across the batch, and each row runs its own tokens,
+    left-padded, at the positions it would see alone."""
     own = [list(ids[n_shared:]) for ids in rows]
     width = max(len(ids) for ids in own)
     input_ids = torch.tensor([[0] * (width - len(ids)) + ids for ids in own])  # pads: masked
@@ -85,13 +78,9 @@ def score_labels(
     batch_size: int = 32,
     share_prefix: bool = True,
 ) -> np.ndarray:
-    """Summed log-likelihood of each completion ``" " + label`` after each prompt:
-    ``(len(prompts), len(labels))``, as :func:`label_logprobs` up to float rounding.
-
-    Prompts are tokenized as in training, labels without special tokens. When every label is
-    one token, each prompt is one left-padded row read at its last column, its shared prefix
-    run once (``share_prefix``) and rows sorted by length; otherwise the lesson's way.
-    """
+    """:func:`label_logprobs`' scores (up to float rounding), faster: with one-token labels each
+    prompt is one left-padded row, its shared prefix run once (``share_prefix``); otherwise the
+    lesson's way."""
     if len(prompts) == 0:
         return np.zeros((0, len(labels)), dtype=np.float64)
     encoded = [list(ids) for ids in tokenizer(list(prompts))["input_ids"]]  # one batched call

@@ -1,9 +1,5 @@
-"""Memory fit planner: will a LoRA/QLoRA recipe fit on the GPU, and if not, what to change.
-
-``print(format_table(estimate("t4", get_recipe("webglm", "t4"))))`` is ``phi2kit plan``'s
-table. Units are decimal GB. The counting is :mod:`phi2kit.footprint`'s; this adds the GPU
-overheads, the optimizer, the verdict and the levers to pull.
-"""
+"""Memory fit planner: will a LoRA/QLoRA recipe fit on the GPU, and if not, what to change
+(``phi2kit plan``). Decimal GB; the counting is :mod:`phi2kit.footprint`'s."""
 
 from __future__ import annotations
 
@@ -65,14 +61,10 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
              dtype: str | None = None, optim: str | None = None, double_quant: bool = True,
              num_labels: int = 3, config: Any = None,
              _levers: bool = True) -> Estimate:  # fmt: skip
-    """Predict the peak memory of training ``recipe`` on ``model`` (a ``PhiConfig``, a
-    profile or its name, whose settings are the defaults; ``config`` counts another model
-    under them). ``overhead_gb=None``: CUDA context + allocator slack on a GPU, 0 on a CPU.
-
-    Under gradient checkpointing the recomputed layer lives only after the logits' buffers
-    are freed, so it adds to the peak only by what it exceeds them. Paged 8-bit AdamW's
-    states are counted as resident, though pages can be evicted.
-    """
+    """Predict the peak memory of training ``recipe`` on ``model`` (a ``PhiConfig``, or a profile or
+    its name whose settings are the defaults; ``config``: another model under them);
+    ``overhead_gb=None``: CUDA context + allocator slack on a GPU, 0 on a CPU. Paged AdamW's states
+    count as resident."""
     if recipe.max_length < 1 or recipe.batch_size < 1 or device_gb <= 0:
         raise ValueError(
             f"max_length ({recipe.max_length}), batch ({recipe.batch_size}) and device_gb "

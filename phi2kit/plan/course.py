@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from phi2kit.footprint import GB, count_parameters, phi2_config, weight_bytes
 from phi2kit.plan import CUDA_CONTEXT_GB, estimate
+from phi2kit.recipes import get_recipe
 
 #: Assumed mean tokens per training example with Phi-2's tokenizer (prompt + completion),
 #: after dynamic padding. Headlines are short; WebGLM references are long.
@@ -48,10 +51,7 @@ COURSE = [  # notebook, what it teaches, task (None: no training)
 def train_minutes(
     task: str, profile: str = "t4", calibration: int = T4_CALIBRATION_LENGTH
 ) -> float:
-    """Predicted training time of a task's default recipe on a T4, eval excluded, at the
-    ``calibration`` reading of seed 003's run (:data:`T4_CALIBRATIONS`)."""
-    from phi2kit.recipes import get_recipe
-
+    """T4 training minutes of a task's recipe (eval excluded) at a seed-003 ``calibration``."""
     if calibration not in T4_CALIBRATIONS:
         raise ValueError(f"calibration must be one of {sorted(T4_CALIBRATIONS)}")
     recipe = get_recipe(task, profile)
@@ -83,7 +83,6 @@ def course_rows() -> list[tuple[str, str, str, str]]:
             gb, minutes = weight_bytes(phi2_config(), "float32") / GB + nf4 + CUDA_CONTEXT_GB, "~20"
         elif task == "dpo":
             from phi2kit.plan.dpo import estimate_dpo
-            from phi2kit.recipes import get_recipe
 
             dpo = get_recipe("dpo", "t4")
             gb, minutes = estimate_dpo("t4", dpo).total_gb, _rounded_minutes(dpo.t4_minutes())
@@ -96,10 +95,6 @@ def course_rows() -> list[tuple[str, str, str, str]]:
             gb = fp16 + nf4 + CUDA_CONTEXT_GB
             minutes = "~5" if name.startswith("01") else "~10"
         else:
-            from dataclasses import replace
-
-            from phi2kit.recipes import get_recipe
-
             recipe = get_recipe(task, "t4")
             gb = estimate("t4", recipe).total_gb
             if task == "classifier":  # 03 trains LoRA on the fp16 base, then QLoRA

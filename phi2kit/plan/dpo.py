@@ -11,11 +11,9 @@ from phi2kit.plan import ALLOCATOR_SLACK, Estimate, _resolve, estimate
 
 def estimate_dpo(model: Any, recipe: Any, reference: str = "adapter", precompute: bool = False,
                  **kw: Any) -> Estimate:  # fmt: skip
-    """One DPO step: the policy on 2 x ``batch_size`` sequences (chosen + rejected); the
-    reference, trl's frozen copy of the SFT adapter (``"adapter"``), the base with adapters
-    off (``"base"``) or a second base (``"model"``, freed before training by ``precompute``);
-    and the reference's no-grad pass, whose fp32 logits and log-probs add what exceeds the
-    policy's logits buffers (nothing with ``precompute``: it runs before training)."""
+    """One DPO step: the policy on chosen + rejected, the ``reference`` (trl's frozen copy of the
+    SFT ``adapter``, the ``base`` with adapters off, or a second ``model``) and its no-grad pass,
+    which ``precompute`` runs before training."""
     est = estimate(model, replace(recipe, batch_size=2 * recipe.batch_size), _levers=False, **kw)
     cfg, p, s = kw.get("config") or _resolve(model)[0], est.parts, est.settings
     base = weight_bytes(cfg, s["dtype"], quantize_4bit=s["4-bit"]) / GB  # 08 never upcasts:

@@ -15,11 +15,9 @@ GGUF_FALLBACK = {"Q4_K": "Q5_0", "Q6_K": "Q8_0"}
 
 def gguf_tensor_types(qtype: str, config: Any = None) -> list[tuple[str, str, int]]:
     """``(name, type, weights)`` per tensor of a ``phi2`` GGUF file (default: Phi-2's config).
-
-    F16/Q8_0: the converter's rule (1-D tensors F32, matrices ``qtype``). Q4_K_M: llama.cpp's
-    quantizer: Q4_K; Q6_K for ``output`` and for ``attn_v``/``ffn_down`` in its use_more_bits
-    layers; rows not a multiple of 256 fall back (:data:`GGUF_FALLBACK`; ``output`` -> Q8_0).
-    """
+    F16/Q8_0: 1-D tensors F32, matrices ``qtype``; Q4_K_M as llama.cpp quantizes: Q4_K, Q6_K for
+    ``output`` and for ``attn_v``/``ffn_down`` in use_more_bits layers, and rows not a multiple of
+    256 fall back (:data:`GGUF_FALLBACK`; ``output`` -> Q8_0)."""
     if qtype not in ("F16", "Q8_0", "Q4_K_M"):
         raise ValueError(f"qtype must be 'F16', 'Q8_0' or 'Q4_K_M', not {qtype!r}")
     cfg = config if config is not None else phi2_config()
@@ -48,12 +46,9 @@ def gguf_tensor_types(qtype: str, config: Any = None) -> list[tuple[str, str, in
 
 
 def gguf_footprint(qtype: str, config: Any = None, n_ctx: int = 2048, n_ubatch: int = 512) -> dict:
-    """Disk and CPU RAM (GB) of a ``phi2`` GGUF file of type ``qtype`` served by llama.cpp.
-
-    ``tensors_gb`` is exact; ``disk_gb`` adds 32 B per vocabulary entry for the tokenizer (an
-    assumption); ``ram_gb`` adds an F16 KV cache of ``n_ctx`` positions and a compute buffer
-    assumed to be ``4 B x n_ubatch x (vocabulary + heads x n_ctx + 4 x intermediate)``.
-    """
+    """Disk and CPU RAM (GB) of a ``phi2`` GGUF file served by llama.cpp: ``tensors_gb`` exact;
+    assumed 32 B per vocabulary entry for the tokenizer, an F16 KV cache of ``n_ctx`` and a compute
+    buffer of ``4 B x n_ubatch x (vocabulary + heads x n_ctx + 4 x intermediate)``."""
     cfg = config if config is not None else phi2_config()
     types = gguf_tensor_types(qtype, cfg)
     tensors = sum(GGUF_BLOCKS[t][0] * count // GGUF_BLOCKS[t][1] for _, t, count in types)

@@ -20,14 +20,9 @@ CHECK_PROMPTS = 40
 
 
 def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs: Any) -> Estimate:
-    """Predicted peak memory of one GRPO step (trl ``GRPOTrainer``, no vLLM), by part, in GB.
-
-    Three phases never hold their buffers at once, so the peak is the largest on top of the
-    weights, adapters and optimizer: generation (``generation_batch`` sequences' KV cache and
-    last fp32 logits), the reference pass when ``beta > 0`` (fp32 logits and log-softmax of
-    ``batch_size`` completions, and the adapter's frozen copy) and the training step
-    (:func:`estimate`).
-    """
+    """Predicted peak memory of one GRPO step (trl, no vLLM), by part, in GB. Generation, the
+    reference pass (``beta > 0``) and the training step never hold their buffers at once: the peak
+    adds the largest to the weights, adapters and optimizer."""
     train = estimate(model, recipe, device_gb=device_gb, overhead_gb=0.0, _levers=False, **kwargs)
     cfg, profile = _resolve(model)
     cfg, dtype = kwargs.get("config") or cfg, train.settings["dtype"]
@@ -57,10 +52,9 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
 
 def grpo_minutes(recipe: Any, calibration: int = T4_CALIBRATION_LENGTH,
                  check_prompts: int = CHECK_PROMPTS) -> dict[str, float]:  # fmt: skip
-    """Predicted T4 minutes of a GRPO run by phase: training at 6N FLOPs a token (the course's
-    clock), the reference pass (``beta > 0``) at 2N, and generation at
-    :data:`T4_DECODE_STEP_S` per decoding step of each ``generate`` call: training's, and the
-    learning check's (``check_prompts`` groups, sampled twice, a generation batch a call)."""
+    """Predicted T4 minutes of a GRPO run by phase: training at 6N FLOPs a token, the reference pass
+    (``beta > 0``) at 2N, and :data:`T4_DECODE_STEP_S` per decoding step of each ``generate`` call,
+    training's and the learning check's (``check_prompts`` groups, twice)."""
     n = count_parameters(phi2_config())
     tokens = recipe.max_steps * recipe.effective_batch * GRPO_TYPICAL_TOKENS
     flops = T4_CALIBRATIONS[calibration]

@@ -1,7 +1,5 @@
-"""The tiny pretrained Phi shipped inside the package: a 1.3M-parameter ``PhiForCausalLM``
-with Phi-2's architecture, module names and tokenizer conventions (``<|endoftext|>`` is bos
-and eos, no pad, no chat template). ``python scripts/build_tiny.py`` rebuilds it.
-"""
+"""The tiny pretrained Phi shipped inside the package (1.3M parameters, Phi-2's architecture and
+tokenizer); ``python scripts/build_tiny.py`` rebuilds it."""
 
 from __future__ import annotations
 
