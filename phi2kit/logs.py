@@ -64,7 +64,7 @@ def quiet_command() -> None:
 
 
 def one_progress_line(trainer: Any) -> Any:
-    """Replace the Trainer's progress output (a loss dict a log) by one bar; returns ``trainer``."""
+    """Replace the Trainer's progress output (a loss dict per log) by one bar; returns it."""
     from tqdm.auto import tqdm
     from transformers import TrainerCallback
     from transformers.trainer_callback import PrinterCallback, ProgressCallback

@@ -15,6 +15,7 @@ generate anew for the rest of the block: still GRPO, not the same completions.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -169,3 +170,24 @@ def test_a_resume_between_two_generations_says_it_will_differ(sft_adapter, tmp_p
     assert main([*args, "--steps", "2", "--output-dir", str(tmp_path), "--resume"]) == 0
     assert "note: grpo generates every 2 steps and checkpoint-1 is between two: the resumed run " \
         "generates anew" in capsys.readouterr().out
+
+
+def test_prompts_that_lose_references_to_fit_are_said(capsys):
+    """``train grpo`` fits each prompt to ``max_length - max_completion_length`` by dropping
+    whole references, as 04 and 09 do; when any are dropped it says how many, with the fix."""
+    from phi2kit.commands.train_args import Setup
+    from phi2kit.commands.train_tasks import load_data
+    from phi2kit.profiles import get_profile
+    from phi2kit.recipes import get_recipe
+
+    profile = get_profile("tiny")
+    for max_length, said in ((256, False), (160, True)):
+        recipe = get_recipe("grpo", profile, max_length=max_length, n_train=16)
+        data = load_data(Setup("grpo", profile, recipe))
+        out = capsys.readouterr().out
+        note = re.search(rf"(\d+) of 16 prompts lost references to fit max_length - "
+                         rf"max_completion_length = {max_length - 32} tokens .*; a larger "
+                         r"--set max_length=N keeps more", out)  # fmt: skip
+        assert bool(note) is said, out
+        if said:
+            assert 0 < int(note[1]) <= 16 and len(data.train) <= 16

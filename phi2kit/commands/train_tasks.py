@@ -196,15 +196,22 @@ def read_prompts(path: Path | None, setup: Setup, tokenizer):
     examples = list(webglm.load_webglm(path, "train", limit=skip + recipe.n_train))
     start = max(0, min(skip, len(examples) - recipe.n_train))
     budget = recipe.max_length - recipe.max_completion_length
-    rows = []
-    for e in examples[start : start + recipe.n_train]:
+    rows, trimmed, chosen = [], 0, examples[start : start + recipe.n_train]
+    for e in chosen:
         refs = list(e["references"])
         prompt = webglm.build_qa_prompt(e["question"], refs)
         while refs and len(tokenizer(prompt).input_ids) > budget:
             refs.pop()  # whole references, from the last; never the question (as 04 and 09)
             prompt = webglm.build_qa_prompt(e["question"], refs)
+        trimmed += len(refs) < len(e["references"])
         if refs:  # a question alone over the budget has nothing to cite: left out
             rows.append({"prompt": prompt, "references": refs})
+    if trimmed:  # the rewards read the references kept: a citation of a dropped one scores 0
+        gone = len(chosen) - len(rows)  # not one reference fits beside the question
+        print(f"phi2kit train: {trimmed} of {len(chosen)} prompts lost references to fit "
+              f"max_length - max_completion_length = {budget} tokens (whole references, from the "
+              f"last{f'; {gone} kept none and were left out' if gone else ''}); a larger "
+              "--set max_length=N keeps more")  # fmt: skip
     if len(rows) < recipe.num_generations:
         raise DataError(f"{len(rows)} prompt(s) fit max_length - max_completion_length = "
                         f"{budget} tokens with a reference: need more (raise max_length)",
