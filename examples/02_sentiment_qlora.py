@@ -227,7 +227,7 @@ def main(argv=None):
                        "token, so scoring cannot tell them apart; use words that start "
                        "differently", file=sys.stderr) or 2)
     set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter
-    model = AutoModelForCausalLM.from_pretrained(  # safetensors only, no trust_remote_code
+    model = AutoModelForCausalLM.from_pretrained(  # safetensors only, transformers' own Phi code
         args.model, dtype=dtype, quantization_config=quant, use_safetensors=True,
         attn_implementation="sdpa" if bf16 else "fp32", device_map="auto" if cuda else "cpu")
     model.config.pad_token_id = tok.pad_token_id
