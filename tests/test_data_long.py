@@ -29,14 +29,17 @@ NOTEBOOKS = REPO / "notebooks"
 
 #: Peak RSS allowed for the whole run (Python, torch, the tiny model in nf4, the data, one
 #: generation and one evaluation batch). Measured on 2 cores (2026-12): 0.6 GB for 06,
-#: 0.7 GB for 04. Without the caps, 06 on threads of only 6 such turns (prompts of ~3,000
+#: 0.6 GB for 04. Without the caps, 06 on threads of only 6 such turns (prompts of ~3,000
 #: tokens, N_EVAL=4) peaked at 2.0 GB; on the 50-turn threads here its prompts reach
 #: 15,600 tokens, and one attention matrix for a generation batch of 8 would take 31 GB.
 PEAK_RSS_MB = 1200
 
 TURNS, TURN_CHARS = 50, 2_000  # per OASST thread
 SHORT_CHARS = 200  # every third exchange is short, so that its example fits the tiny budget
-REFS, REF_CHARS = 30, 5_000  # per WebGLM row
+# per WebGLM row: about 19,750 tokens of references (uncapped, one attention matrix for a
+# generation batch of 8 would take about 50 GB). Each re-fit tokenizes the whole prompt, so more
+# references cost quadratically more CPU: 30 of them took 17 s longer and tested nothing more.
+REFS, REF_CHARS = 12, 5_000
 
 WORDS = "the otter swims in cold river water and eats fish near its den at night".split()
 
