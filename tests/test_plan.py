@@ -8,6 +8,7 @@ AdamW state, and the peak of live tensor bytes during one forward + backward.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -281,13 +282,32 @@ def test_cpu_profile_says_the_device_is_the_flag(capsys):
 def test_a_device_smaller_than_the_weights_fits_at_no_setting(capsys):
     est = estimate("t4", get_recipe("webglm", "t4"), device_gb=1.0)
     assert not est.possible and not est.levers
-    assert est.verdict.startswith("cannot fit at any setting: the base weights alone take 2.35 GB")
+    assert est.verdict.startswith("cannot fit at any setting: in 4-bit with gradient checkpointing")
+    assert "(the base weights alone 2.35 GB)" in est.verdict
     assert est.total_gb > 1.0  # the table still shows every part
     assert estimate("t4", get_recipe("webglm", "t4"), device_gb=4.0).possible  # levers then
     args = _parser().parse_args(["plan", "--device-gb", "1"])
     assert run_plan(args) == 2
     err = capsys.readouterr().err
     assert "--device-gb 1: cannot fit at any setting" in err and "--device-gb 15" in err
+
+
+def test_the_floor_counts_more_than_the_weights():
+    """A device above the 4-bit weights but below the smallest step fits at no setting either:
+    no lever may be offered that the planner itself would then refuse."""
+    recipe = get_recipe("webglm", "t4")
+    floor = estimate("t4", replace(recipe, batch_size=1, max_length=1), gradient_checkpointing=True)
+    assert floor.parts["base weights"] + 0.5 < 3.0 < floor.total_gb  # between the two
+    est = estimate("t4", recipe, device_gb=3.0)
+    assert not est.possible and not est.levers
+    assert f"it takes {floor.total_gb:.2f} GB" in est.verdict and "3 GB device" in est.verdict
+    # just above the floor: the levers named fit when applied (none is "all of  and ...")
+    est = estimate("t4", replace(recipe, batch_size=1), device_gb=floor.total_gb + 0.05)
+    assert est.possible and not est.fits and est.levers
+    (lever,) = est.levers
+    length = int(lever.split("max_length ")[1].split()[0])
+    assert estimate("t4", replace(recipe, batch_size=1, max_length=length),
+                    device_gb=floor.total_gb + 0.05).fits  # fmt: skip
 
 
 def test_estimate_refuses_a_length_below_one():

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from phi2kit.footprint import (
@@ -115,21 +115,21 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
     est = Estimate(parts, device_gb, settings)
     est.verdict = f"fits: {est.total_gb:.2f} GB of {device_gb:g} GB"
     if not est.fits and _levers:
-        # The floor: the base weights in nf4 (their smallest form), plus the CUDA context.
-        floor_weights = weight_bytes(cfg, dtype, quantize_4bit=True, double_quant=double_quant,
-                                     upcast_fp32=True, head=causal) / GB  # fmt: skip
-        floor = floor_weights + (CUDA_CONTEXT_GB if on_gpu and fixed is None else fixed or 0.0)
-        if floor > device_gb:
-            est.verdict = (
-                f"cannot fit at any setting: the base weights alone take {floor_weights:.2f} GB "
-                f"in 4-bit (their smallest form){' plus the CUDA context' if on_gpu else ''}, "
-                f"more than the {device_gb:g} GB device; it needs at least {floor:.2f} GB"
-            )
-            est.possible = False
-            return est
         kw = {"attn": attn, "dtype": dtype, "optim": optim, "double_quant": double_quant,
               "num_labels": num_labels, "device_gb": device_gb, "overhead_gb": fixed,
               "config": config}  # fmt: skip
+        # The floor: every lever at once (4-bit, checkpointing, batch 1) and a 1-token sequence
+        smallest = replace(recipe, quantize_4bit=True, batch_size=1, max_length=1)
+        floor = estimate(model, smallest, gradient_checkpointing=True, _levers=False, **kw)
+        if not floor.fits:
+            weights = floor.parts["base weights"]
+            est.verdict = (
+                f"cannot fit at any setting: in 4-bit with gradient checkpointing, batch 1 and "
+                f"max_length 1 it takes {floor.total_gb:.2f} GB (the base weights alone "
+                f"{weights:.2f} GB), more than the {device_gb:g} GB device"
+            )
+            est.possible = False
+            return est
         est.levers = _find_levers(model, recipe, ckpt, kw)
         est.verdict = (f"does not fit: {est.total_gb:.2f} GB > {device_gb:g} GB. "
                        "It would fit with " + "; or ".join(est.levers))  # fmt: skip
@@ -138,8 +138,6 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
 
 def _find_levers(model: Any, recipe: Any, ckpt: bool, kw: dict[str, Any]) -> list[str]:
     """Single changes that make ``recipe`` fit, else the first fitting combination."""
-    from dataclasses import replace
-
     def total(changes: dict[str, Any], ckpt_on: bool) -> float:
         r = replace(recipe, **changes)
         return estimate(model, r, gradient_checkpointing=ckpt_on, _levers=False, **kw).total_gb
@@ -170,7 +168,13 @@ def _find_levers(model: Any, recipe: Any, ckpt: bool, kw: dict[str, Any]) -> lis
                 levers.append(" + ".join(name for name, _ in combo) + f" ({gb:.2f} GB)")
         if levers:
             return levers
-    return ["all of " + ", ".join(n for n, _ in others) + " and a shorter max_length"]
+    # none without a shorter max_length: all of them, and the longest max_length that fits then
+    every = {k: v for _, change in others for k, v in change.items()}
+    length = recipe.max_length // 2
+    while length > 1 and total(every | {"max_length": length}, True) > kw["device_gb"]:
+        length //= 2
+    gb = total(every | {"max_length": length}, True)
+    return [" + ".join([n for n, _ in others] + [f"max_length {length}"]) + f" ({gb:.2f} GB)"]
 
 
 def format_table(est: Estimate) -> str:
