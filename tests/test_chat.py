@@ -289,6 +289,7 @@ def test_missing_adapter_folder_is_one_line_exit_2(tmp_path, capsys, command):
         (["--model", "MISSING"], "--model MISSING: no such folder; pass a merged model folder"),
         (["--max-new-tokens", "0"], "--max-new-tokens 0: must be at least 1"),
         (["--temperature", "-1"], "--temperature -1: must be 0 (greedy) or more"),
+        (["--temperature", "nan"], "--temperature nan: must be 0 (greedy) or more"),
         (["--model", "ADAPTER"], "--model ADAPTER: an adapter, not a merged model; pass it as "
                                  "--adapter"),
     ],
@@ -349,11 +350,13 @@ def test_app_on_a_port_in_use_is_one_line_exit_2(capsys):
     err = _one_error_line(capsys, "app")
     assert f"--port {port}" in err and f"--port {port + 1}" in err
     assert run_app(_app_args("--port", "99999")) == 2  # was an OverflowError traceback
-    assert "--port 99999: a port is 0 to 65535" in _one_error_line(capsys, "app")
+    assert "--port 99999: a port is 1 to 65535" in _one_error_line(capsys, "app")
+    assert run_app(_app_args("--port", "0")) == 2  # served on "port 0", then a traceback
+    assert "--port 0: a port is 1 to 65535, e.g. --port 7860" in _one_error_line(capsys, "app")
     # an address that is not this machine's (TEST-NET-1, never assigned) is the host's fault
-    assert run_app(_app_args("--host", "192.0.2.1", "--port", "0")) == 2
+    assert run_app(_app_args("--host", "192.0.2.1", "--port", "7860")) == 2
     assert "--host 192.0.2.1: not an address of this machine" in _one_error_line(capsys, "app")
-    assert run_app(_app_args("--host", "no such host", "--port", "0")) == 2
+    assert run_app(_app_args("--host", "no such host", "--port", "7860")) == 2
     assert "--host no such host: not an address" in _one_error_line(capsys, "app")
 
 

@@ -44,8 +44,8 @@ def port_error(host: str, port: int) -> str | None:
     import errno
     import socket
 
-    if not 0 <= port < 65536:
-        return f"--port {port}: a port is 0 to 65535, e.g. --port 7860"
+    if not 0 < port < 65536:  # 0 ("any free port") would serve where no link says
+        return f"--port {port}: a port is 1 to 65535, e.g. --port 7860"
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))

@@ -35,7 +35,7 @@ def model_error(args: argparse.Namespace) -> str | None:
     any model loads. A classification adapter (notebook 03's) would only talk nonsense."""
     if args.max_new_tokens < 1:
         return f"--max-new-tokens {args.max_new_tokens}: must be at least 1, e.g. 128"
-    if args.temperature < 0:
+    if not args.temperature >= 0:  # NaN too: it would run greedy without a word
         return f"--temperature {args.temperature:g}: must be 0 (greedy) or more, e.g. 0.7"
     if args.adapter is not None:
         return adapter_error(args.adapter, "pass a chat adapter: RUN/adapter of `phi2kit train "
