@@ -5,6 +5,7 @@ import argparse
 import importlib.util
 import io
 import json
+import socket
 import sys
 import time
 
@@ -365,7 +366,10 @@ def test_profile_errors_speak_shell_words(monkeypatch, capsys, command):
     from phi2kit.commands.main import main
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert main([command, "--profile", "t4", *(["--port", "0"] if command == "app" else [])]) == 2
+    with socket.socket() as free:  # a port nothing listens on: the profile is the error
+        free.bind(("127.0.0.1", 0))
+        port = str(free.getsockname()[1])
+    assert main([command, "--profile", "t4", *(["--port", port] if command == "app" else [])]) == 2
     err = _one_error_line(capsys, command)
     assert "--profile tiny" in err and "PROFILE=" not in err and "Colab" not in err
 
