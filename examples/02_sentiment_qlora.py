@@ -177,7 +177,12 @@ def parser():
 
 
 def main(argv=None):
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    # argparse takes 0 and -3 as numbers: a run of "0 steps" would train one and look real
+    for flag in ("max_steps", "batch_size", "grad_accum", "max_length", "learning_rate"):
+        if not getattr(args, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be above 0")
     out = Path(args.output_dir)
     if out.is_file() or any(out.glob("*")):  # an earlier run's adapter is never overwritten
         sys.exit(print(f"error: --output-dir {out} is not empty: pass another, or remove it",

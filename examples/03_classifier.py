@@ -38,7 +38,11 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=8, help="per micro-batch; 2 per step")
     p.add_argument("--text-column", default="text", help="headed CSV: the text column")
     p.add_argument("--label-column", default="label", help="headed CSV: the label column")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag in ("max_steps", "batch_size", "learning_rate"):  # argparse takes 0 and -3 as numbers
+        if not getattr(args, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be above 0")
+    return args
 
 
 class BadData(ValueError):  # a bad input file: one line naming file, row and field; exit 2

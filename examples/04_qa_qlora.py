@@ -130,7 +130,11 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=int, default=1024, help="tokens per example")
     p.add_argument("--learning-rate", type=float, default=2e-4, help="3e-3 suits the tiny model")
     p.add_argument("--no-4bit", action="store_true", help="LoRA on the full-precision base")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for flag in ("max_steps", "max_length", "learning_rate"):  # argparse takes 0 and -3 as numbers
+        if not getattr(args, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be above 0")
+    return args
 
 
 def main(argv=None):

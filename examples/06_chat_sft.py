@@ -182,7 +182,13 @@ def parse_args(argv=None):
                                 ("--batch-size", int, 2), ("--grad-accum", int, 8),
                                 ("--max-length", int, 1024)]:
         p.add_argument(flag, type=kind, default=default, help=f"default {default}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # argparse takes 0 and -3 as numbers: a run of "0 steps" would train one and look real
+    for flag in ("max_steps", "lora_r", "lora_alpha", "learning_rate", "batch_size", "grad_accum",
+                 "max_length"):
+        if not getattr(args, flag) > 0:
+            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be above 0")
+    return args
 
 
 def main(argv=None):

@@ -80,3 +80,22 @@ def test_an_earlier_run_is_never_overwritten(name, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"error: --output-dir {out} is not empty: pass another, or remove it", err
     assert (out / "adapter" / "adapter_model.safetensors").read_bytes() == b"earlier run"
+
+
+@pytest.mark.parametrize(("name", "flag"), [("02_sentiment_qlora.py", "--max-steps"),
+                                            ("02_sentiment_qlora.py", "--grad-accum"),
+                                            ("03_classifier.py", "--max-steps"),
+                                            ("04_qa_qlora.py", "--max-length"),
+                                            ("06_chat_sft.py", "--max-steps"),
+                                            ("06_chat_sft.py", "--lora-r")])  # fmt: skip
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_count_below_one_is_refused_before_anything_runs(name, flag, value, tmp_path, capsys):
+    """argparse takes 0 and -3 as ints: ``--max-steps 0`` trained one step and wrote an adapter
+    with a "tuned" accuracy. Now argparse's own error, exit 2, and nothing is written."""
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_:
+        load_script(name).main(_argv(name, str(TINY), out) + [flag, value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f": error: {flag} {value}: must be above 0\n" in err and "Traceback" not in err
+    assert not out.exists()
