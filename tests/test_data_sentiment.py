@@ -297,6 +297,20 @@ def test_a_short_split_suggests_numbers_that_fit_and_names_the_file(tmp_path):
         split_sentiment(tiny, n_train=5, n_test=1, n_eval=1, labels=("down", "up"))
 
 
+def test_a_short_class_says_how_many_tied_headlines_were_left_out(tmp_path):
+    """A headline labelled once 'up' and once 'down' is in no class: the refusal counts it, so
+    that the 10 'up' rows of the file and the 9 of the message agree."""
+    rows = [("up", f"Rose {i}") for i in range(10)] + [("down", f"Fell {i}") for i in range(12)]
+    rows.append(("down", "Rose 0"))  # the tie: 'Rose 0' is once up, once down
+    path = tmp_path / "mine.csv"
+    path.write_text("label,text\n" + "".join(f"{y},{x}\n" for y, x in rows))
+    df = load_financial_news(path, labels=("down", "up"))
+    with pytest.raises(DataError) as info:
+        split_sentiment(df, n_train=120, n_test=40, n_eval=40, labels=("down", "up"))
+    assert ("class 'up' has 9 headlines after deduplication (the fewest; 1 headline(s) whose "
+            "labels tie were left out)") in str(info.value)
+
+
 def _write(tmp_path, text):
     (tmp_path / "t.csv").write_text(text)
     return tmp_path / "t.csv"

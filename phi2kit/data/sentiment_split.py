@@ -108,16 +108,18 @@ def split_sentiment(df: pd.DataFrame, n_train: int = 300, n_test: int = 300, n_e
             f"{noisy}"  # a smaller n_train than yours is kept
             if smallest >= 3 else
             f" (the smallest class has {smallest}: each needs 3, for train, test and eval)")
+    ties = report.n_dropped_ties  # a headline whose labels tie: in no class
+    tied = f"; {ties} headline(s) whose labels tie were left out" if ties else ""
     if smallest < needed:
         raise DataError(
-            f"class {label!r} has {smallest} headlines after deduplication (the fewest); the "
-            f"split needs n_train + n_test = {n_train} + {n_test} = {needed}"
+            f"class {label!r} has {smallest} headlines after deduplication (the fewest{tied}); "
+            f"the split needs n_train + n_test = {n_train} + {n_test} = {needed}"
             f"{', and 1 more for eval' if n_eval else ''}. Lower n_train or n_test{fits}.", **where
         )
     if smallest == needed and n_eval:
         raise DataError(
-            f"class {label!r} has {smallest} headlines after deduplication (the fewest), and "
-            f"train + test take all of them: none is left for n_eval = {n_eval}. Lower n_test "
+            f"class {label!r} has {smallest} headlines after deduplication (the fewest{tied}), "
+            f"and train + test take all of them: none is left for n_eval = {n_eval}. Lower n_test "
             f"(or n_train){fits}, or pass n_eval=0.", **where
         )
     for k, label in enumerate(labels):
