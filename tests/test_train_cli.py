@@ -622,6 +622,12 @@ def test_resume_checks_the_data_by_content_not_by_the_path_typed(tmp_path, capsy
     assert len(err.strip().splitlines()) == 1
     assert main([*args, "--data", "gone.csv", "--resume"]) == 2
     assert "gone.csv: no such file or folder (--data)" in capsys.readouterr().err
+    # another file that is also broken: its bad row is named, not only that it changed
+    broken = [*rows[:4], "okk," + rows[4].split(",", 1)[1], *rows[5:]]  # row 5: a typo
+    (tmp_path / "b" / "news.csv").write_text("\n".join(broken) + "\n", "latin-1")
+    assert main([*args, "--data", "news.csv", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "news.csv, row 5, field 'sentiment': unknown label 'okk'" in err, err
 
 
 @pytest.mark.parametrize("resume", [False, True])

@@ -70,6 +70,17 @@ def _shown(key: str, value) -> str:
     return repr(value)
 
 
+def _data_error(err: DataError, setup, args: argparse.Namespace) -> str:
+    """A loader's error in the shell's words, with the fix where it names none."""
+    if "unknown label" in str(err) and args.labels is None:
+        return (f"{err}; if your data uses other label words, pass them in order: "
+                "--labels WORD,WORD,...")  # fmt: skip
+    said = shell_words(str(err))  # the loaders' advice names notebook parameters
+    if not re.search(r"\b(pass|pick|[Ll]ower|[Rr]aise|save|name|need)", said):  # no fix named
+        said += f"; --data for {setup.task}: {DATA_FORMATS[setup.task]}"
+    return said
+
+
 def _base(quantize_4bit: bool) -> str:
     """``--qlora``/``--lora``, the flags that set the recipe's ``quantize_4bit``."""
     return "--qlora, nf4" if quantize_4bit else "--lora, full precision"
@@ -139,6 +150,13 @@ def _run(args: argparse.Namespace) -> int:
         try:
             resume_from = resume_point(ckpt_dir, settings, log=_say)
         except ResumeError as err:
+            if "data" in err.changed and data_path:  # a changed file that is broken: say where
+                from phi2kit.commands.train_tasks import load_data
+
+                try:
+                    load_data(setup)
+                except DataError as bad:
+                    return _fail(_data_error(bad, setup, args))
             diff = ", ".join(f"{k} (--{k}'s content is not the run's)" if k in BY_CONTENT else
                              f"the base (the run's {_base(was)}, now {_base(now)})"
                              if k == "quantize_4bit" else
@@ -179,13 +197,7 @@ def _run(args: argparse.Namespace) -> int:
     except FileNotFoundError as err:  # no sample next to the package: a pip install
         return _fail(shell_words(str(err)))
     except DataError as err:
-        if "unknown label" in str(err) and args.labels is None:
-            return _fail(f"{err}; if your data uses other label words, pass them in order: "
-                         "--labels WORD,WORD,...")  # fmt: skip
-        said = shell_words(str(err))  # the loaders' advice names notebook parameters
-        if not re.search(r"\b(pass|pick|[Ll]ower|[Rr]aise|save|name|need)", said):  # no fix named
-            said += f"; --data for {setup.task}: {DATA_FORMATS[setup.task]}"
-        return _fail(said)
+        return _fail(_data_error(err, setup, args))
 
     parts = {"train": data.train, "eval": data.eval, "test": data.test}
     _say("examples: " + ", ".join(f"{len(p)} {k}" for k, p in parts.items() if p is not None))
