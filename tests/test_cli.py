@@ -265,4 +265,5 @@ def test_plan_help_says_what_its_exit_codes_mean(capsys):
     with pytest.raises(SystemExit):
         main(["plan", "--help"])
     said = " ".join(capsys.readouterr().out.split())
-    assert "Exit code: 0 when it fits, 1 when it does not, 2 for a bad option." in said
+    assert ("Exit code: 0 when it fits, 1 when it does not (a lever is named), 2 for a bad option "
+            "or a --device-gb too small for any setting.") in said

@@ -20,7 +20,8 @@ def add_plan_parser(subparsers: Any) -> argparse.ArgumentParser:
         "plan", help="predict whether a recipe fits in GPU memory",
         description="Predict the peak GPU memory of one training step of a recipe, part by "
         "part, and name the lever to pull when it does not fit. Exit code: 0 when it fits, 1 "
-        "when it does not, 2 for a bad option.")
+        "when it does not (a lever is named), 2 for a bad option or a --device-gb too small "
+        "for any setting.")
     add_profile_argument(p, default="t4")
     p.add_argument("--task", default="webglm", choices=TASKS + PREFERENCE_TASKS + ("grpo",),
                    help="the recipe to plan (default webglm, lesson 04)")
