@@ -177,11 +177,9 @@ def parser():
 
 
 def main(argv=None):
-    p = parser()
-    args = p.parse_args(argv)
-    # argparse takes 0 and -3 as numbers: a run of "0 steps" would train one and look real
+    args = (p := parser()).parse_args(argv)
     for flag in ("max_steps", "batch_size", "grad_accum", "max_length", "learning_rate"):
-        if not getattr(args, flag) > 0:
+        if not getattr(args, flag) > 0:  # argparse takes 0 and -3: "0 steps" would train one
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be above 0")
     out = Path(args.output_dir)
     if out.is_file() or any(out.glob("*")):  # an earlier run's adapter is never overwritten

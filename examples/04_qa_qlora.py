@@ -25,8 +25,7 @@ CITATION = re.compile(r"\[(\d+(?:\s*,\s*\d+)*)\]")  # [3], [1, 2]
 
 
 def fail(message):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(print(f"error: {message}", file=sys.stderr) or 2)
 
 
 def read_rows(path):
