@@ -24,14 +24,20 @@ def _argv(name: str, model: str, out: Path) -> list[str]:
         "05_merge_adapter.py": ["--adapter", str(out), "--output-dir", str(out / "merged"),
                                 "--trained-on", "full"],
         "06_chat_sft.py": ["--data", str(sample_path("oasst1")), "--output-dir", str(out)],
+        "08_dpo.py": ["--data", str(sample_path("oasst1")), "--adapter", str(out.parent / "sft"),
+                      "--output-dir", str(out), "--no-4bit"],
     }[name] + ["--model", model]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["02_sentiment_qlora.py", "03_classifier.py", "04_qa_qlora.py",
-                                  "05_merge_adapter.py", "06_chat_sft.py"])  # fmt: skip
+                                  "05_merge_adapter.py", "06_chat_sft.py",
+                                  "08_dpo.py"])  # fmt: skip
 def test_a_mistyped_model_folder_is_one_line(name, tmp_path, capsys):
     model = str(TINY.parent / "modle")  # phi2kit/tiny/modle
     out = tmp_path / "out"
+    if name == "08_dpo.py":  # 08's --adapter: only its config is read before the model
+        (tmp_path / "sft").mkdir()
+        (tmp_path / "sft" / "adapter_config.json").write_text('{"task_type": "CAUSAL_LM"}')
     if name == "05_merge_adapter.py":
         out.mkdir()  # 05's adapter folder: only its config is read before the model
         (out / "adapter_config.json").write_text('{"peft_type": "LORA"}')
@@ -46,7 +52,8 @@ def test_a_mistyped_model_folder_is_one_line(name, tmp_path, capsys):
 @pytest.mark.parametrize(("name", "kind"), [("02_sentiment_qlora.py", ".csv"),
                                             ("03_classifier.py", ".csv"),
                                             ("04_qa_qlora.py", ".jsonl"),
-                                            ("06_chat_sft.py", ".jsonl")])  # fmt: skip
+                                            ("06_chat_sft.py", ".jsonl"),
+                                            ("08_dpo.py", ".jsonl")])  # fmt: skip
 def test_a_data_folder_is_named_a_folder(name, kind, tmp_path, capsys):
     """--data given a folder: one line saying so and which file to pass; a missing path says
     'no such file' (each script's own tests). Nothing is written."""
@@ -65,7 +72,7 @@ def test_a_data_folder_is_named_a_folder(name, kind, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("name", ["02_sentiment_qlora.py", "03_classifier.py", "04_qa_qlora.py",
-                                  "06_chat_sft.py"])  # fmt: skip
+                                  "06_chat_sft.py", "08_dpo.py"])  # fmt: skip
 def test_an_earlier_run_is_never_overwritten(name, tmp_path, capsys):
     """A rerun into a folder that holds an earlier run stops with one line, before any data or
     model is read, and leaves the earlier adapter as it was."""
@@ -87,7 +94,9 @@ def test_an_earlier_run_is_never_overwritten(name, tmp_path, capsys):
                                             ("03_classifier.py", "--max-steps"),
                                             ("04_qa_qlora.py", "--max-length"),
                                             ("06_chat_sft.py", "--max-steps"),
-                                            ("06_chat_sft.py", "--lora-r")])  # fmt: skip
+                                            ("06_chat_sft.py", "--lora-r"),
+                                            ("08_dpo.py", "--max-steps"),
+                                            ("08_dpo.py", "--n-eval")])  # fmt: skip
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_a_count_below_one_is_refused_before_anything_runs(name, flag, value, tmp_path, capsys):
     """argparse takes 0 and -3 as ints: ``--max-steps 0`` trained one step and wrote an adapter

@@ -1,0 +1,180 @@
+"""examples/08_dpo.py: the take-home DPO script learns on the tiny model, reads lesson 08's pairs
+from OASST1 trees and trl's prompt/chosen/rejected rows, refuses a bad file or adapter before any
+model loads, and builds notebook 08's configuration for the t4 profile."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from example_scripts import (
+    TINY,
+    imported_packages,
+    load_script,
+    mismatch,
+    notebook_recipe,
+    run_script,
+    script_path,
+)
+
+from phi2kit.data import sample_path
+from phi2kit.data.oasst_pairs import load_pairs
+
+NAME = "08_dpo.py"
+TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
+
+
+def make_adapter(path: Path, task_type: str = "CAUSAL_LM", note: dict | None = None) -> Path:
+    """A fresh LoRA adapter on the tiny model (its B is zero: the policy starts as the base)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(TINY)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type=task_type)
+    get_peft_model(model, config).save_pretrained(path)
+    if note is not None:
+        (path / "phi2kit_adapter.json").write_text(json.dumps(note))
+    return path
+
+
+def main_exit(tmp_path: Path, *argv: str) -> int:
+    """Run ``main`` with a model folder that does not exist (reaching it would fail otherwise)."""
+    with pytest.raises(SystemExit) as exit_:
+        load_script(NAME).main(["--model", str(tmp_path / "no-model"), *argv,
+                                "--output-dir", str(tmp_path / "out")])  # fmt: skip
+    assert not (tmp_path / "out").exists()
+    return exit_.value.code
+
+
+def test_script_imports_no_phi2kit_and_stays_short():
+    assert "phi2kit" not in imported_packages(NAME)
+    assert len(script_path(NAME).read_text().splitlines()) < 270
+
+
+def test_learns_on_the_tiny_model(tmp_path):
+    adapter = make_adapter(tmp_path / "sft", note={"base_4bit": False})
+    args = ["--model", str(TINY), "--adapter", str(adapter), "--no-4bit",
+            "--data", str(sample_path("oasst1")), "--max-steps", "12", "--n-eval", "24",
+            "--learning-rate", "1e-3", "--batch-size", "8", "--grad-accum", "1",
+            "--max-length", "160", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+    result = run_script(NAME, *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    # the policy starts as its reference: log 2 and no pair ordered. Measured 2026-12-06 at 20
+    # steps: 0.693 -> 0.134, reward accuracy 0 -> 0.96; the checks leave a wide margin
+    assert metrics["eval_loss_before"] == pytest.approx(0.6931, abs=1e-3), metrics
+    assert metrics["reward_accuracy_before"] == 0.0, metrics
+    assert metrics["eval_loss_best"] < 0.5 * metrics["eval_loss_before"], metrics
+    assert metrics["reward_accuracy_best"] >= 0.75, metrics
+    saved = tmp_path / "out" / "adapter"
+    assert (saved / "adapter_model.safetensors").is_file()
+    assert not (saved / "ref").exists()  # the reference copy is not saved
+    assert json.loads((saved / "phi2kit_adapter.json").read_text()) == {"base_4bit": False}
+
+
+def test_tree_pairs_are_lesson_08s():
+    script = load_script(NAME)
+    key = lambda p: (p["prompt"], p["chosen"], p["rejected"])  # noqa: E731
+    for lang in ("en", None):
+        mine = script.read_pairs(str(sample_path("oasst1")), lang)
+        theirs = load_pairs(sample_path("oasst1"), lang=lang)
+        assert len(mine) > 1000 and sorted(map(key, mine)) == sorted(map(key, theirs))
+
+
+def test_rows_in_trls_format_and_the_split(tmp_path):
+    rows = [{"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "5."},
+            {"prompt": "### Human: Hi\n### Assistant:", "chosen": " Hello!", "rejected": "Go."},
+            {"prompt": "### Human: Hi\n### Assistant: Hello!\n### Human: Name?\n### Assistant:",
+             "chosen": "Phi.", "rejected": "No."}]  # fmt: skip
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")  # a blank line too
+    script = load_script(NAME)
+    pairs = script.read_pairs(str(data))
+    assert pairs[0] == {"prompt": "### Human: What is 2 + 2?\n### Assistant:", "chosen": " 4.",
+                        "rejected": " 5."}  # fmt: skip
+    assert pairs[1]["prompt"] == rows[1]["prompt"] and pairs[2]["chosen"] == " Phi."
+    train, evals = script.split(pairs, n_eval=1)  # the conversation "Hi" is not split up
+    assert train == pairs[:1] and evals == pairs[1:]
+
+
+@pytest.mark.parametrize(
+    ("line", "expect"),
+    [
+        ('{"prompt": "Q", "chosen": "A"}', "line 2, field 'rejected': missing"),
+        ('{"prompt": "Q", "chosen": "A", "rejected": " A "}', "line 2, field 'rejected': the same"),
+        ('{"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}',
+         "line 2, field 'chosen': missing, empty or not a string (trl's conversational form"),
+        ('{"message_id": "m", "text": "hi", "role": "prompter"}', "line 2: an OASST1 message row"),
+        ("not json", "line 2: not JSON (Expecting value at column 1)"),
+        ("[1, 2]", "line 2: not a JSON object"),
+        ('{"message_tree_id": "t", "prompt": {"text": "hi", "role": "prompter", "lang": "en", '
+         '"replies": [{"role": "assistant", "rank": 0}]}}', "line 2, field 'text'"),
+        ('{"message_tree_id": "t", "prompt": {"text": "hi", "role": "prompter", "lang": "en", '
+         '"replies": [{"text": "a", "role": "assistant", "rank": "first"}]}}',
+         "line 2, field 'rank'"),
+    ],
+)  # fmt: skip
+def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, expect):
+    data = tmp_path / "bad.jsonl"
+    data.write_text(json.dumps({"prompt": "Q", "chosen": "A", "rejected": "B"}) + f"\n{line}\n")
+    adapter = str(tmp_path / "no-adapter")  # the data is read first
+    assert main_exit(tmp_path, "--adapter", adapter, "--data", str(data)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {data}, ") and expect in err, err
+
+
+def test_a_missing_file_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "nope.jsonl"
+    assert main_exit(tmp_path, "--adapter", str(tmp_path), "--data", str(missing)) == 2
+    assert capsys.readouterr().err.strip() == f"error: {missing}: no such file"
+
+
+@pytest.mark.parametrize(
+    ("kind", "flags", "expect"),
+    [
+        ("none", ["--no-4bit"], "no adapter_config.json: pass the adapter folder of examples/06"),
+        ("classifier", ["--no-4bit"], "a SEQ_CLS adapter (a classifier's?): DPO trains a chat "
+         "adapter"),
+        ("4bit", ["--no-4bit"], "trained on the 4-bit (nf4) base: it trains on a CUDA GPU only: "
+         "on a CPU pass one of examples/06_chat_sft.py --no-4bit"),
+    ],
+)
+def test_a_wrong_adapter_is_one_line_before_the_model(tmp_path, capsys, kind, flags, expect):
+    adapter = tmp_path / "adapter"
+    if kind == "none":
+        adapter.mkdir()
+    else:
+        make_adapter(adapter, "SEQ_CLS" if kind == "classifier" else "CAUSAL_LM",
+                     note={"base_4bit": kind == "4bit"})
+    argv = ["--adapter", str(adapter), "--data", str(sample_path("oasst1")), *flags]
+    capsys.readouterr()  # transformers' load report while the adapter was made
+    assert main_exit(tmp_path, *argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith(f"error: {adapter}: {expect}"), err
+
+
+def test_4bit_on_a_cpu_is_one_line_before_the_model(tmp_path, capsys):
+    adapter = make_adapter(tmp_path / "sft", note={"base_4bit": False})
+    capsys.readouterr()
+    assert main_exit(tmp_path, "--adapter", str(adapter), "--data", str(sample_path("oasst1"))) == 2
+    assert capsys.readouterr().err.strip() == ("error: 4-bit training needs a CUDA GPU "
+                                               "(bitsandbytes); on a CPU pass --no-4bit")
+
+
+@pytest.mark.parametrize("flag", ["--max-steps", "--beta", "--n-eval"])
+def test_a_count_of_zero_is_refused(tmp_path, flag):
+    script = load_script(NAME)
+    with pytest.raises(SystemExit) as exit_:
+        script.parse_args(["--adapter", "a", "--data", "d.jsonl", flag, "0"])
+    assert exit_.value.code == 2
+
+
+def test_configs_equal_the_notebooks_for_t4(tmp_path):
+    ns = notebook_recipe("08_preference_dpo.ipynb", "dpo", tmp_path, cells=1, OUTPUT_DIR=tmp_path)
+    script = load_script(NAME)
+    args = script.parse_args(["--adapter", "a", "--data", "x.jsonl", "--output-dir", str(tmp_path)])
+    quant, dpo = script.build_configs(args, gpu="t4")
+    assert not (diff := mismatch(dpo, ns["args"])), diff
+    assert dpo.fp16 and not dpo.bf16 and dpo.optim == "paged_adamw_8bit"
+    assert quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
