@@ -197,3 +197,42 @@ def test_an_unfinished_tree_gives_no_pairs_and_is_counted(tmp_path):
     assert pairs.not_ready == 1 and "1 unfinished trees (not ready_for_export)" in pairs.summary()
     ready_only = load_pairs(_write_trees(tmp_path / "r.trees.jsonl", [tree]))
     assert "unfinished" not in ready_only.summary()
+
+
+def test_your_own_pairs_in_trls_format(tmp_path):
+    """JSON lines of {"prompt", "chosen", "rejected"}: a bare prompt gets 06's chat format, a
+    conversation's pairs share a tree (one split), and too-long pairs are counted."""
+    rows = [{"prompt": "Is the sky blue?", "chosen": "Yes.", "rejected": "Maybe."},
+            {"prompt": "### Human: Hi\n### Assistant:", "chosen": "Hello!", "rejected": "Go."},
+            {"prompt": "### Human: Hi\n### Assistant: Hello!\n### Human: Name?\n### Assistant:",
+             "chosen": "Phi.", "rejected": "No. " * 60}]  # fmt: skip
+    path = tmp_path / "mine.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pairs = load_pairs(path, max_length=60, count_tokens=lambda text: len(text.split()) + 1)
+    assert [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
+        ("### Human: Is the sky blue?\n### Assistant:", " Yes.", " Maybe."),
+        ("### Human: Hi\n### Assistant:", " Hello!", " Go.")]
+    assert pairs.dropped["too long"] == 1 and len(load_pairs(path)) == 3
+    assert pairs.summary().startswith("2 prompts, 2 pairs of your own (trl's format)")
+    whole = load_pairs(path, lang="de")  # the language filter is OASST1's: rows carry none
+    train, evals, test = split_by_tree(whole, n_eval=1, n_test=1)
+    assert {p["tree"] for p in evals + test} & {p["tree"] for p in train} == set()
+    assert len({p["tree"] for p in whole}) == 2  # the two "Hi" pairs are one conversation
+    short = load_pairs(path, max_length=8, count_tokens=lambda text: len(text.split()) + 1)
+    assert short.dropped["too long"] == 2 and len(short) == 1
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "detail"),
+    [('{"prompt": "Q", "chosen": "A"}', "rejected", "missing, empty or not text"),
+     ('{"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}',
+      "chosen", "(trl's conversational form, lists of messages, is not read)"),
+     ('{"prompt": "Q", "chosen": "A", "rejected": " A"}', "rejected", "the same text as chosen")],
+)  # fmt: skip
+def test_a_bad_row_of_your_own_pairs_is_named(tmp_path, line, field, detail):
+    path = tmp_path / "mine.jsonl"
+    path.write_text('{"prompt": "Q", "chosen": "A", "rejected": "B"}\n' + line + "\n")
+    with pytest.raises(DataError) as err:
+        load_pairs(path)
+    assert (err.value.row, err.value.field) == (2, field) and detail in err.value.detail
+    assert len(load_pairs(path, skip_bad=True)) == 1

@@ -64,6 +64,20 @@ def test_too_few_pairs_for_the_split_names_an_n_test_that_fits(tmp_path, capsys)
     assert not (tmp_path / "run").exists()
 
 
+def test_a_bad_row_of_your_own_pairs_is_one_line(tmp_path, capsys):
+    adapter = tmp_path / "adapter"  # a chat adapter as far as the checks before the data go
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+    data = tmp_path / "pairs.jsonl"
+    data.write_text('{"prompt": "Q", "chosen": "A", "rejected": "B"}\n{"prompt": "Q"}\n')
+    argv = ["dpo", *TINY, "--adapter", str(adapter), "--output-dir", str(tmp_path / "run")]
+    assert main([*argv, "--data", str(data)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"phi2kit train: error: {data}, row 2, field 'chosen': missing, empty or "
+                          "not text") and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
 def _losses(folder: Path) -> dict[int, float]:
     rows = [r for r in json.loads((folder / "trainer_state.json").read_text())["log_history"]
             if "loss" in r]  # fmt: skip

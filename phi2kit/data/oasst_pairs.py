@@ -1,5 +1,6 @@
-"""OASST1 preference pairs (notebook 08): ranked sibling replies -> prompt, chosen, rejected; every
-ranked reply is chosen, rejected or counted under one of :data:`REASONS`."""
+"""Preference pairs (notebook 08): OASST1's ranked sibling replies -> prompt, chosen, rejected
+(every ranked reply is chosen, rejected or counted under one of :data:`REASONS`), or your own
+pairs in trl's format."""
 
 from __future__ import annotations
 
@@ -7,15 +8,17 @@ import os
 import random
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from phi2kit.chat import ASSISTANT, format_chat  # notebook 06's chat format
-from phi2kit.data.files import DataError, LoadResult
+from phi2kit.data.files import DataError, LoadResult, read_jsonl
 from phi2kit.data.oasst import HUB_ID, ROLES, load_messages
 
 #: Why a ranked reply is in no pair. "one reply": the only usable ranked reply to its
 #: prompt; "tie": its prompt's best rank is shared, so there is no single chosen reply.
 REASONS = ("deleted or failed review", "language", "one reply", "tie", "too long")
+REPLIES = ("chosen", "rejected")
 
 
 class Pairs(LoadResult):
@@ -29,8 +32,12 @@ class Pairs(LoadResult):
         self.n_ranked = 0  # ranked assistant replies seen
         self.n_unranked = 0  # assistant replies to a human turn that nobody ranked (rank null)
         self.not_ready = 0  # trees not ready_for_export, left out by the loader
+        self.own = False  # True: your rows in trl's format (no ranks, no trees)
 
     def summary(self, what: str = "rows") -> str:
+        if self.own:
+            return (f"{self.n_prompts} prompts, {len(self)} pairs of your own (trl's format); "
+                    f"left out: too long: {self.dropped['too long']}; {super().summary(what)}")
         drops = ", ".join(f"{r}: {n}" for r, n in self.dropped.items())
         unfinished = f"{self.not_ready} unfinished trees (not ready_for_export); " * bool(
             self.not_ready)
@@ -96,9 +103,7 @@ def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: in
                         "rejected": " " + worse["text"].strip(), "tree": node["message_tree_id"],
                         "prompt_id": node["message_id"], "chosen_rank": best["rank"],
                         "rejected_rank": worse["rank"]}  # fmt: skip
-                if max_length is not None and max(
-                    count_tokens(prompt + pair[k]) + 1 for k in ("chosen", "rejected")
-                ) > max_length:
+                if _too_long(pair, max_length, count_tokens):
                     pairs.dropped["too long"] += 1
                     continue
                 pairs.append(pair)
@@ -113,12 +118,58 @@ def build_pairs(messages: list[dict], lang: str | None = "en", *, max_length: in
     return pairs
 
 
+def _too_long(pair: dict, max_length: int | None, count_tokens: Callable | None) -> bool:
+    """Whether the prompt plus either reply (plus EOS) takes more than ``max_length`` tokens."""
+    return max_length is not None and max(
+        count_tokens(pair["prompt"] + pair[k]) + 1 for k in REPLIES) > max_length
+
+
+def preference_rows(rows: list[tuple[int, Any]], source: str, *, skip_bad: bool = False,
+                    max_length: int | None = None,
+                    count_tokens: Callable[[str], int] | None = None) -> Pairs:  # fmt: skip
+    """Your own pairs in trl's preference format, ``{"prompt", "chosen", "rejected"}`` (text):
+    a bare prompt is put in notebook 06's chat format; pairs whose prompts open alike (one
+    conversation) share a ``tree``, so they go to one split."""
+    pairs = Pairs(skip_bad=skip_bad)
+    pairs.own = True
+    for row, obj in rows:
+        with pairs.row():
+            if isinstance(obj, DataError):
+                raise obj
+            for field in ("prompt", *REPLIES):
+                value = obj.get(field) if isinstance(obj, dict) else None
+                if not isinstance(value, str) or not value.strip():
+                    raise DataError("missing, empty or not text (trl's conversational form, "
+                                    "lists of messages, is not read)", path=source, row=row,
+                                    field=field)  # fmt: skip
+            if obj["chosen"].strip() == obj["rejected"].strip():
+                raise DataError("the same text as chosen: nothing to prefer", path=source,
+                                row=row, field="rejected")  # fmt: skip
+            prompt = obj["prompt"].rstrip()
+            prompt = prompt if prompt.endswith(ASSISTANT) else format_chat([("prompter", prompt)])
+            pair = {"prompt": prompt, **{k: " " + obj[k].strip() for k in REPLIES},
+                    "tree": prompt.split("\n")[0], "prompt_id": prompt}  # fmt: skip
+            if _too_long(pair, max_length, count_tokens):
+                pairs.dropped["too long"] += 1
+            else:
+                pairs.append(pair)
+    pairs.n_prompts = len({p["prompt"] for p in pairs})
+    return pairs.done()
+
+
 def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None = "en",
                split: str = "train", skip_bad: bool = False, max_length: int | None = None,
                count_tokens: Callable[[str], int] | None = None,
                hub_id: str = HUB_ID) -> Pairs:  # fmt: skip
-    """OASST1 preference pairs from a file in either form (or the hub), with counts; a message
-    of an unknown role is a bad row (a pair needs to know who spoke)."""
+    """Preference pairs from OASST1 in either form (or the hub), or from your own JSON lines in
+    trl's format (:func:`preference_rows`), with counts; a message of an unknown role is a bad
+    row (a pair needs to know who spoke)."""
+    if path is not None and Path(path).is_file() and ".jsonl" in Path(path).name:
+        rows = read_jsonl(path)
+        first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
+        if "chosen" in first and "rejected" in first:
+            return preference_rows(rows, str(path), skip_bad=skip_bad, max_length=max_length,
+                                   count_tokens=count_tokens)  # fmt: skip
     messages = load_messages(path, split=split, skip_bad=skip_bad, hub_id=hub_id)
     known = LoadResult(problems=messages.problems, skip_bad=skip_bad)
     known.not_ready = messages.not_ready
