@@ -211,13 +211,14 @@ def main(argv=None):
     from transformers import AttentionInterface, AutoModelForCausalLM, AutoTokenizer, set_seed
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
     from trl import SFTTrainer
-
     AttentionInterface.register("fp32", fp32_attention)
     AttentionMaskInterface.register("fp32", eager_mask)
-
     cuda = torch.cuda.is_available()
     bf16 = cuda and torch.cuda.is_bf16_supported()  # a T4 has none: fp16
     quant, lora, sft, dtype = build_configs(args, cuda, bf16)
+    if quant is not None and not cuda:  # bitsandbytes' CPU 4-bit layer fails in training
+        sys.exit(print("error: 4-bit training needs a CUDA GPU (bitsandbytes); on a CPU pass "
+                       "--no-4bit", file=sys.stderr) or 2)
     try:  # a mistyped folder: one line, not a traceback from inside transformers
         tok = AutoTokenizer.from_pretrained(args.model)
     except OSError as err:

@@ -204,6 +204,9 @@ def main(argv=None):
     gpu = None if not torch.cuda.is_available() else (
         "ampere" if torch.cuda.is_bf16_supported() else "t4")
     quant, lora, sft = build_configs(args, gpu)
+    if quant is not None and gpu is None:  # bitsandbytes' CPU 4-bit layer fails in training
+        sys.exit(print("error: 4-bit training needs a CUDA GPU (bitsandbytes); on a CPU pass "
+                       "--no-4bit", file=sys.stderr) or 2)
     try:  # a mistyped folder: one line, not a traceback from inside transformers
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     except OSError as err:

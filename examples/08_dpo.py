@@ -15,6 +15,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import warnings
 
@@ -77,7 +78,8 @@ def tree_pairs(node, lang, path, line, history=()):
 
 
 def read_pairs(path, lang=None):
-    """Pairs from trl-format rows or OASST1 trees; exit 2 at the first bad line."""
+    """(pairs, whether the file holds trees) from trl-format rows or OASST1 trees; each pair has
+    its conversation (``group``); exit 2 at the first bad line."""
     if not os.path.isfile(path):
         bad(path, None, None, "a folder, not a file: pass the .jsonl file" if os.path.isdir(path)
             else "no such file")
@@ -85,47 +87,81 @@ def read_pairs(path, lang=None):
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except UnicodeDecodeError:  # e.g. a .gz or .parquet: this script reads plain JSON lines
-        bad(path, None, None, "not UTF-8 text; pass plain JSON lines (unpack a .gz first)")
-    pairs = []
+        bad(path, None, None, "not UTF-8 text: pass plain JSON lines (a .gz unpacked)")
+    pairs, trees = [], False
     for line, text in enumerate(lines, start=1):
         if not text.strip():
             continue
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:  # its msg may end in "at": the column follows
-            bad(path, line, None, f"not JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
+            bad(path, line, None, f"not JSON ({e.msg.removesuffix(' at')} at column {e.colno}); "
+                "--data needs one JSON object a line")  # fmt: skip
         if not isinstance(obj, dict):
             bad(path, line, None, "not a JSON object")
         if isinstance(obj.get("prompt"), dict):  # the *.trees.jsonl export; finished trees only
+            trees = True
             if obj.get("tree_state") in (None, "ready_for_export") and usable(obj["prompt"], lang):
-                pairs += tree_pairs(obj["prompt"], lang, path, line)
+                pairs += [{**p, "group": line} for p in tree_pairs(obj["prompt"], lang, path, line)]
             continue
         if "message_id" in obj:
             bad(path, line, None, "an OASST1 message row: pass the export's *.trees.jsonl, or "
                 "pairs {\"prompt\", \"chosen\", \"rejected\"}")  # fmt: skip
         for field in ("prompt", *REPLIES):
+            if isinstance(obj.get(field), list):
+                bad(path, line, field, "a list of messages (trl's conversational form): pass text")
+            if field not in obj and field == "prompt" and "chosen" in obj:
+                bad(path, line, field, "missing (trl's implicit-prompt form, the prompt inside "
+                    "chosen and rejected, is not read): give the prompt a field of its own")
             if not isinstance(obj.get(field), str) or not obj[field].strip():
-                bad(path, line, field, "missing, empty or not a string (trl's conversational "
-                    "form, lists of messages, is not read: pass text)")  # fmt: skip
+                bad(path, line, field, "missing, empty or not a string")
         if obj["chosen"].strip() == obj["rejected"].strip():
             bad(path, line, "rejected", "the same text as chosen: nothing to prefer")
         prompt = obj["prompt"].rstrip()
         if not prompt.endswith(ASSISTANT):  # a bare question: notebook 06's chat format
-            prompt = f"{HUMAN} {prompt.strip()}\n{ASSISTANT}"
+            prompt = (prompt if prompt.startswith(HUMAN) else f"{HUMAN} {prompt.strip()}") + \
+                f"\n{ASSISTANT}"
         pairs.append({"prompt": prompt, **{k: " " + obj[k].strip() for k in REPLIES}})
-    return pairs
+    prompts = {p["prompt"] for p in pairs if "group" not in p}
+    for p in (p for p in pairs if "group" not in p):  # a row's chat: the shortest prompt in
+        cuts = [p["prompt"][: m.end()] for m in re.finditer(re.escape(ASSISTANT), p["prompt"])]
+        p["group"] = next(cut for cut in cuts if cut in prompts)  # the file its prompt continues
+    return pairs, trees
 
 
 def split(pairs, n_eval):
-    """(train, eval): whole conversations (pairs whose prompts begin alike) to one side, the
-    last ones in the file to eval until it holds ``n_eval`` pairs or more."""
+    """(train, eval): whole conversations (a tree, or a chat's turns) to one side, the last
+    ones in the file to eval until it holds ``n_eval`` pairs or more."""
     groups = {}
     for pair in pairs:
-        groups.setdefault(pair["prompt"].split("\n")[0], []).append(pair)
+        groups.setdefault(pair["group"], []).append(pair)
     train, evals = list(groups.values()), []
     while train and sum(map(len, evals)) < n_eval:
         evals.insert(0, train.pop())
     return [p for g in train for p in g], [p for g in evals for p in g]
+
+
+def fit_and_split(pairs, trees, tokenizer, args):
+    """(train, eval) of the pairs that fit --max-length, each once; exit 2 naming the fix when
+    none is left to train."""
+    unique = list({(p["prompt"], p["chosen"], p["rejected"]): p for p in pairs}.values())
+    longest = lambda p: max(len(tokenizer(p["prompt"] + p[k])["input_ids"]) for k in REPLIES)  # noqa: E731
+    fits = [p for p in unique if longest(p) + 1 <= args.max_length]  # + 1: the EOS trl appends
+    train, evals = split(fits, args.n_eval)
+    if not train:
+        lang = f" in language {args.lang!r} (--lang '' for all)" if args.lang else ""
+        fix = max(1, len(fits) // 5) if split(fits, max(1, len(fits) // 5))[0] else 1
+        bad(args.data, None, None, (f"no prompt has two usable, differently ranked replies{lang}"
+            if trees else "no pairs: the file holds no JSON lines") if not pairs else
+            f"none of the {len(unique)} pairs fits --max-length {args.max_length} (prompt and "
+            "reply, in tokens): raise it" if not fits else
+            f"the {len(fits)} pairs that fit are one conversation: add another, to hold out "
+            "for eval" if len({p["group"] for p in fits}) < 2 else
+            f"--n-eval {args.n_eval} leaves no pair to train: lower it (e.g. --n-eval {fix})")
+    print(f"{len(pairs)} pair(s): {len(pairs) - len(unique)} repeated and {len(unique) - len(fits)}"
+          f" longer than --max-length {args.max_length} left out; {len(train)} train, "
+          f"{len(evals)} eval")  # fmt: skip
+    return train, evals
 
 
 def build_configs(args, gpu):
@@ -164,6 +200,8 @@ def fp32_attention(module, query, key, value, attention_mask, scaling, dropout=0
 
 def check_adapter(adapter, quantized, gpu):
     """Exit 2 unless ``adapter`` is a causal-LM LoRA trained on this base (4-bit or not)."""
+    if not os.path.isdir(adapter):
+        bad(adapter, None, None, "no such folder")
     try:
         with open(os.path.join(adapter, "adapter_config.json")) as f:
             task = json.load(f).get("task_type")
@@ -176,7 +214,7 @@ def check_adapter(adapter, quantized, gpu):
     was = json.load(open(note)).get("base_4bit") if os.path.isfile(note) else None
     if was is not None and was != quantized:
         fix = "add --no-4bit" if not was else "drop --no-4bit" if gpu else (
-            "it trains on a CUDA GPU only: on a CPU pass one of examples/06_chat_sft.py --no-4bit")
+            "4-bit trains on a CUDA GPU only; on a CPU use an adapter trained with --no-4bit")
         bad(adapter, None, None, f"trained on the {'4-bit (nf4)' if was else 'full-precision'} "
             f"base: {fix}")  # fmt: skip
 
@@ -188,8 +226,10 @@ def parse_args(argv=None):
     p.add_argument("--data", required=True, help="JSON lines: prompt/chosen/rejected or trees")
     p.add_argument("--no-4bit", action="store_true", help="the full-precision base (LoRA)")
     p.add_argument("--lang", default="en", help="trees: replies in this language ('' for all)")
+    p.add_argument("--n-eval", type=int, default=200, help="eval pairs, at least (whole "
+                   "conversations: a tree, or a chat's turns); default 200")
     for flag, kind, default in [("--output-dir", str, "out/08_dpo"), ("--max-steps", int, 50),
-                                ("--n-eval", int, 200), ("--beta", float, 0.1),
+                                ("--beta", float, 0.1),
                                 ("--learning-rate", float, 2e-5), ("--batch-size", int, 2),
                                 ("--grad-accum", int, 8), ("--max-length", int, 1024)]:
         p.add_argument(flag, type=kind, default=default, help=f"default {default}")
@@ -208,7 +248,7 @@ def main(argv=None):
     if os.path.isfile(out) or (os.path.isdir(out) and os.listdir(out)):  # never overwritten
         sys.exit(print(f"error: --output-dir {out} is not empty: pass another, or remove it",
                        file=sys.stderr) or 2)
-    pairs = read_pairs(args.data, args.lang or None)  # before any model loads
+    pairs, trees = read_pairs(args.data, args.lang or None)  # before any model loads
     gpu = None if not torch.cuda.is_available() else (
         "ampere" if torch.cuda.is_bf16_supported() else "t4")
     quant, dpo = build_configs(args, gpu)
@@ -222,14 +262,7 @@ def main(argv=None):
         sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
                        .splitlines()[0], file=sys.stderr) or 2)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    longest = lambda p: max(len(tokenizer(p["prompt"] + p[k])["input_ids"]) for k in REPLIES)  # noqa: E731
-    fits = [p for p in pairs if longest(p) + 1 <= args.max_length]  # + 1: the EOS trl appends
-    train, evals = split(fits, args.n_eval)
-    print(f"{len(pairs)} pairs, {len(pairs) - len(fits)} longer than --max-length "
-          f"{args.max_length} left out; {len(train)} train, {len(evals)} eval")
-    if not train:
-        bad(args.data, None, None, f"{len(fits)} pairs fit --max-length {args.max_length}, none "
-            f"left after --n-eval {args.n_eval}: lower it (e.g. --n-eval {max(1, len(fits) // 5)})")
+    train, evals = fit_and_split(pairs, trees, tokenizer, args)
     AttentionInterface.register("fp32_eager", fp32_attention)
     AttentionMaskInterface.register("fp32_eager", eager_mask)
     set_seed(0)  # dropout and the data order: a rerun trains the same adapter
@@ -254,9 +287,14 @@ def main(argv=None):
     acc = "eval_rewards/accuracies"
     metrics = {"eval_loss_before": before["eval_loss"], "eval_loss_best": trainer.state.best_metric,
                "reward_accuracy_before": before[acc], "reward_accuracy_best": after[acc],
-               "reward_margin_best": after["eval_rewards/margins"], "train_pairs": len(train),
-               "best_step": trainer.state.best_global_step, "eval_pairs": len(evals)}
+               "reward_margin_before": before["eval_rewards/margins"], "train_pairs": len(train),
+               "reward_margin_best": after["eval_rewards/margins"], "eval_pairs": len(evals),
+               "best_step": trainer.state.best_global_step}  # fmt: skip
     print(json.dumps(metrics))
+    if not metrics["eval_loss_best"] < metrics["eval_loss_before"]:  # e.g. a step at warmup's 0
+        print(f"warning: the eval loss did not fall ({metrics['eval_loss_before']:.4f}): the "
+              "adapter saved is the one you started from; train longer (--max-steps) or with a "
+              "larger --learning-rate", file=sys.stderr)
     model.save_pretrained(f"{out}/adapter", selected_adapters=["default"])  # not the reference
     tokenizer.save_pretrained(f"{out}/adapter")
     with open(f"{out}/adapter/phi2kit_adapter.json", "w") as f:  # its base, for example 05

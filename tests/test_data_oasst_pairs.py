@@ -217,7 +217,14 @@ def test_your_own_pairs_in_trls_format(tmp_path):
     whole = load_pairs(path, lang="de")  # the language filter is OASST1's: rows carry none
     train, evals, test = split_by_tree(whole, n_eval=1, n_test=1)
     assert {p["tree"] for p in evals + test} & {p["tree"] for p in train} == set()
-    assert len({p["tree"] for p in whole}) == 2  # the two "Hi" pairs are one conversation
+    assert len({p["tree"] for p in whole}) == 2  # the "Hi" chat's two turns: one conversation
+    more = [{"prompt": "### Human: Be brief.\n### Assistant: OK.\n### Human: " + q,
+             "chosen": "2", "rejected": "3"} for q in ("1 + 1?", "4 / 2?")]  # fmt: skip
+    (more_path := tmp_path / "more.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows + more + more))
+    again = load_pairs(more_path)  # a shared opening turn is not one conversation; repeats counted
+    assert len({p["tree"] for p in again}) == 4 and again.dropped["repeated"] == 2
+    assert again[-1]["prompt"].endswith("### Human: 4 / 2?\n### Assistant:")  # one cue added
     short = load_pairs(path, max_length=8, count_tokens=lambda text: len(text.split()) + 1)
     assert short.dropped["too long"] == 2 and len(short) == 1
 
@@ -226,7 +233,8 @@ def test_your_own_pairs_in_trls_format(tmp_path):
     ("line", "field", "detail"),
     [('{"prompt": "Q", "chosen": "A"}', "rejected", "missing, empty or not text"),
      ('{"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}',
-      "chosen", "(trl's conversational form, lists of messages, is not read)"),
+      "chosen", "a list of messages (trl's conversational form): pass text"),
+     ('{"chosen": "Q A", "rejected": "Q B"}', "prompt", "trl's implicit-prompt form is not read"),
      ('{"prompt": "Q", "chosen": "A", "rejected": " A"}', "rejected", "the same text as chosen")],
 )  # fmt: skip
 def test_a_bad_row_of_your_own_pairs_is_named(tmp_path, line, field, detail):

@@ -38,8 +38,8 @@ def run(*args: str, timeout: int = 300):
 def test_script_imports_no_phi2kit_and_stays_short():
     assert "phi2kit" not in imported_packages(NAME)
     # 266 (was 264): the folder and too-few-per-label errors, the note example 05 reads, the
-    # count of repeated headlines
-    assert len(script_path(NAME).read_text().splitlines()) < 270
+    # count of repeated headlines; 270: 4-bit on a CPU refused (it failed inside training)
+    assert len(script_path(NAME).read_text().splitlines()) < 275
 
 
 def test_configs_equal_the_notebook_for_t4(tmp_path):
@@ -172,7 +172,7 @@ def test_the_suggested_flags_pass_the_split_check(tmp_path, capsys):
     rows = [f"goal {i},sport" for i in range(40)] + [f"rain {i},weather" for i in range(12)]
     small.write_text("text,label\n" + "\n".join(rows) + "\n")
     argv = ["--model", str(tmp_path / "no-model"), "--data", str(small), "--labels",
-            "sport,weather", "--output-dir", str(tmp_path / "out")]  # fmt: skip
+            "sport,weather", "--output-dir", str(tmp_path / "out"), "--no-4bit"]  # fmt: skip
     with pytest.raises(SystemExit):
         load_script(NAME).main(argv)
     err = capsys.readouterr().err

@@ -49,7 +49,8 @@ def main_exit(tmp_path: Path, *argv: str) -> int:
 
 def test_script_imports_no_phi2kit_and_stays_short():
     assert "phi2kit" not in imported_packages(NAME)
-    assert len(script_path(NAME).read_text().splitlines()) < 270
+    # two input forms (trl's rows, OASST1 trees), each with its bad-row errors
+    assert len(script_path(NAME).read_text().splitlines()) < 310
 
 
 def test_learns_on_the_tiny_model(tmp_path):
@@ -77,25 +78,38 @@ def test_tree_pairs_are_lesson_08s():
     script = load_script(NAME)
     key = lambda p: (p["prompt"], p["chosen"], p["rejected"])  # noqa: E731
     for lang in ("en", None):
-        mine = script.read_pairs(str(sample_path("oasst1")), lang)
+        mine, trees = script.read_pairs(str(sample_path("oasst1")), lang)
         theirs = load_pairs(sample_path("oasst1"), lang=lang)
-        assert len(mine) > 1000 and sorted(map(key, mine)) == sorted(map(key, theirs))
+        assert trees and len(mine) > 1000 and sorted(map(key, mine)) == sorted(map(key, theirs))
+        train, evals = script.split(mine, n_eval=40)  # whole trees: one line of the file each
+        assert {p["group"] for p in train} & {p["group"] for p in evals} == set()
+
+
+PREAMBLE = "### Human: Be brief.\n### Assistant: OK.\n"
 
 
 def test_rows_in_trls_format_and_the_split(tmp_path):
     rows = [{"prompt": "What is 2 + 2?", "chosen": "4.", "rejected": "5."},
             {"prompt": "### Human: Hi\n### Assistant:", "chosen": " Hello!", "rejected": "Go."},
             {"prompt": "### Human: Hi\n### Assistant: Hello!\n### Human: Name?\n### Assistant:",
-             "chosen": "Phi.", "rejected": "No."}]  # fmt: skip
+             "chosen": "Phi.", "rejected": "No."},
+            {"prompt": "### Human: Name?", "chosen": "Phi.", "rejected": "No."},  # no answer tag
+            *({"prompt": PREAMBLE + f"### Human: {q}\n### Assistant:", "chosen": "2",
+               "rejected": "3"} for q in ("1 + 1?", "4 / 2?"))]  # fmt: skip
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")  # a blank line too
     script = load_script(NAME)
-    pairs = script.read_pairs(str(data))
-    assert pairs[0] == {"prompt": "### Human: What is 2 + 2?\n### Assistant:", "chosen": " 4.",
-                        "rejected": " 5."}  # fmt: skip
+    pairs, trees = script.read_pairs(str(data))
+    assert not trees and pairs[0] == {"prompt": "### Human: What is 2 + 2?\n### Assistant:",
+                                      "chosen": " 4.", "rejected": " 5.",
+                                      "group": "### Human: What is 2 + 2?\n### Assistant:"}
     assert pairs[1]["prompt"] == rows[1]["prompt"] and pairs[2]["chosen"] == " Phi."
-    train, evals = script.split(pairs, n_eval=1)  # the conversation "Hi" is not split up
-    assert train == pairs[:1] and evals == pairs[1:]
+    assert pairs[3]["prompt"] == "### Human: Name?\n### Assistant:"  # not wrapped twice
+    # a chat's later turn goes with its first (the prompt continues it); a shared preamble
+    # does not make two questions one conversation
+    assert pairs[1]["group"] == pairs[2]["group"] and len({p["group"] for p in pairs}) == 5
+    train, evals = script.split(pairs[:3], n_eval=1)
+    assert train == pairs[:1] and evals == pairs[1:3]
 
 
 @pytest.mark.parametrize(
@@ -104,9 +118,12 @@ def test_rows_in_trls_format_and_the_split(tmp_path):
         ('{"prompt": "Q", "chosen": "A"}', "line 2, field 'rejected': missing"),
         ('{"prompt": "Q", "chosen": "A", "rejected": " A "}', "line 2, field 'rejected': the same"),
         ('{"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}',
-         "line 2, field 'chosen': missing, empty or not a string (trl's conversational form"),
+         "line 2, field 'chosen': a list of messages (trl's conversational form): pass text"),
+        ('{"chosen": "Q A", "rejected": "Q B"}', "line 2, field 'prompt': missing (trl's "
+         "implicit-prompt form, the prompt inside chosen and rejected, is not read)"),
         ('{"message_id": "m", "text": "hi", "role": "prompter"}', "line 2: an OASST1 message row"),
-        ("not json", "line 2: not JSON (Expecting value at column 1)"),
+        ("not json", "line 2: not JSON (Expecting value at column 1); --data needs one JSON "
+         "object a line"),
         ("[1, 2]", "line 2: not a JSON object"),
         ('{"message_tree_id": "t", "prompt": {"text": "hi", "role": "prompter", "lang": "en", '
          '"replies": [{"role": "assistant", "rank": 0}]}}', "line 2, field 'text'"),
@@ -124,6 +141,43 @@ def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, e
     assert "\n" not in err and err.startswith(f"error: {data}, ") and expect in err, err
 
 
+@pytest.mark.parametrize(
+    ("rows", "flags", "expect"),
+    [([], [], "no pairs: the file holds no JSON lines"),
+     ([{"prompt": "Q", "chosen": "A " * 200, "rejected": "B"}] * 1, ["--max-length", "64"],
+      "none of the 1 pairs fits --max-length 64 (prompt and reply, in tokens): raise it"),
+     ([{"prompt": "Hi", "chosen": "A", "rejected": "B"}, {"prompt": "Hi", "chosen": "A",
+       "rejected": "C"}], [], "the 2 pairs that fit are one conversation: add another"),
+     ([{"prompt": f"Q{i}", "chosen": "A", "rejected": "B"} for i in range(10)],
+      ["--n-eval", "10"], "--n-eval 10 leaves no pair to train: lower it (e.g. --n-eval 2)")],
+)  # fmt: skip
+def test_nothing_left_to_train_names_the_fix(tmp_path, capsys, rows, flags, expect):
+    adapter = tmp_path / "sft"  # a chat adapter as far as the checks before the data go
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text('{"task_type": "CAUSAL_LM"}')
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["--model", str(TINY), "--adapter", str(adapter), "--data", str(data), "--no-4bit"]
+    with pytest.raises(SystemExit) as exit_:  # the tokenizer loads (lengths), not the model
+        load_script(NAME).main([*argv, *flags, "--output-dir", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {data}: {expect}") and "\n" not in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_repeated_pairs_are_left_out_and_counted(tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    script = load_script(NAME)
+    pairs = [{"prompt": f"Q{i}", "chosen": "A", "rejected": "B", "group": i} for i in (1, 2, 1)]
+    args = script.parse_args(["--adapter", "a", "--data", "d.jsonl", "--n-eval", "1"])
+    train, evals = script.fit_and_split(pairs, False, AutoTokenizer.from_pretrained(TINY), args)
+    assert (len(train), len(evals)) == (1, 1)
+    assert "3 pair(s): 1 repeated and 0 longer than --max-length 1024 left out; 1 train, 1 eval" \
+        in capsys.readouterr().out
+
+
 def test_a_missing_file_is_one_line(tmp_path, capsys):
     missing = tmp_path / "nope.jsonl"
     assert main_exit(tmp_path, "--adapter", str(tmp_path), "--data", str(missing)) == 2
@@ -134,16 +188,19 @@ def test_a_missing_file_is_one_line(tmp_path, capsys):
     ("kind", "flags", "expect"),
     [
         ("none", ["--no-4bit"], "no adapter_config.json: pass the adapter folder of examples/06"),
+        ("missing", ["--no-4bit"], "no such folder"),
         ("classifier", ["--no-4bit"], "a SEQ_CLS adapter (a classifier's?): DPO trains a chat "
          "adapter"),
-        ("4bit", ["--no-4bit"], "trained on the 4-bit (nf4) base: it trains on a CUDA GPU only: "
-         "on a CPU pass one of examples/06_chat_sft.py --no-4bit"),
+        ("4bit", ["--no-4bit"], "trained on the 4-bit (nf4) base: 4-bit trains on a CUDA GPU only; "
+         "on a CPU use an adapter trained with --no-4bit"),
     ],
 )
 def test_a_wrong_adapter_is_one_line_before_the_model(tmp_path, capsys, kind, flags, expect):
     adapter = tmp_path / "adapter"
     if kind == "none":
         adapter.mkdir()
+    elif kind == "missing":
+        pass
     else:
         make_adapter(adapter, "SEQ_CLS" if kind == "classifier" else "CAUSAL_LM",
                      note={"base_4bit": kind == "4bit"})

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from phi2kit.chat import ASSISTANT, format_chat  # notebook 06's chat format
+from phi2kit.chat import ASSISTANT, HUMAN, format_chat  # notebook 06's chat format
 from phi2kit.data.files import DataError, LoadResult, read_jsonl
 from phi2kit.data.oasst import HUB_ID, ROLES, load_messages
 
@@ -37,7 +38,8 @@ class Pairs(LoadResult):
     def summary(self, what: str = "rows") -> str:
         if self.own:
             return (f"{self.n_prompts} prompts, {len(self)} pairs of your own (trl's format); "
-                    f"left out: too long: {self.dropped['too long']}; {super().summary(what)}")
+                    f"left out: too long: {self.dropped['too long']}, repeated: "
+                    f"{self.dropped['repeated']}; {super().summary(what)}")
         drops = ", ".join(f"{r}: {n}" for r, n in self.dropped.items())
         unfinished = f"{self.not_ready} unfinished trees (not ready_for_export); " * bool(
             self.not_ready)
@@ -128,9 +130,10 @@ def preference_rows(rows: list[tuple[int, Any]], source: str, *, skip_bad: bool 
                     max_length: int | None = None,
                     count_tokens: Callable[[str], int] | None = None) -> Pairs:  # fmt: skip
     """Your own pairs in trl's preference format, ``{"prompt", "chosen", "rejected"}`` (text):
-    a bare prompt is put in notebook 06's chat format; pairs whose prompts open alike (one
-    conversation) share a ``tree``, so they go to one split."""
-    pairs = Pairs(skip_bad=skip_bad)
+    a bare prompt is put in notebook 06's chat format, a repeated pair is counted and left out,
+    and a pair whose prompt continues another's (a later turn of one chat) shares its ``tree``,
+    so that one chat goes to one split."""
+    pairs, seen = Pairs(skip_bad=skip_bad), set()
     pairs.own = True
     for row, obj in rows:
         with pairs.row():
@@ -139,21 +142,31 @@ def preference_rows(rows: list[tuple[int, Any]], source: str, *, skip_bad: bool 
             for field in ("prompt", *REPLIES):
                 value = obj.get(field) if isinstance(obj, dict) else None
                 if not isinstance(value, str) or not value.strip():
-                    raise DataError("missing, empty or not text (trl's conversational form, "
-                                    "lists of messages, is not read)", path=source, row=row,
-                                    field=field)  # fmt: skip
+                    why = ("a list of messages (trl's conversational form): pass text"
+                           if isinstance(value, list) else "missing, empty or not text")
+                    if field == "prompt" and value is None and isinstance(obj, dict):
+                        why += " (trl's implicit-prompt form is not read: give it a field)"
+                    raise DataError(why, path=source, row=row, field=field)
             if obj["chosen"].strip() == obj["rejected"].strip():
                 raise DataError("the same text as chosen: nothing to prefer", path=source,
                                 row=row, field="rejected")  # fmt: skip
-            prompt = obj["prompt"].rstrip()
-            prompt = prompt if prompt.endswith(ASSISTANT) else format_chat([("prompter", prompt)])
-            pair = {"prompt": prompt, **{k: " " + obj[k].strip() for k in REPLIES},
-                    "tree": prompt.split("\n")[0], "prompt_id": prompt}  # fmt: skip
-            if _too_long(pair, max_length, count_tokens):
+            prompt = obj["prompt"].strip()
+            if not prompt.endswith(ASSISTANT):  # a bare question, or a human turn with no cue
+                prompt = f"{prompt}\n{ASSISTANT}" if prompt.startswith(HUMAN) else \
+                    format_chat([("prompter", prompt)])  # fmt: skip
+            pair = {"prompt": prompt, **{k: " " + obj[k].strip() for k in REPLIES}}
+            if (key := tuple(pair.values())) in seen:
+                pairs.dropped["repeated"] += 1
+            elif _too_long(pair, max_length, count_tokens):
                 pairs.dropped["too long"] += 1
             else:
-                pairs.append(pair)
-    pairs.n_prompts = len({p["prompt"] for p in pairs})
+                seen.add(key)
+                pairs.append(pair | {"prompt_id": prompt})
+    prompts = {p["prompt"] for p in pairs}
+    for p in pairs:  # the shortest prompt of the file that this one continues (or itself)
+        cuts = [p["prompt"][: m.end()] for m in re.finditer(re.escape(ASSISTANT), p["prompt"])]
+        p["tree"] = next(cut for cut in cuts if cut in prompts)
+    pairs.n_prompts = len(prompts)
     return pairs.done()
 
 
