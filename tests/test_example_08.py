@@ -56,17 +56,18 @@ def test_script_imports_no_phi2kit_and_stays_short():
 def test_learns_on_the_tiny_model(tmp_path):
     adapter = make_adapter(tmp_path / "sft", note={"base_4bit": False})
     args = ["--model", str(TINY), "--adapter", str(adapter), "--no-4bit",
-            "--data", str(sample_path("oasst1")), "--max-steps", "12", "--n-eval", "24",
+            "--data", str(sample_path("oasst1")), "--max-steps", "12", "--n-eval", "16",
             "--learning-rate", "1e-3", "--batch-size", "8", "--grad-accum", "1",
             "--max-length", "160", "--output-dir", str(tmp_path / "out")]  # fmt: skip
     result = run_script(NAME, *args)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    # the policy starts as its reference: log 2 and no pair ordered. Measured 2026-12-06 at 20
-    # steps: 0.693 -> 0.134, reward accuracy 0 -> 0.96; the checks leave a wide margin
+    # the policy starts as its reference: log 2 and no pair ordered. Measured 2026-12-06 with
+    # these flags: eval loss 0.693 -> 0.303, reward accuracy 0 -> 0.875 (at 20 steps: 0.134
+    # and 0.96)
     assert metrics["eval_loss_before"] == pytest.approx(0.6931, abs=1e-3), metrics
     assert metrics["reward_accuracy_before"] == 0.0, metrics
-    assert metrics["eval_loss_best"] < 0.5 * metrics["eval_loss_before"], metrics
+    assert metrics["eval_loss_best"] < 0.45, metrics
     assert metrics["reward_accuracy_best"] >= 0.75, metrics
     saved = tmp_path / "out" / "adapter"
     assert (saved / "adapter_model.safetensors").is_file()
