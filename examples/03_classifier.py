@@ -94,15 +94,18 @@ def read_rows(path, text_column="text", label_column="label", first_row=None):
 
 
 def split(rows, path, eval_fraction=0.1, test_fraction=0.1, seed=0, first_row=None):
-    """Per label: test, eval, the rest train. A repeated text is kept once (in one split), with
-    its first label; the repeats are counted."""
-    first_label = dict(reversed(rows))  # a repeated text: its first label
-    print(f"{len(rows)} rows, {len(first_label)} distinct texts: {len(rows) - len(first_label)} "
-          f"repeats, {len({t for t, y in rows if y != first_label[t]})} texts with two labels "
-          "(each kept with its first)")  # fmt: skip
+    """Per label: test, eval, the rest train. A repeated text is kept once (in one split); one
+    with two labels is left out, as example 02 does; both are counted."""
+    labels_of = {}
+    for text, label in rows:
+        labels_of.setdefault(text, set()).add(label)
+    print(f"{len(rows)} rows, {len(labels_of)} distinct texts: {len(rows) - len(labels_of)} "
+          f"repeats, {sum(len(ls) > 1 for ls in labels_of.values())} texts with two labels left "
+          "out")  # fmt: skip
     by_label = {}
-    for text, label in first_label.items():
-        by_label.setdefault(label, []).append(text)
+    for text, (label, *others) in labels_of.items():
+        if not others:
+            by_label.setdefault(label, []).append(text)
     if len(by_label) < 2:
         raise BadData(f"{path}: field 'label': one label only ({list(by_label)}); need two or more")
     parts = {"train": [], "eval": [], "test": []}

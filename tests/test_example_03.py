@@ -85,14 +85,14 @@ def test_reads_the_kaggle_form_and_a_headed_csv(tmp_path):
     assert script.read_rows(headed, "review", "stars") == [("Lovely", "good"), ("Slow", "bad")]
 
 
-def test_split_keeps_a_repeated_text_in_one_split(capsys):
+def test_split_keeps_a_repeated_text_once_and_leaves_out_two_labels(capsys):
     rows = [(f"text {i}", "a" if i % 2 else "b") for i in range(40)] + [("text 1", "b")]
     rows += [("text 2", "b")]  # a repeat with the same label
     labels, parts = load_script(NAME).split(rows, "f.csv")
     assert capsys.readouterr().out == ("42 rows, 40 distinct texts: 2 repeats, 1 texts with two "
-                                       "labels (each kept with its first)\n")  # fmt: skip
+                                       "labels left out\n")  # fmt: skip
     texts = [t for part in parts.values() for t, _ in part]
-    assert labels == ["a", "b"] and len(texts) == len(set(texts)) == 40
+    assert labels == ["a", "b"] and len(texts) == len(set(texts)) == 39 and "text 1" not in texts
     assert len(parts["test"]) == len(parts["eval"]) == 4
 
 
