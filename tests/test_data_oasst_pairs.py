@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -227,6 +228,10 @@ def test_your_own_pairs_in_trls_format(tmp_path):
     assert again[-1]["prompt"].endswith("### Human: 4 / 2?\n### Assistant:")  # one cue added
     short = load_pairs(path, max_length=8, count_tokens=lambda text: len(text.split()) + 1)
     assert short.dropped["too long"] == 2 and len(short) == 1
+    for other in ("mine.json", "mine.jsonl.gz"):  # known by their first line, gzipped or not
+        (tmp_path / other).write_bytes((gzip.compress if other.endswith(".gz") else bytes)(
+            path.read_bytes()))  # fmt: skip
+        assert load_pairs(tmp_path / other).own and len(load_pairs(tmp_path / other)) == 3
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ pairs in trl's format."""
 
 from __future__ import annotations
 
+import gzip
+import json
 import os
 import random
 import re
@@ -170,6 +172,20 @@ def preference_rows(rows: list[tuple[int, Any]], source: str, *, skip_bad: bool 
     return pairs.done()
 
 
+def _holds_pairs(path: Path) -> bool:
+    """Whether a JSON-lines file (maybe gzipped) opens with a pair in trl's format: only its
+    first line is read (OASST1's export is large)."""
+    if not path.is_file() or ".json" not in path.name:
+        return False
+    try:
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
+            line = next((line for line in f if line.strip()), "{}")
+        first = json.loads(line)
+    except (OSError, UnicodeDecodeError, EOFError, ValueError):  # the loaders name what is wrong
+        return False
+    return isinstance(first, dict) and "chosen" in first and "rejected" in first
+
+
 def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None = "en",
                split: str = "train", skip_bad: bool = False, max_length: int | None = None,
                count_tokens: Callable[[str], int] | None = None,
@@ -177,12 +193,9 @@ def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None =
     """Preference pairs from OASST1 in either form (or the hub), or from your own JSON lines in
     trl's format (:func:`preference_rows`), with counts; a message of an unknown role is a bad
     row (a pair needs to know who spoke)."""
-    if path is not None and Path(path).is_file() and ".jsonl" in Path(path).name:
-        rows = read_jsonl(path)
-        first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
-        if "chosen" in first and "rejected" in first:
-            return preference_rows(rows, str(path), skip_bad=skip_bad, max_length=max_length,
-                                   count_tokens=count_tokens)  # fmt: skip
+    if path is not None and _holds_pairs(Path(path)):
+        return preference_rows(read_jsonl(path), str(path), skip_bad=skip_bad,
+                               max_length=max_length, count_tokens=count_tokens)  # fmt: skip
     messages = load_messages(path, split=split, skip_bad=skip_bad, hub_id=hub_id)
     known = LoadResult(problems=messages.problems, skip_bad=skip_bad)
     known.not_ready = messages.not_ready
