@@ -214,7 +214,7 @@ def main(argv=None):
     AttentionInterface.register("fp32", fp32_attention)
     AttentionMaskInterface.register("fp32", eager_mask)
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()  # a T4 has none: fp16
+    bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)  # a T4's: emulated
     quant, lora, sft, dtype = build_configs(args, cuda, bf16)
     if quant is not None and not cuda:  # bitsandbytes' CPU 4-bit layer fails in training
         sys.exit(print("error: 4-bit training needs a CUDA GPU (bitsandbytes); on a CPU pass "

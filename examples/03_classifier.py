@@ -192,7 +192,7 @@ def main(argv=None):
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
     cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)  # a T4's: emulated
     dtype, quant, lora, train_args = build_configs(args, cuda, bf16)
     AttentionInterface.register("fp32_eager", fp32_attention)
     AttentionMaskInterface.register("fp32_eager", eager_mask)

@@ -155,9 +155,9 @@ def main(argv=None):
 
     AttentionInterface.register("fp32", fp32_attention)
     AttentionMaskInterface.register("fp32", eager_mask)
-
     cuda = torch.cuda.is_available()
-    quant, lora, sft, dtype = build_configs(args, cuda, cuda and torch.cuda.is_bf16_supported())
+    bf16 = cuda and torch.cuda.is_bf16_supported(including_emulation=False)  # a T4's: emulated
+    quant, lora, sft, dtype = build_configs(args, cuda, bf16)
     if eval_rows is None:  # hold out a fifth of the training rows
         n = min(200, max(1, len(train_rows) // 5))
         train_rows, eval_rows = train_rows[:-n], train_rows[-n:]

@@ -202,7 +202,7 @@ def main(argv=None):
         bad(args.data, None, None, f"{len(threads)} threads in {args.lang!r}, need more than "
             f"--n-eval {args.n_eval}: lower it (e.g. --n-eval {max(1, len(threads) // 5)})")
     gpu = None if not torch.cuda.is_available() else (
-        "ampere" if torch.cuda.is_bf16_supported() else "t4")
+        "ampere" if torch.cuda.is_bf16_supported(including_emulation=False) else "t4")
     quant, lora, sft = build_configs(args, gpu)
     if quant is not None and gpu is None:  # bitsandbytes' CPU 4-bit layer fails in training
         sys.exit(print("error: 4-bit training needs a CUDA GPU (bitsandbytes); on a CPU pass "

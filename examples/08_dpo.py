@@ -250,7 +250,7 @@ def main(argv=None):
                        file=sys.stderr) or 2)
     pairs, trees = read_pairs(args.data, args.lang or None)  # before any model loads
     gpu = None if not torch.cuda.is_available() else (
-        "ampere" if torch.cuda.is_bf16_supported() else "t4")
+        "ampere" if torch.cuda.is_bf16_supported(including_emulation=False) else "t4")
     quant, dpo = build_configs(args, gpu)
     if quant is not None and gpu is None:  # bitsandbytes' CPU 4-bit layer fails in training
         sys.exit(print("error: 4-bit training needs a CUDA GPU (bitsandbytes); on a CPU pass "

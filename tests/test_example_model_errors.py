@@ -4,10 +4,12 @@ that is a folder is named a folder."""
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
-from example_scripts import ROOT, TINY, load_script
+import torch
+from example_scripts import ROOT, TINY, load_script, script_path
 
 from phi2kit.data import sample_path
 
@@ -111,6 +113,7 @@ def test_a_count_below_one_is_refused_before_anything_runs(name, flag, value, tm
     assert not out.exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal is a CPU's")
 @pytest.mark.parametrize("name", ["02_sentiment_qlora.py", "04_qa_qlora.py", "06_chat_sft.py",
                                   "08_dpo.py"])  # fmt: skip
 def test_4bit_on_a_cpu_is_one_line_before_any_model(name, tmp_path, capsys):
@@ -128,3 +131,16 @@ def test_4bit_on_a_cpu_is_one_line_before_any_model(name, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "error: 4-bit training needs a CUDA GPU (bitsandbytes); on a CPU pass --no-4bit"
     assert not (out / "adapter").exists() and not (out / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("name", ["02_sentiment_qlora.py", "03_classifier.py", "04_qa_qlora.py",
+                                  "06_chat_sft.py", "08_dpo.py"])  # fmt: skip
+def test_a_t4_is_not_taken_for_a_bf16_gpu(name):
+    """``torch.cuda.is_bf16_supported()`` counts a T4's emulated bf16: the scripts then took the
+    bf16 path (sdpa, bf16 compute) on the course's GPU. Every call must leave emulation out."""
+    calls = [n for n in ast.walk(ast.parse(script_path(name).read_text()))
+             if isinstance(n, ast.Call) and getattr(n.func, "attr", "") == "is_bf16_supported"]
+    assert calls, name
+    for call in calls:
+        kw = {k.arg: k.value for k in call.keywords}
+        assert getattr(kw.get("including_emulation"), "value", None) is False, ast.unparse(call)
