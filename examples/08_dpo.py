@@ -60,6 +60,8 @@ def tree_pairs(node, lang, path, line, history=()):
         for field in ("text", "role"):
             if not isinstance(m.get(field), str):
                 bad(path, line, field, "missing or not a string")
+        if m["role"] not in ("prompter", "assistant"):
+            bad(path, line, "role", f"{m['role']!r} is neither prompter nor assistant")
         if m.get("rank") is not None and type(m["rank"]) is not int:
             bad(path, line, "rank", f"{m['rank']!r} is not a whole number or null")
     tag = HUMAN if node["role"] == "prompter" else ASSISTANT
@@ -117,10 +119,9 @@ def read_pairs(path, lang=None):
                 bad(path, line, field, "missing, empty or not a string")
         if obj["chosen"].strip() == obj["rejected"].strip():
             bad(path, line, "rejected", "the same text as chosen: nothing to prefer")
-        prompt = obj["prompt"].rstrip()
+        prompt = obj["prompt"].strip()
         if not prompt.endswith(ASSISTANT):  # a bare question: notebook 06's chat format
-            prompt = (prompt if prompt.startswith(HUMAN) else f"{HUMAN} {prompt.strip()}") + \
-                f"\n{ASSISTANT}"
+            prompt = f"{'' if prompt.startswith(HUMAN) else HUMAN + ' '}{prompt}\n{ASSISTANT}"
         pairs.append({"prompt": prompt, **{k: " " + obj[k].strip() for k in REPLIES}})
     prompts = {p["prompt"] for p in pairs if "group" not in p}
     for p in (p for p in pairs if "group" not in p):  # a row's chat: the shortest prompt in
@@ -144,7 +145,10 @@ def split(pairs, n_eval):
 def fit_and_split(pairs, trees, tokenizer, args):
     """(train, eval) of the pairs that fit --max-length, each once; exit 2 naming the fix when
     none is left to train."""
-    unique = list({(p["prompt"], p["chosen"], p["rejected"]): p for p in pairs}.values())
+    unique = {}
+    for p in pairs:  # a pair given twice: once, where it first stood
+        unique.setdefault((p["prompt"], p["chosen"], p["rejected"]), p)
+    unique = list(unique.values())
     longest = lambda p: max(len(tokenizer(p["prompt"] + p[k])["input_ids"]) for k in REPLIES)  # noqa: E731
     fits = [p for p in unique if longest(p) + 1 <= args.max_length]  # + 1: the EOS trl appends
     train, evals = split(fits, args.n_eval)
@@ -178,8 +182,7 @@ def build_configs(args, gpu):
         warmup_steps=max(1, round(0.03 * args.max_steps)),
         per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=args.batch_size,
         gradient_accumulation_steps=args.grad_accum, fp16=gpu == "t4", bf16=gpu == "ampere",
-        optim="paged_adamw_8bit" if gpu else "adamw_torch",
-        activation_checkpointing=gpu is not None,
+        optim="paged_adamw_8bit" if gpu else "adamw_torch", activation_checkpointing=bool(gpu),
         activation_checkpointing_kwargs={"use_reentrant": False}, eval_strategy="steps",
         eval_steps=every, save_strategy="steps", save_steps=every, load_best_model_at_end=True,
         metric_for_best_model="eval_loss", greater_is_better=False, save_total_limit=2,
@@ -210,8 +213,13 @@ def check_adapter(adapter, quantized, gpu):
             "examples/06_chat_sft.py (OUTPUT_DIR/adapter) or of phi2kit train chat")  # fmt: skip
     if task not in (None, "CAUSAL_LM"):
         bad(adapter, None, None, f"a {task} adapter (a classifier's?): DPO trains a chat adapter")
-    note = os.path.join(adapter, "phi2kit_adapter.json")  # examples 02, 04, 06 write it
-    was = json.load(open(note)).get("base_4bit") if os.path.isfile(note) else None
+    note, was = os.path.join(adapter, "phi2kit_adapter.json"), None  # examples 02-08 write it
+    if os.path.isfile(note):
+        try:
+            with open(note) as f:
+                was = json.load(f).get("base_4bit")
+        except (ValueError, AttributeError):
+            bad(note, None, None, 'not {"base_4bit": true|false}: fix it, or remove it')
     if was is not None and was != quantized:
         fix = "add --no-4bit" if not was else "drop --no-4bit" if gpu else (
             "4-bit trains on a CUDA GPU only; on a CPU use an adapter trained with --no-4bit")
@@ -291,10 +299,11 @@ def main(argv=None):
                "reward_margin_best": after["eval_rewards/margins"], "eval_pairs": len(evals),
                "best_step": trainer.state.best_global_step}  # fmt: skip
     print(json.dumps(metrics))
-    if not metrics["eval_loss_best"] < metrics["eval_loss_before"]:  # e.g. a step at warmup's 0
-        print(f"warning: the eval loss did not fall ({metrics['eval_loss_before']:.4f}): the "
-              "adapter saved is the one you started from; train longer (--max-steps) or with a "
-              "larger --learning-rate", file=sys.stderr)
+    was, best = metrics["eval_loss_before"], metrics["eval_loss_best"]
+    if not best < was:  # the best trained checkpoint is saved, even when it is worse
+        print(f"warning: the eval loss did not fall ({was:.4f} before training, {best:.4f} at "
+              "the best step): " + ("try a smaller --learning-rate" if best > was else
+              "train longer (--max-steps) or with a larger --learning-rate"), file=sys.stderr)
     model.save_pretrained(f"{out}/adapter", selected_adapters=["default"])  # not the reference
     tokenizer.save_pretrained(f"{out}/adapter")
     with open(f"{out}/adapter/phi2kit_adapter.json", "w") as f:  # its base, for example 05

@@ -110,6 +110,15 @@ def test_later_turns_carry_the_conversation_so_far():
     assert (pair["chosen"], pair["rejected"], pair["prompt_id"]) == (" Yes.", " No.", "p2")
 
 
+def test_eval_and_test_take_at_most_a_fifth_each():
+    """A small file of your own (or a large n_test) keeps most pairs to train."""
+    pairs = load_pairs(sample_path("oasst1"))
+    train, eval_, test = split_by_tree(pairs, n_eval=10_000, n_test=10_000)
+    fifth = len(pairs) // 5
+    assert fifth <= len(test) < fifth + 30 and fifth <= len(eval_) < fifth + 30, (len(test), fifth)
+    assert len(train) > len(pairs) // 2
+
+
 def test_split_by_tree_keeps_every_prompt_in_one_split():
     pairs = load_pairs(sample_path("oasst1"))
     train, eval_, test = split_by_tree(pairs, n_eval=40, n_test=30, seed=1)

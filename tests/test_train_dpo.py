@@ -52,15 +52,18 @@ def test_dpo_settings_only_for_dpo(tmp_path, capsys):
     assert "--adapter: only dpo and grpo start from an adapter" in capsys.readouterr().err
 
 
-def test_too_few_pairs_for_the_split_names_an_n_test_that_fits(tmp_path, capsys):
+def test_pairs_of_one_conversation_cannot_be_split_and_say_so(tmp_path, capsys):
     adapter = tmp_path / "adapter"  # a chat adapter as far as the checks before the data go
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+    data = tmp_path / "pairs.jsonl"  # one prompt, three rejected replies: one conversation
+    data.write_text("".join(json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": r}) + "\n"
+                            for r in ("Go.", "No.", "What?")))  # fmt: skip
     argv = ["dpo", *TINY, "--adapter", str(adapter), "--output-dir", str(tmp_path / "run")]
-    assert main([*argv, "--set", "n_test=10000"]) == 2
+    assert main([*argv, "--data", str(data)]) == 2
     err = capsys.readouterr().err
-    assert "preference pairs leave no train or eval pairs after the test split (n_test pairs " \
-        "each); lower --set n_test=N (now 10000), to --set n_test=354 for example" in err, err
+    assert "3 preference pairs in 1 conversation(s) leave no train or eval pairs after the test " \
+        "split (whole conversations per split): give more pairs" in err, err
     assert not (tmp_path / "run").exists()
 
 

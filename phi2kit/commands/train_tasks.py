@@ -177,11 +177,13 @@ def read_pairs(path: Path | None, setup: Setup, tokenizer):
     # notebook 08's splits, so that its test split stays unseen by this adapter too
     train, evals, test = split_by_tree(pairs, n_eval=recipe.n_test, n_test=recipe.n_test)
     if not train or not evals:
-        raise DataError(f"{len(pairs)} preference pairs leave no train or eval pairs after the "
-                        f"test split (n_test pairs each); lower n_test (now {recipe.n_test}), "
-                        f"to n_test={max(1, len(pairs) // 5)} for example", path=path)  # fmt: skip
+        trees = len({p["tree"] for p in pairs})
+        raise DataError(f"{len(pairs)} preference pairs in {trees} conversation(s) leave no train "
+                        "or eval pairs after the test split (whole conversations per split): "
+                        "give more pairs", path=path)  # fmt: skip
     print(f"phi2kit train: {len(pairs)} preference pairs; {len(test)} held back as lesson 08's "
-          "test split, not read here (--set n_test=N sizes eval and test)")  # fmt: skip
+          "test split, not read here (--set n_test=N sizes eval and test, each at most a fifth "
+          "of the pairs)")  # fmt: skip
     keys = ("prompt", "chosen", "rejected")
     to_ds = lambda ps: Dataset.from_list([{k: p[k] for k in keys} for p in ps])  # noqa: E731
     return to_ds(train[: recipe.n_train]), to_ds(evals)

@@ -159,10 +159,11 @@ def preference_rows(rows: list[tuple[int, Any]], source: str, *, skip_bad: bool 
             pair = {"prompt": prompt, **{k: " " + obj[k].strip() for k in REPLIES}}
             if (key := tuple(pair.values())) in seen:
                 pairs.dropped["repeated"] += 1
-            elif _too_long(pair, max_length, count_tokens):
+                continue
+            seen.add(key)
+            if _too_long(pair, max_length, count_tokens):
                 pairs.dropped["too long"] += 1
             else:
-                seen.add(key)
                 pairs.append(pair | {"prompt_id": prompt})
     prompts = {p["prompt"] for p in pairs}
     for p in pairs:  # the shortest prompt of the file that this one continues (or itself)
@@ -173,8 +174,9 @@ def preference_rows(rows: list[tuple[int, Any]], source: str, *, skip_bad: bool 
 
 
 def _holds_pairs(path: Path) -> bool:
-    """Whether a JSON-lines file (maybe gzipped) opens with a pair in trl's format: only its
-    first line is read (OASST1's export is large)."""
+    """Whether a JSON-lines file (maybe gzipped) opens with a pair in trl's format (a text
+    ``prompt``, or a reply; OASST1 has neither): only its first line is read (its export is
+    large)."""
     if not path.is_file() or ".json" not in path.name:
         return False
     try:
@@ -183,7 +185,8 @@ def _holds_pairs(path: Path) -> bool:
         first = json.loads(line)
     except (OSError, UnicodeDecodeError, EOFError, ValueError):  # the loaders name what is wrong
         return False
-    return isinstance(first, dict) and "chosen" in first and "rejected" in first
+    return isinstance(first, dict) and (isinstance(first.get("prompt"), str) or "chosen" in first
+                                        or "rejected" in first)  # a bad first pair: its error
 
 
 def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None = "en",
@@ -211,14 +214,15 @@ def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None =
 def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
                   seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:  # fmt: skip
     """Train, eval and test pairs, each tree in one split (so no prompt is in two): shuffled
-    trees go to test, then eval, until each holds ``n_test`` and ``n_eval`` pairs."""
+    trees go to test, then eval, until each holds ``n_test`` and ``n_eval`` pairs, or a fifth
+    of the pairs where that is fewer (a small file of your own keeps most pairs to train)."""
     trees = list(dict.fromkeys(p["tree"] for p in pairs))
     random.Random(seed).shuffle(trees)
     by_tree: dict[Any, list[dict]] = {}
     for p in pairs:
         by_tree.setdefault(p["tree"], []).append(p)
     splits: list[list[dict]] = [[], [], []]  # test, eval, train
-    wanted = [n_test, n_eval]
+    wanted = [min(n, max(1, len(pairs) // 5)) for n in (n_test, n_eval)]
     for tree in trees:
         k = next((i for i, n in enumerate(wanted) if len(splits[i]) < n), 2)
         splits[k].extend(by_tree[tree])
