@@ -258,3 +258,12 @@ def test_a_bad_row_of_your_own_pairs_is_named(tmp_path, line, field, detail):
         load_pairs(path)
     assert (err.value.row, err.value.field) == (2, field) and detail in err.value.detail
     assert len(load_pairs(path, skip_bad=True)) == 1
+
+
+def test_a_bad_first_pair_gets_the_pairs_error_not_oasst1s(tmp_path):
+    path = tmp_path / "mine.jsonl"  # the form is known from the first line
+    path.write_text('{"prompt": "Q", "chosen": "A"}\n'
+                    '{"prompt": "Q", "chosen": "A", "rejected": "B"}\n')
+    with pytest.raises(DataError) as err:
+        load_pairs(path)
+    assert (err.value.row, err.value.field) == (1, "rejected"), err.value
