@@ -171,9 +171,10 @@ def _find_levers(model: Any, recipe: Any, ckpt: bool, kw: dict[str, Any]) -> lis
     # none without a shorter max_length: all of them, and the longest max_length that fits then
     every = {k: v for _, change in others for k, v in change.items()}
     length = recipe.max_length // 2
-    while length > 1 and total(every | {"max_length": length}, True) > kw["device_gb"]:
-        length //= 2
     gb = total(every | {"max_length": length}, True)
+    while length > 1 and gb > kw["device_gb"]:
+        length //= 2
+        gb = total(every | {"max_length": length}, True)
     return [" + ".join([n for n, _ in others] + [f"max_length {length}"]) + f" ({gb:.2f} GB)"]
 
 
