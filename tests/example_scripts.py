@@ -72,6 +72,13 @@ def notebook_recipe(notebook: str, task: str, out: Path, profile: str = "t4",
     return ns
 
 
+def adapter_stub(folder: Path, task_type: str = "CAUSAL_LM") -> Path:
+    """An adapter folder as far as the checks before any model go: its ``adapter_config.json``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"task_type": task_type}))
+    return folder
+
+
 def plain(config) -> dict:
     """A configuration as a dict, without where its files go."""
     return {k: v for k, v in config.to_dict().items() if k not in IGNORED}

@@ -11,6 +11,7 @@ import pytest
 import torch
 from example_scripts import (
     TINY,
+    adapter_stub,
     imported_packages,
     load_script,
     mismatch,
@@ -21,9 +22,9 @@ from example_scripts import (
 
 from phi2kit.data import sample_path
 from phi2kit.data.oasst_pairs import load_pairs
+from phi2kit.recipes import PHI_LORA_TARGETS
 
 NAME = "08_dpo.py"
-TARGETS = ["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"]
 
 
 def make_adapter(path: Path, task_type: str = "CAUSAL_LM", note: dict | None = None) -> Path:
@@ -32,7 +33,8 @@ def make_adapter(path: Path, task_type: str = "CAUSAL_LM", note: dict | None = N
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(TINY)
-    config = LoraConfig(r=16, lora_alpha=32, target_modules=TARGETS, task_type=task_type)
+    config = LoraConfig(r=16, lora_alpha=32, target_modules=list(PHI_LORA_TARGETS),
+                        task_type=task_type)
     get_peft_model(model, config).save_pretrained(path)
     if note is not None:
         (path / "phi2kit_adapter.json").write_text(json.dumps(note))
@@ -154,9 +156,7 @@ def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, e
       ["--n-eval", "10"], "--n-eval 10 leaves no pair to train: lower it (e.g. --n-eval 2)")],
 )  # fmt: skip
 def test_nothing_left_to_train_names_the_fix(tmp_path, capsys, rows, flags, expect):
-    adapter = tmp_path / "sft"  # a chat adapter as far as the checks before the data go
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text('{"task_type": "CAUSAL_LM"}')
+    adapter = adapter_stub(tmp_path / "sft")  # a chat adapter as far as the checks go
     data = tmp_path / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     argv = ["--model", str(TINY), "--adapter", str(adapter), "--data", str(data), "--no-4bit"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from example_scripts import ROOT, TINY, load_script, script_path
+from example_scripts import ROOT, TINY, adapter_stub, load_script, script_path
 
 from phi2kit.data import sample_path
 
@@ -39,8 +39,7 @@ def test_a_mistyped_model_folder_is_one_line(name, tmp_path, capsys):
     model = str(TINY.parent / "modle")  # phi2kit/tiny/modle
     out = tmp_path / "out"
     if name == "08_dpo.py":  # 08's --adapter: only its config is read before the model
-        (tmp_path / "sft").mkdir()
-        (tmp_path / "sft" / "adapter_config.json").write_text('{"task_type": "CAUSAL_LM"}')
+        adapter_stub(tmp_path / "sft")
     if name == "05_merge_adapter.py":
         out.mkdir()  # 05's adapter folder: only its config is read before the model
         (out / "adapter_config.json").write_text('{"peft_type": "LORA"}')
@@ -122,8 +121,7 @@ def test_4bit_on_a_cpu_is_one_line_before_any_model(name, tmp_path, capsys):
     before the model loads. 03 trains on a 4-bit CPU base and is not refused."""
     out = tmp_path / "out"
     if name == "08_dpo.py":
-        (tmp_path / "sft").mkdir()
-        (tmp_path / "sft" / "adapter_config.json").write_text('{"task_type": "CAUSAL_LM"}')
+        adapter_stub(tmp_path / "sft")
     argv = [a for a in _argv(name, str(TINY.parent / "modle"), out) if a != "--no-4bit"]
     with pytest.raises(SystemExit) as exit_:
         load_script(name).main(argv)

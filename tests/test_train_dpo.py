@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from example_scripts import adapter_stub
 
 from phi2kit.commands.train import ADAPTER, main
 
@@ -26,14 +27,10 @@ TINY = ["--profile", "tiny", "--threads", "1"]
 def test_dpo_without_a_chat_adapter_says_how_to_make_one(adapter, tmp_path, capsys):
     argv = ["dpo", *TINY, "--output-dir", str(tmp_path / "run")]
     if adapter == "classifier":  # 03's adapter: a score head, not a chat model
-        folder = tmp_path / "cls"
-        folder.mkdir()
-        (folder / "adapter_config.json").write_text(json.dumps({"task_type": "SEQ_CLS"}))
+        folder = adapter_stub(tmp_path / "cls", "SEQ_CLS")
         argv += ["--adapter", str(folder)]
     elif adapter == "sentiment run":  # a causal LM adapter, but `phi2kit train sentiment` made it
-        folder = tmp_path / "sentiment" / ADAPTER
-        folder.mkdir(parents=True)
-        (folder / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+        folder = adapter_stub(tmp_path / "sentiment" / ADAPTER)
         (folder.parent / "run.json").write_text(json.dumps({"task": "sentiment"}))
         argv += ["--adapter", str(folder)]
     elif adapter:
@@ -53,9 +50,7 @@ def test_dpo_settings_only_for_dpo(tmp_path, capsys):
 
 
 def test_pairs_of_one_conversation_cannot_be_split_and_say_so(tmp_path, capsys):
-    adapter = tmp_path / "adapter"  # a chat adapter as far as the checks before the data go
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+    adapter = adapter_stub(tmp_path / "adapter")  # a chat adapter as far as the checks go
     data = tmp_path / "pairs.jsonl"  # one prompt, three rejected replies: one conversation
     data.write_text("".join(json.dumps({"prompt": "Hi", "chosen": "Hello!", "rejected": r}) + "\n"
                             for r in ("Go.", "No.", "What?")))  # fmt: skip
@@ -68,9 +63,7 @@ def test_pairs_of_one_conversation_cannot_be_split_and_say_so(tmp_path, capsys):
 
 
 def test_a_bad_row_of_your_own_pairs_is_one_line(tmp_path, capsys):
-    adapter = tmp_path / "adapter"  # a chat adapter as far as the checks before the data go
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text(json.dumps({"task_type": "CAUSAL_LM"}))
+    adapter = adapter_stub(tmp_path / "adapter")  # a chat adapter as far as the checks go
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "Q", "chosen": "A", "rejected": "B"}\n{"prompt": "Q"}\n')
     argv = ["dpo", *TINY, "--adapter", str(adapter), "--output-dir", str(tmp_path / "run")]
