@@ -74,7 +74,8 @@ def read_rows(path, labels, text_col="text", label_col="label"):
 
 
 def split(rows, n_train, n_test, n_eval, seed=42):
-    """Per class: test, eval, then train; repeats kept once, two-label headlines dropped."""
+    """Per class: test, train, then eval from the rest (drawn with replacement where too few
+    are left, as lesson 02); repeats kept once, two-label headlines dropped."""
     seen = defaultdict(set)
     for text, label in rows:
         seen[text].add(label)
@@ -84,10 +85,13 @@ def split(rows, n_train, n_test, n_eval, seed=42):
     for label in sorted({label for labels in seen.values() for label in labels}):
         texts = sorted(t for t, labels in seen.items() if labels == {label})
         random.Random(seed).shuffle(texts)
-        bounds = {"test": (0, n_test), "eval": (n_test, n_test + n_eval),
-                  "train": (n_test + n_eval, n_test + n_eval + n_train)}
-        for name, (a, b) in bounds.items():
-            parts[name] += [(t, label) for t in texts[a:b]]
+        test, train, left = texts[:n_test], texts[n_test:][:n_train], texts[n_test + n_train:]
+        if 0 < len(left) < n_eval:
+            print(f"eval: label {label!r} has {len(left)} headlines left after test and train: "
+                  f"its {n_eval} eval rows are drawn from them with replacement")
+            left = random.Random(seed).choices(left, k=n_eval)
+        for name, part in (("train", train), ("eval", left[:n_eval]), ("test", test)):
+            parts[name] += [(t, label) for t in part]
     return parts
 
 

@@ -38,7 +38,8 @@ def run(*args: str, timeout: int = 300):
 def test_script_imports_no_phi2kit_and_stays_short():
     assert "phi2kit" not in imported_packages(NAME)
     # 266 (was 264): the folder and too-few-per-label errors, the note example 05 reads, the
-    # count of repeated headlines; 270: 4-bit on a CPU refused (it failed inside training)
+    # count of repeated headlines; 270: 4-bit on a CPU refused (it failed inside training);
+    # 274: eval drawn with replacement where a class runs short (the real file's negatives)
     assert len(script_path(NAME).read_text().splitlines()) < 275
 
 
@@ -185,6 +186,30 @@ def test_the_suggested_flags_pass_the_split_check(tmp_path, capsys):
     out = capsys.readouterr()
     assert "{'train': {'sport': 9, 'weather': 9}" in out.out, out  # every split full
     assert out.err.startswith("error: --model "), out.err  # past the split check: the model
+
+
+@pytest.mark.parametrize("n_negative", [602, 600])
+def test_the_real_files_shape_fits_the_default_split(tmp_path, capsys, n_negative):
+    """Kaggle's all-data.csv keeps about 600 negatives after deduplication: the README's T4
+    command (the defaults, 300 test + 300 train per class) leaves a few for eval, drawn with
+    replacement as lesson 02 does; with none left, it is refused with the flags to lower."""
+    rows = [f"{label},Headline {i} of {label}" for label, n in
+            (("neutral", 700), ("positive", 700), ("negative", n_negative)) for i in range(n)]
+    data = tmp_path / "all-data.csv"  # Kaggle's form: no header, label first, Latin-1
+    data.write_bytes("\r\n".join(rows).encode("latin-1"))
+    with pytest.raises(SystemExit) as exit_:
+        load_script(NAME).main(["--model", str(tmp_path / "no-model"), "--data", str(data),
+                                "--output-dir", str(tmp_path / "out"), "--no-4bit"])  # fmt: skip
+    out = capsys.readouterr()
+    assert exit_.value.code == 2 and len(out.err.strip().splitlines()) == 1, out.err
+    if n_negative == 602:
+        assert "label 'negative' has 2 headlines left after test and train: its 50 eval rows " \
+            "are drawn from them with replacement" in out.out, out.out
+        assert "'eval': {'negative': 50, 'neutral': 50, 'positive': 50}" in out.out, out.out
+        assert out.err.startswith("error: --model "), out.err  # past the split check
+    else:
+        assert "label 'negative' has 600 usable headlines, too few for --n-test 300 + " \
+            "--n-eval 50 + --n-train 300: lower them" in out.err, out.err
 
 
 def test_an_output_dir_that_cannot_be_written_stops_before_the_model_loads(tmp_path):
