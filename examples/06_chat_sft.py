@@ -64,7 +64,7 @@ def read_messages(path):
     messages = []
     try:
         with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
+            lines = f.read().split("\n")  # not splitlines: a JSON string may hold U+2028
     except UnicodeDecodeError:  # e.g. a .gz or .parquet: this script reads plain JSON lines
         bad(path, None, None, "not UTF-8 text; pass plain JSON lines (unpack a .gz first)")
     for line, text in enumerate(lines, start=1):

@@ -5,6 +5,7 @@ that is a folder is named a folder."""
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,20 @@ def test_a_t4_is_not_taken_for_a_bf16_gpu(name):
     for call in calls:
         kw = {k.arg: k.value for k in call.keywords}
         assert getattr(kw.get("including_emulation"), "value", None) is False, ast.unparse(call)
+
+
+@pytest.mark.parametrize(("name", "reader", "row"), [
+    ("04_qa_qlora.py", "read_rows",
+     {"question": "Why\u2028now?", "answer": "So\x85it is [1].", "references": ["It\u2029is."]}),
+    ("06_chat_sft.py", "read_messages",
+     {"message_id": "m1", "parent_id": None, "text": "Hi\u2028there", "role": "prompter"}),
+    ("08_dpo.py", "read_pairs", {"prompt": "Hi\u2028there", "chosen": "Yes\x85", "rejected": "No"}),
+])  # fmt: skip
+def test_a_line_separator_inside_a_json_string_is_text(name, reader, row, tmp_path):
+    """JSON written with ensure_ascii=False may hold U+2028, U+2029 or NEL (U+0085) raw inside
+    a string: one line of the file, not three (str.splitlines would cut it there)."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps(row, ensure_ascii=False) + "\n", encoding="utf-8")
+    read = getattr(load_script(name), reader)(str(data))
+    rows = read[0] if isinstance(read, tuple) else read  # 08: (pairs, trees)
+    assert len(rows) == 1 and any("\u2028" in str(v) or "\x85" in str(v) for v in rows[0].values())
