@@ -101,10 +101,11 @@ def read_pairs(path, lang=None):
                 "--data needs one JSON object a line")  # fmt: skip
         if not isinstance(obj, dict):
             bad(path, line, None, "not a JSON object")
-        if isinstance(obj.get("prompt"), dict):  # the *.trees.jsonl export; finished trees only
-            trees = True
-            if obj.get("tree_state") in (None, "ready_for_export") and usable(obj["prompt"], lang):
-                pairs += [{**p, "group": line} for p in tree_pairs(obj["prompt"], lang, path, line)]
+        if isinstance(obj.get("prompt"), dict) or "tree_state" in obj:  # *.trees.jsonl export
+            trees = True  # finished trees only (an aborted one in *_all may have a null prompt)
+            tree = obj.get("prompt") if obj.get("tree_state") in (None, "ready_for_export") else 0
+            if isinstance(tree, dict) and usable(tree, lang):
+                pairs += [{**p, "group": line} for p in tree_pairs(tree, lang, path, line)]
             continue
         if "message_id" in obj:
             bad(path, line, None, "an OASST1 message row: pass the export's *.trees.jsonl, or "

@@ -89,6 +89,22 @@ def test_tree_pairs_are_lesson_08s():
         assert {p["group"] for p in train} & {p["group"] for p in evals} == set()
 
 
+def test_unfinished_trees_of_the_all_export_are_left_out(tmp_path):
+    """The export's *_all.trees.jsonl also holds trees still growing or aborted, and the
+    schema lets such a tree have no prompt yet (null): both are left out, as the lesson does."""
+    sample = sample_path("oasst1").read_text(encoding="utf-8")
+    first = json.loads(sample.splitlines()[0])
+    extra = [{"message_tree_id": "t-aborted", "tree_state": "aborted_low_grade", "prompt": None},
+             {**first, "message_tree_id": "t-growing", "tree_state": "growing"}]  # fmt: skip
+    data = tmp_path / "2023-04-12_oasst_all.trees.jsonl"
+    data.write_text(sample + "".join(json.dumps(t) + "\n" for t in extra), encoding="utf-8")
+    script = load_script(NAME)
+    key = lambda p: (p["prompt"], p["chosen"], p["rejected"])  # noqa: E731
+    mine, trees = script.read_pairs(str(data), "en")
+    assert trees and sorted(map(key, mine)) == sorted(map(key, load_pairs(data, lang="en")))
+    assert len(mine) == len(script.read_pairs(str(sample_path("oasst1")), "en")[0])
+
+
 PREAMBLE = "### Human: Be brief.\n### Assistant: OK.\n"
 
 
