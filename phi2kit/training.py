@@ -1,6 +1,6 @@
 """Trainers that are safe on a T4: notebook 02's calls (and its cell :func:`plot_losses`),
 kept for the later lessons and ``phi2kit train``. fp16/bf16 come from the profile, never from
-a library default (trl's ``SFTConfig`` defaults to bf16, which a T4 cannot run).
+a library default (trl's ``SFTConfig`` defaults to bf16, which a T4 only emulates).
 """
 
 from __future__ import annotations

@@ -94,3 +94,24 @@ def test_the_course_row_matches_the_planner():
     assert name == "09_grpo_rewards"
     assert gb == f"{estimate_grpo('t4', r).total_gb:.1f}"
     assert int(minutes.strip("~")) >= sum(grpo_minutes(r).values())
+
+
+def test_the_planner_counts_the_kv_cache_generate_really_fills():
+    """09's base as it generates in trl: nf4, prepared for k-bit training (the embeddings go to
+    fp32), no autocast. Its KV cache is fp32, not the fp16 compute dtype: 2x the bytes."""
+    from peft import prepare_model_for_kbit_training
+
+    from phi2kit.models import load_model, load_tokenizer
+    from phi2kit.plan.grpo import kv_bytes
+    from phi2kit.profiles import get_profile
+
+    profile, recipe = get_profile("t4-cpu"), get_recipe("grpo", "t4-cpu")
+    model = prepare_model_for_kbit_training(load_model(profile, quantize_4bit=True),
+                                            use_gradient_checkpointing=False)  # fmt: skip
+    tokenizer = load_tokenizer(profile, padding_side="left")
+    out = model.generate(**tokenizer(["Where do otters live?"], return_tensors="pt"),
+                         max_new_tokens=2, do_sample=False, return_dict_in_generate=True,
+                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
+    cached = out.past_key_values.layers[0].keys
+    assert cached.element_size() == kv_bytes(recipe, profile.dtype) == 4, cached.dtype
+    assert kv_bytes(replace(recipe, quantize_4bit=False), "float16") == 2

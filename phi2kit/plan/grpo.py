@@ -19,6 +19,13 @@ GRPO_TYPICAL_TOKENS = 550
 CHECK_PROMPTS = 40
 
 
+def kv_bytes(recipe: Any, dtype: str) -> int:
+    """Bytes per value of the KV cache trl's ``generate`` fills. On an nf4 base it is fp32:
+    ``prepare_model_for_kbit_training`` upcasts the embeddings, bitsandbytes' 4-bit layers return
+    their input's dtype, and ``generate`` runs outside the trainer's autocast."""
+    return 4 if recipe.quantize_4bit else DTYPE_BYTES[dtype]
+
+
 def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs: Any) -> Estimate:
     """Predicted peak memory of one GRPO step (trl, no vLLM), by part, in GB. Generation, the
     reference pass (``beta > 0``) and the training step never hold their buffers at once: the peak
@@ -28,7 +35,7 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
     cfg, dtype = kwargs.get("config") or cfg, train.settings["dtype"]
     on_gpu = bool(profile and profile.requires_cuda)
     gen_rows = recipe.generation_batch  # trl: batch x steps_per_generation (default grad_accum)
-    kv = 2 * cfg.num_hidden_layers * cfg.hidden_size * DTYPE_BYTES[dtype] * recipe.max_length
+    kv = 2 * cfg.num_hidden_layers * cfg.hidden_size * kv_bytes(recipe, dtype) * recipe.max_length
     generation = gen_rows * (kv + 2 * 4 * cfg.vocab_size)
     reference = 0.0
     if recipe.beta > 0:
