@@ -97,21 +97,27 @@ def test_the_course_row_matches_the_planner():
 
 
 def test_the_planner_counts_the_kv_cache_generate_really_fills():
-    """09's base as it generates in trl: nf4, prepared for k-bit training (the embeddings go to
-    fp32), no autocast. Its KV cache is fp32, not the fp16 compute dtype: 2x the bytes."""
+    """The base as 04, 06 and 09 generate on it: nf4, prepared for k-bit training (the
+    embeddings go to fp32), no autocast. Its KV cache is fp32, not the fp16 compute dtype (2x
+    the bytes), and ``generation_gb`` counts what the cache holds."""
     from peft import prepare_model_for_kbit_training
 
     from phi2kit.models import load_model, load_tokenizer
-    from phi2kit.plan.grpo import kv_bytes
+    from phi2kit.plan import GB, cache_bytes, generation_gb
     from phi2kit.profiles import get_profile
 
     profile, recipe = get_profile("t4-cpu"), get_recipe("grpo", "t4-cpu")
     model = prepare_model_for_kbit_training(load_model(profile, quantize_4bit=True),
                                             use_gradient_checkpointing=False)  # fmt: skip
     tokenizer = load_tokenizer(profile, padding_side="left")
-    out = model.generate(**tokenizer(["Where do otters live?"], return_tensors="pt"),
-                         max_new_tokens=2, do_sample=False, return_dict_in_generate=True,
-                         pad_token_id=tokenizer.pad_token_id)  # fmt: skip
-    cached = out.past_key_values.layers[0].keys
-    assert cached.element_size() == kv_bytes(recipe, profile.dtype) == 4, cached.dtype
-    assert kv_bytes(replace(recipe, quantize_4bit=False), "float16") == 2
+    batch = tokenizer(["Where do otters live?", "Why?"], return_tensors="pt", padding=True)
+    out = model.generate(**batch, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                         return_dict_in_generate=True, pad_token_id=tokenizer.pad_token_id)
+    cache = out.past_key_values.layers
+    assert cache[0].keys.element_size() == cache_bytes(recipe, profile.dtype) == 4
+    assert cache_bytes(replace(recipe, quantize_4bit=False), "float16") == 2
+    held = sum(t.numel() * t.element_size() for layer in cache for t in (layer.keys, layer.values))
+    prompt, cfg = batch["input_ids"].shape[1], model.config
+    planned = generation_gb(cfg, 2, prompt, 3, 4, "sdpa") * GB - 2 * 2 * 4 * cfg.vocab_size
+    assert (prompt + 2) / (prompt + 3) * planned <= held <= planned, (held, planned)  # the last
+    # new token is never fed back, so the cache holds one position fewer than prompt + new

@@ -384,3 +384,30 @@ def test_notebook_first_cells_state_the_planners_training_minutes(name, task, te
     first = nbformat.read(path, as_version=4).cells[0].source
     a, b = train_minutes(task), train_minutes(task, calibration=2048)
     assert template.format(a=a, b=b) in first
+
+
+def test_the_course_tables_generation_is_the_lessons():
+    """04 and 06 generate on their trained nf4 model with EVAL_GENERATION's sizes on a GPU;
+    their T4 peak is then the generation's (its fp32 KV cache), above the training step's."""
+    import inspect
+    import json
+    import re
+
+    from phi2kit.generation import generate
+    from phi2kit.plan.course import EVAL_GENERATION, course_rows
+
+    def source(name: str) -> str:
+        path = Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb"
+        cells = json.loads(path.read_text())["cells"]
+        return "".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+
+    s04, s06 = source("04_webglm_qlora"), source("06_chat_oasst1")
+    assert re.search(r"^GEN_BATCH = (\d+)", s04, re.M)[1] == str(EVAL_GENERATION["webglm"][0])
+    assert "batch_size=" not in re.search(r"tuned_gen = generate\(.*", s06)[0]
+    default = inspect.signature(generate).parameters["batch_size"].default
+    assert default == EVAL_GENERATION["chat"][0]
+    for src, task in ((s04, "webglm"), (s06, "chat")):
+        assert f"if profile.is_tiny else {EVAL_GENERATION[task][1]})" in src
+    peaks = {row[0][:2]: float(row[3]) for row in course_rows()}
+    for lesson, task in (("04", "webglm"), ("06", "chat")):
+        assert peaks[lesson] > estimate("t4", get_recipe(task, "t4")).total_gb + 3, peaks

@@ -136,6 +136,24 @@ def estimate(model: Any, recipe: Any, *, device_gb: float = 15.0, attn: str | No
     return est
 
 
+def cache_bytes(recipe: Any, dtype: str) -> int:
+    """Bytes per value of the KV cache ``generate`` fills on the trained model. On an nf4 base
+    it is fp32: ``prepare_model_for_kbit_training`` upcasts the embeddings, bitsandbytes' 4-bit
+    layers return their input's dtype, and ``generate`` runs outside the trainer's autocast."""
+    return 4 if recipe.quantize_4bit else DTYPE_BYTES[dtype]
+
+
+def generation_gb(cfg: Any, rows: int, prompt: int, new: int, value_bytes: int,
+                  attn: str) -> float:  # fmt: skip
+    """GB that one batched ``generate`` call adds to the weights: the KV cache after the last
+    token, or at the prefill the prompt's cache and (eager attention) one layer's fp32 scores
+    and probabilities, whichever is larger; and the last position's fp32 logits."""
+    per_token = 2 * cfg.num_hidden_layers * cfg.hidden_size * value_bytes
+    scores = 0 if attn == "sdpa" else 2 * 4 * cfg.num_attention_heads * prompt**2
+    peak = max(prompt * per_token + scores, (prompt + new) * per_token)
+    return rows * (peak + 2 * 4 * cfg.vocab_size) / GB
+
+
 def _find_levers(model: Any, recipe: Any, ckpt: bool, kw: dict[str, Any]) -> list[str]:
     """Single changes that make ``recipe`` fit, else the first fitting combination."""
     def total(changes: dict[str, Any], ckpt_on: bool) -> float:

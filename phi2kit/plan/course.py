@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from phi2kit.footprint import GB, count_parameters, phi2_config, weight_bytes
-from phi2kit.plan import CUDA_CONTEXT_GB, estimate
+from phi2kit.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GB, cache_bytes, estimate, generation_gb
 from phi2kit.recipes import get_recipe
 
 #: Assumed mean tokens per training example with Phi-2's tokenizer (prompt + completion),
@@ -29,6 +29,11 @@ T4_CALIBRATIONS = {
 #: The reading the course table, the notebooks and ``train_minutes`` use by default.
 T4_CALIBRATION_LENGTH = 1024
 T4_EFFECTIVE_FLOPS = T4_CALIBRATIONS[T4_CALIBRATION_LENGTH]
+
+#: The evaluation ``generate`` of 04 and 06 on a GPU: prompts per call (04's ``GEN_BATCH``, 06's
+#: ``generate`` default) and new tokens (their ``MAX_NEW_TOKENS`` on a GPU); prompts up to the
+#: recipe's ``max_length``. Its KV cache can take more than the training step.
+EVAL_GENERATION = {"webglm": (8, 256), "chat": (8, 256)}
 
 COURSE = [  # notebook, what it teaches, task (None: no training)
     ("01_baseline_inference", "fp16 vs nf4 loading, stopping, batched generation", None),
@@ -96,7 +101,14 @@ def course_rows() -> list[tuple[str, str, str, str]]:
             minutes = "~5" if name.startswith("01") else "~10"
         else:
             recipe = get_recipe(task, "t4")
-            gb = estimate("t4", recipe).total_gb
+            est = estimate("t4", recipe)
+            gb = est.total_gb
+            if task in EVAL_GENERATION:  # the trained model generates: weights + the cache
+                calls, new = EVAL_GENERATION[task]
+                held = sum(v for k, v in est.parts.items() if k.startswith(("base", "LoRA w")))
+                held += generation_gb(phi2_config(), calls, recipe.max_length, new,
+                                      cache_bytes(recipe, "float16"), est.settings["attn"])
+                gb = max(gb, CUDA_CONTEXT_GB + (1 + ALLOCATOR_SLACK) * held)
             if task == "classifier":  # 03 trains LoRA on the fp16 base, then QLoRA
                 gb = max(gb, estimate("t4", replace(recipe, quantize_4bit=False)).total_gb)
             minutes = course_minutes(task)

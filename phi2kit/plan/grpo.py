@@ -5,8 +5,16 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from phi2kit.footprint import DTYPE_BYTES, GB, count_parameters, phi2_config
-from phi2kit.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GB, Estimate, _resolve, estimate
+from phi2kit.footprint import GB, count_parameters, phi2_config
+from phi2kit.plan import (
+    ALLOCATOR_SLACK,
+    CUDA_CONTEXT_GB,
+    Estimate,
+    _resolve,
+    cache_bytes,
+    estimate,
+    generation_gb,
+)
 from phi2kit.plan.course import COURSE, T4_CALIBRATION_LENGTH, T4_CALIBRATIONS, _rounded_minutes
 
 #: Assumption, not measured here: seconds per decoding step of ``model.generate`` for a batch of
@@ -19,13 +27,6 @@ GRPO_TYPICAL_TOKENS = 550
 CHECK_PROMPTS = 40
 
 
-def kv_bytes(recipe: Any, dtype: str) -> int:
-    """Bytes per value of the KV cache trl's ``generate`` fills. On an nf4 base it is fp32:
-    ``prepare_model_for_kbit_training`` upcasts the embeddings, bitsandbytes' 4-bit layers return
-    their input's dtype, and ``generate`` runs outside the trainer's autocast."""
-    return 4 if recipe.quantize_4bit else DTYPE_BYTES[dtype]
-
-
 def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs: Any) -> Estimate:
     """Predicted peak memory of one GRPO step (trl, no vLLM), by part, in GB. Generation, the
     reference pass (``beta > 0``) and the training step never hold their buffers at once: the peak
@@ -35,8 +36,9 @@ def estimate_grpo(model: Any, recipe: Any, *, device_gb: float = 15.0, **kwargs:
     cfg, dtype = kwargs.get("config") or cfg, train.settings["dtype"]
     on_gpu = bool(profile and profile.requires_cuda)
     gen_rows = recipe.generation_batch  # trl: batch x steps_per_generation (default grad_accum)
-    kv = 2 * cfg.num_hidden_layers * cfg.hidden_size * kv_bytes(recipe, dtype) * recipe.max_length
-    generation = gen_rows * (kv + 2 * 4 * cfg.vocab_size)
+    new = recipe.max_completion_length
+    generation = GB * generation_gb(cfg, gen_rows, recipe.max_length - new, new,
+                                    cache_bytes(recipe, dtype), train.settings["attn"])
     reference = 0.0
     if recipe.beta > 0:
         reference = 2 * 4 * recipe.batch_size * recipe.max_completion_length * cfg.vocab_size
