@@ -81,7 +81,7 @@ def read_rows(path, text_column="text", label_column="label", first_row=None):
     for n, row in enumerate(numbered, first):
         if len(row) <= max(t, lab) or (numbered is table and len(row) != 2):
             raise BadData(f"{path}: row {n}: {len(row)} fields; expected label,text (or a header)")
-        text, label = row[t].strip(), row[lab].strip()
+        text, label = " ".join(row[t].split()), row[lab].strip()  # spacing: as lesson 02 compares
         for field, value in (("text", text), ("label", label)):
             if not value:
                 raise BadData(f"{path}: row {n}, field '{field}': empty")

@@ -83,6 +83,9 @@ def test_reads_the_kaggle_form_and_a_headed_csv(tmp_path):
     headed = tmp_path / "own.csv"
     headed.write_text("id,review,stars\n1,Lovely,good\n2,Slow,bad\n")
     assert script.read_rows(headed, "review", "stars") == [("Lovely", "good"), ("Slow", "bad")]
+    spaced = tmp_path / "spaced.csv"  # one headline twice, spaced differently: one text, as 02
+    spaced.write_text('label,text\nneg,"Profit fell, firm says"\nneg," Profit  fell,\tfirm says"\n')
+    assert {t for t, _ in script.read_rows(spaced, "text", "label")} == {"Profit fell, firm says"}
 
 
 def test_split_keeps_a_repeated_text_once_and_leaves_out_two_labels(capsys):
