@@ -36,8 +36,8 @@ def read_rows(path, labels, text_col="text", label_col="label"):
     if not Path(path).is_file():
         fail("", "no such file")
     raw = Path(path).read_bytes()
-    if not raw.strip():
-        fail("", "empty file")
+    if not raw.strip() or b"\0" in raw:  # a NUL byte: Parquet, a .gz or a spreadsheet
+        fail("", "a binary file, not CSV text: pass a .csv" if raw.strip() else "empty file")
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

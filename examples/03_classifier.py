@@ -58,6 +58,8 @@ def read_rows(path, text_column="text", label_column="label", first_row=None):
         raw = Path(path).read_bytes()
     except OSError as err:
         raise BadData(f"{path}: cannot read ({err.strerror})") from None
+    if b"\0" in raw:  # Parquet, a .gz or a spreadsheet
+        raise BadData(f"{path}: a binary file, not CSV text: pass a .csv")
     try:
         content = raw.decode("utf-8")
     except UnicodeDecodeError:  # the Kaggle file is Latin-1
