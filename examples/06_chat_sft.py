@@ -3,8 +3,10 @@
     python examples/06_chat_sft.py --model microsoft/phi-2 --data oasst1.jsonl --output-dir out/chat
 
 --data: JSON lines in either published form: the hub's message rows (message_id, parent_id, text,
-role, lang, rank, deleted, review_result) or the export's *.trees.jsonl (replies nested). Threads
-follow the best-ranked reply; deleted and failed-review messages are skipped. On a CPU, with the
+role, lang, rank, deleted, review_result) or the export's *.trees.jsonl (replies nested); or your
+own chats, {"messages": [{"role": "user"|"assistant", "content"}, ...]} (trl's and OpenAI's format;
+a system message first goes before the first user turn). Threads follow the best-ranked reply;
+deleted and failed-review messages are skipped. On a CPU, with the
 shipped tiny model: --model phi2kit/tiny/model --no-4bit --max-steps 30 --learning-rate 3e-3
 """
 
@@ -40,6 +42,27 @@ def bad(path, line, field, problem):
     where = (f", line {line}" if line else "") + (f", field '{field}'" if field else "")
     print(f"error: {path}{where}: {problem}", file=sys.stderr)
     sys.exit(2)
+
+
+def chat_rows(turns, path, line):
+    """A {"messages": [...]} chat as message rows: one path, each the reply to the one before."""
+    if not isinstance(turns, list) or not turns:
+        bad(path, line, "messages", 'not a list of {"role", "content"} messages')
+    roles = [m.get("role") if isinstance(m, dict) else None for m in turns]
+    texts = [m.get("content") if isinstance(m, dict) else None for m in turns]
+    system = roles[0] == "system"
+    for i, (role, text) in enumerate(zip(roles, texts, strict=True)):
+        if not isinstance(text, str) or not text.strip():
+            bad(path, line, f"messages[{i}]", "content missing, empty or not text")
+        if role != ("system" if system and i == 0 else ("user", "assistant")[(i - system) % 2]):
+            bad(path, line, f"messages[{i}]", f"role {role!r}: user and assistant take turns, "
+                "a user first (a system message only first)")
+    if system and len(texts) > 1:  # the chat format has no system line
+        roles, texts = roles[1:], [f"{texts[0].strip()}\n\n{texts[1]}", *texts[2:]]
+    return [{"message_id": f"{line}-{i}", "parent_id": f"{line}-{i - 1}" if i else None,
+             "text": text, "role": {"user": "prompter"}.get(role, role), "lang": None, "rank": None,
+             "created_date": None, "deleted": False, "review_result": None, "line": line}
+            for i, (role, text) in enumerate(zip(roles, texts, strict=True))]
 
 
 def read_messages(path):
@@ -80,6 +103,8 @@ def read_messages(path):
             if not isinstance(obj["prompt"], dict):
                 bad(path, line, "prompt", "not a message object")
             messages += flatten(obj["prompt"], line)
+        elif "messages" in obj:  # your own chats: one conversation per line
+            messages += chat_rows(obj["messages"], path, line)
         elif "skip" not in obj:  # the hub's rows: one message per line
             messages.append(message(obj, line, obj.get("parent_id") or None))
     ids = {m["message_id"] for m in messages}
@@ -91,8 +116,8 @@ def read_messages(path):
 
 def build_threads(messages, lang=None):
     """The main thread of every tree: the best-ranked usable reply at each step."""
-    def usable(m):
-        in_lang = lang is None or m["lang"] == lang
+    def usable(m):  # a message without a language (your own chats) is kept
+        in_lang = lang is None or m["lang"] in (None, lang)
         return not m["deleted"] and m["review_result"] is not False and in_lang
 
     replies = defaultdict(list)
@@ -173,7 +198,8 @@ def fp32_attention(module, query, key, value, attention_mask, scaling, dropout=0
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="microsoft/phi-2", help="hub id or local folder")
-    p.add_argument("--data", required=True, help="OASST1 JSON lines: rows or *.trees.jsonl")
+    p.add_argument("--data", required=True,
+                   help='OASST1 JSON lines (rows or *.trees.jsonl) or {"messages": [...]} chats')
     p.add_argument("--no-4bit", action="store_true", help="LoRA on the full-precision base")
     for flag, kind, default in [("--output-dir", str, "out/06_chat"), ("--max-steps", int, 120),
                                 ("--lang", str, "en"), ("--n-eval", int, 100),

@@ -1,5 +1,6 @@
-"""Notebook 06's chat: :func:`tree_to_rows`, :func:`build_threads`, :func:`format_chat` and
-:func:`to_examples` are its cells; the rest drives ``phi2kit chat`` and ``phi2kit app``."""
+"""Notebook 06's chat: :func:`tree_to_rows`, :func:`conversation_to_rows`, :func:`build_threads`,
+:func:`format_chat` and :func:`to_examples` are its cells; the rest drives ``phi2kit chat`` and
+``phi2kit app``."""
 
 from __future__ import annotations
 
@@ -21,11 +22,24 @@ def tree_to_rows(node, parent_id=None):
     return rows
 
 
+def conversation_to_rows(conversation, k):
+    """One conversation in the messages format (trl's and OpenAI's: a list of {"role", "content"})
+    as the hub's rows: one path, each message the reply to the one before. A leading system
+    message goes before the first user turn's text (the chat format has no system line)."""
+    turns = [(m["role"], m["content"]) for m in conversation]
+    if len(turns) > 1 and turns[0][0] == "system":
+        turns = [(turns[1][0], f"{turns[0][1].strip()}\n\n{turns[1][1]}"), *turns[2:]]
+    return [{"message_id": f"{k}-{i}", "parent_id": f"{k}-{i - 1}" if i else None, "text": text,
+             "role": {"user": "prompter"}.get(role, role), "lang": None, "rank": None,
+             "deleted": False, "review_result": None, "created_date": None}
+            for i, (role, text) in enumerate(turns)]
+
+
 def build_threads(messages, lang=None):
     """The main thread of every tree: the best-ranked usable reply at each step."""
 
-    def usable(m):
-        in_lang = lang is None or m["lang"] == lang
+    def usable(m):  # a message without a language (your own data) is kept
+        in_lang = lang is None or m["lang"] in (None, lang)
         return not m["deleted"] and m["review_result"] is not False and in_lang
 
     def best_first(m):  # rank 0 first; unranked replies after ranked ones, the earliest first

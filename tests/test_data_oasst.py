@@ -299,6 +299,9 @@ def _lesson_threads(path, lang):
     raw = load_dataset("json", data_files=str(path), split="train")
     if "prompt" in raw[0]:
         messages = [m for tree in raw for m in chat.tree_to_rows(tree["prompt"])]
+    elif "messages" in raw[0]:
+        messages = [m for k, row in enumerate(raw)
+                    for m in chat.conversation_to_rows(row["messages"], k)]  # fmt: skip
     else:
         messages = [{k: m.get(k) for k in chat.MESSAGE_FIELDS} for m in raw]
     return chat.build_threads(messages, lang=lang)
@@ -329,6 +332,60 @@ def test_lesson_walk_reads_the_hub_rows_form_too(tmp_path):
     assert lesson == list(load_oasst(rows, lang="en")) == from_trees
 
 
+# --- your own chats: {"messages": [{"role", "content"}, ...]} rows --------------------------
+
+
+def _chats(threads, system=None):
+    """Threads as the messages format, one conversation a line (trl's and OpenAI's)."""
+    role = {"prompter": "user", "assistant": "assistant"}
+    lines = []
+    for thread in threads:
+        head = [{"role": "system", "content": system}] if system else []
+        turns = [{"role": role[r], "content": text} for r, text in thread]
+        lines.append(json.dumps({"messages": head + turns}))
+    return "\n".join(lines) + "\n"
+
+
+def test_own_chats_give_the_threads_they_hold_in_the_lesson_and_the_loader(tmp_path):
+    """The sample's English threads written as chats read back as the same threads: through
+    notebook 06's cells and through the loader (``phi2kit train chat``); they carry no
+    language, so LANG="en" keeps them. A leading system message goes before the first turn."""
+    from phi2kit.data import sample_path
+
+    threads = list(load_oasst(sample_path("oasst1"), lang="en"))
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(_chats(threads))
+    assert _lesson_threads(chats, "en") == list(load_oasst(chats, lang="en")) == threads
+    chats.write_text(_chats(threads[:2] + [[("prompter", "Hi"), ("assistant", "Hi!"),
+                                            ("prompter", "Bye")]], system="Be brief."))  # fmt: skip
+    got = list(load_oasst(chats, lang="en"))
+    assert got == _lesson_threads(chats, "en") and len(got) == 3
+    assert got[0] == [("prompter", "Be brief.\n\n" + threads[0][0][1]), *threads[0][1:]]
+    assert got[2] == [("prompter", "Be brief.\n\nHi"), ("assistant", "Hi!")]  # ends on an answer
+
+
+@pytest.mark.parametrize(("line", "field", "why"), [
+    ('{"messages": []}', "messages", "expected a list"),
+    ('{"messages": "Hi"}', "messages", "expected a list"),
+    ('{"messages": [{"role": "user"}]}', "messages[0]", "content missing"),
+    ('{"messages": [{"role": "user", "content": ""}]}', "messages[0]", "content missing"),
+    ('{"messages": [{"role": "human", "content": "Hi"}]}', "messages[0]", "role 'human'"),
+    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "system", "content": "x"}]}',
+     "messages[1]", "a system message only first"),
+    ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hey"}]}',
+     "role", "roles do not alternate"),
+    ('{"messages": [{"role": "assistant", "content": "Hi"}]}', "role", "starts with an assistant"),
+])  # fmt: skip
+def test_a_bad_chat_names_its_line_and_field(tmp_path, line, field, why):
+    chats = tmp_path / "chats.jsonl"
+    good = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]
+    chats.write_text(json.dumps({"messages": good}) + "\n" + line + "\n")
+    with pytest.raises(DataError) as err:
+        load_oasst(chats)
+    assert (err.value.row, err.value.field) == (2, field) and why in str(err.value), str(err.value)
+    assert len(load_oasst(chats, skip_bad=True)) == 1  # the good chat stays
+
+
 def test_lesson_cells_equal_phi2kit_chat():
     """What notebook 06 writes in its cells and keeps in phi2kit.chat is the same code."""
     import ast
@@ -346,7 +403,7 @@ def test_lesson_cells_equal_phi2kit_chat():
         for node in ast.parse("".join(cell["source"])).body:
             if isinstance(node, ast.FunctionDef):
                 written[node.name] = ast.dump(node)
-    names = ["tree_to_rows", "build_threads", "format_chat", "to_examples"]
+    names = ["tree_to_rows", "conversation_to_rows", "build_threads", "format_chat", "to_examples"]
     for name in names:
         kept = ast.parse(inspect.getsource(getattr(chat, name))).body[0]
         assert written.get(name) == ast.dump(kept), f"{name}: notebook 06 and phi2kit.chat differ"

@@ -59,6 +59,11 @@ def test_learns_on_the_tiny_model(tmp_path):
          "line 2, field 'parent_id'"),
         ('{"message_tree_id": "t", "prompt": {"message_id": "p", "text": "hi", "role": "prompter",'
          ' "replies": [{"message_id": "r", "role": "assistant"}]}}', "line 2, field 'text'"),
+        ('{"messages": []}', "line 2, field 'messages': not a list"),
+        ('{"messages": [{"role": "user", "content": " "}]}',
+         "field 'messages[0]': content missing"),
+        ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hey"}]}',
+         "field 'messages[1]': role 'user': user and assistant take turns, a user first"),
     ],
 )  # fmt: skip
 def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, expect):
@@ -131,3 +136,20 @@ def test_a_file_that_is_not_utf8_text_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"error: {data}: not UTF-8 text; pass plain JSON lines (unpack a .gz first)", err
     assert not (tmp_path / "out").exists()
+
+
+def test_own_chats_read_as_the_lesson_and_phi2kit_train_read_them(tmp_path):
+    """{"messages": [...]} chats (trl's and OpenAI's format): the same threads as the library's
+    loader gives; no language, so --lang en keeps them; a system message joins the first turn."""
+    from phi2kit.data.oasst import load_oasst
+
+    threads = load_oasst(sample_path("oasst1"), lang="en")
+    role = {"prompter": "user", "assistant": "assistant"}
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps({"messages": [{"role": "system", "content": "Be kind."}] * (
+        i % 2) + [{"role": role[r], "content": t} for r, t in thread]}) + "\n"
+        for i, thread in enumerate(threads)))  # fmt: skip
+    script = load_script(NAME)
+    mine = script.build_threads(script.read_messages(str(chats)), "en")
+    assert mine == list(load_oasst(chats, lang="en")) and len(mine) == len(threads)
+    assert mine[1][0] == ("prompter", "Be kind.\n\n" + threads[1][0][1])

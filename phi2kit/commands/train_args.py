@@ -25,6 +25,7 @@ DATA_FORMATS |= dict.fromkeys(("webglm", "grpo"), 'JSON lines {"question", "answ
                               "validation.jsonl")  # fmt: skip
 DATA_FORMATS |= dict.fromkeys(("chat", "dpo"), "OASST1 messages (parquet or JSON lines, one a row) "
                               "or the export's *.trees.jsonl")
+DATA_FORMATS["chat"] += ', or your chats as JSON lines {"messages": [{"role", "content"}, ...]}'
 DATA_FORMATS["dpo"] += ', or your pairs as JSON lines {"prompt", "chosen", "rejected"}'
 #: ``--set`` keys that are the command's, not a recipe's (sentiment and classifier only).
 COMMAND_KEYS = {"n_eval": "int"}
@@ -233,6 +234,7 @@ data formats (--data PATH):
   webglm, grpo           JSON lines {{"question", "answer", "references": [...]}}: a folder
                          with train.jsonl and validation.jsonl, or one file
   chat, dpo              OASST1 messages (parquet or JSON lines) or a *.trees.jsonl export;
+                         chat also your chats: JSON lines {{"messages": [{{"role", "content"}}]}};
                          dpo also your pairs: JSON lines {{"prompt", "chosen", "rejected"}}
   dpo and grpo need --adapter: the chat (dpo) or webglm (grpo) adapter they go on training.
 

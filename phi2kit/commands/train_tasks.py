@@ -157,9 +157,9 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
 
 def _languages(path: Path | None) -> str:
     """The advice after too few threads in ``--lang``: the languages the messages hold."""
-    counts = Counter(m["lang"] for m in load_messages(path, skip_bad=True))
-    if set(counts) <= {None}:
-        return "; the messages have no lang field: pass --lang all"
+    counts = Counter(m["lang"] for m in load_messages(path, skip_bad=True) if m["lang"])
+    if not counts:  # no message has a language: --lang kept them all
+        return ""
     held = ", ".join(f"{lang} ({n})" for lang, n in counts.most_common(5) if lang is not None)
     return f"; the messages' languages: {held}: pass --lang with one of them, or --lang all"
 

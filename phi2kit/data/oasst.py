@@ -1,5 +1,6 @@
-"""OpenAssistant OASST1 (notebook 06): both published forms (HF rows, export ``*.trees.jsonl``) ->
-checked trees -> chat threads (walked by :mod:`phi2kit.chat`)."""
+"""OpenAssistant OASST1 (notebook 06): both published forms (HF rows, export ``*.trees.jsonl``),
+and your own chats (``{"messages": [...]}`` rows) -> checked trees -> chat threads (walked by
+:mod:`phi2kit.chat`)."""
 
 from __future__ import annotations
 
@@ -80,6 +81,24 @@ def _flatten_tree(tree: Any, path: str, line: int) -> list[dict]:
             raise DataError("expected a list", path=path, row=line, field="replies")
         stack.extend((reply, msg["message_id"]) for reply in reversed(replies))
     return out
+
+
+def _conversation(obj: Any, path: str, row: int) -> list[dict]:
+    """One ``{"messages": [{"role", "content"}, ...]}`` row (your own chats) as checked
+    messages of a one-path tree (:func:`phi2kit.chat.conversation_to_rows`)."""
+    turns = obj.get("messages") if isinstance(obj, dict) else None
+    if not isinstance(turns, list) or not turns:
+        raise DataError('expected a list of {"role", "content"} messages', path=path, row=row,
+                        field="messages")  # fmt: skip
+    for i, m in enumerate(turns):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not m["content"]:
+            raise DataError("content missing, empty or not text", path=path, row=row, field=where)
+        if m.get("role") not in ("user", "assistant", "system") or (m["role"] == "system" and i):
+            raise DataError(f"role {m.get('role')!r}: user or assistant (a system message only "
+                            "first)", path=path, row=row, field=where)  # fmt: skip
+    tree = f"line-{row}"
+    return [_normalize(m, path, row, tree) for m in chat.conversation_to_rows(turns, tree)]
 
 
 def _ready(obj: Any) -> bool:
@@ -188,7 +207,7 @@ def load_messages(path: str | os.PathLike[str] | None = None, *, split: str = "t
                             if file.is_dir() else "no such file", path=source)  # fmt: skip
         rows = _read_rows(file) if file.suffix in (".parquet", ".csv") else read_jsonl(file)
         first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
-        form = "trees" if "prompt" in first else "rows"
+        form = "trees" if "prompt" in first else "chats" if "messages" in first else "rows"
     if not rows:
         raise DataError("empty file: no messages", path=source)
 
@@ -202,6 +221,8 @@ def load_messages(path: str | os.PathLike[str] | None = None, *, split: str = "t
                 raise obj
             if form == "trees":
                 result.extend(_flatten_tree(obj, source, row_no))
+            elif form == "chats":
+                result.extend(_conversation(obj, source, row_no))
             else:
                 result.append(_normalize(obj, source, row_no))
     result.not_ready = len(not_ready)
