@@ -112,7 +112,8 @@ def read_pairs(path, lang=None):
                 "pairs {\"prompt\", \"chosen\", \"rejected\"}")  # fmt: skip
         for field in ("prompt", *REPLIES):
             if isinstance(obj.get(field), list):
-                bad(path, line, field, "a list of messages (trl's conversational form): pass text")
+                bad(path, line, field, "a list of messages (trl's conversational form): this "
+                    "script reads text (lesson 08 and phi2kit train dpo read both)")
             if field not in obj and field == "prompt" and "chosen" in obj:
                 bad(path, line, field, "missing (trl's implicit-prompt form, the prompt inside "
                     "chosen and rejected, is not read): give the prompt a field of its own")

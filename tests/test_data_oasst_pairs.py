@@ -247,8 +247,18 @@ def test_your_own_pairs_in_trls_format(tmp_path):
     ("line", "field", "detail"),
     [('{"prompt": "Q", "chosen": "A"}', "rejected", "missing, empty or not text"),
      ('{"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}',
-      "chosen", "a list of messages (trl's conversational form): pass text"),
-     ('{"chosen": "Q A", "rejected": "Q B"}', "prompt", "trl's implicit-prompt form is not read"),
+      "prompt", 'expected a list of {"role", "content"} messages'),  # text and messages mixed
+     ('{"prompt": [{"role": "user", "content": "Q"}], "chosen": [{"role": "user", "content": '
+      '"A"}], "rejected": [{"role": "assistant", "content": "B"}]}', "chosen",
+      "expected one assistant message, the reply"),
+     ('{"prompt": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], '
+      '"chosen": [{"role": "assistant", "content": "B"}], "rejected": [{"role": "assistant", '
+      '"content": "C"}]}', "prompt", "a user first and last"),
+     ('{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], '
+      '"rejected": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "B"}]}',
+      "rejected[0]", "role 'tool'"),
+     ('{"chosen": "Q A", "rejected": "Q B"}', "prompt",
+      "trl's implicit-prompt form is read as messages only"),
      ('{"prompt": "Q", "chosen": "A", "rejected": " A"}', "rejected", "the same text as chosen")],
 )  # fmt: skip
 def test_a_bad_row_of_your_own_pairs_is_named(tmp_path, line, field, detail):
@@ -258,6 +268,30 @@ def test_a_bad_row_of_your_own_pairs_is_named(tmp_path, line, field, detail):
         load_pairs(path)
     assert (err.value.row, err.value.field) == (2, field) and detail in err.value.detail
     assert len(load_pairs(path, skip_bad=True)) == 1
+
+
+def test_trls_conversational_pairs_read_as_the_text_pairs(tmp_path):
+    """trl's conversational preference form, with an explicit prompt or the implicit one (the
+    turns chosen and rejected share), gives the pairs its text form gives: the prompt in 06's
+    chat format, a leading system message before the first user turn."""
+    def msg(role, content):
+        return {"role": role, "content": content}
+
+    chat = [msg("user", "Hi"), msg("assistant", "Hello."), msg("user", "1 + 1?")]
+    rows = [{"prompt": [msg("system", "Be brief."), msg("user", "2 + 2?")],
+             "chosen": [msg("assistant", "4")], "rejected": [msg("assistant", "5")]},
+            {"chosen": [*chat, msg("assistant", "2")], "rejected": [*chat, msg("assistant", "3")]}]
+    path = tmp_path / "conversational.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = tmp_path / "text.jsonl"
+    text.write_text("".join(json.dumps(r) + "\n" for r in [
+        {"prompt": "Be brief.\n\n2 + 2?", "chosen": "4", "rejected": "5"},
+        {"prompt": "### Human: Hi\n### Assistant: Hello.\n### Human: 1 + 1?", "chosen": "2",
+         "rejected": "3"}]))  # fmt: skip
+    mine = load_pairs(path)
+    assert mine.own and [dict(p) for p in mine] == [dict(p) for p in load_pairs(text)]
+    assert mine[0]["prompt"] == "### Human: Be brief.\n\n2 + 2?\n### Assistant:"
+    assert (mine[1]["chosen"], mine[1]["rejected"]) == (" 2", " 3")
 
 
 def test_a_bad_first_pair_gets_the_pairs_error_not_oasst1s(tmp_path):

@@ -138,7 +138,8 @@ def test_rows_in_trls_format_and_the_split(tmp_path):
         ('{"prompt": "Q", "chosen": "A"}', "line 2, field 'rejected': missing"),
         ('{"prompt": "Q", "chosen": "A", "rejected": " A "}', "line 2, field 'rejected': the same"),
         ('{"prompt": "Q", "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}',
-         "line 2, field 'chosen': a list of messages (trl's conversational form): pass text"),
+         "line 2, field 'chosen': a list of messages (trl's conversational form): this script "
+         "reads text (lesson 08 and phi2kit train dpo read both)"),
         ('{"chosen": "Q A", "rejected": "Q B"}', "line 2, field 'prompt': missing (trl's "
          "implicit-prompt form, the prompt inside chosen and rejected, is not read)"),
         ('{"message_id": "m", "text": "hi", "role": "prompter"}', "line 2: an OASST1 message row"),

@@ -26,7 +26,8 @@ DATA_FORMATS |= dict.fromkeys(("webglm", "grpo"), 'JSON lines {"question", "answ
 DATA_FORMATS |= dict.fromkeys(("chat", "dpo"), "OASST1 messages (parquet or JSON lines, one a row) "
                               "or the export's *.trees.jsonl")
 DATA_FORMATS["chat"] += ', or your chats as JSON lines {"messages": [{"role", "content"}, ...]}'
-DATA_FORMATS["dpo"] += ', or your pairs as JSON lines {"prompt", "chosen", "rejected"}'
+DATA_FORMATS["dpo"] += (', or your pairs as JSON lines {"prompt", "chosen", "rejected"} (text or '
+                        "trl's conversational form)")
 #: ``--set`` keys that are the command's, not a recipe's (sentiment and classifier only).
 COMMAND_KEYS = {"n_eval": "int"}
 #: The LoRA settings: dpo and grpo train the adapter they start from, as it was made.
@@ -236,6 +237,7 @@ data formats (--data PATH):
   chat, dpo              OASST1 messages (parquet or JSON lines) or a *.trees.jsonl export;
                          chat also your chats: JSON lines {{"messages": [{{"role", "content"}}]}};
                          dpo also your pairs: JSON lines {{"prompt", "chosen", "rejected"}}
+                         (text, or trl's conversational form: lists of messages)
   dpo and grpo need --adapter: the chat (dpo) or webglm (grpo) adapter they go on training.
 
 --set keys:

@@ -83,20 +83,25 @@ def _flatten_tree(tree: Any, path: str, line: int) -> list[dict]:
     return out
 
 
-def _conversation(obj: Any, path: str, row: int) -> list[dict]:
-    """One ``{"messages": [{"role", "content"}, ...]}`` row (your own chats) as checked
-    messages of a one-path tree (:func:`phi2kit.chat.conversation_to_rows`)."""
-    turns = obj.get("messages") if isinstance(obj, dict) else None
+def check_messages(turns: Any, path: str, row: int, field: str = "messages") -> list[dict]:
+    """``turns`` if it is a list of ``{"role", "content"}`` messages (trl's and OpenAI's chat
+    format: user, assistant, a system message only first), else :class:`DataError`."""
     if not isinstance(turns, list) or not turns:
         raise DataError('expected a list of {"role", "content"} messages', path=path, row=row,
-                        field="messages")  # fmt: skip
+                        field=field)  # fmt: skip
     for i, m in enumerate(turns):
-        where = f"messages[{i}]"
+        where = f"{field}[{i}]"
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not m["content"]:
             raise DataError("content missing, empty or not text", path=path, row=row, field=where)
         if m.get("role") not in ("user", "assistant", "system") or (m["role"] == "system" and i):
             raise DataError(f"role {m.get('role')!r}: user or assistant (a system message only "
                             "first)", path=path, row=row, field=where)  # fmt: skip
+    return turns
+
+
+def _conversation(obj: Any, path: str, row: int) -> list[dict]:
+    """One ``{"messages": [...]}`` row (your own chats) as messages of a one-path tree."""
+    turns = check_messages(obj.get("messages") if isinstance(obj, dict) else None, path, row)
     tree = f"line-{row}"
     return [_normalize(m, path, row, tree) for m in chat.conversation_to_rows(turns, tree)]
 

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from phi2kit.chat import ASSISTANT, HUMAN, format_chat  # notebook 06's chat format
+from phi2kit.chat import ASSISTANT, HUMAN, conversation_to_rows, format_chat  # notebook 06's
 from phi2kit.data.files import DataError, LoadResult, read_jsonl
-from phi2kit.data.oasst import HUB_ID, ROLES, load_messages
+from phi2kit.data.oasst import HUB_ID, ROLES, check_messages, load_messages
 
 #: Why a ranked reply is in no pair. "one reply": the only usable ranked reply to its
 #: prompt; "tie": its prompt's best rank is shared, so there is no single chosen reply.
@@ -128,26 +128,49 @@ def _too_long(pair: dict, max_length: int | None, count_tokens: Callable | None)
         count_tokens(pair["prompt"] + pair[k]) + 1 for k in REPLIES) > max_length
 
 
+def _as_text(obj: dict, path: str, row: int) -> dict:
+    """A pair in trl's conversational form (lists of ``{"role", "content"}``; with no
+    ``prompt``, the turns chosen and rejected share) as text: the prompt in 06's chat format."""
+    chosen, rejected, prompt = obj.get("chosen"), obj.get("rejected"), obj.get("prompt")
+    if prompt is None and isinstance(chosen, list) and isinstance(rejected, list):
+        n = 0  # trl's implicit prompt: every turn before the two replies part
+        while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
+            n += 1
+        prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
+    for field, turns in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
+        check_messages(turns, path, row, field)
+        if field != "prompt" and [m["role"] for m in turns] != ["assistant"]:
+            raise DataError("expected one assistant message, the reply", path=path, row=row,
+                            field=field)  # fmt: skip
+    turns = [(m["role"], m["text"]) for m in conversation_to_rows(prompt, row)]
+    if [r for r, _ in turns] != ["prompter", "assistant"] * (len(turns) // 2) + ["prompter"]:
+        raise DataError("user and assistant must take turns, a user first and last",
+                        path=path, row=row, field="prompt")  # fmt: skip
+    return {"prompt": format_chat(turns), "chosen": chosen[0]["content"],
+            "rejected": rejected[0]["content"]}
+
+
 def preference_rows(rows: list[tuple[int, Any]], source: str, *, skip_bad: bool = False,
                     max_length: int | None = None,
                     count_tokens: Callable[[str], int] | None = None) -> Pairs:  # fmt: skip
-    """Your own pairs in trl's preference format, ``{"prompt", "chosen", "rejected"}`` (text):
-    a bare prompt is put in notebook 06's chat format, a repeated pair is counted and left out,
-    and a pair whose prompt continues another's (a later turn of one chat) shares its ``tree``,
-    so that one chat goes to one split."""
+    """Your own pairs in trl's preference format, ``{"prompt", "chosen", "rejected"}`` (text,
+    or conversational: :func:`_as_text`): a bare prompt is put in notebook 06's chat format, a
+    repeated pair is counted and left out, and a pair whose prompt continues another's (a later
+    turn of one chat) shares its ``tree``, so that one chat goes to one split."""
     pairs, seen = Pairs(skip_bad=skip_bad), set()
     pairs.own = True
     for row, obj in rows:
         with pairs.row():
             if isinstance(obj, DataError):
                 raise obj
+            if isinstance(obj, dict) and any(isinstance(obj.get(k), list) for k in obj):
+                obj = _as_text(obj, source, row)  # trl's conversational form
             for field in ("prompt", *REPLIES):
                 value = obj.get(field) if isinstance(obj, dict) else None
                 if not isinstance(value, str) or not value.strip():
-                    why = ("a list of messages (trl's conversational form): pass text"
-                           if isinstance(value, list) else "missing, empty or not text")
+                    why = "missing, empty or not text"
                     if field == "prompt" and value is None and isinstance(obj, dict):
-                        why += " (trl's implicit-prompt form is not read: give it a field)"
+                        why += " (trl's implicit-prompt form is read as messages only)"
                     raise DataError(why, path=source, row=row, field=field)
             if obj["chosen"].strip() == obj["rejected"].strip():
                 raise DataError("the same text as chosen: nothing to prefer", path=source,
