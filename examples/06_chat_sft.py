@@ -90,11 +90,14 @@ def read_messages(path):
             lines = f.read().split("\n")  # not splitlines: a JSON string may hold U+2028
     except UnicodeDecodeError:  # e.g. a .gz or .parquet: this script reads plain JSON lines
         bad(path, None, None, "not UTF-8 text; pass plain JSON lines (unpack a .gz first)")
+    if "".join(lines).lstrip().startswith("["):
+        bad(path, None, None, "a JSON array: this reads JSON lines, one object per line")
     for line, text in enumerate(lines, start=1):
         try:
             obj = json.loads(text.rstrip()) if text.strip() else {"skip": True}
         except json.JSONDecodeError as e:  # its msg may end in "at": the column follows
-            bad(path, line, None, f"not JSON ({e.msg.removesuffix(' at')} at column {e.colno})")
+            bad(path, line, None, f"not JSON ({e.msg.removesuffix(' at')} at column {e.colno}); "
+                "--data needs one JSON object a line")
         if not isinstance(obj, dict):
             bad(path, line, None, "not a JSON object")
         elif obj.get("tree_state") not in (None, "ready_for_export"):
@@ -105,6 +108,9 @@ def read_messages(path):
             messages += flatten(obj["prompt"], line)
         elif "messages" in obj:  # your own chats: one conversation per line
             messages += chat_rows(obj["messages"], path, line)
+        elif not {"message_id", "text", "skip"} & set(obj):  # e.g. ShareGPT's "conversations"
+            bad(path, line, None, f"the fields {', '.join(list(obj)[:4])}: not a form this reads; "
+                'pass OASST1 rows or trees, or chats {"messages": [{"role", "content"}, ...]}')
         elif "skip" not in obj:  # the hub's rows: one message per line
             messages.append(message(obj, line, obj.get("parent_id") or None))
     ids = {m["message_id"] for m in messages}

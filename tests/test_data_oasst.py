@@ -373,8 +373,8 @@ def test_own_chats_give_the_threads_they_hold_in_the_lesson_and_the_loader(tmp_p
     ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "system", "content": "x"}]}',
      "messages[1]", "a system message only first"),
     ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hey"}]}',
-     "role", "roles do not alternate"),
-    ('{"messages": [{"role": "assistant", "content": "Hi"}]}', "role", "starts with an assistant"),
+     "messages[1]", "user and assistant take turns, a user first"),
+    ('{"messages": [{"role": "assistant", "content": "Hi"}]}', "messages[0]", "a user first"),
 ])  # fmt: skip
 def test_a_bad_chat_names_its_line_and_field(tmp_path, line, field, why):
     chats = tmp_path / "chats.jsonl"
@@ -384,6 +384,20 @@ def test_a_bad_chat_names_its_line_and_field(tmp_path, line, field, why):
         load_oasst(chats)
     assert (err.value.row, err.value.field) == (2, field) and why in str(err.value), str(err.value)
     assert len(load_oasst(chats, skip_bad=True)) == 1  # the good chat stays
+
+
+@pytest.mark.parametrize(("content", "said"), [
+    ('{"conversations": [{"from": "human", "value": "Hi"}]}\n',  # ShareGPT's form
+     "its rows have the fields conversations: not a chat form this reads; pass OASST1"),
+    ('[\n  {"messages": [{"role": "user", "content": "Hi"}]}\n]\n',
+     "a JSON array: this reads JSON lines, one object per line"),
+])  # fmt: skip
+def test_a_file_in_another_form_is_named_not_blamed_on_a_field(tmp_path, content, said):
+    path = tmp_path / "mine.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError) as err:
+        load_oasst(path)
+    assert said in str(err.value) and err.value.field is None, str(err.value)
 
 
 def test_lesson_cells_equal_phi2kit_chat():

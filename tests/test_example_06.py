@@ -64,6 +64,8 @@ def test_learns_on_the_tiny_model(tmp_path):
          "field 'messages[0]': content missing"),
         ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hey"}]}',
          "field 'messages[1]': role 'user': user and assistant take turns, a user first"),
+        ('{"conversations": [{"from": "human", "value": "Hi"}]}',  # ShareGPT's form
+         "line 2: the fields conversations: not a form this reads; pass OASST1 rows or trees"),
     ],
 )  # fmt: skip
 def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, expect):

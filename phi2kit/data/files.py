@@ -117,6 +117,9 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, Any]]:
     except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # named .gz, but not (all) gzip
         raise DataError(f"not a complete gzip file ({exc}): pass the file as downloaded, or "
                         "its unpacked .jsonl", path=path) from None
+    if text.lstrip().startswith("["):  # one JSON array (maybe indented), not JSON lines
+        raise DataError("a JSON array: this reads JSON lines, one object per line (write "
+                        "each with json.dumps(row) + '\\n')", path=path)  # fmt: skip
     out: list[tuple[int, Any]] = []
     for line_no, line in enumerate(text.split("\n"), start=1):
         if line.strip():

@@ -14,6 +14,9 @@ from phi2kit import chat
 from phi2kit.data.files import DataError, LoadResult, hub_rows, read_jsonl
 
 HUB_ID = "OpenAssistant/oasst1"
+#: What the loader reads, said when a file holds none of it (e.g. ShareGPT's "conversations").
+FORMS = ('pass OASST1 message rows (message_id, parent_id, text, role), its *.trees.jsonl, or '
+         'your chats as JSON lines {"messages": [{"role": "user", "content": ...}, ...]}')
 ROLES = ("prompter", "assistant")
 #: A finished tree. The export's ``*_all`` files also hold trees still growing, aborted for
 #: low quality or halted by a moderator; OpenAssistant's own training code skips them too.
@@ -102,6 +105,11 @@ def check_messages(turns: Any, path: str, row: int, field: str = "messages") -> 
 def _conversation(obj: Any, path: str, row: int) -> list[dict]:
     """One ``{"messages": [...]}`` row (your own chats) as messages of a one-path tree."""
     turns = check_messages(obj.get("messages") if isinstance(obj, dict) else None, path, row)
+    system = turns[0]["role"] == "system"
+    for i, m in enumerate(turns[system:], start=system):
+        if m["role"] != ("user", "assistant")[(i - system) % 2]:
+            raise DataError(f"role {m['role']!r}: user and assistant take turns, a user first",
+                            path=path, row=row, field=f"messages[{i}]")  # fmt: skip
     tree = f"line-{row}"
     return [_normalize(m, path, row, tree) for m in chat.conversation_to_rows(turns, tree)]
 
@@ -213,6 +221,10 @@ def load_messages(path: str | os.PathLike[str] | None = None, *, split: str = "t
         rows = _read_rows(file) if file.suffix in (".parquet", ".csv") else read_jsonl(file)
         first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
         form = "trees" if "prompt" in first else "chats" if "messages" in first else "rows"
+        if first and form == "rows" and not {"message_id", "text"} & set(first):
+            fields = ", ".join(map(str, list(first)[:4]))
+            raise DataError(f"its rows have the fields {fields}: not a chat form this reads; "
+                            f"{FORMS}", path=source)  # fmt: skip
     if not rows:
         raise DataError("empty file: no messages", path=source)
 
