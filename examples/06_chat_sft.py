@@ -230,9 +230,13 @@ def main(argv=None):
         sys.exit(print(f"error: --output-dir {out} is not empty: pass another, or remove it",
                        file=sys.stderr) or 2)
     threads = build_threads(read_messages(args.data), args.lang or None)  # before any model loads
+    unique = [list(t) for t in dict.fromkeys(map(tuple, threads))]  # a repeat: in train and eval
+    print(f"{len(threads)} threads, {len(threads) - len(unique)} repeats left out")
+    threads = unique
     if len(threads) <= args.n_eval:
-        bad(args.data, None, None, f"{len(threads)} threads in {args.lang!r}, need more than "
-            f"--n-eval {args.n_eval}: lower it (e.g. --n-eval {max(1, len(threads) // 5)})")
+        bad(args.data, None, None, f"{len(threads)} threads in {args.lang!r} (or of no language), "
+            f"need more than --n-eval {args.n_eval}: lower it (e.g. --n-eval "
+            f"{max(1, len(threads) // 5)})")
     gpu = None if not torch.cuda.is_available() else (
         "ampere" if torch.cuda.is_bf16_supported(including_emulation=False) else "t4")
     quant, lora, sft = build_configs(args, gpu)

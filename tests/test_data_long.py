@@ -69,7 +69,7 @@ def write_oasst_export(path: Path, n_threads: int, turns: int = TURNS) -> Path:
                 node = {
                     "message_id": f"t{t}-m{k}",
                     "role": role,
-                    "text": f"Turn {k}. "
+                    "text": f"Turn {k} of thread {t}. "  # threads differ: a repeat is left out
                     + long_text(t + k, SHORT_CHARS if k % 6 in (4, 5) else TURN_CHARS),
                     "lang": "en",
                     "rank": 0 if role == "assistant" else None,

@@ -155,3 +155,18 @@ def test_own_chats_read_as_the_lesson_and_phi2kit_train_read_them(tmp_path):
     mine = script.build_threads(script.read_messages(str(chats)), "en")
     assert mine == list(load_oasst(chats, lang="en")) and len(mine) == len(threads)
     assert mine[1][0] == ("prompter", "Be kind.\n\n" + threads[1][0][1])
+
+
+def test_a_repeated_conversation_is_left_out_and_counted(tmp_path, capsys):
+    """The same chat twice could land in train and in eval: it is kept once, and said."""
+    def chat(question, answer):
+        return {"messages": [{"role": "user", "content": question},
+                             {"role": "assistant", "content": answer}]}  # fmt: skip
+
+    hi, bye = chat("Hi", "Yo"), chat("Bye", "!")
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(c) + "\n" for c in (hi, bye, hi)))
+    argv = ["--model", str(tmp_path / "no-model"), "--data", str(data), "--n-eval", "1"]
+    with pytest.raises(SystemExit):
+        load_script(NAME).main([*argv, "--output-dir", str(tmp_path / "out")])
+    assert "3 threads, 1 repeats left out" in capsys.readouterr().out

@@ -129,6 +129,8 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
     dropped to fit ``max_length`` (never the reply); threads (not turns) split train/eval."""
     loaded = load_oasst(path, lang=setup.lang)
     _say_not_ready(loaded.not_ready)
+    if loaded.repeated:  # a repeat could land in train and in eval
+        print(f"phi2kit train: {loaded.repeated} repeated threads left out")
     threads = list(loaded)
     if len(threads) < 2:
         other = "" if setup.lang is None else _languages(path)

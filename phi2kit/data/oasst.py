@@ -250,9 +250,12 @@ def load_oasst(path: str | os.PathLike[str] | None = None, *, lang: str | None =
                skip_bad: bool = False, split: str = "train",
                hub_id: str = HUB_ID) -> LoadResult:  # fmt: skip
     """:func:`load_messages` then :func:`build_threads`: OASST1's main threads, with the bad
-    rows and trees (``problems``) and the unfinished trees (``not_ready``) left out."""
+    rows and trees (``problems``), the unfinished trees (``not_ready``) and a thread that
+    repeats an earlier one (``repeated``: it could land in train and in test) left out."""
     messages = load_messages(path, split=split, hub_id=hub_id, skip_bad=skip_bad)
     threads = build_threads(messages, lang, skip_bad=skip_bad)
     threads.problems[:0] = messages.problems
     threads.not_ready = messages.not_ready
+    unique = [list(t) for t in dict.fromkeys(map(tuple, threads))]  # as notebook 06
+    threads.repeated, threads[:] = len(threads) - len(unique), unique
     return threads
