@@ -236,14 +236,26 @@ def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None =
 
 def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
                   seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:  # fmt: skip
-    """Train, eval and test pairs, each tree in one split (so no prompt is in two): shuffled
-    trees go to test, then eval, until each holds ``n_test`` and ``n_eval`` pairs, or a fifth
-    of the pairs where that is fewer (a small file of your own keeps most pairs to train)."""
-    trees = list(dict.fromkeys(p["tree"] for p in pairs))
+    """Train, eval and test pairs, each tree in one split (so no prompt is in two), and trees
+    that hold the same pair (one exchange asked twice) in the same one: shuffled trees go to
+    test, then eval, until each holds ``n_test`` and ``n_eval`` pairs, or a fifth of the pairs
+    where that is fewer (a small file of your own keeps most pairs to train)."""
+    joined: dict[Any, Any] = {}  # tree -> a tree it shares a pair with (union-find)
+
+    def group(tree: Any) -> Any:
+        while joined.setdefault(tree, tree) != tree:
+            tree = joined[tree]
+        return tree
+
+    first: dict[tuple, Any] = {}
+    for p in pairs:
+        other = first.setdefault((p["prompt"], p["chosen"], p["rejected"]), p["tree"])
+        joined[group(p["tree"])] = group(other)
+    trees = list(dict.fromkeys(group(p["tree"]) for p in pairs))
     random.Random(seed).shuffle(trees)
     by_tree: dict[Any, list[dict]] = {}
     for p in pairs:
-        by_tree.setdefault(p["tree"], []).append(p)
+        by_tree.setdefault(group(p["tree"]), []).append(p)
     splits: list[list[dict]] = [[], [], []]  # test, eval, train
     wanted = [min(n, max(1, len(pairs) // 5)) for n in (n_test, n_eval)]
     for tree in trees:
