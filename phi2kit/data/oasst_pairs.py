@@ -163,9 +163,10 @@ def preference_rows(rows: list[tuple[int, Any]], source: str, *, skip_bad: bool 
         with pairs.row():
             if isinstance(obj, DataError):
                 raise obj
-            if isinstance(obj, dict) and any(isinstance(obj.get(k), list) for k in obj):
+            fields = ("prompt", *REPLIES)
+            if isinstance(obj, dict) and any(isinstance(obj.get(k), list) for k in fields):
                 obj = _as_text(obj, source, row)  # trl's conversational form
-            for field in ("prompt", *REPLIES):
+            for field in fields:
                 value = obj.get(field) if isinstance(obj, dict) else None
                 if not isinstance(value, str) or not value.strip():
                     why = "missing, empty or not text"
