@@ -245,6 +245,22 @@ def test_cli_prints_table_and_verdict(capsys):
     assert "does not fit" in capsys.readouterr().out
 
 
+def test_cli_says_when_the_lessons_evaluation_generate_does_not_fit(capsys):
+    """04 and 06 generate on the trained model after training: at 2,048 tokens the training
+    step fits a T4, their 8 prompts at a time do not; the command says how many would."""
+    args = _parser().parse_args(["plan", "--task", "webglm"])
+    assert run_plan(args) == 0
+    assert "evaluation generate (8 prompts of up to 1024 tokens, 256 new, at a time): 11.46 GB, " \
+        "fits" in capsys.readouterr().out
+    args = _parser().parse_args(["plan", "--task", "webglm", "--max-length", "2048"])
+    assert run_plan(args) == 1
+    out = capsys.readouterr().out
+    assert "fits: 7.64 GB of 15 GB" in out
+    assert "does not fit; 4 at a time would (04: GEN_BATCH = 4" in out
+    args = _parser().parse_args(["plan", "--task", "sentiment"])
+    assert run_plan(args) == 0 and "evaluation generate" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     "argv, said",
     [
@@ -271,12 +287,12 @@ def test_cli_refuses_nonsense_in_one_line(argv, said, capsys):
 def test_cpu_profile_says_the_device_is_the_flag(capsys):
     """On a CPU profile the table's device row is --device-gb, not a device the run uses."""
     for profile, note in (("tiny", True), ("t4-cpu", True), ("t4", False)):
-        args = _parser().parse_args(["plan", "--profile", profile, "--device-gb", "9"])
-        assert run_plan(args) == 0
+        args = _parser().parse_args(["plan", "--profile", profile, "--device-gb", "12"])
+        assert run_plan(args) == 0  # 12: the T4 recipe's evaluation generate fits (11.46 GB)
         out = capsys.readouterr().out
         assert out.startswith(f"webglm on {profile}\n")
         assert (f"({profile} trains on the CPU" in out) is note
-        assert ("the device is --device-gb, 9 GB" in out) is note
+        assert ("the device is --device-gb, 12 GB" in out) is note
 
 
 def test_a_device_smaller_than_the_weights_fits_at_no_setting(capsys):

@@ -108,4 +108,18 @@ def run_plan(args: argparse.Namespace) -> int:
     if not profile.requires_cuda:
         print(f"({profile.name} trains on the CPU: this is the GPU memory the same step would "
               f"take; the device is --device-gb, {args.device_gb:g} GB)")
-    return 0 if est.fits else 1
+    from phi2kit.plan import _resolve
+    from phi2kit.plan.course import EVAL_GENERATION, eval_generation_gb
+
+    cfg = _resolve(args.profile)[0]
+    gen = eval_generation_gb(est, recipe, cfg)
+    if gen:  # 04 and 06 then generate on the trained model: its KV cache can take more
+        calls, new = EVAL_GENERATION[args.task]
+        n = next((n for n in range(calls, 0, -1)
+                  if eval_generation_gb(est, recipe, cfg, n) <= args.device_gb), 0)  # fmt: skip
+        fewer = (f"does not fit; {n} at a time would (04: GEN_BATCH = {n}; 06: generate(..., "
+                 f"batch_size={n}))" if n else "does not fit one at a time: lower --max-length")
+        fits = "fits" if n == calls else fewer
+        print(f"the lesson's evaluation generate ({calls} prompts of up to {recipe.max_length} "
+              f"tokens, {new} new, at a time): {gen:.2f} GB, {fits}")
+    return 0 if est.fits and gen <= args.device_gb else 1

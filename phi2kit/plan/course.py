@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 from phi2kit.footprint import GB, count_parameters, phi2_config, weight_bytes
 from phi2kit.plan import ALLOCATOR_SLACK, CUDA_CONTEXT_GB, cache_bytes, estimate, generation_gb
@@ -51,6 +52,19 @@ COURSE = [  # notebook, what it teaches, task (None: no training)
      "is the reference, ORPO beside it on the tiny profile", "dpo"),
     ("09_grpo_rewards", "GRPO on 04's checks as rewards, reward hacking and its guards", "grpo"),
 ]  # fmt: skip
+
+
+def eval_generation_gb(est: Any, recipe: Any, cfg: Any, calls: int | None = None) -> float:
+    """GPU GB of 04's or 06's evaluation ``generate`` (:data:`EVAL_GENERATION`; ``calls``
+    prompts at a time) on the model trained as ``est`` plans it: its weights and adapter,
+    the cache, and on a GPU the context and slack; 0 for the other tasks."""
+    if recipe.task not in EVAL_GENERATION:
+        return 0.0
+    default, new = EVAL_GENERATION[recipe.task]
+    held = sum(v for k, v in est.parts.items() if k.startswith(("base", "LoRA w")))
+    held += generation_gb(cfg, calls or default, recipe.max_length, new,
+                          cache_bytes(recipe, est.settings["dtype"]), est.settings["attn"])
+    return held + (CUDA_CONTEXT_GB + ALLOCATOR_SLACK * held if est.parts["overhead"] else 0.0)
 
 
 def train_minutes(
@@ -102,13 +116,7 @@ def course_rows() -> list[tuple[str, str, str, str]]:
         else:
             recipe = get_recipe(task, "t4")
             est = estimate("t4", recipe)
-            gb = est.total_gb
-            if task in EVAL_GENERATION:  # the trained model generates: weights + the cache
-                calls, new = EVAL_GENERATION[task]
-                held = sum(v for k, v in est.parts.items() if k.startswith(("base", "LoRA w")))
-                held += generation_gb(phi2_config(), calls, recipe.max_length, new,
-                                      cache_bytes(recipe, "float16"), est.settings["attn"])
-                gb = max(gb, CUDA_CONTEXT_GB + (1 + ALLOCATOR_SLACK) * held)
+            gb = max(est.total_gb, eval_generation_gb(est, recipe, phi2_config()))
             if task == "classifier":  # 03 trains LoRA on the fp16 base, then QLoRA
                 gb = max(gb, estimate("t4", replace(recipe, quantize_4bit=False)).total_gb)
             minutes = course_minutes(task)
