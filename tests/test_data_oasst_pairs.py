@@ -268,7 +268,7 @@ def test_your_own_pairs_in_trls_format(tmp_path):
       '"content": "C"}]}', "prompt", "a user first and last"),
      ('{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], '
       '"rejected": [{"role": "user", "content": "Q"}, {"role": "tool", "content": "B"}]}',
-      "rejected[0]", "role 'tool'"),
+      "rejected[1]", "role 'tool'"),  # its place in the file, after the shared turn
      ('{"chosen": "Q A", "rejected": "Q B"}', "prompt",
       "trl's implicit-prompt form is read as messages only"),
      ('{"prompt": "Q", "chosen": "A", "rejected": " A"}', "rejected", "the same text as chosen")],

@@ -86,30 +86,34 @@ def _flatten_tree(tree: Any, path: str, line: int) -> list[dict]:
     return out
 
 
-def check_messages(turns: Any, path: str, row: int, field: str = "messages") -> list[dict]:
+def check_messages(turns: Any, path: str, row: int, field: str = "messages", *,
+                   alternate: bool = True, start: int = 0) -> list[dict]:  # fmt: skip
     """``turns`` if it is a list of ``{"role", "content"}`` messages (trl's and OpenAI's chat
-    format: user, assistant, a system message only first), else :class:`DataError`."""
+    format: user, assistant, a system message only first; with ``alternate``, user and assistant
+    take turns from a user), else :class:`DataError`. ``start``: where ``turns`` begins in the
+    row's list (trl's implicit prompt), for the field the error names."""
     if not isinstance(turns, list) or not turns:
         raise DataError('expected a list of {"role", "content"} messages', path=path, row=row,
                         field=field)  # fmt: skip
+    system = isinstance(turns[0], dict) and turns[0].get("role") == "system"
     for i, m in enumerate(turns):
-        where = f"{field}[{i}]"
+        where = f"{field}[{start + i}]"
         if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not m["content"]:
             raise DataError("content missing, empty or not text", path=path, row=row, field=where)
-        if m.get("role") not in ("user", "assistant", "system") or (m["role"] == "system" and i):
-            raise DataError(f"role {m.get('role')!r}: user or assistant (a system message only "
-                            "first)", path=path, row=row, field=where)  # fmt: skip
+        role = m.get("role")
+        if alternate and role != ("system" if system and i == 0 else
+                                  ("user", "assistant")[(i - system) % 2]):  # fmt: skip
+            raise DataError(f"role {role!r}: user and assistant take turns, a user first (a "
+                            "system message only first)", path=path, row=row, field=where)
+        if role not in ("user", "assistant", "system") or (role == "system" and i):
+            raise DataError(f"role {role!r}: user or assistant (a system message only first)",
+                            path=path, row=row, field=where)  # fmt: skip
     return turns
 
 
 def _conversation(obj: Any, path: str, row: int) -> list[dict]:
     """One ``{"messages": [...]}`` row (your own chats) as messages of a one-path tree."""
     turns = check_messages(obj.get("messages") if isinstance(obj, dict) else None, path, row)
-    system = turns[0]["role"] == "system"
-    for i, m in enumerate(turns[system:], start=system):
-        if m["role"] != ("user", "assistant")[(i - system) % 2]:
-            raise DataError(f"role {m['role']!r}: user and assistant take turns, a user first",
-                            path=path, row=row, field=f"messages[{i}]")  # fmt: skip
     tree = f"line-{row}"
     return [_normalize(m, path, row, tree) for m in chat.conversation_to_rows(turns, tree)]
 

@@ -132,20 +132,21 @@ def _as_text(obj: dict, path: str, row: int) -> dict:
     """A pair in trl's conversational form (lists of ``{"role", "content"}``; with no
     ``prompt``, the turns chosen and rejected share) as text: the prompt in 06's chat format."""
     chosen, rejected, prompt = obj.get("chosen"), obj.get("rejected"), obj.get("prompt")
+    n = 0  # where the replies begin in chosen and rejected
     if prompt is None and isinstance(chosen, list) and isinstance(rejected, list):
-        n = 0  # trl's implicit prompt: every turn before the two replies part
         while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-            n += 1
+            n += 1  # trl's implicit prompt: every turn before the two replies part
         prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
-    for field, turns in (("prompt", prompt), ("chosen", chosen), ("rejected", rejected)):
-        check_messages(turns, path, row, field)
-        if field != "prompt" and [m["role"] for m in turns] != ["assistant"]:
+    check_messages(prompt, path, row, "prompt")  # user and assistant take turns from a user
+    if prompt[-1]["role"] != "user":
+        raise DataError("user and assistant must take turns, a user first and last",
+                        path=path, row=row, field="prompt")  # fmt: skip
+    for field, turns in (("chosen", chosen), ("rejected", rejected)):
+        check_messages(turns, path, row, field, alternate=False, start=n)
+        if [m["role"] for m in turns] != ["assistant"]:
             raise DataError("expected one assistant message, the reply", path=path, row=row,
                             field=field)  # fmt: skip
     turns = [(m["role"], m["text"]) for m in conversation_to_rows(prompt, row)]
-    if [r for r, _ in turns] != ["prompter", "assistant"] * (len(turns) // 2) + ["prompter"]:
-        raise DataError("user and assistant must take turns, a user first and last",
-                        path=path, row=row, field="prompt")  # fmt: skip
     return {"prompt": format_chat(turns), "chosen": chosen[0]["content"],
             "rejected": rejected[0]["content"]}
 
