@@ -249,10 +249,18 @@ def main(argv=None):
         sys.exit(print(f"error: --model {args.model}: no such folder; as a hub id: {err}"
                        .splitlines()[0], file=sys.stderr) or 2)
     tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
-    splits = {"train": threads[:-args.n_eval], "eval": threads[-args.n_eval:]}
-    data = {name: Dataset.from_list([ex for t in part for ex in to_examples(t, tokenizer,
-                                                                            args.max_length)])
-            for name, part in splits.items()}
+    groups = {}  # threads that open with the same question go to one split
+    for t in threads:
+        groups.setdefault(t[0][1].strip(), []).append(t)
+    train, evals = list(groups.values()), []
+    while len(train) > 1 and sum(map(len, evals)) < args.n_eval:  # the last groups to eval
+        evals.insert(0, train.pop())
+    if not evals:
+        bad(args.data, None, None, "every thread opens with the same question: need at least "
+            "two different ones (train and eval)")
+    data = {name: Dataset.from_list([ex for g in part for t in g
+                                     for ex in to_examples(t, tokenizer, args.max_length)])
+            for name, part in (("train", train), ("eval", evals))}
     AttentionInterface.register("fp32_eager", fp32_attention)
     AttentionMaskInterface.register("fp32_eager", eager_mask)
     set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter

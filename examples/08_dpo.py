@@ -133,15 +133,16 @@ def read_pairs(path, lang=None):
 
 
 def split(pairs, n_eval):
-    """(train, eval): whole conversations (a tree, or a chat's turns) to one side, the last
-    ones in the file to eval until it holds ``n_eval`` pairs or more."""
+    """(train, eval): whole conversations (a tree, or a chat's turns) to one side, the last to
+    eval until it holds ``n_eval`` pairs or more, less those whose prompt train holds."""
     groups = {}
     for pair in pairs:
         groups.setdefault(pair["group"], []).append(pair)
     train, evals = list(groups.values()), []
     while train and sum(map(len, evals)) < n_eval:
         evals.insert(0, train.pop())
-    return [p for g in train for p in g], [p for g in evals for p in g]
+    seen = {p["prompt"] for g in train for p in g}  # a question can open several trees
+    return [p for g in train for p in g], [p for g in evals for p in g if p["prompt"] not in seen]
 
 
 def fit_and_split(pairs, trees, tokenizer, args):

@@ -170,3 +170,30 @@ def test_a_repeated_conversation_is_left_out_and_counted(tmp_path, capsys):
     with pytest.raises(SystemExit):
         load_script(NAME).main([*argv, "--output-dir", str(tmp_path / "out")])
     assert "3 threads, 1 repeats left out" in capsys.readouterr().out
+
+
+def test_eval_opens_with_no_question_train_opens_with(tmp_path, monkeypatch):
+    """Threads that open with the same question go to one split: eval scores no prompt that
+    train holds (on the sample, split thread by thread, most eval examples were train ones)."""
+    def chat(question, answer):
+        return {"messages": [{"role": "user", "content": question},
+                             {"role": "assistant", "content": answer}]}  # fmt: skip
+
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps(chat(q, f"A{i}")) + "\n"
+                            for i, q in enumerate(["Hi", "Yo", "Hi", "Hi"])))  # fmt: skip
+    script, made = load_script(NAME), []
+
+    class Built(Exception):  # both splits made: stop before any model loads
+        pass
+
+    def from_list(rows):
+        made.append([r["completion"] for r in rows])
+        if len(made) == 2:
+            raise Built
+
+    monkeypatch.setattr(script.Dataset, "from_list", staticmethod(from_list))
+    argv = ["--model", str(TINY), "--data", str(data), "--n-eval", "1", "--no-4bit"]
+    with pytest.raises(Built):
+        script.main([*argv, "--output-dir", str(tmp_path / "out")])
+    assert made == [[" A0", " A2", " A3"], [" A1"]]  # the old split scored "Hi" (A3) on eval

@@ -588,6 +588,27 @@ def test_chat_examples_fit_max_length_as_notebook_06_fits_them(tmp_path, capsys)
         load_data(Setup("chat", profile, tiny, data=str(sample_path("oasst1"))))
 
 
+def test_chat_eval_opens_with_no_question_train_opens_with(tmp_path):
+    """The sample asks each question in several threads: split thread by thread, eval examples
+    were train examples too. Threads that open alike go to one split, as in notebook 06."""
+    from phi2kit.commands.train_args import Setup
+    from phi2kit.commands.train_tasks import load_data
+    from phi2kit.data import sample_path
+    from phi2kit.profiles import get_profile
+    from phi2kit.recipes import get_recipe
+
+    profile = get_profile("tiny")
+    data = load_data(Setup("chat", profile, get_recipe("chat", profile),
+                           data=str(sample_path("oasst1"))))  # fmt: skip
+    opening = lambda rows: {p.split("\n### Assistant:")[0] for p in rows["prompt"]}  # noqa: E731
+    assert len(data.eval) and not opening(data.eval) & opening(data.train)
+    same = tmp_path / "hi.jsonl"  # every chat opens with "Hi": no eval that is not a train one
+    same.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {
+        "role": "assistant", "content": f"Hello {i}"}]}) + "\n" for i in range(5)))  # fmt: skip
+    with pytest.raises(DataError, match="open with the same question: need at least 2"):
+        load_data(Setup("chat", profile, get_recipe("chat", profile), data=str(same)))
+
+
 def test_resume_checks_the_data_by_content_not_by_the_path_typed(tmp_path, capsys, monkeypatch):
     """The same file by another path resumes; another file of the same name is refused."""
     sample = ROOT / "data" / "financial_news" / "all-data.csv"

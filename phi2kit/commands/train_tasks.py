@@ -1,5 +1,4 @@
-"""What a ``phi2kit train`` task reads and trains: the notebooks' own calls (02, 03, 04, 06, 08,
-09)."""
+"""What a ``phi2kit train`` task reads and trains: the training notebooks' own calls."""
 
 from __future__ import annotations
 
@@ -100,8 +99,7 @@ def read_webglm(path: Path | None, setup: Setup, tokenizer):
     else:
         examples = list(webglm.load_webglm(path, "train", limit=recipe.n_train + recipe.n_test))
         if len(examples) < 2:
-            raise DataError(f"{len(examples)} example(s): need at least 2 (train + eval)",
-                            path=path)  # fmt: skip
+            raise DataError(f"{len(examples)} example(s): need at least 2, train + eval", path=path)
         n_eval = min(recipe.n_test, max(1, len(examples) // 5))
         train, evals = examples[:-n_eval][: recipe.n_train], examples[-n_eval:]
     try:
@@ -126,7 +124,7 @@ def _say_not_ready(n: int) -> None:
 
 def read_chat(path: Path | None, setup: Setup, tokenizer):
     """Notebook 06's examples: one prompt/completion per assistant turn, the oldest turns
-    dropped to fit ``max_length`` (never the reply); threads (not turns) split train/eval."""
+    dropped to fit ``max_length`` (never the reply); threads that open alike in one split."""
     loaded = load_oasst(path, lang=setup.lang)
     _say_not_ready(loaded.not_ready)
     if loaded.repeated:  # a repeat could land in train and in eval
@@ -141,9 +139,18 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
         raise DataError(f"{len(threads)} usable thread(s) in language {setup.lang or 'any'!r}: "
                         f"need at least 2{other}", path=path)  # fmt: skip
     n_eval = min(setup.recipe.n_test, max(1, len(threads) // 5))
+    groups: dict[str, list] = {}  # as notebook 06: threads that open alike go to one split
+    for t in threads:
+        groups.setdefault(t[0][1].strip(), []).append(t)
+    train, evals = list(groups.values()), []
+    while len(train) > 1 and sum(map(len, evals)) < n_eval:
+        evals.insert(0, train.pop())
+    if not evals:
+        raise DataError(f"all {len(threads)} threads open with the same question: need at least 2 "
+                        "different ones (one split each)", path=path)  # fmt: skip
     n_train, n_test, max_length = setup.recipe.n_train, setup.recipe.n_test, setup.recipe.max_length
-    made = {name: [ex for t in part for ex in to_examples(t, tokenizer, max_length)]
-            for name, part in (("train", threads[:-n_eval]), ("eval", threads[-n_eval:]))}
+    made = {name: [ex for g in part for t in g for ex in to_examples(t, tokenizer, max_length)]
+            for name, part in (("train", train), ("eval", evals))}
     replies = sum(role == "assistant" for t in threads for role, _ in t)
     trimmed = sum(ex["dropped_turns"] > 0 for rows in made.values() for ex in rows)
     left_out = replies - sum(map(len, made.values()))
@@ -168,7 +175,7 @@ def _languages(path: Path | None) -> str:
 
 def read_pairs(path: Path | None, setup: Setup, tokenizer):
     """Notebook 08: chosen (rank 0) and rejected (a lower-ranked sibling) replies; whole
-    conversation trees go to one split, so no prompt is in two."""
+    trees, and trees that share a prompt, go to one split, so no prompt is in two."""
     recipe = setup.recipe
     pairs = load_pairs(path, lang=setup.lang, skip_bad=path is None, max_length=recipe.max_length,
                        count_tokens=lambda text: len(tokenizer(text)["input_ids"]))  # fmt: skip
@@ -224,8 +231,8 @@ def read_prompts(path: Path | None, setup: Setup, tokenizer):
 
 
 def build_trainer(setup: Setup, data: Data, output_dir, **args):
-    """The task's model (LoRA on the profile's base, or the ``--adapter`` it goes on
-    training) and trainer; ``args`` go to the training arguments (checkpoints, seed, logging)."""
+    """The task's model (LoRA on the profile's base, or the ``--adapter`` it goes on training)
+    and trainer; ``args``: the training arguments (checkpoints, seed, logging)."""
     profile, recipe = setup.profile, setup.recipe
     if setup.task == "dpo":
         return dpo(setup, data, output_dir, **args)

@@ -238,20 +238,21 @@ def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None =
 
 def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
                   seed: int = 0) -> tuple[list[dict], list[dict], list[dict]]:  # fmt: skip
-    """Train, eval and test pairs, each tree in one split (so no prompt is in two), and trees
-    that hold the same pair (one exchange asked twice) in the same one: shuffled trees go to
-    test, then eval, until each holds ``n_test`` and ``n_eval`` pairs, or a fifth of the pairs
-    where that is fewer (a small file of your own keeps most pairs to train)."""
-    joined: dict[Any, Any] = {}  # tree -> a tree it shares a pair with (union-find)
+    """Train, eval and test pairs, each tree in one split, and trees that share a prompt (one
+    question asked in several trees, as our generated sample does often) in the same one, so
+    no prompt is in two: shuffled groups go to test, then eval, until each holds ``n_test`` and
+    ``n_eval`` pairs, or a fifth of the pairs where that is fewer (a small file of your own
+    keeps most pairs to train)."""
+    joined: dict[Any, Any] = {}  # tree -> a tree it shares a prompt with (union-find)
 
     def group(tree: Any) -> Any:
         while joined.setdefault(tree, tree) != tree:
             tree = joined[tree]
         return tree
 
-    first: dict[tuple, Any] = {}
+    first: dict[str, Any] = {}
     for p in pairs:
-        other = first.setdefault((p["prompt"], p["chosen"], p["rejected"]), p["tree"])
+        other = first.setdefault(p["prompt"], p["tree"])
         joined[group(p["tree"])] = group(other)
     trees = list(dict.fromkeys(group(p["tree"]) for p in pairs))
     random.Random(seed).shuffle(trees)
@@ -260,8 +261,10 @@ def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
         by_tree.setdefault(group(p["tree"]), []).append(p)
     splits: list[list[dict]] = [[], [], []]  # test, eval, train
     wanted = [min(n, max(1, len(pairs) // 5)) for n in (n_test, n_eval)]
-    for tree in trees:
-        k = next((i for i, n in enumerate(wanted) if len(splits[i]) < n), 2)
-        splits[k].extend(by_tree[tree])
+    for tree in trees:  # a group larger than a fifth of the pairs trains
+        part = by_tree[tree]
+        fits = len(part) <= max(1, len(pairs) // 5)
+        k = next((i for i, n in enumerate(wanted) if len(splits[i]) < n and fits), 2)
+        splits[k].extend(part)
     test, eval_, train = splits
     return train, eval_, test
