@@ -208,6 +208,18 @@ def test_the_lessons_pair_building_leaves_out_unfinished_trees_as_the_loader(tmp
     assert 0 < len(loader) < len(load_pairs(sample_path("oasst1"), lang=None))
 
 
+def test_the_lessons_cell_reads_a_trees_file_with_a_byte_order_mark(tmp_path):
+    """A BOM (a file saved by Windows Notepad): the loader drops it, and so does the cell."""
+    ns: dict = {}
+    exec(_notebook_cell("pairs"), ns)
+    lines = sample_path("oasst1").read_text().splitlines()[:40]
+    path = tmp_path / "bom.trees.jsonl"
+    path.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    key = lambda p: (p["prompt"], p["chosen"], p["rejected"])  # noqa: E731
+    in_cell, loader = ns["pairs_from_trees"](path, lang=None), load_pairs(path, lang=None)
+    assert sorted(map(key, in_cell)) == sorted(map(key, loader)) and len(loader) > 10
+
+
 def test_an_unfinished_tree_gives_no_pairs_and_is_counted(tmp_path):
     ranked = [_msg("a1", "assistant", "Best.", rank=0), _msg("a2", "assistant", "Worse.", rank=1)]
     tree = {"message_tree_id": "p1", "tree_state": "ready_for_export",
