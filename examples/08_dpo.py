@@ -42,8 +42,7 @@ REPLIES = ("chosen", "rejected")
 def bad(path, line, field, problem):
     """One line: file, then the line and field where there is one, then the problem; exit 2."""
     where = (f", line {line}" if line else "") + (f", field '{field}'" if field else "")
-    print(f"error: {path}{where}: {problem}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(print(f"error: {path}{where}: {problem}", file=sys.stderr) or 2)
 
 
 def usable(message, lang):
