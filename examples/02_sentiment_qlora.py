@@ -31,11 +31,11 @@ def read_rows(path, labels, text_col="text", label_col="label"):
     def fail(where, why):
         sys.exit(print(f"error: {path}{where}: {why}", file=sys.stderr) or 2)
 
-    if Path(path).is_dir():
-        fail("", "a folder, not a file: pass the .csv file")
     if not Path(path).is_file():
-        fail("", "no such file")
-    raw = Path(path).read_bytes()
+        fail("", "a folder, not a file: pass the .csv file" if Path(path).is_dir() else
+             "no such file")
+    if (raw := Path(path).read_bytes())[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 BOM
+        fail(", row 1", "a UTF-16 file; save it as UTF-8")  # Excel's "Unicode text"
     if not raw.strip() or b"\0" in raw:  # a NUL byte: Parquet, a .gz or a spreadsheet
         fail("", "a binary file, not CSV text: pass a .csv" if raw.strip() else "empty file")
     try:

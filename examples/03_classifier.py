@@ -58,6 +58,8 @@ def read_rows(path, text_column="text", label_column="label", first_row=None):
         raw = Path(path).read_bytes()
     except OSError as err:
         raise BadData(f"{path}: cannot read ({err.strerror})") from None
+    if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 byte order mark: Excel's "Unicode text"
+        raise BadData(f"{path}: row 1: a UTF-16 file; save it as UTF-8")
     if b"\0" in raw:  # Parquet, a .gz or a spreadsheet
         raise BadData(f"{path}: a binary file, not CSV text: pass a .csv")
     try:

@@ -35,7 +35,7 @@ def read_rows(path):
     if not os.path.isfile(path):
         fail(f"{path}: no such file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte order mark is dropped
             lines = f.read().split("\n")  # not splitlines: a JSON string may hold U+2028
     except UnicodeDecodeError:  # e.g. a .gz or .parquet: this script reads plain JSON lines
         fail(f"{path}: not UTF-8 text; pass plain JSON lines (unpack a .gz first)")

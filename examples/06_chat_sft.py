@@ -4,10 +4,10 @@
 
 --data: JSON lines in either published form: the hub's message rows (message_id, parent_id, text,
 role, lang, rank, deleted, review_result) or the export's *.trees.jsonl (replies nested); or your
-own chats, {"messages": [{"role": "user"|"assistant", "content"}, ...]} (trl's and OpenAI's format;
-a system message first goes before the first user turn). Threads follow the best-ranked reply;
-deleted and failed-review messages are skipped. On a CPU, with the
-shipped tiny model: --model phi2kit/tiny/model --no-4bit --max-steps 30 --learning-rate 3e-3
+own chats, {"messages": [{"role": "user"|"assistant", "content"}, ...]} (trl's and OpenAI's format,
+and ultrachat_200k's; a system message first goes before the first user turn). Threads follow
+the best-ranked reply; deleted and failed-review messages are skipped. On a CPU, with the shipped
+tiny model: --model phi2kit/tiny/model --no-4bit --max-steps 30 --learning-rate 3e-3
 """
 
 import argparse
@@ -54,9 +54,15 @@ def chat_rows(turns, path, line):
     for i, (role, text) in enumerate(zip(roles, texts, strict=True)):
         if not isinstance(text, str) or not text.strip():
             bad(path, line, f"messages[{i}]", "content missing, empty or not text")
+        if system and i == 1 and role != "user":
+            bad(path, line, "messages[1]", f"role {role!r}: a system message must be followed by "
+                "a user turn")
         if role != ("system" if system and i == 0 else ("user", "assistant")[(i - system) % 2]):
             bad(path, line, f"messages[{i}]", f"role {role!r}: user and assistant take turns, "
                 "a user first (a system message only first)")
+    if roles == ["system"]:
+        bad(path, line, "messages[0]", "a system message alone: it must be followed by a user turn "
+            "(the chat has no user or assistant turns)")
     if system and len(texts) > 1:  # the chat format has no system line
         roles, texts = roles[1:], [f"{texts[0].strip()}\n\n{texts[1]}", *texts[2:]]
     return [{"message_id": f"{line}-{i}", "parent_id": f"{line}-{i - 1}" if i else None,
@@ -86,7 +92,7 @@ def read_messages(path):
             else "no such file")
     messages = []
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte order mark is dropped
             lines = f.read().split("\n")  # not splitlines: a JSON string may hold U+2028
     except UnicodeDecodeError:  # e.g. a .gz or .parquet: this script reads plain JSON lines
         bad(path, None, None, "not UTF-8 text; pass plain JSON lines (unpack a .gz first)")
@@ -102,12 +108,12 @@ def read_messages(path):
             bad(path, line, None, "not a JSON object")
         elif obj.get("tree_state") not in (None, "ready_for_export"):
             continue  # a tree still growing or aborted (the export's *_all files)
-        elif "prompt" in obj:  # the *.trees.jsonl export: one tree per line
+        elif "messages" in obj and not isinstance(obj.get("prompt"), dict):  # chats, not trees:
+            messages += chat_rows(obj["messages"], path, line)  # ultrachat's add a "prompt" text
+        elif "prompt" in obj and not isinstance(obj["prompt"], str):  # *.trees.jsonl: a tree a line
             if not isinstance(obj["prompt"], dict):
                 bad(path, line, "prompt", "not a message object")
             messages += flatten(obj["prompt"], line)
-        elif "messages" in obj:  # your own chats: one conversation per line
-            messages += chat_rows(obj["messages"], path, line)
         elif not {"message_id", "text", "skip"} & set(obj):  # e.g. ShareGPT's "conversations"
             bad(path, line, None, f"the fields {', '.join(list(obj)[:4])}: not a form this reads; "
                 'pass OASST1 rows or trees, or chats {"messages": [{"role", "content"}, ...]}')

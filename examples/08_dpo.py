@@ -42,8 +42,7 @@ REPLIES = ("chosen", "rejected")
 def bad(path, line, field, problem):
     """One line: file, then the line and field where there is one, then the problem; exit 2."""
     where = (f", line {line}" if line else "") + (f", field '{field}'" if field else "")
-    print(f"error: {path}{where}: {problem}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(print(f"error: {path}{where}: {problem}", file=sys.stderr) or 2)
 
 
 def usable(message, lang):
@@ -86,7 +85,7 @@ def read_pairs(path, lang=None):
         bad(path, None, None, "a folder, not a file: pass the .jsonl file" if os.path.isdir(path)
             else "no such file")
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # a byte order mark is dropped
             lines = f.read().split("\n")  # not splitlines: a JSON string may hold U+2028
     except UnicodeDecodeError:  # e.g. a .gz or .parquet: this script reads plain JSON lines
         bad(path, None, None, "not UTF-8 text: pass plain JSON lines (a .gz unpacked)")
@@ -101,15 +100,16 @@ def read_pairs(path, lang=None):
                 "--data needs one JSON object a line")  # fmt: skip
         if not isinstance(obj, dict):
             bad(path, line, None, "not a JSON object")
-        if isinstance(obj.get("prompt"), dict) or "tree_state" in obj:  # *.trees.jsonl export
-            trees = True  # finished trees only (an aborted one in *_all may have a null prompt)
-            tree = obj.get("prompt") if obj.get("tree_state") in (None, "ready_for_export") else 0
-            if isinstance(tree, dict) and usable(tree, lang):
-                pairs += [{**p, "group": line} for p in tree_pairs(tree, lang, path, line)]
-            continue
-        if "message_id" in obj:
+        if "message_id" in obj:  # (the hub's rows carry a tree_state too)
             bad(path, line, None, "an OASST1 message row: pass the export's *.trees.jsonl, or "
                 "pairs {\"prompt\", \"chosen\", \"rejected\"}")  # fmt: skip
+        if isinstance(obj.get("prompt"), dict) or "tree_state" in obj:  # *.trees.jsonl export
+            trees, ready = True, obj.get("tree_state") in (None, "ready_for_export")  # not *_all's
+            if ready and not isinstance(tree := obj.get("prompt"), dict):  # aborted: may be null
+                bad(path, line, "prompt", "expected a tree with a 'prompt' object")
+            if ready and usable(tree, lang):
+                pairs += [{**p, "group": line} for p in tree_pairs(tree, lang, path, line)]
+            continue
         for field in ("prompt", *REPLIES):
             if isinstance(obj.get(field), list):
                 bad(path, line, field, "a list of messages (trl's conversational form): this "

@@ -3,6 +3,7 @@
 import copy
 import gzip
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -296,12 +297,13 @@ def _lesson_threads(path, lang):
 
     from phi2kit import chat
 
-    raw = load_dataset("json", data_files=str(path), split="train")
-    if "prompt" in raw[0]:
-        messages = [m for tree in raw for m in chat.tree_to_rows(tree["prompt"])]
-    elif "messages" in raw[0]:
+    kind = "parquet" if Path(path).suffix == ".parquet" else "json"
+    raw = load_dataset(kind, data_files=str(path), split="train")
+    if "messages" in raw[0] and not isinstance(raw[0].get("prompt"), dict):
         messages = [m for k, row in enumerate(raw)
                     for m in chat.conversation_to_rows(row["messages"], k)]  # fmt: skip
+    elif "prompt" in raw[0]:
+        messages = [m for tree in raw for m in chat.tree_to_rows(tree["prompt"])]
     else:
         messages = [{k: m.get(k) for k in chat.MESSAGE_FIELDS} for m in raw]
     threads = chat.build_threads(messages, lang=lang)
@@ -365,6 +367,32 @@ def test_own_chats_give_the_threads_they_hold_in_the_lesson_and_the_loader(tmp_p
     assert got[2] == [("prompter", "Be brief.\n\nHi"), ("assistant", "Hi!")]  # ends on an answer
 
 
+def test_chat_sets_with_a_prompt_text_beside_messages_are_read_as_chats(tmp_path):
+    """HuggingFaceH4/ultrachat_200k's rows hold "prompt" (the first turn as text), "prompt_id"
+    and "messages"; no_robots' add "category" and may open with a system message. They are
+    chats, not OASST1 trees: the loader and notebook 06's cells read them from JSON lines and
+    from the hub's Parquet (written here as ``datasets`` writes it)."""
+    from datasets import Dataset
+
+    from phi2kit.data import sample_path
+
+    threads = list(load_oasst(sample_path("oasst1"), lang="en"))[:6]
+    role = {"prompter": "user", "assistant": "assistant"}
+    rows = [{"prompt": t[0][1], "prompt_id": f"{k:064x}",
+             "messages": [{"content": text, "role": role[r]} for r, text in t]}
+            for k, t in enumerate(threads)]  # fmt: skip
+    robots = [{**row, "category": "Chat", "messages": [
+        {"content": "Be brief.", "role": "system"}, *row["messages"]]} for row in rows]
+    want = [[("prompter", "Be brief.\n\n" + t[0][1]), *t[1:]] for t in threads]
+    for name, table, expected in (("ultrachat", rows, threads), ("no_robots", robots, want)):
+        jsonl = write_jsonl(tmp_path / f"{name}.jsonl", table)
+        parquet = tmp_path / f"{name}.parquet"
+        Dataset.from_list(table).to_parquet(parquet)
+        for path in (jsonl, parquet):
+            got = list(load_oasst(path, lang="en"))
+            assert got == expected and _lesson_threads(path, "en") == expected, (path, got)
+
+
 @pytest.mark.parametrize(("line", "field", "why"), [
     ('{"messages": []}', "messages", "expected a list"),
     ('{"messages": "Hi"}', "messages", "expected a list"),
@@ -376,6 +404,12 @@ def test_own_chats_give_the_threads_they_hold_in_the_lesson_and_the_loader(tmp_p
     ('{"messages": [{"role": "user", "content": "Hi"}, {"role": "user", "content": "Hey"}]}',
      "messages[1]", "user and assistant take turns, a user first"),
     ('{"messages": [{"role": "assistant", "content": "Hi"}]}', "messages[0]", "a user first"),
+    ('{"messages": [{"role": "user", "content": " \\n "}, {"role": "assistant", "content": "A"}]}',
+     "messages[0]", "content missing, empty or not text"),  # whitespace is no turn
+    ('{"messages": [{"role": "system", "content": "Be brief."}]}', "messages[0]",
+     "a system message alone: it must be followed by a user turn"),
+    ('{"messages": [{"role": "system", "content": "Be brief."}, {"role": "assistant", "content": '
+     '"Yo"}]}', "messages[1]", "role 'assistant': a system message must be followed by a user"),
 ])  # fmt: skip
 def test_a_bad_chat_names_its_line_and_field(tmp_path, line, field, why):
     chats = tmp_path / "chats.jsonl"
@@ -390,6 +424,8 @@ def test_a_bad_chat_names_its_line_and_field(tmp_path, line, field, why):
 @pytest.mark.parametrize(("content", "said"), [
     ('{"conversations": [{"from": "human", "value": "Hi"}]}\n',  # ShareGPT's form
      "its rows have the fields conversations: not a chat form this reads; pass OASST1"),
+    ('{"prompt": "Hi", "chosen": "Yo", "rejected": "No"}\n',  # pairs: a text prompt, no tree
+     "its rows have the fields prompt, chosen, rejected: not a chat form this reads"),
     ('[\n  {"messages": [{"role": "user", "content": "Hi"}]}\n]\n',
      "a JSON array: this reads JSON lines, one object per line"),
 ])  # fmt: skip
@@ -405,7 +441,6 @@ def test_lesson_cells_equal_phi2kit_chat():
     """What notebook 06 writes in its cells and keeps in phi2kit.chat is the same code."""
     import ast
     import inspect
-    from pathlib import Path
 
     from phi2kit import chat
 
@@ -460,6 +495,15 @@ def test_trees_not_ready_for_export_are_left_out_and_counted(tmp_path, form):
     threads = load_oasst(path)
     assert threads == [EXPECTED_EN], threads  # p1; the tree without a state: ready, a repeat
     assert threads.not_ready == 2 and threads.repeated == 1  # q1 (aborted) and g1 (growing)
+
+
+def test_a_trees_file_opening_with_an_aborted_tree_is_read_as_trees(tmp_path):
+    """The ``*_all`` export may open with an aborted tree whose prompt is null: still trees."""
+    aborted = {"message_tree_id": "x1", "tree_state": "aborted_low_grade", "prompt": None}
+    path = write_jsonl(tmp_path / "all.trees.jsonl", [aborted, *make_trees()])
+    threads = load_oasst(path, lang=None)
+    assert threads == load_oasst(write_jsonl(tmp_path / "t.jsonl", make_trees()), lang=None)
+    assert threads.not_ready == 1
 
 
 def test_a_folder_is_named_as_a_folder(tmp_path):

@@ -209,6 +209,18 @@ def test_the_lessons_pair_building_leaves_out_unfinished_trees_as_the_loader(tmp
     assert 0 < len(loader) < len(load_pairs(sample_path("oasst1"), lang=None))
 
 
+def test_the_lessons_cell_reads_a_trees_file_with_a_byte_order_mark(tmp_path):
+    """A BOM (a file saved by Windows Notepad): the loader drops it, and so does the cell."""
+    ns: dict = {}
+    exec(_notebook_cell("pairs"), ns)
+    lines = sample_path("oasst1").read_text().splitlines()[:40]
+    path = tmp_path / "bom.trees.jsonl"
+    path.write_text("\ufeff" + "\n".join(lines) + "\n", encoding="utf-8")
+    key = lambda p: (p["prompt"], p["chosen"], p["rejected"])  # noqa: E731
+    in_cell, loader = ns["pairs_from_trees"](path, lang=None), load_pairs(path, lang=None)
+    assert sorted(map(key, in_cell)) == sorted(map(key, loader)) and len(loader) > 10
+
+
 def test_an_unfinished_tree_gives_no_pairs_and_is_counted(tmp_path):
     ranked = [_msg("a1", "assistant", "Best.", rank=0), _msg("a2", "assistant", "Worse.", rank=1)]
     tree = {"message_tree_id": "p1", "tree_state": "ready_for_export",
@@ -272,7 +284,22 @@ def test_your_own_pairs_in_trls_format(tmp_path):
       "rejected[1]", "role 'tool'"),  # its place in the file, after the shared turn
      ('{"chosen": "Q A", "rejected": "Q B"}', "prompt",
       "trl's implicit-prompt form is read as messages only"),
-     ('{"prompt": "Q", "chosen": "A", "rejected": " A"}', "rejected", "the same text as chosen")],
+     ('{"prompt": "Q", "chosen": "A", "rejected": " A"}', "rejected", "the same text as chosen"),
+     ('{"prompt": [{"role": "user", "content": "  "}], "chosen": [{"role": "assistant", "content": '
+      '"A"}], "rejected": [{"role": "assistant", "content": "B"}]}', "prompt[0]",
+      "content missing, empty or not text"),  # as the text form refuses a blank prompt
+     ('{"prompt": [{"role": "system", "content": "S"}], "chosen": [{"role": "assistant", '
+      '"content": "A"}], "rejected": [{"role": "assistant", "content": "B"}]}', "prompt[0]",
+      "a system message alone"),
+     ('{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}]}',
+      "rejected", "missing, or not the prompt's messages then the reply"),
+     ('{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], '
+      '"rejected": [{"role": "user", "content": "R"}, {"role": "assistant", "content": "B"}]}',
+      "rejected[0]", "not chosen[0]: with no 'prompt', chosen and rejected begin with the same"),
+     ('{"chosen": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}, '
+      '{"role": "user", "content": "C"}], "rejected": [{"role": "user", "content": "Q"}, '
+      '{"role": "assistant", "content": "A"}, {"role": "user", "content": "D"}]}', "chosen",
+      "expected one assistant message, the reply")],  # the replies part at a user turn
 )  # fmt: skip
 def test_a_bad_row_of_your_own_pairs_is_named(tmp_path, line, field, detail):
     path = tmp_path / "mine.jsonl"
@@ -314,3 +341,25 @@ def test_a_bad_first_pair_gets_the_pairs_error_not_oasst1s(tmp_path):
     with pytest.raises(DataError) as err:
         load_pairs(path)
     assert (err.value.row, err.value.field) == (1, "rejected"), err.value
+
+
+@pytest.mark.parametrize(("first", "form"), [
+    ("not json", "text"),  # a malformed first line: the next line tells the form
+    ('{"prompt": [{"role": "user", "content": "Q"}]}', "messages"),  # a first row with no reply
+    ("\ufeff" + '{"prompt": "Q", "chosen": "A"}', "text"),  # a UTF-8 byte order mark
+])  # fmt: skip
+def test_a_pairs_file_is_known_by_its_first_row_that_parses(tmp_path, first, form):
+    """A pairs file whose first row is bad is still read as pairs (not as OASST1 trees), and
+    its first row is the one bad row."""
+    good = {"text": {"prompt": "Q", "chosen": "A", "rejected": "B"},
+            "messages": {"prompt": [{"role": "user", "content": "Q"}],
+                         "chosen": [{"role": "assistant", "content": "A"}],
+                         "rejected": [{"role": "assistant", "content": "B"}]}}[form]  # fmt: skip
+    for name in ("mine.jsonl", "mine.jsonl.gz"):
+        text = f"{first}\n{json.dumps(good)}\n".encode()
+        (path := tmp_path / name).write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
+        with pytest.raises(DataError) as err:
+            load_pairs(path)
+        assert err.value.row == 1 and "more bad row" not in str(err.value), str(err.value)
+        pairs = load_pairs(path, skip_bad=True)
+        assert pairs.own and [(p["chosen"], p["rejected"]) for p in pairs] == [(" A", " B")]

@@ -73,6 +73,8 @@ def test_configs_equal_the_notebook_for_t4(tmp_path):
          r"bad\.csv, row 1: one column with ';' in it: save the file as CSV with commas"),
         (b"\n \n", r"bad\.csv: empty file"),  # was "fewer than two labels in 0 rows"
         (b"PAR1\x15\x04\x15\x00label", r"bad\.csv: a binary file, not CSV text"),  # Parquet
+        ("text,label\nSales rose,positive\n".encode("utf-16"),  # Excel's "Unicode text"
+         r"bad\.csv, row 1: a UTF-16 file; save it as UTF-8$"),  # as the library says
         (b"\nheadline,sentiment\nSales rose,positive\n",  # a blank line first
          r"row 2, .*a header row needs the columns 'text' and 'label'"),
     ],

@@ -57,6 +57,8 @@ def test_learns_on_the_tiny_model(tmp_path):
         (b'{"question": "q", "answer": "a"}\n', "row 1, field 'label': '{\"question\": \"q\"' is"),
         (b"a,b,c\n", "row 1: 3 fields"),
         (b"PAR1\x15\x04\x15\x00label", "bad.csv: a binary file, not CSV text"),  # Parquet
+        ("text,label\nSales rose,positive\n".encode("utf-16"),  # Excel's "Unicode text"
+         "bad.csv: row 1: a UTF-16 file; save it as UTF-8"),  # as the library says
         (b"positive,Sales rose\nnegative,Profit fell\n", "field 'label': 'negative' has 1 text(s)"),
         (b"text;label\nSales rose;positive\n", "row 1: one column with ';' in it: save"),
         (b"text,label\nup 0,positive\ndown 0,negative\nflat,postive\nup 1,positive\n"

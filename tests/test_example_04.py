@@ -108,3 +108,12 @@ def test_a_file_that_is_not_utf8_text_is_one_line(tmp_path):
     assert out.stderr.strip() == f"error: {data}: not UTF-8 text; pass plain JSON lines " \
         "(unpack a .gz first)", out.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_byte_order_mark_is_dropped_as_the_library_drops_it(tmp_path):
+    from phi2kit.data.webglm import load_webglm
+
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + (SAMPLE / "train.jsonl").read_bytes())
+    rows = load_script(NAME).read_rows(str(data))
+    assert [r["question"] for r in rows] == [r["question"] for r in load_webglm(data)]

@@ -66,6 +66,13 @@ def test_learns_on_the_tiny_model(tmp_path):
          "field 'messages[1]': role 'user': user and assistant take turns, a user first"),
         ('{"conversations": [{"from": "human", "value": "Hi"}]}',  # ShareGPT's form
          "line 2: the fields conversations: not a form this reads; pass OASST1 rows or trees"),
+        ('{"messages": [{"role": "system", "content": "Be brief."}]}',
+         "field 'messages[0]': a system message alone: it must be followed by a user turn"),
+        ('{"messages": [{"role": "system", "content": "Be brief."}, {"role": "assistant", '
+         '"content": "Yo"}]}', "field 'messages[1]': role 'assistant': a system message must be "
+         "followed by a user turn"),
+        ('{"prompt": "Hi", "chosen": "Yo", "rejected": "No"}',  # pairs: a text prompt, no tree
+         "line 2: the fields prompt, chosen, rejected: not a form this reads"),
     ],
 )  # fmt: skip
 def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, expect):
@@ -197,3 +204,31 @@ def test_eval_opens_with_no_question_train_opens_with(tmp_path, monkeypatch):
     with pytest.raises(Built):
         script.main([*argv, "--output-dir", str(tmp_path / "out")])
     assert made == [[" A0", " A2", " A3"], [" A1"]]  # the old split scored "Hi" (A3) on eval
+
+
+def test_chat_sets_with_a_prompt_text_read_as_phi2kit_train_reads_them(tmp_path):
+    """ultrachat_200k's and no_robots' rows: "prompt" (text), "prompt_id" and "messages" (a
+    system message first in some): chats, as the library reads them; a leading byte order mark
+    (a file saved by Windows Notepad) is dropped."""
+    from phi2kit.data.oasst import load_oasst
+
+    threads = load_oasst(sample_path("oasst1"), lang="en")
+    role = {"prompter": "user", "assistant": "assistant"}
+    data = tmp_path / "ultrachat.jsonl"
+    data.write_text("\ufeff" + "".join(json.dumps({"prompt": t[0][1], "prompt_id": str(i),
+        "messages": [{"role": "system", "content": "Be kind."}] * (i % 2) + [
+            {"role": role[r], "content": text} for r, text in t]}) + "\n"
+        for i, t in enumerate(threads)), encoding="utf-8")  # fmt: skip
+    script = load_script(NAME)
+    mine = script.build_threads(script.read_messages(str(data)), "en")
+    assert mine == list(load_oasst(data, lang="en")) and len(mine) == len(threads)
+    assert mine[1][0] == ("prompter", "Be kind.\n\n" + threads[1][0][1])
+
+
+def test_a_byte_order_mark_is_dropped_as_the_library_drops_it(tmp_path):
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + json.dumps(chat).encode() + b"\n")
+    script = load_script(NAME)
+    assert script.build_threads(script.read_messages(str(data))) == [
+        [("prompter", "Hi"), ("assistant", "Yo")]]

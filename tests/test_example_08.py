@@ -151,6 +151,10 @@ def test_rows_in_trls_format_and_the_split(tmp_path):
         ('{"message_tree_id": "t", "prompt": {"text": "hi", "role": "prompter", "lang": "en", '
          '"replies": [{"text": "a", "role": "assistant", "rank": "first"}]}}',
          "line 2, field 'rank'"),
+        ('{"message_tree_id": "t", "tree_state": "ready_for_export", "prompt": null}',
+         "line 2, field 'prompt': expected a tree with a 'prompt' object"),  # as the library
+        ('{"message_id": "m", "message_tree_id": "t", "tree_state": "ready_for_export", '
+         '"text": "hi", "role": "prompter"}', "line 2: an OASST1 message row"),  # the hub's
     ],
 )  # fmt: skip
 def test_a_bad_row_is_one_line_exit_2_before_any_model(tmp_path, capsys, line, expect):
@@ -259,3 +263,12 @@ def test_configs_equal_the_notebooks_for_t4(tmp_path):
     assert dpo.fp16 and not dpo.bf16 and dpo.optim == "paged_adamw_8bit"
     assert quant.bnb_4bit_quant_type == "nf4" and quant.bnb_4bit_use_double_quant
     assert quant.bnb_4bit_compute_dtype == torch.float16  # the lesson's nf4: the profile's dtype
+
+
+def test_a_byte_order_mark_is_dropped_as_the_library_drops_it(tmp_path):
+    data = tmp_path / "bom.jsonl"
+    data.write_bytes(b"\xef\xbb\xbf" + b'{"prompt": "Q", "chosen": "A", "rejected": "B"}\n')
+    pairs, trees = load_script(NAME).read_pairs(str(data))
+    assert not trees and [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
+        ("### Human: Q\n### Assistant:", " A", " B")] == [
+        (p["prompt"], p["chosen"], p["rejected"]) for p in load_pairs(data)]

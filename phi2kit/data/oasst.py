@@ -90,17 +90,22 @@ def check_messages(turns: Any, path: str, row: int, field: str = "messages", *,
                    alternate: bool = True, start: int = 0) -> list[dict]:  # fmt: skip
     """``turns`` if it is a list of ``{"role", "content"}`` messages (trl's and OpenAI's chat
     format: user, assistant, a system message only first; with ``alternate``, user and assistant
-    take turns from a user), else :class:`DataError`. ``start``: where ``turns`` begins in the
-    row's list (trl's implicit prompt), for the field the error names."""
+    take turns from a user, after a system message too), else :class:`DataError`. ``start``:
+    where ``turns`` begins in the row's list (trl's implicit prompt), for the field the error
+    names."""
     if not isinstance(turns, list) or not turns:
         raise DataError('expected a list of {"role", "content"} messages', path=path, row=row,
                         field=field)  # fmt: skip
     system = isinstance(turns[0], dict) and turns[0].get("role") == "system"
     for i, m in enumerate(turns):
         where = f"{field}[{start + i}]"
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or not m["content"]:
+        text = m.get("content") if isinstance(m, dict) else None
+        if not isinstance(text, str) or not text.strip():  # whitespace is no turn either
             raise DataError("content missing, empty or not text", path=path, row=row, field=where)
         role = m.get("role")
+        if alternate and system and i == 1 and role != "user":
+            raise DataError(f"role {role!r}: a system message must be followed by a user turn",
+                            path=path, row=row, field=where)  # fmt: skip
         if alternate and role != ("system" if system and i == 0 else
                                   ("user", "assistant")[(i - system) % 2]):  # fmt: skip
             raise DataError(f"role {role!r}: user and assistant take turns, a user first (a "
@@ -108,6 +113,10 @@ def check_messages(turns: Any, path: str, row: int, field: str = "messages", *,
         if role not in ("user", "assistant", "system") or (role == "system" and i):
             raise DataError(f"role {role!r}: user or assistant (a system message only first)",
                             path=path, row=row, field=where)  # fmt: skip
+    if alternate and system and len(turns) == 1:
+        raise DataError("a system message alone: it must be followed by a user turn (the chat "
+                        "has no user or assistant turns)", path=path, row=row,
+                        field=f"{field}[{start}]")  # fmt: skip
     return turns
 
 
@@ -123,6 +132,24 @@ def _ready(obj: Any) -> bool:
     return not isinstance(obj, dict) or _none_if_nan(obj.get("tree_state")) in (None, READY)
 
 
+def _form(first: dict) -> str:
+    """The form of a file from its first row: "chats" where it holds ``messages`` and no tree
+    (ultrachat_200k and no_robots also keep the first turn as a text ``prompt``), "trees" where
+    ``prompt`` is no text (a tree, or null in an aborted one), else the hub's "rows"."""
+    if "messages" in first and not isinstance(first.get("prompt"), dict):
+        return "chats"
+    return "trees" if "prompt" in first and not isinstance(first["prompt"], str) else "rows"
+
+
+def _plain(value: Any) -> Any:
+    """A Parquet cell as JSON would give it: pandas makes a list (messages) a NumPy array."""
+    if hasattr(value, "tolist") and not isinstance(value, (str, bytes)):
+        value = value.tolist()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return {k: _plain(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+
 def _read_rows(path: Path) -> list[tuple[int, Any]]:
     """Rows of a parquet or CSV file as (1-based row, dict)."""
     import pandas as pd
@@ -134,7 +161,8 @@ def _read_rows(path: Path) -> list[tuple[int, Any]]:
         raise DataError(f"cannot be read as {kind} ({type(exc).__name__}: "
                         f"{str(exc).splitlines()[0][:120]})", path=path) from None
     df = df.astype(object).where(df.notna(), None)
-    return list(enumerate(df.to_dict("records"), start=1))
+    return [(i, {k: _plain(v) for k, v in row.items()})
+            for i, row in enumerate(df.to_dict("records"), start=1)]  # fmt: skip
 
 
 def _problem(msg: dict, by_id: dict[str, dict]) -> tuple[str, str] | None:
@@ -224,7 +252,7 @@ def load_messages(path: str | os.PathLike[str] | None = None, *, split: str = "t
                             if file.is_dir() else "no such file", path=source)  # fmt: skip
         rows = _read_rows(file) if file.suffix in (".parquet", ".csv") else read_jsonl(file)
         first = next((obj for _, obj in rows if isinstance(obj, dict)), {})
-        form = "trees" if "prompt" in first else "chats" if "messages" in first else "rows"
+        form = _form(first)
         if first and form == "rows" and not {"message_id", "text"} & set(first):
             fields = ", ".join(map(str, list(first)[:4]))
             raise DataError(f"its rows have the fields {fields}: not a chat form this reads; "

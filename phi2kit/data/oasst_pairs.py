@@ -133,19 +133,29 @@ def _as_text(obj: dict, path: str, row: int) -> dict:
     ``prompt``, the turns chosen and rejected share) as text: the prompt in 06's chat format."""
     chosen, rejected, prompt = obj.get("chosen"), obj.get("rejected"), obj.get("prompt")
     n = 0  # where the replies begin in chosen and rejected
-    if prompt is None and isinstance(chosen, list) and isinstance(rejected, list):
+    if prompt is None:  # trl's implicit prompt: every turn before the two replies part
+        for field, turns in (("chosen", chosen), ("rejected", rejected)):
+            if not isinstance(turns, list) or len(turns) < 2:
+                raise DataError("missing, or not the prompt's messages then the reply (trl's "
+                                "implicit-prompt form: no 'prompt')", path=path, row=row,
+                                field=field)  # fmt: skip
         while n < min(len(chosen), len(rejected)) - 1 and chosen[n] == rejected[n]:
-            n += 1  # trl's implicit prompt: every turn before the two replies part
+            n += 1
+        if not n:
+            raise DataError("not chosen[0]: with no 'prompt', chosen and rejected begin with the "
+                            "same turns (the prompt), then each its reply", path=path, row=row,
+                            field="rejected[0]")  # fmt: skip
         prompt, chosen, rejected = chosen[:n], chosen[n:], rejected[n:]
-    check_messages(prompt, path, row, "prompt")  # user and assistant take turns from a user
-    if prompt[-1]["role"] != "user":
-        raise DataError("user and assistant must take turns, a user first and last",
-                        path=path, row=row, field="prompt")  # fmt: skip
+    where = "chosen" if n else "prompt"  # an implicit prompt is named where it is: in chosen
+    check_messages(prompt, path, row, where)  # user and assistant take turns from a user
     for field, turns in (("chosen", chosen), ("rejected", rejected)):
         check_messages(turns, path, row, field, alternate=False, start=n)
         if [m["role"] for m in turns] != ["assistant"]:
             raise DataError("expected one assistant message, the reply", path=path, row=row,
                             field=field)  # fmt: skip
+    if prompt[-1]["role"] != "user":
+        raise DataError("user and assistant must take turns, a user first and last",
+                        path=path, row=row, field=where)  # fmt: skip
     turns = [(m["role"], m["text"]) for m in conversation_to_rows(prompt, row)]
     return {"prompt": format_chat(turns), "chosen": chosen[0]["content"],
             "rejected": rejected[0]["content"]}
@@ -199,19 +209,25 @@ def preference_rows(rows: list[tuple[int, Any]], source: str, *, skip_bad: bool 
 
 
 def _holds_pairs(path: Path) -> bool:
-    """Whether a JSON-lines file (maybe gzipped) opens with a pair in trl's format (a text
-    ``prompt``, or a reply; OASST1 has neither): only its first line is read (its export is
-    large)."""
+    """Whether a JSON-lines file (maybe gzipped) holds pairs in trl's format (a ``prompt`` in
+    text or messages, or a reply; OASST1 has neither), read from its first line that is a JSON
+    object: a malformed line before it is the pair loader's bad row (the export is large)."""
     if not path.is_file() or ".json" not in path.name:
         return False
     try:
-        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
-            line = next((line for line in f if line.strip()), "{}")
-        first = json.loads(line)
-    except (OSError, UnicodeDecodeError, EOFError, ValueError):  # the loaders name what is wrong
+        with (gzip.open if path.suffix == ".gz" else open)(path, "rt", encoding="utf-8-sig") as f:
+            first = next((obj for obj in map(_json_or_none, f) if isinstance(obj, dict)), {})
+    except (OSError, UnicodeDecodeError, EOFError):  # the loaders name what is wrong
         return False
-    return isinstance(first, dict) and (isinstance(first.get("prompt"), str) or "chosen" in first
-                                        or "rejected" in first)  # a bad first pair: its error
+    # a bad first pair gets the pairs' error; OASST1's prompt is a tree (or null), never text
+    return isinstance(first.get("prompt"), (str, list)) or any(k in first for k in REPLIES)
+
+
+def _json_or_none(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
 
 
 def load_pairs(path: str | os.PathLike[str] | None = None, *, lang: str | None = "en",
