@@ -338,4 +338,5 @@ def test_notebook_cells_define_the_module_functions():
             name = node.name if isinstance(node, ast.FunctionDef) else node.targets[0].id
             names.append(name)
             assert in_cells.get(name) == ast.dump(node), f"{name} differs from the notebook's cell"
-    assert {"write_gguf", "gguf_name", "quantize_gguf", "CHAT_TEMPLATE"} <= set(names)
+    assert {"write_gguf", "gguf_name", "quantize_gguf", "CHAT_TEMPLATE", "OLLAMA_TEMPLATE",
+            "chat_adapter_problem"} <= set(names)

@@ -6,6 +6,40 @@ exercises and ``bench/gguf_real_size.py``). The layout is llama.cpp's own conver
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from phi2kit.lora import adapter_profile, trained_by
+
+
+def chat_adapter_problem(adapter, profile_name):
+    """Why the folder ``adapter`` cannot be exported as a chat model under ``profile_name``,
+    and what to pass instead; None when it can."""
+    path, say = Path(adapter), f"CHAT_ADAPTER {adapter}"
+    instead = ("pass a chat adapter instead: notebook 06's (outputs/06_chat/adapter), or the "
+               "adapter/ folder that `phi2kit train chat` (or dpo) writes in its --output-dir")
+    if not path.exists():
+        return f"{say} does not exist; {instead}"
+    if not path.is_dir():
+        return f"{say} is a file, not a folder; pass the folder that holds adapter_config.json"
+    config, inner = path / "adapter_config.json", path / "adapter"  # inner: a `phi2kit train` run's
+    if not config.is_file() and (inner / "adapter_config.json").is_file():
+        return f"{say} holds no adapter_config.json, its adapter/ folder does: pass {inner}"
+    if not config.is_file():
+        return f"{say} holds no adapter_config.json, so it is no PEFT adapter; {instead}"
+    if json.loads(config.read_text()).get("task_type") == "SEQ_CLS":
+        return (f"{say} is a classifier adapter (task_type SEQ_CLS, as notebook 03 and `phi2kit "
+                "train classifier` save it): it answers through its `score` head, which a chat "
+                f"model has no place for, so the export would lose the head; {instead}")
+    run, task = trained_by(path)
+    if task not in (None, "chat", "dpo"):  # a dpo adapter is a chat model tuned further
+        return (f"{say} was trained by `phi2kit train {task}` ({run} says so), not on chats: "
+                f"exported as a chat model it would answer in that task's form; {instead}")
+    made_under = adapter_profile(path)  # tiny and t4-cpu share one base model and outputs/
+    if made_under not in (None, profile_name):
+        return (f"{say} was trained under the {made_under} profile, not {profile_name}: run "
+                f"this notebook with PROFILE {made_under!r}")
+    return None
+
 
 #: The course's chat format (notebook 06) as a Jinja template, for ``tokenizer.chat_template``:
 #: ``### Human: ...`` / ``### Assistant: ...`` lines joined by newlines; the generation prompt
