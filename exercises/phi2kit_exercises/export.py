@@ -43,13 +43,25 @@ def chat_adapter_problem(adapter, profile_name):
 
 #: The course's chat format (notebook 06) as a Jinja template, for ``tokenizer.chat_template``:
 #: ``### Human: ...`` / ``### Assistant: ...`` lines joined by newlines; the generation prompt
-#: ends with ``### Assistant:`` (the reply then starts with a space, as in training).
+#: ends with ``### Assistant:`` (the reply then starts with a space, as in training). A system
+#: message is no line of its own: as in training (``conversation_to_rows``), its text, a blank
+#: line, then the next user message make one ``### Human:`` turn. Whitespace as in
+#: :data:`OLLAMA_TEMPLATE` (Go templates cannot strip): one leading space of a message is dropped
+#: (a reply starts with one), any other is kept.
 CHAT_TEMPLATE = (
+    "{% set ns = namespace(system='', started=false) %}"
     "{% for m in messages %}"
-    "{{ '### Human: ' if m['role'] == 'user' else '### Assistant: ' }}{{ m['content'] | trim }}"
-    "{% if not loop.last or add_generation_prompt %}{{ '\\n' }}{% endif %}"
+    "{% set text = m['content'][1:] if m['content'][:1] == ' ' else m['content'] %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = text %}"
+    "{% else %}"
+    "{{ '\\n' if ns.started else '' }}{% set ns.started = true %}"
+    "{% if m['role'] == 'user' %}{{ '### Human: ' }}"
+    "{% if ns.system %}{{ ns.system + '\\n\\n' }}{% set ns.system = '' %}{% endif %}{{ text }}"
+    "{% else %}{{ '### Assistant: ' + text }}{% endif %}"
+    "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '### Assistant:' }}{% endif %}"
+    "{% if add_generation_prompt %}"
+    "{{ ('\\n' if ns.started else '') + '### Assistant:' }}{% endif %}"
 )
 STOP = ["### Human:"]  # the stop string of phi2kit.chat; EOS stops generation too
 
@@ -139,12 +151,21 @@ def quantize_gguf(src, dst, ftype="Q4_K_M"):
     return dst
 
 
-#: The chat format as an Ollama (Go) template: the same lines as :data:`CHAT_TEMPLATE`
+#: The chat format as an Ollama (Go) template, line for line :data:`CHAT_TEMPLATE`: Ollama keeps
+#: system messages in ``.Messages`` (role ``system``); Go's templates have no trim function
+#: (Ollama adds only ``json``), so both drop just one leading space.
 OLLAMA_TEMPLATE = (
-    "{{- range $i, $m := .Messages }}{{ if $i }}\n{{ end }}"
-    '{{ if eq $m.Role "user" }}### Human: {{ $m.Content }}'
-    "{{ else }}### Assistant: {{ $m.Content }}{{ end }}"
-    "{{- end }}\n### Assistant:"
+    '{{- $system := "" }}{{ $started := false }}'
+    "{{- range .Messages }}"
+    "{{- $text := .Content }}"
+    '{{ if and $text (eq (slice $text 0 1) " ") }}{{ $text = slice $text 1 }}{{ end }}'
+    '{{- if eq .Role "system" }}{{ $system = $text }}'
+    "{{- else }}{{ if $started }}\n{{ end }}{{ $started = true }}"
+    '{{- if eq .Role "user" }}### Human: '
+    '{{ if $system }}{{ $system }}\n\n{{ $system = "" }}{{ end }}{{ $text }}'
+    "{{- else }}### Assistant: {{ $text }}{{ end }}"
+    "{{- end }}"
+    "{{- end }}{{ if $started }}\n{{ end }}### Assistant:"
 )
 
 
