@@ -1,5 +1,6 @@
-"""LoRA on Phi-2's linear layers (notebook 02's recipe), a loud :func:`check_targets`, and a note
-beside each saved adapter saying whether its base was 4-bit."""
+"""LoRA on Phi-2's linear layers (notebook 02's recipe), a loud :func:`check_targets`, a note
+beside each saved adapter saying whether its base was 4-bit, and :func:`trained_by` (the task
+``phi2kit train`` noted for it)."""
 
 from __future__ import annotations
 
@@ -89,3 +90,10 @@ def adapter_base_4bit(adapter: str | Path) -> bool | None:
 def adapter_profile(adapter: str | Path) -> str | None:
     """The profile the adapter was trained under, from its note; None without one."""
     return _note(adapter).get("profile")
+
+
+def trained_by(adapter: str | Path) -> tuple[Path, str | None]:
+    """``run.json`` beside ``adapter`` (from ``phi2kit train``, one level up) and the task it
+    names; the task is None without it."""
+    run = Path(adapter).parent / "run.json"
+    return run, json.loads(run.read_text()).get("task") if run.is_file() else None

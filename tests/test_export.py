@@ -5,12 +5,18 @@ llama.cpp.
   writes for ``microsoft/phi-2`` and its ``phi2`` loader reads;
 - on the tiny model: llama.cpp's token ids equal transformers' on strings that stress
   byte-level BPE, F16 logits equal transformers' within F16 rounding, the embedded chat
-  template renders the training prompt, and the planner's sizes are the files';
+  template renders the training prompt (a system message as training placed it), and the
+  planner's sizes are the files';
+- the Ollama template renders what the Jinja one renders, through Go's ``text/template``
+  (where Go is installed);
 - the notebook's cells hold the same functions as the module.
 """
 
 import ast
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +25,7 @@ import torch
 
 gguf = pytest.importorskip("gguf")
 
-from phi2kit.chat import format_chat  # noqa: E402
+from phi2kit.chat import build_threads, conversation_to_rows, format_chat, to_examples  # noqa: E402
 from phi2kit.plan.gguf import GB, gguf_footprint, gguf_tensor_types  # noqa: E402
 from phi2kit_exercises import export  # noqa: E402
 
@@ -212,23 +218,147 @@ def test_a_wrong_file_fails_the_f16_check(tiny, tmp_path):
     assert worst > F16_TOLERANCE * scale * 10, (worst, scale)
 
 
-def test_chat_template_renders_the_training_prompt(tiny):
+def _jinja(messages, add_generation_prompt=True):
     from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+    from transformers import AutoTokenizer
 
-    _, tokenizer = tiny
-    turns = [("prompter", "Where does the otter live?"), ("assistant", "By rivers."),
-             ("prompter", " What does it eat? ")]  # fmt: skip
-    messages = [{"role": "user" if r == "prompter" else "assistant", "content": t}
-                for r, t in turns]  # fmt: skip
-    hf = tokenizer.apply_chat_template(messages, chat_template=export.CHAT_TEMPLATE,
-                                       tokenize=False, add_generation_prompt=True)  # fmt: skip
-    assert hf == format_chat(turns)
-    llama = Jinja2ChatFormatter(export.CHAT_TEMPLATE, eos_token="<|endoftext|>",
-                                bos_token="<|endoftext|>")(messages=messages).prompt  # fmt: skip
-    assert llama == format_chat(turns)
-    closed = tokenizer.apply_chat_template(messages[:2], chat_template=export.CHAT_TEMPLATE,
-                                           tokenize=False, add_generation_prompt=False)  # fmt: skip
+    from phi2kit.tiny import tiny_path
+
+    hf = AutoTokenizer.from_pretrained(tiny_path()).apply_chat_template(
+        messages, chat_template=export.CHAT_TEMPLATE, tokenize=False,
+        add_generation_prompt=add_generation_prompt)  # fmt: skip
+    if add_generation_prompt:  # llama-cpp-python's chat API always asks for the reply
+        formatter = Jinja2ChatFormatter(export.CHAT_TEMPLATE, eos_token="<|endoftext|>",
+                                        bos_token="<|endoftext|>")  # fmt: skip
+        assert formatter(messages=messages).prompt == hf
+    return hf
+
+
+def _messages(turns):
+    return [{"role": "user" if r == "prompter" else r, "content": t} for r, t in turns]
+
+
+def test_chat_template_renders_the_training_prompt():
+    turns = [("prompter", "Where does the otter live?"), ("assistant", " By rivers."),
+             ("prompter", "What does it eat?")]  # fmt: skip
+    assert _jinja(_messages(turns)) == format_chat(turns)  # a reply's leading space: dropped
+    closed = _jinja(_messages(turns[:2]), add_generation_prompt=False)
     assert closed == format_chat(turns[:2], add_generation_prompt=False)
+
+
+#: Your own chats (messages format), each with a system message first, as training reads them
+SYSTEM_CHATS = [
+    [("system", "Answer in one short sentence."), ("prompter", "Where does the otter live?"),
+     ("assistant", "By rivers."), ("prompter", "What does it eat?"), ("assistant", "Fish.")],
+    [("system", "You are a terse assistant."), ("prompter", "Hi"), ("assistant", "Hello.")],
+]
+
+
+@pytest.mark.parametrize("turns", SYSTEM_CHATS, ids=["two turns", "one turn"])
+def test_chat_template_puts_a_system_message_where_training_did(tiny, turns):
+    """The prompt of the chat's last reply, as ``phi2kit train chat --data`` builds it (lesson
+    06's ``conversation_to_rows``, ``build_threads``, ``to_examples``): the system text, a blank
+    line and the first user message in one ``### Human:`` turn. The old template wrote the
+    system message as an ``### Assistant:`` line."""
+    _, tokenizer = tiny
+    (thread,) = build_threads(conversation_to_rows(_messages(turns), "own"))
+    trained = to_examples(thread, tokenizer, 512)[-1]["prompt"]
+    assert trained.startswith(f"### Human: {turns[0][1]}\n\n{turns[1][1]}\n")
+    assert _jinja(_messages(turns[:-1])) == trained
+
+
+# --- the Ollama template, rendered by Go's text/template -------------------------------------
+
+#: Renders a template over messages (JSON on stdin) as Ollama's template package does for a
+#: template that uses .Messages: consecutive messages of one role joined by a blank line, system
+#: messages kept among the messages and gathered in .System.
+GO_RENDER = """package main
+
+import (
+\t"encoding/json"
+\t"os"
+\t"strings"
+\t"text/template"
+)
+
+type Message struct {
+\tRole    string `json:"role"`
+\tContent string `json:"content"`
+}
+
+func main() {
+\tvar msgs []Message
+\tif err := json.NewDecoder(os.Stdin).Decode(&msgs); err != nil {
+\t\tpanic(err)
+\t}
+\tvar system []string
+\tvar joined []*Message
+\tfor i := range msgs {
+\t\tm := msgs[i]
+\t\tif m.Role == "system" {
+\t\t\tsystem = append(system, m.Content)
+\t\t}
+\t\tif n := len(joined); n > 0 && joined[n-1].Role == m.Role {
+\t\t\tjoined[n-1].Content += "\\n\\n" + m.Content
+\t\t} else {
+\t\t\tjoined = append(joined, &m)
+\t\t}
+\t}
+\tt := template.Must(template.New("").Option("missingkey=zero").Parse(os.Args[1]))
+\tdata := map[string]any{"System": strings.Join(system, "\\n\\n"), "Messages": joined}
+\tif err := t.Execute(os.Stdout, data); err != nil {
+\t\tpanic(err)
+\t}
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def go_render(tmp_path_factory):
+    if shutil.which("go") is None:
+        pytest.skip("Go is not installed (apt-get install golang-go renders Ollama's template)")
+    folder = tmp_path_factory.mktemp("go")
+    (folder / "render.go").write_text(GO_RENDER)
+    env = {**os.environ, "GOCACHE": str(folder / "cache"), "GOPATH": str(folder / "gopath"),
+           "GOFLAGS": "", "GO111MODULE": "off"}  # fmt: skip
+    subprocess.run(["go", "build", "-o", str(folder / "render"), str(folder / "render.go")],
+                   check=True, env=env, cwd=folder)  # fmt: skip
+
+    def render(messages):
+        return subprocess.run([str(folder / "render"), export.OLLAMA_TEMPLATE], check=True,
+                              input=json.dumps(messages), capture_output=True, text=True).stdout
+
+    return render
+
+
+@pytest.mark.parametrize("turns", [
+    [("prompter", "Where does the otter live?")],
+    [("prompter", "Where?"), ("assistant", " By rivers."), ("prompter", "What does it eat?")],
+    *[chat[:-1] for chat in SYSTEM_CHATS],
+    [("system", " Be brief. "), ("prompter", " Hi\n"), ("assistant", "  Hello. "),
+     ("prompter", "x")],
+], ids=["one message", "a reply with its space", "system", "system, one turn", "whitespace"])
+def test_ollama_template_renders_what_the_jinja_template_renders(go_render, turns):
+    messages = _messages(turns)
+    assert go_render(messages) == _jinja(messages)
+
+
+def test_ollama_render_can_fail(go_render):
+    """The old template (every role but user an ``### Assistant:`` line) renders a system
+    message unlike the Jinja template: the comparison above sees it."""
+    old = export.OLLAMA_TEMPLATE
+    try:
+        export.OLLAMA_TEMPLATE = (
+            "{{- range $i, $m := .Messages }}{{ if $i }}\n{{ end }}"
+            '{{ if eq $m.Role "user" }}### Human: {{ $m.Content }}'
+            "{{ else }}### Assistant: {{ $m.Content }}{{ end }}"
+            "{{- end }}\n### Assistant:"
+        )
+        messages = _messages(SYSTEM_CHATS[0][:-1])
+        assert go_render(messages).startswith("### Assistant: Answer in one short sentence.\n")
+        assert go_render(messages) != _jinja(messages)
+    finally:
+        export.OLLAMA_TEMPLATE = old
 
 
 def test_chat_completion_stops_and_equals_transformers(files, tiny):
@@ -311,10 +441,14 @@ def test_modelfile_has_the_training_format_and_stops(tmp_path):
     stops = [line.split(" ", 2)[2] for line in lines if line.startswith("PARAMETER stop")]
     assert stops == ['"### Human:"', '"<|endoftext|>"']
     template = text.split('TEMPLATE """')[1].split('"""')[0]
-    # the Jinja template's pieces: a line per message, newline-joined, then the generation prompt
-    assert "### Human: {{ $m.Content }}" in template
-    assert "### Assistant: {{ $m.Content }}" in template
-    assert template.endswith("{{- end }}\n### Assistant:") and "{{ if $i }}\n{{ end }}" in template
+    assert template == export.OLLAMA_TEMPLATE
+    # the Jinja template's pieces: a system message's place, a line per message, newline-joined,
+    # then the generation prompt
+    assert '{{- if eq .Role "system" }}{{ $system = $text }}' in template
+    assert "### Human: {{ if $system }}{{ $system }}\n\n{{ $system = \"\" }}{{ end }}{{ $text }}" \
+        in template  # fmt: skip
+    assert "### Assistant: {{ $text }}" in template
+    assert template.endswith("{{ if $started }}\n{{ end }}### Assistant:")
 
 
 # --- the notebook's cells are the module's source ----------------------------------------------
@@ -338,4 +472,5 @@ def test_notebook_cells_define_the_module_functions():
             name = node.name if isinstance(node, ast.FunctionDef) else node.targets[0].id
             names.append(name)
             assert in_cells.get(name) == ast.dump(node), f"{name} differs from the notebook's cell"
-    assert {"write_gguf", "gguf_name", "quantize_gguf", "CHAT_TEMPLATE"} <= set(names)
+    assert {"write_gguf", "gguf_name", "quantize_gguf", "CHAT_TEMPLATE", "OLLAMA_TEMPLATE",
+            "chat_adapter_problem"} <= set(names)

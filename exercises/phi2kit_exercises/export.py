@@ -6,16 +6,62 @@ exercises and ``bench/gguf_real_size.py``). The layout is llama.cpp's own conver
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from phi2kit.lora import adapter_profile, trained_by
+
+
+def chat_adapter_problem(adapter, profile_name):
+    """Why the folder ``adapter`` cannot be exported as a chat model under ``profile_name``,
+    and what to pass instead; None when it can."""
+    path, say = Path(adapter), f"CHAT_ADAPTER {adapter}"
+    instead = ("pass a chat adapter instead: notebook 06's (outputs/06_chat/adapter), or the "
+               "adapter/ folder that `phi2kit train chat` (or dpo) writes in its --output-dir")
+    if not path.exists():
+        return f"{say} does not exist; {instead}"
+    if not path.is_dir():
+        return f"{say} is a file, not a folder; pass the folder that holds adapter_config.json"
+    config, inner = path / "adapter_config.json", path / "adapter"  # inner: a `phi2kit train` run's
+    if not config.is_file() and (inner / "adapter_config.json").is_file():
+        return f"{say} holds no adapter_config.json, its adapter/ folder does: pass {inner}"
+    if not config.is_file():
+        return f"{say} holds no adapter_config.json, so it is no PEFT adapter; {instead}"
+    if json.loads(config.read_text()).get("task_type") == "SEQ_CLS":
+        return (f"{say} is a classifier adapter (task_type SEQ_CLS, as notebook 03 and `phi2kit "
+                "train classifier` save it): it answers through its `score` head, which a chat "
+                f"model has no place for, so the export would lose the head; {instead}")
+    run, task = trained_by(path)
+    if task not in (None, "chat", "dpo"):  # a dpo adapter is a chat model tuned further
+        return (f"{say} was trained by `phi2kit train {task}` ({run} says so), not on chats: "
+                f"exported as a chat model it would answer in that task's form; {instead}")
+    made_under = adapter_profile(path)  # tiny and t4-cpu share one base model and outputs/
+    if made_under not in (None, profile_name):
+        return (f"{say} was trained under the {made_under} profile, not {profile_name}: run "
+                f"this notebook with PROFILE {made_under!r}")
+    return None
+
 
 #: The course's chat format (notebook 06) as a Jinja template, for ``tokenizer.chat_template``:
 #: ``### Human: ...`` / ``### Assistant: ...`` lines joined by newlines; the generation prompt
-#: ends with ``### Assistant:`` (the reply then starts with a space, as in training).
+#: ends with ``### Assistant:`` (the reply then starts with a space, as in training). A system
+#: message is no line of its own: as in training (``conversation_to_rows``), its text, a blank
+#: line, then the next user message make one ``### Human:`` turn. Whitespace as in
+#: :data:`OLLAMA_TEMPLATE` (Go templates cannot strip): one leading space of a message is dropped
+#: (a reply starts with one), any other is kept.
 CHAT_TEMPLATE = (
+    "{% set ns = namespace(system='', started=false) %}"
     "{% for m in messages %}"
-    "{{ '### Human: ' if m['role'] == 'user' else '### Assistant: ' }}{{ m['content'] | trim }}"
-    "{% if not loop.last or add_generation_prompt %}{{ '\\n' }}{% endif %}"
+    "{% set text = m['content'][1:] if m['content'][:1] == ' ' else m['content'] %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = text %}"
+    "{% else %}"
+    "{{ '\\n' if ns.started else '' }}{% set ns.started = true %}"
+    "{% if m['role'] == 'user' %}{{ '### Human: ' }}"
+    "{% if ns.system %}{{ ns.system + '\\n\\n' }}{% set ns.system = '' %}{% endif %}{{ text }}"
+    "{% else %}{{ '### Assistant: ' + text }}{% endif %}"
+    "{% endif %}"
     "{% endfor %}"
-    "{% if add_generation_prompt %}{{ '### Assistant:' }}{% endif %}"
+    "{% if add_generation_prompt %}"
+    "{{ ('\\n' if ns.started else '') + '### Assistant:' }}{% endif %}"
 )
 STOP = ["### Human:"]  # the stop string of phi2kit.chat; EOS stops generation too
 
@@ -105,12 +151,21 @@ def quantize_gguf(src, dst, ftype="Q4_K_M"):
     return dst
 
 
-#: The chat format as an Ollama (Go) template: the same lines as :data:`CHAT_TEMPLATE`
+#: The chat format as an Ollama (Go) template, line for line :data:`CHAT_TEMPLATE`: Ollama keeps
+#: system messages in ``.Messages`` (role ``system``); Go's templates have no trim function
+#: (Ollama adds only ``json``), so both drop just one leading space.
 OLLAMA_TEMPLATE = (
-    "{{- range $i, $m := .Messages }}{{ if $i }}\n{{ end }}"
-    '{{ if eq $m.Role "user" }}### Human: {{ $m.Content }}'
-    "{{ else }}### Assistant: {{ $m.Content }}{{ end }}"
-    "{{- end }}\n### Assistant:"
+    '{{- $system := "" }}{{ $started := false }}'
+    "{{- range .Messages }}"
+    "{{- $text := .Content }}"
+    '{{ if and $text (eq (slice $text 0 1) " ") }}{{ $text = slice $text 1 }}{{ end }}'
+    '{{- if eq .Role "system" }}{{ $system = $text }}'
+    "{{- else }}{{ if $started }}\n{{ end }}{{ $started = true }}"
+    '{{- if eq .Role "user" }}### Human: '
+    '{{ if $system }}{{ $system }}\n\n{{ $system = "" }}{{ end }}{{ $text }}'
+    "{{- else }}### Assistant: {{ $text }}{{ end }}"
+    "{{- end }}"
+    "{{- end }}{{ if $started }}\n{{ end }}### Assistant:"
 )
 
 

@@ -44,12 +44,6 @@ def it_holds(folder: Path, skip: Path | None = None) -> str | None:
     return f"it holds {', '.join(held[:3])}{', ...' * (len(held) > 3)}" if held else None
 
 
-def trained_by(adapter: str | Path) -> tuple[Path, str | None]:
-    """``run.json`` beside ``adapter`` (from ``phi2kit train``) and its task; None without it."""
-    run = Path(adapter).parent / "run.json"
-    return run, json.loads(run.read_text()).get("task") if run.is_file() else None
-
-
 def adapter_error(adapter: str | Path, fix: str) -> str | None:
     """What is wrong with ``--adapter`` as a causal-LM adapter folder, ending in ``fix``; or
     None. Checked before any model loads (chat, app, train dpo/grpo)."""

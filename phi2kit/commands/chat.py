@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TextIO
 
 from phi2kit.chat import load_chat_model, stream_reply
-from phi2kit.commands import adapter_error, add_profile_argument, fail, folder_error, trained_by
+from phi2kit.commands import adapter_error, add_profile_argument, fail, folder_error
 from phi2kit.profiles import get_profile
 
 EXIT_WORDS = ("exit", "quit")
@@ -58,6 +58,8 @@ def model_error(args: argparse.Namespace) -> str | None:
 def adapter_note(adapter: str | Path | None) -> str | None:
     """A note when ``phi2kit train``'s ``run.json`` beside ``adapter`` names a task that does
     not chat (a sentiment adapter answers with a label): legal, but rarely what was meant."""
+    from phi2kit.lora import trained_by  # torch: not for `phi2kit --help`
+
     run, task = trained_by(adapter) if adapter is not None else (None, None)
     if task in (None, "chat", "dpo"):
         return None

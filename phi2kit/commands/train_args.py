@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from phi2kit import recipes
-from phi2kit.commands import adapter_error, add_profile_argument, trained_by
+from phi2kit.commands import adapter_error, add_profile_argument
 from phi2kit.profiles import Profile
 
 TASK_NAMES = ("sentiment", "classifier", "webglm", "chat", "dpo", "grpo")
@@ -175,6 +175,8 @@ def _check_adapter(adapter: Path | None, task: str) -> None:
                          f"{how}")  # fmt: skip
     if problem := adapter_error(adapter, how):
         raise ValueError(problem)
+    from phi2kit.lora import trained_by  # torch: not for `phi2kit --help`
+
     run, made_by = trained_by(adapter)
     if made_by not in (None, sft, task):
         raise ValueError(f"--adapter {adapter}: a {made_by} adapter ({run} says so), not a {sft} "
