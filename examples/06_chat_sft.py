@@ -258,15 +258,15 @@ def main(argv=None):
     groups = {}  # threads that open with the same question go to one split
     for t in threads:
         groups.setdefault(t[0][1].strip(), []).append(t)
-    train, evals = list(groups.values()), []
-    while len(train) > 1 and sum(map(len, evals)) < args.n_eval:  # the last groups to eval
-        evals.insert(0, train.pop())
-    if not evals:
+    held = list(groups)[1:]  # whole groups from the end of the file to eval; the first trains
+    while held and sum(len(groups[q]) for q in held[1:]) >= args.n_eval:
+        held.pop(0)
+    if not held:
         bad(args.data, None, None, "every thread opens with the same question: need at least "
             "two different ones (train and eval)")
-    data = {name: Dataset.from_list([ex for g in part for t in g
+    data = {name: Dataset.from_list([ex for t in threads if (t[0][1].strip() in held) == is_eval
                                      for ex in to_examples(t, tokenizer, args.max_length)])
-            for name, part in (("train", train), ("eval", evals))}
+            for name, is_eval in (("train", False), ("eval", True))}  # in the file's order
     AttentionInterface.register("fp32_eager", fp32_attention)
     AttentionMaskInterface.register("fp32_eager", eager_mask)
     set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter

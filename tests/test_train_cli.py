@@ -605,7 +605,7 @@ def test_chat_eval_opens_with_no_question_train_opens_with(tmp_path):
     same = tmp_path / "hi.jsonl"  # every chat opens with "Hi": no eval that is not a train one
     same.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "Hi"}, {
         "role": "assistant", "content": f"Hello {i}"}]}) + "\n" for i in range(5)))  # fmt: skip
-    with pytest.raises(DataError, match="open with the same question: need at least 2"):
+    with pytest.raises(DataError, match="every thread opens with the same question: need two"):
         load_data(Setup("chat", profile, get_recipe("chat", profile), data=str(same)))
 
 

@@ -142,15 +142,15 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
     groups: dict[str, list] = {}  # as notebook 06: threads that open alike go to one split
     for t in threads:
         groups.setdefault(t[0][1].strip(), []).append(t)
-    train, evals = list(groups.values()), []
-    while len(train) > 1 and sum(map(len, evals)) < n_eval:
-        evals.insert(0, train.pop())
-    if not evals:
-        raise DataError(f"all {len(threads)} threads open with the same question: need at least 2 "
-                        "different ones (one split each)", path=path)  # fmt: skip
+    held = list(groups)[1:]  # whole groups from the end of the file to eval; the first trains
+    while held and sum(len(groups[q]) for q in held[1:]) >= n_eval:
+        held.pop(0)
+    if not held:
+        raise DataError("every thread opens with the same question: need two", path=path)
     n_train, n_test, max_length = setup.recipe.n_train, setup.recipe.n_test, setup.recipe.max_length
-    made = {name: [ex for g in part for t in g for ex in to_examples(t, tokenizer, max_length)]
-            for name, part in (("train", train), ("eval", evals))}
+    made = {name: [ex for t in threads if (t[0][1].strip() in held) == is_eval
+                   for ex in to_examples(t, tokenizer, max_length)]
+            for name, is_eval in (("train", False), ("eval", True))}  # in the file's order
     replies = sum(role == "assistant" for t in threads for role, _ in t)
     trimmed = sum(ex["dropped_turns"] > 0 for rows in made.values() for ex in rows)
     left_out = replies - sum(map(len, made.values()))

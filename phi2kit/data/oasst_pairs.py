@@ -258,7 +258,7 @@ def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
     question asked in several trees, as our generated sample does often) in the same one, so
     no prompt is in two: shuffled groups go to test, then eval, until each holds ``n_test`` and
     ``n_eval`` pairs, or a fifth of the pairs where that is fewer (a small file of your own
-    keeps most pairs to train)."""
+    keeps most pairs to train); each split keeps the pairs' order."""
     joined: dict[Any, Any] = {}  # tree -> a tree it shares a prompt with (union-find)
 
     def group(tree: Any) -> Any:
@@ -270,17 +270,15 @@ def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
     for p in pairs:
         other = first.setdefault(p["prompt"], p["tree"])
         joined[group(p["tree"])] = group(other)
-    trees = list(dict.fromkeys(group(p["tree"]) for p in pairs))
-    random.Random(seed).shuffle(trees)
-    by_tree: dict[Any, list[dict]] = {}
-    for p in pairs:
-        by_tree.setdefault(group(p["tree"]), []).append(p)
-    splits: list[list[dict]] = [[], [], []]  # test, eval, train
+    size = Counter(group(p["tree"]) for p in pairs)  # pairs per group of trees
+    groups = list(size)
+    random.Random(seed).shuffle(groups)
+    held, where = [0, 0], {}  # pairs in test and eval; each group's split (0 test, 1 eval, 2 train)
     wanted = [min(n, max(1, len(pairs) // 5)) for n in (n_test, n_eval)]
-    for tree in trees:  # a group larger than a fifth of the pairs trains
-        part = by_tree[tree]
-        fits = len(part) <= max(1, len(pairs) // 5)
-        k = next((i for i, n in enumerate(wanted) if len(splits[i]) < n and fits), 2)
-        splits[k].extend(part)
-    test, eval_, train = splits
+    for g in groups:  # a group larger than a fifth of the pairs trains
+        fits = size[g] <= max(1, len(pairs) // 5)
+        where[g] = k = next((i for i, n in enumerate(wanted) if held[i] < n and fits), 2)
+        if k < 2:
+            held[k] += size[g]
+    test, eval_, train = ([p for p in pairs if where[group(p["tree"])] == k] for k in range(3))
     return train, eval_, test
