@@ -107,6 +107,14 @@ def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
     return list(turns[last[-1]:]) if last else list(turns[-1:])
 
 
+def with_system(turns: Thread, system: str | None) -> Thread:
+    """``turns`` with a system prompt where training put one (:func:`conversation_to_rows`):
+    its text and a blank line before the first user message."""
+    if not system or not turns:
+        return list(turns)
+    return [(turns[0][0], f"{system.strip()}\n\n{turns[0][1]}"), *turns[1:]]
+
+
 def sampling_kwargs(temperature: float = 0.0) -> dict:
     """``generate`` keywords: greedy at temperature 0, otherwise sampling at that temperature."""
     if temperature < 0:

@@ -208,6 +208,35 @@ def test_cli_reads_scripted_stdin_until_exit(tiny_model, tiny_tokenizer):
     assert [line.removeprefix("assistant> ") for line in lines] == [first, second]
 
 
+def test_a_system_prompt_goes_where_training_put_it(tiny_tokenizer, monkeypatch):
+    """--system: its text and a blank line before the first user message, the prompt that
+    training built from a chat opening with a system message (lesson 06, phi2kit train chat);
+    in the terminal chat and in the app's chat function alike."""
+    from phi2kit.chat import build_threads, conversation_to_rows, to_examples, with_system
+
+    chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": QUESTION},
+            {"role": "assistant", "content": "By rivers."}, {"role": "user", "content": "Why?"},
+            {"role": "assistant", "content": "Fish."}]  # fmt: skip
+    (thread,) = build_threads(conversation_to_rows(chat, 0))
+    trained = [ex["prompt"] for ex in to_examples(thread, tiny_tokenizer, 256)]
+    turns = [("prompter", QUESTION), ("assistant", "By rivers."), ("prompter", "Why?")]
+    assert format_chat(with_system(turns[:1], "Be brief.")) == trained[0]
+    assert format_chat(with_system(turns, "Be brief.")) == trained[1]
+    assert with_system(turns, None) == turns and with_system(turns, "") == turns
+
+    seen = []  # the turns each reply is generated from
+    fake = lambda model, tokenizer, turns, **kw: (seen.append(turns), iter(["ok"]))[1]  # noqa: E731
+    monkeypatch.setattr("phi2kit.commands.chat.stream_reply", fake)
+    monkeypatch.setattr("phi2kit.commands.chat.load_for_command", lambda args: (0, 0, False))
+    stdin = io.StringIO(f"{QUESTION}\nWhy?\n")
+    assert run_chat(_chat_args("--system", "Be brief."), stdin=stdin, stdout=io.StringIO()) == 0
+    assert seen[1] == [("prompter", f"Be brief.\n\n{QUESTION}"), ("assistant", "ok"),
+                       ("prompter", "Why?")]  # fmt: skip
+    monkeypatch.setattr("phi2kit.commands.app.stream_reply", fake)
+    list(make_chat_fn(None, None, system="Be brief.")(QUESTION, []))
+    assert seen[-1] == [("prompter", f"Be brief.\n\n{QUESTION}")]
+
+
 def test_cli_stops_at_end_of_input(tmp_path):
     stdout = io.StringIO()
     assert run_chat(_chat_args(), stdin=io.StringIO(QUESTION), stdout=stdout) == 0

@@ -7,7 +7,7 @@ import argparse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from phi2kit.chat import STOP_STRINGS, Thread, stream_reply
+from phi2kit.chat import STOP_STRINGS, Thread, stream_reply, with_system
 from phi2kit.commands import fail
 from phi2kit.commands.chat import add_model_arguments, load_for_command, model_error
 
@@ -60,7 +60,8 @@ def port_error(host: str, port: int) -> str | None:
     return None
 
 
-def make_chat_fn(model, tokenizer, *, max_new_tokens: int = 128, temperature: float = 0.0):
+def make_chat_fn(model, tokenizer, *, max_new_tokens: int = 128, temperature: float = 0.0,
+                 system: str | None = None):  # fmt: skip
     """``respond(message, history, max_new_tokens, temperature, stop_at_human)`` for Gradio's
     ``ChatInterface``: it yields the reply so far, so the page streams it."""
 
@@ -69,7 +70,7 @@ def make_chat_fn(model, tokenizer, *, max_new_tokens: int = 128, temperature: fl
         if not message.strip():  # the page's box cannot send one; the API can
             yield "(type a message)"
             return
-        turns = [*to_turns(history), ("prompter", message.strip())]
+        turns = with_system([*to_turns(history), ("prompter", message.strip())], system)
         yield from stream_reply(model, tokenizer, turns, max_new_tokens=int(max_new_tokens),
                                 temperature=float(temperature),
                                 stop_strings=STOP_STRINGS if stop_at_human else ())  # fmt: skip
@@ -88,7 +89,7 @@ def describe_model(profile: str, *, base: str | None, adapter: str | None,
 
 
 def build_app(model, tokenizer, *, description: str = "", max_new_tokens: int = 128,
-              temperature: float = 0.0):  # fmt: skip
+              temperature: float = 0.0, system: str | None = None):  # fmt: skip
     """A ``gradio.ChatInterface`` around :func:`make_chat_fn`; call ``.launch()`` on it."""
     import gradio as gr
 
@@ -99,7 +100,8 @@ def build_app(model, tokenizer, *, description: str = "", max_new_tokens: int = 
                     "inventing a turn)"),
     ]
     return gr.ChatInterface(
-        make_chat_fn(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature),
+        make_chat_fn(model, tokenizer, max_new_tokens=max_new_tokens, temperature=temperature,
+                     system=system),
         additional_inputs=settings,
         additional_inputs_accordion=gr.Accordion("Generation settings", open=False),
         title="phi2kit chat", api_name="respond", flagging_mode="never",
@@ -137,8 +139,10 @@ def run_app(args: argparse.Namespace) -> int:
     base = args.model or (model_source(profile) if profile.model_id else None)
     description = describe_model(profile.name, base=base, adapter=args.adapter,
                                  quantize_4bit=nf4)  # fmt: skip
-    app = build_app(model, tokenizer, description=description,
-                    max_new_tokens=args.max_new_tokens, temperature=args.temperature)  # fmt: skip
+    if args.system:
+        description += f" · **System prompt:** {args.system.strip()}"
+    app = build_app(model, tokenizer, description=description, max_new_tokens=args.max_new_tokens,
+                    temperature=args.temperature, system=args.system)  # fmt: skip
     share = "a public link follows" if args.share else "--share for a public link"
     print(f"phi2kit app: serving on http://{args.host}:{args.port} ({share}; Ctrl-C stops)")
     # quiet: Gradio's own start-up lines speak of launch(share=True); the shell user has --share

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from phi2kit.chat import load_chat_model, stream_reply
+from phi2kit.chat import load_chat_model, stream_reply, with_system
 from phi2kit.commands import adapter_error, add_profile_argument, fail, folder_error
 from phi2kit.profiles import get_profile
 
@@ -28,6 +28,9 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="sampling temperature; 0 (default) is greedy, the same reply every "
                         "time")  # fmt: skip
+    parser.add_argument("--system", default=None, metavar="TEXT",
+                        help="a system prompt, put where training put one (before the first "
+                        "user message): for an adapter trained on chats that had one")  # fmt: skip
 
 
 def model_error(args: argparse.Namespace) -> str | None:
@@ -126,7 +129,7 @@ def run_chat(args: argparse.Namespace, stdin: TextIO | None = None,
         print("assistant> ", end="", file=stdout, flush=True)
         turns.append(("prompter", line.strip()))
         reply = ""
-        for piece in stream_reply(model, tokenizer, turns, **settings):
+        for piece in stream_reply(model, tokenizer, with_system(turns, args.system), **settings):
             # each value extends the last one (text is only ever held back, never taken back)
             print(piece[len(reply) :], end="", file=stdout, flush=True)
             reply = piece
