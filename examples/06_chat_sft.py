@@ -258,15 +258,22 @@ def main(argv=None):
     groups = {}  # threads that open with the same question go to one split
     for t in threads:
         groups.setdefault(t[0][1].strip(), []).append(t)
-    held = list(groups)[1:]  # whole groups from the end of the file to eval; the first trains
+    # whole groups from the end of the file to eval; the first, and any over a fifth, train
+    held = [q for q in list(groups)[1:] if len(groups[q]) <= max(1, len(threads) // 5)]
     while held and sum(len(groups[q]) for q in held[1:]) >= args.n_eval:
         held.pop(0)
     if not held:
         bad(args.data, None, None, "every thread opens with the same question: need at least "
             "two different ones (train and eval)")
-    data = {name: Dataset.from_list([ex for t in threads if (t[0][1].strip() in held) == is_eval
-                                     for ex in to_examples(t, tokenizer, args.max_length)])
+    rows = {name: [ex for t in threads if (t[0][1].strip() in held) == is_eval
+                   for ex in to_examples(t, tokenizer, args.max_length)]
             for name, is_eval in (("train", False), ("eval", True))}  # in the file's order
+    seen = {ex["prompt"] for ex in rows["train"]}  # a prompt that lost its oldest turns may
+    rows["eval"] = [ex for ex in rows["eval"] if ex["prompt"] not in seen]  # match a train one
+    if not rows["train"] or not rows["eval"]:
+        bad(args.data, None, None, f"no {'train' if not rows['train'] else 'eval'} example fits "
+            f"--max-length {args.max_length}: raise it (eval keeps the prompts train lacks)")
+    data = {name: Dataset.from_list(part) for name, part in rows.items()}
     AttentionInterface.register("fp32_eager", fp32_attention)
     AttentionMaskInterface.register("fp32_eager", eager_mask)
     set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter

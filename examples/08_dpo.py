@@ -79,8 +79,7 @@ def tree_pairs(node, lang, path, line, history=()):
 
 
 def read_pairs(path, lang=None):
-    """(pairs, whether the file holds trees) from trl-format rows or OASST1 trees; each pair has
-    its conversation (``group``); exit 2 at the first bad line."""
+    """(pairs, holds trees) from trl-format rows or OASST1 trees; exit 2 at the first bad line."""
     if not os.path.isfile(path):
         bad(path, None, None, "a folder, not a file: pass the .jsonl file" if os.path.isdir(path)
             else "no such file")
@@ -146,8 +145,7 @@ def split(pairs, n_eval):
 
 
 def fit_and_split(pairs, trees, tokenizer, args):
-    """(train, eval) of the pairs that fit --max-length, each once; exit 2 naming the fix when
-    none is left to train."""
+    """(train, eval) of the pairs that fit --max-length, each once; exit 2 naming the fix."""
     unique = {}
     for p in pairs:  # a pair given twice: once, where it first stood
         unique.setdefault((p["prompt"], p["chosen"], p["rejected"]), p)
@@ -155,6 +153,8 @@ def fit_and_split(pairs, trees, tokenizer, args):
     longest = lambda p: max(len(tokenizer(p["prompt"] + p[k])["input_ids"]) for k in REPLIES)  # noqa: E731
     fits = [p for p in unique if longest(p) + 1 <= args.max_length]  # + 1: the EOS trl appends
     train, evals = split(fits, args.n_eval)
+    if train and not evals:  # each eval prompt is also a train one
+        bad(args.data, None, None, "no eval pair whose prompt train lacks: raise --n-eval")
     if not train:
         lang = f" in language {args.lang!r} (--lang '' for all)" if args.lang else ""
         fix = max(1, len(fits) // 5) if split(fits, max(1, len(fits) // 5))[0] else 1

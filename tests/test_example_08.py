@@ -272,3 +272,18 @@ def test_a_byte_order_mark_is_dropped_as_the_library_drops_it(tmp_path):
     assert not trees and [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == [
         ("### Human: Q\n### Assistant:", " A", " B")] == [
         (p["prompt"], p["chosen"], p["rejected"]) for p in load_pairs(data)]
+
+
+def test_an_eval_split_whose_prompts_train_holds_is_one_line(tmp_path, capsys):
+    """One question opening two trees: the eval tree's pair has a train prompt and is left out;
+    with nothing left to eval, exit 2 naming the fix (it failed inside trl)."""
+    from transformers import AutoTokenizer
+
+    script = load_script(NAME)
+    pairs = [{"prompt": p, "chosen": "A", "rejected": r, "group": g}
+             for p, r, g in (("X", "B", 1), ("Y", "B", 2), ("X", "C", 3))]  # fmt: skip
+    args = script.parse_args(["--adapter", "a", "--data", "d.jsonl", "--n-eval", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        script.fit_and_split(pairs, True, AutoTokenizer.from_pretrained(TINY), args)
+    assert exit_.value.code == 2
+    assert "no eval pair whose prompt train lacks: raise --n-eval" in capsys.readouterr().err

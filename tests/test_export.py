@@ -246,6 +246,19 @@ def test_chat_template_renders_the_training_prompt():
     assert closed == format_chat(turns[:2], add_generation_prompt=False)
 
 
+def test_chat_template_strips_each_turn_as_training_did():
+    """``format_chat`` strips every turn, and a leading system message joins the first user
+    message before it is stripped (``conversation_to_rows``); the template does the same."""
+    from phi2kit.chat import conversation_to_rows
+
+    chat = [("system", " Be brief. "), ("prompter", " Hi\n"), ("assistant", "  Hello. \n"),
+            ("prompter", "Bye ")]  # fmt: skip
+    rows = conversation_to_rows(_messages(chat), 0)
+    trained = format_chat([(r["role"], r["text"]) for r in rows])
+    assert _jinja(_messages(chat)) == trained == (
+        "### Human: Be brief.\n\n Hi\n### Assistant: Hello.\n### Human: Bye\n### Assistant:")
+
+
 #: Your own chats (messages format), each with a system message first, as training reads them
 SYSTEM_CHATS = [
     [("system", "Answer in one short sentence."), ("prompter", "Where does the otter live?"),
@@ -335,9 +348,7 @@ def go_render(tmp_path_factory):
     [("prompter", "Where does the otter live?")],
     [("prompter", "Where?"), ("assistant", " By rivers."), ("prompter", "What does it eat?")],
     *[chat[:-1] for chat in SYSTEM_CHATS],
-    [("system", " Be brief. "), ("prompter", " Hi\n"), ("assistant", "  Hello. "),
-     ("prompter", "x")],
-], ids=["one message", "a reply with its space", "system", "system, one turn", "whitespace"])
+], ids=["one message", "a reply with its space", "system", "system, one turn"])
 def test_ollama_template_renders_what_the_jinja_template_renders(go_render, turns):
     messages = _messages(turns)
     assert go_render(messages) == _jinja(messages)

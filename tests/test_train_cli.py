@@ -607,6 +607,12 @@ def test_chat_eval_opens_with_no_question_train_opens_with(tmp_path):
         "role": "assistant", "content": f"Hello {i}"}]}) + "\n" for i in range(5)))  # fmt: skip
     with pytest.raises(DataError, match="every thread opens with the same question: need two"):
         load_data(Setup("chat", profile, get_recipe("chat", profile), data=str(same)))
+    big = tmp_path / "big.jsonl"  # most chats open with "Hello!": that group trains, whole
+    chats = [("Hello!", f"Hi {i}") for i in range(40)] + [(f"Q{i}?", f"A{i}.") for i in range(8)]
+    big.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q}, {
+        "role": "assistant", "content": a}]}) + "\n" for q, a in chats[40:] + chats[:40]))
+    data = load_data(Setup("chat", profile, get_recipe("chat", profile), data=str(big)))
+    assert len(data.train) == 41 and "Hello!" not in "".join(data.eval["prompt"])  # Q0 + 40
 
 
 def test_resume_checks_the_data_by_content_not_by_the_path_typed(tmp_path, capsys, monkeypatch):

@@ -45,19 +45,18 @@ def chat_adapter_problem(adapter, profile_name):
 #: ``### Human: ...`` / ``### Assistant: ...`` lines joined by newlines; the generation prompt
 #: ends with ``### Assistant:`` (the reply then starts with a space, as in training). A system
 #: message is no line of its own: as in training (``conversation_to_rows``), its text, a blank
-#: line, then the next user message make one ``### Human:`` turn. Whitespace as in
-#: :data:`OLLAMA_TEMPLATE` (Go templates cannot strip): one leading space of a message is dropped
-#: (a reply starts with one), any other is kept.
+#: line, then the next user message make one ``### Human:`` turn. Each turn is stripped, as
+#: ``format_chat`` strips it in training (:data:`OLLAMA_TEMPLATE` cannot: Go has no trim).
 CHAT_TEMPLATE = (
     "{% set ns = namespace(system='', started=false) %}"
     "{% for m in messages %}"
-    "{% set text = m['content'][1:] if m['content'][:1] == ' ' else m['content'] %}"
-    "{% if m['role'] == 'system' %}{% set ns.system = text %}"
+    "{% if m['role'] == 'system' %}{% set ns.system = m['content'] | trim %}"
     "{% else %}"
     "{{ '\\n' if ns.started else '' }}{% set ns.started = true %}"
-    "{% if m['role'] == 'user' %}{{ '### Human: ' }}"
-    "{% if ns.system %}{{ ns.system + '\\n\\n' }}{% set ns.system = '' %}{% endif %}{{ text }}"
-    "{% else %}{{ '### Assistant: ' + text }}{% endif %}"
+    "{% if m['role'] == 'user' %}"
+    "{% set text = ns.system + '\\n\\n' + m['content'] if ns.system else m['content'] %}"
+    "{% set ns.system = '' %}{{ '### Human: ' + text | trim }}"
+    "{% else %}{{ '### Assistant: ' + m['content'] | trim }}{% endif %}"
     "{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}"
@@ -153,7 +152,7 @@ def quantize_gguf(src, dst, ftype="Q4_K_M"):
 
 #: The chat format as an Ollama (Go) template, line for line :data:`CHAT_TEMPLATE`: Ollama keeps
 #: system messages in ``.Messages`` (role ``system``); Go's templates have no trim function
-#: (Ollama adds only ``json``), so both drop just one leading space.
+#: (Ollama adds only ``json``), so it drops just one leading space of a message.
 OLLAMA_TEMPLATE = (
     '{{- $system := "" }}{{ $started := false }}'
     "{{- range .Messages }}"

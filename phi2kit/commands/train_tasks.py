@@ -142,8 +142,8 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
     groups: dict[str, list] = {}  # as notebook 06: threads that open alike go to one split
     for t in threads:
         groups.setdefault(t[0][1].strip(), []).append(t)
-    held = list(groups)[1:]  # whole groups from the end of the file to eval; the first trains
-    while held and sum(len(groups[q]) for q in held[1:]) >= n_eval:
+    held = [q for q in list(groups)[1:] if len(groups[q]) <= max(1, len(threads) // 5)]
+    while held and sum(len(groups[q]) for q in held[1:]) >= n_eval:  # the last groups to eval
         held.pop(0)
     if not held:
         raise DataError("every thread opens with the same question: need two", path=path)
@@ -157,9 +157,12 @@ def read_chat(path: Path | None, setup: Setup, tokenizer):
     if trimmed or left_out:  # notebook 06's to_examples: the reply is never cut
         print(f"phi2kit train: to fit max_length {max_length}, {trimmed} examples lost their "
               f"oldest turns and {left_out} (a last question and reply too long) were left out")
+    seen = {ex["prompt"] for ex in made["train"]}  # a prompt that lost its oldest turns may
+    made["eval"] = [ex for ex in made["eval"] if ex["prompt"] not in seen]  # match a train one
     if not made["train"] or not made["eval"]:
         raise DataError(f"no {'train' if not made['train'] else 'eval'} example fits max_length "
-                        f"{max_length}: raise it (--set max_length=N)", path=path)
+                        f"{max_length}: raise it (--set max_length=N; eval keeps what train lacks)",
+                        path=path)  # fmt: skip
     return tuple(Dataset.from_list(rows[:limit]).remove_columns("dropped_turns")
                  for rows, limit in ((made["train"], n_train), (made["eval"], n_test)))
 
@@ -250,8 +253,7 @@ def build_trainer(setup: Setup, data: Data, output_dir, **args):
 
 
 def _exact_sft_weights(model) -> None:
-    """On a 4-bit base trl rounds the adapter to bf16: take back the exact fp32 SFT weights
-    from its first copy, ``ref`` (trl's frozen reference)."""
+    """trl rounds a 4-bit base's adapter to bf16: copy back the exact fp32 weights from ``ref``."""
     with torch.no_grad():
         for name, p in model.named_parameters():
             if ".default." in name:
@@ -275,8 +277,7 @@ def dpo(setup: Setup, data: Data, output_dir, **args):
 
 
 def grpo(setup: Setup, data: Data, output_dir, **args):
-    """Notebook 09's trainer: trl's ``GRPOTrainer`` with 09's rewards on 04's adapter
-    (trl adds a frozen copy of it, ``ref``, as the reference)."""
+    """Notebook 09's trainer: ``GRPOTrainer``, 09's rewards, on 04's adapter (and its ``ref``)."""
     profile, recipe = setup.profile, setup.recipe
     # reward_weights: 09's; the in-range and EOS rewards are logged, not trained on
     config = GRPOConfig(**common_args(profile, recipe, output_dir) | {
@@ -304,8 +305,7 @@ def grpo(setup: Setup, data: Data, output_dir, **args):
 
 
 class WarnIfNeverSupported(TrainerCallback):
-    """At the end, a warning when no logged step had a supported citation (an adapter that
-    never cites, e.g. not 04's: every group scores alike, nothing is learned)."""
+    """A warning at the end when no logged step had a supported citation (nothing learned)."""
 
     key = f"rewards/{citations_supported.__name__}/mean"  # trl's log of each reward's mean
 
