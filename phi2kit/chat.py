@@ -110,7 +110,7 @@ def fit_history(turns: Thread, tokenizer, max_tokens: int) -> Thread:
 def with_system(turns: Thread, system: str | None) -> Thread:
     """``turns`` with a system prompt where training put one (:func:`conversation_to_rows`):
     its text and a blank line before the first user message."""
-    if not system or not turns:
+    if not (system or "").strip() or not turns:
         return list(turns)
     return [(turns[0][0], f"{system.strip()}\n\n{turns[0][1]}"), *turns[1:]]
 

@@ -222,7 +222,7 @@ def test_a_system_prompt_goes_where_training_put_it(tiny_tokenizer, monkeypatch)
     turns = [("prompter", QUESTION), ("assistant", "By rivers."), ("prompter", "Why?")]
     assert format_chat(with_system(turns[:1], "Be brief.")) == trained[0]
     assert format_chat(with_system(turns, "Be brief.")) == trained[1]
-    assert with_system(turns, None) == turns and with_system(turns, "") == turns
+    assert with_system(turns, None) == with_system(turns, " \n") == turns
 
     seen = []  # the turns each reply is generated from
     fake = lambda model, tokenizer, turns, **kw: (seen.append(turns), iter(["ok"]))[1]  # noqa: E731

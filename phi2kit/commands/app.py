@@ -139,7 +139,7 @@ def run_app(args: argparse.Namespace) -> int:
     base = args.model or (model_source(profile) if profile.model_id else None)
     description = describe_model(profile.name, base=base, adapter=args.adapter,
                                  quantize_4bit=nf4)  # fmt: skip
-    if args.system:
+    if (args.system or "").strip():
         description += f" · **System prompt:** {args.system.strip()}"
     app = build_app(model, tokenizer, description=description, max_new_tokens=args.max_new_tokens,
                     temperature=args.temperature, system=args.system)  # fmt: skip
