@@ -270,7 +270,8 @@ def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
     for p in pairs:
         other = first.setdefault(p["prompt"], p["tree"])
         joined[group(p["tree"])] = group(other)
-    size = Counter(group(p["tree"]) for p in pairs)  # pairs per group of trees
+    roots = [group(p["tree"]) for p in pairs]  # each pair's group of trees, found once
+    size = Counter(roots)  # pairs per group
     groups = list(size)
     random.Random(seed).shuffle(groups)
     held, where = [0, 0], {}  # pairs in test and eval; each group's split (0 test, 1 eval, 2 train)
@@ -280,5 +281,6 @@ def split_by_tree(pairs: list[dict], n_eval: int, n_test: int,
         where[g] = k = next((i for i, n in enumerate(wanted) if held[i] < n and fits), 2)
         if k < 2:
             held[k] += size[g]
-    test, eval_, train = ([p for p in pairs if where[group(p["tree"])] == k] for k in range(3))
+    test, eval_, train = ([p for p, g in zip(pairs, roots, strict=True) if where[g] == k]
+                          for k in range(3))  # fmt: skip
     return train, eval_, test
