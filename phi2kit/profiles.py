@@ -78,11 +78,12 @@ class Profile:
 _T4 = Profile("t4", model_id=PHI2_ID, dtype="float16", quantize_4bit=True,
               optim="paged_adamw_8bit", gradient_checkpointing=True, requires_cuda=True)
 PROFILES: dict[str, Profile] = {
-    # the shipped tiny Phi in fp32 (reproducible; CPUs have no fast fp16 matmul), AdamW
+    # the shipped tiny Phi in fp32 (reproducible), AdamW
     # (paged 8-bit AdamW needs CUDA), no checkpointing: 1.3M parameters need none
     "tiny": Profile("tiny"),
     # the T4's twin: every "t4" setting a CPU can run (fp16 AMP with a grad scaler, nf4 +
-    # double quant, checkpointing) on the tiny Phi; plain AdamW stands in for paged AdamW
+    # double quant, checkpointing) on the tiny Phi; plain AdamW stands in for paged AdamW, and
+    # fp16 matrix products sum in fp32 as on a T4 (phi2kit.twin; get_profile registers it)
     "t4-cpu": replace(_T4, name="t4-cpu", model_id=None, optim="adamw_torch", requires_cuda=False),
     "t4": _T4,  # fp32 attention: fp16 QK^T overflows in Phi-2 -> NaN loss
     # bf16 has fp32's exponent range: sdpa does not overflow
@@ -145,4 +146,8 @@ def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
     profile = PROFILES[requested]
     if check:
         check_hardware(profile)
+    if profile.name == "t4-cpu":  # the twin's fp16 products: summed in fp32, as on a T4
+        from phi2kit.twin import fp16_products_as_on_a_gpu
+
+        fp16_products_as_on_a_gpu()
     return profile

@@ -100,9 +100,9 @@ _TINY: dict[str, Recipe] = {
 # T4-twin recipes (profile t4-cpu): the T4 recipe itself (QLoRA, its r/alpha, LoRA dropout,
 # gradient accumulation > 1) with only the CPU-bound numbers shrunk: lengths, counts and
 # the learning rate are the tiny recipes' (a 1.3M-parameter model needs a larger rate to
-# learn in CI-sized step counts). A step costs several times a tiny-profile step on a CPU
-# (nf4 dequantization, fp16 autocast, checkpointing's recomputation), so the recipes whose
-# learning checks allow it take fewer steps and smaller micro-batches than on tiny.
+# learn in CI-sized step counts). A step costs more than a tiny-profile step on a CPU (nf4
+# dequantization, fp16 autocast, checkpointing's recomputation), so the recipes whose learning
+# checks allow it take fewer steps and smaller micro-batches than on tiny.
 _T4_CPU_ACCUM = 2
 _T4_CPU_STEPS = {"sentiment": (120, 4), "classifier": (20, 4), "webglm": (40, 2), "chat": (40, 2)}
 _T4_CPU: dict[str, Recipe] = {
