@@ -130,7 +130,7 @@ def check_hardware(profile: Profile) -> None:
 
 def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
     """Profile ``name`` (``auto``: ``PHI2KIT_PROFILE``, else detected); ``check``: on this
-    hardware."""
+    hardware, where ``t4-cpu`` also registers :func:`phi2kit.twin.fp16_products_as_on_a_gpu`."""
     requested = (name or "auto").strip().lower()
     where = ""
     if requested == "auto":
@@ -144,10 +144,10 @@ def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
             f"unknown profile {requested!r}{where}; choose one of {valid}{fix}"
         )
     profile = PROFILES[requested]
-    if check:
+    if check:  # the profile runs here: the twin's fp16 products sum in fp32, as on a T4
         check_hardware(profile)
-    if profile.name == "t4-cpu":  # the twin's fp16 products: summed in fp32, as on a T4
-        from phi2kit.twin import fp16_products_as_on_a_gpu
+        if profile.name == "t4-cpu":
+            from phi2kit.twin import fp16_products_as_on_a_gpu
 
-        fp16_products_as_on_a_gpu()
+            fp16_products_as_on_a_gpu()
     return profile

@@ -53,8 +53,8 @@ def fp16_products_as_on_a_gpu() -> bool:
     """Compute fp16 matrix products on a CPU as a T4's tensor cores do: fp16 inputs, the products
     summed in fp32, the result rounded to fp16. The same inputs and the same dtype out (the last
     bit can differ from the CPU's own fp16 kernel, which sums in another order), at fp32 speed.
-    Other dtypes run as before. Process-wide, once: ``get_profile("t4-cpu")`` calls it. Returns
-    whether it registered the kernels now."""
+    Other dtypes run as before. Process-wide, once: ``get_profile("t4-cpu")`` calls it (with
+    ``check``, its default). Returns whether it registered the kernels now."""
     global _registered
     if _registered is not None:
         return False

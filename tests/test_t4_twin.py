@@ -171,6 +171,8 @@ cases = {  # each fp16 product, and the same in fp32 rounded to fp16: what a T4'
 }
 before = {k: got() for k, (got, _) in cases.items()}  # the CPU's own kernels
 from phi2kit.profiles import get_profile
+get_profile("t4-cpu", check=False)  # a look at the profile (the planner's): nothing registered
+unchecked = torch.equal(torch.mm(a, b), before["mm"])
 get_profile("t4-cpu")
 after = {k: got() for k, (got, _) in cases.items()}
 x = torch.randn(4, 5, requires_grad=True)
@@ -180,6 +182,7 @@ with torch.autocast("cpu", dtype=torch.float16):
 y.float().sum().backward()
 print(json.dumps({
     "dtype": {k: str(v.dtype) for k, v in after.items()},
+    "unchecked": unchecked,
     "same_dtype": all(before[k].dtype == after[k].dtype for k in cases),
     "as_fp32_rounded": {k: torch.equal(after[k], want()) for k, (_, want) in cases.items()},
     "from_before": {k: (before[k].float() - after[k].float()).abs().max().item() for k in cases},
@@ -204,6 +207,7 @@ def test_the_twin_sums_fp16_products_in_fp32_and_changes_nothing_else():
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Overriding" not in proc.stderr  # torch's warning: expected, and kept quiet
     got = json.loads(proc.stdout.splitlines()[-1])
+    assert got["unchecked"], "get_profile(check=False) registered the kernels"
     assert got["same_dtype"] and got["dtype"]["mm"] == "torch.float16", got["dtype"]
     assert all(got["as_fp32_rounded"].values()), got["as_fp32_rounded"]
     for case in ("mm", "addmm", "bmm", "baddbmm", "linear"):  # at most an fp16 ulp from before
