@@ -83,7 +83,7 @@ PROFILES: dict[str, Profile] = {
     "tiny": Profile("tiny"),
     # the T4's twin: every "t4" setting a CPU can run (fp16 AMP with a grad scaler, nf4 +
     # double quant, checkpointing) on the tiny Phi; plain AdamW stands in for paged AdamW, and
-    # fp16 matrix products sum in fp32 as on a T4 (phi2kit.twin; get_profile registers it)
+    # fp16 matrix products run through fp32 BLAS (phi2kit.twin; get_profile registers it)
     "t4-cpu": replace(_T4, name="t4-cpu", model_id=None, optim="adamw_torch", requires_cuda=False),
     "t4": _T4,  # fp32 attention: fp16 QK^T overflows in Phi-2 -> NaN loss
     # bf16 has fp32's exponent range: sdpa does not overflow
@@ -130,7 +130,7 @@ def check_hardware(profile: Profile) -> None:
 
 def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
     """Profile ``name`` (``auto``: ``PHI2KIT_PROFILE``, else detected); ``check``: on this
-    hardware, where ``t4-cpu`` also registers :func:`phi2kit.twin.fp16_products_as_on_a_gpu`."""
+    hardware, where ``t4-cpu`` also registers :func:`phi2kit.twin.fast_cpu_fp16_products`."""
     requested = (name or "auto").strip().lower()
     where = ""
     if requested == "auto":
@@ -144,10 +144,10 @@ def get_profile(name: str | None = "auto", *, check: bool = True) -> Profile:
             f"unknown profile {requested!r}{where}; choose one of {valid}{fix}"
         )
     profile = PROFILES[requested]
-    if check:  # the profile runs here: the twin's fp16 products sum in fp32, as on a T4
+    if check:  # the profile runs here: the twin's fp16 products at fp32 speed
         check_hardware(profile)
         if profile.name == "t4-cpu":
-            from phi2kit.twin import fp16_products_as_on_a_gpu
+            from phi2kit.twin import fast_cpu_fp16_products
 
-            fp16_products_as_on_a_gpu()
+            fast_cpu_fp16_products()
     return profile

@@ -29,10 +29,11 @@ def cpu_fp16_amp(trainer) -> bool:
     return True
 
 
-#: The matrix products whose fp16 kernels a CPU without AVX512-FP16 runs as reference loops: on
-#: this project's 2-core AMD EPYC, 512x256 @ 256x1024 took 256 ms in fp16 and 2.8 ms in fp32 (one
-#: thread, torch 2.13), and a ``t4-cpu`` training step cost about 9 ``tiny`` steps.
-_PRODUCTS = ("mm", "addmm", "bmm", "baddbmm")
+#: The matrix products whose fp16 kernels torch runs as reference loops on a CPU without
+#: AVX512-FP16: on this project's 2-core AMD EPYC, 512x256 @ 256x1024 took 256 ms in fp16 and
+#: 2.8 ms in fp32 (one thread, torch 2.13); the tiny model's forward and backward took 9x as
+#: long under fp16 autocast as in fp32. (addbmm is on autocast's fp16 list too.)
+_PRODUCTS = ("mm", "addmm", "bmm", "baddbmm", "addbmm")
 _registered = None  # the torch.library registration, kept alive: dropping it undoes it
 
 
@@ -49,12 +50,14 @@ def _product(name: str):
     return kernel
 
 
-def fp16_products_as_on_a_gpu() -> bool:
-    """Compute fp16 matrix products on a CPU as a T4's tensor cores do: fp16 inputs, the products
-    summed in fp32, the result rounded to fp16. The same inputs and the same dtype out (the last
-    bit can differ from the CPU's own fp16 kernel, which sums in another order), at fp32 speed.
-    Other dtypes run as before. Process-wide, once: ``get_profile("t4-cpu")`` calls it (with
-    ``check``, its default). Returns whether it registered the kernels now."""
+def fast_cpu_fp16_products() -> bool:
+    """Run fp16 matrix products on a CPU through fp32 BLAS: the fp16 inputs multiplied and summed
+    in fp32, the result rounded to fp16 once. That is the arithmetic of torch's own CPU fp16
+    kernels (they sum in fp32 too), at fp32 speed; results can differ from theirs in the last bit
+    (the order of the sums). Other dtypes give the same
+    values as before, through a Python kernel (a few microseconds more per call). Process-wide,
+    once: ``get_profile("t4-cpu")`` calls it (with ``check``, its default). Returns whether it
+    registered the kernels now."""
     global _registered
     if _registered is not None:
         return False

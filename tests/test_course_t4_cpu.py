@@ -10,8 +10,9 @@ Two paths, as learners take them. 05, 07 and 08 each run in a folder of their ow
 learner meets them who opens that one lesson on a fresh Colab runtime: they find no earlier
 lesson's adapter and train their stand-ins. The others run in order in one folder (one xdist
 worker: tests/conftest.py), as ``phi2kit course`` runs them: 09 reads 04's adapter. (09's
-stand-in is 60 SFT steps, about 40 s on this profile; run alone it passed on 2026-12-07, and
-the whole suite with every lesson alone took 1 min 22 s longer, all of .ci/run 1 min 26 s.)
+stand-in is 60 SFT steps, about 40 s on this profile; run alone it passed on 2026-12-07. On
+2026-12-05, before the twin's fast fp16 products, the whole suite with every lesson alone took
+1 min 22 s longer, all of .ci/run 1 min 26 s.)
 nbmake's run on ``tiny`` takes the in-order path for every lesson.
 """
 
