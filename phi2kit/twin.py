@@ -54,10 +54,9 @@ def fast_cpu_fp16_products() -> bool:
     """Run fp16 matrix products on a CPU through fp32 BLAS: the fp16 inputs multiplied and summed
     in fp32, the result rounded to fp16 once. That is the arithmetic of torch's own CPU fp16
     kernels (they sum in fp32 too), at fp32 speed; results can differ from theirs in the last bit
-    (the order of the sums). Other dtypes give the same
-    values as before, through a Python kernel (a few microseconds more per call). Process-wide,
-    once: ``get_profile("t4-cpu")`` calls it (with ``check``, its default). Returns whether it
-    registered the kernels now."""
+    (the order of the sums). Other dtypes give the same values as before, through a Python kernel
+    (a few microseconds more per call). Process-wide, once: ``get_profile("t4-cpu")`` calls it
+    (with ``check``, its default). Returns whether it registered the kernels now."""
     global _registered
     if _registered is not None:
         return False
