@@ -125,20 +125,22 @@ the base weights so (it counted the fp32 upcasts of ``estimate`` until this chec
 2.351 GB instead of 1.825 GB at full size, 0.53 GB high), and model bytes are checked
 against its own term.
 
-**Time, and the torch a user gets.** On a CPU the twin's fp16 autocast makes bitsandbytes'
-4-bit backward an fp16 matmul with a row-major right operand, which torch's CPU fp16 GEMM
-runs through a slow fallback: 11.2 s of CPU for one fc2-shaped product at 77 tokens against
-0.22 s column-major, the same on torch 2.13.0+cpu and 2.14.1 (the default build, +cu130).
-Measured (1 thread, full width, 2 of 32 layers, sentiment): the step took 53 s of CPU
-(2.13.0) and 54 s (2.14.1) with bitsandbytes' own backward, of which its 12 backward matmuls
-were about 90 %, and 7 s / 8 s with :func:`column_major_4bit_backward`, which this script
-therefore applies on the CPU (``--stock-4bit-backward`` turns it off). With the stock
-backward the full-size sentiment step is about 13 minutes of CPU on either torch, which is
-why the default run did not finish in 29 minutes; the torch version is not the cause. With
-the copy it took 62 s of CPU at full size, and the whole default run took 6 min 29 s of wall
-time (675 s of CPU) on 2 quiet cores with torch 2.14.1, at a peak RSS of 14.8 GB. A shared
-machine: run with ``OMP_NUM_THREADS=1`` (two threads on two cores with one busy ran 3.3x
-slower). The default run's budget and the figures are in ``docs/performance.md``.
+**Time, and the torch a user gets.** On a CPU the twin's fp16 autocast sends every matrix
+product to torch's CPU fp16 kernels, some of them reference loops on CPUs without AVX512-FP16:
+bitsandbytes' 4-bit backward (``grad_output @ dequantize_4bit(W)``, a row-major right operand)
+took 11.2 s of CPU for one fc2-shaped product at 77 tokens, against 0.11 s in fp32, on torch
+2.13.0+cpu and 2.14.1 (the default build, +cu130) alike. As the ``t4-cpu`` profile does, this
+script therefore runs fp16 products through fp32 BLAS on the CPU
+(:func:`phi2kit.twin.fast_cpu_fp16_products`: the same fp32 sums, rounded to fp16 once; its fp32
+temporaries run inside the live-tensor tracker's op, so they are not counted, and every memory
+check reads as with the stock kernels). With bitsandbytes' backward on the stock kernels the
+full-size sentiment step was about 13 minutes of CPU, which is why the default run once did not
+finish in 29 minutes; the torch version was not the cause. The default run, one after the other
+on 2 quiet cores (torch 2.13.0+cpu, 2026-12-07): 6 min 52 s wall, 711 s of CPU, peak RSS 16.0
+GB; with the narrower patch this replaced (a column-major copy of the dequantized weight in
+bitsandbytes' backward only) 7 min 41 s, 796 s and 15.6 GB. A shared machine: run with
+``OMP_NUM_THREADS=1`` (two threads on two cores with one busy ran 3.3x slower). The default
+run's budget and the figures are in ``docs/performance.md``.
 """
 
 from __future__ import annotations
@@ -318,49 +320,6 @@ def free() -> None:
     libc = ctypes.util.find_library("c")
     if sys.platform.startswith("linux") and libc:
         ctypes.CDLL(libc).malloc_trim(0)
-
-
-@contextlib.contextmanager
-def column_major_4bit_backward(on: bool) -> Iterator[None]:
-    """CPU only: bitsandbytes' 4-bit backward with its dequantized weight laid out column-major.
-
-    ``MatMul4Bit.backward`` computes ``grad_A = grad_output @ dequantize_4bit(W)``, in fp16 under
-    the twin's fp16 autocast. torch's CPU fp16 GEMM with a row-major right operand is a slow
-    fallback: Phi-2's fc2 shape at 77 tokens (77 x 10240 @ 10240 x 2560) took 11.2 s of CPU,
-    and 0.22 s with the operand copied column-major (torch 2.13.0+cpu and 2.14.1+cu130 alike,
-    1 thread; fp32: 0.11 s). The copy is the same numbers (the product differs in rounding
-    only) and holds one more dequantized weight while the matmul runs, at most 52 MB
-    (fc1/fc2 in fp16): it is made outside the live-tensor tracker, which therefore counts
-    what the stock backward holds. A T4 runs this matmul in cuBLAS: nothing to patch there.
-    """
-    if not on:
-        yield
-        return
-    import bitsandbytes.functional as F
-    import torch
-    from bitsandbytes.autograd._functions import MatMul4Bit
-    from torch.utils._python_dispatch import _disable_current_modes
-
-    stock = MatMul4Bit.__dict__["backward"]
-
-    def backward(ctx, grad_output):
-        if ctx.is_empty or grad_output.device.type != "cpu" or not ctx.needs_input_grad[0]:
-            return stock.__func__(ctx, grad_output)
-        _, B = ctx.tensors
-        grad_bias = None
-        if ctx.needs_input_grad[3]:
-            grad_bias = grad_output.sum(0, dtype=ctx.dtype_bias)
-        weight = F.dequantize_4bit(B, ctx.state).to(grad_output.dtype)
-        with _disable_current_modes():  # the bench's copy: not the T4's, not counted
-            weight = weight.t().contiguous().t()  # column-major
-        grad_A = torch.matmul(grad_output, weight)
-        return grad_A, None, None, grad_bias, None
-
-    MatMul4Bit.backward = staticmethod(backward)
-    try:
-        yield
-    finally:
-        MatMul4Bit.backward = stock
 
 
 @contextlib.contextmanager
@@ -632,7 +591,7 @@ def run_recipe(task: str, profile, cfg, out: Path, args) -> tuple[list[Row], dic
     planned_adapted = (p["base weights"] + p["LoRA weights (fp32)"]) * GB
     if seq_cls:  # PEFT keeps the original (frozen) score head next to its trainable copy
         planned_adapted += 4 * cfg.hidden_size * 3
-    with phase() as train, profiled(args.profile), column_major_4bit_backward(args.fast_backward):
+    with phase() as train, profiled(args.profile):
         trainer.train()
     loss = trainer.state.log_history[-1].get("train_loss")
     info["steps"] = trainer.state.global_step
@@ -842,7 +801,7 @@ def run_dpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
     ]  # fmt: skip
     step_planned = (p["activations"] + p["logits + grads"] + p["reference pass"]
                     + p["LoRA gradients (fp32)"]) * GB  # fmt: skip
-    with phase() as train, column_major_4bit_backward(args.fast_backward):
+    with phase() as train:
         trainer.train()
     rows += _step_rows(probe, profile.optim, p, step_planned, TOL_PREF_STEP, load, train)
     log = [h for h in trainer.state.log_history if "loss" in h]
@@ -929,8 +888,7 @@ def run_grpo(profile, cfg, out: Path, args) -> tuple[list[Row], dict]:
     ]  # fmt: skip
     step_planned = (p["training step"] + p["generation (extra)"] + p["ref pass (extra)"]
                     + p["LoRA gradients (fp32)"]) * GB  # fmt: skip
-    with (phase() as train, warnings.catch_warnings(),
-          column_major_4bit_backward(args.fast_backward)):  # fmt: skip
+    with phase() as train, warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*gradient_checkpointing_(en|dis)able")
         trainer.train()
     rows += _step_rows(probe, profile.optim, p, step_planned, TOL_PREF_STEP, load, train)
@@ -1044,6 +1002,7 @@ def run_merge(profile, held: dict, adapter_dir: Path, out: Path) -> tuple[list[R
 def run_profile(device: str, folder: Path):
     """The t4 profile pointed at the snapshot; on the CPU with CPU settings."""
     from phi2kit.profiles import check_hardware, get_profile
+    from phi2kit.twin import fast_cpu_fp16_products
 
     t4 = get_profile("t4", check=False)
     if device == "cuda":
@@ -1053,9 +1012,11 @@ def run_profile(device: str, folder: Path):
     profile = dataclasses.replace(
         t4, model_id=str(folder), requires_cuda=False, optim="adamw_torch"
     )
+    fast_cpu_fp16_products()  # as the t4-cpu profile: torch's CPU fp16 products at fp32 speed
     note = ("t4 profile with CPU settings (dataclasses.replace): device_map='cpu', adamw_torch "
             "instead of paged_adamw_8bit; fp16 weights, nf4 + double quant, phi2kit_fp32 "
-            "attention, gradient checkpointing and fp16=True as on the T4")  # fmt: skip
+            "attention, gradient checkpointing and fp16=True as on the T4; fp16 products "
+            "through fp32 BLAS (phi2kit.twin)")  # fmt: skip
     return profile, note
 
 
@@ -1085,9 +1046,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="full width with this many of the 32 layers (a cheaper real-width run)")
     p.add_argument("--profile", action="store_true",
                    help="torch.profiler over each SFT/classifier step: the top operators")
-    p.add_argument("--stock-4bit-backward", dest="fast_backward", action="store_false",
-                   help="on the CPU, keep bitsandbytes' own 4-bit backward: its fp16 matmul "
-                   "hits torch's slow CPU fallback (about 50x; see column_major_4bit_backward)")
     p.add_argument("--recipe-batch", action="store_true",
                    help="train at each SFT/classifier recipe's micro-batch with every row at its "
                    "max_length (the worst case the planner's fit is for; on a GPU, the real "
