@@ -182,9 +182,9 @@ def parser():
 
 def main(argv=None):
     args = (p := parser()).parse_args(argv)
-    for flag in ("max_steps", "batch_size", "grad_accum", "max_length", "learning_rate"):
-        if not getattr(args, flag) > 0:  # argparse takes 0 and -3: "0 steps" would train one
-            p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be above 0")
+    for flag, value in vars(args).items():  # argparse takes 0 and -3: "0 steps" would train one
+        if type(value) in (int, float) and not value > 0:  # --n-*: every split needs a headline
+            p.error(f"--{flag.replace('_', '-')} {value}: must be above 0")
     out = Path(args.output_dir)
     if out.is_file() or any(out.glob("*")):  # an earlier run's adapter is never overwritten
         sys.exit(print(f"error: --output-dir {out} is not empty: pass another, or remove it",
@@ -203,11 +203,6 @@ def main(argv=None):
                        f"--n-test {args.n_test} + --n-eval {args.n_eval} + --n-train "
                        f"{args.n_train}: {fix}", file=sys.stderr) or 2)
     print({name: dict(c) for name, c in counts.items()})
-    try:  # an --output-dir that cannot be written stops the run here, not after training
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        sys.exit(print(f"error: --output-dir {out}: cannot write there ({e.strerror})",
-                       file=sys.stderr) or 2)
 
     import torch
     from datasets import Dataset
@@ -234,6 +229,11 @@ def main(argv=None):
         sys.exit(print(f"error: --labels {','.join(args.labels)}: two labels start with the same "
                        "token, so scoring cannot tell them apart; use words that start "
                        "differently", file=sys.stderr) or 2)
+    try:  # made after the checks above (a refused run leaves no folder), before the model loads
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        sys.exit(print(f"error: --output-dir {out}: cannot write there ({e.strerror})",
+                       file=sys.stderr) or 2)
     set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter
     model = AutoModelForCausalLM.from_pretrained(  # safetensors only, transformers' own Phi code
         args.model, dtype=dtype, quantization_config=quant, use_safetensors=True,

@@ -30,10 +30,9 @@ def fail(message):
 
 def read_rows(path):
     """The file's rows; a bad one ends the run with file, line and field (exit 2)."""
-    if os.path.isdir(path):
-        fail(f"{path}: a folder, not a file: pass the .jsonl file")
     if not os.path.isfile(path):
-        fail(f"{path}: no such file")
+        fail(f"{path}: a folder, not a file: pass the .jsonl file" if os.path.isdir(path) else
+             f"{path}: no such file")
     try:
         with open(path, encoding="utf-8-sig") as f:  # a byte order mark is dropped
             lines = f.read().split("\n")  # not splitlines: a JSON string may hold U+2028
@@ -104,9 +103,8 @@ def build_configs(args, cuda, bf16_ok):
                       target_modules=["q_proj", "k_proj", "v_proj", "dense", "fc1", "fc2"])
     every = max(1, args.max_steps // 4)  # evaluate and save 4 times
     sft = SFTConfig(
-        output_dir=f"{args.output_dir}/checkpoints", per_device_train_batch_size=2,
-        per_device_eval_batch_size=2, gradient_accumulation_steps=8,
-        learning_rate=args.learning_rate,
+        output_dir=f"{args.output_dir}/checkpoints", learning_rate=args.learning_rate,
+        per_device_train_batch_size=2, per_device_eval_batch_size=2, gradient_accumulation_steps=8,
         warmup_steps=max(1, round(0.03 * args.max_steps)), lr_scheduler_type="linear",
         max_steps=args.max_steps, fp16=cuda and not bf16_ok, bf16=cuda and bf16_ok,
         optim="paged_adamw_8bit" if cuda else "adamw_torch", activation_checkpointing=cuda,
@@ -169,7 +167,9 @@ def main(argv=None):
     tokenizer.pad_token = tokenizer.eos_token  # Phi-2 has no pad token
     fitted = {name: [r for r in (fit_example(e, tokenizer, args.max_length) for e in rows) if r]
               for name, rows in (("train", train_rows), ("eval", eval_rows))}
-    print({name: len(rows) for name, rows in fitted.items()}, f"examples fit in {args.max_length}")
+    print(n := {k: len(v) for k, v in fitted.items()}, f"examples fit in {args.max_length}")
+    if not all(n.values()):  # whole references are dropped to fit, never the question
+        fail(f"--max-length {args.max_length}: {n} examples fit: raise it")
     set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter
     model = AutoModelForCausalLM.from_pretrained(
         args.model, dtype=dtype, quantization_config=quant, attn_implementation="fp32",

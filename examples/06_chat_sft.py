@@ -223,7 +223,7 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     # argparse takes 0 and -3 as numbers: a run of "0 steps" would train one and look real
     for flag in ("max_steps", "lora_r", "lora_alpha", "learning_rate", "batch_size", "grad_accum",
-                 "max_length"):
+                 "max_length", "n_eval"):
         if not getattr(args, flag) > 0:
             p.error(f"--{flag.replace('_', '-')} {getattr(args, flag)}: must be above 0")
     return args

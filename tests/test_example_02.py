@@ -216,9 +216,9 @@ def test_the_real_files_shape_fits_the_default_split(tmp_path, capsys, n_negativ
 
 
 def test_an_output_dir_that_cannot_be_written_stops_before_the_model_loads(tmp_path):
-    # /proc takes no new folders, even for root; the model folder does not exist either, so
-    # reaching the model would fail with another message
-    out = run("--model", str(tmp_path / "no-model"), "--data", str(SAMPLE), "--n-train", "20",
+    # /proc takes no new folders, even for root; the folder is made after the cheap checks (the
+    # tokenizer: a refused run leaves no folder) and before the model loads
+    out = run("--model", str(TINY), "--no-4bit", "--data", str(SAMPLE), "--n-train", "20",
               "--n-test", "5", "--n-eval", "5", "--output-dir", "/proc/phi2kit-out", timeout=60)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().startswith("error: --output-dir /proc/phi2kit-out: cannot write "

@@ -117,3 +117,14 @@ def test_a_byte_order_mark_is_dropped_as_the_library_drops_it(tmp_path):
     data.write_bytes(b"\xef\xbb\xbf" + (SAMPLE / "train.jsonl").read_bytes())
     rows = load_script(NAME).read_rows(str(data))
     assert [r["question"] for r in rows] == [r["question"] for r in load_webglm(data)]
+
+
+def test_a_max_length_no_example_fits_is_one_line_before_the_model_loads(tmp_path):
+    """``--max-length 5``: no example fits even with every reference dropped; it printed the
+    empty counts, loaded the model and failed in trl's SFTTrainer (StopIteration)."""
+    proc = run("--model", str(TINY), "--no-4bit", "--data", str(SAMPLE / "train.jsonl"),
+               "--max-length", "5", tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == ("error: --max-length 5: {'train': 0, 'eval': 0} examples fit: "
+                                   "raise it"), proc.stderr
+    assert not (tmp_path / "out").exists()

@@ -50,6 +50,8 @@ def test_a_mistyped_model_folder_is_one_line(name, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: --model {model}: no such folder") and "\n" not in err, err
     assert not (out / "adapter").exists() and not (out / "merged").exists()
+    if name != "05_merge_adapter.py":  # not even an empty --output-dir (02 made one first)
+        assert not out.exists()
 
 
 @pytest.mark.parametrize(("name", "kind"), [("02_sentiment_qlora.py", ".csv"),
@@ -94,16 +96,22 @@ def test_an_earlier_run_is_never_overwritten(name, tmp_path, capsys):
 
 @pytest.mark.parametrize(("name", "flag"), [("02_sentiment_qlora.py", "--max-steps"),
                                             ("02_sentiment_qlora.py", "--grad-accum"),
+                                            ("02_sentiment_qlora.py", "--n-train"),
+                                            ("02_sentiment_qlora.py", "--n-test"),
+                                            ("02_sentiment_qlora.py", "--n-eval"),
                                             ("03_classifier.py", "--max-steps"),
                                             ("04_qa_qlora.py", "--max-length"),
                                             ("06_chat_sft.py", "--max-steps"),
                                             ("06_chat_sft.py", "--lora-r"),
+                                            ("06_chat_sft.py", "--n-eval"),
                                             ("08_dpo.py", "--max-steps"),
                                             ("08_dpo.py", "--n-eval")])  # fmt: skip
 @pytest.mark.parametrize("value", ["0", "-3"])
 def test_a_count_below_one_is_refused_before_anything_runs(name, flag, value, tmp_path, capsys):
     """argparse takes 0 and -3 as ints: ``--max-steps 0`` trained one step and wrote an adapter
-    with a "tuned" accuracy. Now argparse's own error, exit 2, and nothing is written."""
+    with a "tuned" accuracy; 02's ``--n-eval 0`` failed in trl (StopIteration), ``--n-test 0``
+    divided by zero after training, ``--n-test -2`` tested on train headlines; 06's ``--n-eval 0``
+    said every thread opens alike. Now argparse's own error, exit 2, and nothing is written."""
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_:
         load_script(name).main(_argv(name, str(TINY), out) + [flag, value])
@@ -129,7 +137,7 @@ def test_4bit_on_a_cpu_is_one_line_before_any_model(name, tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err == "error: 4-bit training needs a CUDA GPU (bitsandbytes); on a CPU pass --no-4bit"
-    assert not (out / "adapter").exists() and not (out / "checkpoints").exists()
+    assert not out.exists()  # not even an empty --output-dir (02 made one first)
 
 
 @pytest.mark.parametrize("name", ["02_sentiment_qlora.py", "03_classifier.py", "04_qa_qlora.py",

@@ -182,9 +182,9 @@ def add_course_parser(sub) -> None:
     p.add_argument("--notebooks", type=Path, default=None, help="folder of NN_*.ipynb")
     p.add_argument("--only", nargs="*", default=None, help="notebook numbers, e.g. 01 02")
     p.add_argument("--workdir", type=Path, default=None,
-                   help="run the lessons in this folder (their outputs/ go there) instead of "
-                        "the notebooks folder, so that this run shares no adapter or "
-                        "checkpoint with another")
+                   help="run the lessons under this folder (in WORKDIR/lessons: their outputs/ "
+                        "go there) instead of the notebooks folder, so that this run shares no "
+                        "adapter or checkpoint with another")
     p.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
                    help=f"seconds one cell may run (default {DEFAULT_TIMEOUT}: generous, "
                    "for a busy machine)")  # fmt: skip
