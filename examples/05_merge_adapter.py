@@ -57,7 +57,7 @@ def check_adapter(args) -> bool:
     folder = Path(args.adapter)
     config = folder / "adapter_config.json"
     if not folder.is_dir():
-        fail(f"--adapter {folder}: no such folder")
+        fail(f"--adapter {folder}: {'a file, not a' if folder.is_file() else 'no such'} folder")
     if not config.is_file():
         fail(f"--adapter {folder}: no adapter_config.json, so it is not a PEFT adapter folder")
     try:

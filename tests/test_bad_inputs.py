@@ -125,6 +125,9 @@ CASES = {
         kept=2,
     ),
     "news-empty": Case(financial, "all-data.csv", b"\n\r\n", r": empty file"),
+    # JSON lines given to the headlines' loader: its first cell was called an unknown label
+    "news-json": Case(financial, "chats.jsonl", b'{"messages": [{"role": "user"}]}\n',
+                      r": JSON, not CSV: pass a CSV of headlines"),
     "news-binary": Case(financial, "all-data.csv", bytes(range(256)) * 4,
                         r": a binary file, not CSV text"),  # not "one column with '\t'"
     "news-single-class": Case(

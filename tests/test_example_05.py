@@ -78,6 +78,7 @@ def test_qlora_is_merged_into_the_dequantized_base(tmp_path):
     ("make", "message"),
     [
         (lambda p: p / "missing", "no such folder"),
+        (lambda p: (p / "a.jsonl").write_text("{}") and p / "a.jsonl", "a file, not a folder"),
         (lambda p: (p / "empty").mkdir() or p / "empty", "not a PEFT adapter folder"),
         (lambda p: _bad_json(p), "not valid JSON"),
         (lambda p: _adapter(p / "nonote", base_4bit=False, note=False), "--trained-on"),

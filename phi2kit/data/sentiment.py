@@ -186,6 +186,9 @@ def load_financial_news(path: str | os.PathLike[str] | None = None, *,
     if b"\x00" in raw[:4096] and not raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # not UTF-16
         raise DataError("a binary file, not CSV text: pass the CSV file itself", path=path)
     text = decode_utf8(raw, path, fallback="latin-1")  # UTF-8, else Latin-1 (the Kaggle file)
+    if text.lstrip()[:1] in ("{", "["):  # e.g. chats or QA rows given to the headlines' loader
+        raise DataError("JSON, not CSV: pass a CSV of headlines (label,headline rows, or the "
+                        "columns text and label)", path=path)  # fmt: skip
     return _collect(csv_records(text, path), path, skip_bad, labels)
 
 
