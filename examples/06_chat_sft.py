@@ -301,6 +301,8 @@ def main(argv=None):
         json.dump({"base_4bit": quant is not None}, f)
     with open(f"{args.output_dir}/metrics.json", "w") as f:
         json.dump(metrics, f, indent=2)
+    print(f"eval loss {before:.3f} -> {trainer.state.best_metric:.3f} (best checkpoint, step "
+          f"{trainer.state.best_global_step}); adapter saved to {args.output_dir}/adapter")
 
 
 if __name__ == "__main__":

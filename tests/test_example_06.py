@@ -44,6 +44,10 @@ def test_learns_on_the_tiny_model(tmp_path):
     assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").is_file()
     note = tmp_path / "out" / "adapter" / "phi2kit_adapter.json"  # example 05 reads it
     assert json.loads(note.read_text()) == {"base_4bit": False}
+    last = result.stdout.strip().splitlines()[-1]  # the figures and the folder, as 02 ends
+    assert last == (f"eval loss {metrics['eval_loss_before']:.3f} -> "
+                    f"{metrics['eval_loss_best']:.3f} (best checkpoint, step "
+                    f"{metrics['best_step']}); adapter saved to {tmp_path / 'out'}/adapter"), last
 
 
 @pytest.mark.parametrize(
