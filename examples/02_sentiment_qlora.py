@@ -36,8 +36,9 @@ def read_rows(path, labels, text_col="text", label_col="label"):
              "no such file")
     if (raw := Path(path).read_bytes())[:2] in (b"\xff\xfe", b"\xfe\xff"):  # a UTF-16 BOM
         fail(", row 1", "a UTF-16 file; save it as UTF-8")  # Excel's "Unicode text"
-    if not raw.strip() or b"\0" in raw:  # a NUL byte: Parquet, a .gz or a spreadsheet
-        fail("", "a binary file, not CSV text: pass a .csv" if raw.strip() else "empty file")
+    if not raw.strip() or b"\0" in raw or raw.lstrip()[:1] in (b"{", b"["):  # NUL: Parquet, .gz
+        fail("", "empty file" if not raw.strip() else "a binary file, not CSV text: pass a .csv"
+             if b"\0" in raw else "JSON, not CSV: pass a CSV of headlines")  # e.g. chats given
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

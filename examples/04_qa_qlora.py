@@ -169,7 +169,8 @@ def main(argv=None):
               for name, rows in (("train", train_rows), ("eval", eval_rows))}
     print(n := {k: len(v) for k, v in fitted.items()}, f"examples fit in {args.max_length}")
     if not all(n.values()):  # whole references are dropped to fit, never the question
-        fail(f"--max-length {args.max_length}: {n} examples fit: raise it")
+        fail(f"--max-length {args.max_length}: {n} examples fit: raise it" if train_rows else
+             f"{args.data}: one row: need two, to train and to evaluate (or pass --eval-data)")
     set_seed(0)  # the new LoRA matrices start random: seeded, a rerun trains the same adapter
     model = AutoModelForCausalLM.from_pretrained(
         args.model, dtype=dtype, quantization_config=quant, attn_implementation="fp32",
@@ -181,9 +182,8 @@ def main(argv=None):
     trainer = SFTTrainer(model=model, args=sft, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(fitted["train"]),
                          eval_dataset=Dataset.from_list(fitted["eval"]))
-    for p in model.parameters():  # trl may cast adapters to bf16; fp16 AMP needs fp32 trainables
-        if p.requires_grad:
-            p.data = p.data.float()
+    for p in [p for p in model.parameters() if p.requires_grad]:  # trl may cast them to bf16:
+        p.data = p.data.float()  # fp16 AMP needs fp32 trainable weights
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     print(f"eval loss {before:.3f} -> {trainer.state.best_metric:.3f} (best checkpoint, step "

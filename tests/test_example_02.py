@@ -39,8 +39,9 @@ def test_script_imports_no_phi2kit_and_stays_short():
     assert "phi2kit" not in imported_packages(NAME)
     # 266 (was 264): the folder and too-few-per-label errors, the note example 05 reads, the
     # count of repeated headlines; 270: 4-bit on a CPU refused (it failed inside training);
-    # 274: eval drawn with replacement where a class runs short (the real file's negatives)
-    assert len(script_path(NAME).read_text().splitlines()) < 275
+    # 274: eval drawn with replacement where a class runs short (the real file's negatives);
+    # 275: JSON refused in one line (its first cell was called an unknown label)
+    assert len(script_path(NAME).read_text().splitlines()) < 276
 
 
 def test_configs_equal_the_notebook_for_t4(tmp_path):
@@ -73,6 +74,8 @@ def test_configs_equal_the_notebook_for_t4(tmp_path):
          r"bad\.csv, row 1: one column with ';' in it: save the file as CSV with commas"),
         (b"\n \n", r"bad\.csv: empty file"),  # was "fewer than two labels in 0 rows"
         (b"PAR1\x15\x04\x15\x00label", r"bad\.csv: a binary file, not CSV text"),  # Parquet
+        (b'{"messages": [{"role": "user"}]}\n',  # chats: the first cell was an unknown label
+         r"bad\.csv: JSON, not CSV: pass a CSV of headlines$"),
         ("text,label\nSales rose,positive\n".encode("utf-16"),  # Excel's "Unicode text"
          r"bad\.csv, row 1: a UTF-16 file; save it as UTF-8$"),  # as the library says
         (b"\nheadline,sentiment\nSales rose,positive\n",  # a blank line first

@@ -128,3 +128,15 @@ def test_a_max_length_no_example_fits_is_one_line_before_the_model_loads(tmp_pat
     assert proc.stderr.strip() == ("error: --max-length 5: {'train': 0, 'eval': 0} examples fit: "
                                    "raise it"), proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_one_row_and_no_eval_file_says_so_not_max_length(tmp_path):
+    """One row and no --eval-data: the row goes to eval and train is empty; raising
+    --max-length cannot fix that, so the message names the data."""
+    one = tmp_path / "one.jsonl"
+    one.write_text((SAMPLE / "train.jsonl").read_text().splitlines()[0] + "\n")
+    proc = run("--model", str(TINY), "--no-4bit", "--data", str(one), tmp_path=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip() == (f"error: {one}: one row: need two, to train and to evaluate "
+                                   "(or pass --eval-data)"), proc.stderr
+    assert not (tmp_path / "out").exists()
