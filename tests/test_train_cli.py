@@ -690,3 +690,24 @@ def test_labels_that_start_with_another_label_are_refused(tmp_path, capsys):
     assert "--labels: 'sporty' starts with the tokens of 'sport'" in err, err
     assert "--data for" not in err, err  # the fix is the labels', not the file's format
     assert len(err.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_the_eval_loss_before_training_is_the_runs_baseline(tmp_path, capsys):
+    """A newcomer's `train chat` on their own chats printed only the final eval loss, so they
+    could not tell whether it learned: a fresh run evaluates first and shows both; a resumed
+    run has no baseline of its own (none is claimed), and --no-eval skips both."""
+    out = tmp_path / "run"
+    argv = ["chat", "--profile", "tiny", "--steps", "6", "--save-every", "3", "--threads", "1",
+            "--output-dir", str(out)]
+    assert main(argv) == 0
+    said = capsys.readouterr().out
+    meta = json.loads((out / ADAPTER / "metrics.json").read_text())
+    assert meta["eval_loss"] < meta["eval_loss_before"], meta  # 6 steps of 8 chats learn here
+    assert f"eval_loss_before {meta['eval_loss_before']:.4g}, eval_loss {meta['eval_loss']:.4g})" \
+        in said, said
+    assert main([*argv[:-1], str(out), "--steps", "8", "--resume"]) == 0
+    meta = json.loads((out / ADAPTER / "metrics.json").read_text())
+    assert meta["global_step"] == 8 and "eval_loss" in meta and "eval_loss_before" not in meta
+    assert main([*argv[:-1], str(tmp_path / "quiet"), "--no-eval"]) == 0
+    meta = json.loads((tmp_path / "quiet" / ADAPTER / "metrics.json").read_text())
+    assert "eval_loss" not in meta and "eval_loss_before" not in meta, meta

@@ -222,10 +222,14 @@ def _run(args: argparse.Namespace) -> int:
             "paths": {k: record[k] and str(record[k]) for k in BY_CONTENT}})  # fmt: skip
     trainer.add_callback(mark_complete())
     one_progress_line(trainer)
+    has_eval = not args.no_eval and data.eval is not None and len(data.eval) > 0
+    before = {}  # the eval loss before training, the baseline (a resumed run has none)
     if finished:  # the run ended but its adapter was not written: load, write it
         result = load_finished(trainer, resume_from)
     else:
         try:
+            if has_eval and resume_from is None:
+                before = {"eval_loss_before": trainer.evaluate()["eval_loss"]}
             result = trainer.train(resume_from_checkpoint=resume_from and str(resume_from))
         except KeyboardInterrupt:  # Ctrl-C: where the run can go on from, not a traceback
             last = latest_checkpoint(ckpt_dir)
@@ -233,11 +237,11 @@ def _run(args: argparse.Namespace) -> int:
             print(f"\nphi2kit train: interrupted at step {trainer.state.global_step}; {kept}: "
                   "the same command with --resume goes on from there", file=sys.stderr)
             return 130
-    metrics = dict(result.metrics)
+    metrics = dict(result.metrics) | before
     if resume_from is not None and not finished:  # the whole run's mean, not this session's
         whole = run_loss(trainer.state)  # NaN when no step logged a loss: keep the session's
         metrics["train_loss"] = metrics["train_loss"] if math.isnan(whole) else whole
-    if not args.no_eval and data.eval is not None and len(data.eval):
+    if has_eval:
         metrics |= trainer.evaluate()
     if setup.task == "classifier" and data.test is not None:  # 03's head on the test split, once
         metrics["test_accuracy"] = trainer.evaluate(data.test, metric_key_prefix="test")[
@@ -274,8 +278,8 @@ def _run(args: argparse.Namespace) -> int:
         labels = {"labels": list(setup.labels or LABELS)} if data.test is not None else {}
         write_json_atomic(tmp / "metrics.json", metrics | labels | {  # labels: the head's rows
             "global_step": result.global_step, "world_size": trainer.args.world_size})  # fmt: skip
-    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_loss", "eval_loss", "eval_accuracy")
-                      if k in metrics)  # eval_accuracy: the classifier's  # fmt: skip
+    shown = ", ".join(f"{k} {metrics[k]:.4g}" for k in ("train_loss", "eval_loss_before",
+                      "eval_loss", "eval_accuracy") if k in metrics)  # accuracy: the classifier's
     _say(f"adapter written to {out / ADAPTER} ({result.global_step} steps"
          + (f"; {shown})" if shown else ")"))  # fmt: skip
     if args.push_to_hub:

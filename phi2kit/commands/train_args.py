@@ -219,7 +219,7 @@ def add_arguments(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a setting, e.g. --set lora_r=32 (repeatable); "
                    "keys below")  # fmt: skip
-    p.add_argument("--no-eval", action="store_true", help="skip the final eval loss")
+    p.add_argument("--no-eval", action="store_true", help="skip the eval loss (before and after)")
     p.add_argument("--lang", default=None, help="chat, dpo: the threads' language, e.g. de, or "
                    "all (default en: Phi-2 was trained on English)")  # fmt: skip
     p.add_argument("--push-to-hub", metavar="REPO", default=None, help="upload adapter (opt-in)")
