@@ -38,7 +38,7 @@ def read_rows(path, labels, text_col="text", label_col="label"):
         fail(", row 1", "a UTF-16 file; save it as UTF-8")  # Excel's "Unicode text"
     if not raw.strip() or b"\0" in raw or raw.lstrip()[:1] in (b"{", b"["):  # NUL: Parquet, .gz
         fail("", "empty file" if not raw.strip() else "a binary file, not CSV text: pass a .csv"
-             if b"\0" in raw else "JSON, not CSV: pass a CSV of headlines")  # e.g. chats given
+             if b"\0" in raw else "JSON, not CSV: pass a CSV of headlines")  # JSON: chat or QA rows
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -182,8 +182,8 @@ def main(argv=None):
     trainer = SFTTrainer(model=model, args=sft, processing_class=tokenizer,
                          train_dataset=Dataset.from_list(fitted["train"]),
                          eval_dataset=Dataset.from_list(fitted["eval"]))
-    for p in [p for p in model.parameters() if p.requires_grad]:  # trl may cast them to bf16:
-        p.data = p.data.float()  # fp16 AMP needs fp32 trainable weights
+    for p in [p for p in model.parameters() if p.requires_grad]:  # trl may cast adapters to bf16
+        p.data = p.data.float()  # and fp16 AMP needs fp32 trainable weights
     before = trainer.evaluate()["eval_loss"]
     trainer.train()
     print(f"eval loss {before:.3f} -> {trainer.state.best_metric:.3f} (best checkpoint, step "
